@@ -1,0 +1,54 @@
+"""conveyor: run graphs of tasks across workers — depth-first, fair, adaptive, durable, fast."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conveyor.errors import ConveyorError, GraphError, StoreError, TaskFailed, WouldBlock
+from conveyor.model import GraphSpec, TaskRef, TaskResult, TaskSpec, TaskState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConveyorError",
+    "EndpointLimiter",
+    "Graph",
+    "GraphError",
+    "GraphSpec",
+    "RunResult",
+    "StoreError",
+    "TaskFailed",
+    "TaskRef",
+    "TaskResult",
+    "TaskSpec",
+    "TaskState",
+    "WouldBlock",
+    "current",
+    "run",
+    "run_iter",
+    "task",
+    "worker",
+]
+
+_LAZY = {
+    "Graph": "conveyor.api",
+    "RunResult": "conveyor.api",
+    "run": "conveyor.api",
+    "run_iter": "conveyor.api",
+    "task": "conveyor.api",
+    "current": "conveyor.runtime.context",
+    "EndpointLimiter": "conveyor.limiter",
+    "worker": "conveyor.runtime.worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the heavier parts only when used (keeps ``import conveyor`` light)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

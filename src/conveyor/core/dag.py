@@ -1,0 +1,197 @@
+"""Graph facts computed once per submission: validation, depths, critical paths. Pure, O(V + E)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from conveyor.errors import CycleError, GraphError
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Result of :func:`layout` for a batch of new tasks (indices are batch positions)."""
+
+    depth: list[int]
+    local_parents: list[list[int]]  # parents inside the batch
+    children: list[list[int] | None]  # children inside the batch
+    external_parents: dict[int, list[str]]  # parents outside the batch, by task
+
+
+def layout(
+    ids: Sequence[str],
+    parents: Sequence[Sequence[str]],
+    *,
+    external_depth: Callable[[str], int | None] | None = None,
+    base_depth: int = 0,
+) -> Layout:
+    """Validate a batch of tasks and compute each one's depth. O(V + E).
+
+    ``depth`` is ``base_depth`` for a task without parents, else 1 + the deepest parent (a parent
+    outside the batch has ``external_depth(id)``, ``None`` meaning unknown). Raises ``GraphError``
+    on a duplicate or unknown id and ``CycleError`` naming the tasks of one cycle.
+    """
+    n = len(ids)
+    local = {tid: i for i, tid in enumerate(ids)}
+    if len(local) != n:
+        seen: set[str] = set()
+        for tid in ids:
+            if tid in seen:
+                raise GraphError(f"duplicate task id {tid!r}")
+            seen.add(tid)
+    if external_depth is not None:
+        for tid in ids:
+            if external_depth(tid) is not None:
+                raise GraphError(f"duplicate task id {tid!r}: a task of that id already exists")
+    depth = [base_depth] * n
+    children: list[list[int] | None] = [None] * n
+    local_parents: list[list[int]] = [[]] * n  # shared empty list for roots, replaced below
+    external: dict[int, list[str]] = {}
+    for i, ps in enumerate(parents):
+        if not ps:
+            continue
+        try:
+            lp = [local[p] for p in ps]
+        except KeyError:
+            lp = _split_parents(i, ids, ps, local, external, external_depth, depth)
+        if len(lp) > 1 and len(set(lp)) != len(lp):
+            lp = list(dict.fromkeys(lp))
+        local_parents[i] = lp
+        for j in lp:
+            if j == i:
+                raise CycleError([ids[i]])
+            ch = children[j]
+            if ch is None:
+                children[j] = [i]
+            else:
+                ch.append(i)
+    indegree = [len(lp) for lp in local_parents]
+    stack = [i for i in range(n) if indegree[i] == 0]
+    done = 0
+    while stack:
+        i = stack.pop()
+        done += 1
+        ch = children[i]
+        if ch is None:
+            continue
+        nxt = depth[i] + 1
+        for c in ch:
+            if depth[c] < nxt:
+                depth[c] = nxt
+            indegree[c] -= 1
+            if indegree[c] == 0:
+                stack.append(c)
+    if done != n:
+        raise CycleError([ids[i] for i in _one_cycle(indegree, local_parents)])
+    return Layout(depth, local_parents, children, external)
+
+
+def _split_parents(
+    i: int,
+    ids: Sequence[str],
+    ps: Sequence[str],
+    local: dict[str, int],
+    external: dict[int, list[str]],
+    external_depth: Callable[[str], int | None] | None,
+    depth: list[int],
+) -> list[int]:
+    """Slow path of :func:`layout` for a task with parents outside the batch."""
+    lp: list[int] = []
+    for p in dict.fromkeys(ps):
+        j = local.get(p)
+        if j is not None:
+            lp.append(j)
+            continue
+        d = external_depth(p) if external_depth is not None else None
+        if d is None:
+            raise GraphError(f"task {ids[i]!r} depends on unknown task {p!r}")
+        external.setdefault(i, []).append(p)
+        if d + 1 > depth[i]:
+            depth[i] = d + 1
+    return lp
+
+
+def _one_cycle(indegree: list[int], local_parents: list[list[int]]) -> list[int]:
+    """Every task left with indegree > 0 has a parent also left over: walk up until a repeat."""
+    start = next(i for i, d in enumerate(indegree) if d > 0)
+    order: dict[int, int] = {}
+    i = start
+    while i not in order:
+        order[i] = len(order)
+        i = next(p for p in local_parents[i] if indegree[p] > 0)
+    path = list(order)
+    cycle = path[order[i] :]
+    cycle.reverse()  # parent -> child direction
+    return cycle
+
+
+@dataclass(frozen=True, slots=True)
+class GraphFacts:
+    tasks: int
+    edges: int
+    roots: int
+    leaves: int
+    depth: int  # number of levels (max depth + 1)
+    width: int  # most tasks on one level
+    critical_path: list[str]  # by task count
+    critical_path_runtime: list[str] | None  # by runtime_s, when every task gives one
+    critical_runtime_s: float | None
+    total_runtime_s: float | None
+
+
+def facts(
+    ids: Sequence[str], parents: Sequence[Sequence[str]], runtimes: Sequence[float | None]
+) -> GraphFacts:
+    """Counts, depth, width and critical paths of a validated graph."""
+    lay = layout(ids, parents)
+    n = len(ids)
+    has_child = [False] * n
+    for ps in lay.local_parents:
+        for p in ps:
+            has_child[p] = True
+    levels: dict[int, int] = {}
+    for d in lay.depth:
+        levels[d] = levels.get(d, 0) + 1
+    order = sorted(range(n), key=lay.depth.__getitem__)  # a topological order
+    count_path = _longest_path(order, lay.local_parents, [1.0] * n)
+    have_runtimes = n > 0 and all(r is not None for r in runtimes)
+    rt_path: list[int] | None = None
+    crit_rt = total_rt = None
+    if have_runtimes:
+        weights = [float(r) for r in runtimes]  # type: ignore[arg-type]
+        rt_path = _longest_path(order, lay.local_parents, weights)
+        crit_rt = sum(weights[i] for i in rt_path)
+        total_rt = sum(weights)
+    return GraphFacts(
+        tasks=n,
+        edges=sum(len(p) for p in lay.local_parents),
+        roots=sum(1 for p in lay.local_parents if not p),
+        leaves=sum(1 for h in has_child if not h),
+        depth=(max(lay.depth) + 1) if n else 0,
+        width=max(levels.values()) if levels else 0,
+        critical_path=[ids[i] for i in count_path],
+        critical_path_runtime=[ids[i] for i in rt_path] if rt_path is not None else None,
+        critical_runtime_s=crit_rt,
+        total_runtime_s=total_rt,
+    )
+
+
+def _longest_path(order: list[int], parents: list[list[int]], weight: list[float]) -> list[int]:
+    if not order:
+        return []
+    best = [0.0] * len(order)
+    via = [-1] * len(order)
+    for i in order:
+        b, v = 0.0, -1
+        for p in parents[i]:
+            if best[p] > b:
+                b, v = best[p], p
+        best[i] = b + weight[i]
+        via[i] = v
+    end = max(range(len(order)), key=best.__getitem__)
+    path = []
+    while end != -1:
+        path.append(end)
+        end = via[end]
+    path.reverse()
+    return path

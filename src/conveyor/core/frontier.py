@@ -1,0 +1,258 @@
+"""Event-driven readiness and the depth-first ready heap, for one process. Pure.
+
+A task is an index into parallel lists (cheap at a million tasks: ~150 bytes each). Each task
+keeps the number of its unfinished parents; finishing a task walks only its own children
+(O(fan-out)), and a child whose count reaches zero is pushed on the ready heap (O(log n)).
+No operation here visits tasks that its event does not concern.
+
+The memory store is a thin shell around this class; the SQL stores keep the same counts and keys
+as indexed columns and follow the same rules in SQL.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+from conveyor.core.dag import layout
+from conveyor.errors import GraphError
+from conveyor.model import TaskState
+
+PENDING = TaskState.PENDING.value
+READY = TaskState.READY.value
+RUNNING = TaskState.RUNNING.value
+DONE = TaskState.DONE.value
+FAILED = TaskState.FAILED.value
+SKIPPED = TaskState.SKIPPED.value
+RETRY_WAIT = TaskState.RETRY_WAIT.value
+CANCELLED = TaskState.CANCELLED.value
+_DEAD = frozenset({FAILED, SKIPPED, CANCELLED})
+
+
+class Frontier:
+    """Readiness counts, task states and the ready heap keyed ``(-depth, root_seq, submit_seq)``."""
+
+    __slots__ = (
+        "_delayed",
+        "_heap",
+        "children",
+        "counts",
+        "depth",
+        "ids",
+        "index",
+        "root_seq",
+        "roots_submitted",
+        "state",
+        "waiting",
+    )
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self.state = bytearray()
+        self.waiting: list[int] = []  # unfinished parents
+        self.children: list[list[int] | None] = []
+        self.depth: list[int] = []
+        self.root_seq: list[int] = []
+        self.roots_submitted = 0
+        self.counts = [0] * len(TaskState)
+        self._heap: list[tuple[int, int, int]] = []  # (-depth, root_seq, submit_seq == index)
+        self._delayed: list[tuple[float, int]] = []  # (not_before, index): retries in backoff
+
+    # -- submission -------------------------------------------------------------------------
+    def add(
+        self, ids: Sequence[str], parents: Sequence[Sequence[str]], *, submitter: int | None = None
+    ) -> tuple[list[int], list[int]]:
+        """Add a graph (``submitter is None``) or a run-time child job of task ``submitter``.
+
+        Returns ``(new indices, those of them ready now)``. A root graph gets the next
+        ``root_seq``; a child job inherits its submitter's and starts one level deeper.
+        Validation (duplicates, unknown parents, cycles) happens before any state changes.
+        """
+        index = self.index
+        depth_of = self.depth
+
+        def external_depth(tid: str) -> int | None:
+            j = index.get(tid)
+            return None if j is None else depth_of[j]
+
+        if submitter is None:
+            base, root = 0, self.roots_submitted + 1
+        else:
+            base, root = self.depth[submitter] + 1, self.root_seq[submitter]
+        lay = layout(
+            ids, parents, external_depth=external_depth if index else None, base_depth=base
+        )
+        if submitter is None:
+            self.roots_submitted = root
+        n = len(ids)
+        first = len(self.ids)
+        new = range(first, first + n)
+        state = self.state
+        children = self.children
+        self.ids.extend(ids)
+        index.update(zip(ids, new, strict=True))
+        self.depth.extend(lay.depth)
+        self.root_seq.extend([root] * n)
+        if first == 0:
+            children.extend(lay.children)
+        else:
+            children.extend(
+                [None if ch is None else [first + c for c in ch] for ch in lay.children]
+            )
+        waiting = [len(lp) for lp in lay.local_parents]
+        state.extend(bytes(n))  # PENDING
+        dead: list[int] = []
+        for k, ext in lay.external_parents.items():
+            i = first + k
+            for p in (index[tid] for tid in ext):
+                s = state[p]
+                if s == DONE:
+                    continue
+                if s in _DEAD:
+                    dead.append(i)
+                waiting[k] += 1
+                ch = children[p]
+                if ch is None:
+                    children[p] = [i]
+                else:
+                    ch.append(i)
+        self.waiting.extend(waiting)
+        self.counts[PENDING] += n
+        ready = [first + k for k in range(n) if waiting[k] == 0]
+        for i in ready:
+            self._make_ready(i)
+        for i in dead:
+            if state[i] == PENDING:
+                self.cascade_skip(i, include_self=True)
+        return list(new), ready
+
+    # -- the hot path ---------------------------------------------------------------------------
+    def pop(self) -> int | None:
+        """Claim the first ready task by key, or ``None``. O(log n).
+
+        Entries of tasks skipped or cancelled while ready are dropped here, lazily.
+        """
+        heap = self._heap
+        state = self.state
+        while heap:
+            i = heapq.heappop(heap)[2]
+            if state[i] == READY:
+                state[i] = RUNNING
+                c = self.counts
+                c[READY] -= 1
+                c[RUNNING] += 1
+                return i
+        return None
+
+    def complete(self, i: int) -> list[int]:
+        """Mark ``i`` done; return the children that became ready. O(fan-out · log n).
+
+        This is the only place readiness changes on success: it touches ``i``'s children and
+        nothing else, which is what keeps a million-task graph as cheap per task as a small one.
+        """
+        state = self.state
+        state[i] = DONE
+        c = self.counts
+        c[RUNNING] -= 1
+        c[DONE] += 1
+        kids = self.children[i]
+        if not kids:
+            return []
+        ready = []
+        waiting = self.waiting
+        heap = self._heap
+        depth = self.depth
+        root_seq = self.root_seq
+        for k in kids:
+            w = waiting[k] - 1
+            waiting[k] = w
+            if w == 0 and state[k] == PENDING:
+                state[k] = READY
+                heapq.heappush(heap, (-depth[k], root_seq[k], k))
+                ready.append(k)
+        if ready:
+            c[PENDING] -= len(ready)
+            c[READY] += len(ready)
+        return ready
+
+    def requeue(self, i: int) -> None:
+        """Put a running task back on the heap with its original key (lost lease, release)."""
+        self._move(i, READY)
+        heapq.heappush(self._heap, (-self.depth[i], self.root_seq[i], i))
+
+    def defer(self, i: int, not_before: float) -> None:
+        """A failed attempt waits for its backoff; it holds no worker meanwhile."""
+        self._move(i, RETRY_WAIT)
+        heapq.heappush(self._delayed, (not_before, i))
+
+    def release_due(self, now: float) -> list[int]:
+        """Move retries whose backoff has passed back to the ready heap. O(k log n)."""
+        out = []
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            _, i = heapq.heappop(delayed)
+            if self.state[i] == RETRY_WAIT:
+                self._make_ready(i, from_state=RETRY_WAIT)
+                out.append(i)
+        return out
+
+    def next_due(self) -> float | None:
+        """When the earliest waiting retry becomes ready, if any."""
+        while self._delayed and self.state[self._delayed[0][1]] != RETRY_WAIT:
+            heapq.heappop(self._delayed)
+        return self._delayed[0][0] if self._delayed else None
+
+    def fail(self, i: int) -> list[int]:
+        """Mark ``i`` failed for good; skip everything downstream. Returns the skipped indices."""
+        self._move(i, FAILED)
+        return self.cascade_skip(i, include_self=False)
+
+    def cancel(self, i: int) -> None:
+        self._move(i, CANCELLED)
+
+    def cascade_skip(self, i: int, *, include_self: bool) -> list[int]:
+        """Skip the unfinished descendants of ``i``. Each task is visited at most once ever."""
+        state = self.state
+        skipped = []
+        stack = [i] if include_self else list(self.children[i] or ())
+        while stack:
+            k = stack.pop()
+            s = state[k]
+            if s not in (PENDING, READY, RETRY_WAIT, TaskState.INVALIDATED.value):
+                continue
+            self._move(k, SKIPPED)
+            skipped.append(k)
+            stack.extend(self.children[k] or ())
+        return skipped
+
+    # -- queries ------------------------------------------------------------------------------
+    def key(self, i: int) -> tuple[int, int, int]:
+        return (-self.depth[i], self.root_seq[i], i)
+
+    def ready_count(self) -> int:
+        return self.counts[READY]
+
+    def unfinished(self) -> int:
+        c = self.counts
+        return c[PENDING] + c[READY] + c[RUNNING] + c[RETRY_WAIT] + c[TaskState.INVALIDATED]
+
+    def get(self, tid: str) -> int:
+        try:
+            return self.index[tid]
+        except KeyError:
+            raise GraphError(f"unknown task {tid!r}") from None
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _move(self, i: int, to: int) -> None:
+        c = self.counts
+        c[self.state[i]] -= 1
+        c[to] += 1
+        self.state[i] = to
+
+    def _make_ready(self, i: int, from_state: int = PENDING) -> None:
+        self.state[i] = READY
+        c = self.counts
+        c[from_state] -= 1
+        c[READY] += 1
+        heapq.heappush(self._heap, (-self.depth[i], self.root_seq[i], i))

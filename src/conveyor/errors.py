@@ -1,0 +1,48 @@
+"""The exception tree. Every user error carries a message fit to print as one line."""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Base of every error conveyor raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(ConveyorError):
+    """Bad input or usage: the CLI prints the message and exits 2."""
+
+    exit_code = 2
+
+
+class GraphError(UsageError):
+    """A graph that cannot run: cycle, unknown or duplicate id, bad key, bad function."""
+
+
+class CycleError(GraphError):
+    def __init__(self, cycle: list[str]) -> None:
+        self.cycle = cycle
+        shown = " -> ".join([*cycle, cycle[0]]) if cycle else "?"
+        super().__init__(f"the graph has a cycle: {shown}")
+
+
+class StoreError(ConveyorError):
+    """The store cannot be opened or used (bad URL, unreachable, corrupt, locked)."""
+
+    exit_code = 2
+
+
+class GraphMismatchError(StoreError):
+    """The store holds unfinished work of another graph."""
+
+
+class StaleLeaseError(ConveyorError):
+    """A worker tried to finish a task whose lease was taken over by another worker."""
+
+
+class TaskFailed(ConveyorError):
+    """Raised by RunResult.raise_for_failures / result lookups of a failed task."""
+
+
+class WouldBlock(Exception):
+    """An ``*_nowait`` call could not proceed without waiting."""

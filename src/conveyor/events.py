@@ -1,0 +1,62 @@
+"""Typed events and where they go (JSON Lines files, callbacks).
+
+An event records one committed transition: ``{"ts", "event", "task", "worker", "attempt", ...}``.
+Event names are the contract of DESIGN.md section 4.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from typing import IO, Any
+
+EVENT_NAMES = frozenset(
+    {
+        "task_submitted", "task_ready", "task_started", "task_finished", "task_failed",
+        "task_retrying", "task_skipped", "task_cancelled", "task_invalidated", "lease_expired",
+        "worker_joined", "worker_lost", "admission_blocked", "group_capped", "gang_reserved",
+        "gang_started", "endpoint_limit_changed", "run_started", "run_finished",
+    }
+)  # fmt: skip
+
+Event = dict[str, Any]
+EventSink = Callable[[Event], None]
+
+
+class JsonlSink:
+    """Appends one JSON object per line. Thread-safe; flushes each line so a crash loses none
+    already written (the store, not this file, is the source of truth for durable runs)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        line = json.dumps(event, default=str, separators=(",", ":"))
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+class FanOut:
+    """Several sinks as one."""
+
+    def __init__(self, sinks: list[EventSink]) -> None:
+        self.sinks = sinks
+
+    def __call__(self, event: Event) -> None:
+        for sink in self.sinks:
+            sink(event)
+
+
+def combine(sinks: list[EventSink | None]) -> EventSink | None:
+    real = [s for s in sinks if s is not None]
+    if not real:
+        return None
+    return real[0] if len(real) == 1 else FanOut(real)

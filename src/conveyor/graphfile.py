@@ -1,0 +1,208 @@
+"""Graph input: the JSON/YAML graph file of DESIGN.md section 4, and ``networkx.DiGraph``s.
+
+Everything is checked before anything runs: unknown keys, cycles (named), unknown or duplicate
+ids, functions that do not import or are not callable, arguments that are not JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from conveyor.core.dag import layout
+from conveyor.errors import GraphError
+from conveyor.imports import resolve_callable
+from conveyor.model import TASK_KEYS, GraphSpec, GroupSpec, TaskSpec
+
+GRAPH_KEYS = frozenset({"name", "tasks", "groups", "description", "source", "family", "meta"})
+GROUP_KEYS = frozenset({"weight", "cap"})
+
+
+def load_graph(path: str | os.PathLike[str], *, check_functions: bool = True) -> GraphSpec:
+    """Read and validate a graph file (``.json``, ``.yaml`` or ``.yml``)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GraphError(f"graph file {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GraphError(f"cannot read graph file {str(p)!r}: {exc}") from None
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise GraphError(f"{p.name}: not valid YAML: {exc}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GraphError(f"{p.name}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    return graph_from_dict(data, default_name=p.stem, check_functions=check_functions)
+
+
+def graph_from_dict(
+    data: Any, *, default_name: str = "graph", check_functions: bool = True
+) -> GraphSpec:
+    if not isinstance(data, Mapping):
+        raise GraphError("a graph file must hold an object with a 'tasks' list")
+    unknown = sorted(set(data) - GRAPH_KEYS)
+    if unknown:
+        raise GraphError(f"unknown key(s) in graph: {', '.join(unknown)}")
+    raw_tasks = data.get("tasks")
+    if not isinstance(raw_tasks, list):
+        raise GraphError("the graph needs a 'tasks' list")
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise GraphError("'name' must be a non-empty string")
+    groups = _groups(data.get("groups") or {})
+    tasks = [_task(i, t, check_functions) for i, t in enumerate(raw_tasks)]
+    spec = GraphSpec(name, tasks, groups, {k: data[k] for k in data if k not in ("tasks",)})
+    validate_graph(spec)
+    return spec
+
+
+def validate_graph(spec: GraphSpec) -> None:
+    """Checks across tasks: ids, parents, cycles, groups. O(V + E)."""
+    for t in spec.tasks:
+        t.validate()
+    layout([t.id for t in spec.tasks], [t.deps for t in spec.tasks])
+    if spec.groups:
+        for t in spec.tasks:
+            if t.group != "default" and t.group not in spec.groups:
+                raise GraphError(
+                    f"task {t.id!r} names unknown group {t.group!r}; "
+                    f"declared groups: {', '.join(sorted(spec.groups))}"
+                )
+
+
+def _groups(raw: Any) -> dict[str, GroupSpec]:
+    if not isinstance(raw, Mapping):
+        raise GraphError("'groups' must map group names to {weight, cap}")
+    out = {}
+    for name, g in raw.items():
+        if not isinstance(g, Mapping):
+            raise GraphError(f"group {name!r} must be an object like {{'weight': 1, 'cap': 8}}")
+        unknown = sorted(set(g) - GROUP_KEYS)
+        if unknown:
+            raise GraphError(f"group {name!r}: unknown key(s) {', '.join(unknown)}")
+        spec = GroupSpec(str(name), g.get("weight", 1.0), g.get("cap"))
+        spec.validate()
+        out[str(name)] = spec
+    return out
+
+
+def _task(pos: int, raw: Any, check_functions: bool) -> TaskSpec:
+    if not isinstance(raw, Mapping):
+        raise GraphError(f"task #{pos + 1} must be an object")
+    tid = raw.get("id")
+    where = f"task {tid!r}" if isinstance(tid, str) else f"task #{pos + 1}"
+    if not isinstance(tid, str) or not tid:
+        raise GraphError(f"{where}: 'id' must be a non-empty string")
+    unknown = sorted(set(raw) - TASK_KEYS)
+    if unknown:
+        raise GraphError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    if "deps" in raw and "parents" in raw:
+        raise GraphError(f"{where}: give 'deps' or 'parents', not both")
+    deps = raw.get("deps", raw.get("parents", [])) or []
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        raise GraphError(f"{where}: 'deps' must be a list of task ids")
+    args = raw.get("args", [])
+    kwargs = raw.get("kwargs", {})
+    if not isinstance(args, list):
+        raise GraphError(f"{where}: 'args' must be a list")
+    if not isinstance(kwargs, Mapping):
+        raise GraphError(f"{where}: 'kwargs' must be an object")
+    try:
+        json.dumps([args, kwargs], allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise GraphError(f"{where}: arguments must be JSON values: {exc}") from None
+    fn = raw.get("fn")
+    if fn is not None:
+        if not isinstance(fn, str):
+            raise GraphError(f"{where}: 'fn' must be an import path like 'pkg.mod:func'")
+        if check_functions:
+            try:
+                resolve_callable(fn)
+            except GraphError as exc:
+                raise GraphError(f"{where}: {exc}") from None
+    cmd = raw.get("cmd")
+    if cmd is not None and not (
+        isinstance(cmd, str) or (isinstance(cmd, list) and all(isinstance(c, str) for c in cmd))
+    ):
+        raise GraphError(f"{where}: 'cmd' must be a string or a list of strings")
+    resources = dict(raw.get("resources") or {})
+    if "cores" in raw and "cpu" not in resources:
+        resources["cpu"] = raw["cores"]
+    runtime = raw.get("runtime_s")
+    if runtime is not None and (
+        not isinstance(runtime, int | float) or not math.isfinite(runtime) or runtime < 0
+    ):
+        raise GraphError(f"{where}: 'runtime_s' must be a number >= 0")
+    labels = raw.get("labels") or {}
+    if not isinstance(labels, Mapping):
+        raise GraphError(f"{where}: 'labels' must be an object")
+    try:
+        spec = TaskSpec(
+            id=tid,
+            fn=fn,
+            cmd=cmd,
+            args=tuple(args),
+            kwargs=dict(kwargs),
+            deps=tuple(deps),
+            group=str(raw.get("group", "default")),
+            labels=dict(labels),
+            resources=resources,
+            retries=raw.get("retries", 0),
+            timeout_s=raw.get("timeout_s"),
+            gang=raw.get("gang"),
+            gang_size=raw.get("gang_size"),
+            endpoint=raw.get("endpoint"),
+            cache=bool(raw.get("cache", True)),
+            version=raw.get("version"),
+            inputs=tuple(raw.get("inputs") or ()),
+            outputs=tuple(raw.get("outputs") or ()),
+            runtime_s=runtime,
+            executor=raw.get("executor"),
+            env=raw.get("env"),
+            cwd=raw.get("cwd"),
+            meta=raw.get("meta"),
+        )
+    except TypeError as exc:
+        raise GraphError(f"{where}: {exc}") from None
+    spec.validate()
+    return spec
+
+
+def graph_from_networkx(g: Any, name: str = "graph") -> GraphSpec:
+    """Nodes are tasks (node attributes are task fields); an edge ``u -> v`` makes ``v`` depend
+    on ``u``. Node ids become strings."""
+    import networkx as nx
+
+    if not isinstance(g, nx.DiGraph):
+        raise GraphError("expected a networkx.DiGraph")
+    tasks = []
+    for node, attrs in g.nodes(data=True):
+        raw = {k: v for k, v in attrs.items() if k in TASK_KEYS and k not in ("id", "deps")}
+        unknown = sorted(set(attrs) - TASK_KEYS)
+        if unknown:
+            raise GraphError(f"node {node!r}: unknown attribute(s) {', '.join(unknown)}")
+        fn = raw.pop("fn", None)
+        raw.pop("parents", None)
+        deps = tuple(str(p) for p in g.predecessors(node))
+        args = raw.pop("args", ())
+        kwargs = raw.pop("kwargs", {})
+        try:
+            spec = TaskSpec(id=str(node), fn=fn, args=tuple(args), kwargs=dict(kwargs),
+                            deps=deps, **raw)  # fmt: skip
+        except TypeError as exc:
+            raise GraphError(f"node {node!r}: {exc}") from None
+        tasks.append(spec)
+    spec = GraphSpec(name, tasks)
+    validate_graph(spec)
+    return spec

@@ -1,0 +1,1 @@
+"""The edges: the engine loop, executors, worker processes, clocks."""

@@ -1,0 +1,105 @@
+"""``conveyor.current()``: what a running task knows about itself, and how it submits children."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from conveyor.errors import ConveyorError, TaskFailed
+from conveyor.model import TaskResult, TaskSpec, TaskState
+
+if TYPE_CHECKING:
+    from conveyor.api import Graph
+
+_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "conveyor_current", default=None
+)
+
+
+def current() -> TaskContext:
+    """The context of the task running in this thread or coroutine."""
+    ctx = _current.get()
+    if ctx is None:
+        raise ConveyorError("conveyor.current() called outside a running task")
+    return ctx
+
+
+@dataclass(eq=False)
+class ChildHandle:
+    """A child task submitted at run time. ``result()`` waits for it without starving it: while
+    the parent waits, its worker slot is lent to the children."""
+
+    id: str
+    _ctx: TaskContext = field(repr=False)
+
+    def result(self, timeout: float | None = None) -> Any:
+        res = self._ctx._wait_for(self.id, timeout)
+        if res.state is not TaskState.DONE:
+            raise TaskFailed(f"child task {self.id!r} ended {res.state.label}: {res.error}")
+        return res.value
+
+    async def wait(self) -> Any:
+        import asyncio
+
+        return await asyncio.to_thread(self.result)
+
+
+@dataclass(eq=False)
+class TaskContext:
+    """Handed to the running task through a context variable; see :func:`current`."""
+
+    task_id: str
+    attempt: int
+    depth: int
+    parent_results: dict[str, Any]
+    worker: str
+    # Set by the engine: submit(tasks) -> ids; wait(id, timeout) -> TaskResult
+    _submit: Callable[[TaskContext, list[TaskSpec]], list[str]] = field(repr=False)
+    _wait: Callable[[TaskContext, str, float | None], TaskResult] = field(repr=False)
+    claim: Any = field(default=None, repr=False)
+    _counter: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def submit(
+        self, fn: Callable[..., Any] | str | None = None, *args: Any, **options: Any
+    ) -> ChildHandle:
+        """Submit one child task: ``fn(*args)`` (or ``cmd=...``) one level deeper than this task.
+
+        Options are ``TaskSpec`` fields (``id``, ``deps``, ``retries``, ``group`` ...); ``id``
+        defaults to ``"<this task>/<n>"``.
+        """
+        spec = self._child_spec(fn, args, options)
+        (tid,) = self._submit(self, [spec])
+        return ChildHandle(tid, self)
+
+    def submit_job(self, graph: Graph) -> list[ChildHandle]:
+        """Submit a whole child job (a ``Graph``): its roots sit one level below this task and
+        it keeps this task's root order. Task ids are prefixed with ``"<this task>/"``."""
+        prefix = f"{self.task_id}/"
+        specs = []
+        for t in graph.tasks:
+            deps = tuple(prefix + d for d in t.deps)
+            specs.append(_replace_spec(t, id=prefix + t.id, deps=deps))
+        ids = self._submit(self, specs)
+        return [ChildHandle(i, self) for i in ids]
+
+    def _child_spec(self, fn: Any, args: tuple[Any, ...], options: dict[str, Any]) -> TaskSpec:
+        from conveyor.api import spec_from_call
+
+        with self._lock:
+            self._counter += 1
+            n = self._counter
+        options.setdefault("id", f"{self.task_id}/{n}")
+        return spec_from_call(fn, args, options)
+
+    def _wait_for(self, task_id: str, timeout: float | None) -> TaskResult:
+        return self._wait(self, task_id, timeout)
+
+
+def _replace_spec(spec: TaskSpec, **changes: Any) -> TaskSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, **changes)

@@ -1,0 +1,464 @@
+"""The loop that runs a graph: claim -> execute -> complete, one thread owning the store.
+
+Readiness is event-driven (the store touches only a finished task's children) and the next task
+is always the best depth-first key among the ready ones, so with one slot and no-op tasks the
+start order is exactly the key order. No-op tasks and ``executor="inline"`` tasks finish where
+they are claimed, with no hop to a thread (a hop costs ~8-80 us; PEERS.md).
+"""
+
+from __future__ import annotations
+
+import heapq
+import inspect
+import queue
+import random
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
+from conveyor.errors import ConveyorError
+from conveyor.events import EventSink
+from conveyor.imports import resolve_callable
+from conveyor.model import TaskResult, TaskSpec, TaskState, find_refs, substitute_refs
+from conveyor.runtime.clock import SYSTEM_CLOCK, Clock
+from conveyor.runtime.context import TaskContext, _current
+from conveyor.runtime.executors import Executors, Running, describe
+from conveyor.store.base import Claim, Store
+
+_IDLE_POLL_MIN = 0.005  # s: first re-poll of a shared store that had nothing claimable
+_IDLE_POLL_MAX = 0.5  # s: back-off cap; PostgreSQL wakes idle workers earlier via NOTIFY
+
+
+@dataclass(slots=True)
+class _Box:
+    """A reply from the engine thread to a task thread."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    value: Any = None
+    error: BaseException | None = None
+
+    def wait(self, timeout: float | None = None) -> Any:
+        if not self.event.wait(timeout):
+            raise TimeoutError("timed out waiting for the engine")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@dataclass(slots=True)
+class RunStats:
+    started: int = 0
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    refused: int = 0  # completions the store refused (lease taken over)
+    interrupted: bool = False
+
+
+class Engine:
+    """Runs what a store hands out until nothing is left (or ``idle_exit`` passes)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        workers: int = 4,
+        worker_id: str = "w0",
+        clock: Clock = SYSTEM_CLOCK,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        seed: int | None = None,
+        fail_fast: bool = False,
+        lease_s: float = 30.0,
+        idle_exit: float | None = None,
+        max_tasks: int | None = None,
+        executor: str | None = None,
+        functions: dict[str, TaskSpec] | None = None,
+        emit: EventSink | None = None,
+        on_result: Callable[[TaskResult], None] | None = None,
+        on_tick: Callable[[Engine], None] | None = None,
+        tick_s: float = 0.2,
+    ) -> None:
+        if workers < 1:
+            raise ConveyorError("workers must be >= 1")
+        self.store = store
+        self.slots = workers
+        self.worker_id = worker_id
+        self.clock = clock
+        self.retry = retry
+        self.rng = random.Random(seed)
+        self.fail_fast = fail_fast
+        self.lease_s = lease_s
+        self.idle_exit = idle_exit
+        self.max_tasks = max_tasks
+        self.default_executor = executor
+        self.functions = functions or {}
+        self.emit = emit
+        self.on_result = on_result
+        self.on_tick = on_tick
+        self.tick_s = tick_s
+        self.stats = RunStats()
+        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._executors = Executors(workers, self._queue.put)
+        self._running: dict[int, Running] = {}
+        self._deadlines: list[tuple[float, int, int]] = []  # (deadline, handle, id(run))
+        self._watchers: dict[str, list[_Box]] = {}
+        self._lent = 0  # slots lent by parents waiting on their children
+        self._stopping = False
+        self._engine_thread: int | None = None
+
+    # -- public ----------------------------------------------------------------------------------
+    def run(self) -> RunStats:
+        for _ in self.run_iter(yield_results=False):
+            pass
+        return self.stats
+
+    def stop(self) -> None:
+        """Stop starting new tasks; those running finish. Safe from any thread."""
+        self._queue.put(("stop",))
+
+    def run_iter(self, *, yield_results: bool = True) -> Iterator[TaskResult]:
+        """Run, yielding each task's result as soon as it finishes."""
+        self._engine_thread = threading.get_ident()
+        store = self.store
+        shared = store.shared
+        clock = self.clock
+        stats = self.stats
+        running = self._running
+        worker = self.worker_id
+        lease_s = self.lease_s
+        claim_one = getattr(store, "claim_one", None)
+        if claim_one is None:
+
+            def claim_one(worker: str, now: float) -> Claim | None:
+                got = store.claim(worker, 1, now, lease_s)
+                return got[0] if got else None
+
+        complete = store.complete
+        on_result = self.on_result
+        want = yield_results or on_result is not None
+        idle_since: float | None = None
+        poll = _IDLE_POLL_MIN
+        next_tick = 0.0
+        next_beat = 0.0
+        if shared:
+            store.register_worker(worker, clock.now(), {"slots": self.slots})
+        try:
+            while True:
+                try:
+                    now = clock.now()
+                    # Fill free slots, best key first. O(log n) per claim; see Store.claim.
+                    while not self._stopping and len(running) < self.slots + self._lent:
+                        if self.max_tasks is not None and stats.started >= self.max_tasks:
+                            self._stopping = True
+                            break
+                        claim = claim_one(worker, now)
+                        if claim is None:
+                            break
+                        stats.started += 1
+                        spec = claim.spec
+                        if spec.fn is None and spec.cmd is None:
+                            # A no-op finishes where it is claimed: its children are ready
+                            # before the next claim, which keeps the order depth-first.
+                            if complete(claim, None, now):
+                                stats.done += 1
+                                if want:
+                                    res = TaskResult(spec.id, TaskState.DONE, None, None,
+                                                     claim.attempt)  # fmt: skip
+                                    if on_result is not None:
+                                        on_result(res)
+                                    if yield_results:
+                                        yield res
+                            else:
+                                stats.refused += 1
+                            continue
+                        res = self._start(claim, now)
+                        if res is not None and want:
+                            if on_result is not None:
+                                on_result(res)
+                            if yield_results:
+                                yield res
+                    if now >= next_tick:
+                        next_tick = now + self.tick_s
+                        if self.on_tick is not None:
+                            self.on_tick(self)
+                        if self._watchers and shared:
+                            self._poll_watchers()
+                    if shared and now >= next_beat:
+                        next_beat = now + lease_s / 3
+                        store.heartbeat(worker, now, lease_s)
+                        store.reap_expired(now)
+                    # Decide how long to wait for the next message.
+                    if running:
+                        idle_since = None
+                        poll = _IDLE_POLL_MIN
+                        timeout = self._next_deadline(now)
+                    else:
+                        if self._stopping:
+                            break
+                        wake = store.next_wakeup()
+                        if not shared:
+                            if store.unfinished() == 0 or wake is None:
+                                break
+                            timeout = max(0.0, wake - now)
+                        else:
+                            if store.unfinished() == 0:
+                                break
+                            if idle_since is None:
+                                idle_since = now
+                            elif self.idle_exit is not None and now - idle_since >= self.idle_exit:
+                                break
+                            timeout = poll
+                            poll = min(poll * 2, _IDLE_POLL_MAX)
+                            if wake is not None:
+                                timeout = min(timeout, max(0.0, wake - now))
+                            if store.wait_for_work(timeout):
+                                timeout = 0.0
+                    timeout = min(timeout, max(0.0, next_tick - now)) if running else timeout
+                    try:
+                        msg = (
+                            self._queue.get(timeout=timeout)
+                            if timeout > 0
+                            else (self._queue.get_nowait())
+                        )
+                    except queue.Empty:
+                        msg = None
+                    now = clock.now()
+                    for res in self._expire_deadlines(now):
+                        if want:
+                            if on_result is not None:
+                                on_result(res)
+                            if yield_results:
+                                yield res
+                    while msg is not None:
+                        res = self._handle(msg, now)
+                        if res is not None and want:
+                            if on_result is not None:
+                                on_result(res)
+                            if yield_results:
+                                yield res
+                        try:
+                            msg = self._queue.get_nowait()
+                        except queue.Empty:
+                            msg = None
+                except KeyboardInterrupt:
+                    if stats.interrupted:
+                        raise  # a second Ctrl-C: stop waiting for running tasks
+                    stats.interrupted = True
+                    self._stopping = True
+                    # Cancel what can be cancelled (coroutines, commands, queued processes);
+                    # threads cannot be stopped, so their tasks are drained and recorded.
+                    for run in list(running.values()):
+                        if run.kind != "thread":
+                            self._executors.cancel(run)
+                            self._release(run, clock.now())
+        finally:
+            self._shutdown()
+        if stats.interrupted:
+            raise KeyboardInterrupt
+
+    # -- starting tasks -----------------------------------------------------------------------
+    def _resolve(self, spec: TaskSpec) -> Callable[..., Any] | None:
+        fn = spec.fn
+        if fn is None:
+            local = self.functions.get(spec.id)
+            fn = local.fn if local is not None else None
+        if isinstance(fn, str):
+            local = self.functions.get(spec.id)
+            if local is not None and callable(local.fn):
+                return local.fn
+            return resolve_callable(fn)
+        return fn
+
+    def _start(self, claim: Claim, now: float) -> TaskResult | None:
+        spec = claim.spec
+        store = self.store
+        try:
+            parents = store.parent_values(claim) if claim.parents else {}
+            fn = None if spec.cmd is not None else self._resolve(spec)
+            args, kwargs = spec.args, spec.kwargs
+            if parents and find_refs(args, kwargs):
+                args = tuple(substitute_refs(a, parents) for a in args)
+                kwargs = {k: substitute_refs(v, parents) for k, v in kwargs.items()}
+        except Exception as exc:
+            run = Running(claim, now)
+            self._running[claim.handle] = run
+            return self._finish(run, False, describe(exc), now)
+        ctx = TaskContext(
+            spec.id, claim.attempt, claim.depth, parents, self.worker_id,
+            self._ctx_submit, self._ctx_wait, claim,
+        )  # fmt: skip
+        run = Running(claim, now)
+        timeout = spec.timeout_s
+        ex = self._executors
+        mode = spec.executor or self.default_executor
+        if spec.cmd is not None:
+            run.kind = "cmd"
+            self._running[claim.handle] = run
+            ex.start_cmd(run, spec.cmd, spec.env, spec.cwd, timeout)
+        elif inspect.iscoroutinefunction(fn):
+            run.kind = "async"
+            self._running[claim.handle] = run
+            ex.start_async(run, fn, args, kwargs, ctx, timeout)
+        elif mode == "inline":
+            run.kind = "inline"
+            self._running[claim.handle] = run
+            token = _current.set(ctx)
+            try:
+                value = fn(*args, **kwargs)  # type: ignore[misc]
+            except Exception as exc:
+                return self._finish(run, False, describe(exc), now)
+            finally:
+                _current.reset(token)
+            return self._finish(run, True, value, self.clock.now())
+        else:
+            self._running[claim.handle] = run
+            if mode == "process":
+                run.kind = "process"
+                ex.start_process(run, fn, args, kwargs)  # type: ignore[arg-type]
+            else:
+                ex.start_sync(run, fn, args, kwargs, ctx)  # type: ignore[arg-type]
+            if timeout is not None:
+                run.deadline = now + timeout
+                heapq.heappush(self._deadlines, (run.deadline, claim.handle, id(run)))
+        return None
+
+    # -- finishing tasks ------------------------------------------------------------------------
+    def _handle(self, msg: tuple[Any, ...], now: float) -> TaskResult | None:
+        kind = msg[0]
+        if isinstance(kind, Running):
+            run, ok, value = msg
+            if run.abandoned or self._running.get(run.claim.handle) is not run:
+                return None
+            if not ok and value == "cancelled" and self._stopping:
+                self._release(run, now)
+                return None
+            return self._finish(run, ok, value, now)
+        if kind == "submit":
+            _, ctx, specs, box = msg
+            try:
+                box.value = self.store.submit_children(ctx.claim, specs, now)
+            except BaseException as exc:
+                box.error = exc
+            box.event.set()
+        elif kind == "wait":
+            _, task_id, box = msg
+            res = self._finished_result(task_id)
+            if res is not None:
+                box.value = res
+                box.event.set()
+            else:
+                self._lent += 1
+                self._watchers.setdefault(task_id, []).append(box)
+        elif kind == "stop":
+            self._stopping = True
+        return None
+
+    def _finish(self, run: Running, ok: bool, value: Any, now: float) -> TaskResult:
+        claim = run.claim
+        spec = claim.spec
+        stats = self.stats
+        del self._running[claim.handle]
+        if ok:
+            accepted = self.store.complete(claim, value, now)
+            state = TaskState.DONE
+            error = None
+            if accepted:
+                stats.done += 1
+        else:
+            error = str(value)
+            retry_at = None
+            if claim.attempt <= spec.retries and not self._stopping:
+                retry_at = now + self.retry.delay(claim.attempt, self.rng.random())
+            accepted = self.store.fail(claim, error, now, retry_at)
+            state = TaskState.RETRY_WAIT if retry_at is not None else TaskState.FAILED
+            value = None
+            if accepted:
+                if retry_at is not None:
+                    stats.retried += 1
+                else:
+                    stats.failed += 1
+                    if self.fail_fast:
+                        self._stopping = True
+        if not accepted:
+            stats.refused += 1
+        if self._watchers:
+            self._notify(spec.id)
+            if state is TaskState.FAILED:
+                self._poll_watchers()
+        return TaskResult(spec.id, state, value, error, claim.attempt)
+
+    def _release(self, run: Running, now: float) -> None:
+        if self._running.pop(run.claim.handle, None) is not None:
+            self.store.release(run.claim, now)
+
+    def _next_deadline(self, now: float) -> float:
+        return max(0.0, self._deadlines[0][0] - now) if self._deadlines else self.tick_s
+
+    def _expire_deadlines(self, now: float) -> list[TaskResult]:
+        out = []
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            _, handle, rid = heapq.heappop(dl)
+            run = self._running.get(handle)
+            if run is None or id(run) != rid:
+                continue
+            self._executors.cancel(run)
+            timeout = run.claim.spec.timeout_s
+            out.append(self._finish(run, False, f"timeout: no result after {timeout:g} s", now))
+        return out
+
+    # -- children and waiting ---------------------------------------------------------------------
+    def _ctx_submit(self, ctx: TaskContext, specs: list[TaskSpec]) -> list[str]:
+        for s in specs:
+            s.validate()
+            if callable(s.fn):
+                self.functions[s.id] = s
+        if threading.get_ident() == self._engine_thread:
+            return self.store.submit_children(ctx.claim, specs, self.clock.now())
+        box = _Box()
+        self._queue.put(("submit", ctx, specs, box))
+        return box.wait()  # type: ignore[no-any-return]
+
+    def _ctx_wait(self, ctx: TaskContext, task_id: str, timeout: float | None) -> TaskResult:
+        if threading.get_ident() == self._engine_thread:
+            raise ConveyorError("an inline task cannot wait for its children; use threads")
+        box = _Box()
+        self._queue.put(("wait", task_id, box))
+        return box.wait(timeout)  # type: ignore[no-any-return]
+
+    def _finished_result(self, task_id: str) -> TaskResult | None:
+        res = self.store.result(task_id)
+        return res if res.state.finished else None
+
+    def _notify(self, task_id: str) -> None:
+        boxes = self._watchers.pop(task_id, None)
+        if boxes:
+            res = self.store.result(task_id)
+            if not res.state.finished:  # retrying: keep waiting
+                self._watchers[task_id] = boxes
+                return
+            for box in boxes:
+                self._lent -= 1
+                box.value = res
+                box.event.set()
+
+    def _poll_watchers(self) -> None:
+        for task_id in list(self._watchers):
+            self._notify(task_id)
+
+    # -- shutdown ----------------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        now = self.clock.now()
+        for run in list(self._running.values()):
+            self._executors.cancel(run)
+            self._release(run, now)
+        for boxes in self._watchers.values():
+            for box in boxes:
+                box.error = ConveyorError("the run stopped before the child finished")
+                box.event.set()
+        self._watchers.clear()
+        self._executors.shutdown(wait=not self.stats.interrupted)
+        if self.store.shared:
+            self.store.unregister_worker(self.worker_id, now)

@@ -1,0 +1,225 @@
+"""Where task code runs: a thread pool for sync callables, one asyncio loop for ``async def``,
+subprocesses for shell commands, an optional process pool for CPU-bound work.
+
+Every executor reports back by calling ``post((run, ok, value_or_error))`` from whatever thread
+finished the work; the engine's loop is the only reader of those messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.runtime.context import TaskContext, _current
+from conveyor.store.base import Claim
+
+Post = Callable[[tuple[Any, ...]], None]
+
+
+@dataclass(eq=False, slots=True)
+class Running:
+    """One task in flight in this process."""
+
+    claim: Claim
+    started: float
+    kind: str = "thread"  # thread, async, cmd, process, inline
+    deadline: float | None = None
+    future: Any = None  # concurrent.futures.Future or asyncio future
+    proc: subprocess.Popen[bytes] | None = None
+    abandoned: bool = False  # timed out or cancelled: a late result is dropped
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def describe(exc: BaseException) -> str:
+    """One-line summary of an exception, plus the innermost frame that raised it."""
+    text = f"{type(exc).__name__}: {exc}".strip()
+    tb = traceback.extract_tb(exc.__traceback__)
+    if tb:
+        last = tb[-1]
+        text += f" ({os.path.basename(last.filename)}:{last.lineno} in {last.name})"
+    return text
+
+
+class Executors:
+    def __init__(self, slots: int, post: Post) -> None:
+        self.slots = max(1, slots)
+        self._post = post
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        self._processes: concurrent.futures.ProcessPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- sync callables ---------------------------------------------------------------------
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._threads is None:
+            # Extra threads beyond the slots: a parent waiting on its children lends its slot,
+            # so up to twice as many threads may be busy while some of them only wait.
+            self._threads = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.slots * 2 + 4, thread_name_prefix="conveyor-task"
+            )
+        return self._threads
+
+    def start_sync(
+        self, run: Running, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        ctx: TaskContext,
+    ) -> None:  # fmt: skip
+        post = self._post
+
+        def call() -> None:
+            token = _current.set(ctx)
+            try:
+                value = fn(*args, **kwargs)
+            except BaseException as exc:
+                post((run, False, describe(exc)))
+            else:
+                post((run, True, value))
+            finally:
+                _current.reset(token)
+
+        run.future = self._pool().submit(call)
+
+    # -- async def ----------------------------------------------------------------------------
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                started = threading.Event()
+
+                def serve() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(started.set)
+                    loop.run_forever()
+
+                self._loop_thread = threading.Thread(
+                    target=serve, name="conveyor-asyncio", daemon=True
+                )
+                self._loop_thread.start()
+                started.wait()
+                self._loop = loop
+            return self._loop
+
+    def start_async(
+        self, run: Running, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        ctx: TaskContext, timeout: float | None,
+    ) -> None:  # fmt: skip
+        post = self._post
+
+        async def call() -> None:
+            _current.set(ctx)  # this coroutine runs in its own task: a private context copy
+            try:
+                if timeout is None:
+                    value = await fn(*args, **kwargs)
+                else:
+                    value = await asyncio.wait_for(fn(*args, **kwargs), timeout)
+            except asyncio.CancelledError:
+                post((run, False, "cancelled"))
+            except TimeoutError:
+                post((run, False, f"timeout: no result after {timeout:g} s"))
+            except BaseException as exc:
+                post((run, False, describe(exc)))
+            else:
+                post((run, True, value))
+
+        run.future = asyncio.run_coroutine_threadsafe(call(), self._event_loop())
+
+    # -- shell commands --------------------------------------------------------------------------
+    def start_cmd(
+        self, run: Running, cmd: str | list[str], env: dict[str, str] | None, cwd: str | None,
+        timeout: float | None,
+    ) -> None:  # fmt: skip
+        post = self._post
+        full_env = dict(os.environ)
+        full_env["CONVEYOR_TASK_ID"] = run.claim.id
+        full_env["CONVEYOR_ATTEMPT"] = str(run.claim.attempt)
+        if env:
+            full_env.update(env)
+
+        def call() -> None:
+            try:
+                proc = subprocess.Popen(
+                    cmd, shell=isinstance(cmd, str), env=full_env, cwd=cwd,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:
+                post((run, False, describe(exc)))
+                return
+            run.proc = proc
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+                proc.communicate()
+                post((run, False, f"timeout: command still running after {timeout:g} s"))
+                return
+            if proc.returncode == 0:
+                post((run, True, out.decode(errors="replace").rstrip("\n")))
+            else:
+                tail = err.decode(errors="replace").strip().splitlines()[-3:]
+                shown = cmd if isinstance(cmd, str) else shlex.join(cmd)
+                msg = f"command exited {proc.returncode}: {shown}"
+                if tail:
+                    msg += " | " + " | ".join(tail)
+                post((run, False, msg))
+
+        run.future = self._pool().submit(call)
+
+    # -- processes -----------------------------------------------------------------------------
+    def start_process(
+        self, run: Running, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        if self._processes is None:
+            import multiprocessing
+
+            self._processes = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.slots, mp_context=multiprocessing.get_context("spawn")
+            )
+        post = self._post
+        fut = self._processes.submit(fn, *args, **kwargs)
+
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            if f.cancelled():
+                post((run, False, "cancelled"))
+            elif (exc := f.exception()) is not None:
+                post((run, False, describe(exc)))
+            else:
+                post((run, True, f.result()))
+
+        fut.add_done_callback(done)
+        run.future = fut
+
+    # -- control -----------------------------------------------------------------------------------
+    def cancel(self, run: Running) -> None:
+        """Best effort: cancel a coroutine, kill a command; a running thread cannot be stopped."""
+        run.abandoned = True
+        if run.proc is not None and run.proc.poll() is None:
+            _kill(run.proc)
+        fut = run.future
+        if fut is not None:
+            fut.cancel()
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=wait, cancel_futures=True)
+        if self._processes is not None:
+            self._processes.shutdown(wait=wait, cancel_futures=True)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._loop_thread is not None and wait:
+                self._loop_thread.join(timeout=5)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()

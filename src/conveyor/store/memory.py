@@ -1,0 +1,207 @@
+"""The in-process store: the pure ``Frontier`` plus specs, attempts and results in lists.
+
+Used by ``conveyor run`` without ``--db``. One thread (the engine's) calls it; nothing here
+locks. Leases never expire: the engine that claims a task is the one that runs it.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+from conveyor.core.frontier import DONE, FAILED, READY, RUNNING, Frontier
+from conveyor.errors import GraphError, GraphMismatchError
+from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
+from conveyor.store.base import Claim, OpenedGraph, Store
+
+_NO_VALUE = object()
+
+
+class MemoryStore(Store):
+    url = "memory://"
+
+    def __init__(self) -> None:
+        self.frontier = Frontier()
+        self.specs: list[TaskSpec] = []
+        self.attempts: list[int] = []
+        self.values: list[Any] = []
+        self.errors: dict[int, str] = {}
+        self.graph_names: list[str] = []
+        self._audit: dict[int, list[dict[str, Any]]] | None = None
+
+    def keep_history(self) -> None:
+        """Record an audit trail in memory too (off by default: it costs per transition)."""
+        if self._audit is None:
+            self._audit = {}
+
+    # -- graphs ---------------------------------------------------------------------------------
+    def open_graph(self, graph: GraphSpec, now: float, *, replace: bool = False) -> OpenedGraph:
+        if graph.name in self.graph_names:
+            raise GraphMismatchError(f"graph {graph.name!r} was already submitted to this store")
+        self._add(graph.tasks, None, now)
+        self.graph_names.append(graph.name)
+        return OpenedGraph(graph.name, len(graph.tasks), False, self.frontier.unfinished())
+
+    def submit_children(self, parent: Claim, tasks: list[TaskSpec], now: float) -> list[str]:
+        self._add(tasks, parent.handle, now)
+        return [t.id for t in tasks]
+
+    def _add(self, tasks: list[TaskSpec], submitter: int | None, now: float) -> None:
+        # Building a million small lists triggers the cyclic GC over and over; none of them
+        # can form a cycle, so pause it for the bulk insert.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            new, ready = self.frontier.add(
+                [t.id for t in tasks], [t.deps for t in tasks], submitter=submitter
+            )
+        finally:
+            if enabled:
+                gc.enable()
+        self.specs.extend(tasks)
+        self.attempts.extend([0] * len(tasks))
+        self.values.extend([_NO_VALUE] * len(tasks))
+        emit = self.emit
+        if emit is not None:
+            ts = time.time()
+            for i in new:
+                emit({"ts": ts, "event": "task_submitted", "task": self.frontier.ids[i]})
+            for i in ready:
+                emit({"ts": ts, "event": "task_ready", "task": self.frontier.ids[i]})
+        skipped = [i for i in new if self.frontier.state[i] == TaskState.SKIPPED]
+        self._emit_skipped(skipped, now)
+
+    # -- claim/complete -------------------------------------------------------------------------
+    def claim(self, worker: str, limit: int, now: float, lease_s: float) -> list[Claim]:
+        out = []
+        for _ in range(limit):
+            c = self.claim_one(worker, now)
+            if c is None:
+                break
+            out.append(c)
+        return out
+
+    def claim_one(self, worker: str, now: float) -> Claim | None:
+        """The hot path of ``claim`` for one task: a heap pop and a small record."""
+        f = self.frontier
+        if f._delayed and f._delayed[0][0] <= now:
+            self._release_due(now)
+        i = f.pop()
+        if i is None:
+            return None
+        attempt = self.attempts[i] + 1
+        self.attempts[i] = attempt
+        spec = self.specs[i]
+        if self.emit is not None:
+            self._record(i, "task_started", now, worker=worker, attempt=attempt)
+        return Claim(spec, attempt, attempt, i, f.depth[i], spec.deps)
+
+    def complete(self, claim: Claim, value: Any, now: float) -> bool:
+        i = claim.handle
+        f = self.frontier
+        if f.state[i] != RUNNING or self.attempts[i] != claim.token:
+            return False
+        self.values[i] = value
+        ready = f.complete(i)
+        if self.emit is not None or self._audit is not None:
+            self._record(i, "task_finished", now, attempt=claim.attempt)
+            for k in ready:
+                self._record(k, "task_ready", now)
+        return True
+
+    def fail(self, claim: Claim, error: str, now: float, retry_at: float | None) -> bool:
+        i = claim.handle
+        f = self.frontier
+        if f.state[i] != RUNNING or self.attempts[i] != claim.token:
+            return False
+        self.errors[i] = error
+        if retry_at is not None:
+            f.defer(i, retry_at)
+            self._record(i, "task_retrying", now, attempt=claim.attempt, error=error,
+                         retry_at=retry_at)  # fmt: skip
+            return True
+        skipped = f.fail(i)
+        self._record(i, "task_failed", now, attempt=claim.attempt, error=error)
+        self._emit_skipped(skipped, now, cause=claim.spec.id)
+        return True
+
+    def release(self, claim: Claim, now: float) -> bool:
+        i = claim.handle
+        if self.frontier.state[i] != RUNNING:
+            return False
+        self.attempts[i] -= 1
+        self.frontier.requeue(i)
+        return True
+
+    def cancel_unfinished(self, now: float) -> int:
+        """Cancel every task not yet started (after ``--fail-fast`` or Ctrl-C)."""
+        f = self.frontier
+        n = 0
+        for i, s in enumerate(f.state):
+            if s in (TaskState.PENDING, READY, TaskState.RETRY_WAIT):
+                f.cancel(i)
+                n += 1
+        return n
+
+    # -- queries --------------------------------------------------------------------------------
+    def next_wakeup(self) -> float | None:
+        return self.frontier.next_due()
+
+    def unfinished(self) -> int:
+        return self.frontier.unfinished()
+
+    def counts(self) -> dict[str, int]:
+        return {s.label: n for s, n in zip(TaskState, self.frontier.counts, strict=True)}
+
+    def parent_values(self, claim: Claim) -> dict[str, Any]:
+        index = self.frontier.index
+        values = self.values
+        return {p: values[index[p]] for p in claim.parents}
+
+    def value_of(self, task_id: str) -> Any:
+        v = self.values[self.frontier.get(task_id)]
+        if v is _NO_VALUE:
+            raise GraphError(f"task {task_id!r} has no result yet")
+        return v
+
+    def result(self, task_id: str) -> TaskResult:
+        i = self.frontier.get(task_id)
+        state = TaskState(self.frontier.state[i])
+        v = self.values[i]
+        return TaskResult(
+            task_id, state, None if v is _NO_VALUE else v, self.errors.get(i), self.attempts[i]
+        )
+
+    def history(self, task_id: str) -> list[dict[str, Any]]:
+        if self._audit is None:
+            return []
+        return list(self._audit.get(self.frontier.get(task_id), []))
+
+    def state_of(self, task_id: str) -> TaskState:
+        return TaskState(self.frontier.state[self.frontier.get(task_id)])
+
+    def is_done(self, i: int) -> bool:
+        return self.frontier.state[i] == DONE
+
+    def is_failed(self, i: int) -> bool:
+        return self.frontier.state[i] == FAILED
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _release_due(self, now: float) -> None:
+        for i in self.frontier.release_due(now):
+            self._record(i, "task_ready", now)
+
+    def _emit_skipped(self, skipped: list[int], now: float, cause: str | None = None) -> None:
+        for k in skipped:
+            self.errors[k] = f"upstream_failed: {cause}" if cause else "upstream_failed"
+            self._record(k, "task_skipped", now, reason="upstream_failed", cause=cause)
+
+    def _record(self, i: int, event: str, now: float, **fields: Any) -> None:
+        if self.emit is None and self._audit is None:
+            return
+        ev = {"ts": now, "event": event, "task": self.frontier.ids[i], **fields}
+        if self._audit is not None:
+            self._audit.setdefault(i, []).append(ev)
+        if self.emit is not None:
+            self.emit(ev)
