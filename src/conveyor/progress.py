@@ -1,0 +1,101 @@
+"""Progress on long runs: a rich bar on a TTY, plain periodic lines elsewhere, nothing if quiet.
+
+rich is imported only when a bar is shown (keeps ``conveyor run`` quick to start).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+class PlainProgress:
+    """One line every ``every`` seconds: done/running/failed/total, rate and ETA."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, every: float = 5.0) -> None:
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.every = every
+        self.t0 = time.monotonic()
+        self._last = self.t0
+
+    def update(self, counts: dict[str, int], total: int | None = None, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.every:
+            return
+        self._last = now
+        if total is not None:
+            self.total = total
+        self.stream.write(line(counts, self.total, now - self.t0) + "\n")
+        self.stream.flush()
+
+    def close(self, counts: dict[str, int]) -> None:
+        self.update(counts, force=True)
+
+
+def line(counts: dict[str, int], total: int, elapsed: float) -> str:
+    done = counts.get("done", 0)
+    failed = counts.get("failed", 0)
+    skipped = counts.get("skipped", 0)
+    finished = done + failed + skipped + counts.get("cancelled", 0)
+    rate = finished / elapsed if elapsed > 0 else 0.0
+    eta = (total - finished) / rate if rate > 0 else float("inf")
+    eta_s = f"{eta:.0f}s" if eta != float("inf") else "?"
+    return (
+        f"[conveyor] {finished}/{total} finished (done {done}, failed {failed}, skipped "
+        f"{skipped}), running {counts.get('running', 0)}, {rate:.0f} tasks/s, ETA {eta_s}"
+    )
+
+
+class RichProgress:
+    def __init__(self, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.total = total
+        self._p = Progress(
+            TextColumn("[bold]conveyor"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self._task = self._p.add_task("run", total=total, detail="", rate="")
+        self.t0 = time.monotonic()
+        self._p.start()
+
+    def update(self, counts: dict[str, int], total: int | None = None, force: bool = False) -> None:
+        if total is not None:
+            self.total = total
+        finished = sum(counts.get(k, 0) for k in ("done", "failed", "skipped", "cancelled"))
+        elapsed = time.monotonic() - self.t0
+        rate = f"{finished / elapsed:.0f}/s" if elapsed > 0 else ""
+        detail = (
+            f"running {counts.get('running', 0)} · failed {counts.get('failed', 0)}"
+            f" · skipped {counts.get('skipped', 0)}"
+        )
+        self._p.update(self._task, completed=finished, total=self.total, detail=detail, rate=rate)
+
+    def close(self, counts: dict[str, int]) -> None:
+        self.update(counts, force=True)
+        self._p.stop()
+
+
+def make_progress(total: int, *, quiet: bool, stream: TextIO | None = None) -> Any:
+    """The right progress display for where output goes, or ``None`` when quiet."""
+    if quiet:
+        return None
+    stream = stream or sys.stderr
+    if stream.isatty():
+        return RichProgress(total)
+    return PlainProgress(total, stream)
