@@ -80,7 +80,8 @@ def run(
 
         def tick(engine: Engine) -> None:
             if progress is not None:
-                progress.update(store.counts())
+                counts = store.counts()
+                progress.update(counts, total=sum(counts.values()))
 
         engine = Engine(
             store, workers=workers, fail_fast=fail_fast, executor=executor, lease_s=lease,
@@ -94,6 +95,7 @@ def run(
             code = 130
         counts = store.counts()
         if progress is not None:
+            progress.update(counts, total=sum(counts.values()))
             progress.close(counts)
         elapsed = time.monotonic() - t0
         if code == 0 and (counts.get("failed", 0) or counts.get("skipped", 0)):
