@@ -1,0 +1,320 @@
+"""Adaptive (AIMD) request admission per endpoint: the policy as a pure state machine.
+
+Owns the decision "may one more request go to this endpoint now?" and how each finished request
+moves the endpoint's concurrency limit. Pure: every function takes a frozen ``KeyState`` and
+``now`` (seconds on the caller's monotonic clock) and returns a new state; nothing here waits,
+sleeps, locks or reads a clock. ``conveyor.limiter`` is the edge that queues callers and wakes
+them; it calls only ``admit``, ``release`` and the read-only helpers below.
+
+The policy (see docs/limiter.md for the reasoning and the benchmark):
+
+- **Slow start.** A key starts at ``initial_limit`` and grows by one per saturated success (the
+  limit doubles per round trip) until the first congestion signal.
+- **Additive increase, only when used.** After that it grows by one per *window* of saturated
+  successes: ``max(limit, min_window)`` of them, i.e. about one step per round trip on a busy key.
+  A success is *saturated* when its request was admitted with every slot taken (or callers
+  waiting): a key whose demand is below its limit never drifts up.
+- **Careful probing at the last ceiling.** The step that would take the limit back to the level
+  that last drew a 429 needs ``probe_factor`` windows: a steady endpoint is probed rarely (few
+  429s), while growth beyond that level runs at the normal pace again (fast recovery when the
+  endpoint gets more capacity).
+- **Multiplicative decrease once per congestion event.** A 429 (or a 503/529 overload, when
+  ``overload_decreases``) multiplies the limit by ``decrease_factor`` -- unless its request was
+  admitted before the last decrease: a burst of 429s from requests sent at the old limit lowers
+  it once. Admissions are numbered; ``decrease_seq`` marks the first admission after a decrease.
+- **Retry-After honoured exactly.** A 429/503/529 with ``retry_after`` closes the key until
+  ``now + retry_after`` (capped at ``max_cooldown``); several answers keep the latest deadline,
+  never more. Without Retry-After there is no key-wide pause: the decrease is the back-off.
+- **Everything else leaves the limit alone**: timeouts, other 4xx and 5xx, errors raised by the
+  caller, cancellations, and an ``insufficient_quota`` 429 (a billing stop, not congestion: the
+  request is not retryable). Every outcome frees the slot.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+
+from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
+
+
+class Outcome(enum.Enum):
+    """How a request ended, as far as admission cares."""
+
+    SUCCESS = "success"
+    RATE_LIMITED = "rate_limited"  # 429: congestion; retry after the key's cooldown
+    OVERLOADED = "overloaded"  # 503 / 529: the server sheds load; congestion when configured
+    QUOTA_EXHAUSTED = "quota_exhausted"  # 429 insufficient_quota: stop, do not retry
+    TIMEOUT = "timeout"  # the client gave up waiting (or 408 / 504)
+    CLIENT_ERROR = "client_error"  # other 4xx: the request is wrong, retrying will not help
+    SERVER_ERROR = "server_error"  # other 5xx and transport failures: retry with backoff
+    ERROR = "error"  # an exception that is not about the endpoint at all
+    CANCELLED = "cancelled"  # the caller left before an answer (or never reported one)
+
+    @property
+    def retryable(self) -> bool:
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset(
+    {Outcome.RATE_LIMITED, Outcome.OVERLOADED, Outcome.TIMEOUT, Outcome.SERVER_ERROR}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """An outcome plus the server's Retry-After, already in seconds."""
+
+    outcome: Outcome
+    retry_after: float | None = None
+
+
+def classify_status(status: int, *, quota_exhausted: bool = False) -> Outcome:
+    """Map an HTTP status code to an ``Outcome``.
+
+    ``quota_exhausted`` marks a 429 whose body says ``insufficient_quota`` (OpenAI's billing
+    stop); the caller decides that from the body, as only it has one.
+    """
+    if status < 400:
+        return Outcome.SUCCESS
+    if status == 429:
+        return Outcome.QUOTA_EXHAUSTED if quota_exhausted else Outcome.RATE_LIMITED
+    if status in (503, 529):
+        return Outcome.OVERLOADED
+    if status in (408, 504):
+        return Outcome.TIMEOUT
+    if status < 500:
+        return Outcome.CLIENT_ERROR
+    return Outcome.SERVER_ERROR
+
+
+def parse_retry_after(value: object, *, wall_now: float) -> float | None:
+    """Seconds to wait from a Retry-After value: delta-seconds or an HTTP date.
+
+    Accepts numbers and numeric strings (fractions too: several APIs send them) and RFC 9110
+    dates, resolved against ``wall_now`` (unix seconds). Returns None for anything unreadable;
+    never a negative delay.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        if not text:
+            return None
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                when: datetime = parsedate_to_datetime(text)
+            except (TypeError, ValueError, IndexError):
+                return None
+            if when.tzinfo is None:  # an HTTP date is always GMT
+                return None
+            seconds = when.timestamp() - wall_now
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class AimdPolicy:
+    """The knobs. Defaults suit LLM-style endpoints from 1 to a few hundred requests in flight."""
+
+    initial_limit: int = 4  # low: slow start finds the real limit in log2(C/4) round trips
+    min_limit: int = 1
+    max_limit: int = 512  # the hard cap unless a key has its own (``caps``)
+    decrease_factor: float = 0.9  # Netflix's ratio: a gentle cut keeps throughput near C
+    min_window: int = 32  # successes per +1 at least: slows probing on small limits (few 429s)
+    probe_factor: int = 4  # windows needed to step back onto the level that last drew a 429
+    max_cooldown: float = 300.0  # never trust a Retry-After beyond five minutes
+    overload_decreases: bool = True  # 503/529 count as congestion (decrease + Retry-After)
+    retry: RetryPolicy = DEFAULT_RETRY  # jittered backoff for 5xx / timeouts / bare 429s
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_limit <= self.initial_limit <= self.max_limit:
+            raise ValueError(
+                "limits must satisfy 1 <= min_limit <= initial_limit <= max_limit, got "
+                f"{self.min_limit}, {self.initial_limit}, {self.max_limit}"
+            )
+        if not 0.0 < self.decrease_factor < 1.0:
+            raise ValueError(f"decrease_factor must be in (0, 1), got {self.decrease_factor}")
+        if self.min_window < 1 or self.probe_factor < 1:
+            raise ValueError("min_window and probe_factor must be at least 1")
+        if self.max_cooldown < 0:
+            raise ValueError(f"max_cooldown must be >= 0, got {self.max_cooldown}")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """One endpoint's admission state. ``limit`` is a float; ``effective_limit`` floors it."""
+
+    limit: float
+    cap: int  # hard cap for this key (shared by its aliases)
+    in_flight: int = 0
+    slow_start: bool = True
+    next_seq: int = 0  # admission number the next ticket gets
+    decrease_seq: int = 0  # tickets numbered below this were admitted before the last decrease
+    window: int = 0  # saturated successes counted toward the next +1
+    ceiling: int = 0  # the effective limit that last drew a 429 (0: none yet)
+    cooldown_until: float = -math.inf
+    # counters, for statistics()
+    admitted: int = 0
+    successes: int = 0
+    rate_limited: int = 0
+    overloaded: int = 0
+    failures: int = 0  # quota, timeouts, 4xx, 5xx, errors
+    cancelled: int = 0
+    decreases: int = 0
+    increases: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """Handed out by ``admit`` and given back to ``release``."""
+
+    seq: int
+    saturated: bool  # every slot was taken (or callers waited) when this one was admitted
+    admitted_at: float
+
+
+def new_state(policy: AimdPolicy, cap: int | None = None) -> KeyState:
+    hard = policy.max_limit if cap is None else max(policy.min_limit, cap)
+    return KeyState(limit=float(min(policy.initial_limit, hard)), cap=hard)
+
+
+def effective_limit(policy: AimdPolicy, state: KeyState) -> int:
+    return max(policy.min_limit, min(state.cap, math.floor(state.limit)))
+
+
+def cooldown_left(state: KeyState, now: float) -> float:
+    return max(0.0, state.cooldown_until - now)
+
+
+def can_admit(policy: AimdPolicy, state: KeyState, now: float) -> bool:
+    return now >= state.cooldown_until and state.in_flight < effective_limit(policy, state)
+
+
+def admit(
+    policy: AimdPolicy, state: KeyState, now: float, *, waiting: int = 0
+) -> tuple[KeyState, Ticket]:
+    """Take a slot. ``waiting``: callers still queued behind this one (they make it saturated).
+
+    Raises ValueError when ``can_admit`` is false: the edge must ask first.
+    """
+    if not can_admit(policy, state, now):
+        raise ValueError("admit() called while the key cannot admit")
+    in_flight = state.in_flight + 1
+    saturated = in_flight + waiting >= effective_limit(policy, state)
+    ticket = Ticket(seq=state.next_seq, saturated=saturated, admitted_at=now)
+    new = replace(
+        state, in_flight=in_flight, next_seq=state.next_seq + 1, admitted=state.admitted + 1
+    )
+    return new, ticket
+
+
+def release(
+    policy: AimdPolicy, state: KeyState, ticket: Ticket, report: Report, now: float
+) -> KeyState:
+    """Give a slot back with how its request ended; returns the next state. O(1)."""
+    state = replace(state, in_flight=max(0, state.in_flight - 1))
+    outcome = report.outcome
+    if outcome is Outcome.SUCCESS:
+        return _on_success(policy, replace(state, successes=state.successes + 1), ticket)
+    if outcome is Outcome.CANCELLED:
+        return replace(state, cancelled=state.cancelled + 1)
+    congestion = outcome is Outcome.RATE_LIMITED or (
+        outcome is Outcome.OVERLOADED and policy.overload_decreases
+    )
+    if outcome is Outcome.RATE_LIMITED:
+        state = replace(state, rate_limited=state.rate_limited + 1)
+    elif outcome is Outcome.OVERLOADED:
+        state = replace(state, overloaded=state.overloaded + 1)
+    else:
+        return replace(state, failures=state.failures + 1)
+    if not congestion:
+        return state
+    if report.retry_after is not None:
+        until = now + min(report.retry_after, policy.max_cooldown)
+        if until > state.cooldown_until:
+            state = replace(state, cooldown_until=until)
+    if ticket.seq < state.decrease_seq:
+        return state  # same congestion event: its decrease already happened
+    return _decrease(policy, state)
+
+
+def _on_success(policy: AimdPolicy, state: KeyState, ticket: Ticket) -> KeyState:
+    current = effective_limit(policy, state)
+    if not ticket.saturated or current >= state.cap:
+        return state
+    if state.slow_start:
+        return replace(state, limit=float(current + 1), increases=state.increases + 1)
+    window = state.window + 1
+    if window < _window_size(policy, state, current):
+        return replace(state, window=window)
+    return replace(state, limit=float(current + 1), window=0, increases=state.increases + 1)
+
+
+def _window_size(policy: AimdPolicy, state: KeyState, current: int) -> int:
+    size = max(current, policy.min_window)
+    if current + 1 == state.ceiling:  # stepping back onto the level that drew the last 429
+        size *= policy.probe_factor
+    return size
+
+
+def _decrease(policy: AimdPolicy, state: KeyState) -> KeyState:
+    current = effective_limit(policy, state)
+    lowered = max(float(policy.min_limit), state.limit * policy.decrease_factor)
+    return replace(
+        state,
+        limit=lowered,
+        slow_start=False,
+        window=0,
+        ceiling=current,
+        decrease_seq=state.next_seq,
+        decreases=state.decreases + 1,
+    )
+
+
+def retry_delay(
+    policy: AimdPolicy, state: KeyState, outcome: Outcome, attempt: int, now: float, rand: float
+) -> float | None:
+    """Seconds to wait before retry ``attempt`` (1-based) of a request that ended in ``outcome``.
+
+    None: do not retry (success, quota, 4xx, caller errors, cancellation). A rate-limited or
+    overloaded request waits out the key's cooldown when there is one (exactly, no more), else
+    the jittered backoff; 5xx and timeouts take the jittered backoff. ``rand`` in [0, 1).
+    """
+    if not outcome.retryable:
+        return None
+    left = cooldown_left(state, now)
+    if outcome in (Outcome.RATE_LIMITED, Outcome.OVERLOADED) and left > 0:
+        return left
+    return max(left, policy.retry.delay(attempt, rand))
+
+
+def resolve_key(key: str, aliases: Mapping[str, str]) -> str:
+    """The canonical key behind ``key`` (aliases may chain); aliases share one state and cap."""
+    check_key(key)
+    seen = {key}
+    while key in aliases:
+        key = aliases[key]
+        if key in seen:
+            raise ValueError(f"endpoint aliases form a cycle at {key!r}")
+        seen.add(key)
+    return check_key(key)
+
+
+def check_key(key: str) -> str:
+    """Keys read ``provider/model/domain``; the model part may itself contain slashes."""
+    if not isinstance(key, str):
+        raise TypeError(f"an endpoint key is a str, got {type(key).__name__}")
+    parts = key.split("/")
+    if len(parts) < 3 or not all(parts):
+        raise ValueError(f"an endpoint key reads 'provider/model/domain', got {key!r}")
+    return key
