@@ -212,7 +212,11 @@ class RunResult:
     @property
     def ok(self) -> bool:
         c = self.counts
-        return c.get("failed", 0) == 0 and c.get("skipped", 0) == 0 and not self.stats.interrupted
+        return (
+            self.store.unfinished() == 0
+            and not any(c.get(k, 0) for k in ("failed", "skipped", "cancelled"))
+            and not self.stats.interrupted
+        )
 
     @property
     def failed(self) -> dict[str, str | None]:
@@ -253,6 +257,8 @@ def _engine(graph: Any, opts: dict[str, Any]) -> tuple[Any, GraphSpec, list[Any]
     store.open_graph(spec, time.time(), replace=replace)
     functions = {t.id: t for t in spec.tasks if callable(t.fn)}
     engine = Engine(store, functions=functions, emit=emit, **opts)
+    if not store.shared:
+        engine.check_fit()
     return engine, spec, closers
 
 

@@ -61,6 +61,12 @@ def run(
     ] = None,
     lease: Annotated[float, typer.Option("--lease", help="Lease seconds (durable stores).")] = 30.0,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for retry jitter.")] = None,
+    resources: Annotated[
+        str | None, typer.Option("--resources", help="What this run offers: cpu=4,gpu=1")
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option("--labels", help="Labels of this worker: gpu=a100,zone=a")
+    ] = None,
 ) -> None:
     """Run a graph file to the end, with a progress bar."""
     from conveyor.events import JsonlSink
@@ -86,8 +92,11 @@ def run(
         engine = Engine(
             store, workers=workers, fail_fast=fail_fast, executor=executor, lease_s=lease,
             seed=seed, functions={t.id: t for t in spec.tasks if callable(t.fn)}, emit=sink,
-            on_tick=tick, worker_id=_worker_name(),
+            on_tick=tick, worker_id=_worker_name(), resources=_pairs(resources, float),
+            labels=_pairs(labels, _label_value),
         )  # fmt: skip
+        if not store.shared:
+            engine.check_fit()
         code = 0
         try:
             engine.run()
@@ -100,7 +109,7 @@ def run(
         elapsed = time.monotonic() - t0
         if code == 0 and (counts.get("failed", 0) or counts.get("skipped", 0)):
             code = 1
-        if code == 0 and counts.get("cancelled", 0):
+        if code == 0 and (counts.get("cancelled", 0) or store.unfinished()):
             code = 1
         if not quiet:
             _summary(store, spec, counts, elapsed, code)
@@ -131,6 +140,33 @@ def _summary(store: Any, spec: Any, counts: dict[str, int], elapsed: float, code
                 if shown >= 10:
                     typer.echo("  ...", err=True)
                     break
+
+
+def _label_value(text: str) -> Any:
+    """Label values: numbers when they parse as numbers (for >=/<= constraints), else strings."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def _pairs(text: str | None, convert: Any) -> dict[str, Any]:
+    """Parse ``k=v,k2=v2``; a clear error for anything else."""
+    out: dict[str, Any] = {}
+    if not text:
+        return out
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            fail(f"expected key=value pairs separated by commas, got {part!r}")
+        try:
+            out[key.strip()] = convert(value.strip())
+        except ValueError:
+            fail(f"{key.strip()}: {value.strip()!r} is not a number")
+    return out
 
 
 def _worker_name() -> str:

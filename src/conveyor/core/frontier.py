@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
+from conveyor.core.admission import AdmissionQueue, Offer
 from conveyor.core.dag import layout
 from conveyor.errors import GraphError
 from conveyor.model import TaskState
@@ -38,10 +39,13 @@ class Frontier:
         "children",
         "counts",
         "depth",
+        "gang_of",
         "ids",
         "index",
+        "queue",
         "root_seq",
         "roots_submitted",
+        "shape",
         "state",
         "waiting",
     )
@@ -58,16 +62,29 @@ class Frontier:
         self.counts = [0] * len(TaskState)
         self._heap: list[tuple[int, int, int]] = []  # (-depth, root_seq, submit_seq == index)
         self._delayed: list[tuple[float, int]] = []  # (not_before, index): retries in backoff
+        # Admission (groups, resources, labels, gangs): when ``queue`` is set, ready tasks go
+        # into its per-shape heaps instead of ``_heap``. ``shape[i]`` is task i's shape id.
+        self.queue: AdmissionQueue | None = None
+        self.shape: list[int] = []
+        self.gang_of: dict[int, str] = {}
 
     # -- submission -------------------------------------------------------------------------
     def add(
-        self, ids: Sequence[str], parents: Sequence[Sequence[str]], *, submitter: int | None = None
+        self,
+        ids: Sequence[str],
+        parents: Sequence[Sequence[str]],
+        *,
+        submitter: int | None = None,
+        shapes: Sequence[int] | None = None,
+        gangs: dict[int, str] | None = None,
     ) -> tuple[list[int], list[int]]:
         """Add a graph (``submitter is None``) or a run-time child job of task ``submitter``.
 
         Returns ``(new indices, those of them ready now)``. A root graph gets the next
         ``root_seq``; a child job inherits its submitter's and starts one level deeper.
         Validation (duplicates, unknown parents, cycles) happens before any state changes.
+        With an admission queue, ``shapes[k]`` is the shape id of the k-th new task and
+        ``gangs`` maps batch positions to gang names.
         """
         index = self.index
         depth_of = self.depth
@@ -118,6 +135,10 @@ class Frontier:
                 else:
                     ch.append(i)
         self.waiting.extend(waiting)
+        if self.queue is not None:
+            self.shape.extend(shapes if shapes is not None else [0] * n)
+            if gangs:
+                self.gang_of.update({first + k: g for k, g in gangs.items()})
         self.counts[PENDING] += n
         ready = [first + k for k in range(n) if waiting[k] == 0]
         for i in ready:
@@ -133,6 +154,9 @@ class Frontier:
 
         Entries of tasks skipped or cancelled while ready are dropped here, lazily.
         """
+        if self.queue is not None:
+            got = self.pick(Offer(1 << 30), 0.0)
+            return got[0] if got else None
         heap = self._heap
         state = self.state
         while heap:
@@ -145,6 +169,37 @@ class Frontier:
                 return i
         return None
 
+    def pick(self, offer: Offer, now: float) -> list[int]:
+        """Claim what admission picks for ``offer``: one task, a whole gang, or nothing."""
+        q = self.queue
+        if q is None:
+            if offer.slots <= 0:
+                return []
+            i = self.pop()
+            return [] if i is None else [i]
+        state = self.state
+        got = q.pick(offer, lambda i: state[i] == READY, now)
+        if got is None:
+            return []
+        c = self.counts
+        for i in got.members:
+            state[i] = RUNNING
+        c[READY] -= len(got.members)
+        c[RUNNING] += len(got.members)
+        q.started(got.group, len(got.members))
+        return list(got.members)
+
+    def enable_admission(self, queue: AdmissionQueue, default_shape: int) -> None:
+        """Switch to per-shape heaps; tasks already known get ``default_shape``."""
+        if self.queue is not None:
+            return
+        self.queue = queue
+        self.shape = [default_shape] * len(self.ids)
+        for entry in self._heap:
+            if self.state[entry[2]] == READY:
+                queue.push(entry[2], entry, default_shape)
+        self._heap = []
+
     def complete(self, i: int) -> list[int]:
         """Mark ``i`` done; return the children that became ready. O(fan-out · log n).
 
@@ -156,6 +211,12 @@ class Frontier:
         c = self.counts
         c[RUNNING] -= 1
         c[DONE] += 1
+        q = self.queue
+        if q is not None:
+            q.finished(q.shapes[self.shape[i]].group)
+            gang = self.gang_of.get(i)
+            if gang is not None:
+                q.gang_size[gang] -= 1  # a retried sibling re-forms a gang of those left
         kids = self.children[i]
         if not kids:
             return []
@@ -169,7 +230,10 @@ class Frontier:
             waiting[k] = w
             if w == 0 and state[k] == PENDING:
                 state[k] = READY
-                heapq.heappush(heap, (-depth[k], root_seq[k], k))
+                if q is None:
+                    heapq.heappush(heap, (-depth[k], root_seq[k], k))
+                else:
+                    q.push(k, (-depth[k], root_seq[k], k), self.shape[k], self.gang_of.get(k))
                 ready.append(k)
         if ready:
             c[PENDING] -= len(ready)
@@ -179,7 +243,7 @@ class Frontier:
     def requeue(self, i: int) -> None:
         """Put a running task back on the heap with its original key (lost lease, release)."""
         self._move(i, READY)
-        heapq.heappush(self._heap, (-self.depth[i], self.root_seq[i], i))
+        self._push(i)
 
     def defer(self, i: int, not_before: float) -> None:
         """A failed attempt waits for its backoff; it holds no worker meanwhile."""
@@ -246,6 +310,13 @@ class Frontier:
     # -- helpers --------------------------------------------------------------------------------
     def _move(self, i: int, to: int) -> None:
         c = self.counts
+        q = self.queue
+        if q is not None:
+            was = self.state[i]
+            if was == RUNNING:
+                q.finished(q.shapes[self.shape[i]].group)
+            elif was == READY and i in self.gang_of:
+                q.drop_gang_member(self.gang_of[i], i)
         c[self.state[i]] -= 1
         c[to] += 1
         self.state[i] = to
@@ -255,4 +326,11 @@ class Frontier:
         c = self.counts
         c[from_state] -= 1
         c[READY] += 1
-        heapq.heappush(self._heap, (-self.depth[i], self.root_seq[i], i))
+        self._push(i)
+
+    def _push(self, i: int) -> None:
+        key = (-self.depth[i], self.root_seq[i], i)
+        if self.queue is None:
+            heapq.heappush(self._heap, key)
+        else:
+            self.queue.push(i, key, self.shape[i], self.gang_of.get(i))

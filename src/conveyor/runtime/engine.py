@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.core.admission import Offer
 from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
 from conveyor.errors import ConveyorError
 from conveyor.events import EventSink
@@ -79,6 +80,8 @@ class Engine:
         on_result: Callable[[TaskResult], None] | None = None,
         on_tick: Callable[[Engine], None] | None = None,
         tick_s: float = 0.2,
+        resources: dict[str, float] | None = None,
+        labels: dict[str, Any] | None = None,
     ) -> None:
         if workers < 1:
             raise ConveyorError("workers must be >= 1")
@@ -98,6 +101,9 @@ class Engine:
         self.on_result = on_result
         self.on_tick = on_tick
         self.tick_s = tick_s
+        self.resources = dict(resources or {})  # what this worker offers; {} = not accounted
+        self.labels = dict(labels or {})
+        self._used: dict[str, float] = {}
         self.stats = RunStats()
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._executors = Executors(workers, self._queue.put)
@@ -153,9 +159,24 @@ class Engine:
                         if self.max_tasks is not None and stats.started >= self.max_tasks:
                             self._stopping = True
                             break
-                        claim = claim_one(worker, now)
-                        if claim is None:
-                            break
+                        if getattr(store, "admission", False):
+                            batch = store.claim(worker, 1, now, lease_s, offer=self._offer())
+                            if not batch:
+                                break
+                            if len(batch) > 1:  # a gang: start all members together
+                                for claim in batch[1:]:
+                                    stats.started += 1
+                                    res = self._start(claim, now)
+                                    if res is not None and want:
+                                        if on_result is not None:
+                                            on_result(res)
+                                        if yield_results:
+                                            yield res
+                            claim = batch[0]
+                        else:
+                            claim = claim_one(worker, now)
+                            if claim is None:
+                                break
                         stats.started += 1
                         spec = claim.spec
                         if spec.fn is None and spec.cmd is None:
@@ -258,6 +279,51 @@ class Engine:
         if stats.interrupted:
             raise KeyboardInterrupt
 
+    def _offer(self) -> Offer:
+        free = self.slots + self._lent - len(self._running)
+        res = self.resources
+        if res and self._used:
+            res = {k: v - self._used.get(k, 0.0) for k, v in res.items()}
+        return Offer(free, res, self.labels, self.slots)
+
+    def _account(self, spec: TaskSpec, sign: int) -> None:
+        if self.resources and spec.resources:
+            used = self._used
+            for k, v in spec.resources.items():
+                used[k] = used.get(k, 0.0) + sign * v
+
+    def check_fit(self) -> None:
+        """Refuse (``GraphError``) a task this engine could never run: its labels or resources
+        exceed what the engine offers even when idle. For in-process runs, where the engine is
+        the only worker; shared stores report ``never_fits`` instead (workers come and go)."""
+        f = getattr(self.store, "frontier", None)
+        q = getattr(f, "queue", None)
+        if q is None:
+            return
+        full = Offer(self.slots, dict(self.resources), self.labels, self.slots)
+        bad = {sid for sid, shape in enumerate(q.shapes) if full.fit_count(shape) <= 0}
+        if not bad:
+            return
+        from conveyor.core.explain import explain
+        from conveyor.errors import GraphError
+
+        for i, sid in enumerate(f.shape):
+            if sid in bad and not TaskState(f.state[i]).finished:
+                why = explain(f, i, self.clock.now(), [full], parents=[])
+                if why.code == "waiting_on_parents":
+                    shape = q.shapes[sid]
+                    why_text = f"it asks {shape.resources or ''} {shape.constraints or ''}"
+                else:
+                    why_text = why.message
+                raise GraphError(f"task {f.ids[i]!r} can never run on this worker: {why_text}")
+
+    def explain(self, task_id: str) -> Any:
+        """Why ``task_id`` is not running now: a ``Reason`` with a code and numbers."""
+        explain = getattr(self.store, "explain", None)
+        if explain is None:
+            raise ConveyorError("this store cannot explain tasks")
+        return explain(task_id, self.clock.now(), [self._offer()])
+
     # -- starting tasks -----------------------------------------------------------------------
     def _resolve(self, spec: TaskSpec) -> Callable[..., Any] | None:
         fn = spec.fn
@@ -285,6 +351,7 @@ class Engine:
             run = Running(claim, now)
             self._running[claim.handle] = run
             return self._finish(run, False, describe(exc), now)
+        self._account(spec, +1)
         ctx = TaskContext(
             spec.id, claim.attempt, claim.depth, parents, self.worker_id,
             self._ctx_submit, self._ctx_wait, claim,
@@ -360,6 +427,7 @@ class Engine:
         spec = claim.spec
         stats = self.stats
         del self._running[claim.handle]
+        self._account(spec, -1)
         if ok:
             accepted = self.store.complete(claim, value, now)
             state = TaskState.DONE
@@ -381,6 +449,8 @@ class Engine:
                     stats.failed += 1
                     if self.fail_fast:
                         self._stopping = True
+                if spec.gang is not None:
+                    self._stop_gang(spec, retry_at is None, now)
         if not accepted:
             stats.refused += 1
         if self._watchers:
@@ -391,7 +461,22 @@ class Engine:
 
     def _release(self, run: Running, now: float) -> None:
         if self._running.pop(run.claim.handle, None) is not None:
+            self._account(run.claim.spec, -1)
             self.store.release(run.claim, now)
+
+    def _stop_gang(self, failed: TaskSpec, fatal: bool, now: float) -> None:
+        """A gang member failed: its running siblings stop. After a fatal failure they fail
+        too; otherwise they go back unrun so the whole gang is retried together."""
+        for run in [r for r in self._running.values() if r.claim.spec.gang == failed.gang]:
+            self._executors.cancel(run)
+            if fatal:
+                del self._running[run.claim.handle]
+                self._account(run.claim.spec, -1)
+                msg = f"cancelled: gang member {failed.id!r} failed"
+                if self.store.fail(run.claim, msg, now, None):
+                    self.stats.failed += 1
+            else:
+                self._release(run, now)
 
     def _next_deadline(self, now: float) -> float:
         return max(0.0, self._deadlines[0][0] - now) if self._deadlines else self.tick_s

@@ -10,6 +10,7 @@ import gc
 import time
 from typing import Any
 
+from conveyor.core.admission import AdmissionQueue, GroupInfo, Offer, Shape
 from conveyor.core.frontier import DONE, FAILED, READY, RUNNING, Frontier
 from conveyor.errors import GraphError, GraphMismatchError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
@@ -21,13 +22,15 @@ _NO_VALUE = object()
 class MemoryStore(Store):
     url = "memory://"
 
-    def __init__(self) -> None:
+    def __init__(self, *, gang_wait_s: float = 30.0) -> None:
+        self.gang_wait_s = gang_wait_s
         self.frontier = Frontier()
         self.specs: list[TaskSpec] = []
         self.attempts: list[int] = []
         self.values: list[Any] = []
         self.errors: dict[int, str] = {}
         self.graph_names: list[str] = []
+        self.groups: dict[str, GroupInfo] = {}
         self._audit: dict[int, list[dict[str, Any]]] | None = None
 
     def keep_history(self) -> None:
@@ -39,6 +42,9 @@ class MemoryStore(Store):
     def open_graph(self, graph: GraphSpec, now: float, *, replace: bool = False) -> OpenedGraph:
         if graph.name in self.graph_names:
             raise GraphMismatchError(f"graph {graph.name!r} was already submitted to this store")
+        for name, g in graph.groups.items():
+            info = self.groups.setdefault(name, GroupInfo())
+            info.weight, info.cap = g.weight, g.cap
         self._add(graph.tasks, None, now)
         self.graph_names.append(graph.name)
         return OpenedGraph(graph.name, len(graph.tasks), False, self.frontier.unfinished())
@@ -50,12 +56,14 @@ class MemoryStore(Store):
     def _add(self, tasks: list[TaskSpec], submitter: int | None, now: float) -> None:
         # Building a million small lists triggers the cyclic GC over and over; none of them
         # can form a cycle, so pause it for the bulk insert.
+        shapes, gangs = self._admission_of(tasks)
         enabled = gc.isenabled()
         gc.disable()
         try:
             new, ready = self.frontier.add(
-                [t.id for t in tasks], [t.deps for t in tasks], submitter=submitter
-            )
+                [t.id for t in tasks], [t.deps for t in tasks], submitter=submitter,
+                shapes=shapes, gangs=gangs,
+            )  # fmt: skip
         finally:
             if enabled:
                 gc.enable()
@@ -72,8 +80,62 @@ class MemoryStore(Store):
         skipped = [i for i in new if self.frontier.state[i] == TaskState.SKIPPED]
         self._emit_skipped(skipped, now)
 
+    def _admission_of(self, tasks: list[TaskSpec]) -> tuple[list[int] | None, dict[int, str]]:
+        """Shapes and gangs of new tasks; switches admission on at the first task that needs it
+        (a group other than default, resources, labels, a gang, or declared groups)."""
+        f = self.frontier
+        if f.queue is None:
+            needs = bool(self.groups) or any(
+                t.group != "default" or t.resources or t.labels or t.gang for t in tasks
+            )
+            if not needs:
+                return None, {}
+            queue = AdmissionQueue(self.groups, gang_wait_s=self.gang_wait_s)
+            self.groups = queue.groups
+            f.enable_admission(queue, queue.shape_id(Shape("default")))
+        q = f.queue
+        assert q is not None
+        cache: dict[tuple[Any, ...], int] = {}
+        shapes = []
+        gangs: dict[int, str] = {}
+        sizes: dict[str, int] = {}
+        for k, t in enumerate(tasks):
+            sig = (t.group, tuple(sorted(t.resources.items())), repr(sorted(t.labels.items())))
+            sid = cache.get(sig)
+            if sid is None:
+                try:
+                    sid = q.shape_id(Shape.of(t.group, t.resources, t.labels))
+                except GraphError as exc:
+                    raise GraphError(f"task {t.id!r}: {exc}") from None
+                cache[sig] = sid
+            shapes.append(sid)
+            if t.gang:
+                gangs[k] = t.gang
+                sizes[t.gang] = sizes.get(t.gang, 0) + 1
+        for gang, n in sizes.items():
+            size = next(t.gang_size for t in tasks if t.gang == gang) or n
+            if size != n:
+                raise GraphError(f"gang {gang!r} declares size {size} but has {n} tasks")
+            group = next(t.group for t in tasks if t.gang == gang)
+            cap = self.groups.get(group, GroupInfo()).cap
+            if cap is not None and cap < size:
+                raise GraphError(
+                    f"gang {gang!r} needs {size} slots at once but group {group!r} is capped "
+                    f"at {cap}"
+                )
+            q.declare_gang(gang, size)
+        return shapes, gangs
+
+    @property
+    def admission(self) -> bool:
+        return self.frontier.queue is not None
+
     # -- claim/complete -------------------------------------------------------------------------
-    def claim(self, worker: str, limit: int, now: float, lease_s: float) -> list[Claim]:
+    def claim(
+        self, worker: str, limit: int, now: float, lease_s: float, offer: Offer | None = None
+    ) -> list[Claim]:
+        if offer is not None or self.frontier.queue is not None:
+            return self._claim_admitted(worker, now, offer or Offer(limit))
         out = []
         for _ in range(limit):
             c = self.claim_one(worker, now)
@@ -96,6 +158,21 @@ class MemoryStore(Store):
         if self.emit is not None:
             self._record(i, "task_started", now, worker=worker, attempt=attempt)
         return Claim(spec, attempt, attempt, i, f.depth[i], spec.deps)
+
+    def _claim_admitted(self, worker: str, now: float, offer: Offer) -> list[Claim]:
+        """One admission decision: a task, a whole gang, or nothing."""
+        f = self.frontier
+        if f._delayed and f._delayed[0][0] <= now:
+            self._release_due(now)
+        out = []
+        for i in f.pick(offer, now):
+            attempt = self.attempts[i] + 1
+            self.attempts[i] = attempt
+            spec = self.specs[i]
+            if self.emit is not None:
+                self._record(i, "task_started", now, worker=worker, attempt=attempt)
+            out.append(Claim(spec, attempt, attempt, i, f.depth[i], spec.deps))
+        return out
 
     def complete(self, claim: Claim, value: Any, now: float) -> bool:
         i = claim.handle
@@ -177,6 +254,15 @@ class MemoryStore(Store):
         if self._audit is None:
             return []
         return list(self._audit.get(self.frontier.get(task_id), []))
+
+    def explain(self, task_id: str, now: float, offers: list[Offer] | None = None) -> Any:
+        """The dominant reason ``task_id`` is not running (see ``conveyor.core.explain``)."""
+        from conveyor.core.explain import explain
+
+        f = self.frontier
+        i = f.get(task_id)
+        parents = [f.index[p] for p in self.specs[i].deps]
+        return explain(f, i, now, offers or [], parents=parents)
 
     def state_of(self, task_id: str) -> TaskState:
         return TaskState(self.frontier.state[self.frontier.get(task_id)])

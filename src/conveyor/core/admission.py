@@ -1,0 +1,316 @@
+"""Admission: which ready task a worker with free capacity should start next. Pure.
+
+Order of decisions (docs/architecture.md, "Admission"):
+1. eligibility: parents done, backoff passed (the frontier), group below its cap, the task's
+   shape fits the worker's offer (slots, resources, labels);
+2. group choice by weighted fair share: among groups with eligible work, the lowest
+   ``running / weight`` goes first (ties: the better depth-first head key). A group alone with
+   eligible work borrows idle capacity; it hands it back as its tasks finish (no preemption);
+3. within the group, the depth-first key.
+
+Tasks are bucketed by *shape* (group, resources, label constraints): every task of one shape fits
+a given offer or none does, so a task that does not fit never blocks smaller ones behind it, and a
+decision costs O(shapes + log n) — it never walks the pending tasks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.errors import GraphError
+
+Key = tuple[int, int, int]
+
+#: Operators accepted in label constraints: ``{"gpu": "a100"}`` means equals;
+#: ``{"gpu": {"ne": "k80"}}``, ``{"zone": {"in": ["a", "b"]}}``, ``{"ssd": {"exists": true}}``,
+#: ``{"mem_gb": {">=": 64}}``.
+OPERATORS = frozenset({"eq", "ne", "in", "not_in", "exists", ">=", "<=", ">", "<"})
+_ORDERED = frozenset({">=", "<=", ">", "<"})
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    key: str
+    op: str
+    value: Any = None
+
+    def matches(self, labels: Mapping[str, Any]) -> bool:
+        op = self.op
+        present = self.key in labels
+        if op == "exists":
+            return present == bool(self.value)
+        if not present:
+            return op in ("ne", "not_in")
+        have = labels[self.key]
+        if op == "eq":
+            return bool(have == self.value)
+        if op == "ne":
+            return bool(have != self.value)
+        if op == "in":
+            return have in self.value
+        if op == "not_in":
+            return have not in self.value
+        try:
+            h = float(have)
+        except (TypeError, ValueError):
+            return False  # an ordered comparison against a non-numeric label never matches
+        v = float(self.value)
+        if op == ">=":
+            return h >= v
+        if op == "<=":
+            return h <= v
+        if op == ">":
+            return h > v
+        return h < v
+
+    def describe(self) -> str:
+        if self.op == "eq":
+            return f"{self.key}={self.value}"
+        if self.op == "exists":
+            return f"{self.key} exists" if self.value else f"{self.key} absent"
+        return f"{self.key} {self.op} {self.value}"
+
+
+def parse_constraints(labels: Mapping[str, Any], *, where: str = "task") -> tuple[Constraint, ...]:
+    """Turn a task's ``labels`` into constraints; unknown operators and ordered comparisons on
+    strings are input errors."""
+    out = []
+    for key in sorted(labels):
+        spec = labels[key]
+        if isinstance(spec, Mapping):
+            for op in sorted(spec):
+                if op not in OPERATORS:
+                    raise GraphError(
+                        f"{where}: label {key!r} uses unknown operator {op!r}; "
+                        f"use one of {', '.join(sorted(OPERATORS))}"
+                    )
+                value = spec[op]
+                if op in _ORDERED and (
+                    isinstance(value, bool)
+                    or not isinstance(value, int | float)
+                    or not math.isfinite(value)
+                ):
+                    raise GraphError(
+                        f"{where}: label {key!r}: {op} needs a number, got {value!r} "
+                        "(ordered comparisons on strings are not allowed)"
+                    )
+                if op in ("in", "not_in"):
+                    if not isinstance(value, list | tuple | set | frozenset):
+                        raise GraphError(f"{where}: label {key!r}: {op} needs a list")
+                    value = frozenset(value)
+                out.append(Constraint(key, op, value))
+        else:
+            out.append(Constraint(key, "eq", spec))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What a task asks of a slot; tasks of one shape are interchangeable for fitting."""
+
+    group: str
+    resources: tuple[tuple[str, float], ...] = ()
+    constraints: tuple[Constraint, ...] = ()
+
+    @classmethod
+    def of(cls, group: str, resources: Mapping[str, float], labels: Mapping[str, Any]) -> Shape:
+        res = tuple(sorted((k, float(v)) for k, v in resources.items() if v))
+        return cls(group, res, parse_constraints(labels))
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What one worker has free right now. ``resources`` empty means resources are not
+    accounted on this worker (only slots are)."""
+
+    slots: int
+    resources: Mapping[str, float] = field(default_factory=dict)
+    labels: Mapping[str, Any] = field(default_factory=dict)
+    capacity: int | None = None  # total slots of the worker (None: same as ``slots``)
+
+    def fit_count(self, shape: Shape) -> int:
+        """How many tasks of ``shape`` fit at once (0: none)."""
+        if self.slots <= 0 or not all(c.matches(self.labels) for c in shape.constraints):
+            return 0
+        n = self.slots
+        if self.resources:
+            for name, need in shape.resources:
+                have = self.resources.get(name, 0.0)
+                n = min(n, int(have // need + 1e-9))
+                if n <= 0:
+                    return 0
+        return n
+
+    def take(self, shape: Shape, count: int = 1) -> Offer:
+        res = dict(self.resources)
+        if res:
+            for name, need in shape.resources:
+                res[name] = res.get(name, 0.0) - need * count
+        return Offer(self.slots - count, res, self.labels, self.capacity)
+
+
+@dataclass(slots=True)
+class GroupInfo:
+    weight: float = 1.0
+    cap: int | None = None
+    running: int = 0
+
+    def share(self) -> float:
+        return self.running / self.weight
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """A decision: start ``members`` (one task, or all tasks of a gang) of ``shape``."""
+
+    shape: int
+    members: tuple[int, ...]
+    group: str
+
+
+class AdmissionQueue:
+    """Ready tasks bucketed by shape, each bucket a depth-first heap. Pure: no clock, no I/O.
+
+    Gang members wait aside until the whole gang is ready; then one heap entry (the best member
+    key, tagged with the gang) stands for the gang, which is placed all at once or not at all.
+    When a gang heads the fair order but the free slots cannot hold it yet, those slots are held
+    for it (a reservation) for at most ``gang_wait_s``; after that the reservation is released,
+    other work may use the slots, and ``reservations`` records why.
+    """
+
+    def __init__(
+        self, groups: Mapping[str, GroupInfo] | None = None, *, gang_wait_s: float = 30.0
+    ) -> None:
+        self.shapes: list[Shape] = []
+        self.shape_ids: dict[Shape, int] = {}
+        self.heaps: list[list[tuple[int, ...]]] = []  # (k0, k1, k2) or (k0, k1, k2, gang no)
+        self.groups: dict[str, GroupInfo] = dict(groups or {})
+        self.gang_wait_s = gang_wait_s
+        self.gang_size: dict[str, int] = {}
+        self.gang_ready: dict[str, list[int]] = {}
+        self._gang_names: list[str] = []
+        self._gang_no: dict[str, int] = {}
+        self.reservations: dict[str, float] = {}  # gang -> since (now of the first hold)
+        self.released: set[str] = set()  # gangs whose reservation timed out
+
+    def shape_id(self, shape: Shape) -> int:
+        sid = self.shape_ids.get(shape)
+        if sid is None:
+            sid = len(self.shapes)
+            self.shapes.append(shape)
+            self.shape_ids[shape] = sid
+            self.heaps.append([])
+            self.groups.setdefault(shape.group, GroupInfo())
+        return sid
+
+    def declare_gang(self, gang: str, size: int) -> None:
+        self.gang_size[gang] = size
+        if gang not in self._gang_no:
+            self._gang_no[gang] = len(self._gang_names)
+            self._gang_names.append(gang)
+
+    def push(self, i: int, key: Key, shape: int, gang: str | None = None) -> None:
+        """Task ``i`` (key ``(k0, k1, i)``) became ready."""
+        if gang is None:
+            heapq.heappush(self.heaps[shape], key)
+            return
+        ready = self.gang_ready.setdefault(gang, [])
+        ready.append(i)
+        if len(ready) == self.gang_size[gang]:
+            heapq.heappush(self.heaps[shape], (*key, self._gang_no[gang]))
+
+    def gang_of_entry(self, entry: tuple[int, ...]) -> str | None:
+        return self._gang_names[entry[3]] if len(entry) > 3 else None
+
+    def drop_gang_member(self, gang: str, i: int) -> None:
+        """A waiting gang member left the ready set (skipped, cancelled)."""
+        ready = self.gang_ready.get(gang)
+        if ready and i in ready:
+            ready.remove(i)
+
+    # -- the decision ---------------------------------------------------------------------
+    def candidates(self, offer: Offer, alive: Callable[[int], bool]) -> list[tuple[Any, ...]]:
+        """Fitting bucket heads as ``(share, key, shape, fit)``, fair order first.
+
+        ``alive(i)`` says whether task ``i`` is still ready; dead heads are dropped here, lazily.
+        O(shapes + dropped · log n).
+        """
+        out = []
+        groups = self.groups
+        for sid, heap in enumerate(self.heaps):
+            if not heap:
+                continue
+            shape = self.shapes[sid]
+            g = groups[shape.group]
+            if g.cap is not None and g.running >= g.cap:
+                continue
+            fit = offer.fit_count(shape)
+            if fit <= 0:
+                continue
+            while heap and not self._alive(heap[0], alive):
+                heapq.heappop(heap)
+            if heap:
+                out.append((g.share(), heap[0][:3], sid, fit))
+        out.sort()
+        return out
+
+    def _alive(self, entry: tuple[int, ...], alive: Callable[[int], bool]) -> bool:
+        if len(entry) == 3:
+            return alive(entry[2])
+        gang = self._gang_names[entry[3]]
+        members = self.gang_ready.get(gang, [])
+        return len(members) == self.gang_size[gang] and all(alive(m) for m in members)
+
+    def pick(self, offer: Offer, alive: Callable[[int], bool], now: float) -> Pick | None:
+        """The next task (or whole gang) to start on ``offer``; pops it. ``None``: nothing fits,
+        or free slots are held for a gang at the head of the fair order."""
+        capacity = offer.capacity if offer.capacity is not None else offer.slots
+        for _share, _key, sid, fit in self.candidates(offer, alive):
+            heap = self.heaps[sid]
+            entry = heap[0]
+            shape = self.shapes[sid]
+            if len(entry) == 3:
+                heapq.heappop(heap)
+                return Pick(sid, (entry[2],), shape.group)
+            gang = self._gang_names[entry[3]]
+            size = self.gang_size[gang]
+            g = self.groups[shape.group]
+            room = size if g.cap is None else g.cap - g.running
+            if fit >= size and room >= size:
+                heapq.heappop(heap)
+                members = tuple(sorted(self.gang_ready.pop(gang)))
+                self.reservations.pop(gang, None)
+                self.released.discard(gang)
+                return Pick(sid, members, shape.group)
+            if size > capacity or gang in self.released:
+                continue  # can never fit this worker, or its reservation ran out
+            since = self.reservations.setdefault(gang, now)
+            if now - since < self.gang_wait_s:
+                return None  # hold the free slots for the gang
+            self.reservations.pop(gang, None)
+            self.released.add(gang)
+        return None
+
+    def started(self, group: str, n: int = 1) -> None:
+        self.groups.setdefault(group, GroupInfo()).running += n
+
+    def finished(self, group: str, n: int = 1) -> None:
+        self.groups[group].running -= n
+
+    def ready_count(self) -> int:
+        return sum(len(h) for h in self.heaps)
+
+
+def fair_targets(weights: Mapping[str, float], slots: int) -> dict[str, float]:
+    """Each group's share of ``slots`` by weight (for reports and ``why``)."""
+    total = sum(weights.values())
+    return {g: slots * w / total for g, w in weights.items()} if total else {}
+
+
+def group_order(groups: Iterable[tuple[str, GroupInfo]]) -> list[str]:
+    """Groups by fair-share position: lowest running/weight first."""
+    return [name for name, _ in sorted(groups, key=lambda kv: (kv[1].share(), kv[0]))]
