@@ -127,7 +127,7 @@ class GroupSpec:
 
 @dataclass(slots=True)
 class GraphSpec:
-    """A whole graph: tasks in submission order, groups, and a name that identifies it in a store."""
+    """A whole graph: tasks in submission order, groups, and the name a store knows it by."""
 
     name: str
     tasks: list[TaskSpec]

@@ -51,8 +51,11 @@ def explain(
         )
     if state is TaskState.RETRY_WAIT:
         until = not_before if not_before is not None else _not_before(f, i)
-        return Reason("retry_backoff", f"{tid} waits for its retry backoff",
-                      {"until": until, "in_s": None if until is None else max(0.0, until - now)})  # fmt: skip
+        return Reason(
+            "retry_backoff",
+            f"{tid} waits for its retry backoff",
+            {"until": until, "in_s": None if until is None else max(0.0, until - now)},
+        )
     if state is not TaskState.READY:
         return Reason(state.label, f"{tid} is {state.label}", {})
     q = f.queue
@@ -70,20 +73,29 @@ def explain(
         ready = len(q.gang_ready.get(gang, ()))
         size = q.gang_size.get(gang, 0)
         if ready < size:
-            return Reason("gang_incomplete", f"gang {gang}: {ready} of {size} members ready",
-                          {"gang": gang, "need": size, "ready": ready})  # fmt: skip
+            return Reason(
+                "gang_incomplete",
+                f"gang {gang}: {ready} of {size} members ready",
+                {"gang": gang, "need": size, "ready": ready},
+            )
         free = max((o.fit_count(shape) for o in offers), default=0)
-        detail = {"gang": gang, "need": size, "largest_free_set": free,
-                  "reserved": gang in q.reservations, "reservation_released": gang in q.released}  # fmt: skip
+        detail = {
+            "gang": gang,
+            "need": size,
+            "largest_free_set": free,
+            "reserved": gang in q.reservations,
+            "reservation_released": gang in q.released,
+        }
         msg = f"gang {gang} needs {size} matching free slots at once; largest free set is {free}"
         if gang in q.released:
             msg += " (its reservation timed out and was released)"
         return Reason("gang_incomplete", msg, detail)
     if group.cap is not None and group.running >= group.cap:
-        return Reason("group_cap", f"group {shape.group} is at its cap: {group.running}/{group.cap}",
-                      {"group": shape.group, "running": group.running, "cap": group.cap})  # fmt: skip
-    if offers and all(o.slots <= 0 for o in offers):
-        pass  # no free slot anywhere: fall through to priority/fair share
+        return Reason(
+            "group_cap",
+            f"group {shape.group} is at its cap: {group.running}/{group.cap}",
+            {"group": shape.group, "running": group.running, "cap": group.cap},
+        )
     ahead_groups = _groups_ahead(f, q, shape.group)
     if ahead_groups:
         total = sum(o.capacity or o.slots for o in offers) if offers else None
@@ -97,11 +109,17 @@ def explain(
             )
         return Reason(
             "fair_share",
-            f"group {shape.group} runs {group.running} (share {share if share is None else round(share, 1)}); "
-            f"behind: {', '.join(ahead_groups)}",
-            {"group": shape.group, "running": group.running, "weight": group.weight,
-             "share": share, "behind_groups": ahead_groups, "weights": weights},
-        )  # fmt: skip
+            f"group {shape.group} runs {group.running} (fair share {_fmt(share)} slots); "
+            f"groups further below their share go first: {', '.join(ahead_groups)}",
+            {
+                "group": shape.group,
+                "running": group.running,
+                "weight": group.weight,
+                "share": share,
+                "behind_groups": ahead_groups,
+                "weights": weights,
+            },
+        )
     entries = [e for e in q.heaps[f.shape[i]] if f.state[e[2]] == TaskState.READY]
     return _behind(f, i, key, entries)
 
@@ -111,9 +129,10 @@ def _behind(f: Frontier, i: int, key: tuple[int, int, int], entries: list[Any]) 
     first = f.ids[ahead[0][2]] if ahead else None
     return Reason(
         "behind_higher_priority",
-        f"{f.ids[i]} is ready; {len(ahead)} task(s) go first" + (f", the first {first}" if first else ""),
+        f"{f.ids[i]} is ready; {len(ahead)} task(s) go first"
+        + (f", the first {first}" if first else ""),
         {"ahead": len(ahead), "first": first, "key": list(key)},
-    )  # fmt: skip
+    )
 
 
 def _fit_reason(tid: str, shape: Shape, offers: Sequence[Offer]) -> Reason | None:
@@ -123,9 +142,11 @@ def _fit_reason(tid: str, shape: Shape, offers: Sequence[Offer]) -> Reason | Non
         return Reason(
             "no_matching_worker",
             f"{tid} asks {', '.join(c.describe() for c in shape.constraints)}; no worker matches",
-            {"asked": [c.describe() for c in shape.constraints],
-             "closest_worker_labels": dict(closest.labels)},
-        )  # fmt: skip
+            {
+                "asked": [c.describe() for c in shape.constraints],
+                "closest_worker_labels": dict(closest.labels),
+            },
+        )
     need = dict(shape.resources)
     if need:
 
@@ -141,8 +162,9 @@ def _fit_reason(tid: str, shape: Shape, offers: Sequence[Offer]) -> Reason | Non
             code = "insufficient_resources"
             if not any(total_fits(o) for o in label_ok):
                 code = "never_fits"
-            return Reason(code, f"{tid} needs {need}; most free is {free}",
-                          {"need": need, "free": free})  # fmt: skip
+            return Reason(
+                code, f"{tid} needs {need}; most free is {free}", {"need": need, "free": free}
+            )
     return None
 
 
@@ -173,3 +195,7 @@ def _not_before(f: Frontier, i: int) -> float | None:
         if k == i:
             return t
     return None
+
+
+def _fmt(x: float | None) -> str:
+    return "?" if x is None else f"{x:.1f}"

@@ -1,0 +1,77 @@
+-- The conveyor store schema, as forward migrations. Never edit a released migration: add the
+-- next one. Each "-- migration: N" section runs once, in one transaction, and then
+-- schema_version holds N. Type names in {BRACES} are filled in per dialect:
+--   {SEQ}   a 64-bit integer primary key we assign  (SQLite INTEGER PRIMARY KEY, PG BIGINT ...)
+--   {AUTO}  an auto-numbered primary key            (SQLite INTEGER PRIMARY KEY, PG IDENTITY)
+--   {REAL}  unix seconds                            (SQLite REAL, PG DOUBLE PRECISION)
+--   {BLOB}  bytes                                   (SQLite BLOB, PG BYTEA)
+--   {NOROWID} an index-organised table              (SQLite WITHOUT ROWID, PG nothing)
+-- Task states are TaskState values: 0 pending, 1 ready, 2 running, 3 done, 4 failed,
+-- 5 skipped, 6 retry_wait, 7 cancelled, 8 invalidated.
+
+-- migration: 1
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+
+-- One row per key: "graph" (the graph's name), "roots" (root_seq of the latest submit).
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE tasks (
+    seq         {SEQ},                  -- submit order in this store; the claim handle
+    id          TEXT NOT NULL UNIQUE,
+    state       SMALLINT NOT NULL,
+    neg_depth   INTEGER NOT NULL,       -- the depth-first key is (neg_depth, root_seq, seq)
+    root_seq    INTEGER NOT NULL,
+    grp         TEXT NOT NULL,
+    waiting     INTEGER NOT NULL,       -- parents not yet done
+    attempt     INTEGER NOT NULL DEFAULT 0,  -- attempts started (lost and released ones not)
+    lost        INTEGER NOT NULL DEFAULT 0,  -- leases that expired: a separate retry budget
+    token       INTEGER NOT NULL DEFAULT 0,  -- lease generation: fences late completions
+    worker      TEXT,
+    lease_until {REAL},
+    not_before  {REAL},                 -- a retry waits until then (state 6)
+    labels      TEXT,                   -- JSON, NULL when the task needs none
+    resources   TEXT,                   -- JSON, NULL when the task needs none
+    spec        TEXT NOT NULL,          -- JSON of the TaskSpec (functions as import paths)
+    result_kind TEXT,                   -- json | pickle | file:json | file:pickle
+    result      {BLOB},
+    error       TEXT,
+    updated     {REAL}
+);
+-- A claim is a seek on this index: only ready tasks are in it.
+CREATE INDEX tasks_ready ON tasks (neg_depth, root_seq, seq) WHERE state = 1;
+-- Counts, leases to renew or reap (state 2), retries coming due (state 6).
+CREATE INDEX tasks_state ON tasks (state);
+
+-- parent -> child; a completion reads its own children only.
+CREATE TABLE edges (
+    parent BIGINT NOT NULL,
+    child  BIGINT NOT NULL,
+    PRIMARY KEY (parent, child)
+) {NOROWID};
+CREATE INDEX edges_child ON edges (child);
+
+-- One row per committed transition: the audit trail and the source of `conveyor events`.
+CREATE TABLE audit (
+    id         {AUTO},
+    ts         {REAL} NOT NULL,
+    event      TEXT NOT NULL,
+    task       TEXT,
+    from_state SMALLINT,
+    to_state   SMALLINT,
+    worker     TEXT,
+    attempt    INTEGER,
+    error      TEXT,
+    extra      TEXT                     -- JSON of further fields
+);
+CREATE INDEX audit_task ON audit (task, id);
+
+CREATE TABLE workers (
+    name      TEXT PRIMARY KEY,
+    host      TEXT,
+    pid       INTEGER,
+    joined    {REAL} NOT NULL,
+    last_seen {REAL} NOT NULL,
+    lease_s   {REAL} NOT NULL,
+    state     TEXT NOT NULL,            -- alive | left | lost
+    info      TEXT
+);
