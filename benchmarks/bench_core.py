@@ -1,0 +1,628 @@
+"""Core scheduling benchmark: conveyor against a plain-Python floor and Dask, side by side.
+
+    python benchmarks/bench_core.py                 # the full run (~5-10 min on 2 cores)
+    python benchmarks/bench_core.py --quick         # small sizes, < 1 min (the smoke test)
+    python benchmarks/bench_core.py --skip-distributed --json out.json
+
+All tasks are no-ops. Every system gets the graph already built in its own native form (a graph
+dict for conveyor, ``{key: (noop, *parents)}`` for Dask, id/parent lists for the floor); what is
+timed is the call that validates (where the system does) and runs it. Medians of 3 runs up to
+100k tasks, one run above. Peers that would take too long at a size are not run there and the
+table says so; no number in the table is extrapolated.
+
+Rows:
+  floor             Kahn's algorithm with a depth-first heap, one thread, no executor
+  conveyor inline   ``conveyor.run(graph_dict)``: no-op tasks finish where they are claimed
+    (schedule)      the ``Engine.run`` part of the above alone (graph parsed and loaded)
+  conveyor fn       Python no-op *functions*, ``executor="inline"``
+  conveyor thread   Python no-op functions, ``executor="thread"``, workers=2 / 8
+  dask.get          Dask's synchronous scheduler
+  dask.threaded     ``dask.threaded.get`` (a pool of cpu_count threads)
+  dask.distributed  LocalCluster, 2 worker processes x 1 thread (cluster start not timed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import heapq
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import graphs
+
+# -- targets (issue 3, "Speed and memory") -----------------------------------------------------
+INLINE_MIN_RATE = 300_000  # tasks/s at 100k, inline executor
+INLINE_MAX_FLOOR_RATIO = 3.0
+THREAD_VS_DASK = 10.0
+E2E_VS_DASK = 30.0
+FLATNESS_MAX = 1.5
+MEM_MAX_BYTES = 1024
+
+
+def noop(*args: Any) -> None:
+    return None
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def timed(fn: Callable[[], Any], repeat: int) -> float:
+    """Median wall time of ``repeat`` calls (collecting garbage between them)."""
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def reps(n: int, quick: bool) -> int:
+    return 3 if n <= 100_000 else 1
+
+
+def fmt_rate(r: float) -> str:
+    if r >= 1e6:
+        return f"{r / 1e6:.2f}M/s"
+    if r >= 1e3:
+        return f"{r / 1e3:.0f}k/s" if r >= 1e4 else f"{r / 1e3:.1f}k/s"
+    return f"{r:.0f}/s"
+
+
+def fmt_n(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k"
+    return f"{n:,}"
+
+
+def sinks(ids: list[str], parents: list[list[str]]) -> list[str]:
+    has_child = {p for ps in parents for p in ps}
+    return [t for t in ids if t not in has_child]
+
+
+def rss_kb(field: str = "VmRSS") -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+# -- the floor ---------------------------------------------------------------------------------
+def floor_run(ids: list[str], parents: list[list[str]]) -> int:
+    """Kahn's algorithm with a ``(-depth, index)`` heap: build the children lists and parent
+    counts, then pop/complete until done. What any in-process scheduler must at least do."""
+    index = {t: i for i, t in enumerate(ids)}
+    n = len(ids)
+    children: list[list[int]] = [[] for _ in range(n)]
+    waiting = [0] * n
+    for i, ps in enumerate(parents):
+        waiting[i] = len(ps)
+        for p in ps:
+            children[index[p]].append(i)
+    depth = [0] * n
+    heap = [(0, i) for i in range(n) if waiting[i] == 0]
+    heapq.heapify(heap)
+    pop, push = heapq.heappop, heapq.heappush
+    done = 0
+    while heap:
+        _, i = pop(heap)
+        done += 1
+        d = depth[i] + 1
+        for k in children[i]:
+            if depth[k] < d:
+                depth[k] = d
+            w = waiting[k] - 1
+            waiting[k] = w
+            if w == 0:
+                push(heap, (-depth[k], k))
+    assert done == n, (done, n)
+    return done
+
+
+# -- conveyor ------------------------------------------------------------------------------------
+def conveyor_phases(
+    graph: Any, *, workers: int = 1, executor: str | None = None
+) -> tuple[float, float, float]:
+    """What ``conveyor.run`` does, timed in three parts: parse+validate, load into the memory
+    store (frontier build), and ``Engine.run``."""
+    from conveyor.graphfile import graph_from_dict, validate_graph
+    from conveyor.runtime.engine import Engine
+    from conveyor.store.memory import MemoryStore
+
+    t0 = time.perf_counter()
+    if isinstance(graph, dict):
+        spec = graph_from_dict(graph)
+    else:
+        validate_graph(graph)
+        spec = graph
+    t1 = time.perf_counter()
+    store = MemoryStore()
+    store.open_graph(spec, time.time())
+    functions = {t.id: t for t in spec.tasks if callable(t.fn)}
+    engine = Engine(store, workers=workers, executor=executor, functions=functions)
+    t2 = time.perf_counter()
+    stats = engine.run()
+    t3 = time.perf_counter()
+    assert stats.done == len(spec.tasks), (stats, len(spec.tasks))
+    return t1 - t0, t2 - t1, t3 - t2
+
+
+def fn_spec(graph: dict[str, Any]) -> Any:
+    """The same graph with every task a Python no-op function (built once, not timed)."""
+    from conveyor.model import GraphSpec, TaskSpec
+
+    tasks = [TaskSpec(id=t["id"], fn=noop, deps=tuple(t["deps"])) for t in graph["tasks"]]
+    return GraphSpec(graph["name"], tasks, {})
+
+
+def median_phases(fn: Callable[[], tuple[float, ...]], repeat: int) -> tuple[float, ...]:
+    runs = []
+    for _ in range(repeat):
+        gc.collect()
+        runs.append(fn())
+    totals = [sum(r) for r in runs]
+    return runs[totals.index(statistics.median_low(totals))]
+
+
+# -- dask --------------------------------------------------------------------------------------
+def dask_graph(ids: list[str], parents: list[list[str]]) -> dict[str, Any]:
+    return {t: (noop, *ps) for t, ps in zip(ids, parents, strict=True)}
+
+
+# -- the benchmark -------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.quick: bool = args.quick
+        self.cells: dict[tuple[str, str], dict[str, Any]] = {}
+        self.rows: list[str] = []
+        self.cols: list[str] = []
+        self.notes: list[str] = []
+        self.results: dict[str, Any] = {}
+
+    def log(self, msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    def put(self, row: str, col: str, n: int, seconds: float | None, note: str = "") -> None:
+        if row not in self.rows:
+            self.rows.append(row)
+        cell = {"n": n, "seconds": seconds, "rate": (n / seconds) if seconds else None}
+        if note:
+            cell["note"] = note
+        self.cells[(row, col)] = cell
+        shown = f"{seconds:.3f} s ({fmt_rate(n / seconds)})" if seconds else f"- ({note})"
+        self.log(f"  {row:<28} {col:<18} {shown}")
+
+    def get(self, row: str, col: str) -> float | None:
+        c = self.cells.get((row, col))
+        return None if c is None else c["seconds"]
+
+    # The graphs of the issue; --quick shrinks them.
+    def graph_list(self) -> list[tuple[str, dict[str, Any]]]:
+        if self.quick:
+            sizes = {"chain": 1000, "fan": 1000, "small": 1000, "big": 10_000, "huge": 30_000}
+        else:
+            sizes = {"chain": 10_000, "fan": 10_000, "small": 10_000, "big": 100_000,
+                     "huge": 1_000_000}  # fmt: skip
+        self.sizes = sizes
+        wf = graphs.wfcommons_largest()
+        out = [
+            (f"chain {fmt_n(sizes['chain'])}", graphs.chain(sizes["chain"])),
+            (f"fan-out/in {fmt_n(sizes['fan'])}", graphs.fanout_fanin(sizes["fan"])),
+            (f"layered {fmt_n(sizes['small'])}", graphs.layered(sizes["small"])),
+            (f"layered {fmt_n(sizes['big'])}", graphs.layered(sizes["big"])),
+            (f"layered {fmt_n(sizes['huge'])}", graphs.layered(sizes["huge"])),
+            (f"wfcommons {len(wf['tasks'])}", wf),
+        ]
+        self.wf_name = wf["name"]
+        return out
+
+    def run(self) -> int:
+        a = self.args
+        t_start = time.perf_counter()
+        gl = self.graph_list()
+        self.cols = [c for c, _ in gl]
+        big = f"layered {fmt_n(self.sizes['big'])}"
+        small = f"layered {fmt_n(self.sizes['small'])}"
+        huge = f"layered {fmt_n(self.sizes['huge'])}"
+        try:
+            import dask
+
+            del dask
+
+            have_dask = True
+        except ImportError:
+            have_dask = False
+            self.notes.append(
+                "dask is not installed: Dask rows skipped (pip install -e '.[bench]')"
+            )
+        # Dask's static ordering is superlinear (PEERS.md: 54 s at 100k): cap its sizes.
+        dask_max = 10_000 if self.quick else 100_000
+        dist_max = 2_000 if self.quick else 10_000
+        thread_max = 10_000 if self.quick else 100_000
+
+        for col, g in gl:
+            self.bench_graph(col, g, have_dask, thread_max, dask_max)
+            gc.collect()
+
+        if have_dask and not a.skip_distributed:
+            self.distributed(gl, dist_max)
+        elif a.skip_distributed:
+            self.notes.append("dask.distributed skipped (--skip-distributed)")
+
+        e2e_n = 3_000 if self.quick else 30_000
+        self.end_to_end(e2e_n, have_dask)
+        self.memory(self.sizes["huge"])
+        self.results["elapsed_s"] = time.perf_counter() - t_start
+        self.report(small, big, huge, have_dask)
+        return 0
+
+    def bench_graph(
+        self, col: str, g: dict[str, Any], have_dask: bool, thread_max: int, dask_max: int
+    ) -> None:
+        """Every in-process system on one graph."""
+        n = len(g["tasks"])
+        ids, parents = graphs.ids_parents(g)
+        r = reps(n, self.quick)
+        self.log(f"{col} ({n} tasks)")
+        self.put("floor (Kahn + heap)", col, n, timed(lambda: floor_run(ids, parents), r))
+        ph = median_phases(lambda: conveyor_phases(g), r)
+        self.put("conveyor inline", col, n, sum(ph))
+        self.put("  of which Engine.run", col, n, ph[2])
+        self.results.setdefault("phases", {})[col] = {
+            "parse_s": ph[0], "load_s": ph[1], "run_s": ph[2],
+        }  # fmt: skip
+        spec = fn_spec(g)
+        ph = median_phases(lambda: conveyor_phases(spec, executor="inline"), r)
+        self.put("conveyor fn, inline", col, n, sum(ph))
+        for w in (2, 8):
+            row = f"conveyor fn, thread w={w}"
+            if n > thread_max:
+                self.put(row, col, n, None, f"not run above {fmt_n(thread_max)}")
+                continue
+            ph = median_phases(lambda w=w: conveyor_phases(spec, workers=w, executor="thread"), r)
+            self.put(row, col, n, sum(ph))
+        spec = None
+        if not have_dask:
+            return
+        import dask
+        import dask.threaded
+
+        dsk = dask_graph(ids, parents)
+        keys = sinks(ids, parents)
+        for row, get in (("dask.get (sync)", dask.get), ("dask.threaded.get", dask.threaded.get)):
+            if n > dask_max:
+                self.put(row, col, n, None, f"not run above {fmt_n(dask_max)}")
+                continue
+            self.put(row, col, n, timed(lambda get=get: get(dsk, keys), 3 if n <= 10_000 else 1))
+
+    def distributed(self, gl: list[tuple[str, dict[str, Any]]], dist_max: int) -> None:
+        import logging
+
+        from dask.distributed import Client, LocalCluster
+
+        self.log("dask.distributed LocalCluster (2 processes x 1 thread)")
+        t0 = time.perf_counter()
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )  # fmt: skip
+        client = Client(cluster)
+        self.results["distributed_start_s"] = time.perf_counter() - t0
+        row = "dask.distributed (2 procs)"
+        try:
+            for col, g in gl:
+                n = len(g["tasks"])
+                if n > dist_max:
+                    self.put(row, col, n, None, f"not run above {fmt_n(dist_max)}")
+                    continue
+                ids, parents = graphs.ids_parents(g)
+                dsk = dask_graph(ids, parents)
+                keys = sinks(ids, parents)
+                self.put(row, col, n, timed(lambda dsk=dsk, keys=keys: client.get(dsk, keys), 1))
+        finally:
+            client.close()
+            cluster.close()
+
+    def end_to_end(self, n: int, have_dask: bool) -> None:
+        """``conveyor run FILE --workers 1 --quiet`` vs a script running ``dask.threaded.get``
+        on the same file, both as fresh processes (start-up and file loading included)."""
+        self.log(f"end to end, layered {n}")
+        tmp = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
+        try:
+            path = graphs.write_graph(graphs.layered(n), tmp, "layered")
+            exe = shutil.which("conveyor", path=str(Path(sys.executable).parent)) or shutil.which(
+                "conveyor"
+            )
+            conv = [exe] if exe else [sys.executable, "-m", "conveyor.cli"]
+            conv += ["run", str(path), "--workers", "1", "--quiet"]
+            script = tmp / "dask_run.py"
+            script.write_text(
+                textwrap.dedent("""
+                import json, sys
+                import dask.threaded
+
+                def noop(*args):
+                    return None
+
+                data = json.load(open(sys.argv[1]))
+                dsk = {t["id"]: (noop, *t["deps"]) for t in data["tasks"]}
+                has_child = {p for t in data["tasks"] for p in t["deps"]}
+                dask.threaded.get(dsk, [k for k in dsk if k not in has_child])
+            """)
+            )
+            bare = [sys.executable, "-c", "pass"]
+            res: dict[str, Any] = {"n": n}
+            for name, cmd, rep in (("python -c pass", bare, 3), ("conveyor run", conv, 3),
+                                   ("dask.threaded script", [sys.executable, str(script),
+                                                             str(path)], 1)):  # fmt: skip
+                if name.startswith("dask") and not have_dask:
+                    continue
+                times = []
+                for _ in range(rep):
+                    t0 = time.perf_counter()
+                    p = subprocess.run(cmd, capture_output=True, text=True)
+                    times.append(time.perf_counter() - t0)
+                    if p.returncode != 0:
+                        raise RuntimeError(f"{name} exited {p.returncode}: {p.stderr[-2000:]}")
+                res[name] = statistics.median(times)
+                self.log(f"  {name:<24} {res[name]:.3f} s")
+            self.results["end_to_end"] = res
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def memory(self, n: int) -> None:
+        """Engine state per task at ``n`` tasks, in a fresh process (RSS deltas, VmHWM)."""
+        self.log(f"memory at layered {n} (fresh process)")
+        p = subprocess.run(
+            [sys.executable, __file__, "--memory-child", str(n)], capture_output=True, text=True
+        )
+        if p.returncode != 0:
+            self.notes.append(f"memory child failed: {p.stderr[-500:]}")
+            return
+        m = json.loads(p.stdout.strip().splitlines()[-1])
+        self.results["memory"] = m
+        self.log("  " + ", ".join(f"{k} {v}" for k, v in m.items() if not isinstance(v, dict)))
+
+    # -- output ------------------------------------------------------------------------------
+    def report(self, small: str, big: str, huge: str, have_dask: bool) -> None:
+        out = []
+        m = platform.machine()
+        out.append(
+            f"conveyor core benchmark{' (--quick)' if self.quick else ''}: Python "
+            f"{platform.python_version()}, {os.cpu_count()} cores ({m}), no-op tasks; "
+            "cells are wall time (tasks/s)."
+        )
+        out.append("")
+        out.append("| system | " + " | ".join(self.cols) + " |")
+        out.append("|---|" + "---|" * len(self.cols))
+        for row in self.rows:
+            cells = []
+            for col in self.cols:
+                c = self.cells.get((row, col))
+                if c is None:
+                    cells.append("")
+                elif c["seconds"] is None:
+                    cells.append("-")
+                else:
+                    cells.append(f"{c['seconds']:.3f} s ({fmt_rate(c['rate'])})")
+            out.append(f"| {row} | " + " | ".join(cells) + " |")
+        out.append("")
+        # Ratios per graph.
+        out.append("Ratios (time of the other / time of conveyor; > 1 means conveyor is faster):")
+        out.append("")
+        out.append("| ratio | " + " | ".join(self.cols) + " |")
+        out.append("|---|" + "---|" * len(self.cols))
+        pairs = [
+            ("floor / conveyor inline", "floor (Kahn + heap)", "conveyor inline"),
+            ("floor / Engine.run", "floor (Kahn + heap)", "  of which Engine.run"),
+            ("dask.get / conveyor inline", "dask.get (sync)", "conveyor inline"),
+            ("dask.threaded / conveyor thread w=2", "dask.threaded.get", "conveyor fn, thread w=2"),
+            ("dask.threaded / conveyor thread w=8", "dask.threaded.get", "conveyor fn, thread w=8"),
+            ("distributed / conveyor thread w=2", "dask.distributed (2 procs)",
+             "conveyor fn, thread w=2"),
+        ]  # fmt: skip
+        for label, a, b in pairs:
+            cells = []
+            for col in self.cols:
+                x, y = self.get(a, col), self.get(b, col)
+                cells.append(f"{x / y:.2f}x" if x and y else "-")
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
+        # Phases.
+        out.append(
+            "conveyor inline, where the time goes (µs per task: parse+validate / load / run):"
+        )
+        for col, ph in self.results.get("phases", {}).items():
+            n = self.cells[("conveyor inline", col)]["n"]
+            out.append(
+                f"  {col:<18} {ph['parse_s'] / n * 1e6:6.2f} / {ph['load_s'] / n * 1e6:5.2f} / "
+                f"{ph['run_s'] / n * 1e6:5.2f}"
+            )
+        out.append("")
+        e2e = self.results.get("end_to_end", {})
+        if e2e:
+            out.append(
+                f"End to end, layered {fmt_n(e2e['n'])} from a JSON file, fresh processes: "
+                f"`conveyor run --workers 1 --quiet` {e2e['conveyor run']:.2f} s; "
+                + (
+                    f"dask.threaded script {e2e['dask.threaded script']:.2f} s; "
+                    if "dask.threaded script" in e2e
+                    else ""
+                )
+                + f"bare `python -c pass` {e2e['python -c pass']:.2f} s."
+            )
+        mem = self.results.get("memory")
+        if mem:
+            out.append(
+                f"Memory at {fmt_n(mem['n'])} tasks (fresh process, RSS): graph dict (input) "
+                f"{mem['dict_mb']:.0f} MB; parsed TaskSpecs +{mem['specs_mb']:.0f} MB "
+                f"({mem['specs_b_per_task']:.0f} B/task); engine state (store + frontier, "
+                f"after the run) +{mem['engine_mb']:.0f} MB "
+                f"({mem['engine_b_per_task']:.0f} B/task); "
+                f"peak RSS {mem['peak_rss_mb']:.0f} MB."
+            )
+        out.append("")
+        # Targets.
+        out.append("Targets:")
+        verdicts: list[tuple[str, bool | None, str]] = []
+
+        def rate(row: str, col: str) -> float | None:
+            c = self.cells.get((row, col))
+            return None if c is None else c["rate"]
+
+        sched = rate("  of which Engine.run", big)
+        whole = rate("conveyor inline", big)
+        fl = rate("floor (Kahn + heap)", big)
+        if sched and fl and whole:
+            ok = sched >= INLINE_MIN_RATE and fl / sched <= INLINE_MAX_FLOOR_RATIO
+            verdicts.append((
+                f"inline scheduling ≥ {INLINE_MIN_RATE:,}/s at {big} and within "
+                f"{INLINE_MAX_FLOOR_RATIO:g}x of the floor",
+                ok, f"Engine.run {fmt_rate(sched)}, floor {fmt_rate(fl)} ({fl / sched:.2f}x)",
+            ))  # fmt: skip
+            ok = whole >= INLINE_MIN_RATE and fl / whole <= INLINE_MAX_FLOOR_RATIO
+            verdicts.append((
+                f"  same, whole conveyor.run (parse + load + run) at {big}",
+                ok, f"{fmt_rate(whole)}, floor {fmt_rate(fl)} ({fl / whole:.2f}x)",
+            ))  # fmt: skip
+        for col in (small, big):
+            d = self.get("dask.threaded.get", col)
+            c = self.get("conveyor fn, thread w=2", col)
+            if d and c:
+                verdicts.append((
+                    f"thread executor (w=2) ≥ {THREAD_VS_DASK:g}x dask.threaded on {col}",
+                    d / c >= THREAD_VS_DASK, f"{d / c:.1f}x ({c:.3f} s vs {d:.3f} s)",
+                ))  # fmt: skip
+            elif have_dask:
+                verdicts.append((f"thread executor vs dask.threaded on {col}", None, "not run"))
+        if e2e and "dask.threaded script" in e2e:
+            r = e2e["dask.threaded script"] / e2e["conveyor run"]
+            verdicts.append((
+                f"end to end ≥ {E2E_VS_DASK:g}x dask.threaded on layered {fmt_n(e2e['n'])}",
+                r >= E2E_VS_DASK, f"{r:.1f}x",
+            ))  # fmt: skip
+        for label, row in (("scheduling (Engine.run)", "  of which Engine.run"),
+                           ("whole conveyor.run", "conveyor inline")):  # fmt: skip
+            a_, b_ = self.get(row, small), self.get(row, huge)
+            if a_ and b_:
+                ns = self.cells[(row, small)]["n"]
+                nh = self.cells[(row, huge)]["n"]
+                pa, pb = a_ / ns * 1e6, b_ / nh * 1e6
+                verdicts.append((
+                    f"flat: µs/task at {huge} within {FLATNESS_MAX:g}x of {small}, {label}",
+                    pb / pa <= FLATNESS_MAX, f"{pb:.2f} vs {pa:.2f} µs/task ({pb / pa:.2f}x)",
+                ))  # fmt: skip
+        if mem:
+            verdicts.append((
+                f"≤ {MEM_MAX_BYTES} B engine state per task at {fmt_n(mem['n'])}",
+                mem["engine_b_per_task"] <= MEM_MAX_BYTES,
+                f"{mem['engine_b_per_task']:.0f} B/task (+ {mem['specs_b_per_task']:.0f} B/task "
+                f"of parsed TaskSpecs); peak RSS {mem['peak_rss_mb']:.0f} MB",
+            ))  # fmt: skip
+        for label, ok, detail in verdicts:
+            tag = "SKIP" if ok is None else ("PASS" if ok else "FAIL")
+            out.append(f"  [{tag}] {label}: {detail}")
+        if self.quick:
+            out.append("  (--quick: small sizes; the verdicts are indicative only)")
+        out.append("")
+        notes = [
+            f"WfCommons graph: {self.wf_name}.",
+            "Dask rows use {key: (noop, *parent_keys)} and ask for the sinks; Dask's static "
+            "ordering is superlinear, so dask.get/threaded are not run above "
+            f"{fmt_n(10_000 if self.quick else 100_000)} tasks and dask.distributed not above "
+            f"{fmt_n(2_000 if self.quick else 10_000)}"
+            + (f" (cluster start {self.results['distributed_start_s']:.1f} s, not timed)"
+               if "distributed_start_s" in self.results else "") + ".",
+            f"conveyor fn rows: thread executor not run above "
+            f"{fmt_n(10_000 if self.quick else 100_000)} tasks (keeps the run short).",
+            *self.notes,
+            f"Total benchmark time {self.results['elapsed_s']:.0f} s.",
+        ]  # fmt: skip
+        out.append("Notes:")
+        out.extend(f"  - {x}" for x in notes)
+        text = "\n".join(out)
+        print(text, flush=True)
+        self.results["verdicts"] = [
+            {"target": label.strip(), "pass": ok, "detail": d} for label, ok, d in verdicts
+        ]
+        if self.args.json:
+            payload = {
+                "quick": self.quick,
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "cells": [
+                    {"system": r.strip(), "graph": c, **v} for (r, c), v in self.cells.items()
+                ],
+                **self.results,
+                "table": text,
+            }
+            Path(self.args.json).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+
+def memory_child(n: int) -> None:
+    """Run a layered graph of ``n`` no-op tasks and print RSS checkpoints as JSON."""
+    from conveyor.graphfile import graph_from_dict
+    from conveyor.runtime.engine import Engine
+    from conveyor.store.memory import MemoryStore
+
+    base = rss_kb()
+    g = graphs.layered(n)
+    gc.collect()
+    r0 = rss_kb()
+    spec = graph_from_dict(g)
+    gc.collect()
+    r1 = rss_kb()
+    store = MemoryStore()
+    store.open_graph(spec, time.time())
+    gc.collect()
+    r2 = rss_kb()
+    stats = Engine(store, workers=1).run()
+    gc.collect()
+    r3 = rss_kb()
+    assert stats.done == n
+    peak = rss_kb("VmHWM")
+    mb = 1024.0
+    print(json.dumps({
+        "n": n,
+        "dict_mb": (r0 - base) / mb,
+        "specs_mb": (r1 - r0) / mb,
+        "specs_b_per_task": (r1 - r0) * 1024 / n,
+        "loaded_mb": (r2 - r1) / mb,
+        "engine_mb": (r3 - r1) / mb,
+        "engine_b_per_task": (r3 - r1) * 1024 / n,
+        "peak_rss_mb": peak / mb,
+        "peak_over_dict_b_per_task": (peak - r0) * 1024 / n,
+    }))  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (< 1 min): a smoke test")
+    ap.add_argument("--skip-distributed", action="store_true", help="no dask.distributed rows")
+    ap.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
+    ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return 0
+    return Bench(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
