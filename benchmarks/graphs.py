@@ -46,7 +46,13 @@ __all__ = [
 
 Graph = dict[str, Any]
 
-WORKFLOWS = Path(os.environ.get("CONVEYOR_WORKFLOWS", "/work/shared/data/workflows"))
+#: The WfCommons graphs: $CONVEYOR_WORKFLOWS, else ../shared/data/workflows beside the repo.
+WORKFLOWS = Path(
+    os.environ.get(
+        "CONVEYOR_WORKFLOWS",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "workflows",
+    )
+)
 
 
 def _graph(name: str, ids: list[str], parents: list[list[str]]) -> Graph:
