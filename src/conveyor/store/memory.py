@@ -31,6 +31,8 @@ class MemoryStore(Store):
         self.errors: dict[int, str] = {}
         self.graph_names: list[str] = []
         self.groups: dict[str, GroupInfo] = {}
+        self._blocked = False
+        self._reserved_seen: set[str] = set()
         self._audit: dict[int, list[dict[str, Any]]] | None = None
 
     def keep_history(self) -> None:
@@ -165,7 +167,10 @@ class MemoryStore(Store):
         if f._delayed and f._delayed[0][0] <= now:
             self._release_due(now)
         out = []
-        for i in f.pick(offer, now):
+        picked = f.pick(offer, now)
+        if self.emit is not None:
+            self._admission_events(picked, offer, now)
+        for i in picked:
             attempt = self.attempts[i] + 1
             self.attempts[i] = attempt
             spec = self.specs[i]
@@ -173,6 +178,47 @@ class MemoryStore(Store):
                 self._record(i, "task_started", now, worker=worker, attempt=attempt)
             out.append(Claim(spec, attempt, attempt, i, f.depth[i], spec.deps))
         return out
+
+    def _admission_events(self, picked: list[int], offer: Offer, now: float) -> None:
+        """``gang_started``, ``group_capped``, ``gang_reserved`` and ``admission_blocked``,
+        each once per episode (not once per refused claim)."""
+        f = self.frontier
+        q = f.queue
+        assert q is not None and self.emit is not None
+        if picked:
+            self._blocked = False
+            i = picked[0]
+            group = q.shapes[f.shape[i]].group
+            if len(picked) > 1:
+                self.emit({"ts": now, "event": "gang_started", "gang": f.gang_of.get(i),
+                           "tasks": [f.ids[k] for k in picked], "reason": "gang_complete"})  # fmt: skip
+            g = q.groups[group]
+            if g.cap is not None and g.running >= g.cap:
+                self.emit({"ts": now, "event": "group_capped", "group": group,
+                           "running": g.running, "cap": g.cap, "reason": "group_cap"})  # fmt: skip
+            return
+        for gang, since in q.reservations.items():
+            if gang not in self._reserved_seen:
+                self._reserved_seen.add(gang)
+                self.emit({"ts": now, "event": "gang_reserved", "gang": gang, "since": since,
+                           "reason": "gang_incomplete"})  # fmt: skip
+        if offer.slots > 0 and f.counts[READY] and not self._blocked:
+            self._blocked = True
+            self.emit({"ts": now, "event": "admission_blocked", "ready": f.counts[READY],
+                       "free_slots": offer.slots, "reason": self._blocked_reason(now, offer)})  # fmt: skip
+
+    def _blocked_reason(self, now: float, offer: Offer) -> str:
+        """The dominant reason of the best-keyed ready task (explain is O(shapes) here)."""
+        from conveyor.core.explain import explain
+
+        f = self.frontier
+        q = f.queue
+        assert q is not None
+        heads = [h[0] for h in q.heaps if h and f.state[h[0][2]] == READY]
+        if not heads:
+            return "gang_incomplete"
+        i = min(heads)[2]
+        return explain(f, i, now, [offer], parents=[]).code
 
     def complete(self, claim: Claim, value: Any, now: float) -> bool:
         i = claim.handle
