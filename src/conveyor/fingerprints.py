@@ -1,0 +1,178 @@
+"""The edge of fingerprinting: read function sources and input files, then let the pure core
+(``conveyor.core.fingerprint``) hash and decide.
+
+``graph_parts(spec)`` computes every task's fingerprint parts in one O(V + E) pass (functions
+and files are hashed once each, whatever the number of tasks using them); ``plan`` compares them
+with what a store remembers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.core.dag import layout
+from conveyor.core.fingerprint import Decision, Parts, Stored, canonical, decide, digest
+from conveyor.errors import GraphError
+from conveyor.imports import resolve_callable
+from conveyor.model import GraphSpec, TaskSpec
+
+
+@dataclass
+class FileHashes:
+    """Content hashes of files with an (mtime, size) shortcut: a file whose mtime and size did
+    not change is not read again. ``entries`` is what a store persists between runs."""
+
+    entries: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+
+    def digest(self, path: str) -> str:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return "missing"
+        known = self.entries.get(path)
+        if known is not None and known[0] == st.st_mtime_ns and known[1] == st.st_size:
+            return known[2]
+        h = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        d = h.hexdigest()
+        self.entries[path] = (st.st_mtime_ns, st.st_size, d)
+        return d
+
+
+class CodeHashes:
+    """Code identity of callables: qualified name + source, and the sources of functions of the
+    same module that it calls (one pass over names, transitively, each function once)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Any, str] = {}
+
+    def of_spec(self, spec: TaskSpec, fn: Callable[..., Any] | None = None) -> str:
+        if spec.version is not None:
+            return digest(canonical(("version", spec.version)))
+        if spec.cmd is not None:
+            return digest(canonical(("cmd", spec.cmd)))
+        target = fn if fn is not None else spec.fn
+        if target is None:
+            return digest(b"noop")
+        if isinstance(target, str):
+            key: Any = target
+            if key in self._cache:
+                return self._cache[key]
+            d = self.of_callable(resolve_callable(target))
+            self._cache[key] = d
+            return d
+        return self.of_callable(target)
+
+    def of_callable(self, fn: Callable[..., Any]) -> str:
+        fn = getattr(fn, "__wrapped_task__", fn)
+        try:
+            return self._cache[fn]
+        except (KeyError, TypeError):
+            pass
+        parts = []
+        for f in _same_module_closure(fn):
+            name = f"{getattr(f, '__module__', '?')}:{getattr(f, '__qualname__', '?')}"
+            try:
+                src = inspect.getsource(f)
+            except (OSError, TypeError):
+                code = getattr(f, "__code__", None)
+                src = code.co_code.hex() if code is not None else repr(type(f))
+            parts.append((name, src))
+        d = digest(canonical(parts))
+        try:
+            self._cache[fn] = d
+        except TypeError:
+            pass
+        return d
+
+
+def _same_module_closure(fn: Callable[..., Any]) -> list[Callable[..., Any]]:
+    module = getattr(fn, "__module__", None)
+    seen: dict[int, Callable[..., Any]] = {}
+    stack = [fn]
+    while stack:
+        f = stack.pop()
+        if id(f) in seen:
+            continue
+        seen[id(f)] = f
+        code = getattr(f, "__code__", None)
+        glb = getattr(f, "__globals__", None)
+        if code is None or glb is None:
+            continue
+        for name in _names(code):
+            g = glb.get(name)
+            g = getattr(g, "__wrapped_task__", g)
+            if isinstance(g, types.FunctionType) and g.__module__ == module and id(g) not in seen:
+                stack.append(g)
+    return sorted(seen.values(), key=lambda f: getattr(f, "__qualname__", ""))
+
+
+def _names(code: types.CodeType) -> set[str]:
+    out = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            out |= _names(c)
+    return out
+
+
+def args_digest(spec: TaskSpec) -> str:
+    return digest(canonical((spec.args, spec.kwargs)))
+
+
+def graph_parts(
+    spec: GraphSpec,
+    *,
+    files: FileHashes | None = None,
+    functions: Mapping[str, Callable[..., Any]] | None = None,
+) -> dict[str, Parts]:
+    """Fingerprint parts of every task, parents before children."""
+    files = files if files is not None else FileHashes()
+    code = CodeHashes()
+    tasks = spec.tasks
+    lay = layout([t.id for t in tasks], [t.deps for t in tasks])
+    order = sorted(range(len(tasks)), key=lay.depth.__getitem__)
+    out: dict[str, Parts] = {}
+    fns = functions or {}
+    for i in order:
+        t = tasks[i]
+        try:
+            c = code.of_spec(t, fns.get(t.id))
+            a = args_digest(t)
+        except GraphError as exc:
+            raise GraphError(f"task {t.id!r}: {exc}") from None
+        ins = [(p, files.digest(p)) for p in t.inputs]
+        ps = [(d, out[d].fingerprint) for d in t.deps]
+        out[t.id] = Parts.make(c, a, ins, ps)
+    return out
+
+
+def missing_outputs(spec: TaskSpec) -> tuple[str, ...]:
+    return tuple(p for p in spec.outputs if not os.path.exists(p))
+
+
+def plan(
+    spec: GraphSpec,
+    stored: Mapping[str, Stored],
+    *,
+    files: FileHashes | None = None,
+    functions: Mapping[str, Callable[..., Any]] | None = None,
+) -> tuple[list[Decision], dict[str, Parts]]:
+    """What would run and why, per task, in graph order; and the new fingerprint parts."""
+    parts = graph_parts(spec, files=files, functions=functions)
+    decisions = []
+    for t in spec.tasks:
+        old = stored.get(t.id)
+        if old is not None and old.state == "done" and t.outputs:
+            miss = missing_outputs(t)
+            if miss:
+                old = Stored(old.state, old.parts, miss)
+        decisions.append(decide(t.id, parts[t.id], old, cache=t.cache))
+    return decisions, parts
