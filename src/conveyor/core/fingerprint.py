@@ -32,7 +32,7 @@ def canonical(obj: Any) -> bytes:
     return b"".join(out)
 
 
-def _encode(obj: Any, out: list[bytes]) -> None:  # noqa: C901 - one branch per type
+def _encode(obj: Any, out: list[bytes]) -> None:
     if obj is None:
         out.append(b"N")
     elif obj is True or obj is False:
