@@ -97,9 +97,16 @@ def _groups(raw: Any) -> dict[str, GroupSpec]:
     return out
 
 
+_SIMPLE_KEYS = frozenset({"id", "deps", "parents", "runtime_s", "cores"})
+
+
 def _task(pos: int, raw: Any, check_functions: bool) -> TaskSpec:
     if not isinstance(raw, Mapping):
         raise GraphError(f"task #{pos + 1} must be an object")
+    if raw.keys() <= _SIMPLE_KEYS:
+        simple = _simple_task(raw)
+        if simple is not None:
+            return simple
     tid = raw.get("id")
     where = f"task {tid!r}" if isinstance(tid, str) else f"task #{pos + 1}"
     if not isinstance(tid, str) or not tid:
@@ -136,9 +143,8 @@ def _task(pos: int, raw: Any, check_functions: bool) -> TaskSpec:
         isinstance(cmd, str) or (isinstance(cmd, list) and all(isinstance(c, str) for c in cmd))
     ):
         raise GraphError(f"{where}: 'cmd' must be a string or a list of strings")
+    # "cores" (WfCommons traces) is what the traced task used: informational, not a request.
     resources = dict(raw.get("resources") or {})
-    if "cores" in raw and "cpu" not in resources:
-        resources["cpu"] = raw["cores"]
     runtime = raw.get("runtime_s")
     if runtime is not None and (
         not isinstance(runtime, int | float) or not math.isfinite(runtime) or runtime < 0
@@ -177,6 +183,26 @@ def _task(pos: int, raw: Any, check_functions: bool) -> TaskSpec:
         raise GraphError(f"{where}: {exc}") from None
     spec.validate()
     return spec
+
+
+def _simple_task(raw: Mapping[str, Any]) -> TaskSpec | None:
+    """Fast path for structure-only tasks (no-ops, WfCommons traces): ~5x cheaper than the
+    general path. ``None`` sends anything unusual down the general path for its error."""
+    tid = raw.get("id")
+    deps = raw.get("deps", raw.get("parents", ()))
+    if not isinstance(tid, str) or not tid or not isinstance(deps, list):
+        return None
+    if ("deps" in raw and "parents" in raw) or not all(isinstance(d, str) for d in deps):
+        return None
+    runtime = raw.get("runtime_s")
+    if runtime is not None and (
+        not isinstance(runtime, int | float) or not math.isfinite(runtime) or runtime < 0
+    ):
+        return None
+    cores = raw.get("cores")
+    if cores is not None and (not isinstance(cores, int | float) or cores < 0):
+        return None
+    return TaskSpec(id=tid, deps=tuple(deps), runtime_s=runtime)
 
 
 def graph_from_networkx(g: Any, name: str = "graph") -> GraphSpec:

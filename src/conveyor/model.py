@@ -9,9 +9,17 @@ import enum
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from conveyor.errors import GraphError
+
+#: The shared empty mapping of unset task fields (a million tasks need not own a million dicts).
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _empty() -> Mapping[str, Any]:
+    return EMPTY
 
 
 class TaskState(enum.IntEnum):
@@ -56,11 +64,11 @@ class TaskSpec:
     fn: Callable[..., Any] | str | None = None
     cmd: str | list[str] | None = None
     args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = field(default_factory=_empty)
     deps: tuple[str, ...] = ()
     group: str = "default"
-    labels: dict[str, Any] = field(default_factory=dict)
-    resources: dict[str, float] = field(default_factory=dict)
+    labels: Mapping[str, Any] = field(default_factory=_empty)
+    resources: Mapping[str, float] = field(default_factory=_empty)
     retries: int = 0
     timeout_s: float | None = None
     gang: str | None = None

@@ -78,11 +78,19 @@ class TaskContext:
     def submit_job(self, graph: Graph) -> list[ChildHandle]:
         """Submit a whole child job (a ``Graph``): its roots sit one level below this task and
         it keeps this task's root order. Task ids are prefixed with ``"<this task>/"``."""
+        from conveyor.model import TaskRef, find_refs, substitute_refs
+
         prefix = f"{self.task_id}/"
         specs = []
         for t in graph.tasks:
             deps = tuple(prefix + d for d in t.deps)
-            specs.append(_replace_spec(t, id=prefix + t.id, deps=deps))
+            args, kwargs = t.args, t.kwargs
+            refs = find_refs(args, dict(kwargs))
+            if refs:  # TaskRef arguments follow their tasks to the prefixed ids
+                renamed = {r: TaskRef(prefix + r) for r in refs}
+                args = tuple(substitute_refs(a, renamed) for a in args)
+                kwargs = {k: substitute_refs(v, renamed) for k, v in kwargs.items()}
+            specs.append(_replace_spec(t, id=prefix + t.id, deps=deps, args=args, kwargs=kwargs))
         ids = self._submit(self, specs)
         return [ChildHandle(i, self) for i in ids]
 

@@ -190,8 +190,9 @@ class MemoryStore(Store):
             i = picked[0]
             group = q.shapes[f.shape[i]].group
             if len(picked) > 1:
+                tasks = [f.ids[k] for k in picked]
                 self.emit({"ts": now, "event": "gang_started", "gang": f.gang_of.get(i),
-                           "tasks": [f.ids[k] for k in picked], "reason": "gang_complete"})  # fmt: skip
+                           "tasks": tasks, "reason": "gang_complete"})  # fmt: skip
             g = q.groups[group]
             if g.cap is not None and g.running >= g.cap:
                 self.emit({"ts": now, "event": "group_capped", "group": group,
@@ -204,8 +205,9 @@ class MemoryStore(Store):
                            "reason": "gang_incomplete"})  # fmt: skip
         if offer.slots > 0 and f.counts[READY] and not self._blocked:
             self._blocked = True
+            reason = self._blocked_reason(now, offer)
             self.emit({"ts": now, "event": "admission_blocked", "ready": f.counts[READY],
-                       "free_slots": offer.slots, "reason": self._blocked_reason(now, offer)})  # fmt: skip
+                       "free_slots": offer.slots, "reason": reason})  # fmt: skip
 
     def _blocked_reason(self, now: float, offer: Offer) -> str:
         """The dominant reason of the best-keyed ready task (explain is O(shapes) here)."""
