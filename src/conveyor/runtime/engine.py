@@ -112,6 +112,7 @@ class Engine:
         self._watchers: dict[str, list[_Box]] = {}
         self._lent = 0  # slots lent by parents waiting on their children
         self._stopping = False
+        self._stuck = False  # a timed-out thread/process task may still be running
         self._engine_thread: int | None = None
 
     # -- public ----------------------------------------------------------------------------------
@@ -490,6 +491,8 @@ class Engine:
             if run is None or id(run) != rid:
                 continue
             self._executors.cancel(run)
+            if run.kind in ("thread", "process"):
+                self._stuck = True  # cannot be stopped: shutdown must not wait for it
             timeout = run.claim.spec.timeout_s
             out.append(self._finish(run, False, f"timeout: no result after {timeout:g} s", now))
         return out
@@ -544,6 +547,6 @@ class Engine:
                 box.error = ConveyorError("the run stopped before the child finished")
                 box.event.set()
         self._watchers.clear()
-        self._executors.shutdown(wait=not self.stats.interrupted)
+        self._executors.shutdown(wait=not (self.stats.interrupted or self._stuck))
         if self.store.shared:
             self.store.unregister_worker(self.worker_id, now)
