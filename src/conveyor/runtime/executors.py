@@ -213,9 +213,14 @@ class Executors:
         if self._processes is not None:
             self._processes.shutdown(wait=wait, cancel_futures=True)
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            if self._loop_thread is not None and wait:
-                self._loop_thread.join(timeout=5)
+            loop, self._loop = self._loop, None
+            loop.call_soon_threadsafe(loop.stop)
+            thread = self._loop_thread
+            if thread is not None:
+                # stop() takes effect at the loop's next turn; a coroutine blocking it bounds this
+                thread.join(timeout=5 if wait else 1)
+            if thread is None or not thread.is_alive():
+                loop.close()  # else its selector and sockets leak (ResourceWarning at GC)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
