@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from conveyor.bulk import paused_gc
 from conveyor.core.dag import layout
 from conveyor.errors import GraphError
 from conveyor.imports import resolve_callable
@@ -40,10 +41,12 @@ def load_graph(path: str | os.PathLike[str], *, check_functions: bool = True) ->
             raise GraphError(f"{p.name}: not valid YAML: {exc}") from None
     else:
         try:
-            data = json.loads(text)
+            with paused_gc():
+                data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise GraphError(f"{p.name}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
-    return graph_from_dict(data, default_name=p.stem, check_functions=check_functions)
+    with paused_gc():
+        return graph_from_dict(data, default_name=p.stem, check_functions=check_functions)
 
 
 def graph_from_dict(
@@ -71,7 +74,7 @@ def validate_graph(spec: GraphSpec) -> None:
     """Checks across tasks: ids, parents, cycles, groups. O(V + E)."""
     for t in spec.tasks:
         t.validate()
-    layout([t.id for t in spec.tasks], [t.deps for t in spec.tasks])
+    spec.layout = layout([t.id for t in spec.tasks], [t.deps for t in spec.tasks])
     if spec.groups:
         for t in spec.tasks:
             if t.group != "default" and t.group not in spec.groups:

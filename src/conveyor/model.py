@@ -141,6 +141,8 @@ class GraphSpec:
     tasks: list[TaskSpec]
     groups: dict[str, GroupSpec] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
+    #: The validated ``core.dag.Layout`` (depths, parents), kept so a store need not redo it.
+    layout: Any = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.tasks)

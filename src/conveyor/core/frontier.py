@@ -15,7 +15,7 @@ import heapq
 from collections.abc import Sequence
 
 from conveyor.core.admission import AdmissionQueue, Offer
-from conveyor.core.dag import layout
+from conveyor.core.dag import Layout, layout
 from conveyor.errors import GraphError
 from conveyor.model import TaskState
 
@@ -77,6 +77,7 @@ class Frontier:
         submitter: int | None = None,
         shapes: Sequence[int] | None = None,
         gangs: dict[int, str] | None = None,
+        known_layout: Layout | None = None,
     ) -> tuple[list[int], list[int]]:
         """Add a graph (``submitter is None``) or a run-time child job of task ``submitter``.
 
@@ -84,7 +85,8 @@ class Frontier:
         ``root_seq``; a child job inherits its submitter's and starts one level deeper.
         Validation (duplicates, unknown parents, cycles) happens before any state changes.
         With an admission queue, ``shapes[k]`` is the shape id of the k-th new task and
-        ``gangs`` maps batch positions to gang names.
+        ``gangs`` maps batch positions to gang names. ``known_layout`` is this batch's layout
+        when the caller already validated it (used only while the frontier is empty).
         """
         index = self.index
         depth_of = self.depth

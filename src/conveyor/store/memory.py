@@ -6,10 +6,10 @@ locks. Leases never expire: the engine that claims a task is the one that runs i
 
 from __future__ import annotations
 
-import gc
 import time
 from typing import Any
 
+from conveyor.bulk import paused_gc
 from conveyor.core.admission import AdmissionQueue, GroupInfo, Offer, Shape
 from conveyor.core.frontier import DONE, FAILED, READY, RUNNING, Frontier
 from conveyor.errors import GraphError, GraphMismatchError
@@ -47,7 +47,7 @@ class MemoryStore(Store):
         for name, g in graph.groups.items():
             info = self.groups.setdefault(name, GroupInfo())
             info.weight, info.cap = g.weight, g.cap
-        self._add(graph.tasks, None, now)
+        self._add(graph.tasks, None, now, graph.layout)
         self.graph_names.append(graph.name)
         return OpenedGraph(graph.name, len(graph.tasks), False, self.frontier.unfinished())
 
@@ -55,20 +55,15 @@ class MemoryStore(Store):
         self._add(tasks, parent.handle, now)
         return [t.id for t in tasks]
 
-    def _add(self, tasks: list[TaskSpec], submitter: int | None, now: float) -> None:
-        # Building a million small lists triggers the cyclic GC over and over; none of them
-        # can form a cycle, so pause it for the bulk insert.
+    def _add(
+        self, tasks: list[TaskSpec], submitter: int | None, now: float, known: Any = None
+    ) -> None:
         shapes, gangs = self._admission_of(tasks)
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with paused_gc():
             new, ready = self.frontier.add(
                 [t.id for t in tasks], [t.deps for t in tasks], submitter=submitter,
-                shapes=shapes, gangs=gangs,
+                shapes=shapes, gangs=gangs, known_layout=known,
             )  # fmt: skip
-        finally:
-            if enabled:
-                gc.enable()
         self.specs.extend(tasks)
         self.attempts.extend([0] * len(tasks))
         self.values.extend([_NO_VALUE] * len(tasks))
