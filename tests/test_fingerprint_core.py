@@ -1,0 +1,150 @@
+"""Fingerprints: canonical encoding is stable, Merkle parts, and plan decisions (pure core)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import conveyor
+from conveyor.core.fingerprint import Parts, Stored, canonical, decide
+from conveyor.errors import GraphError
+from conveyor.fingerprints import FileHashes, graph_parts, plan
+
+plain = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(plain)
+def test_canonical_dict_order_does_not_matter(value):
+    if isinstance(value, dict):
+        flipped = dict(reversed(list(value.items())))
+        assert canonical(value) == canonical(flipped)
+    assert canonical(value) == canonical(value)
+
+
+@given(plain, plain)
+def test_canonical_distinct_values_distinct_bytes(a, b):
+    if canonical(a) == canonical(b):
+        assert a == b
+
+
+def test_canonical_distinguishes_types():
+    assert canonical(1) != canonical(1.0) != canonical("1") != canonical(True)
+    assert canonical([1, 2]) != canonical((1, 2))
+    assert canonical({1, 2}) == canonical({2, 1})
+
+
+def test_canonical_unknown_object_is_a_clear_error():
+    with pytest.raises(GraphError, match="cannot fingerprint"):
+        canonical(object())
+
+
+def test_fingerprint_same_across_interpreters_with_different_hash_seeds(tmp_path: Path):
+    script = textwrap.dedent(
+        """
+        import conveyor
+        from conveyor.fingerprints import graph_parts
+        g = conveyor.Graph("x")
+        a = g.add(sorted, [3, 1, 2], id="a", kwargs={"reverse": True})
+        g.add(None, id="b", deps=[a], kwargs={"z": {"k", "j", "i"}, "y": {"b": 1, "a": 2}})
+        g.cmd("echo hi", id="c", deps=["b"])
+        print(graph_parts(g.spec())["c"].fingerprint)
+        """
+    )
+    outs = set()
+    for seed in ("1", "2", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        outs.add(out.stdout.strip())
+    assert len(outs) == 1 and len(next(iter(outs))) == 32
+
+
+def test_parts_merkle_chain_changes_downstream_only():
+    def build(arg: int) -> conveyor.Graph:
+        g = conveyor.Graph("m")
+        a = g.add(sum, [arg], id="a")
+        b = g.add(sum, [1], id="b")
+        g.add(max, a, b, id="c")
+        g.add(min, [0], id="d", deps=["b"])
+        return g
+
+    before = graph_parts(build(1).spec())
+    after = graph_parts(build(2).spec())
+    changed = {t for t in before if before[t].fingerprint != after[t].fingerprint}
+    assert changed == {"a", "c"}
+
+
+def test_decide_reasons_in_order():
+    base = Parts.make("code", "args", [("f.txt", "d1")], [("p", "fp")])
+    assert decide("t", base, None).reason == "new"
+    assert decide("t", base, Stored("failed", base)).reason == "failed_before"
+    assert decide("t", base, Stored("done", base)).action == "reuse"
+    assert decide("t", base, Stored("done", base), cache=False).reason == "never_cached"
+    code = Parts.make("code2", "args", [("f.txt", "d1")], [("p", "fp")])
+    assert decide("t", code, Stored("done", base)).reason == "code_changed"
+    args = Parts.make("code", "args2", [("f.txt", "d1")], [("p", "fp")])
+    assert decide("t", args, Stored("done", base)).reason == "args_changed"
+    files = Parts.make("code", "args", [("f.txt", "d2")], [("p", "fp")])
+    d = decide("t", files, Stored("done", base))
+    assert d.reason == "input_file_changed" and d.detail["files"] == ["f.txt"]
+    up = Parts.make("code", "args", [("f.txt", "d1")], [("p", "fp2")])
+    d = decide("t", up, Stored("done", base))
+    assert d.reason == "upstream_changed" and d.detail["parents"] == ["p"]
+    d = decide("t", base, Stored("done", base, ("out.bin",)))
+    assert d.reason == "output_missing"
+
+
+def test_file_hashes_touch_without_change_keeps_digest(tmp_path: Path):
+    f = tmp_path / "in.txt"
+    f.write_text("hello")
+    hashes = FileHashes()
+    d1 = hashes.digest(str(f))
+    os.utime(f, ns=(1, 1))
+    assert hashes.digest(str(f)) == d1
+    f.write_text("hello!")
+    assert hashes.digest(str(f)) != d1
+    assert hashes.digest(str(tmp_path / "nope")) == "missing"
+
+
+def test_plan_code_change_detected_through_same_module_callee(tmp_path: Path):
+    mod = tmp_path / "fpmod.py"
+    mod.write_text("def inner(x):\n    return x + 1\n\ndef outer(x):\n    return inner(x)\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import importlib
+
+        import fpmod  # type: ignore[import-not-found]
+
+        g = conveyor.Graph("p")
+        g.add("fpmod:outer", 1, id="o")
+        g.add(None, id="after", deps=["o"])
+        decisions, parts = plan(g.spec(), {})
+        assert [d.reason for d in decisions] == ["new", "new"]
+        stored = {k: Stored("done", v) for k, v in parts.items()}
+        mod.write_text("def inner(x):\n    return x + 2\n\ndef outer(x):\n    return inner(x)\n")
+        importlib.reload(fpmod)
+        from conveyor.imports import resolve_callable
+
+        resolve_callable.cache_clear()
+        decisions, _ = plan(g.spec(), stored)
+        assert [(d.task, d.reason) for d in decisions] == [
+            ("o", "code_changed"),
+            ("after", "upstream_changed"),
+        ]
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("fpmod", None)
