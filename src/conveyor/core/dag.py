@@ -184,8 +184,8 @@ def _longest_path(order: list[int], parents: list[list[int]], weight: list[float
     for i in order:
         b, v = 0.0, -1
         for p in parents[i]:
-            if best[p] > b:
-                b, v = best[p], p
+            if v == -1 or best[p] > b:  # any parent beats none: the path reaches a root
+                b, v = best[p], p  # even through zero-runtime tasks
         best[i] = b + weight[i]
         via[i] = v
     end = max(range(len(order)), key=best.__getitem__)
