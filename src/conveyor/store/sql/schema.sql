@@ -29,18 +29,35 @@ CREATE TABLE tasks (
     worker      TEXT,
     lease_until {REAL},
     not_before  {REAL},                 -- a retry waits until then (state 6)
+    noop        SMALLINT NOT NULL,      -- 1: neither fn nor cmd (finishes where it is claimed)
     labels      TEXT,                   -- JSON, NULL when the task needs none
     resources   TEXT,                   -- JSON, NULL when the task needs none
-    spec        TEXT NOT NULL,          -- JSON of the TaskSpec (functions as import paths)
-    result_kind TEXT,                   -- json | pickle | file:json | file:pickle
-    result      {BLOB},
     error       TEXT,
     updated     {REAL}
 );
+-- Every index below is partial: a task is in it only in the states that query needs, so a
+-- transition rewrites few index pages (each page is a WAL frame written at commit).
 -- A claim is a seek on this index: only ready tasks are in it.
 CREATE INDEX tasks_ready ON tasks (neg_depth, root_seq, seq) WHERE state = 1;
--- Counts, leases to renew or reap (state 2), retries coming due (state 6).
-CREATE INDEX tasks_state ON tasks (state);
+-- Leases to renew or reap.
+CREATE INDEX tasks_running ON tasks (worker) WHERE state = 2;
+-- Retries coming due.
+CREATE INDEX tasks_retry ON tasks (not_before) WHERE state = 6;
+-- Unfinished tasks, keyed by seq so that moving between unfinished states rewrites nothing.
+CREATE INDEX tasks_unfinished ON tasks (seq) WHERE state IN (0, 1, 2, 6, 8);
+
+-- Written once at submission; kept apart so task rows stay small (more per page).
+CREATE TABLE specs (
+    seq  {SEQ},
+    spec TEXT NOT NULL                  -- JSON of the TaskSpec (functions as import paths)
+);
+
+-- The value of a done task (none for a task that returned None).
+CREATE TABLE results (
+    seq  {SEQ},
+    kind TEXT NOT NULL,                 -- json | pickle | file:json | file:pickle
+    data {BLOB} NOT NULL
+);
 
 -- parent -> child; a completion reads its own children only.
 CREATE TABLE edges (
@@ -48,7 +65,6 @@ CREATE TABLE edges (
     child  BIGINT NOT NULL,
     PRIMARY KEY (parent, child)
 ) {NOROWID};
-CREATE INDEX edges_child ON edges (child);
 
 -- One row per committed transition: the audit trail and the source of `conveyor events`.
 CREATE TABLE audit (
@@ -63,7 +79,7 @@ CREATE TABLE audit (
     error      TEXT,
     extra      TEXT                     -- JSON of further fields
 );
-CREATE INDEX audit_task ON audit (task, id);
+-- No index on task: `history` is an occasional scan; an index would cost a page per row.
 
 CREATE TABLE workers (
     name      TEXT PRIMARY KEY,

@@ -1,0 +1,177 @@
+"""How task specs and results become bytes in a durable store, and back. Pure but for files.
+
+Specs are JSON: functions travel as import paths (``"pkg.mod:func"``), ``TaskRef`` arguments
+as ``{"__ref__": id}``; arguments that are not plain JSON are pickled (base64 in the JSON).
+Results are JSON when the value is plain JSON (so nothing is silently turned from a tuple into
+a list), else pickle; ``results="json"`` refuses anything else, ``results="pickle"`` always
+pickles. Results larger than ``inline_max`` bytes go to a file in ``results_dir`` and the row
+keeps the file name.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+from conveyor.errors import ConveyorError
+from conveyor.imports import import_path
+from conveyor.model import TaskRef, TaskSpec
+
+_FIELDS = [f for f in dataclasses.fields(TaskSpec) if f.name not in ("id", "fn", "args", "kwargs")]
+_DEFAULTS = {
+    f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)  # type: ignore[misc]
+    for f in _FIELDS
+}
+_TUPLES = frozenset({"deps", "inputs", "outputs"})
+RESULT_MODES = ("auto", "json", "pickle")
+
+
+class ResultError(ConveyorError):
+    """A task's result cannot be stored as asked (e.g. not JSON with ``results=json``)."""
+
+
+# -- specs -----------------------------------------------------------------------------------
+def fn_path(spec: TaskSpec) -> str | None:
+    """The import path stored for ``spec.fn``; callables that cannot be imported back keep a
+    ``__main__``-style path that only the submitting process (``Engine.functions``) resolves."""
+    fn = spec.fn
+    if fn is None or isinstance(fn, str):
+        return fn
+    fn = getattr(fn, "__wrapped_task__", fn)
+    path = import_path(fn)
+    if path is not None:
+        return path
+    return f"{getattr(fn, '__module__', None) or '__main__'}:{getattr(fn, '__qualname__', 'fn')}"
+
+
+def _is_plain(v: Any) -> bool:
+    """JSON that decodes back to an equal value of the same types."""
+    t = type(v)
+    if v is None or t is bool or t is int or t is str:
+        return True
+    if t is float:
+        return v == v and v not in (float("inf"), float("-inf"))
+    if t is list:
+        return all(_is_plain(x) for x in v)
+    if t is dict:
+        return all(type(k) is str and _is_plain(x) for k, x in v.items())
+    return False
+
+
+def _refs_out(v: Any) -> Any:
+    if isinstance(v, TaskRef):
+        return {"__ref__": v.id}
+    if type(v) is list:
+        return [_refs_out(x) for x in v]
+    if type(v) is dict:
+        return {k: _refs_out(x) for k, x in v.items()}
+    return v
+
+
+def _refs_in(v: Any) -> Any:
+    if type(v) is dict:
+        if len(v) == 1 and "__ref__" in v:
+            return TaskRef(v["__ref__"])
+        return {k: _refs_in(x) for k, x in v.items()}
+    if type(v) is list:
+        return [_refs_in(x) for x in v]
+    return v
+
+
+def encode_spec(spec: TaskSpec) -> str:
+    """JSON of the fields that differ from their defaults."""
+    d: dict[str, Any] = {}
+    fn = fn_path(spec)
+    if fn is not None:
+        d["fn"] = fn
+    args, kwargs = list(spec.args), dict(spec.kwargs)
+    if args or kwargs:
+        a, k = _refs_out(args), _refs_out(kwargs)
+        if _is_plain(a) and _is_plain(k):
+            if a:
+                d["args"] = a
+            if k:
+                d["kwargs"] = k
+        else:
+            blob = pickle.dumps((spec.args, spec.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+            d["args_pickle"] = base64.b64encode(blob).decode("ascii")
+    for f in _FIELDS:
+        v = getattr(spec, f.name)
+        if v != _DEFAULTS[f.name]:
+            d[f.name] = list(v) if f.name in _TUPLES else v
+    return json.dumps(d, separators=(",", ":"), default=str)
+
+
+def decode_spec(task_id: str, text: str) -> TaskSpec:
+    d = json.loads(text)
+    if "args_pickle" in d:
+        args, kwargs = pickle.loads(base64.b64decode(d.pop("args_pickle")))
+    else:
+        args = tuple(_refs_in(d.pop("args", [])))
+        kwargs = _refs_in(d.pop("kwargs", {}))
+    for name in _TUPLES:
+        if name in d:
+            d[name] = tuple(d[name])
+    return TaskSpec(id=task_id, args=tuple(args), kwargs=kwargs, **d)
+
+
+# -- results ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResultCodec:
+    """Turns a task's value into ``(kind, bytes)`` for the ``result`` column, and back."""
+
+    mode: str = "auto"  # auto | json | pickle
+    inline_max: int = 1 << 20  # bytes kept in the row; larger results go to results_dir
+    results_dir: str | None = None
+
+    def encode(self, value: Any, name: str) -> tuple[str | None, bytes | None]:
+        if value is None:
+            return None, None
+        if self.mode != "pickle" and _is_plain(value):
+            kind, data = "json", json.dumps(value, separators=(",", ":")).encode()
+        elif self.mode == "json":
+            raise ResultError(
+                f"result of type {type(value).__name__} is not JSON; "
+                "open the store with ?results=pickle to store it"
+            )
+        else:
+            try:
+                data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise ResultError(f"result cannot be pickled: {exc}") from None
+            kind = "pickle"
+        if self.results_dir is not None and len(data) > self.inline_max:
+            d = Path(self.results_dir)
+            d.mkdir(parents=True, exist_ok=True)
+            fname = f"{name}.{kind}"
+            tmp = d / (fname + f".tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, d / fname)  # atomic: a reader never sees half a file
+            return "file:" + kind, fname.encode()
+        return kind, data
+
+    def decode(self, kind: str | None, data: bytes | memoryview | None) -> Any:
+        if kind is None or data is None:
+            return None
+        raw = bytes(data)
+        if kind.startswith("file:"):
+            if self.results_dir is None:
+                raise ConveyorError("the result is stored in a file but no results_dir is set")
+            kind = kind[5:]
+            raw = (Path(self.results_dir) / raw.decode()).read_bytes()
+        if kind == "json":
+            return json.loads(raw)
+        return pickle.loads(raw)
+
+    def discard(self, kind: str | None, data: bytes | None) -> None:
+        """Remove the file of a result whose completion the store refused."""
+        if kind and kind.startswith("file:") and data and self.results_dir:
+            try:
+                (Path(self.results_dir) / data.decode()).unlink()
+            except OSError:
+                pass

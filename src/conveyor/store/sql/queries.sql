@@ -1,0 +1,272 @@
+-- Named queries of the SQL stores. "-- name: q" starts query q; "-- name: q@postgres" (or
+-- @sqlite) overrides q for one dialect. Parameters are :name (PostgreSQL gets %(name)s).
+-- Lists travel as JSON text on SQLite (json_each) and as arrays on PostgreSQL (= ANY).
+-- Everything on the claim/complete path is an index seek; nothing here scans all tasks
+-- except the status queries (counts_by_group, rate) that only `conveyor status` runs.
+
+-- name: meta_get
+SELECT value FROM meta WHERE key = :key;
+
+-- name: meta_set
+INSERT INTO meta (key, value) VALUES (:key, :value)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: max_seq
+SELECT coalesce(max(seq), 0) FROM tasks;
+
+-- name: unfinished
+SELECT count(*) FROM tasks WHERE state IN (0, 1, 2, 6, 8);
+
+-- name: counts
+SELECT state, count(*) FROM tasks GROUP BY state;
+
+-- name: unfinished_by_state
+SELECT state, count(*) FROM tasks WHERE state IN (0, 1, 2, 6, 8) GROUP BY state;
+
+-- name: counts_by_group
+SELECT grp, state, count(*) FROM tasks GROUP BY grp, state;
+
+-- name: next_wakeup
+SELECT min(not_before) FROM tasks WHERE state = 6;
+
+-- name: task_by_id
+SELECT seq, state, neg_depth, root_seq, token, attempt, error FROM tasks WHERE id = :id;
+
+-- name: all_task_keys
+SELECT id, seq, state, neg_depth FROM tasks;
+
+-- name: insert_task
+INSERT INTO tasks (seq, id, state, neg_depth, root_seq, grp, waiting, noop, labels, resources,
+                   error, updated)
+VALUES (:seq, :id, :state, :neg_depth, :root_seq, :grp, :waiting, :noop, :labels, :resources,
+        :error, :now);
+
+-- name: insert_spec
+INSERT INTO specs (seq, spec) VALUES (:seq, :spec);
+
+-- name: insert_edge
+INSERT INTO edges (parent, child) VALUES (:parent, :child);
+
+-- name: insert_audit
+INSERT INTO audit (ts, event, task, from_state, to_state, worker, attempt, error, extra)
+VALUES (:ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :extra);
+
+-- name: wipe_tasks
+DELETE FROM tasks;
+-- name: wipe_edges
+DELETE FROM edges;
+-- name: wipe_audit
+DELETE FROM audit;
+-- name: wipe_workers
+DELETE FROM workers;
+-- name: wipe_specs
+DELETE FROM specs;
+-- name: wipe_results
+DELETE FROM results;
+
+-- The claim: retries that came due go back to ready, then the best ready keys are taken.
+-- name: due_retries
+UPDATE tasks SET state = 1, not_before = NULL
+WHERE state = 6 AND not_before <= :now
+RETURNING id, attempt;
+
+-- name: ready_window
+SELECT seq, neg_depth, root_seq, labels, resources FROM tasks
+WHERE state = 1
+ORDER BY neg_depth, root_seq, seq
+LIMIT :limit;
+
+-- SQLite's planner, without statistics, would rather sort the state index: name the index.
+-- name: ready_window@sqlite
+SELECT seq, neg_depth, root_seq, labels, resources FROM tasks INDEXED BY tasks_ready
+WHERE state = 1
+ORDER BY neg_depth, root_seq, seq
+LIMIT :limit;
+
+-- name: ready_window@postgres
+SELECT seq, neg_depth, root_seq, labels, resources FROM tasks
+WHERE state = 1
+ORDER BY neg_depth, root_seq, seq
+LIMIT :limit
+FOR UPDATE SKIP LOCKED;
+
+-- name: ready_window_after
+SELECT seq, neg_depth, root_seq, labels, resources FROM tasks
+WHERE state = 1 AND (neg_depth, root_seq, seq) > (:neg_depth, :root_seq, :seq)
+ORDER BY neg_depth, root_seq, seq
+LIMIT :limit;
+
+-- name: ready_window_after@sqlite
+SELECT seq, neg_depth, root_seq, labels, resources FROM tasks INDEXED BY tasks_ready
+WHERE state = 1 AND (neg_depth, root_seq, seq) > (:neg_depth, :root_seq, :seq)
+ORDER BY neg_depth, root_seq, seq
+LIMIT :limit;
+
+-- name: ready_window_after@postgres
+SELECT seq, neg_depth, root_seq, labels, resources FROM tasks
+WHERE state = 1 AND (neg_depth, root_seq, seq) > (:neg_depth, :root_seq, :seq)
+ORDER BY neg_depth, root_seq, seq
+LIMIT :limit
+FOR UPDATE SKIP LOCKED;
+
+-- name: claim_seqs
+UPDATE tasks
+SET state = 2, attempt = attempt + 1, token = token + 1, worker = :worker,
+    lease_until = :lease_until, updated = :now
+WHERE seq IN (SELECT value FROM json_each(:seqs)) AND state = 1
+RETURNING seq, id, attempt, token, neg_depth, root_seq, noop;
+
+-- name: claim_seqs@postgres
+UPDATE tasks
+SET state = 2, attempt = attempt + 1, token = token + 1, worker = :worker,
+    lease_until = :lease_until, updated = :now
+WHERE seq = ANY(:seqs) AND state = 1
+RETURNING seq, id, attempt, token, neg_depth, root_seq, noop;
+
+-- name: specs_of
+SELECT seq, spec FROM specs WHERE seq IN (SELECT value FROM json_each(:seqs));
+
+-- name: specs_of@postgres
+SELECT seq, spec FROM specs WHERE seq = ANY(:seqs);
+
+-- Finishing. Each is fenced by (state = running, token = the claim's lease generation).
+-- name: complete_task
+UPDATE tasks
+SET state = 3, error = NULL, lease_until = NULL, updated = :now
+WHERE seq = :seq AND state = 2 AND token = :token;
+
+-- name: store_result
+INSERT INTO results (seq, kind, data) VALUES (:seq, :kind, :data)
+ON CONFLICT (seq) DO UPDATE SET kind = excluded.kind, data = excluded.data;
+
+-- name: drop_result
+DELETE FROM results WHERE seq = :seq;
+
+-- O(fan-out): the finished task's children lose one waiting parent; at zero they are ready.
+-- name: release_children
+UPDATE tasks
+SET waiting = waiting - 1,
+    state = CASE WHEN waiting = 1 AND state = 0 THEN 1 ELSE state END
+WHERE seq IN (SELECT child FROM edges WHERE parent = :seq)
+RETURNING id, state, waiting;
+
+-- name: fail_retry
+UPDATE tasks
+SET state = 6, not_before = :retry_at, error = :error, lease_until = NULL, updated = :now
+WHERE seq = :seq AND state = 2 AND token = :token;
+
+-- name: fail_final
+UPDATE tasks
+SET state = 4, error = :error, lease_until = NULL, updated = :now
+WHERE seq = :seq AND state = 2 AND token = :token;
+
+-- name: release_task
+UPDATE tasks
+SET state = 1, attempt = attempt - 1, worker = NULL, lease_until = NULL, updated = :now
+WHERE seq = :seq AND state = 2 AND token = :token;
+
+-- Skipping downstream of a failure, one level per call (each task is visited once).
+-- name: children_to_skip
+SELECT t.seq, t.id, t.state FROM edges e CROSS JOIN tasks t
+WHERE t.seq = e.child AND e.parent IN (SELECT value FROM json_each(:seqs))
+  AND t.state IN (0, 1, 6, 8);
+
+-- name: children_to_skip@postgres
+SELECT t.seq, t.id, t.state FROM edges e JOIN tasks t ON t.seq = e.child
+WHERE e.parent = ANY(:seqs) AND t.state IN (0, 1, 6, 8)
+ORDER BY t.seq FOR UPDATE OF t;
+
+-- name: skip_seqs
+UPDATE tasks SET state = 5, error = :error, updated = :now
+WHERE seq IN (SELECT value FROM json_each(:seqs));
+
+-- name: skip_seqs@postgres
+UPDATE tasks SET state = 5, error = :error, updated = :now WHERE seq = ANY(:seqs);
+
+-- Leases.
+-- name: renew_leases
+UPDATE tasks SET lease_until = :lease_until WHERE state = 2 AND worker = :worker;
+
+-- name: expired_leases
+SELECT seq, id, worker, attempt, lost, token FROM tasks
+WHERE state = 2 AND lease_until < :now;
+
+-- name: leases_of_worker
+SELECT seq, id, worker, attempt, lost, token FROM tasks WHERE state = 2 AND worker = :worker;
+
+-- name: requeue_lost
+UPDATE tasks
+SET state = 1, attempt = attempt - 1, lost = lost + 1, worker = NULL, lease_until = NULL,
+    updated = :now
+WHERE seq = :seq AND state = 2 AND token = :token;
+
+-- name: fail_lost
+UPDATE tasks
+SET state = 4, lost = lost + 1, error = :error, worker = NULL, lease_until = NULL, updated = :now
+WHERE seq = :seq AND state = 2 AND token = :token;
+
+-- Workers.
+-- name: worker_upsert
+INSERT INTO workers (name, host, pid, joined, last_seen, lease_s, state, info)
+VALUES (:name, :host, :pid, :now, :now, :lease_s, 'alive', :info)
+ON CONFLICT (name) DO UPDATE
+SET last_seen = excluded.last_seen, state = 'alive', info = excluded.info;
+
+-- name: worker_seen
+UPDATE workers SET last_seen = :now, lease_s = :lease_s, state = 'alive' WHERE name = :name;
+
+-- name: worker_left
+UPDATE workers SET state = 'left', last_seen = :now WHERE name = :name;
+
+-- name: worker_lost
+UPDATE workers SET state = 'lost' WHERE name = :name AND state = 'alive';
+
+-- name: workers_alive
+SELECT name, host, pid, last_seen, lease_s, info FROM workers WHERE state = 'alive';
+
+-- Reading results and history.
+-- name: result_of
+SELECT t.state, r.kind, r.data, t.error, t.attempt
+FROM tasks t LEFT JOIN results r ON r.seq = t.seq WHERE t.id = :id;
+
+-- name: results_of
+SELECT t.id, r.kind, r.data FROM tasks t LEFT JOIN results r ON r.seq = t.seq
+WHERE t.id IN (SELECT value FROM json_each(:ids));
+
+-- name: results_of@postgres
+SELECT t.id, r.kind, r.data FROM tasks t LEFT JOIN results r ON r.seq = t.seq
+WHERE t.id = ANY(:ids);
+
+-- A scan of the audit table (no index on task: see schema.sql); only `history` runs it.
+-- name: history
+SELECT id, ts, event, task, from_state, to_state, worker, attempt, error, extra
+FROM audit WHERE task = :task ORDER BY id;
+
+-- name: audit_after
+SELECT id, ts, event, task, from_state, to_state, worker, attempt, error, extra
+FROM audit WHERE id > :after ORDER BY id LIMIT :limit;
+
+-- name: audit_recent
+SELECT ts, event FROM audit ORDER BY id DESC LIMIT :limit;
+
+-- Keep the newest :keep rows of each task's trail (and every worker row).
+-- name: prune_audit
+DELETE FROM audit WHERE id IN (
+    SELECT id FROM (
+        SELECT id, row_number() OVER (PARTITION BY task ORDER BY id DESC) AS rn
+        FROM audit WHERE task IS NOT NULL
+    ) ranked WHERE rn > :keep
+);
+
+-- Manual retry of a failed task and of what its failure skipped.
+-- name: children_of
+SELECT t.seq, t.id, t.state FROM edges e JOIN tasks t ON t.seq = e.child WHERE e.parent = :seq;
+
+-- name: reset_task
+UPDATE tasks
+SET state = :state, lost = 0, error = NULL, not_before = NULL, worker = NULL,
+    lease_until = NULL, updated = :now
+WHERE seq = :seq;
+
+-- name: failed_ids
+SELECT id FROM tasks WHERE state IN (4, 7) ORDER BY seq;
