@@ -203,7 +203,7 @@ class _AsyncWaiter(_Waiter):
 
 
 class _Endpoint:
-    __slots__ = ("key", "state", "timer", "timer_at", "waiters")
+    __slots__ = ("counts", "decreases", "increases", "key", "state", "timer", "timer_at", "waiters")
 
     def __init__(self, key: str, state: core.KeyState) -> None:
         self.key = key
@@ -211,6 +211,9 @@ class _Endpoint:
         self.waiters: deque[_Waiter] = deque()
         self.timer: TimerHandle | None = None
         self.timer_at = -math.inf
+        self.counts = dict.fromkeys(Outcome, 0)  # released slots by outcome
+        self.decreases = 0
+        self.increases = 0
 
 
 class Slot:
@@ -354,7 +357,8 @@ class EndpointLimiter:
         self._on_change = on_change
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
-        self._endpoints: dict[str, _Endpoint] = {}
+        self._endpoints: dict[str, _Endpoint] = {}  # canonical key -> endpoint
+        self._by_name: dict[str, _Endpoint] = {}  # any key seen (aliases too) -> endpoint
 
     # -- acquiring --------------------------------------------------------------------------
 
@@ -468,7 +472,7 @@ class EndpointLimiter:
             return self._stats_locked(self._endpoint(key), self.clock.now())
 
     def _stats_locked(self, ep: _Endpoint, now: float) -> EndpointStatistics:
-        s = ep.state
+        s, n = ep.state, ep.counts
         return EndpointStatistics(
             key=ep.key,
             limit=core.effective_limit(self.policy, s),
@@ -476,24 +480,32 @@ class EndpointLimiter:
             waiting=len(ep.waiters),
             cooldown_left=core.cooldown_left(s, now),
             slow_start=s.slow_start,
-            admitted=s.admitted,
-            successes=s.successes,
-            rate_limited=s.rate_limited,
-            overloaded=s.overloaded,
-            failures=s.failures,
-            cancelled=s.cancelled,
-            decreases=s.decreases,
-            increases=s.increases,
+            admitted=s.next_seq,
+            successes=n[Outcome.SUCCESS],
+            rate_limited=n[Outcome.RATE_LIMITED],
+            overloaded=n[Outcome.OVERLOADED],
+            failures=sum(n.values())
+            - n[Outcome.SUCCESS]
+            - n[Outcome.RATE_LIMITED]
+            - n[Outcome.OVERLOADED]
+            - n[Outcome.CANCELLED],
+            cancelled=n[Outcome.CANCELLED],
+            decreases=ep.decreases,
+            increases=ep.increases,
         )
 
     # -- internals (callers hold self._lock where the name says _locked) -----------------------
 
     def _endpoint(self, key: str) -> _Endpoint:
+        ep = self._by_name.get(key)
+        if ep is not None:
+            return ep
         canonical = core.resolve_key(key, self._aliases)
         ep = self._endpoints.get(canonical)
         if ep is None:
             state = core.new_state(self.policy, self._caps.get(canonical))
             ep = self._endpoints[canonical] = _Endpoint(canonical, state)
+        self._by_name[key] = ep
         return ep
 
     def _try_admit_locked(self, ep: _Endpoint) -> Slot | None:
@@ -518,6 +530,7 @@ class EndpointLimiter:
                 waiter.ticket = None
                 report = Report(Outcome.CANCELLED)
                 ep.state = core.release(self.policy, ep.state, ticket, report, now)
+                ep.counts[Outcome.CANCELLED] += 1
         until = ep.state.cooldown_until
         if ep.waiters and until > now and ep.timer_at != until:
             if ep.timer is not None:
@@ -539,12 +552,8 @@ class EndpointLimiter:
                 ep.waiters.remove(waiter)
                 return
             waiter.ticket = None
-            old = core.effective_limit(self.policy, ep.state)
-            report = Report(Outcome.CANCELLED)
-            ep.state = core.release(self.policy, ep.state, ticket, report, self.clock.now())
-            self._dispatch_locked(ep)
-            new = core.effective_limit(self.policy, ep.state)
-        self._notify(ep.key, old, new, report)
+            change = self._give_back_locked(ep, ticket, Report(Outcome.CANCELLED))
+        self._notify(ep.key, *change)
 
     def _release(self, slot: Slot, report: Report) -> None:
         ep = slot._ep
@@ -552,16 +561,28 @@ class EndpointLimiter:
             if slot._released:
                 return
             slot._released = True
-            old = core.effective_limit(self.policy, ep.state)
-            was_slow = ep.state.slow_start
-            ep.state = core.release(self.policy, ep.state, slot.ticket, report, self.clock.now())
-            self._dispatch_locked(ep)
-            new = core.effective_limit(self.policy, ep.state)
-        self._notify(ep.key, old, new, report, was_slow)
+            change = self._give_back_locked(ep, slot.ticket, report)
+        self._notify(ep.key, *change)
 
-    def _notify(self, key: str, old: int, new: int, report: Report, was_slow: bool = False) -> None:
-        if self._on_change is None or old == new:
-            return
-        grew = "slow_start" if was_slow else "increase"
-        reason = report.outcome.value if new < old else grew
-        self._on_change(key, old, new, reason)
+    def _give_back_locked(
+        self, ep: _Endpoint, ticket: core.Ticket, report: Report
+    ) -> tuple[int, int, str]:
+        """The one place a slot returns: policy, counters, hand-off. Returns (old, new, why)."""
+        before = ep.state
+        old = core.effective_limit(self.policy, before)
+        now = self.clock.now()
+        waiting = len(ep.waiters)
+        ep.state = core.release(self.policy, before, ticket, report, now, waiting=waiting)
+        ep.counts[report.outcome] += 1
+        new = core.effective_limit(self.policy, ep.state)
+        if ep.state.decrease_seq != before.decrease_seq:
+            ep.decreases += 1
+        if ep.state.limit > before.limit:
+            ep.increases += 1
+        self._dispatch_locked(ep)
+        grew = "slow_start" if before.slow_start else "increase"
+        return old, new, report.outcome.value if new < old else grew
+
+    def _notify(self, key: str, old: int, new: int, reason: str) -> None:
+        if self._on_change is not None and old != new:
+            self._on_change(key, old, new, reason)

@@ -152,26 +152,21 @@ class AimdPolicy:
 
 @dataclass(frozen=True, slots=True)
 class KeyState:
-    """One endpoint's admission state. ``limit`` is a float; ``effective_limit`` floors it."""
+    """One endpoint's admission state. ``limit`` is a float; ``effective_limit`` floors it.
+
+    Counters (successes, 429s, ...) live at the edge: this stays small because every admission
+    and release builds a new one (one ``replace`` each, ~3 us).
+    """
 
     limit: float
     cap: int  # hard cap for this key (shared by its aliases)
     in_flight: int = 0
     slow_start: bool = True
-    next_seq: int = 0  # admission number the next ticket gets
+    next_seq: int = 0  # admission number the next ticket gets (= admissions so far)
     decrease_seq: int = 0  # tickets numbered below this were admitted before the last decrease
     window: int = 0  # saturated successes counted toward the next +1
     ceiling: int = 0  # the effective limit that last drew a 429 (0: none yet)
     cooldown_until: float = -math.inf
-    # counters, for statistics()
-    admitted: int = 0
-    successes: int = 0
-    rate_limited: int = 0
-    overloaded: int = 0
-    failures: int = 0  # quota, timeouts, 4xx, 5xx, errors
-    cancelled: int = 0
-    decreases: int = 0
-    increases: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,52 +207,61 @@ def admit(
     in_flight = state.in_flight + 1
     saturated = in_flight + waiting >= effective_limit(policy, state)
     ticket = Ticket(seq=state.next_seq, saturated=saturated, admitted_at=now)
-    new = replace(
-        state, in_flight=in_flight, next_seq=state.next_seq + 1, admitted=state.admitted + 1
+    return replace(state, in_flight=in_flight, next_seq=state.next_seq + 1), ticket
+
+
+def is_congestion(policy: AimdPolicy, outcome: Outcome) -> bool:
+    return outcome is Outcome.RATE_LIMITED or (
+        outcome is Outcome.OVERLOADED and policy.overload_decreases
     )
-    return new, ticket
 
 
 def release(
-    policy: AimdPolicy, state: KeyState, ticket: Ticket, report: Report, now: float
+    policy: AimdPolicy,
+    state: KeyState,
+    ticket: Ticket,
+    report: Report,
+    now: float,
+    *,
+    waiting: int = 0,
 ) -> KeyState:
-    """Give a slot back with how its request ended; returns the next state. O(1)."""
-    state = replace(state, in_flight=max(0, state.in_flight - 1))
+    """Give a slot back with how its request ended; returns the next state. O(1).
+
+    ``waiting``: callers queued for this key right now. A success grows the limit only if its
+    request was admitted saturated *and* the key is still fully used as it comes back (in
+    flight + waiting >= limit): without the second check, the successes of a slow-start burst
+    would push the limit far past the demand that produced them.
+    """
+    in_flight = max(0, state.in_flight - 1)
     outcome = report.outcome
     if outcome is Outcome.SUCCESS:
-        return _on_success(policy, replace(state, successes=state.successes + 1), ticket)
-    if outcome is Outcome.CANCELLED:
-        return replace(state, cancelled=state.cancelled + 1)
-    congestion = outcome is Outcome.RATE_LIMITED or (
-        outcome is Outcome.OVERLOADED and policy.overload_decreases
-    )
-    if outcome is Outcome.RATE_LIMITED:
-        state = replace(state, rate_limited=state.rate_limited + 1)
-    elif outcome is Outcome.OVERLOADED:
-        state = replace(state, overloaded=state.overloaded + 1)
-    else:
-        return replace(state, failures=state.failures + 1)
-    if not congestion:
-        return state
+        current = effective_limit(policy, state)
+        used = state.in_flight + waiting >= current
+        if not (used and ticket.saturated and current < state.cap):
+            return replace(state, in_flight=in_flight)
+        if state.slow_start:
+            return replace(state, in_flight=in_flight, limit=float(current + 1))
+        window = state.window + 1
+        if window < _window_size(policy, state, current):
+            return replace(state, in_flight=in_flight, window=window)
+        return replace(state, in_flight=in_flight, limit=float(current + 1), window=0)
+    if not is_congestion(policy, outcome):
+        return replace(state, in_flight=in_flight)
+    cooldown_until = state.cooldown_until
     if report.retry_after is not None:
-        until = now + min(report.retry_after, policy.max_cooldown)
-        if until > state.cooldown_until:
-            state = replace(state, cooldown_until=until)
-    if ticket.seq < state.decrease_seq:
-        return state  # same congestion event: its decrease already happened
-    return _decrease(policy, state)
-
-
-def _on_success(policy: AimdPolicy, state: KeyState, ticket: Ticket) -> KeyState:
-    current = effective_limit(policy, state)
-    if not ticket.saturated or current >= state.cap:
-        return state
-    if state.slow_start:
-        return replace(state, limit=float(current + 1), increases=state.increases + 1)
-    window = state.window + 1
-    if window < _window_size(policy, state, current):
-        return replace(state, window=window)
-    return replace(state, limit=float(current + 1), window=0, increases=state.increases + 1)
+        cooldown_until = max(cooldown_until, now + min(report.retry_after, policy.max_cooldown))
+    if ticket.seq < state.decrease_seq:  # same congestion event: its decrease already happened
+        return replace(state, in_flight=in_flight, cooldown_until=cooldown_until)
+    return replace(
+        state,
+        in_flight=in_flight,
+        cooldown_until=cooldown_until,
+        limit=max(float(policy.min_limit), state.limit * policy.decrease_factor),
+        slow_start=False,
+        window=0,
+        ceiling=effective_limit(policy, state),
+        decrease_seq=state.next_seq,
+    )
 
 
 def _window_size(policy: AimdPolicy, state: KeyState, current: int) -> int:
@@ -265,20 +269,6 @@ def _window_size(policy: AimdPolicy, state: KeyState, current: int) -> int:
     if current + 1 == state.ceiling:  # stepping back onto the level that drew the last 429
         size *= policy.probe_factor
     return size
-
-
-def _decrease(policy: AimdPolicy, state: KeyState) -> KeyState:
-    current = effective_limit(policy, state)
-    lowered = max(float(policy.min_limit), state.limit * policy.decrease_factor)
-    return replace(
-        state,
-        limit=lowered,
-        slow_start=False,
-        window=0,
-        ceiling=current,
-        decrease_seq=state.next_seq,
-        decreases=state.decreases + 1,
-    )
 
 
 def retry_delay(
