@@ -34,6 +34,7 @@ class MemoryStore(Store):
         self._blocked = False
         self._reserved_seen: set[str] = set()
         self._audit: dict[int, list[dict[str, Any]]] | None = None
+        self._worker = ""  # the one engine's worker name, for the events after task_started
 
     def keep_history(self) -> None:
         """Record an audit trail in memory too (off by default: it costs per transition)."""
@@ -149,6 +150,7 @@ class MemoryStore(Store):
         i = f.pop()
         if i is None:
             return None
+        self._worker = worker
         attempt = self.attempts[i] + 1
         self.attempts[i] = attempt
         spec = self.specs[i]
@@ -162,6 +164,7 @@ class MemoryStore(Store):
         if f._delayed and f._delayed[0][0] <= now:
             self._release_due(now)
         out = []
+        self._worker = worker
         picked = f.pick(offer, now)
         if self.emit is not None:
             self._admission_events(picked, offer, now)
@@ -225,7 +228,7 @@ class MemoryStore(Store):
         self.values[i] = value
         ready = f.complete(i)
         if self.emit is not None or self._audit is not None:
-            self._record(i, "task_finished", now, attempt=claim.attempt)
+            self._record(i, "task_finished", now, worker=self._worker, attempt=claim.attempt)
             for k in ready:
                 self._record(k, "task_ready", now)
         return True
@@ -238,11 +241,12 @@ class MemoryStore(Store):
         self.errors[i] = error
         if retry_at is not None:
             f.defer(i, retry_at)
-            self._record(i, "task_retrying", now, attempt=claim.attempt, error=error,
-                         retry_at=retry_at)  # fmt: skip
+            self._record(i, "task_retrying", now, worker=self._worker, attempt=claim.attempt,
+                         error=error, retry_at=retry_at)  # fmt: skip
             return True
         skipped = f.fail(i)
-        self._record(i, "task_failed", now, attempt=claim.attempt, error=error)
+        self._record(i, "task_failed", now, worker=self._worker, attempt=claim.attempt,
+                     error=error)  # fmt: skip
         self._emit_skipped(skipped, now, cause=claim.spec.id)
         return True
 
