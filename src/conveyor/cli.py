@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -116,6 +117,11 @@ def run(
         store.close()
         if sink is not None:
             sink.close()
+        if engine.stuck:
+            # A timed-out thread cannot be stopped, and the interpreter's exit would wait for it.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     raise typer.Exit(code)
 
 

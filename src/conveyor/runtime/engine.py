@@ -115,6 +115,11 @@ class Engine:
         self._stuck = False  # a timed-out thread/process task may still be running
         self._engine_thread: int | None = None
 
+    @property
+    def stuck(self) -> bool:
+        """A timed-out thread or process task may still be running (it cannot be stopped)."""
+        return self._stuck
+
     # -- public ----------------------------------------------------------------------------------
     def run(self) -> RunStats:
         for _ in self.run_iter(yield_results=False):
