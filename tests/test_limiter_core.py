@@ -84,7 +84,8 @@ def test_release_burst_of_429s_from_one_congestion_event_decreases_once(limit, b
     before = state.limit
     for ticket in tickets[:burst]:
         state = core.release(policy, state, ticket, Report(Outcome.RATE_LIMITED, retry_after), 1.0)
-    assert state.limit == pytest.approx(max(1.0, before * policy.decrease_factor))
+    # the first event ends slow start: the halving cut, once for the whole burst
+    assert state.limit == pytest.approx(max(1.0, before * policy.slow_start_decrease))
     assert not state.slow_start
     # a 429 from a request admitted *after* the decrease is a new event: it lowers it again
     state = KeyState(**{**_asdict(state), "cooldown_until": -math.inf})
@@ -190,7 +191,8 @@ def test_slow_start_doubles_per_round_trip_until_first_429():
 
 def test_additive_increase_one_per_window_and_probe_window_at_last_ceiling():
     policy = AimdPolicy(initial_limit=10, max_limit=64, min_window=5, probe_factor=3)
-    state, live = _fill(policy, core.new_state(policy), 0.0, waiting=50)
+    past_slow_start = KeyState(limit=10.0, cap=64, slow_start=False)
+    state, live = _fill(policy, past_slow_start, 0.0, waiting=50)
     state = core.release(policy, state, live.pop(0), Report(Outcome.RATE_LIMITED), 0.0)
     assert core.effective_limit(policy, state) == 9  # 10 * 0.9
     assert state.ceiling == 10

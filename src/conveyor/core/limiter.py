@@ -8,12 +8,12 @@ them; it calls only ``admit``, ``release`` and the read-only helpers below.
 
 The policy (see docs/limiter.md for the reasoning and the benchmark):
 
-- **Slow start.** A key starts at ``initial_limit`` and grows by one per saturated success (the
-  limit doubles per round trip) until the first congestion signal.
-- **Additive increase, only when used.** After that it grows by one per *window* of saturated
-  successes: ``max(limit, min_window)`` of them, i.e. about one step per round trip on a busy key.
-  A success is *saturated* when its request was admitted with every slot taken (or callers
-  waiting): a key whose demand is below its limit never drifts up.
+- **Slow start.** A key starts at ``initial_limit`` and grows by one per success of a fully used
+  key (the limit doubles per round trip) until the first congestion signal, which halves it.
+- **Additive increase, only when used.** After that it grows by one per *window* of successes:
+  ``max(limit, min_window)`` of them, i.e. about one step per round trip on a busy key. Only
+  successes that come back while the key is fully used count (in flight + waiting >= limit): a
+  key whose demand is below its limit never drifts up.
 - **Careful probing at the last ceiling.** The step that would take the limit back to the level
   that last drew a 429 needs ``probe_factor`` windows: a steady endpoint is probed rarely (few
   429s), while growth beyond that level runs at the normal pace again (fast recovery when the
@@ -130,6 +130,7 @@ class AimdPolicy:
     min_limit: int = 1
     max_limit: int = 512  # the hard cap unless a key has its own (``caps``)
     decrease_factor: float = 0.9  # Netflix's ratio: a gentle cut keeps throughput near C
+    slow_start_decrease: float = 0.5  # the cut that ends slow start (it overshoots up to 2x)
     min_window: int = 32  # successes per +1 at least: slows probing on small limits (few 429s)
     probe_factor: int = 4  # windows needed to step back onto the level that last drew a 429
     max_cooldown: float = 300.0  # never trust a Retry-After beyond five minutes
@@ -142,8 +143,9 @@ class AimdPolicy:
                 "limits must satisfy 1 <= min_limit <= initial_limit <= max_limit, got "
                 f"{self.min_limit}, {self.initial_limit}, {self.max_limit}"
             )
-        if not 0.0 < self.decrease_factor < 1.0:
-            raise ValueError(f"decrease_factor must be in (0, 1), got {self.decrease_factor}")
+        for name in ("decrease_factor", "slow_start_decrease"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
         if self.min_window < 1 or self.probe_factor < 1:
             raise ValueError("min_window and probe_factor must be at least 1")
         if self.max_cooldown < 0:
@@ -227,17 +229,18 @@ def release(
 ) -> KeyState:
     """Give a slot back with how its request ended; returns the next state. O(1).
 
-    ``waiting``: callers queued for this key right now. A success grows the limit only if its
-    request was admitted saturated *and* the key is still fully used as it comes back (in
-    flight + waiting >= limit): without the second check, the successes of a slow-start burst
-    would push the limit far past the demand that produced them.
+    ``waiting``: callers queued for this key right now. A success grows the limit only if the
+    key is fully used as it comes back (in flight + waiting >= limit): demand below the limit
+    never pushes it up, and the successes of a slow-start burst stop growing it as soon as the
+    demand that produced them is met. (Judging at admission instead would miss the first round
+    of a burst, whose callers are admitted one by one before the others arrive.)
     """
     in_flight = max(0, state.in_flight - 1)
     outcome = report.outcome
     if outcome is Outcome.SUCCESS:
         current = effective_limit(policy, state)
         used = state.in_flight + waiting >= current
-        if not (used and ticket.saturated and current < state.cap):
+        if not (used and current < state.cap):
             return replace(state, in_flight=in_flight)
         if state.slow_start:
             return replace(state, in_flight=in_flight, limit=float(current + 1))
@@ -252,11 +255,14 @@ def release(
         cooldown_until = max(cooldown_until, now + min(report.retry_after, policy.max_cooldown))
     if ticket.seq < state.decrease_seq:  # same congestion event: its decrease already happened
         return replace(state, in_flight=in_flight, cooldown_until=cooldown_until)
+    # Slow start doubles the limit per round trip, so the first 429 finds it up to twice the
+    # endpoint's capacity: halve it (TCP's ssthresh = cwnd / 2) instead of taking many small cuts.
+    factor = policy.slow_start_decrease if state.slow_start else policy.decrease_factor
     return replace(
         state,
         in_flight=in_flight,
         cooldown_until=cooldown_until,
-        limit=max(float(policy.min_limit), state.limit * policy.decrease_factor),
+        limit=max(float(policy.min_limit), state.limit * factor),
         slow_start=False,
         window=0,
         ceiling=effective_limit(policy, state),
