@@ -17,7 +17,7 @@ import os
 import re
 import socket
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from functools import cache
 from pathlib import Path
@@ -28,6 +28,7 @@ from conveyor.errors import GraphError, GraphMismatchError, StaleLeaseError, Sto
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
 from conveyor.store.base import Claim, OpenedGraph, Store
 from conveyor.store.codec import ResultCodec, ResultError, decode_spec, encode_spec
+from conveyor.store.sqladmin import SqlAdmin
 
 T = TypeVar("T")
 
@@ -42,6 +43,9 @@ LOST_BUDGET = 3
 FAST_TASK_S = 0.005
 #: Largest batch a worker claims at once under a backlog of fast tasks.
 MAX_BATCH = 32
+#: No-op tasks one claim transaction may complete on the way (they cost no commit of their own;
+#: more per transaction means fewer lock hand-offs between worker processes).
+NOOP_BATCH = 256
 #: Ready tasks a worker with labels/resources looks at per page when some do not fit it.
 _FIT_WINDOW = 64
 _FIT_PAGES = 16
@@ -177,7 +181,7 @@ def _pid_alive(pid: int) -> bool:
 HOST = socket.gethostname()
 
 
-class SqlStore(Store):
+class SqlStore(SqlAdmin, Store):
     """The shared logic; subclasses supply the connection and the dialect."""
 
     shared = True
@@ -209,6 +213,7 @@ class SqlStore(Store):
         #: Complete no-op tasks in the transaction that claims them. Off for the laufband loop
         #: (``conveyor.worker``), where the loop body is the work of every task.
         self.inline_noops = True
+        self.noop_batch = NOOP_BATCH
 
     # -- backend hooks --------------------------------------------------------------------------
     def _begin(self) -> AbstractContextManager[Any]:
@@ -462,58 +467,90 @@ class SqlStore(Store):
         """Claim up to ``limit`` tasks inside ``tx``: due retries first become ready, then the
         best keys that fit this worker. O(limit · log n) while tasks fit.
 
-        With ``inline_noops``, a no-op task is also completed in this transaction (the engine
-        would complete it the moment it is claimed; here that costs no extra commit), and the
-        children it readies may be claimed in the next round of the same transaction.
+        With ``inline_noops``, no-op tasks met on the way are also completed in this
+        transaction (up to ``noop_batch`` of them, beyond ``limit``): the engine would complete
+        each the moment it is claimed, and here that costs no commit of its own. The children
+        they ready are claimed in the next round of the same transaction, best key first.
         """
         for tid, attempt in tx.rows("due_retries", now=now):
             tx.audit(now, "task_ready", tid, RETRY_WAIT, READY, attempt=attempt)
         out: list[Claim] = []
-        for _round in range(limit):
-            chosen = self._choose(tx, limit - len(out))
+        real = 0
+        noops = self.noop_batch if self.inline_noops else 0
+        while real < limit:
+            chosen = self._choose(tx, limit - real, noops)
             if not chosen:
                 break
             got = tx.rows("claim_seqs", seqs=self._list(chosen), worker=worker,
                           lease_until=now + lease_s, now=now)  # fmt: skip
-            specs = dict(tx.rows("specs_of", seqs=self._list([r[0] for r in got])))
             got.sort(key=lambda r: (r[4], r[5], r[0]))
-            inlined = False
+            need = [r[0] for r in got if not (r[6] and noops > 0)]
+            specs = dict(tx.rows("specs_of", seqs=self._list(need))) if need else {}
+            done: list[int] = []
             for seq, tid, attempt, token, neg_depth, _root, noop in got:
-                spec = decode_spec(tid, specs[seq])
-                claim = Claim(spec, attempt, token, seq, -neg_depth, spec.deps)
                 tx.audit(now, "task_started", tid, READY, RUNNING, worker, attempt)
-                if noop and self.inline_noops:
-                    self._complete_in(tx, claim, None, None, now, worker)
+                if noop and noops > 0:
+                    claim = Claim(TaskSpec(tid), attempt, token, seq, -neg_depth)
                     claim.extra["committed"] = True
-                    inlined = True
+                    tx.audit(now, "task_finished", tid, RUNNING, DONE, worker, attempt)
+                    done.append(seq)
+                    noops -= 1
+                else:
+                    spec = decode_spec(tid, specs[seq])
+                    claim = Claim(spec, attempt, token, seq, -neg_depth, spec.deps)
+                    real += 1
                 out.append(claim)
-            if not inlined or len(out) >= limit:
+            inlined = len(done)
+            if done:
+                seqs = self._list(done)
+                tx.run("complete_seqs", seqs=seqs, now=now)
+                for tid, state, waiting in tx.rows("release_children_of", seqs=seqs):
+                    if state == READY and waiting == 0:
+                        tx.audit(now, "task_ready", tid, PENDING, READY)
+                        tx.notify = True
+            if not inlined:
                 break
         return out
 
-    def _choose(self, tx: Tx, limit: int) -> list[int]:
-        """The seqs of the best ready tasks that fit this worker (keyset pages over the
-        ``tasks_ready`` index when some do not)."""
+    def _choose(self, tx: Tx, limit: int, noops: int) -> list[int]:
+        """The seqs of the best ready tasks that fit this worker, in key order: up to ``limit``
+        tasks that need running and up to ``noops`` no-op ones (keyset pages over the
+        ``tasks_ready`` index when some do not fit)."""
         constrained = bool(self.labels) or self.resources is not None
-        window = max(limit, _FIT_WINDOW) if constrained else limit
+        window = limit + noops
+        if constrained:
+            window = max(window, _FIT_WINDOW)
         chosen: list[int] = []
         rows = tx.rows("ready_window", limit=window)
         for _ in range(_FIT_PAGES):
-            for seq, _nd, _rs, labels, resources in rows:
-                if (labels is None and resources is None) or self._fits(labels, resources):
-                    chosen.append(seq)
-                    if len(chosen) == limit:
-                        return chosen
+            for seq, _nd, _rs, noop, labels, resources in rows:
+                if noop and noops > 0:
+                    noops -= 1
+                elif not noop and limit > 0:
+                    needs = labels is not None or resources is not None
+                    if needs and not self._fits(labels, resources):
+                        continue
+                    limit -= 1
+                else:
+                    return chosen  # the next best key is not ours to take this time
+                chosen.append(seq)
+                if limit == 0 and noops == 0:
+                    return chosen
             if len(rows) < window:
                 break
             last = rows[-1]
-            window = max(limit, _FIT_WINDOW)
+            window = max(window, _FIT_WINDOW)
             rows = tx.rows("ready_window_after", neg_depth=last[1], root_seq=last[2],
                            seq=last[0], limit=window)  # fmt: skip
         return chosen
 
     def _complete_in(
-        self, tx: Tx, claim: Claim, kind: str | None, data: bytes | None, now: float,
+        self,
+        tx: Tx,
+        claim: Claim,
+        kind: str | None,
+        data: bytes | None,
+        now: float,
         worker: str | None,
     ) -> bool:
         """Record a success inside ``tx``: the task, its result, its children. O(fan-out)."""
@@ -622,7 +659,7 @@ class SqlStore(Store):
             self._claimed_at.pop(c.handle, None)
         return self._release_many(claims, now)
 
-    # -- leases and workers -------------------------------------------------------------------------
+    # -- leases and workers ---------------------------------------------------------------------
     def register_worker(self, worker: str, now: float, info: dict[str, Any]) -> None:
         self._worker = worker
         host, _, pid = worker.rpartition(":")
@@ -683,7 +720,7 @@ class SqlStore(Store):
 
         return self._atomic(op)
 
-    # -- queries ------------------------------------------------------------------------------------
+    # -- queries --------------------------------------------------------------------------------
     def next_wakeup(self) -> float | None:
         v = self._scalar("next_wakeup")
         return None if v is None else float(v)
@@ -714,21 +751,6 @@ class SqlStore(Store):
 
     def history(self, task_id: str) -> list[dict[str, Any]]:
         return [audit_event(r) for r in self._read("history", task=task_id)]
-
-    def events_after(self, after: int, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
-        """Audit rows with an id above ``after``, oldest first, as ``(id, event)``."""
-        return [(r[0], audit_event(r)) for r in self._read("audit_after", after=after,
-                                                            limit=limit)]  # fmt: skip
-
-    def iter_events(self) -> Iterator[dict[str, Any]]:
-        after = 0
-        while True:
-            got = self.events_after(after)
-            if not got:
-                return
-            after = got[-1][0]
-            for _, ev in got:
-                yield ev
 
 
 class StoreLockedError(StoreError):

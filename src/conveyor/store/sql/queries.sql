@@ -29,6 +29,15 @@ SELECT grp, state, count(*) FROM tasks GROUP BY grp, state;
 -- name: next_wakeup
 SELECT min(not_before) FROM tasks WHERE state = 6;
 
+-- name: any_ready
+SELECT 1 FROM tasks WHERE state = 1 LIMIT 1;
+
+-- name: any_ready@sqlite
+SELECT 1 FROM tasks INDEXED BY tasks_ready WHERE state = 1 LIMIT 1;
+
+-- name: any_unfinished
+SELECT 1 FROM tasks WHERE state IN (0, 1, 2, 6, 8) LIMIT 1;
+
 -- name: task_by_id
 SELECT seq, state, neg_depth, root_seq, token, attempt, error FROM tasks WHERE id = :id;
 
@@ -71,39 +80,39 @@ WHERE state = 6 AND not_before <= :now
 RETURNING id, attempt;
 
 -- name: ready_window
-SELECT seq, neg_depth, root_seq, labels, resources FROM tasks
+SELECT seq, neg_depth, root_seq, noop, labels, resources FROM tasks
 WHERE state = 1
 ORDER BY neg_depth, root_seq, seq
 LIMIT :limit;
 
 -- SQLite's planner, without statistics, would rather sort the state index: name the index.
 -- name: ready_window@sqlite
-SELECT seq, neg_depth, root_seq, labels, resources FROM tasks INDEXED BY tasks_ready
+SELECT seq, neg_depth, root_seq, noop, labels, resources FROM tasks INDEXED BY tasks_ready
 WHERE state = 1
 ORDER BY neg_depth, root_seq, seq
 LIMIT :limit;
 
 -- name: ready_window@postgres
-SELECT seq, neg_depth, root_seq, labels, resources FROM tasks
+SELECT seq, neg_depth, root_seq, noop, labels, resources FROM tasks
 WHERE state = 1
 ORDER BY neg_depth, root_seq, seq
 LIMIT :limit
 FOR UPDATE SKIP LOCKED;
 
 -- name: ready_window_after
-SELECT seq, neg_depth, root_seq, labels, resources FROM tasks
+SELECT seq, neg_depth, root_seq, noop, labels, resources FROM tasks
 WHERE state = 1 AND (neg_depth, root_seq, seq) > (:neg_depth, :root_seq, :seq)
 ORDER BY neg_depth, root_seq, seq
 LIMIT :limit;
 
 -- name: ready_window_after@sqlite
-SELECT seq, neg_depth, root_seq, labels, resources FROM tasks INDEXED BY tasks_ready
+SELECT seq, neg_depth, root_seq, noop, labels, resources FROM tasks INDEXED BY tasks_ready
 WHERE state = 1 AND (neg_depth, root_seq, seq) > (:neg_depth, :root_seq, :seq)
 ORDER BY neg_depth, root_seq, seq
 LIMIT :limit;
 
 -- name: ready_window_after@postgres
-SELECT seq, neg_depth, root_seq, labels, resources FROM tasks
+SELECT seq, neg_depth, root_seq, noop, labels, resources FROM tasks
 WHERE state = 1 AND (neg_depth, root_seq, seq) > (:neg_depth, :root_seq, :seq)
 ORDER BY neg_depth, root_seq, seq
 LIMIT :limit
@@ -149,6 +158,33 @@ SET waiting = waiting - 1,
     state = CASE WHEN waiting = 1 AND state = 0 THEN 1 ELSE state END
 WHERE seq IN (SELECT child FROM edges WHERE parent = :seq)
 RETURNING id, state, waiting;
+
+-- The same for a batch of no-op tasks completed in the transaction that claimed them: one
+-- statement for the tasks, one for all their children. O(sum of fan-outs).
+-- name: complete_seqs
+UPDATE tasks SET state = 3, error = NULL, lease_until = NULL, updated = :now
+WHERE seq IN (SELECT value FROM json_each(:seqs)) AND state = 2;
+
+-- name: complete_seqs@postgres
+UPDATE tasks SET state = 3, error = NULL, lease_until = NULL, updated = :now
+WHERE seq = ANY(:seqs) AND state = 2;
+
+-- name: release_children_of
+UPDATE tasks
+SET waiting = waiting - d.n,
+    state = CASE WHEN waiting = d.n AND state = 0 THEN 1 ELSE state END
+FROM (SELECT child, count(*) AS n FROM edges
+      WHERE parent IN (SELECT value FROM json_each(:seqs)) GROUP BY child) AS d
+WHERE tasks.seq = d.child
+RETURNING id, state, waiting;
+
+-- name: release_children_of@postgres
+UPDATE tasks
+SET waiting = waiting - d.n,
+    state = CASE WHEN waiting = d.n AND state = 0 THEN 1 ELSE state END
+FROM (SELECT child, count(*) AS n FROM edges WHERE parent = ANY(:seqs) GROUP BY child) AS d
+WHERE tasks.seq = d.child
+RETURNING tasks.id, tasks.state, tasks.waiting;
 
 -- name: fail_retry
 UPDATE tasks
@@ -260,7 +296,17 @@ DELETE FROM audit WHERE id IN (
 
 -- Manual retry of a failed task and of what its failure skipped.
 -- name: children_of
-SELECT t.seq, t.id, t.state FROM edges e JOIN tasks t ON t.seq = e.child WHERE e.parent = :seq;
+SELECT t.seq, t.id, t.state, t.waiting FROM edges e JOIN tasks t ON t.seq = e.child
+WHERE e.parent = :seq;
+
+-- name: spec_of
+SELECT spec FROM specs WHERE seq = :seq;
+
+-- name: task_state
+SELECT seq, state, waiting FROM tasks WHERE id = :id;
+
+-- name: done_since
+SELECT count(*), min(updated) FROM tasks WHERE state = 3 AND updated >= :since;
 
 -- name: reset_task
 UPDATE tasks
