@@ -388,7 +388,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="shorter runs (~2 minutes)")
     ap.add_argument("--only", default="", help="comma-separated strategies to run")
-    ap.add_argument("--scenarios", default="slow,fast,change,noretry", help="which tables")
+    ap.add_argument("--scenarios", default="slow,fast,noretry,ceil,change", help="tables to run")
     args = ap.parse_args()
     q = 0.5 if args.quick else 1.0
     names = [n for n in ALL if not args.only or n in args.only.split(",")]
@@ -408,6 +408,9 @@ async def main() -> None:
     if "noretry" in which:
         print(f"\n### L = 50 ms, {CALLERS} callers, no Retry-After header\n\n{head}")
         await steady(8, 0.05, 10 * q, 2 * q, names, "none")
+    if "ceil" in which:
+        print(f"\n### L = 50 ms, {CALLERS} callers, Retry-After in whole seconds (1)\n\n{head}")
+        await steady(8, 0.05, 20 * q, 2 * q, names, "ceil")
     if "change" in which:
         c, lat = 32, 0.05
         phases = [Phase(c, 10 * q), Phase(c // 2, 10 * q), Phase(c, 15 * q)]

@@ -208,6 +208,23 @@ def test_additive_increase_one_per_window_and_probe_window_at_last_ceiling():
     assert reached == {9: 1, 10: 27, 11: 37}
 
 
+def test_probe_after_long_retry_after_waits_in_proportion_to_its_cost():
+    """A 1 s Retry-After at 50 ms round trips: a probe freezes ~20 round trips, so probe only
+    every 20 / probe_budget round trips; a 2 ms Retry-After keeps the normal probe window."""
+    policy = AimdPolicy(min_window=5, probe_factor=4, probe_budget=0.02)
+    for cooldown, expected in ((1.0, math.ceil(1.0 / 0.05 / 0.02) * 8), (0.002, 4 * 8)):
+        state = KeyState(limit=8.0, cap=64, slow_start=False, ceiling=9, rtt=0.05)
+        state = KeyState(**{**_asdict(state), "last_cooldown": cooldown})
+        assert core._window_size(policy, state, 8) == pytest.approx(expected, rel=0.01)
+    # the cooldown of the decrease is remembered, the rtt is learnt from successes
+    state, live = _fill(policy, KeyState(limit=8.0, cap=64, slow_start=False), 0.0, waiting=9)
+    state = core.release(policy, state, live.pop(), SUCCESS, 0.05, waiting=9)
+    assert state.rtt == pytest.approx(0.05)
+    state, more = _fill(policy, state, 0.05, waiting=9)
+    state = core.release(policy, state, more[0], Report(Outcome.RATE_LIMITED, 1.0), 0.06)
+    assert (state.last_cooldown, state.ceiling) == (1.0, 8)
+
+
 def test_hard_cap_bounds_the_limit_and_aliases_resolve():
     policy = AimdPolicy(initial_limit=4, max_limit=100)
     state = core.new_state(policy, cap=6)

@@ -181,6 +181,13 @@ class _SyncWaiter(_Waiter):
         return True
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -196,7 +203,10 @@ class _AsyncWaiter(_Waiter):
 
     def wake(self) -> bool:
         try:
-            self.loop.call_soon_threadsafe(_resolve, self.fut)
+            if _running_loop() is self.loop:  # same thread: no self-pipe write needed
+                _resolve(self.fut)  # only schedules the waiter's callbacks
+            else:
+                self.loop.call_soon_threadsafe(_resolve, self.fut)
         except RuntimeError:  # its loop is closed: nobody will take the slot
             return False
         return True
@@ -330,6 +340,7 @@ class EndpointLimiter:
         slow_start_decrease: float = 0.5,
         min_window: int = 32,
         probe_factor: int = 4,
+        probe_budget: float = 0.02,
         max_cooldown: float = 300.0,
         overload_decreases: bool = True,
         retry: RetryPolicy | None = None,
@@ -347,6 +358,7 @@ class EndpointLimiter:
             slow_start_decrease=slow_start_decrease,
             min_window=min_window,
             probe_factor=probe_factor,
+            probe_budget=probe_budget,
             max_cooldown=max_cooldown,
             overload_decreases=overload_decreases,
             retry=retry or DEFAULT_RETRY,

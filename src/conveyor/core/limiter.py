@@ -133,6 +133,7 @@ class AimdPolicy:
     slow_start_decrease: float = 0.5  # the cut that ends slow start (it overshoots up to 2x)
     min_window: int = 32  # successes per +1 at least: slows probing on small limits (few 429s)
     probe_factor: int = 4  # windows needed to step back onto the level that last drew a 429
+    probe_budget: float = 0.02  # share of time a probe's Retry-After freeze may cost at most
     max_cooldown: float = 300.0  # never trust a Retry-After beyond five minutes
     overload_decreases: bool = True  # 503/529 count as congestion (decrease + Retry-After)
     retry: RetryPolicy = DEFAULT_RETRY  # jittered backoff for 5xx / timeouts / bare 429s
@@ -146,6 +147,8 @@ class AimdPolicy:
         for name in ("decrease_factor", "slow_start_decrease"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.probe_budget <= 1.0:
+            raise ValueError(f"probe_budget must be in (0, 1], got {self.probe_budget}")
         if self.min_window < 1 or self.probe_factor < 1:
             raise ValueError("min_window and probe_factor must be at least 1")
         if self.max_cooldown < 0:
@@ -169,6 +172,8 @@ class KeyState:
     window: int = 0  # saturated successes counted toward the next +1
     ceiling: int = 0  # the effective limit that last drew a 429 (0: none yet)
     cooldown_until: float = -math.inf
+    rtt: float = 0.0  # smoothed seconds from admission to success (0: no sample yet)
+    last_cooldown: float = 0.0  # the Retry-After that came with the last decrease
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,19 +245,23 @@ def release(
     if outcome is Outcome.SUCCESS:
         current = effective_limit(policy, state)
         used = state.in_flight + waiting >= current
+        sample = max(0.0, now - ticket.admitted_at)
+        rtt = sample if state.rtt == 0.0 else 0.875 * state.rtt + 0.125 * sample  # TCP's SRTT
         if not (used and current < state.cap):
-            return replace(state, in_flight=in_flight)
+            return replace(state, in_flight=in_flight, rtt=rtt)
         if state.slow_start:
-            return replace(state, in_flight=in_flight, limit=float(current + 1))
+            return replace(state, in_flight=in_flight, rtt=rtt, limit=float(current + 1))
         window = state.window + 1
         if window < _window_size(policy, state, current):
-            return replace(state, in_flight=in_flight, window=window)
-        return replace(state, in_flight=in_flight, limit=float(current + 1), window=0)
+            return replace(state, in_flight=in_flight, rtt=rtt, window=window)
+        return replace(state, in_flight=in_flight, rtt=rtt, limit=float(current + 1), window=0)
     if not is_congestion(policy, outcome):
         return replace(state, in_flight=in_flight)
     cooldown_until = state.cooldown_until
+    cooldown = 0.0
     if report.retry_after is not None:
-        cooldown_until = max(cooldown_until, now + min(report.retry_after, policy.max_cooldown))
+        cooldown = min(report.retry_after, policy.max_cooldown)
+        cooldown_until = max(cooldown_until, now + cooldown)
     if ticket.seq < state.decrease_seq:  # same congestion event: its decrease already happened
         return replace(state, in_flight=in_flight, cooldown_until=cooldown_until)
     # Slow start doubles the limit per round trip, so the first 429 finds it up to twice the
@@ -267,13 +276,21 @@ def release(
         window=0,
         ceiling=effective_limit(policy, state),
         decrease_seq=state.next_seq,
+        last_cooldown=cooldown,
     )
 
 
 def _window_size(policy: AimdPolicy, state: KeyState, current: int) -> int:
     size = max(current, policy.min_window)
-    if current + 1 == state.ceiling:  # stepping back onto the level that drew the last 429
-        size *= policy.probe_factor
+    if current + 1 != state.ceiling:
+        return size
+    # Stepping back onto the level that drew the last 429: a probe. If that 429 froze the key
+    # for a Retry-After of D seconds, a probe costs about D / rtt round trips of nothing, so
+    # probe at most once per (D / rtt) / probe_budget round trips (of `current` successes each).
+    size *= policy.probe_factor
+    if state.last_cooldown > 0 and state.rtt > 0:
+        rounds = state.last_cooldown / state.rtt / policy.probe_budget
+        size = max(size, math.ceil(min(rounds, 1e6) * current))
     return size
 
 
