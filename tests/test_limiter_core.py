@@ -273,6 +273,10 @@ def test_classify_status_maps_codes(status, quota, expected):
         ("-5", 0.0),
         ("Wed, 21 Oct 2015 07:28:00 GMT", 10.0),
         ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
+        ("Wednesday, 21-Oct-15 07:28:00 GMT", 10.0),
+        ("Wed Oct 21 07:28:00 2015", 10.0),
+        ("Wed, 32 Oct 2015 07:28:00 GMT", None),
+        ("Wed, 21 Foo 2015 07:28:00 GMT", None),
         ("soon", None),
         ("", None),
         (None, None),
@@ -312,7 +316,7 @@ def test_policy_rejects_bad_knobs():
 
 def test_core_limiter_imports_no_io_modules():
     path = Path(core.__file__)
-    banned = {"asyncio", "threading", "time", "sqlite3", "socket", "random"}
+    banned = {"asyncio", "threading", "time", "sqlite3", "socket", "random", "email"}
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]

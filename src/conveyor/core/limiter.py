@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
 
 from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
 
@@ -110,16 +110,51 @@ def parse_retry_after(value: object, *, wall_now: float) -> float | None:
         try:
             seconds = float(text)
         except ValueError:
-            try:
-                when: datetime = parsedate_to_datetime(text)
-            except (TypeError, ValueError, IndexError):
+            when = _parse_http_date(text)
+            if when is None:
                 return None
-            if when.tzinfo is None:  # an HTTP date is always GMT
-                return None
-            seconds = when.timestamp() - wall_now
+            seconds = when - wall_now
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)
+
+
+# RFC 9110 section 5.6.7: IMF-fixdate, the obsolete RFC 850 form, and asctime. (email.utils
+# would parse them too, but importing it loads socket: not in the pure core.)
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1
+    )
+}
+_HTTP_DATES = (
+    re.compile(r"^\w{3}, (\d{2}) (\w{3}) (\d{4}) (\d{2}):(\d{2}):(\d{2}) GMT$"),
+    re.compile(r"^\w{6,9}, (\d{2})-(\w{3})-(\d{2}) (\d{2}):(\d{2}):(\d{2}) GMT$"),
+    re.compile(r"^\w{3} (\w{3}) ([ \d]\d) (\d{2}):(\d{2}):(\d{2}) (\d{4})$"),
+)
+
+
+def _parse_http_date(text: str) -> float | None:
+    """Unix seconds of an HTTP date, or None."""
+    for form, pattern in enumerate(_HTTP_DATES):
+        m = pattern.match(text)
+        if m is None:
+            continue
+        if form == 2:  # asctime: month day time year
+            mon, day, hh, mm, ss, year = m.groups()
+        else:
+            day, mon, year, hh, mm, ss = m.groups()
+        if mon not in _MONTHS:
+            return None
+        y = int(year)
+        if form == 1:  # two-digit year: RFC 9110 says read it as within 50 years of now
+            y += 2000 if y < 70 else 1900
+        try:
+            when = datetime(y, _MONTHS[mon], int(day), int(hh), int(mm), int(ss), tzinfo=UTC)
+        except ValueError:
+            return None
+        return when.timestamp()
+    return None
 
 
 @dataclass(frozen=True, slots=True)
