@@ -196,6 +196,7 @@ class AdmissionQueue:
         self._gang_no: dict[str, int] = {}
         self.reservations: dict[str, float] = {}  # gang -> since (now of the first hold)
         self.released: set[str] = set()  # gangs whose reservation timed out
+        self._member_key: dict[int, Key] = {}  # key of each ready gang member
 
     def shape_id(self, shape: Shape) -> int:
         sid = self.shape_ids.get(shape)
@@ -220,8 +221,11 @@ class AdmissionQueue:
             return
         ready = self.gang_ready.setdefault(gang, [])
         ready.append(i)
+        self._member_key[i] = key
         if len(ready) == self.gang_size[gang]:
-            heapq.heappush(self.heaps[shape], (*key, self._gang_no[gang]))
+            # The gang goes where its best member would: the depth-first key of the gang.
+            best = min(self._member_key[m] for m in ready)  # O(gang size), once per gang
+            heapq.heappush(self.heaps[shape], (*best, self._gang_no[gang]))
 
     def gang_of_entry(self, entry: tuple[int, ...]) -> str | None:
         return self._gang_names[entry[3]] if len(entry) > 3 else None
@@ -231,6 +235,7 @@ class AdmissionQueue:
         ready = self.gang_ready.get(gang)
         if ready and i in ready:
             ready.remove(i)
+        self._member_key.pop(i, None)
 
     # -- the decision ---------------------------------------------------------------------
     def candidates(self, offer: Offer, alive: Callable[[int], bool]) -> list[tuple[Any, ...]]:
@@ -267,33 +272,52 @@ class AdmissionQueue:
 
     def pick(self, offer: Offer, alive: Callable[[int], bool], now: float) -> Pick | None:
         """The next task (or whole gang) to start on ``offer``; pops it. ``None``: nothing fits,
-        or free slots are held for a gang at the head of the fair order."""
+        or free slots are held for a gang at the head of the fair order.
+
+        A gang that cannot use this offer (larger than the worker, or its reservation ran out)
+        is set aside for this decision, so the tasks of its shape behind it still start (no
+        head-of-line blocking). O(shapes + set-aside gangs · log n).
+        """
         capacity = offer.capacity if offer.capacity is not None else offer.slots
-        for _share, _key, sid, fit in self.candidates(offer, alive):
-            heap = self.heaps[sid]
-            entry = heap[0]
-            shape = self.shapes[sid]
-            if len(entry) == 3:
-                heapq.heappop(heap)
-                return Pick(sid, (entry[2],), shape.group)
-            gang = self._gang_names[entry[3]]
-            size = self.gang_size[gang]
-            g = self.groups[shape.group]
-            room = size if g.cap is None else g.cap - g.running
-            if fit >= size and room >= size:
-                heapq.heappop(heap)
-                members = tuple(sorted(self.gang_ready.pop(gang)))
-                self.reservations.pop(gang, None)
-                self.released.discard(gang)
-                return Pick(sid, members, shape.group)
-            if size > capacity or gang in self.released:
-                continue  # can never fit this worker, or its reservation ran out
-            since = self.reservations.setdefault(gang, now)
-            if now - since < self.gang_wait_s:
-                return None  # hold the free slots for the gang
-            self.reservations.pop(gang, None)
-            self.released.add(gang)
-        return None
+        order = self.candidates(offer, alive)  # sorted, hence already a heap
+        aside: list[tuple[int, tuple[int, ...]]] = []
+        try:
+            while order:
+                share, _key, sid, fit = heapq.heappop(order)
+                heap = self.heaps[sid]
+                entry = heap[0]
+                shape = self.shapes[sid]
+                if len(entry) == 3:
+                    heapq.heappop(heap)
+                    return Pick(sid, (entry[2],), shape.group)
+                gang = self._gang_names[entry[3]]
+                size = self.gang_size[gang]
+                g = self.groups[shape.group]
+                room = size if g.cap is None else g.cap - g.running
+                if fit >= size and room >= size:
+                    heapq.heappop(heap)
+                    members = tuple(sorted(self.gang_ready.pop(gang)))
+                    for m in members:
+                        self._member_key.pop(m, None)
+                    self.reservations.pop(gang, None)
+                    self.released.discard(gang)
+                    return Pick(sid, members, shape.group)
+                if size <= capacity and gang not in self.released:
+                    since = self.reservations.setdefault(gang, now)
+                    if now - since < self.gang_wait_s:
+                        return None  # hold the free slots for the gang
+                    self.reservations.pop(gang, None)
+                    self.released.add(gang)
+                # This gang cannot start here now: look behind it in its own heap.
+                aside.append((sid, heapq.heappop(heap)))
+                while heap and not self._alive(heap[0], alive):
+                    heapq.heappop(heap)
+                if heap:
+                    heapq.heappush(order, (share, heap[0][:3], sid, fit))
+            return None
+        finally:
+            for sid, entry in aside:
+                heapq.heappush(self.heaps[sid], entry)
 
     def started(self, group: str, n: int = 1) -> None:
         self.groups.setdefault(group, GroupInfo()).running += n
