@@ -1,0 +1,71 @@
+"""Smoke test for the core benchmark: it runs to the end and prints its table; no timings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks" / "bench_core.py"
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("dask") is None,
+    reason="dask is not installed (pip install -e '.[bench]'); the benchmark compares against it",
+)
+
+
+@pytest.mark.timeout(300)
+def test_bench_core_quick_runs_and_prints_a_table(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    p = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--skip-distributed", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    text = p.stdout
+    assert "| system |" in text
+    for row in ("floor (Kahn + heap)", "conveyor inline", "conveyor fn, thread w=2",
+                "dask.threaded.get"):  # fmt: skip
+        assert f"| {row} |" in text, row
+    assert "Targets:" in text
+    assert "[PASS]" in text or "[FAIL]" in text
+    data = json.loads(out.read_text())
+    assert data["quick"] is True
+    assert data["cells"] and data["verdicts"]
+
+
+def test_graph_generators_are_deterministic_and_topological() -> None:
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import graphs
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    assert graphs.layered(500, seed=3) == graphs.layered(500, seed=3)
+    assert graphs.layered(500, seed=3) != graphs.layered(500, seed=4)
+    cases = [(graphs.chain(50), 50), (graphs.fanout_fanin(50), 50), (graphs.layered(1050), 1050)]
+    if any(graphs.WORKFLOWS.glob("*.json")):
+        cases.append((graphs.wfcommons_largest(), None))
+    for g, n in cases:
+        ids, parents = graphs.ids_parents(g)
+        if n is not None:
+            assert len(ids) == n
+        assert len(set(ids)) == len(ids)
+        if g["name"].startswith(("chain", "fanout", "layered")):
+            seen: set[str] = set()
+            for t, ps in zip(ids, parents, strict=True):
+                assert all(p in seen for p in ps)
+                seen.add(t)
+    lay = graphs.layered(1000, width=100, parents=3)
+    _, parents = graphs.ids_parents(lay)
+    assert all(len(ps) == 0 for ps in parents[:100])
+    assert all(len(ps) == 3 == len(set(ps)) for ps in parents[100:])
+    fan = graphs.fanout_fanin(10)
+    assert len(fan["tasks"][-1]["deps"]) == 8
