@@ -112,8 +112,8 @@ async def test_retry_after_cooldown_wakes_waiters_without_release():
     async with limiter.acquire(KEY) as slot:
         slot.report(429, retry_after="3")
     stats = limiter.key_statistics(KEY)
-    # the first 429 ends slow start by halving: 4 -> 2
-    assert stats.cooldown_left == 3.0 and stats.limit == 2 and stats.in_flight == 0
+    # the first 429 ends slow start, one slot off: 4 -> 3
+    assert stats.cooldown_left == 3.0 and stats.limit == 3 and stats.in_flight == 0
 
     done = asyncio.Event()
 
@@ -157,8 +157,9 @@ async def test_burst_of_429s_lowers_limit_once_and_reports_on_change():
         slot.report(429)
         slot.release()
     stats = limiter.key_statistics(KEY)
-    assert (stats.limit, stats.decreases, stats.rate_limited) == (5, 1, 10)  # slow start ends: /2
-    assert changes == [(KEY, 10, 5, "rate_limited")]
+    # one event; it ends slow start, so each of its 429s takes one slot, down to half
+    assert (stats.limit, stats.decreases, stats.rate_limited) == (5, 1, 10)
+    assert changes == [(KEY, n, n - 1, "rate_limited") for n in (10, 9, 8, 7, 6)]
     # past slow start, a new event (a request admitted after the cut) multiplies by 0.9
     with limiter.acquire_nowait(KEY) as slot:
         slot.report(429)
@@ -176,7 +177,7 @@ def test_insufficient_quota_is_not_congestion():
 
 
 @pytest.mark.parametrize(
-    ("status", "limit"), [(500, 4), (404, 4), (408, 4), (503, 2), (529, 2), (200, 4)]
+    ("status", "limit"), [(500, 4), (404, 4), (408, 4), (503, 3), (529, 3), (200, 4)]
 )
 def test_status_outcomes_move_limit_as_documented(status, limit):
     limiter, _ = make(initial_limit=4)

@@ -84,8 +84,10 @@ def test_release_burst_of_429s_from_one_congestion_event_decreases_once(limit, b
     before = state.limit
     for ticket in tickets[:burst]:
         state = core.release(policy, state, ticket, Report(Outcome.RATE_LIMITED, retry_after), 1.0)
-    # the first event ends slow start: the halving cut, once for the whole burst
-    assert state.limit == pytest.approx(max(1.0, before * policy.slow_start_decrease))
+    # the first event ends slow start: one slot per 429 of it, down to half, and one event
+    floor = max(1.0, before * policy.slow_start_decrease)
+    assert state.limit == pytest.approx(max(floor, before - burst))
+    assert state.decrease_seq == state.next_seq
     assert not state.slow_start
     # a 429 from a request admitted *after* the decrease is a new event: it lowers it again
     state = KeyState(**{**_asdict(state), "cooldown_until": -math.inf})

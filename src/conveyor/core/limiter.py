@@ -9,7 +9,9 @@ them; it calls only ``admit``, ``release`` and the read-only helpers below.
 The policy (see docs/limiter.md for the reasoning and the benchmark):
 
 - **Slow start.** A key starts at ``initial_limit`` and grows by one per success of a fully used
-  key (the limit doubles per round trip) until the first congestion signal, which halves it.
+  key (the limit doubles per round trip) until the first congestion signal. Its overshoot is
+  the number of requests the endpoint refuses, so that first event takes one slot off per 429
+  (down to ``slow_start_decrease`` x the limit) instead of one multiplicative cut.
 - **Additive increase, only when used.** After that it grows by one per *window* of successes:
   ``max(limit, min_window)`` of them, i.e. about one step per round trip on a busy key. Only
   successes that come back while the key is fully used count (in flight + waiting >= limit): a
@@ -165,7 +167,7 @@ class AimdPolicy:
     min_limit: int = 1
     max_limit: int = 512  # the hard cap unless a key has its own (``caps``)
     decrease_factor: float = 0.9  # Netflix's ratio: a gentle cut keeps throughput near C
-    slow_start_decrease: float = 0.5  # the cut that ends slow start (it overshoots up to 2x)
+    slow_start_decrease: float = 0.5  # floor of the cut that ends slow start (overshoot <= 2x)
     min_window: int = 32  # successes per +1 at least: slows probing on small limits (few 429s)
     probe_factor: int = 4  # windows needed to step back onto the level that last drew a 429
     probe_budget: float = 0.02  # share of time a probe's Retry-After freeze may cost at most
@@ -209,6 +211,7 @@ class KeyState:
     cooldown_until: float = -math.inf
     rtt: float = 0.0  # smoothed seconds from admission to success (0: no sample yet)
     last_cooldown: float = 0.0  # the Retry-After that came with the last decrease
+    exit_floor: float = 0.0  # > 0: the last cut ended slow start; its 429s trim down to this
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,10 +301,28 @@ def release(
         cooldown = min(report.retry_after, policy.max_cooldown)
         cooldown_until = max(cooldown_until, now + cooldown)
     if ticket.seq < state.decrease_seq:  # same congestion event: its decrease already happened
+        if state.exit_floor > 0:  # ... except at the end of slow start, see below
+            limit = max(state.exit_floor, state.limit - 1.0)
+            return replace(state, in_flight=in_flight, cooldown_until=cooldown_until, limit=limit)
         return replace(state, in_flight=in_flight, cooldown_until=cooldown_until)
-    # Slow start doubles the limit per round trip, so the first 429 finds it up to twice the
-    # endpoint's capacity: halve it (TCP's ssthresh = cwnd / 2) instead of taking many small cuts.
-    factor = policy.slow_start_decrease if state.slow_start else policy.decrease_factor
+    if state.slow_start:
+        # Slow start overshoots the endpoint's capacity by as many requests as the endpoint
+        # refuses (up to 2x: the limit doubles per round trip). So the first 429 takes one slot
+        # off and each further 429 of the same event another, down to slow_start_decrease x the
+        # limit: this lands on the capacity whether the overshoot was 2x or a few requests.
+        return replace(
+            state,
+            in_flight=in_flight,
+            cooldown_until=cooldown_until,
+            limit=max(float(policy.min_limit), state.limit - 1.0),
+            slow_start=False,
+            window=0,
+            ceiling=effective_limit(policy, state),
+            decrease_seq=state.next_seq,
+            last_cooldown=cooldown,
+            exit_floor=max(float(policy.min_limit), state.limit * policy.slow_start_decrease),
+        )
+    factor = policy.decrease_factor
     return replace(
         state,
         in_flight=in_flight,
@@ -312,6 +333,7 @@ def release(
         ceiling=effective_limit(policy, state),
         decrease_seq=state.next_seq,
         last_cooldown=cooldown,
+        exit_floor=0.0,
     )
 
 
