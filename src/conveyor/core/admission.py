@@ -131,6 +131,7 @@ class Offer:
     resources: Mapping[str, float] = field(default_factory=dict)
     labels: Mapping[str, Any] = field(default_factory=dict)
     capacity: int | None = None  # total slots of the worker (None: same as ``slots``)
+    total: Mapping[str, float] | None = None  # resources when idle (None: same as ``resources``)
 
     def fit_count(self, shape: Shape) -> int:
         """How many tasks of ``shape`` fit at once (0: none)."""
@@ -150,7 +151,7 @@ class Offer:
         if res:
             for name, need in shape.resources:
                 res[name] = res.get(name, 0.0) - need * count
-        return Offer(self.slots - count, res, self.labels, self.capacity)
+        return Offer(self.slots - count, res, self.labels, self.capacity, self.total)
 
 
 @dataclass(slots=True)

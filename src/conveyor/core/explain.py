@@ -154,7 +154,7 @@ def _fit_reason(tid: str, shape: Shape, offers: Sequence[Offer]) -> Reason | Non
             cap = o.capacity or o.slots
             if not o.resources:
                 return cap > 0
-            full = {k: v for k, v in o.resources.items()}
+            full = o.total if o.total is not None else o.resources  # idle, not free now
             return all(full.get(k, 0.0) >= v for k, v in need.items())
 
         if not any(o.fit_count(shape) > 0 for o in label_ok):
