@@ -290,7 +290,7 @@ class Engine:
         res = self.resources
         if res and self._used:
             res = {k: v - self._used.get(k, 0.0) for k, v in res.items()}
-        return Offer(free, res, self.labels, self.slots)
+        return Offer(free, res, self.labels, self.slots, self.resources)
 
     def _account(self, spec: TaskSpec, sign: int) -> None:
         if self.resources and spec.resources:
@@ -308,11 +308,20 @@ class Engine:
             return
         full = Offer(self.slots, dict(self.resources), self.labels, self.slots)
         bad = {sid for sid, shape in enumerate(q.shapes) if full.fit_count(shape) <= 0}
-        if not bad:
-            return
         from conveyor.core.explain import explain
         from conveyor.errors import GraphError
 
+        if not bad:
+            # A gang needs all its members placed at once on this one worker.
+            for i, gang in f.gang_of.items():
+                size = q.gang_size.get(gang, 0)
+                fit = full.fit_count(q.shapes[f.shape[i]])
+                if fit < size and not TaskState(f.state[i]).finished:
+                    raise GraphError(
+                        f"gang {gang!r} can never run on this worker: it needs {size} matching "
+                        f"slots at once and this worker offers at most {fit}"
+                    )
+            return
         for i, sid in enumerate(f.shape):
             if sid in bad and not TaskState(f.state[i]).finished:
                 why = explain(f, i, self.clock.now(), [full], parents=[])
