@@ -97,6 +97,7 @@ class MemoryStore(Store):
         shapes = []
         gangs: dict[int, str] = {}
         sizes: dict[str, int] = {}
+        gang_shape: dict[str, tuple[int, str]] = {}
         for k, t in enumerate(tasks):
             sig = (t.group, tuple(sorted(t.resources.items())), repr(sorted(t.labels.items())))
             sid = cache.get(sig)
@@ -110,6 +111,12 @@ class MemoryStore(Store):
             if t.gang:
                 gangs[k] = t.gang
                 sizes[t.gang] = sizes.get(t.gang, 0) + 1
+                first = gang_shape.setdefault(t.gang, (sid, t.id))
+                if first[0] != sid:  # one decision places a gang: one shape must fit them all
+                    raise GraphError(
+                        f"gang {t.gang!r}: task {t.id!r} asks a different group, resources or "
+                        f"labels than {first[1]!r}; members of a gang must ask the same"
+                    )
         for gang, n in sizes.items():
             size = next(t.gang_size for t in tasks if t.gang == gang) or n
             if size != n:
