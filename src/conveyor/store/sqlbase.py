@@ -484,17 +484,22 @@ class SqlStore(SqlAdmin, Store):
             got = tx.rows("claim_seqs", seqs=self._list(chosen), worker=worker,
                           lease_until=now + lease_s, now=now)  # fmt: skip
             got.sort(key=lambda r: (r[4], r[5], r[0]))
-            need = [r[0] for r in got if not (r[6] and noops > 0)]
+            inline = []
+            for r in got:  # the same split as _choose made, in the same key order
+                inline.append(bool(r[6]) and noops > 0)
+                noops -= inline[-1]
+            need = [r[0] for r, i in zip(got, inline, strict=True) if not i]
             specs = dict(tx.rows("specs_of", seqs=self._list(need))) if need else {}
             done: list[int] = []
-            for seq, tid, attempt, token, neg_depth, _root, noop in got:
+            for (seq, tid, attempt, token, neg_depth, _root, _noop), i in zip(
+                got, inline, strict=True
+            ):
                 tx.audit(now, "task_started", tid, READY, RUNNING, worker, attempt)
-                if noop and noops > 0:
+                if i:
                     claim = Claim(TaskSpec(tid), attempt, token, seq, -neg_depth)
                     claim.extra["committed"] = True
                     tx.audit(now, "task_finished", tid, RUNNING, DONE, worker, attempt)
                     done.append(seq)
-                    noops -= 1
                 else:
                     spec = decode_spec(tid, specs[seq])
                     claim = Claim(spec, attempt, token, seq, -neg_depth, spec.deps)
@@ -526,7 +531,7 @@ class SqlStore(SqlAdmin, Store):
             for seq, _nd, _rs, noop, labels, resources in rows:
                 if noop and noops > 0:
                     noops -= 1
-                elif not noop and limit > 0:
+                elif limit > 0:
                     needs = labels is not None or resources is not None
                     if needs and not self._fits(labels, resources):
                         continue
