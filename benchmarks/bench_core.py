@@ -550,12 +550,21 @@ class Bench:
                     d / c >= THREAD_VS_DASK, f"{d / c:.1f}x ({c:.3f} s vs {d:.3f} s)",
                 ))  # fmt: skip
             elif have_dask:
-                verdicts.append((f"thread executor vs dask.threaded on {col}", None, "not run"))
+                verdicts.append((f"thread executor vs dask.threaded on {col}", False, "not run"))
         if e2e and "dask.threaded script" in e2e:
             r = e2e["dask.threaded script"] / e2e["conveyor run"]
             verdicts.append((
                 f"end to end ≥ {E2E_VS_DASK:g}x dask.threaded on layered {fmt_n(e2e['n'])}",
                 r >= E2E_VS_DASK, f"{r:.1f}x",
+            ))  # fmt: skip
+        fa, fb = self.get("floor (Kahn + heap)", small), self.get("floor (Kahn + heap)", huge)
+        if fa and fb:
+            ns = self.cells[("floor (Kahn + heap)", small)]["n"]
+            nh = self.cells[("floor (Kahn + heap)", huge)]["n"]
+            pa, pb = fa / ns * 1e6, fb / nh * 1e6
+            verdicts.append((
+                f"(reference, not a target) the floor's own µs/task, {huge} vs {small}",
+                None, f"{pb:.2f} vs {pa:.2f} µs/task ({pb / pa:.2f}x): the machine's share",
             ))  # fmt: skip
         for label, row in (("scheduling (Engine.run)", "  of which Engine.run"),
                            ("whole conveyor.run", "conveyor inline")):  # fmt: skip
@@ -576,7 +585,7 @@ class Bench:
                 f"of parsed TaskSpecs); peak RSS {mem['peak_rss_mb']:.0f} MB",
             ))  # fmt: skip
         for label, ok, detail in verdicts:
-            tag = "SKIP" if ok is None else ("PASS" if ok else "FAIL")
+            tag = "INFO" if ok is None else ("PASS" if ok else "FAIL")
             out.append(f"  [{tag}] {label}: {detail}")
         if self.quick:
             out.append("  (--quick: small sizes; the verdicts are indicative only)")
