@@ -1,0 +1,66 @@
+"""What is particular to the SQLite store: its file settings, query plans, result files."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+from conveyor.graphfile import graph_from_dict
+from conveyor.store.sqlbase import load_queries
+from conveyor.store.sqlite import SqliteStore
+
+T0 = 1_000_000.0
+HOT_PATH = ["ready_window", "claim_seqs", "specs_of", "complete_task", "release_children",
+            "complete_seqs", "release_children_of", "due_retries", "renew_leases",
+            "expired_leases", "results_of", "any_ready", "next_wakeup"]  # fmt: skip
+
+
+def small_graph(n: int = 3) -> object:
+    tasks = [{"id": f"t{i}", "cmd": "true", "deps": [f"t{i - 1}"] if i else []} for i in range(n)]
+    return graph_from_dict({"name": "g", "tasks": tasks})
+
+
+def test_sqlite_store_uses_wal_and_records_its_schema_version(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "run.db")
+    store.close()
+    conn = sqlite3.connect(tmp_path / "run.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    conn.close()
+    SqliteStore(tmp_path / "run.db").close()  # reopening migrates nothing and keeps the data
+
+
+def test_sqlite_hot_path_queries_never_scan_the_tasks_table(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "run.db")
+    store.open_graph(small_graph(), T0)  # type: ignore[arg-type]
+    queries = load_queries("sqlite")
+    params = {"seq": 1, "seqs": "[1]", "ids": '["t0"]', "limit": 4, "now": T0, "token": 1,
+              "worker": "w", "lease_until": T0, "kind": "json", "data": b"1"}  # fmt: skip
+    conn = store._conn
+    assert conn is not None
+    for name in HOT_PATH:
+        plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + queries[name], params)]
+        scans = [p for p in plan if re.match(r"SCAN (tasks|edges|specs|results|t|e)\b", p)
+                 and "INDEX" not in p]  # fmt: skip
+        assert not scans, f"{name}: {plan}"
+    store.close()
+
+
+def test_sqlite_large_results_live_in_files_beside_the_db(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "run.db", inline_max=100)
+    store.open_graph(small_graph(2), T0)  # type: ignore[arg-type]
+    (a,) = store.claim("w", 1, T0, 30)
+    big = {"blob": "x" * 1000}
+    assert store.complete(a, big, T0)
+    files = list((tmp_path / "run.db.results").iterdir())
+    assert len(files) == 1
+    (b,) = store.claim("w", 1, T0, 30)
+    assert store.parent_values(b) == {"t0": big}
+    store.close()
+
+
+def test_sqlite_url_options_are_parsed(tmp_path: Path) -> None:
+    store = SqliteStore.from_url(f"sqlite:///{tmp_path}/run.db?timeout=0.5&results=pickle&batch=4")
+    assert store.timeout == 0.5 and store.codec.mode == "pickle" and store.max_batch == 4
+    store.close()
