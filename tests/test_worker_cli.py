@@ -1,0 +1,113 @@
+"""The store commands as a user runs them: real `conveyor` subprocesses on one SQLite file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MOD = """
+def double(x):
+    return 2 * x
+
+def total(*xs):
+    return sum(xs)
+
+def boom():
+    raise ValueError("boom")
+"""
+
+
+def cli(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run([sys.executable, "-m", "conveyor.cli", *args], cwd=cwd,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    if check and out.returncode != 0:
+        raise AssertionError(f"{args}: exit {out.returncode}\n{out.stderr}")
+    return out
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "jobs.py").write_text(MOD)
+    tasks = [{"id": f"d{i}", "fn": "jobs:double", "args": [i], "group": "alice" if i % 2 else "bob"}
+             for i in range(40)]  # fmt: skip
+    tasks.append({"id": "sum", "fn": "jobs:total", "deps": [t["id"] for t in tasks]})
+    tasks += [{"id": "bad", "fn": "jobs:boom"}, {"id": "after-bad", "deps": ["bad"]}]
+    (tmp_path / "graph.json").write_text(json.dumps({"name": "demo", "tasks": tasks}))
+    return tmp_path
+
+
+def test_worker_cli_two_workers_finish_a_graph(project: Path) -> None:
+    db = f"sqlite:///{project}/run.db"
+    cli("submit", "graph.json", "--db", db, cwd=project, check=True)
+    argv = [sys.executable, "-m", "conveyor.cli", "worker", "--db", db, "-q", "--events"]
+    procs = [
+        subprocess.Popen([*argv, f"ev{i}.jsonl"], cwd=project, stderr=subprocess.DEVNULL)
+        for i in range(2)
+    ]
+    codes = [p.wait(timeout=120) for p in procs]
+    assert codes == [1, 1]  # finished, with one task failed
+    st = json.loads(cli("status", "--db", db, "--json", cwd=project, check=True).stdout)
+    assert st["counts"]["done"] == 41 and st["counts"]["failed"] == 1
+    assert st["counts"]["skipped"] == 1 and st["unfinished"] == 0
+    assert st["groups"]["alice"]["done"] == 20 and st["tasks_per_s"] > 0
+    hist = json.loads(cli("history", "sum", "--db", db, "--json", cwd=project, check=True).stdout)
+    assert hist["state"] == "done"
+    assert [e["event"] for e in hist["history"]][-2:] == ["task_started", "task_finished"]
+    # Each finished task was finished once, by one worker, and the workers' own event files
+    # hold only committed transitions.
+    events = [
+        json.loads(line) for line in cli("events", "--db", db, cwd=project).stdout.splitlines()
+    ]
+    finished = [e["task"] for e in events if e["event"] == "task_finished"]
+    assert len(finished) == len(set(finished)) == 41
+    mine = [
+        json.loads(x) for i in range(2) for x in (project / f"ev{i}.jsonl").read_text().splitlines()
+    ]
+    assert sorted(e["task"] for e in mine if e["event"] == "task_finished") == sorted(finished)
+
+
+def test_worker_cli_retry_and_prune(project: Path) -> None:
+    db = f"sqlite:///{project}/run.db"
+    cli("submit", "graph.json", "--db", db, cwd=project, check=True)
+    assert cli("worker", "--db", db, "-q", cwd=project).returncode == 1
+    (project / "jobs.py").write_text(MOD.replace('raise ValueError("boom")', "return 'fixed'"))
+    cli("retry", "--failed", "--db", db, cwd=project, check=True)
+    st = json.loads(cli("status", "--db", db, "--json", cwd=project, check=True).stdout)
+    assert st["unfinished"] == 2 and st["counts"]["failed"] == 0
+    assert cli("worker", "--db", db, "-q", cwd=project).returncode == 0
+    st = json.loads(cli("status", "--db", db, "--json", cwd=project, check=True).stdout)
+    assert st["counts"]["done"] == 43
+    before = len(cli("events", "--db", db, cwd=project).stdout.splitlines())
+    cli("prune", "--db", db, "--keep", "1", cwd=project, check=True)
+    after = [json.loads(x) for x in cli("events", "--db", db, cwd=project).stdout.splitlines()]
+    assert len(after) < before
+    assert {e["task"] for e in after if "task" in e} == {f"d{i}" for i in range(40)} | {
+        "sum", "bad", "after-bad"}  # fmt: skip
+    hist = json.loads(cli("history", "bad", "--db", db, "--json", cwd=project, check=True).stdout)
+    assert hist["state"] == "done" and len(hist["history"]) == 1
+
+
+def test_worker_cli_retry_refuses_a_done_task(project: Path) -> None:
+    db = f"sqlite:///{project}/run.db"
+    cli("submit", "graph.json", "--db", db, cwd=project, check=True)
+    cli("worker", "--db", db, "-q", cwd=project)
+    out = cli("retry", "d1", "--db", db, cwd=project)
+    assert out.returncode == 2 and "only failed or cancelled" in out.stderr
+
+
+def test_worker_cli_run_resumes_after_a_crash(project: Path) -> None:
+    db = f"sqlite:///{project}/run.db"
+    assert cli("run", "graph.json", "--db", db, "-q", cwd=project).returncode == 1
+    out = cli("run", "graph.json", "--db", db, "-q", cwd=project)
+    assert out.returncode == 1  # the failed task stays failed; nothing is redone
+    events = [json.loads(x) for x in cli("events", "--db", db, cwd=project).stdout.splitlines()]
+    assert sum(e["event"] == "task_finished" for e in events) == 41
+
+
+def test_worker_cli_worker_without_a_graph_says_so(tmp_path: Path) -> None:
+    out = cli("worker", "--db", f"sqlite:///{tmp_path}/empty.db", cwd=tmp_path)
+    assert out.returncode == 2 and "conveyor submit" in out.stderr
