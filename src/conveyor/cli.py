@@ -117,7 +117,7 @@ def run(
         store.close()
         if sink is not None:
             sink.close()
-        if engine.stuck:
+        if engine.stuck or code == 130:
             # A timed-out thread cannot be stopped, and the interpreter's exit would wait for it.
             sys.stdout.flush()
             sys.stderr.flush()

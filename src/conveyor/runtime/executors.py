@@ -154,6 +154,8 @@ class Executors:
                 post((run, False, describe(exc)))
                 return
             run.proc = proc
+            if run.abandoned:  # cancelled while the process was starting
+                _kill(proc)
             try:
                 out, err = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
