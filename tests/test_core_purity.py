@@ -87,19 +87,7 @@ def _fresh_import(module: str) -> list[str]:
 
 
 def _params() -> list[object]:
-    out: list[object] = []
-    for m in CORE_MODULES:
-        marks = []
-        if m == "conveyor.core.limiter":
-            marks.append(
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="limiter imports email.utils at module level, which imports socket; "
-                    "import it lazily in parse_retry_after (or parse dates without email.utils)",
-                )
-            )
-        out.append(pytest.param(m, marks=marks, id=m))
-    return out
+    return [pytest.param(m, id=m) for m in CORE_MODULES]
 
 
 @pytest.mark.parametrize("module", _params())
