@@ -1,0 +1,784 @@
+"""Durable runs across worker processes: conveyor (SQLite, PostgreSQL) against laufband 0.2.1.
+
+Side by side in one run, on the same graphs from ``benchmarks/graphs.py`` (chain, fan-out/fan-in,
+layered random: width 100, 3 parents), no-op tasks:
+
+- **laufband** ``Graphband`` (PyPI 0.2.1), used as its README shows: every worker process builds a
+  ``Graphband`` over a task iterator (``Task(id, dependencies=...)`` in topological order) with
+  ``db="sqlite:///..."`` and loops ``for task in worker: ...`` until ``has_more_jobs`` is false.
+  laufband has no separate submit step: workers register tasks as they go. Each run gets a time
+  limit; when it is hit the workers are stopped and the *partial* rate (tasks completed in the
+  database / time) is reported and marked ``timed out`` (laufband livelocks on some shapes).
+- **conveyor CLI**: ``conveyor submit FILE --db URL`` once (timed separately), then W processes
+  ``conveyor worker --db URL --quiet`` started together; the time runs from the first process
+  start to the last process exit (process starts included).
+- **conveyor loop**: W processes each running ``for task in conveyor.worker(graph, db=URL): ...``
+  (the laufband-style API) on the submitted graph; same timing. Each process also reports the
+  time from just before its loop to its end, which gives the rate without interpreter start-up
+  ("inner").
+
+Every run checks the store afterwards: a conveyor run counts only if all N tasks are done.
+
+Targets (printed PASS/FAIL):
+1. conveyor (CLI, SQLite) >= 100x laufband's tasks/s on every graph, N and worker count;
+2. conveyor SQLite, 4 workers, 20,000-task layered graph >= 5,000 tasks/s (process starts in);
+3. conveyor PostgreSQL, 8 workers, 20,000-task layered graph >= 3,000 tasks/s;
+4. conveyor SQLite, 1 worker, layered: time per task at N = 100,000 within 1.5x of N = 1,000
+   (measured inside the worker, i.e. without interpreter start-up, which would flatter N = 1,000's
+   per-task time the wrong way round; wall-clock numbers are printed too).
+
+    python benchmarks/bench_durable.py                  # full: ~15-20 min (laufband is slow)
+    python benchmarks/bench_durable.py --quick          # N = 200, < 1 minute
+    python benchmarks/bench_durable.py --skip-postgres --json out.json
+
+PostgreSQL: a throwaway server is started here (``initdb``/``pg_ctl`` from
+``/usr/lib/postgresql/*/bin``, as the ``postgres`` user via ``runuser`` when run as root, unix
+socket in a temp dir, server defaults otherwise); ``--skip-postgres`` leaves it out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(ROOT / "src"))
+
+import graphs  # noqa: E402
+
+KINDS = ("chain", "fanout_fanin", "layered")
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    system: str  # "laufband", "conveyor CLI", "conveyor loop"
+    store: str  # "sqlite" | "postgres"
+    graph: str
+    n: int
+    workers: int
+    seconds: float = 0.0  # first worker start -> last worker exit (or the time limit)
+    done: int = 0  # tasks completed according to the store
+    timed_out: bool = False
+    submit_s: float | None = None  # conveyor submit, not part of ``seconds``
+    inner_s: float | None = None  # earliest loop start -> latest loop end (loop workers)
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def inner_rate(self) -> float | None:
+        if self.inner_s is None or self.inner_s <= 0:
+            return None
+        return self.done / self.inner_s
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.timed_out and self.done == self.n
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rate"] = self.rate
+        d["inner_rate"] = self.inner_rate
+        d["ok"] = self.ok
+        return d
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def conveyor_cmd() -> list[str]:
+    exe = Path(sys.executable).parent / "conveyor"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("conveyor")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from conveyor.cli import main; main()"]
+
+
+#: Bytecode cache for every process this benchmark starts. The sandbox this was written in sets
+#: PYTHONDONTWRITEBYTECODE=1, which makes each worker compile conveyor (an editable install) from
+#: source at every start; a user's machine caches bytecode, so the workers here do too (in a
+#: directory of their own, outside the source tree).
+PYCACHE = Path(tempfile.gettempdir()) / "conveyor-bench-pycache"
+
+
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPYCACHEPREFIX=str(PYCACHE))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def run_processes(
+    cmds: list[list[str]], cwd: Path, timeout: float
+) -> tuple[float, bool, list[int | None], list[str], list[str]]:
+    """Start every command at once, wait for all (up to ``timeout`` s from the first start).
+    Returns (seconds, timed_out, return codes, stdouts, stderrs). Output goes to files so a
+    chatty worker can never block on a full pipe."""
+    outs = [open(cwd / f"proc{i}.out", "w+b") for i in range(len(cmds))]  # noqa: SIM115
+    errs = [open(cwd / f"proc{i}.err", "w+b") for i in range(len(cmds))]  # noqa: SIM115
+    env = worker_env()
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(cmd, cwd=cwd, stdout=o, stderr=e, env=env, start_new_session=True)
+        for cmd, o, e in zip(cmds, outs, errs, strict=True)
+    ]
+    deadline = t0 + timeout
+    timed_out = False
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.perf_counter()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            break
+    elapsed = time.perf_counter() - t0
+    if timed_out:
+        elapsed = timeout
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    texts_out, texts_err = [], []
+    for o, e in zip(outs, errs, strict=True):
+        o.seek(0)
+        e.seek(0)
+        texts_out.append(o.read().decode("utf-8", "replace"))
+        texts_err.append(e.read().decode("utf-8", "replace"))
+        o.close()
+        e.close()
+    return elapsed, timed_out, [p.returncode for p in procs], texts_out, texts_err
+
+
+def _tail(text: str, n: int = 400) -> str:
+    text = text.strip()
+    return text[-n:] if len(text) > n else text
+
+
+# -- laufband -------------------------------------------------------------------------------------
+
+
+def laufband_worker_main(graph_file: str, db_path: str, ident: str) -> None:
+    """One laufband worker process (started by ``run_laufband``)."""
+    from laufband import Graphband, Task
+
+    spec = json.loads(Path(graph_file).read_text(encoding="utf-8"))
+    tasks = spec["tasks"]
+
+    class Tasks:
+        """Re-iterable task source in topological order, as laufband's README shows."""
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for t in tasks:
+                yield Task(id=t["id"], dependencies=set(t["deps"]))
+
+        def __len__(self) -> int:
+            return len(tasks)
+
+    n = 0
+    with Graphband(
+        Tasks(), db=f"sqlite:///{db_path}", identifier=ident, tqdm_kwargs={"disable": True}
+    ) as worker:
+        while True:
+            for _task in worker:
+                n += 1  # the no-op task
+            if not worker.has_more_jobs:
+                break
+    print(json.dumps({"ran": n}))
+
+
+def laufband_done(db_path: Path) -> int:
+    """Tasks whose latest status row is COMPLETED (read straight from laufband's schema)."""
+    if not db_path.exists():
+        return 0
+    con = sqlite3.connect(str(db_path), timeout=30)
+    try:
+        row = con.execute(
+            "SELECT count(*) FROM tasks t WHERE (SELECT s.status FROM task_statuses s "
+            "WHERE s.task_id = t.id ORDER BY s.id DESC LIMIT 1) = 'COMPLETED'"
+        ).fetchone()
+        return int(row[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        con.close()
+
+
+def run_laufband(kind: str, n: int, workers: int, graph_file: Path, timeout: float) -> Run:
+    run = Run("laufband", "sqlite", kind, n, workers)
+    run.extra["load_before"] = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-laufband-") as d:
+        wd = Path(d)
+        db = wd / "graphband.sqlite"
+        cmds = [
+            [sys.executable, __file__, "_laufband_worker", str(graph_file), str(db), f"w{i}"]
+            for i in range(workers)
+        ]
+        secs, timed_out, codes, _outs, errs = run_processes(cmds, wd, timeout)
+        run.seconds, run.timed_out = secs, timed_out
+        run.done = laufband_done(db)
+        if not timed_out and any(c != 0 for c in codes):
+            bad = next(i for i, c in enumerate(codes) if c != 0)
+            run.error = f"worker exit {codes[bad]}: {_tail(errs[bad])}"
+    return run
+
+
+# -- conveyor -----------------------------------------------------------------------------------
+
+
+def loop_worker_main(graph_file: str, url: str) -> None:
+    """One ``conveyor.worker()`` loop process: prints its own loop timing as JSON."""
+    import conveyor
+
+    t_enter = time.time()
+    n = 0
+    t_first = None
+    for _task in conveyor.worker(graph_file, db=url):
+        if t_first is None:
+            t_first = time.time()
+        n += 1  # the no-op task
+    t_end = time.time()
+    print(json.dumps({"ran": n, "t_enter": t_enter, "t_first": t_first, "t_end": t_end}))
+
+
+def store_counts(url: str) -> dict[str, int]:
+    from conveyor.store.base import open_store
+
+    store = open_store(url)
+    try:
+        return dict(store.counts())
+    finally:
+        store.close()
+
+
+def submit(graph_file: Path, url: str, cwd: Path) -> tuple[float, str | None]:
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        [*conveyor_cmd(), "submit", str(graph_file), "--db", url],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=worker_env(),
+    )
+    secs = time.perf_counter() - t0
+    if p.returncode != 0:
+        return secs, f"submit exit {p.returncode}: {_tail(p.stderr or p.stdout)}"
+    return secs, None
+
+
+def run_conveyor(
+    mode: str,
+    store: str,
+    kind: str,
+    n: int,
+    workers: int,
+    graph_file: Path,
+    url_for: Any,
+    timeout: float,
+) -> Run:
+    """``mode``: "cli" (``conveyor worker``) or "loop" (``conveyor.worker()`` processes)."""
+    run = Run(f"conveyor {'CLI' if mode == 'cli' else 'loop'}", store, kind, n, workers)
+    run.extra["load_before"] = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-conveyor-") as d:
+        wd = Path(d)
+        url = url_for(wd)
+        run.submit_s, err = submit(graph_file, url, wd)
+        if err:
+            run.error = err
+            return run
+        if mode == "cli":
+            cmd = [*conveyor_cmd(), "worker", "--db", url, "--quiet"]
+        else:
+            cmd = [sys.executable, __file__, "_loop_worker", str(graph_file), url]
+        secs, timed_out, codes, outs, errs = run_processes([cmd] * workers, wd, timeout)
+        run.seconds, run.timed_out = secs, timed_out
+        try:
+            counts = store_counts(url)
+        except Exception as exc:  # report, never hide
+            counts = {}
+            run.error = f"counts: {exc}"
+        run.done = counts.get("done", 0)
+        run.extra["counts"] = counts
+        if not timed_out and any(c != 0 for c in codes):
+            bad = next(i for i, c in enumerate(codes) if c != 0)
+            run.error = f"worker exit {codes[bad]}: {_tail(errs[bad])}"
+        if mode == "loop" and not timed_out:
+            infos = []
+            for o in outs:
+                for line in o.splitlines():
+                    with contextlib.suppress(ValueError):
+                        infos.append(json.loads(line))
+            infos = [i for i in infos if isinstance(i, dict) and "t_enter" in i]
+            if len(infos) == workers:
+                run.inner_s = max(i["t_end"] for i in infos) - min(i["t_enter"] for i in infos)
+                run.extra["ran"] = sum(i["ran"] for i in infos)
+        if run.done != n and run.error is None and not timed_out:
+            run.error = f"only {run.done} of {n} tasks done: {counts}"
+    return run
+
+
+def startup_baseline(url_for: Any, graph_file: Path) -> float:
+    """Seconds for one ``conveyor worker`` on an already finished graph: interpreter start,
+    imports, connect, find nothing to do, exit."""
+    with tempfile.TemporaryDirectory(prefix="bench-conveyor-") as d:
+        wd = Path(d)
+        url = url_for(wd)
+        submit(graph_file, url, wd)
+        cmd = [*conveyor_cmd(), "worker", "--db", url, "--quiet"]
+        run_processes([cmd], wd, 120)  # finish the graph
+        best = float("inf")
+        for _ in range(3):
+            secs, *_ = run_processes([cmd], wd, 120)
+            best = min(best, secs)
+        return best
+
+
+def sqlite_url(wd: Path) -> str:
+    return f"sqlite:///{wd / 'run.db'}"
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+
+
+class PgServer:
+    """A throwaway PostgreSQL server on a unix socket in a temp dir; a fresh database per run."""
+
+    def __init__(self) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            raise RuntimeError("no /usr/lib/postgresql/*/bin/initdb (apt-get install postgresql)")
+        self.bindir = Path(bins[-1]).parent
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+        self.data = self.dir / "data"
+        self.port = 40000 + os.getpid() % 20000
+        self.root = os.geteuid() == 0
+        self._dbs = 0
+        if self.root:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        opts = f"-k {self.dir} -c listen_addresses='' -p {self.port}"
+        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-o", opts,
+                 "start")  # fmt: skip
+        import psycopg
+
+        self.admin = psycopg.connect(self.url("postgres"), autocommit=True)
+        self.version = self.admin.execute("SHOW server_version").fetchone()[0]
+        self.settings = {
+            k: self.admin.execute(f"SHOW {k}").fetchone()[0]
+            for k in ("fsync", "synchronous_commit", "shared_buffers", "max_connections")
+        }
+
+    def _pg(self, prog: str, *args: str) -> None:
+        cmd = [str(self.bindir / prog), *args]
+        if self.root:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, cwd=self.dir)
+
+    def url(self, db: str) -> str:
+        return f"postgresql://postgres@/{db}?host={self.dir}&port={self.port}"
+
+    def new_db(self, _wd: Path, sync_commit: bool = True) -> str:
+        self._dbs += 1
+        name = f"bench{self._dbs}"
+        self.admin.execute(f"CREATE DATABASE {name}")
+        if not sync_commit:
+            # like SQLite's WAL + synchronous=NORMAL: a commit survives a process crash; a
+            # power cut may lose the last few (never corrupts)
+            self.admin.execute(f"ALTER DATABASE {name} SET synchronous_commit = off")
+        return self.url(name)
+
+    def new_db_async(self, wd: Path) -> str:
+        return self.new_db(wd, sync_commit=False)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.admin.close()
+        with contextlib.suppress(Exception):
+            self._pg("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+
+def fmt_rate(r: Run | None) -> str:
+    if r is None:
+        return "-"
+    if r.error and not r.done:
+        return "error"
+    s = f"{r.rate:,.0f}/s ({r.seconds:.2f}s)"
+    if r.timed_out:
+        s += f" timed out, {r.done}/{r.n}"
+    elif r.error:
+        s += " ERROR"
+    return s
+
+
+def ratio(a: Run | None, b: Run | None) -> float | None:
+    if a is None or b is None or not a.ok or b.rate <= 0:
+        return None
+    return a.rate / b.rate
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print(f"\n## {title}\n")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    sys.stdout.flush()
+
+
+def machine_note(pg: PgServer | None) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    def ver(p: str) -> str:
+        try:
+            return md.version(p)
+        except md.PackageNotFoundError:
+            return "absent"
+
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    note = {
+        "load_avg_end": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "sqlite": sqlite3.sqlite_version,
+        "laufband": ver("laufband"),
+        "conveyor": ver("conveyor"),
+        "sqlalchemy": ver("sqlalchemy"),
+    }
+    if pg is not None:
+        note["postgresql"] = pg.version
+        note["postgresql_settings"] = pg.settings
+    return note
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="N = 200 and smaller extras, < 1 min")
+    ap.add_argument("--skip-postgres", action="store_true", help="leave out PostgreSQL")
+    ap.add_argument("--skip-laufband", action="store_true", help="conveyor only (no ratios)")
+    ap.add_argument("--skip-loop", action="store_true", help="leave out conveyor.worker() runs")
+    ap.add_argument("--json", type=Path, help="write every run and target here")
+    ap.add_argument("--laufband-timeout", type=float, help="seconds per laufband run")
+    ap.add_argument("--sizes", help="comma-separated N for the side-by-side grid")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="graph kinds for the grid")
+    args = ap.parse_args(argv)
+
+    if args.quick:
+        sizes, big, pg_n, small_n, huge_n, lb_timeout = [200], 2_000, 2_000, 200, 5_000, 4.0
+    else:
+        sizes, big, pg_n, small_n, huge_n, lb_timeout = (
+            [1_000, 5_000],
+            20_000,
+            20_000,
+            1_000,
+            100_000,
+            60.0,
+        )
+    if args.sizes:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    if args.laufband_timeout is not None:
+        lb_timeout = args.laufband_timeout
+    kinds = [k for k in args.kinds.split(",") if k]
+    # conveyor runs get a limit too: a hang is reported as "timed out", never waited out
+    conveyor_timeout = 60.0 if args.quick else 300.0
+
+    laufband_ok = not args.skip_laufband
+    if laufband_ok:
+        try:
+            import laufband
+
+            if laufband.__version__ != "0.2.1":
+                log(f"note: laufband {laufband.__version__} installed, the spec names 0.2.1")
+        except ImportError:
+            log("laufband is not installed (pip install laufband==0.2.1): no laufband runs")
+            laufband_ok = False
+
+    pg: PgServer | None = None
+    pg_error = None
+    if not args.skip_postgres:
+        try:
+            pg = PgServer()
+        except Exception as exc:
+            pg_error = f"PostgreSQL server did not start: {exc}"
+            log(pg_error)
+
+    runs: list[Run] = []
+    load_start = os.getloadavg()[0]
+    targets: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-graphs-") as gd:
+            gdir = Path(gd)
+
+            def graph_file(kind: str, n: int) -> Path:
+                p = gdir / f"{kind}-{n}.json"
+                if not p.exists():
+                    graphs.write_graph(graphs.by_name(kind, n), gdir, name=f"{kind}-{n}")
+                return p
+
+            # 0. warm-up: fills the bytecode cache and the page cache; nothing here is reported
+            log(f"[{time.perf_counter() - t_start:6.1f}s] warm-up")
+            gf_small = graph_file("chain", 20)
+            if laufband_ok:
+                run_laufband("chain", 20, 1, gf_small, 60)
+            run_conveyor("cli", "sqlite", "chain", 20, 1, gf_small, sqlite_url, 120)
+            if not args.skip_loop:
+                run_conveyor("loop", "sqlite", "chain", 20, 1, gf_small, sqlite_url, 120)
+            baseline = startup_baseline(sqlite_url, gf_small)
+            log(f"    one `conveyor worker` start-up on a finished graph: {baseline * 1000:.0f} ms")
+
+            # 1. side by side
+            grid: dict[tuple[str, int, int], dict[str, Run]] = {}
+            for n in sizes:
+                for kind in kinds:
+                    gf = graph_file(kind, n)
+                    for w in (1, 4):
+                        cell: dict[str, Run] = {}
+                        log(f"[{time.perf_counter() - t_start:6.1f}s] {kind} N={n} W={w}")
+                        if laufband_ok:
+                            cell["laufband"] = run_laufband(kind, n, w, gf, lb_timeout)
+                            log(f"    laufband      {fmt_rate(cell['laufband'])}")
+                        cell["cli"] = run_conveyor(
+                            "cli", "sqlite", kind, n, w, gf, sqlite_url, conveyor_timeout
+                        )
+                        log(f"    conveyor CLI  {fmt_rate(cell['cli'])}")
+                        if not args.skip_loop:
+                            cell["loop"] = run_conveyor(
+                                "loop", "sqlite", kind, n, w, gf, sqlite_url, conveyor_timeout
+                            )
+                            log(f"    conveyor loop {fmt_rate(cell['loop'])}")
+                        grid[(kind, n, w)] = cell
+                        runs.extend(cell.values())
+
+            # 2. big SQLite, 4 workers
+            log(f"[{time.perf_counter() - t_start:6.1f}s] SQLite layered N={big} W=4")
+            gf_big = graph_file("layered", big)
+            big_cli = run_conveyor("cli", "sqlite", "layered", big, 4, gf_big, sqlite_url,
+                                   conveyor_timeout)  # fmt: skip
+            runs.append(big_cli)
+            log(f"    conveyor CLI  {fmt_rate(big_cli)}")
+            big_loop = None
+            if not args.skip_loop:
+                big_loop = run_conveyor("loop", "sqlite", "layered", big, 4, gf_big, sqlite_url,
+                                        conveyor_timeout)  # fmt: skip
+                runs.append(big_loop)
+                log(f"    conveyor loop {fmt_rate(big_loop)}")
+
+            # 3. PostgreSQL, 8 workers
+            pg_runs: list[Run] = []
+            if pg is not None:
+                gf_pg = graph_file("layered", pg_n)
+                for w, sync in ((1, True), (8, True), (1, False), (8, False)):
+                    log(f"[{time.perf_counter() - t_start:6.1f}s] PostgreSQL layered N={pg_n} "
+                        f"W={w} synchronous_commit={'on' if sync else 'off'}")  # fmt: skip
+                    r = run_conveyor("cli", "postgres", "layered", pg_n, w, gf_pg,
+                                     pg.new_db if sync else pg.new_db_async,
+                                     conveyor_timeout)  # fmt: skip
+                    r.extra["synchronous_commit"] = "on" if sync else "off"
+                    pg_runs.append(r)
+                    log(f"    conveyor CLI  {fmt_rate(r)}")
+                if not args.skip_loop:
+                    r = run_conveyor("loop", "postgres", "layered", pg_n, 8, gf_pg, pg.new_db,
+                                     conveyor_timeout)  # fmt: skip
+                    r.extra["synchronous_commit"] = "on"
+                    pg_runs.append(r)
+                    log(f"    conveyor loop {fmt_rate(r)}")
+                runs.extend(pg_runs)
+
+            # 4. growth with N, SQLite, 1 worker
+            scale: dict[int, dict[str, Run]] = {}
+            for n in (small_n, huge_n):
+                log(f"[{time.perf_counter() - t_start:6.1f}s] SQLite layered N={n} W=1 (scaling)")
+                gf = graph_file("layered", n)
+                scale[n] = {
+                    "cli": run_conveyor(
+                        "cli", "sqlite", "layered", n, 1, gf, sqlite_url, conveyor_timeout
+                    ),
+                    "loop": run_conveyor(
+                        "loop", "sqlite", "layered", n, 1, gf, sqlite_url, conveyor_timeout
+                    ),
+                }
+                for k, r in scale[n].items():
+                    r.extra["purpose"] = "scaling"
+                    runs.append(r)
+                    log(f"    conveyor {k:4s} {fmt_rate(r)}")
+    finally:
+        if pg is not None:
+            note_pg = pg
+            machine = machine_note(note_pg)
+            pg.stop()
+        else:
+            machine = machine_note(None)
+
+    # -- print ---------------------------------------------------------------------------------
+    print(f"\n# conveyor durable runs vs laufband {machine['laufband']}")
+    print(
+        f"\nMachine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
+        f"SQLite {machine['sqlite']}"
+        + (f", PostgreSQL {machine['postgresql']}" if "postgresql" in machine else "")
+        + f". Load average (1 min) at start {load_start:.1f}, at end {machine['load_avg_end']:.1f}"
+        + f". laufband time limit {lb_timeout:.0f} s per run. Rates are tasks/s over wall time "
+        "from the first worker process start to the last exit (process starts included; "
+        "conveyor's submit is separate)."
+    )
+
+    header = ["graph", "N", "W", "laufband", "conveyor CLI", "conveyor loop", "submit",
+              "CLI / laufband", "loop / laufband", ">= 100x CLI / loop"]  # fmt: skip
+    rows = []
+    passes: dict[str, list[bool]] = {"cli": [], "loop": []}
+
+    def judge(key: str, r: float | None, lb: Run | None, run: Run | None) -> str:
+        if lb is None or run is None or args.quick:
+            return "-"  # --quick: at N = 200 process start-up is most of the time; not judged
+        ok = r is not None and r >= 100
+        passes[key].append(ok)
+        return "PASS" if ok else "FAIL"
+
+    for (kind, n, w), cell in grid.items():
+        lb, cli, loop = cell.get("laufband"), cell.get("cli"), cell.get("loop")
+        r_cli, r_loop = ratio(cli, lb), ratio(loop, lb)
+        verdict = f"{judge('cli', r_cli, lb, cli)} / {judge('loop', r_loop, lb, loop)}"
+        rows.append([
+            kind, f"{n:,}", str(w), fmt_rate(lb), fmt_rate(cli), fmt_rate(loop),
+            f"{cli.submit_s:.2f}s" if cli and cli.submit_s is not None else "-",
+            f"{r_cli:,.0f}x" if r_cli else "-", f"{r_loop:,.0f}x" if r_loop else "-", verdict,
+        ])  # fmt: skip
+    print_table("Side by side (SQLite, no-op tasks)", header, rows)
+    for key, label in (("cli", "conveyor CLI"), ("loop", "conveyor loop")):
+        if passes[key]:
+            targets.append({
+                "target": f"{label} >= 100x laufband tasks/s "
+                f"({sum(passes[key])} of {len(passes[key])} rows)",
+                "pass": all(passes[key]),
+            })  # fmt: skip
+
+    rows = []
+
+    def extra_row(label: str, r: Run | None, goal: float | None) -> None:
+        if r is None:
+            return
+        verdict = "-" if goal is None else ("PASS" if r.ok and r.rate >= goal else "FAIL")
+        inner = f"{r.inner_rate:,.0f}/s" if r.inner_rate else "-"
+        rows.append([label, f"{r.n:,}", str(r.workers), fmt_rate(r),
+                     f"{r.submit_s:.2f}s" if r.submit_s is not None else "-", inner,
+                     f">= {goal:,.0f}/s" if goal else "-", verdict])  # fmt: skip
+        if goal is not None:
+            targets.append({"target": f"{label} >= {goal:,.0f} tasks/s", "rate": r.rate,
+                            "pass": verdict == "PASS"})  # fmt: skip
+
+    extra_row("SQLite layered, CLI workers", big_cli, 5_000 if not args.quick else None)
+    extra_row("SQLite layered, loop workers", big_loop, None)
+    for r in pg_runs:
+        goal = 3_000 if (r.workers == 8 and r.system == "conveyor CLI" and not args.quick) else None
+        sc = r.extra.get("synchronous_commit", "on")
+        extra_row(f"PostgreSQL layered, {r.system.split()[1]} workers, sync_commit={sc}", r, goal)
+    print_table("Throughput targets (process starts included)",
+                ["run", "N", "W", "tasks/s (wall)", "submit", "inner tasks/s", "target",
+                 "verdict"], rows)  # fmt: skip
+    if pg_error:
+        print(f"\nPostgreSQL: {pg_error}")
+    elif pg is None:
+        print("\nPostgreSQL: skipped (--skip-postgres)")
+
+    # growth with N
+    rows = []
+    per: dict[tuple[str, int], float | None] = {}
+    for n, d in scale.items():
+        cli, loop = d["cli"], d["loop"]
+        wall_us = cli.seconds / n * 1e6 if cli.ok else None
+        inner_us = loop.inner_s / n * 1e6 if loop.ok and loop.inner_s else None
+        sub_us = cli.submit_s / n * 1e6 if cli.submit_s else None
+        per[("wall", n)], per[("inner", n)] = wall_us, inner_us
+        rows.append([f"{n:,}", f"{sub_us:.1f} us" if sub_us else "-",
+                     f"{wall_us:.1f} us" if wall_us else "error",
+                     f"{inner_us:.1f} us" if inner_us else "error"])  # fmt: skip
+    print_table("Time per task, SQLite, 1 worker, layered",
+                ["N", "submit / task", "CLI worker / task (wall)", "loop / task (inner)"],
+                rows)  # fmt: skip
+    a, b = per.get(("inner", huge_n)), per.get(("inner", small_n))
+    growth = a / b if a and b else None
+    wa, wb = per.get(("wall", huge_n)), per.get(("wall", small_n))
+    wall_growth = wa / wb if wa and wb else None
+    print(
+        f"\nGrowth N={huge_n:,} vs N={small_n:,}: inner {growth:.2f}x" if growth else "\nGrowth: -",
+        end="",
+    )
+    print(f", wall {wall_growth:.2f}x" if wall_growth else "", end="")
+    print(f" (one `conveyor worker` start-up on a finished graph: {baseline * 1000:.0f} ms)")
+    targets.append({
+        "target": f"time per task N={huge_n} within 1.5x of N={small_n} (1 worker, inner)",
+        "growth": growth, "wall_growth": wall_growth,
+        "pass": growth is not None and growth <= 1.5,
+    })  # fmt: skip
+
+    print("\n## Targets\n")
+    for t in targets:
+        print(f"- {'PASS' if t['pass'] else 'FAIL'}: {t['target']}")
+    if args.quick:
+        print("- (--quick: absolute throughput targets not judged at these sizes)")
+
+    if args.json:
+        args.json.write_text(json.dumps({
+            "machine": {**machine, "load_avg_start": load_start}, "quick": args.quick,
+            "laufband_timeout": lb_timeout,
+            "startup_baseline_s": baseline, "runs": [r.as_dict() for r in runs],
+            "targets": targets,
+        }, indent=2))  # fmt: skip
+        log(f"wrote {args.json}")
+    log(f"total {time.perf_counter() - t_start:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_laufband_worker":
+        laufband_worker_main(*sys.argv[2:5])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_loop_worker":
+        loop_worker_main(*sys.argv[2:4])
+    else:
+        sys.exit(main())
