@@ -84,7 +84,8 @@ class MemoryStore(Store):
         f = self.frontier
         if f.queue is None:
             needs = bool(self.groups) or any(
-                t.group != "default" or t.resources or t.labels or t.gang for t in tasks
+                t.group != "default" or t.resources or t.labels or t.gang or t.endpoint
+                for t in tasks
             )
             if not needs:
                 return None, {}
@@ -99,11 +100,16 @@ class MemoryStore(Store):
         sizes: dict[str, int] = {}
         gang_shape: dict[str, tuple[int, str]] = {}
         for k, t in enumerate(tasks):
-            sig = (t.group, tuple(sorted(t.resources.items())), repr(sorted(t.labels.items())))
+            sig = (
+                t.group,
+                tuple(sorted(t.resources.items())),
+                repr(sorted(t.labels.items())),
+                t.endpoint,
+            )
             sid = cache.get(sig)
             if sid is None:
                 try:
-                    sid = q.shape_id(Shape.of(t.group, t.resources, t.labels))
+                    sid = q.shape_id(Shape.of(t.group, t.resources, t.labels, t.endpoint))
                 except GraphError as exc:
                     raise GraphError(f"task {t.id!r}: {exc}") from None
                 cache[sig] = sid
@@ -130,6 +136,12 @@ class MemoryStore(Store):
                 )
             q.declare_gang(gang, size)
         return shapes, gangs
+
+    def set_endpoint_cap(self, endpoint: str, cap: int) -> None:
+        """Let at most ``cap`` tasks calling ``endpoint`` run at once (the engine follows the
+        endpoint's adaptive limit)."""
+        if self.frontier.queue is not None:
+            self.frontier.queue.set_endpoint_cap(endpoint, cap)
 
     @property
     def admission(self) -> bool:

@@ -61,6 +61,7 @@ def _first_line(exc: BaseException) -> str:
 class PostgresStore(SqlStore):
     dialect = "postgres"
     types = _TYPES
+    claim_rounds = 1
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:

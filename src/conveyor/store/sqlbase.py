@@ -187,6 +187,10 @@ class SqlStore(SqlAdmin, Store):
     shared = True
     dialect = ""
     types: tuple[tuple[str, str], ...] = ()
+    #: Rounds of claim-and-complete-no-ops in one transaction. SQLite has one writer at a
+    #: time, so longer transactions mean fewer hand-offs; PostgreSQL lets workers run side by
+    #: side, and one round keeps each transaction's row locks in one sorted batch.
+    claim_rounds = 1 << 30
 
     def __init__(
         self,
@@ -477,7 +481,9 @@ class SqlStore(SqlAdmin, Store):
         out: list[Claim] = []
         real = 0
         noops = self.noop_batch if self.inline_noops else 0
-        while real < limit:
+        for _round in range(self.claim_rounds):
+            if real >= limit:
+                break
             chosen = self._choose(tx, limit - real, noops)
             if not chosen:
                 break

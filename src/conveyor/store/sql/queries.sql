@@ -159,6 +159,19 @@ SET waiting = waiting - 1,
 WHERE seq IN (SELECT child FROM edges WHERE parent = :seq)
 RETURNING id, state, waiting;
 
+-- PostgreSQL: lock the children in seq order first, so that two completions sharing children
+-- never wait on each other in opposite orders (a deadlock costs deadlock_timeout, 1 s).
+-- name: release_children@postgres
+WITH kids AS (
+    SELECT t.seq FROM edges e JOIN tasks t ON t.seq = e.child
+    WHERE e.parent = :seq ORDER BY t.seq FOR UPDATE OF t
+)
+UPDATE tasks
+SET waiting = waiting - 1,
+    state = CASE WHEN waiting = 1 AND state = 0 THEN 1 ELSE state END
+WHERE seq IN (SELECT seq FROM kids)
+RETURNING id, state, waiting;
+
 -- The same for a batch of no-op tasks completed in the transaction that claimed them: one
 -- statement for the tasks, one for all their children. O(sum of fan-outs).
 -- name: complete_seqs
@@ -179,11 +192,13 @@ WHERE tasks.seq = d.child
 RETURNING id, state, waiting;
 
 -- name: release_children_of@postgres
+WITH d AS (SELECT child, count(*) AS n FROM edges WHERE parent = ANY(:seqs) GROUP BY child),
+     kids AS (SELECT t.seq FROM tasks t JOIN d ON t.seq = d.child ORDER BY t.seq FOR UPDATE OF t)
 UPDATE tasks
 SET waiting = waiting - d.n,
     state = CASE WHEN waiting = d.n AND state = 0 THEN 1 ELSE state END
-FROM (SELECT child, count(*) AS n FROM edges WHERE parent = ANY(:seqs) GROUP BY child) AS d
-WHERE tasks.seq = d.child
+FROM d
+WHERE tasks.seq = d.child AND tasks.seq IN (SELECT seq FROM kids)
 RETURNING tasks.id, tasks.state, tasks.waiting;
 
 -- name: fail_retry
