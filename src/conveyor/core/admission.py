@@ -115,11 +115,18 @@ class Shape:
     group: str
     resources: tuple[tuple[str, float], ...] = ()
     constraints: tuple[Constraint, ...] = ()
+    endpoint: str | None = None  # a rate-limited service its tasks call (see EndpointLimiter)
 
     @classmethod
-    def of(cls, group: str, resources: Mapping[str, float], labels: Mapping[str, Any]) -> Shape:
+    def of(
+        cls,
+        group: str,
+        resources: Mapping[str, float],
+        labels: Mapping[str, Any],
+        endpoint: str | None = None,
+    ) -> Shape:
         res = tuple(sorted((k, float(v)) for k, v in resources.items() if v))
-        return cls(group, res, parse_constraints(labels))
+        return cls(group, res, parse_constraints(labels), endpoint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +202,8 @@ class AdmissionQueue:
         self.gang_ready: dict[str, list[int]] = {}
         self._gang_names: list[str] = []
         self._gang_no: dict[str, int] = {}
+        self.endpoint_caps: dict[str, int] = {}
+        self.endpoint_running: dict[str, int] = {}
         self.reservations: dict[str, float] = {}  # gang -> since (now of the first hold)
         self.released: set[str] = set()  # gangs whose reservation timed out
         self._member_key: dict[int, Key] = {}  # key of each ready gang member
@@ -254,6 +263,11 @@ class AdmissionQueue:
             g = groups[shape.group]
             if g.cap is not None and g.running >= g.cap:
                 continue
+            ep = shape.endpoint
+            if ep is not None and self.endpoint_running.get(ep, 0) >= self.endpoint_caps.get(
+                ep, 1 << 30
+            ):
+                continue  # the endpoint's adaptive limit allows no more waiting tasks
             fit = offer.fit_count(shape)
             if fit <= 0:
                 continue
@@ -325,6 +339,24 @@ class AdmissionQueue:
 
     def finished(self, group: str, n: int = 1) -> None:
         self.groups[group].running -= n
+
+    def started_shape(self, sid: int, n: int = 1) -> None:
+        """``n`` tasks of shape ``sid`` started: count them for their group and endpoint."""
+        shape = self.shapes[sid]
+        self.started(shape.group, n)
+        if shape.endpoint is not None:
+            ep = self.endpoint_running
+            ep[shape.endpoint] = ep.get(shape.endpoint, 0) + n
+
+    def finished_shape(self, sid: int, n: int = 1) -> None:
+        shape = self.shapes[sid]
+        self.finished(shape.group, n)
+        if shape.endpoint is not None:
+            self.endpoint_running[shape.endpoint] -= n
+
+    def set_endpoint_cap(self, endpoint: str, cap: int) -> None:
+        """How many tasks calling ``endpoint`` may run at once (from its adaptive limit)."""
+        self.endpoint_caps[endpoint] = max(1, cap)
 
     def ready_count(self) -> int:
         return sum(len(h) for h in self.heaps)

@@ -90,6 +90,15 @@ def explain(
         if gang in q.released:
             msg += " (its reservation timed out and was released)"
         return Reason("gang_incomplete", msg, detail)
+    ep = shape.endpoint
+    if ep is not None and q.endpoint_running.get(ep, 0) >= q.endpoint_caps.get(ep, 1 << 30):
+        return Reason(
+            "endpoint_limited",
+            f"endpoint {ep} allows {q.endpoint_caps[ep]} tasks now; "
+            f"{q.endpoint_running.get(ep, 0)} are running",
+            {"endpoint": ep, "task_cap": q.endpoint_caps[ep],
+             "running": q.endpoint_running.get(ep, 0)},
+        )  # fmt: skip
     if group.cap is not None and group.running >= group.cap:
         return Reason(
             "group_cap",

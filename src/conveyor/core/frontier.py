@@ -188,7 +188,7 @@ class Frontier:
             state[i] = RUNNING
         c[READY] -= len(got.members)
         c[RUNNING] += len(got.members)
-        q.started(got.group, len(got.members))
+        q.started_shape(got.shape, len(got.members))
         return list(got.members)
 
     def enable_admission(self, queue: AdmissionQueue, default_shape: int) -> None:
@@ -215,7 +215,7 @@ class Frontier:
         c[DONE] += 1
         q = self.queue
         if q is not None:
-            q.finished(q.shapes[self.shape[i]].group)
+            q.finished_shape(self.shape[i])
             gang = self.gang_of.get(i)
             if gang is not None:
                 q.gang_size[gang] -= 1  # a retried sibling re-forms a gang of those left
@@ -316,7 +316,7 @@ class Frontier:
         if q is not None:
             was = self.state[i]
             if was == RUNNING:
-                q.finished(q.shapes[self.shape[i]].group)
+                q.finished_shape(self.shape[i])
             elif was == READY and i in self.gang_of:
                 q.drop_gang_member(self.gang_of[i], i)
         c[self.state[i]] -= 1

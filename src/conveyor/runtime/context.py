@@ -60,8 +60,31 @@ class TaskContext:
     _submit: Callable[[TaskContext, list[TaskSpec]], list[str]] = field(repr=False)
     _wait: Callable[[TaskContext, str, float | None], TaskResult] = field(repr=False)
     claim: Any = field(default=None, repr=False)
+    endpoint: str | None = None  # the rate-limited service this task declared it calls
+    _limiter: Callable[[], Any] | None = field(default=None, repr=False)
     _counter: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def limiter(self) -> Any:
+        """The run's shared ``EndpointLimiter`` (one per engine: limits adapt across tasks)."""
+        if self._limiter is None:
+            raise ConveyorError(f"task {self.task_id!r} declared no endpoint")
+        return self._limiter()
+
+    def acquire(self) -> Any:
+        """``async with conveyor.current().acquire() as slot:`` a slot of this task's endpoint;
+        then ``slot.report(status_code, retry_after=...)``."""
+        return self.limiter.acquire(self._endpoint_key())
+
+    def acquire_sync(self, timeout: float | None = None) -> Any:
+        """``with conveyor.current().acquire_sync() as slot:`` for sync tasks."""
+        return self.limiter.acquire_sync(self._endpoint_key(), timeout)
+
+    def _endpoint_key(self) -> str:
+        if self.endpoint is None:
+            raise ConveyorError(f"task {self.task_id!r} declared no endpoint")
+        return self.endpoint
 
     def submit(
         self, fn: Callable[..., Any] | str | None = None, *args: Any, **options: Any

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import inspect
+import math
 import queue
 import random
 import threading
@@ -82,6 +83,8 @@ class Engine:
         tick_s: float = 0.2,
         resources: dict[str, float] | None = None,
         labels: dict[str, Any] | None = None,
+        limiter: Any = None,
+        endpoint_headroom: float = 0.5,
     ) -> None:
         if workers < 1:
             raise ConveyorError("workers must be >= 1")
@@ -104,6 +107,9 @@ class Engine:
         self.resources = dict(resources or {})  # what this worker offers; {} = not accounted
         self.labels = dict(labels or {})
         self._used: dict[str, float] = {}
+        self._limiter = limiter  # an EndpointLimiter; made on first use
+        self.endpoint_headroom = endpoint_headroom
+        self._endpoint_limits: dict[str, int] = {}
         self.stats = RunStats()
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._executors = Executors(workers, self._queue.put)
@@ -156,6 +162,7 @@ class Engine:
         next_beat = 0.0
         if shared:
             store.register_worker(worker, clock.now(), {"slots": self.slots})
+        self._follow_endpoint_limits(clock.now())
         try:
             while True:
                 try:
@@ -208,6 +215,7 @@ class Engine:
                                 yield res
                     if now >= next_tick:
                         next_tick = now + self.tick_s
+                        self._follow_endpoint_limits(now)
                         if self.on_tick is not None:
                             self.on_tick(self)
                         if self._watchers and shared:
@@ -284,6 +292,40 @@ class Engine:
             self._shutdown()
         if stats.interrupted:
             raise KeyboardInterrupt
+
+    @property
+    def limiter(self) -> Any:
+        """The ``EndpointLimiter`` tasks share (``conveyor.current().acquire()``)."""
+        if self._limiter is None:
+            from conveyor.limiter import EndpointLimiter
+
+            self._limiter = EndpointLimiter()
+        return self._limiter
+
+    def _follow_endpoint_limits(self, now: float) -> None:
+        """Cap the tasks started per endpoint at its adaptive limit plus headroom, so a
+        rate-limited endpoint cannot hold slots that other endpoints' tasks could use; write
+        ``endpoint_limit_changed`` when a limit moved. O(endpoints) per tick."""
+        q = getattr(getattr(self.store, "frontier", None), "queue", None)
+        if q is None:
+            return
+        endpoints = {s.endpoint for s in q.shapes if s.endpoint is not None}
+        if not endpoints:
+            return
+        limiter = self.limiter
+        for ep in sorted(endpoints):
+            st = limiter.key_statistics(ep)
+            cap = max(1, math.ceil(st.limit * (1.0 + self.endpoint_headroom)))
+            self.store.set_endpoint_cap(ep, cap)  # type: ignore[attr-defined]
+            old = self._endpoint_limits.get(ep)
+            if old != st.limit:
+                self._endpoint_limits[ep] = st.limit
+                if self.emit is not None and old is not None:
+                    self.emit({"ts": now, "event": "endpoint_limit_changed", "endpoint": ep,
+                               "old": old, "new": st.limit, "task_cap": cap,
+                               "in_flight": st.in_flight, "waiting": st.waiting,
+                               "rate_limited": st.rate_limited,
+                               "cooldown_left": st.cooldown_left})  # fmt: skip
 
     def _offer(self) -> Offer:
         free = self.slots + self._lent - len(self._running)
@@ -369,7 +411,8 @@ class Engine:
         self._account(spec, +1)
         ctx = TaskContext(
             spec.id, claim.attempt, claim.depth, parents, self.worker_id,
-            self._ctx_submit, self._ctx_wait, claim,
+            self._ctx_submit, self._ctx_wait, claim, endpoint=spec.endpoint,
+            _limiter=(lambda: self.limiter) if spec.endpoint is not None else None,
         )  # fmt: skip
         run = Running(claim, now)
         timeout = spec.timeout_s
