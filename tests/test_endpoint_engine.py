@@ -10,10 +10,10 @@ import threading
 
 import httpx
 import pytest
-from rate_limited_server import RateLimitedServer
 
 import conveyor
 from conveyor.store.memory import MemoryStore
+from rate_limited_server import RateLimitedServer
 
 pytestmark = pytest.mark.timeout(60)
 
