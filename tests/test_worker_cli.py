@@ -111,3 +111,63 @@ def test_worker_cli_run_resumes_after_a_crash(project: Path) -> None:
 def test_worker_cli_worker_without_a_graph_says_so(tmp_path: Path) -> None:
     out = cli("worker", "--db", f"sqlite:///{tmp_path}/empty.db", cwd=tmp_path)
     assert out.returncode == 2 and "conveyor submit" in out.stderr
+
+
+LOOP = """
+import sys
+import conveyor
+
+graph = conveyor.Graph("loop")
+for i in range(200):
+    graph.add(None, id=f"t{i}", deps=[f"t{i - 10}"] if i >= 10 else [])
+with open(sys.argv[2], "w") as out:
+    for task in conveyor.worker(graph, db=sys.argv[1], lease_s=5):
+        out.write(task.id + "\\n")
+        task.result = task.id
+"""
+
+
+def test_worker_loop_processes_share_a_graph(tmp_path: Path) -> None:
+    (tmp_path / "loop.py").write_text(LOOP)
+    db = f"sqlite:///{tmp_path}/loop.db"
+    procs = [subprocess.Popen([sys.executable, "loop.py", db, f"seen{i}.txt"], cwd=tmp_path)
+             for i in range(3)]  # fmt: skip
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    seen = [x for i in range(3) for x in (tmp_path / f"seen{i}.txt").read_text().split()]
+    assert sorted(seen) == sorted(f"t{i}" for i in range(200))  # each exactly once
+    feed = cli("events", "--db", db, cwd=tmp_path, check=True).stdout.splitlines()
+    done_at = {}
+    for n, ev in enumerate(json.loads(x) for x in feed):
+        if ev["event"] == "task_started":
+            parent = int(ev["task"][1:]) - 10
+            assert parent < 0 or f"t{parent}" in done_at  # parents before children
+        if ev["event"] == "task_finished":
+            done_at[ev["task"]] = n
+
+
+def test_worker_loop_break_gives_back_and_exception_fails(tmp_path: Path) -> None:
+    import conveyor
+
+    graph = conveyor.Graph("g")
+    graph.add(None, id="a")
+    graph.add(None, id="b", deps=["a"])
+    db = f"sqlite:///{tmp_path}/g.db"
+    for task in conveyor.worker(graph, db=db):
+        assert task.id == "a"
+        task.result = 41
+        break  # given back unrun
+    with pytest.raises(KeyError):
+        for task in conveyor.worker(graph, db=db):
+            if task.id == "b":
+                assert task.parents == {"a": 41}
+                raise KeyError("b")
+            task.result = 41
+    from conveyor.store.base import open_store
+
+    store = open_store(db)
+    try:
+        assert store.result("a").value == 41
+        assert store.result("b").state.label == "failed"
+        assert [e["event"] for e in store.history("a")].count("task_started") == 2
+    finally:
+        store.close()
