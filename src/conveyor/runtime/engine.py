@@ -31,6 +31,7 @@ from conveyor.store.base import Claim, Store
 
 _IDLE_POLL_MIN = 0.005  # s: first re-poll of a shared store that had nothing claimable
 _IDLE_POLL_MAX = 0.5  # s: back-off cap; PostgreSQL wakes idle workers earlier via NOTIFY
+_RESULT_BATCH = 256  # results handed to a run_iter consumer at a time, mid-fill
 
 
 @dataclass(slots=True)
@@ -47,6 +48,56 @@ class _Box:
         if self.error is not None:
             raise self.error
         return self.value
+
+
+class _LazyParents(dict):  # type: ignore[type-arg]
+    """``current().parent_results``, fetched from the store on first access only."""
+
+    def __init__(self, store: Store, claim: Claim) -> None:
+        super().__init__()
+        self._store: Store | None = store
+        self._claim = claim
+
+    def _load(self) -> None:
+        if self._store is not None:
+            store, self._store = self._store, None
+            self.update(store.parent_values(self._claim))
+
+    def __getitem__(self, key: str) -> Any:
+        self._load()
+        return super().__getitem__(key)
+
+    def __iter__(self) -> Any:
+        self._load()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._load()
+        return super().__len__()
+
+    def __contains__(self, key: object) -> bool:
+        self._load()
+        return super().__contains__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._load()
+        return super().get(key, default)
+
+    def items(self) -> Any:
+        self._load()
+        return super().items()
+
+    def keys(self) -> Any:
+        self._load()
+        return super().keys()
+
+    def values(self) -> Any:
+        self._load()
+        return super().values()
+
+    def __repr__(self) -> str:
+        self._load()
+        return super().__repr__()
 
 
 @dataclass(slots=True)
@@ -112,12 +163,21 @@ class Engine:
         self._endpoint_limits: dict[str, int] = {}
         self.stats = RunStats()
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._executors = Executors(workers, self._queue.put)
+        self._executors = Executors(workers, self._queue.put, self._thread_done)
         self._running: dict[int, Running] = {}
         self._deadlines: list[tuple[float, int, int]] = []  # (deadline, handle, id(run))
         self._watchers: dict[str, list[_Box]] = {}
         self._lent = 0  # slots lent by parents waiting on their children
         self._stopping = False
+        self._lock = threading.Lock()  # guards the store and the bookkeeping below
+        self._chain = not store.shared  # pool threads may record and claim themselves
+        self._pending_starts = 0  # claims handed to the engine thread to start
+        self._is_async: dict[Any, bool] = {}
+        self._want = True
+        self._yield = True
+        self._claim_one: Callable[[str, float], Claim | None] = getattr(
+            store, "claim_one", None
+        ) or (lambda w, now: next(iter(store.claim(w, 1, now, self.lease_s)), None))
         self._stuck = False  # a timed-out thread/process task may still be running
         self._engine_thread: int | None = None
 
@@ -137,98 +197,66 @@ class Engine:
         self._queue.put(("stop",))
 
     def run_iter(self, *, yield_results: bool = True) -> Iterator[TaskResult]:
-        """Run, yielding each task's result as soon as it finishes."""
+        """Run, yielding each task's result as soon as it finishes.
+
+        The engine thread and, for sync functions on a private store, the pool threads share
+        the store under ``_lock``: a pool thread that finishes a task records it and claims
+        the next task itself (running it at once when it is a sync function too), so a chain
+        of small tasks costs no hand-off between threads (PEERS.md: 8-80 us per hop).
+        """
         self._engine_thread = threading.get_ident()
+        self._want = yield_results or self.on_result is not None
+        self._yield = yield_results
+        # Pool threads chain into their next task only when nobody consumes results one by one:
+        # a run_iter consumer gets each result before the next task starts.
+        self._chain = not self.store.shared and not self._want
         store = self.store
         shared = store.shared
         clock = self.clock
         stats = self.stats
         running = self._running
-        worker = self.worker_id
-        lease_s = self.lease_s
-        claim_one = getattr(store, "claim_one", None)
-        if claim_one is None:
-
-            def claim_one(worker: str, now: float) -> Claim | None:
-                got = store.claim(worker, 1, now, lease_s)
-                return got[0] if got else None
-
-        complete = store.complete
+        lock = self._lock
         on_result = self.on_result
-        want = yield_results or on_result is not None
+        lease_s = self.lease_s
         idle_since: float | None = None
         poll = _IDLE_POLL_MIN
         next_tick = 0.0
         next_beat = 0.0
+        out: list[TaskResult] = []
         if shared:
-            store.register_worker(worker, clock.now(), {"slots": self.slots})
+            store.register_worker(self.worker_id, clock.now(), {"slots": self.slots})
         self._follow_endpoint_limits(clock.now())
         try:
             while True:
                 try:
-                    now = clock.now()
-                    # Fill free slots, best key first. O(log n) per claim; see Store.claim.
-                    while not self._stopping and len(running) < self.slots + self._lent:
-                        if self.max_tasks is not None and stats.started >= self.max_tasks:
-                            self._stopping = True
-                            break
-                        if getattr(store, "admission", False):
-                            batch = store.claim(worker, 1, now, lease_s, offer=self._offer())
-                            if not batch:
-                                break
-                            if len(batch) > 1:  # a gang: start all members together
-                                for claim in batch[1:]:
-                                    stats.started += 1
-                                    res = self._start(claim, now)
-                                    if res is not None and want:
-                                        if on_result is not None:
-                                            on_result(res)
-                                        if yield_results:
-                                            yield res
-                            claim = batch[0]
-                        else:
-                            claim = claim_one(worker, now)
-                            if claim is None:
-                                break
-                        stats.started += 1
-                        spec = claim.spec
-                        if spec.fn is None and spec.cmd is None:
-                            # A no-op finishes where it is claimed: its children are ready
-                            # before the next claim, which keeps the order depth-first.
-                            if complete(claim, None, now):
-                                stats.done += 1
-                                if want:
-                                    res = TaskResult(spec.id, TaskState.DONE, None, None,
-                                                     claim.attempt)  # fmt: skip
-                                    if on_result is not None:
-                                        on_result(res)
-                                    if yield_results:
-                                        yield res
-                            else:
-                                stats.refused += 1
-                            continue
-                        res = self._start(claim, now)
-                        if res is not None and want:
-                            if on_result is not None:
-                                on_result(res)
-                            if yield_results:
-                                yield res
-                    if now >= next_tick:
-                        next_tick = now + self.tick_s
-                        self._follow_endpoint_limits(now)
-                        if self.on_tick is not None:
-                            self.on_tick(self)
-                        if self._watchers and shared:
-                            self._poll_watchers()
-                    if shared and now >= next_beat:
-                        next_beat = now + lease_s / 3
-                        store.heartbeat(worker, now, lease_s)
-                        store.reap_expired(now)
+                    with lock:
+                        now = clock.now()
+                        claimed = self.stats.started
+                        more = self._fill(now, out)
+                        if stats.started != claimed:
+                            idle_since = None
+                            poll = _IDLE_POLL_MIN
+                        if now >= next_tick:
+                            next_tick = now + self.tick_s
+                            self._follow_endpoint_limits(now)
+                            if self.on_tick is not None:
+                                self.on_tick(self)
+                            if self._watchers and shared:
+                                self._poll_watchers()
+                        if shared and now >= next_beat:
+                            next_beat = now + lease_s / 3
+                            store.heartbeat(self.worker_id, now, lease_s)
+                            store.reap_expired(now)
+                        busy = bool(running) or self._pending_starts > 0
+                    if out:
+                        yield from self._deliver(out, on_result)
+                    if more:
+                        continue  # results were handed out mid-fill: fill on
                     # Decide how long to wait for the next message.
-                    if running:
+                    if busy:
                         idle_since = None
                         poll = _IDLE_POLL_MIN
-                        timeout = self._next_deadline(now)
+                        timeout = min(self._next_deadline(now), max(0.0, next_tick - now))
                     else:
                         if self._stopping:
                             break
@@ -250,48 +278,142 @@ class Engine:
                                 timeout = min(timeout, max(0.0, wake - now))
                             if store.wait_for_work(timeout):
                                 timeout = 0.0
-                    timeout = min(timeout, max(0.0, next_tick - now)) if running else timeout
                     try:
-                        msg = (
-                            self._queue.get(timeout=timeout)
-                            if timeout > 0
-                            else (self._queue.get_nowait())
-                        )
+                        msg = self._queue.get(timeout=timeout) if timeout > 0 else (
+                            self._queue.get_nowait()
+                        )  # fmt: skip
                     except queue.Empty:
                         msg = None
-                    now = clock.now()
-                    for res in self._expire_deadlines(now):
-                        if want:
-                            if on_result is not None:
-                                on_result(res)
-                            if yield_results:
-                                yield res
-                    while msg is not None:
-                        res = self._handle(msg, now)
-                        if res is not None and want:
-                            if on_result is not None:
-                                on_result(res)
-                            if yield_results:
-                                yield res
-                        try:
-                            msg = self._queue.get_nowait()
-                        except queue.Empty:
-                            msg = None
+                    with lock:
+                        now = clock.now()
+                        out.extend(self._expire_deadlines(now))
+                        while msg is not None:
+                            self._handle(msg, now, out)
+                            try:
+                                msg = self._queue.get_nowait()
+                            except queue.Empty:
+                                msg = None
+                    if out:
+                        yield from self._deliver(out, on_result)
                 except KeyboardInterrupt:
                     if stats.interrupted:
                         raise  # a second Ctrl-C: stop waiting for running tasks
                     stats.interrupted = True
-                    self._stopping = True
-                    # Cancel what can be cancelled (coroutines, commands, queued processes);
-                    # threads cannot be stopped, so their tasks are drained and recorded.
-                    for run in list(running.values()):
-                        if run.kind != "thread":
-                            self._executors.cancel(run)
-                            self._release(run, clock.now())
+                    with lock:
+                        self._stopping = True
+                        # Cancel what can be cancelled (coroutines, commands, queued processes);
+                        # threads cannot be stopped, so their tasks are drained and recorded.
+                        for run in list(running.values()):
+                            if run.kind != "thread":
+                                self._executors.cancel(run)
+                                self._release(run, clock.now())
         finally:
             self._shutdown()
         if stats.interrupted:
             raise KeyboardInterrupt
+
+    def _deliver(
+        self, out: list[TaskResult], on_result: Callable[[TaskResult], None] | None
+    ) -> Iterator[TaskResult]:
+        batch = out[:]
+        out.clear()
+        for res in batch:
+            if on_result is not None:
+                on_result(res)
+            if self._yield:
+                yield res
+
+    def _fill(self, now: float, out: list[TaskResult], *, from_thread: bool = False) -> Any:
+        """Claim and start tasks while slots are free, best key first; O(log n) per claim.
+
+        Called with ``_lock`` held. From the engine thread it returns whether it stopped early
+        to hand out results; from a pool thread (``from_thread``) it returns the next sync task
+        for that thread to run itself, or ``None``.
+        """
+        store = self.store
+        stats = self.stats
+        running = self._running
+        worker = self.worker_id
+        want = self._want
+        batch_limit = _RESULT_BATCH if self._yield else 1 << 62
+        claim_one = self._claim_one
+        complete = store.complete
+        admission = getattr(store, "admission", False)
+        mine = None
+        while not self._stopping and (
+            len(running) + self._pending_starts < self.slots + self._lent
+        ):
+            if self.max_tasks is not None and stats.started >= self.max_tasks:
+                self._stopping = True
+                break
+            if admission:
+                batch = store.claim(worker, 1, now, self.lease_s, offer=self._offer())
+                if not batch:
+                    break
+            else:
+                claim = claim_one(worker, now)
+                if claim is None:
+                    break
+                batch = (claim,)
+            for claim in batch:
+                stats.started += 1
+                spec = claim.spec
+                if spec.fn is None and spec.cmd is None:
+                    # A no-op finishes where it is claimed: its children are ready before
+                    # the next claim, which keeps the order depth-first.
+                    if complete(claim, None, now):
+                        stats.done += 1
+                        if want:
+                            out.append(
+                                TaskResult(spec.id, TaskState.DONE, None, None, claim.attempt)
+                            )
+                    else:
+                        stats.refused += 1
+                    continue
+                if from_thread:
+                    kind = self._kind(spec)
+                    if kind == "thread" and mine is None:
+                        mine = self._prepare(claim, now, out)
+                        continue
+                    if kind == "inline":  # inline tasks run on the engine thread only
+                        self._pending_starts += 1
+                        self._queue.put(("start", claim))
+                        continue
+                res = self._start(claim, now)
+                if res is not None and want:
+                    out.append(res)
+            if len(out) >= batch_limit and not from_thread:
+                return True
+        return mine if from_thread else False
+
+    def _thread_done(self, run: Running, ok: bool, value: Any) -> Any:
+        """A pool thread finished ``run``: record it and claim what comes next right here.
+
+        Returns ``(run, fn, args, kwargs, ctx)`` of the next sync task for this thread to run,
+        or ``None``. On a shared store the result goes to the engine thread instead (store
+        connections stay on the thread that made them).
+        """
+        if not self._chain:
+            self._queue.put((run, ok, value))
+            return None
+        out: list[TaskResult] = []
+        with self._lock:
+            if run.abandoned or self._running.get(run.claim.handle) is not run:
+                return None
+            now = self.clock.now()
+            if not ok and value == "cancelled" and self._stopping:
+                self._release(run, now)
+            else:
+                res = self._finish(run, ok, value, now)
+                if self._want:
+                    out.append(res)
+            mine = self._fill(now, out, from_thread=True)
+            idle = not self._running and not self._pending_starts
+        if out:
+            self._queue.put(("results", out))
+        elif idle or self._stopping:
+            self._queue.put(("wake",))
+        return mine
 
     @property
     def limiter(self) -> Any:
@@ -394,73 +516,120 @@ class Engine:
             return resolve_callable(fn)
         return fn
 
-    def _start(self, claim: Claim, now: float) -> TaskResult | None:
+    def _kind(self, spec: TaskSpec) -> str:
+        """How a task runs: cmd, async, inline, process or thread (cached per function)."""
+        if spec.cmd is not None:
+            return "cmd"
+        mode = spec.executor or self.default_executor
+        fn = spec.fn
+        key = fn if fn is not None else spec.id
+        try:
+            is_async = self._is_async[key]
+        except (KeyError, TypeError):
+            try:
+                is_async = inspect.iscoroutinefunction(self._resolve(spec))
+            except Exception:
+                is_async = False
+            try:
+                self._is_async[key] = is_async
+            except TypeError:
+                pass
+        if is_async:
+            return "async"
+        return mode if mode in ("inline", "process") else "thread"
+
+    def _prepare(self, claim: Claim, now: float, out: list[TaskResult]) -> Any:
+        """Resolve a task's function and arguments and register it as running.
+
+        Returns ``(run, fn, args, kwargs, ctx)``, or ``None`` when it cannot start (then it has
+        failed like a task that raised, and its result is in ``out``)."""
         spec = claim.spec
         store = self.store
         try:
-            parents = store.parent_values(claim) if claim.parents else {}
             fn = None if spec.cmd is not None else self._resolve(spec)
             args, kwargs = spec.args, spec.kwargs
-            if parents and find_refs(args, kwargs):
-                args = tuple(substitute_refs(a, parents) for a in args)
-                kwargs = {k: substitute_refs(v, parents) for k, v in kwargs.items()}
+            parents: Any = None
+            if claim.parents:
+                if store.shared or find_refs(args, dict(kwargs)):
+                    parents = store.parent_values(claim)
+                    args = tuple(substitute_refs(a, parents) for a in args)
+                    kwargs = {k: substitute_refs(v, parents) for k, v in kwargs.items()}
+                else:  # built only if the task asks (current().parent_results)
+                    parents = _LazyParents(store, claim)
         except Exception as exc:
             run = Running(claim, now)
             self._running[claim.handle] = run
-            return self._finish(run, False, describe(exc), now)
+            res = self._finish(run, False, describe(exc), now)
+            if self._want:
+                out.append(res)
+            return None
         self._account(spec, +1)
         ctx = TaskContext(
-            spec.id, claim.attempt, claim.depth, parents, self.worker_id,
-            self._ctx_submit, self._ctx_wait, claim, endpoint=spec.endpoint,
+            spec.id, claim.attempt, claim.depth, parents if parents is not None else {},
+            self.worker_id, self._ctx_submit, self._ctx_wait, claim, endpoint=spec.endpoint,
             _limiter=(lambda: self.limiter) if spec.endpoint is not None else None,
         )  # fmt: skip
         run = Running(claim, now)
-        timeout = spec.timeout_s
+        self._running[claim.handle] = run
+        if spec.timeout_s is not None and spec.cmd is None:
+            run.deadline = now + spec.timeout_s
+            heapq.heappush(self._deadlines, (run.deadline, claim.handle, id(run)))
+        return run, fn, args, kwargs, ctx
+
+    def _start(self, claim: Claim, now: float) -> TaskResult | None:
+        spec = claim.spec
+        kind = self._kind(spec)
+        out: list[TaskResult] = []
+        prepared = self._prepare(claim, now, out)
+        if prepared is None:
+            return out[0] if out else None
+        run, fn, args, kwargs, ctx = prepared
+        run.kind = kind
         ex = self._executors
-        mode = spec.executor or self.default_executor
-        if spec.cmd is not None:
-            run.kind = "cmd"
-            self._running[claim.handle] = run
-            ex.start_cmd(run, spec.cmd, spec.env, spec.cwd, timeout)
-        elif inspect.iscoroutinefunction(fn):
-            run.kind = "async"
-            self._running[claim.handle] = run
-            ex.start_async(run, fn, args, kwargs, ctx, timeout)
-        elif mode == "inline":
-            run.kind = "inline"
-            self._running[claim.handle] = run
+        if kind == "cmd":
+            ex.start_cmd(run, spec.cmd, spec.env, spec.cwd, spec.timeout_s)  # type: ignore[arg-type]
+        elif kind == "async":
+            self._drop_deadline(run)  # asyncio.wait_for enforces it
+            ex.start_async(run, fn, args, kwargs, ctx, spec.timeout_s)
+        elif kind == "inline":
             token = _current.set(ctx)
             try:
-                value = fn(*args, **kwargs)  # type: ignore[misc]
+                value = fn(*args, **kwargs)
             except Exception as exc:
                 return self._finish(run, False, describe(exc), now)
             finally:
                 _current.reset(token)
             return self._finish(run, True, value, self.clock.now())
+        elif kind == "process":
+            ex.start_process(run, fn, args, kwargs)
         else:
-            self._running[claim.handle] = run
-            if mode == "process":
-                run.kind = "process"
-                ex.start_process(run, fn, args, kwargs)  # type: ignore[arg-type]
-            else:
-                ex.start_sync(run, fn, args, kwargs, ctx)  # type: ignore[arg-type]
-            if timeout is not None:
-                run.deadline = now + timeout
-                heapq.heappush(self._deadlines, (run.deadline, claim.handle, id(run)))
+            ex.start_sync(run, fn, args, kwargs, ctx)
         return None
 
+    def _drop_deadline(self, run: Running) -> None:
+        run.deadline = None  # its heap entry no longer matches and is skipped when due
+
     # -- finishing tasks ------------------------------------------------------------------------
-    def _handle(self, msg: tuple[Any, ...], now: float) -> TaskResult | None:
+    def _handle(self, msg: tuple[Any, ...], now: float, out: list[TaskResult]) -> None:
         kind = msg[0]
         if isinstance(kind, Running):
             run, ok, value = msg
             if run.abandoned or self._running.get(run.claim.handle) is not run:
-                return None
+                return
             if not ok and value == "cancelled" and self._stopping:
                 self._release(run, now)
-                return None
-            return self._finish(run, ok, value, now)
-        if kind == "submit":
+                return
+            res = self._finish(run, ok, value, now)
+            if self._want:
+                out.append(res)
+        elif kind == "results":
+            out.extend(msg[1])
+        elif kind == "start":
+            self._pending_starts -= 1
+            res = self._start(msg[1], now)
+            if res is not None and self._want:
+                out.append(res)
+        elif kind == "submit":
             _, ctx, specs, box = msg
             try:
                 box.value = self.store.submit_children(ctx.claim, specs, now)
@@ -478,7 +647,6 @@ class Engine:
                 self._watchers.setdefault(task_id, []).append(box)
         elif kind == "stop":
             self._stopping = True
-        return None
 
     def _finish(self, run: Running, ok: bool, value: Any, now: float) -> TaskResult:
         claim = run.claim
@@ -545,7 +713,7 @@ class Engine:
         while dl and dl[0][0] <= now:
             _, handle, rid = heapq.heappop(dl)
             run = self._running.get(handle)
-            if run is None or id(run) != rid:
+            if run is None or id(run) != rid or run.deadline is None:
                 continue
             self._executors.cancel(run)
             if run.kind in ("thread", "process"):

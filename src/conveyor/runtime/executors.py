@@ -50,9 +50,14 @@ def describe(exc: BaseException) -> str:
 
 
 class Executors:
-    def __init__(self, slots: int, post: Post) -> None:
+    def __init__(
+        self, slots: int, post: Post, thread_done: Callable[..., Any] | None = None
+    ) -> None:
         self.slots = max(1, slots)
         self._post = post
+        # Called in the pool thread when a sync task ends; may hand back the next task to run
+        # in the same thread (the engine claims it there): (run, fn, args, kwargs, ctx) | None.
+        self._thread_done = thread_done or (lambda run, ok, value: post((run, ok, value)))
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._processes: concurrent.futures.ProcessPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -73,20 +78,28 @@ class Executors:
         self, run: Running, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         ctx: TaskContext,
     ) -> None:  # fmt: skip
-        post = self._post
+        run.future = self._pool().submit(self._thread_main, run, fn, args, kwargs, ctx)
 
-        def call() -> None:
+    def _thread_main(
+        self, run: Running, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        ctx: TaskContext,
+    ) -> None:  # fmt: skip
+        """Run a sync task, then whatever the engine hands back to run next in this thread."""
+        done = self._thread_done
+        while True:
             token = _current.set(ctx)
             try:
                 value = fn(*args, **kwargs)
+                ok = True
             except BaseException as exc:
-                post((run, False, describe(exc)))
-            else:
-                post((run, True, value))
+                value, ok = describe(exc), False
             finally:
                 _current.reset(token)
-
-        run.future = self._pool().submit(call)
+            nxt = done(run, ok, value)
+            if nxt is None:
+                return
+            run, fn, args, kwargs, ctx = nxt
+            run.kind = "thread"
 
     # -- async def ----------------------------------------------------------------------------
     def _event_loop(self) -> asyncio.AbstractEventLoop:
