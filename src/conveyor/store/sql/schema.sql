@@ -91,3 +91,25 @@ CREATE TABLE workers (
     state     TEXT NOT NULL,            -- alive | left | lost
     info      TEXT
 );
+
+-- migration: 2
+-- Fingerprints (issue 7, docs/incremental.md). One row per task submitted with fingerprints:
+-- the fingerprint the task is to run with, which is the one of its last successful run once it
+-- is done (open_graph writes it only for tasks that will run, or whose fingerprint did not
+-- change, and fences a running attempt whose fingerprint changed), and its parts as JSON
+-- ({"code", "args", "inputs": [[path, digest]], "parents": [[id, fp]]}) so that a plan can say
+-- what changed. Kept apart from tasks: the claim/complete path never reads it.
+CREATE TABLE fingerprints (
+    seq   {SEQ},
+    fp    TEXT NOT NULL,
+    parts TEXT NOT NULL
+);
+
+-- Content hashes of declared input files with the (mtime, size) they were read at: a file whose
+-- mtime and size did not change is not read again.
+CREATE TABLE file_hashes (
+    path     TEXT PRIMARY KEY,
+    mtime_ns BIGINT NOT NULL,
+    size     BIGINT NOT NULL,
+    digest   TEXT NOT NULL
+);
