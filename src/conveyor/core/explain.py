@@ -8,11 +8,11 @@ Reason codes (the ``why`` contract): ``waiting_on_parents``, ``retry_backoff``, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.core.admission import AdmissionQueue, Offer, Shape
+from conveyor.core.admission import AdmissionQueue, GroupInfo, Offer, Shape
 from conveyor.core.frontier import Frontier
 from conveyor.model import TaskState
 
@@ -63,59 +63,99 @@ def explain(
     if q is None:
         return _behind(f, i, key, [e for e in f._heap if f.state[e[2]] == TaskState.READY])
     shape = q.shapes[f.shape[i]]
-    group = q.groups[shape.group]
+    gang = f.gang_of.get(i)
+    view = None
+    if gang is not None:
+        view = GangView(gang, q.gang_size.get(gang, 0), len(q.gang_ready.get(gang, ())),
+                        gang in q.reservations, gang in q.released)  # fmt: skip
+    ep = shape.endpoint
+    return ready_reason(
+        tid, shape, q.groups, offers, gang=view,
+        endpoint_cap=None if ep is None else q.endpoint_caps.get(ep),
+        endpoint_running=0 if ep is None else q.endpoint_running.get(ep, 0),
+        has_ready=lambda g: _has_ready(f, q, g),
+        behind=lambda: _behind(
+            f, i, key, [e for e in q.heaps[f.shape[i]] if f.state[e[2]] == TaskState.READY]
+        ),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class GangView:
+    """What ``ready_reason`` needs to know of a task's gang."""
+
+    name: str
+    size: int
+    ready: int  # members ready now
+    reserved: bool = False
+    released: bool = False
+
+
+def ready_reason(
+    tid: str,
+    shape: Shape,
+    groups: Mapping[str, GroupInfo],
+    offers: Sequence[Offer],
+    *,
+    gang: GangView | None = None,
+    endpoint_cap: int | None = None,
+    endpoint_running: int = 0,
+    has_ready: Callable[[str], bool],
+    behind: Callable[[], Reason],
+) -> Reason:
+    """Why the ready task ``tid`` of ``shape`` has not started: fit, gang, endpoint, cap, fair
+    share, then key order (``behind()``). Shared by the memory and the SQL stores: it sees only
+    plain data. ``has_ready(group)`` says whether a group has ready work."""
+    group = groups[shape.group]
     if offers:
         fit = _fit_reason(tid, shape, offers)
         if fit is not None:
             return fit
-    gang = f.gang_of.get(i)
     if gang is not None:
-        ready = len(q.gang_ready.get(gang, ()))
-        size = q.gang_size.get(gang, 0)
-        if ready < size:
+        size = gang.size
+        if gang.ready < size:
             return Reason(
                 "gang_incomplete",
-                f"gang {gang}: {ready} of {size} members ready",
-                {"gang": gang, "need": size, "ready": ready},
+                f"gang {gang.name}: {gang.ready} of {size} members ready",
+                {"gang": gang.name, "need": size, "ready": gang.ready},
             )
         free = max((o.fit_count(shape) for o in offers), default=0)
         detail = {
-            "gang": gang,
+            "gang": gang.name,
             "need": size,
             "largest_free_set": free,
-            "reserved": gang in q.reservations,
-            "reservation_released": gang in q.released,
+            "reserved": gang.reserved,
+            "reservation_released": gang.released,
         }
-        msg = f"gang {gang} needs {size} matching free slots at once; largest free set is {free}"
-        if gang in q.released:
+        msg = (
+            f"gang {gang.name} needs {size} matching free slots at once; largest free set is {free}"
+        )
+        if gang.released:
             msg += " (its reservation timed out and was released)"
         return Reason("gang_incomplete", msg, detail)
     ep = shape.endpoint
-    if ep is not None and q.endpoint_running.get(ep, 0) >= q.endpoint_caps.get(ep, 1 << 30):
+    if ep is not None and endpoint_cap is not None and endpoint_running >= endpoint_cap:
         return Reason(
             "endpoint_limited",
-            f"endpoint {ep} allows {q.endpoint_caps[ep]} tasks now; "
-            f"{q.endpoint_running.get(ep, 0)} are running",
-            {"endpoint": ep, "task_cap": q.endpoint_caps[ep],
-             "running": q.endpoint_running.get(ep, 0)},
-        )  # fmt: skip
+            f"endpoint {ep} allows {endpoint_cap} tasks now; {endpoint_running} are running",
+            {"endpoint": ep, "task_cap": endpoint_cap, "running": endpoint_running},
+        )
     if group.cap is not None and group.running >= group.cap:
         return Reason(
             "group_cap",
             f"group {shape.group} is at its cap: {group.running}/{group.cap}",
             {"group": shape.group, "running": group.running, "cap": group.cap},
         )
-    ahead_groups = _groups_ahead(f, q, shape.group)
+    me = group.share()
+    ahead_groups = sorted(
+        g for g, info in groups.items() if g != shape.group and info.share() < me and has_ready(g)
+    )
     if ahead_groups:
         total = sum(o.capacity or o.slots for o in offers) if offers else None
-        weights = {g: q.groups[g].weight for g in (shape.group, *ahead_groups)}
+        weights = {g: groups[g].weight for g in (shape.group, *ahead_groups)}
         share = None
         if total:
-            share = (
-                total
-                * group.weight
-                / sum(q.groups[g].weight for g in q.groups if _has_ready(f, q, g))
-            )
+            share = total * group.weight / sum(groups[g].weight for g in groups if has_ready(g))
         return Reason(
             "fair_share",
             f"group {shape.group} runs {group.running} (fair share {_fmt(share)} slots); "
@@ -129,19 +169,21 @@ def explain(
                 "weights": weights,
             },
         )
-    entries = [e for e in q.heaps[f.shape[i]] if f.state[e[2]] == TaskState.READY]
-    return _behind(f, i, key, entries)
+    return behind()
+
+
+def behind_reason(tid: str, key: Sequence[int], ahead: int, first: str | None) -> Reason:
+    """``behind_higher_priority``: ``ahead`` tasks of its queue go first, ``first`` heads it."""
+    return Reason(
+        "behind_higher_priority",
+        f"{tid} is ready; {ahead} task(s) go first" + (f", the first {first}" if first else ""),
+        {"ahead": ahead, "first": first, "key": list(key)},
+    )
 
 
 def _behind(f: Frontier, i: int, key: tuple[int, int, int], entries: list[Any]) -> Reason:
     ahead = sorted(e[:3] for e in entries if e[:3] < key)
-    first = f.ids[ahead[0][2]] if ahead else None
-    return Reason(
-        "behind_higher_priority",
-        f"{f.ids[i]} is ready; {len(ahead)} task(s) go first"
-        + (f", the first {first}" if first else ""),
-        {"ahead": len(ahead), "first": first, "key": list(key)},
-    )
+    return behind_reason(f.ids[i], key, len(ahead), f.ids[ahead[0][2]] if ahead else None)
 
 
 def _fit_reason(tid: str, shape: Shape, offers: Sequence[Offer]) -> Reason | None:
@@ -175,15 +217,6 @@ def _fit_reason(tid: str, shape: Shape, offers: Sequence[Offer]) -> Reason | Non
                 code, f"{tid} needs {need}; most free is {free}", {"need": need, "free": free}
             )
     return None
-
-
-def _groups_ahead(f: Frontier, q: AdmissionQueue, group: str) -> list[str]:
-    me = q.groups[group].share()
-    return sorted(
-        g
-        for g, info in q.groups.items()
-        if g != group and info.share() < me and _has_ready(f, q, g)
-    )
 
 
 def _has_ready(f: Frontier, q: AdmissionQueue, group: str) -> bool:
