@@ -99,9 +99,12 @@ class Frontier:
             base, root = 0, self.roots_submitted + 1
         else:
             base, root = self.depth[submitter] + 1, self.root_seq[submitter]
-        lay = layout(
-            ids, parents, external_depth=external_depth if index else None, base_depth=base
-        )
+        if known_layout is not None and not index and submitter is None:
+            lay = known_layout  # validated by the caller: same ids, same parents, no others
+        else:
+            lay = layout(
+                ids, parents, external_depth=external_depth if index else None, base_depth=base
+            )
         if submitter is None:
             self.roots_submitted = root
         n = len(ids)

@@ -7,7 +7,6 @@ finished the work; the engine's loop is the only reader of those messages.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
 import shlex
@@ -17,10 +16,13 @@ import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.runtime.context import TaskContext, _current
 from conveyor.store.base import Claim
+
+if TYPE_CHECKING:
+    import asyncio
 
 Post = Callable[[tuple[Any, ...]], None]
 
@@ -103,6 +105,8 @@ class Executors:
 
     # -- async def ----------------------------------------------------------------------------
     def _event_loop(self) -> asyncio.AbstractEventLoop:
+        import asyncio  # only runs with async tasks pay for importing asyncio
+
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
@@ -125,6 +129,8 @@ class Executors:
         self, run: Running, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         ctx: TaskContext, timeout: float | None,
     ) -> None:  # fmt: skip
+        import asyncio
+
         post = self._post
 
         async def call() -> None:
