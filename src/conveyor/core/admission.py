@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +180,63 @@ class Pick:
     group: str
 
 
+def needs_admission(tasks: Iterable[Any], groups: Mapping[str, Any]) -> bool:
+    """Whether a graph needs admission at all: declared groups, or a task with a group other
+    than ``default``, resources, labels, a gang or an endpoint. Plain graphs keep the
+    depth-first fast path."""
+    return bool(groups) or any(
+        t.group != "default" or t.resources or t.labels or t.gang or t.endpoint for t in tasks
+    )
+
+
+def plan_admission(
+    tasks: Sequence[Any], cap_of: Callable[[str], int | None]
+) -> tuple[list[Shape], dict[int, str], dict[str, int]]:
+    """The shape of each task (``TaskSpec``-like), the gang of each gang member (by position)
+    and each gang's size; refuses bad input with ``GraphError``: an unknown label operator, an
+    ordered comparison on a string, a gang whose members ask different shapes, whose declared
+    size disagrees with its member count, or larger than its group's cap (``cap_of(group)``).
+    Shared by every store, so that a graph is refused the same way wherever it is submitted."""
+    cache: dict[tuple[Any, ...], Shape] = {}
+    shapes: list[Shape] = []
+    gangs: dict[int, str] = {}
+    sizes: dict[str, int] = {}
+    declared: dict[str, int | None] = {}
+    gang_shape: dict[str, tuple[Shape, str]] = {}
+    for k, t in enumerate(tasks):
+        sig = (t.group, tuple(sorted(t.resources.items())), repr(sorted(t.labels.items())),
+               t.endpoint)  # fmt: skip
+        shape = cache.get(sig)
+        if shape is None:
+            try:
+                shape = Shape.of(t.group, t.resources, t.labels, t.endpoint)
+            except GraphError as exc:
+                raise GraphError(f"task {t.id!r}: {exc}") from None
+            cache[sig] = shape
+        shapes.append(shape)
+        if t.gang:
+            gangs[k] = t.gang
+            sizes[t.gang] = sizes.get(t.gang, 0) + 1
+            declared.setdefault(t.gang, t.gang_size)
+            first = gang_shape.setdefault(t.gang, (shape, t.id))
+            if first[0] != shape:  # one decision places a gang: one shape must fit them all
+                raise GraphError(
+                    f"gang {t.gang!r}: task {t.id!r} asks a different group, resources or "
+                    f"labels than {first[1]!r}; members of a gang must ask the same"
+                )
+    for gang, n in sizes.items():
+        size = declared[gang] or n
+        if size != n:
+            raise GraphError(f"gang {gang!r} declares size {size} but has {n} tasks")
+        group = gang_shape[gang][0].group
+        cap = cap_of(group)
+        if cap is not None and cap < size:
+            raise GraphError(
+                f"gang {gang!r} needs {size} slots at once but group {group!r} is capped at {cap}"
+            )
+    return shapes, gangs, sizes
+
+
 class AdmissionQueue:
     """Ready tasks bucketed by shape, each bucket a depth-first heap. Pure: no clock, no I/O.
 
@@ -216,6 +273,15 @@ class AdmissionQueue:
             self.shape_ids[shape] = sid
             self.heaps.append([])
             self.groups.setdefault(shape.group, GroupInfo())
+        return sid
+
+    def add_bucket(self, shape: Shape) -> int:
+        """A new bucket for ``shape`` even when an equal shape has one (a durable store keeps
+        each gang in a bucket of its own)."""
+        sid = len(self.shapes)
+        self.shapes.append(shape)
+        self.heaps.append([])
+        self.groups.setdefault(shape.group, GroupInfo())
         return sid
 
     def declare_gang(self, gang: str, size: int) -> None:

@@ -10,7 +10,14 @@ import time
 from typing import Any
 
 from conveyor.bulk import paused_gc
-from conveyor.core.admission import AdmissionQueue, GroupInfo, Offer, Shape
+from conveyor.core.admission import (
+    AdmissionQueue,
+    GroupInfo,
+    Offer,
+    Shape,
+    needs_admission,
+    plan_admission,
+)
 from conveyor.core.frontier import DONE, FAILED, READY, RUNNING, Frontier
 from conveyor.errors import GraphError, GraphMismatchError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
@@ -83,57 +90,16 @@ class MemoryStore(Store):
         (a group other than default, resources, labels, a gang, or declared groups)."""
         f = self.frontier
         if f.queue is None:
-            needs = bool(self.groups) or any(
-                t.group != "default" or t.resources or t.labels or t.gang or t.endpoint
-                for t in tasks
-            )
-            if not needs:
+            if not needs_admission(tasks, self.groups):
                 return None, {}
             queue = AdmissionQueue(self.groups, gang_wait_s=self.gang_wait_s)
             self.groups = queue.groups
             f.enable_admission(queue, queue.shape_id(Shape("default")))
         q = f.queue
         assert q is not None
-        cache: dict[tuple[Any, ...], int] = {}
-        shapes = []
-        gangs: dict[int, str] = {}
-        sizes: dict[str, int] = {}
-        gang_shape: dict[str, tuple[int, str]] = {}
-        for k, t in enumerate(tasks):
-            sig = (
-                t.group,
-                tuple(sorted(t.resources.items())),
-                repr(sorted(t.labels.items())),
-                t.endpoint,
-            )
-            sid = cache.get(sig)
-            if sid is None:
-                try:
-                    sid = q.shape_id(Shape.of(t.group, t.resources, t.labels, t.endpoint))
-                except GraphError as exc:
-                    raise GraphError(f"task {t.id!r}: {exc}") from None
-                cache[sig] = sid
-            shapes.append(sid)
-            if t.gang:
-                gangs[k] = t.gang
-                sizes[t.gang] = sizes.get(t.gang, 0) + 1
-                first = gang_shape.setdefault(t.gang, (sid, t.id))
-                if first[0] != sid:  # one decision places a gang: one shape must fit them all
-                    raise GraphError(
-                        f"gang {t.gang!r}: task {t.id!r} asks a different group, resources or "
-                        f"labels than {first[1]!r}; members of a gang must ask the same"
-                    )
-        for gang, n in sizes.items():
-            size = next(t.gang_size for t in tasks if t.gang == gang) or n
-            if size != n:
-                raise GraphError(f"gang {gang!r} declares size {size} but has {n} tasks")
-            group = next(t.group for t in tasks if t.gang == gang)
-            cap = self.groups.get(group, GroupInfo()).cap
-            if cap is not None and cap < size:
-                raise GraphError(
-                    f"gang {gang!r} needs {size} slots at once but group {group!r} is capped "
-                    f"at {cap}"
-                )
+        planned, gangs, sizes = plan_admission(tasks, lambda g: self.groups.get(g, GroupInfo()).cap)
+        shapes = [q.shape_id(shape) for shape in planned]
+        for gang, size in sizes.items():
             q.declare_gang(gang, size)
         return shapes, gangs
 
