@@ -248,13 +248,14 @@ def _engine(graph: Any, opts: dict[str, Any]) -> tuple[Any, GraphSpec, list[Any]
     store = opts.pop("store", None)
     db = opts.pop("db", None)
     replace = opts.pop("replace", False)
+    fingerprints = opts.pop("fingerprints", True)
     if store is None:
         store = open_store(db, emit=emit)
     elif emit is not None:
         store.emit = emit
     import time
 
-    store.open_graph(spec, time.time(), replace=replace)
+    store.open_graph(spec, time.time(), replace=replace, fingerprints=fingerprints)
     functions = {t.id: t for t in spec.tasks if callable(t.fn)}
     engine = Engine(store, functions=functions, emit=emit, **opts)
     if not store.shared:
@@ -267,7 +268,9 @@ def run(graph: Any, **options: Any) -> RunResult:
 
     Options: ``workers`` (default 4), ``db`` (store URL, default in memory), ``events`` (a
     JSONL path), ``fail_fast``, ``retry`` (a ``RetryPolicy``), ``executor`` ("inline",
-    "thread", "process"), ``on_result`` (called with each ``TaskResult`` as it finishes).
+    "thread", "process"), ``on_result`` (called with each ``TaskResult`` as it finishes),
+    ``fingerprints`` (default ``True``: with a durable ``db``, a second run of the same graph
+    runs only what changed and its downstream; docs/incremental.md).
     """
     engine, spec, closers = _engine(graph, dict(options))
     try:

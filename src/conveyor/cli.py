@@ -68,6 +68,13 @@ def run(
     labels: Annotated[
         str | None, typer.Option("--labels", help="Labels of this worker: gpu=a100,zone=a")
     ] = None,
+    no_fingerprints: Annotated[
+        bool,
+        typer.Option(
+            "--no-fingerprints",
+            help="With --db: resume runs only unfinished tasks (no re-run of what changed).",
+        ),
+    ] = False,
 ) -> None:
     """Run a graph file to the end, with a progress bar."""
     from conveyor.events import JsonlSink
@@ -81,7 +88,9 @@ def run(
         spec = load_graph_file(file)
         sink = JsonlSink(events) if events is not None else None
         store = open_store(db, emit=sink)
-        opened = store.open_graph(spec, time.time(), replace=replace)
+        opened = store.open_graph(
+            spec, time.time(), replace=replace, fingerprints=not no_fingerprints
+        )
         progress = make_progress(opened.unfinished, quiet=quiet)
         t0 = time.monotonic()
 

@@ -51,6 +51,18 @@ def parse_pairs(text: str | None, what: str, number: bool) -> dict[str, Any]:
     return out
 
 
+def _why(d: Any) -> str:
+    """A plan decision's reason with what changed: which files, which parents."""
+    if d.action == "reuse":
+        return ""
+    what = d.detail.get("files") or d.detail.get("parents")
+    if what:
+        return f"{d.reason}: {', '.join(what)}"
+    if "state" in d.detail:
+        return f"{d.reason} (was {d.detail['state']})"
+    return str(d.reason)
+
+
 def worker_name() -> str:
     import socket
 
@@ -69,14 +81,20 @@ def register(
         replace: Annotated[
             bool, typer.Option("--replace", help="Discard another graph's unfinished work.")
         ] = False,
+        no_fingerprints: Annotated[
+            bool,
+            typer.Option("--no-fingerprints", help="Resume adds new tasks only (no re-runs)."),
+        ] = False,
     ) -> None:
-        """Put a graph into a durable store for `conveyor worker`s to run (resumes the same
-        graph: only new tasks are added)."""
+        """Put a graph into a durable store for `conveyor worker`s to run. The same graph
+        again resumes it: what changed and its downstream run again (docs/incremental.md)."""
         with user_errors():
             spec = load_graph_file(file)
             store = _open(db)
             try:
-                opened = store.open_graph(spec, time.time(), replace=replace)
+                opened = store.open_graph(
+                    spec, time.time(), replace=replace, fingerprints=not no_fingerprints
+                )
                 store._atomic(
                     lambda tx: tx.run("meta_set", key="graph_dir", value=str(file.resolve().parent))
                 )
@@ -88,6 +106,47 @@ def register(
             f"{opened.unfinished} unfinished",
             err=True,
         )
+
+    @app.command()
+    def plan(
+        file: Annotated[Path, typer.Argument(help="Graph file (.json, .yaml).")],
+        db: DbRequired,
+        as_json: AsJson = False,
+    ) -> None:
+        """Dry run: what `run`/`submit` of FILE against --db would run again, and why (or reuse).
+        Changes nothing in the store."""
+        with user_errors():
+            spec = load_graph_file(file)
+            store = _open(db)
+            try:
+                held = store.graph_name()
+                decisions = store.plan_graph(spec)
+            finally:
+                store.close()
+        run = [d for d in decisions if d.action == "run"]
+        reasons: dict[str, int] = {}
+        for d in run:
+            reasons[d.reason] = reasons.get(d.reason, 0) + 1
+        if as_json:
+            typer.echo(json.dumps({
+                "graph": spec.name, "store_graph": held,
+                "tasks": [{"task": d.task, "action": d.action, "reason": d.reason, **d.detail}
+                          for d in decisions],
+                "summary": {"run": len(run), "reuse": len(decisions) - len(run),
+                            "reasons": reasons},
+            }, indent=2))  # fmt: skip
+            return
+        if held != spec.name:
+            note = "holds no graph" if held is None else f"holds graph {held!r}, not"
+            typer.echo(f"{db} {note} {spec.name!r}: every task is new")
+        width = max((len(d.task) for d in decisions), default=0)
+        for d in decisions:
+            typer.echo(f"  {d.action:<5}  {d.task:<{width}}  {_why(d)}".rstrip())
+        parts = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        typer.echo(
+            f"plan: {len(run)} to run" + (f" ({parts})" if parts else "")
+            + f", {len(decisions) - len(run)} reused"
+        )  # fmt: skip
 
     @app.command()
     def worker(

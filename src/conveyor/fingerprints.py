@@ -61,7 +61,7 @@ class CodeHashes:
             return digest(canonical(("cmd", spec.cmd)))
         target = fn if fn is not None else spec.fn
         if target is None:
-            return digest(b"noop")
+            return _NOOP
         if isinstance(target, str):
             key: Any = target
             if key in self._cache:
@@ -123,7 +123,13 @@ def _names(code: types.CodeType) -> set[str]:
     return out
 
 
+_NO_ARGS = digest(canonical(((), {})))
+_NOOP = digest(b"noop")
+
+
 def args_digest(spec: TaskSpec) -> str:
+    if not spec.args and not spec.kwargs:
+        return _NO_ARGS  # most tasks of big graphs: no canonical encoding, no hashing
     return digest(canonical((spec.args, spec.kwargs)))
 
 
@@ -137,20 +143,29 @@ def graph_parts(
     files = files if files is not None else FileHashes()
     code = CodeHashes()
     tasks = spec.tasks
-    lay = layout([t.id for t in tasks], [t.deps for t in tasks])
+    lay = spec.layout
+    if lay is None or len(lay.depth) != len(tasks):
+        lay = layout([t.id for t in tasks], [t.deps for t in tasks])
     order = sorted(range(len(tasks)), key=lay.depth.__getitem__)
     out: dict[str, Parts] = {}
+    fps: dict[str, str] = {}
     fns = functions or {}
+    make = Parts.make
     for i in order:
         t = tasks[i]
         try:
             c = code.of_spec(t, fns.get(t.id))
-            a = args_digest(t)
         except GraphError as exc:
             raise GraphError(f"task {t.id!r}: {exc}") from None
-        ins = [(p, files.digest(p)) for p in t.inputs]
-        ps = [(d, out[d].fingerprint) for d in t.deps]
-        out[t.id] = Parts.make(c, a, ins, ps)
+        try:
+            a = args_digest(t)
+        except GraphError:
+            # Not plain data: no stable digest, so the task counts as changed every time.
+            a = "volatile:" + os.urandom(8).hex()
+        ins = [(p, files.digest(p)) for p in t.inputs] if t.inputs else ()
+        p = make(c, a, ins, [(d, fps[d]) for d in t.deps])
+        out[t.id] = p
+        fps[t.id] = p.fingerprint
     return out
 
 
@@ -167,6 +182,13 @@ def plan(
 ) -> tuple[list[Decision], dict[str, Parts]]:
     """What would run and why, per task, in graph order; and the new fingerprint parts."""
     parts = graph_parts(spec, files=files, functions=functions)
+    return decide_all(spec, parts, stored), parts
+
+
+def decide_all(
+    spec: GraphSpec, parts: Mapping[str, Parts], stored: Mapping[str, Stored]
+) -> list[Decision]:
+    """``decide`` for every task in graph order; declared outputs of done tasks are checked."""
     decisions = []
     for t in spec.tasks:
         old = stored.get(t.id)
@@ -175,4 +197,4 @@ def plan(
             if miss:
                 old = Stored(old.state, old.parts, miss)
         decisions.append(decide(t.id, parts[t.id], old, cache=t.cache))
-    return decisions, parts
+    return decisions

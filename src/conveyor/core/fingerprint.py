@@ -106,8 +106,32 @@ class Parts:
     ) -> Parts:
         ins = tuple(sorted(inputs))
         ps = tuple(sorted(parents))
-        fp = digest(canonical(("conveyor-fp-1", code, args, ins, ps)))
+        try:  # the same bytes as canonical(...), built directly: ~10x faster for big graphs
+            data = b"".join((
+                _FP_HEAD, _str(code), _str(args), _pairs(ins), _pairs(ps)
+            ))  # fmt: skip
+        except (AttributeError, TypeError, ValueError):
+            data = canonical(("conveyor-fp-1", code, args, ins, ps))
+        fp = digest(data)
         return cls(code, args, ins, ps, fp)
+
+
+def _str(x: str) -> bytes:
+    b = x.encode("utf-8")
+    return b"s%d\x1f%b" % (len(b), b)
+
+
+def _pairs(pairs: tuple[tuple[str, str], ...]) -> bytes:
+    out = [b"t%d\x1f" % len(pairs)]
+    for pair in pairs:
+        a, b = pair  # ValueError for anything but a pair
+        if type(pair) is not tuple or type(a) is not str or type(b) is not str:
+            raise TypeError
+        out.append(b"t2\x1f" + _str(a) + _str(b))
+    return b"".join(out)
+
+
+_FP_HEAD = b"t5\x1f" + _str("conveyor-fp-1")
 
 
 @dataclass(frozen=True, slots=True)

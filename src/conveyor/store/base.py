@@ -14,6 +14,7 @@ Rules every store follows (checked by ``tests/test_store_contract.py`` on every 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,8 +58,18 @@ class Store(abc.ABC):
 
     # -- graphs and tasks ------------------------------------------------------------------
     @abc.abstractmethod
-    def open_graph(self, graph: GraphSpec, now: float, *, replace: bool = False) -> OpenedGraph:
-        """Submit ``graph``, or resume it when the store holds the same name."""
+    def open_graph(
+        self,
+        graph: GraphSpec,
+        now: float,
+        *,
+        replace: bool = False,
+        fingerprints: bool = True,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
+    ) -> OpenedGraph:
+        """Submit ``graph``, or resume it when the store holds the same name. With
+        ``fingerprints`` (durable stores; docs/incremental.md) a resume also runs again what
+        changed and its downstream; ``functions`` are the callables of tasks by id."""
 
     @abc.abstractmethod
     def submit_children(self, parent: Claim, tasks: list[TaskSpec], now: float) -> list[str]:

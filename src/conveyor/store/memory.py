@@ -49,7 +49,10 @@ class MemoryStore(Store):
             self._audit = {}
 
     # -- graphs ---------------------------------------------------------------------------------
-    def open_graph(self, graph: GraphSpec, now: float, *, replace: bool = False) -> OpenedGraph:
+    def open_graph(
+        self, graph: GraphSpec, now: float, *, replace: bool = False, **_fingerprints: Any
+    ) -> OpenedGraph:
+        # One process, one run: nothing to resume, so fingerprints have nothing to compare.
         if graph.name in self.graph_names:
             raise GraphMismatchError(f"graph {graph.name!r} was already submitted to this store")
         for name, g in graph.groups.items():

@@ -151,11 +151,17 @@ class PostgresStore(SqlStore):
     def _lock_graph(self, tx: Tx) -> None:
         tx.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
 
+    def _lock_tasks(self, tx: Tx) -> None:
+        # A resume with fingerprints rewrites states it read: workers' transitions wait for it
+        # (they take ROW EXCLUSIVE; SKIP LOCKED reads do not block, their updates do).
+        tx.conn.execute("LOCK TABLE tasks IN SHARE ROW EXCLUSIVE MODE")
+
     def _insert_rows(self, tx: Tx, name: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         # COPY is ~10x faster than row inserts for a big submission.
-        table = {"insert_task": "tasks", "insert_spec": "specs", "insert_edge": "edges"}.get(name)
+        table = {"insert_task": "tasks", "insert_spec": "specs", "insert_edge": "edges",
+                 "fp_insert": "fingerprints"}.get(name)  # fmt: skip
         if table is None:
             tx.conn.executemany(self.queries[name], rows)
             return

@@ -17,7 +17,7 @@ import os
 import re
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from functools import cache
 from pathlib import Path
@@ -29,6 +29,7 @@ from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
 from conveyor.store.base import Claim, OpenedGraph, Store
 from conveyor.store.codec import ResultCodec, ResultError, decode_spec, encode_spec
 from conveyor.store.sqladmin import SqlAdmin
+from conveyor.store.sqlfp import SqlFingerprints
 
 T = TypeVar("T")
 
@@ -181,7 +182,7 @@ def _pid_alive(pid: int) -> bool:
 HOST = socket.gethostname()
 
 
-class SqlStore(SqlAdmin, Store):
+class SqlStore(SqlFingerprints, SqlAdmin, Store):
     """The shared logic; subclasses supply the connection and the dialect."""
 
     shared = True
@@ -304,7 +305,18 @@ class SqlStore(SqlAdmin, Store):
     def graph_name(self) -> str | None:
         return self._scalar("meta_get", key="graph")  # type: ignore[no-any-return]
 
-    def open_graph(self, graph: GraphSpec, now: float, *, replace: bool = False) -> OpenedGraph:
+    def open_graph(
+        self,
+        graph: GraphSpec,
+        now: float,
+        *,
+        replace: bool = False,
+        fingerprints: bool = True,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
+    ) -> OpenedGraph:
+        # Fingerprints (sqlfp.py): computed before the transaction; a resume applies them.
+        parts, file_rows = self.fingerprint_parts(graph, functions) if fingerprints else (None, [])
+
         def op(tx: Tx) -> OpenedGraph:
             self._lock_graph(tx)
             name = tx.scalar("meta_get", key="graph")
@@ -317,11 +329,16 @@ class SqlStore(SqlAdmin, Store):
                     )
                 for table in ("tasks", "specs", "results", "edges", "audit", "workers"):
                     tx.run("wipe_" + table)
+                tx.run("wipe_fingerprints")
                 name = None
             existing: dict[str, tuple[int, int, int]] = {}
+            edge_changes: list[Any] = []
             if name is None:
                 tx.run("meta_set", key="graph", value=graph.name)
                 roots = 0
+            elif parts is not None:
+                existing, edge_changes = self._fp_resume(tx, graph, parts, now)
+                roots = int(tx.scalar("meta_get", key="roots") or 0)
             else:
                 existing = {r[0]: (r[1], r[2], r[3]) for r in tx.rows("all_task_keys")}
                 roots = int(tx.scalar("meta_get", key="roots") or 0)
@@ -329,8 +346,14 @@ class SqlStore(SqlAdmin, Store):
             if new:
                 roots += 1
                 tx.run("meta_set", key="roots", value=str(roots))
+                first = int(tx.scalar("max_seq")) + 1
                 self._insert(tx, new, existing.get, 0, roots, now)
                 tx.notify = True
+                if parts is not None:
+                    self._fp_insert(tx, {t.id: first + i for i, t in enumerate(new)}, parts)
+            if parts is not None:
+                self._fp_edges(tx, edge_changes)
+                self._fp_save_files(tx, file_rows)
             return OpenedGraph(graph.name, len(new), name is not None, tx.scalar("unfinished"))
 
         opened = self._atomic(op)

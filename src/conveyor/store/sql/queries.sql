@@ -72,6 +72,56 @@ DELETE FROM workers;
 DELETE FROM specs;
 -- name: wipe_results
 DELETE FROM results;
+-- name: wipe_fingerprints
+DELETE FROM fingerprints;
+
+-- Fingerprints (schema migration 2; sqlfp.py): open_graph and plan only, never the claim or
+-- complete path. A resume reads every task's fingerprint once; the rest is O(changed).
+-- name: fp_all
+SELECT t.id, t.seq, t.state, t.neg_depth, f.fp
+FROM tasks t LEFT JOIN fingerprints f ON f.seq = t.seq;
+
+-- name: fp_parts_of
+SELECT seq, fp, parts FROM fingerprints WHERE seq IN (SELECT value FROM json_each(:seqs));
+
+-- name: fp_parts_of@postgres
+SELECT seq, fp, parts FROM fingerprints WHERE seq = ANY(:seqs);
+
+-- name: fp_insert
+INSERT INTO fingerprints (seq, fp, parts) VALUES (:seq, :fp, :parts);
+
+-- name: fp_set
+INSERT INTO fingerprints (seq, fp, parts) VALUES (:seq, :fp, :parts)
+ON CONFLICT (seq) DO UPDATE SET fp = excluded.fp, parts = excluded.parts;
+
+-- name: fp_file_hashes
+SELECT path, mtime_ns, size, digest FROM file_hashes;
+
+-- name: fp_file_hash_set
+INSERT INTO file_hashes (path, mtime_ns, size, digest) VALUES (:path, :mtime_ns, :size, :digest)
+ON CONFLICT (path) DO UPDATE
+SET mtime_ns = excluded.mtime_ns, size = excluded.size, digest = excluded.digest;
+
+-- A done, failed (fence = 0, a fresh retry budget) or running task runs again: fence = 1 takes
+-- a running attempt's lease over, so that its completion is refused (and does not count).
+-- name: fp_set_task
+UPDATE tasks
+SET state = :state, waiting = :waiting, token = token + :fence,
+    attempt = CASE WHEN :fence = 1 THEN attempt - 1 ELSE 0 END,
+    lost = 0, error = NULL, not_before = NULL, worker = NULL, lease_until = NULL, updated = :now
+WHERE seq = :seq;
+
+-- name: fp_set_waiting
+UPDATE tasks SET state = :state, waiting = :waiting, updated = :now WHERE seq = :seq;
+
+-- name: fp_update_spec
+UPDATE specs SET spec = :spec WHERE seq = :seq;
+
+-- name: fp_seq_of
+SELECT seq FROM tasks WHERE id = :id;
+
+-- name: fp_delete_edge
+DELETE FROM edges WHERE parent = :parent AND child = :child;
 
 -- The claim: retries that came due go back to ready, then the best ready keys are taken.
 -- name: due_retries
@@ -151,11 +201,12 @@ ON CONFLICT (seq) DO UPDATE SET kind = excluded.kind, data = excluded.data;
 -- name: drop_result
 DELETE FROM results WHERE seq = :seq;
 
--- O(fan-out): the finished task's children lose one waiting parent; at zero they are ready.
+-- O(fan-out): the finished task's children lose one waiting parent; at zero they are ready
+-- (pending ones, and invalidated ones: done before, waiting to run again).
 -- name: release_children
 UPDATE tasks
 SET waiting = waiting - 1,
-    state = CASE WHEN waiting = 1 AND state = 0 THEN 1 ELSE state END
+    state = CASE WHEN waiting = 1 AND state IN (0, 8) THEN 1 ELSE state END
 WHERE seq IN (SELECT child FROM edges WHERE parent = :seq)
 RETURNING id, state, waiting;
 
@@ -168,7 +219,7 @@ WITH kids AS (
 )
 UPDATE tasks
 SET waiting = waiting - 1,
-    state = CASE WHEN waiting = 1 AND state = 0 THEN 1 ELSE state END
+    state = CASE WHEN waiting = 1 AND state IN (0, 8) THEN 1 ELSE state END
 WHERE seq IN (SELECT seq FROM kids)
 RETURNING id, state, waiting;
 
@@ -185,7 +236,7 @@ WHERE seq = ANY(:seqs) AND state = 2;
 -- name: release_children_of
 UPDATE tasks
 SET waiting = waiting - d.n,
-    state = CASE WHEN waiting = d.n AND state = 0 THEN 1 ELSE state END
+    state = CASE WHEN waiting = d.n AND state IN (0, 8) THEN 1 ELSE state END
 FROM (SELECT child, count(*) AS n FROM edges
       WHERE parent IN (SELECT value FROM json_each(:seqs)) GROUP BY child) AS d
 WHERE tasks.seq = d.child
@@ -196,7 +247,7 @@ WITH d AS (SELECT child, count(*) AS n FROM edges WHERE parent = ANY(:seqs) GROU
      kids AS (SELECT t.seq FROM tasks t JOIN d ON t.seq = d.child ORDER BY t.seq FOR UPDATE OF t)
 UPDATE tasks
 SET waiting = waiting - d.n,
-    state = CASE WHEN waiting = d.n AND state = 0 THEN 1 ELSE state END
+    state = CASE WHEN waiting = d.n AND state IN (0, 8) THEN 1 ELSE state END
 FROM d
 WHERE tasks.seq = d.child AND tasks.seq IN (SELECT seq FROM kids)
 RETURNING tasks.id, tasks.state, tasks.waiting;

@@ -1,0 +1,282 @@
+"""Fingerprints in the SQL stores (issue 7, docs/incremental.md): a mixin of ``SqlStore``.
+
+``open_graph`` of a graph the store already holds calls ``_fp_resume`` inside its transaction:
+the new spec's fingerprint parts (computed before the transaction, O(V + E) in Python) are
+compared with what the store remembers, and only what changed is written:
+
+- a done task whose decision is ``run`` becomes ``invalidated`` (an audit row with the old and
+  new fingerprint and the reason), ready at once when its parents are all done;
+- a running task whose fingerprint changed is fenced (its lease generation moves on, so the
+  stale attempt's completion is refused) and invalidated the same way;
+- failed, skipped and cancelled tasks run again (``failed_before``);
+- unfinished tasks get the new fingerprint, and their waiting counts are recomputed when a
+  parent stopped being done.
+
+The stored fingerprint of a task is the one it is to run with; once the task is done it is the
+one of its last successful run, because it is written only for tasks that will run or whose
+fingerprint did not change, and a running attempt it no longer describes is fenced. So the
+claim/complete path never reads or writes fingerprints, and a completion costs nothing more.
+
+None of this runs on the claim path. The work in the store is O(changed + their edges), plus
+one read of every task's (id, state, fingerprint) to compare.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from conveyor.core.fingerprint import Decision, Parts, Stored, decide
+from conveyor.fingerprints import FileHashes, decide_all, graph_parts
+from conveyor.model import GraphSpec, TaskState
+from conveyor.store.codec import encode_spec
+
+if TYPE_CHECKING:
+    from conveyor.store.sqlbase import Tx
+
+PENDING, READY, RUNNING, DONE = 0, 1, 2, 3
+INVALIDATED, RETRY_WAIT = 8, 6
+_DEAD = (4, 5, 7)  # failed, skipped, cancelled
+_LABELS = [s.label for s in TaskState]
+
+
+def parts_json(p: Parts) -> str:
+    return json.dumps(
+        {"code": p.code, "args": p.args, "inputs": p.inputs, "parents": p.parents},
+        separators=(",", ":"),
+    )
+
+
+def parts_from_json(fp: str, text: str) -> Parts:
+    d = json.loads(text)
+    return Parts(
+        d["code"], d["args"], tuple(tuple(x) for x in d["inputs"]),
+        tuple(tuple(x) for x in d["parents"]), fp,
+    )  # type: ignore[arg-type]  # fmt: skip
+
+
+class SqlFingerprints:
+    """Plan and incremental resume over the ``fingerprints`` and ``file_hashes`` tables."""
+
+    if TYPE_CHECKING:
+        queries: dict[str, str]
+
+        def _read(self, name: str, /, **params: Any) -> list[Any]: ...
+        def _list(self, values: list[Any]) -> Any: ...
+        def _insert_rows(self, tx: Tx, name: str, rows: list[dict[str, Any]]) -> None: ...
+        def graph_name(self) -> str | None: ...
+
+    def _lock_tasks(self, tx: Tx) -> None:
+        """Hold off workers' transitions while a resume rewrites states (PostgreSQL: a table
+        lock; SQLite's writer lock already does)."""
+
+    # -- computing ------------------------------------------------------------------------------
+    def fingerprint_parts(
+        self, graph: GraphSpec, functions: Mapping[str, Callable[..., Any]] | None = None
+    ) -> tuple[dict[str, Parts], list[dict[str, Any]]]:
+        """Every task's fingerprint parts, with the store's remembered file hashes (files whose
+        mtime and size did not change are not read), and the file hash rows to save. Outside
+        any transaction."""
+        known = {p: (int(m), int(s), d) for p, m, s, d in self._read("fp_file_hashes")}
+        files = FileHashes(dict(known))
+        parts = graph_parts(graph, files=files, functions=functions)
+        rows = [
+            {"path": p, "mtime_ns": e[0], "size": e[1], "digest": e[2]}
+            for p, e in files.entries.items()
+            if known.get(p) != e
+        ]
+        return parts, rows
+
+    def _stored(
+        self, rows: list[Any], graph: GraphSpec, parts: dict[str, Parts], fetch: Any
+    ) -> dict[str, Stored]:
+        """What the store remembers of ``graph``'s tasks, from ``fp_all`` rows. Parts are read
+        only for done tasks whose fingerprint differs (to say what changed)."""
+        by_id = {r[0]: r for r in rows}
+        stored: dict[str, Stored] = {}
+        differ: dict[int, str] = {}
+        for t in graph.tasks:
+            r = by_id.get(t.id)
+            if r is None:
+                continue
+            _id, seq, state, _nd, fp = r
+            new = parts[t.id]
+            if fp is None:
+                p = None
+            elif fp == new.fingerprint:
+                p = new
+            else:
+                p = None
+                if state in (DONE, RUNNING):
+                    differ[seq] = t.id
+            stored[t.id] = Stored(_LABELS[state], p)
+        if differ:
+            for seq, fp, text in fetch("fp_parts_of", seqs=self._list(sorted(differ))):
+                tid = differ[seq]
+                stored[tid] = Stored(stored[tid].state, parts_from_json(fp, text))
+        return stored
+
+    def plan_graph(
+        self, graph: GraphSpec, functions: Mapping[str, Callable[..., Any]] | None = None
+    ) -> list[Decision]:
+        """What ``open_graph`` would run again and why, per task in graph order. Changes
+        nothing (the file hashes it computes are not saved)."""
+        parts, _files = self.fingerprint_parts(graph, functions)
+        if self.graph_name() != graph.name:
+            stored: dict[str, Stored] = {}
+        else:
+            stored = self._stored(self._read("fp_all"), graph, parts, self._read)
+        return decide_all(graph, parts, stored)
+
+    # -- resuming -------------------------------------------------------------------------------
+    def _fp_save_files(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            tx.conn.executemany(self.queries["fp_file_hash_set"], rows)
+
+    def _fp_insert(self, tx: Tx, seq_of: Mapping[str, int], parts: dict[str, Parts]) -> None:
+        """Fingerprint rows of newly inserted tasks."""
+        rows = [
+            {"seq": seq, "fp": parts[tid].fingerprint, "parts": parts_json(parts[tid])}
+            for tid, seq in seq_of.items()
+        ]
+        if rows:
+            self._insert_rows(tx, "fp_insert", rows)
+
+    def _fp_resume(
+        self, tx: Tx, graph: GraphSpec, parts: dict[str, Parts], now: float
+    ) -> tuple[dict[str, tuple[int, int, int]], list[tuple[str, list[str], list[str]]]]:
+        """Apply the plan to the tasks the store holds; returns ``{id: (seq, state,
+        neg_depth)}`` of every task after it (for inserting the new ones), and the parents
+        gone and added of tasks whose parents changed (for ``_fp_edges``, after the insert)."""
+        self._lock_tasks(tx)
+        rows = tx.rows("fp_all")
+        info = {r[0]: r for r in rows}
+        stored = self._stored(rows, graph, parts, tx.rows)
+        decisions = {d.task: d for d in decide_all(graph, parts, stored)}
+        tasks = graph.tasks
+        lay = graph.layout
+        order = (
+            sorted(range(len(tasks)), key=lay.depth.__getitem__)
+            if lay is not None and len(lay.depth) == len(tasks)
+            else range(len(tasks))  # graph files and Graph objects always carry their layout
+        )
+        # 1. Which tasks change: their new state is decided below, parents first.
+        done_after: dict[str, bool] = {}  # existing spec tasks: done after this submit?
+        rerun: dict[str, tuple[int, Decision]] = {}  # id -> (state before, decision)
+        fp_rows: list[dict[str, Any]] = []
+        rewrite: list[str] = []  # tasks whose stored spec (and edges) may have changed
+        for i in order:
+            t = tasks[i]
+            r = info.get(t.id)
+            if r is None:
+                continue
+            _id, seq, state, _nd, fp = r
+            new = parts[t.id]
+            d = decisions[t.id]
+            if state == DONE:
+                if d.action == "reuse":
+                    done_after[t.id] = True
+                    if fp is None:  # finished before fingerprints: adopt the new one
+                        fp_rows.append({"seq": seq, "fp": new.fingerprint,
+                                        "parts": parts_json(new)})  # fmt: skip
+                    continue
+                rerun[t.id] = (state, d)
+            elif state == RUNNING:
+                old_parts = stored[t.id].parts
+                if fp is not None and fp != new.fingerprint and old_parts is not None:
+                    rerun[t.id] = (state, decide(t.id, new, Stored("done", old_parts),
+                                                 cache=t.cache))  # fmt: skip
+            elif state in _DEAD:
+                rerun[t.id] = (state, d)
+            done_after[t.id] = False
+            if fp != new.fingerprint:
+                fp_rows.append({"seq": seq, "fp": new.fingerprint, "parts": parts_json(new)})
+                if fp is not None:
+                    rewrite.append(t.id)
+        # 2. Waiting counts: of every task that runs again, and of unfinished children of
+        # tasks that stopped being done. New tasks are never done.
+        flipped = {tid for tid, (st, _) in rerun.items() if st == DONE}
+        spec_of = {t.id: t for t in tasks}
+        recount: set[str] = set(rerun)
+        if flipped:
+            for t in tasks:
+                if (
+                    t.id in info
+                    and not done_after.get(t.id, True)
+                    and any(p in flipped for p in t.deps)
+                ):
+                    recount.add(t.id)
+        old_specs: dict[str, Any] = {}
+        if rewrite:
+            seqs = [info[tid][1] for tid in rewrite]
+            by_seq = dict(tx.rows("specs_of", seqs=self._list(seqs)))
+            for tid in rewrite:
+                text = by_seq.get(info[tid][1])
+                old_specs[tid] = text
+                if text is not None and set(json.loads(text).get("deps", [])) != set(
+                    spec_of[tid].deps
+                ):
+                    recount.add(tid)
+        ready = False
+        for tid in sorted(recount, key=lambda x: info[x][1]):
+            t = spec_of[tid]
+            _id, seq, state, _nd, fp = info[tid]
+            waiting = sum(1 for p in t.deps if not done_after.get(p, False))
+            why = rerun.get(tid)
+            if why is not None and state in (DONE, RUNNING):
+                d = why[1]
+                to = READY if waiting == 0 else INVALIDATED
+                fence = int(state == RUNNING)
+                tx.run("fp_set_task", seq=seq, state=to, waiting=waiting, fence=fence, now=now)
+                extra = {"reason": d.reason, "old_fingerprint": fp,
+                         "new_fingerprint": parts[tid].fingerprint, **d.detail}  # fmt: skip
+                tx.audit(now, "task_invalidated", tid, state, INVALIDATED, **extra)
+                if to == READY:
+                    tx.audit(now, "task_ready", tid, INVALIDATED, READY)
+            elif why is not None:  # failed, skipped or cancelled before: runs again
+                to = READY if waiting == 0 else PENDING
+                tx.run("fp_set_task", seq=seq, state=to, waiting=waiting, fence=0, now=now)
+                tx.audit(now, "task_ready" if to == READY else "task_submitted", tid, state, to,
+                         reason=why[1].reason)  # fmt: skip
+            else:  # unfinished: its parents' states changed (or its parents did)
+                if state == RUNNING:
+                    to = state
+                elif waiting == 0:
+                    to = state if state == RETRY_WAIT else READY
+                else:
+                    to = INVALIDATED if state == INVALIDATED else PENDING
+                tx.run("fp_set_waiting", seq=seq, state=to, waiting=waiting, now=now)
+                if to != state:
+                    ev = "task_ready" if to == READY else "task_submitted"
+                    tx.audit(now, ev, tid, state, to, reason="upstream_invalidated")
+            ready = ready or to == READY
+            info[tid] = (tid, seq, to, info[tid][3], fp)
+        if fp_rows:
+            tx.conn.executemany(self.queries["fp_set"], fp_rows)
+        # 3. Specs that changed (arguments, command, version ...), and the edges of tasks
+        # whose parents changed (new parents are inserted by the caller: see _fp_edges).
+        edges: list[tuple[str, list[str], list[str]]] = []
+        for tid, text in old_specs.items():
+            t = spec_of[tid]
+            new_text = encode_spec(t)
+            if text is not None and text != new_text:
+                tx.run("fp_update_spec", seq=info[tid][1], spec=new_text)
+                old = set(json.loads(text).get("deps", []))
+                if old != set(t.deps):
+                    edges.append((tid, sorted(old - set(t.deps)),
+                                               sorted(set(t.deps) - old)))  # fmt: skip
+        tx.notify = tx.notify or ready
+        return {tid: (r[1], r[2], r[3]) for tid, r in info.items()}, edges
+
+    def _fp_edges(self, tx: Tx, changes: list[tuple[str, list[str], list[str]]]) -> None:
+        """Edges of existing tasks whose parents changed; after the new tasks are inserted."""
+        for tid, gone, added in changes:
+            child = tx.scalar("fp_seq_of", id=tid)
+            for p in gone:
+                seq = tx.scalar("fp_seq_of", id=p)
+                if seq is not None:
+                    tx.run("fp_delete_edge", parent=seq, child=child)
+            for p in added:
+                seq = tx.scalar("fp_seq_of", id=p)
+                tx.run("insert_edge", parent=seq, child=child)
