@@ -132,6 +132,10 @@ PYCACHE = Path(tempfile.gettempdir()) / "conveyor-bench-pycache"
 def worker_env() -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPYCACHEPREFIX=str(PYCACHE))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    # every process runs the conveyor beside this script (a snapshot of the tree, if run there)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p
+    )
     return env
 
 
@@ -273,13 +277,18 @@ def loop_worker_main(graph_file: str, url: str) -> None:
 
 
 def store_counts(url: str) -> dict[str, int]:
-    from conveyor.store.base import open_store
-
-    store = open_store(url)
-    try:
-        return dict(store.counts())
-    finally:
-        store.close()
+    """Counts by state from ``conveyor status --json``, in a fresh process: the same conveyor
+    as the workers', even while the source tree changes under a long run."""
+    p = subprocess.run(
+        [*conveyor_cmd(), "status", "--db", url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=worker_env(),
+    )
+    if p.returncode != 0:
+        raise RuntimeError(f"status exit {p.returncode}: {_tail(p.stderr or p.stdout)}")
+    return {k: int(v) for k, v in json.loads(p.stdout)["counts"].items()}
 
 
 def submit(graph_file: Path, url: str, cwd: Path) -> tuple[float, str | None]:
@@ -477,7 +486,14 @@ def machine_note(pg: PgServer | None) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+    commit = "unknown"
+    with contextlib.suppress(Exception):
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip() or (ROOT / "COMMIT").read_text().strip()  # fmt: skip
     note = {
+        "commit": commit,
         "load_avg_end": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -660,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n# conveyor durable runs vs laufband {machine['laufband']}")
     print(
         f"\nMachine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
-        f"SQLite {machine['sqlite']}"
+        f"SQLite {machine['sqlite']}, conveyor at {machine['commit']}"
         + (f", PostgreSQL {machine['postgresql']}" if "postgresql" in machine else "")
         + f". Load average (1 min) at start {load_start:.1f}, at end {machine['load_avg_end']:.1f}"
         + f". laufband time limit {lb_timeout:.0f} s per run. Rates are tasks/s over wall time "
