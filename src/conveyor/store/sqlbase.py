@@ -29,6 +29,7 @@ from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
 from conveyor.store.base import Claim, OpenedGraph, Store
 from conveyor.store.codec import ResultCodec, ResultError, decode_spec, encode_spec
 from conveyor.store.sqladmin import SqlAdmin
+from conveyor.store.sqladmission import SqlAdmission
 from conveyor.store.sqlfp import SqlFingerprints
 
 T = TypeVar("T")
@@ -182,7 +183,7 @@ def _pid_alive(pid: int) -> bool:
 HOST = socket.gethostname()
 
 
-class SqlStore(SqlFingerprints, SqlAdmin, Store):
+class SqlStore(SqlFingerprints, SqlAdmission, SqlAdmin, Store):
     """The shared logic; subclasses supply the connection and the dialect."""
 
     shared = True
@@ -329,7 +330,10 @@ class SqlStore(SqlFingerprints, SqlAdmin, Store):
                     )
                 for table in ("tasks", "specs", "results", "edges", "audit", "workers"):
                     tx.run("wipe_" + table)
+                tx.run("wipe_admission")
+                tx.run("wipe_groups")
                 tx.run("wipe_fingerprints")
+                self._adm_shapes = None
                 name = None
             existing: dict[str, tuple[int, int, int]] = {}
             edge_changes: list[Any] = []
@@ -342,6 +346,7 @@ class SqlStore(SqlFingerprints, SqlAdmin, Store):
             else:
                 existing = {r[0]: (r[1], r[2], r[3]) for r in tx.rows("all_task_keys")}
                 roots = int(tx.scalar("meta_get", key="roots") or 0)
+            self._declare_groups(tx, graph.groups)
             new = [t for t in graph.tasks if t.id not in existing]
             if new:
                 roots += 1
@@ -397,6 +402,7 @@ class SqlStore(SqlFingerprints, SqlAdmin, Store):
         ids = [t.id for t in tasks]
         lay = layout(ids, [t.deps for t in tasks], external_depth=external_depth,
                      base_depth=base_depth)  # fmt: skip
+        shapes = self._shape_ids(tx, tasks)  # validates groups, labels, gangs first
         first = int(tx.scalar("max_seq")) + 1
         waiting = [len(lp) for lp in lay.local_parents]
         edges: list[tuple[int, int]] = []
@@ -433,7 +439,7 @@ class SqlStore(SqlFingerprints, SqlAdmin, Store):
                 "noop": int(t.fn is None and t.cmd is None),
                 "labels": json.dumps(t.labels, sort_keys=True) if t.labels else None,
                 "resources": json.dumps(t.resources, sort_keys=True) if t.resources else None,
-                "error": error, "now": now,
+                "error": error, "shape": shapes[i], "now": now,
             })  # fmt: skip
             specs.append({"seq": first + i, "spec": encode_spec(t)})
             tx.audit(now, "task_submitted", t.id, None, PENDING)
@@ -451,8 +457,16 @@ class SqlStore(SqlFingerprints, SqlAdmin, Store):
         tx.conn.executemany(self.queries[name], rows)
 
     # -- the claim/complete cycle -----------------------------------------------------------------
-    def claim(self, worker: str, limit: int, now: float, lease_s: float) -> list[Claim]:
+    def claim(
+        self, worker: str, limit: int, now: float, lease_s: float, offer: Any = None
+    ) -> list[Claim]:
         self._worker = worker
+        if offer is not None or self.admission:
+            got = self._atomic(lambda tx: self._claim_admitted(tx, worker, limit, now, lease_s,
+                                                               offer))  # fmt: skip
+            for c in got:
+                self._claimed_at[c.handle] = now
+            return got  # type: ignore[no-any-return]
         out = []
         while self._buffer and len(out) < limit:
             out.append(self._buffer.popleft())
@@ -467,6 +481,9 @@ class SqlStore(SqlFingerprints, SqlAdmin, Store):
         """The engine's hot path: from this worker's batch, else one transaction that claims a
         batch when tasks are fast (see ``FAST_TASK_S``) or a single task otherwise."""
         if not self._buffer:
+            if self.admission:
+                got = self.claim(worker, 1, now, self.lease_s)
+                return got[0] if got else None
             self._worker = worker
             limit = self.max_batch if self._ewma < FAST_TASK_S else 1
             got = self._atomic(lambda tx: self._claim_in(tx, worker, limit, now, self.lease_s))
@@ -593,6 +610,7 @@ class SqlStore(SqlFingerprints, SqlAdmin, Store):
             return False
         if kind is not None:
             tx.run("store_result", seq=claim.handle, kind=kind, data=data)
+        self._left_running(tx, claim)
         tx.audit(now, "task_finished", claim.spec.id, RUNNING, DONE, worker, claim.attempt)
         for tid, state, waiting in tx.rows("release_children", seq=claim.handle):
             if state == READY and waiting == 0:
@@ -610,6 +628,7 @@ class SqlStore(SqlFingerprints, SqlAdmin, Store):
         except ResultError as exc:
             return self.fail(claim, str(exc), now, None)
         prefetch = self._ewma < FAST_TASK_S and not self._buffer and self._worker is not None
+        prefetch = prefetch and not self.admission  # admission claims carry the engine's offer
         worker = self._worker
 
         def op(tx: Tx) -> list[Claim] | None:
@@ -637,11 +656,13 @@ class SqlStore(SqlFingerprints, SqlAdmin, Store):
             if retry_at is not None:
                 if tx.run("fail_retry", retry_at=retry_at, **params).rowcount != 1:
                     return False
+                self._left_running(tx, claim)
                 tx.audit(now, "task_retrying", tid, RUNNING, RETRY_WAIT, worker, claim.attempt,
                          error, retry_at=retry_at)  # fmt: skip
                 return True
             if tx.run("fail_final", **params).rowcount != 1:
                 return False
+            self._left_running(tx, claim)
             tx.audit(now, "task_failed", tid, RUNNING, FAILED, worker, claim.attempt, error)
             self._skip_downstream(tx, [claim.handle], now, tid)
             return True
@@ -678,6 +699,7 @@ class SqlStore(SqlFingerprints, SqlAdmin, Store):
             for c in claims:
                 if tx.run("release_task", seq=c.handle, token=c.token, now=now).rowcount == 1:
                     n += 1
+                    self._left_running(tx, c)
                     tx.audit(now, "task_ready", c.spec.id, RUNNING, READY, self._worker,
                              c.attempt, reason="released")  # fmt: skip
             tx.notify = n > 0
@@ -696,6 +718,7 @@ class SqlStore(SqlFingerprints, SqlAdmin, Store):
     # -- leases and workers ---------------------------------------------------------------------
     def register_worker(self, worker: str, now: float, info: dict[str, Any]) -> None:
         self._worker = worker
+        self._refresh_admission()
         host, _, pid = worker.rpartition(":")
         info = {**info, "labels": self.labels, "resources": self.resources}
 
@@ -713,6 +736,7 @@ class SqlStore(SqlFingerprints, SqlAdmin, Store):
 
     def heartbeat(self, worker: str, now: float, lease_s: float) -> int:
         self.lease_s = lease_s
+        self._refresh_admission()  # a later submission may have switched admission on
 
         def op(tx: Tx) -> int:
             n = tx.run("renew_leases", worker=worker, lease_until=now + lease_s).rowcount
@@ -739,14 +763,19 @@ class SqlStore(SqlFingerprints, SqlAdmin, Store):
             out = []
             for seq, tid, worker, attempt, lost, token in rows.values():
                 params = {"seq": seq, "token": token, "now": now}
+                grp = tx.scalar("adm_group_of", seq=seq) if self.admission else None
                 if lost + 1 >= self.lost_budget:
                     error = f"lost: its lease expired {lost + 1} times (worker crashes?)"
                     if tx.run("fail_lost", error=error, **params).rowcount == 1:
+                        if grp is not None:
+                            tx.run("adm_running_add", grp=grp, n=-1)
                         tx.audit(now, "lease_expired", tid, RUNNING, FAILED, worker, attempt,
                                  error)  # fmt: skip
                         self._skip_downstream(tx, [seq], now, tid)
                         out.append(tid)
                 elif tx.run("requeue_lost", **params).rowcount == 1:
+                    if grp is not None:
+                        tx.run("adm_running_add", grp=grp, n=-1)
                     tx.audit(now, "lease_expired", tid, RUNNING, READY, worker, attempt)
                     tx.notify = True
                     out.append(tid)

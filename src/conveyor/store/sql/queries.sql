@@ -46,9 +46,9 @@ SELECT id, seq, state, neg_depth FROM tasks;
 
 -- name: insert_task
 INSERT INTO tasks (seq, id, state, neg_depth, root_seq, grp, waiting, noop, labels, resources,
-                   error, updated)
+                   error, shape, updated)
 VALUES (:seq, :id, :state, :neg_depth, :root_seq, :grp, :waiting, :noop, :labels, :resources,
-        :error, :now);
+        :error, :shape, :now);
 
 -- name: insert_spec
 INSERT INTO specs (seq, spec) VALUES (:seq, :spec);
@@ -72,6 +72,10 @@ DELETE FROM workers;
 DELETE FROM specs;
 -- name: wipe_results
 DELETE FROM results;
+-- name: wipe_admission
+DELETE FROM task_shapes;
+-- name: wipe_groups
+DELETE FROM task_groups;
 -- name: wipe_fingerprints
 DELETE FROM fingerprints;
 
@@ -382,3 +386,85 @@ WHERE seq = :seq;
 
 -- name: failed_ids
 SELECT id FROM tasks WHERE state IN (4, 7) ORDER BY seq;
+
+-- Admission (schema migration 3; sqladmission.py). Only graphs with groups, labels, resources
+-- or gangs run these; a claim reads the groups and shapes (O(groups + shapes)) and seeks the
+-- head of each shape that fits (O(log n) each) on tasks_shape_ready.
+-- name: adm_any_shape
+SELECT 1 FROM task_shapes LIMIT 1;
+
+-- name: adm_groups
+SELECT name, weight, cap, running FROM task_groups ORDER BY name;
+
+-- name: adm_upsert_group
+INSERT INTO task_groups (name, weight, cap) VALUES (:name, :weight, :cap)
+ON CONFLICT (name) DO UPDATE SET weight = excluded.weight, cap = excluded.cap;
+
+-- name: adm_ensure_group
+INSERT INTO task_groups (name) VALUES (:name) ON CONFLICT (name) DO NOTHING;
+
+-- name: adm_running_add
+UPDATE task_groups SET running = CASE WHEN running + :n > 0 THEN running + :n ELSE 0 END
+WHERE name = :grp;
+
+-- name: adm_shapes
+SELECT id, grp, sig, gang, size, reserved, released FROM task_shapes ORDER BY id;
+
+-- name: adm_shape_id
+SELECT id FROM task_shapes WHERE sig = :sig;
+
+-- name: adm_insert_shape
+INSERT INTO task_shapes (id, grp, sig, gang, size)
+VALUES ((SELECT coalesce(max(id), 0) + 1 FROM task_shapes), :grp, :sig, :gang, :size)
+RETURNING id;
+
+-- name: adm_mark_gang
+UPDATE task_shapes SET reserved = :reserved, released = :released WHERE id = :id;
+
+-- The tasks submitted before the store switched to admission join the default shape (once).
+-- name: adm_adopt_plain
+UPDATE tasks SET shape = :shape WHERE shape = 0;
+
+-- name: adm_head
+SELECT seq, id, neg_depth, root_seq, noop FROM tasks
+WHERE state = 1 AND shape > 0 AND shape = :shape
+ORDER BY neg_depth, root_seq, seq
+LIMIT :limit;
+
+-- name: adm_head@sqlite
+SELECT seq, id, neg_depth, root_seq, noop FROM tasks INDEXED BY tasks_shape_ready
+WHERE state = 1 AND shape > 0 AND shape = :shape
+ORDER BY neg_depth, root_seq, seq
+LIMIT :limit;
+
+-- name: adm_group_of
+SELECT s.grp FROM tasks t JOIN task_shapes s ON s.id = t.shape WHERE t.seq = :seq;
+
+-- explain and status (not on the claim path).
+-- name: adm_task
+SELECT seq, state, neg_depth, root_seq, shape, not_before FROM tasks WHERE id = :id;
+
+-- name: adm_deps_states
+SELECT id, state FROM tasks WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: adm_deps_states@postgres
+SELECT id, state FROM tasks WHERE id = ANY(:ids);
+
+-- name: adm_ahead_in_shape
+SELECT count(*) FROM tasks
+WHERE state = 1 AND shape > 0 AND shape = :shape
+  AND (neg_depth, root_seq, seq) < (:neg_depth, :root_seq, :seq);
+
+-- name: adm_ahead_plain
+SELECT count(*) FROM tasks
+WHERE state = 1 AND (neg_depth, root_seq, seq) < (:neg_depth, :root_seq, :seq);
+
+-- name: adm_first_plain
+SELECT id FROM tasks WHERE state = 1 ORDER BY neg_depth, root_seq, seq LIMIT 1;
+
+-- name: adm_running_by_worker
+SELECT worker, shape, count(*) FROM tasks WHERE state = 2 GROUP BY worker, shape;
+
+-- A scan of the unfinished tasks: `conveyor status` only.
+-- name: adm_waiting_by_shape
+SELECT shape, state, count(*) FROM tasks WHERE state IN (0, 1, 6) GROUP BY shape, state;

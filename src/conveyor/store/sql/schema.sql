@@ -113,3 +113,32 @@ CREATE TABLE file_hashes (
     size     BIGINT NOT NULL,
     digest   TEXT NOT NULL
 );
+
+-- migration: 3
+-- Admission (issue 5, docs/fairness.md "Durable stores"). A graph that uses groups, labels,
+-- resources or gangs gives every task a shape >= 1; plain graphs keep shape 0 and never touch
+-- these tables (their claims stay on tasks_ready, as fast as before).
+-- Groups: weight, cap and the running count, kept by every transition into or out of running
+-- (claim, complete, fail, release, reap), so that a claim reads counts, never counts rows.
+CREATE TABLE task_groups (
+    name    TEXT PRIMARY KEY,
+    weight  {REAL} NOT NULL DEFAULT 1,
+    cap     INTEGER,
+    running INTEGER NOT NULL DEFAULT 0
+);
+-- Shapes: what a task asks of a slot (group, resources, label constraints). Every task of a
+-- shape fits a worker's offer or none does, so a claim checks each shape once and seeks only
+-- the heads of those that fit. A gang has a shape of its own (its members only).
+CREATE TABLE task_shapes (
+    id        {SEQ},
+    grp       TEXT NOT NULL,
+    sig       TEXT NOT NULL UNIQUE,     -- JSON {"group", "resources", "labels", "gang"}
+    gang      TEXT,
+    size      INTEGER,                  -- the gang's member count
+    reserved  {REAL},                   -- since when free slots are held for the gang
+    released  SMALLINT NOT NULL DEFAULT 0  -- 1: the reservation ran out (gang_wait_s)
+);
+ALTER TABLE tasks ADD COLUMN shape INTEGER NOT NULL DEFAULT 0;
+-- The head of one shape's queue: a seek on (shape, key); plain tasks (shape 0) are not in it.
+CREATE INDEX tasks_shape_ready ON tasks (shape, neg_depth, root_seq, seq)
+    WHERE state = 1 AND shape > 0;
