@@ -203,7 +203,8 @@ def register(
                 name = worker_name()
                 engine = Engine(
                     store, workers=workers, worker_id=name, lease_s=lease, idle_exit=idle_exit,
-                    max_tasks=max_tasks, executor=executor, emit=sink,
+                    max_tasks=max_tasks, executor=executor, emit=sink, resources=has,
+                    labels=offered,
                 )  # fmt: skip
                 t0 = time.monotonic()
                 code = 0
@@ -243,13 +244,44 @@ def register(
             return
         typer.echo(f"graph {st['graph']}: {st['total']} tasks, {st['unfinished']} unfinished")
         typer.echo("  " + ", ".join(f"{k} {v}" for k, v in st["counts"].items() if v))
+        shares = st.get("group_shares", {})
         for grp, counts in sorted(st["groups"].items()):
-            typer.echo(f"  group {grp}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            line = f"  group {grp}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+            g = shares.get(grp)
+            if g is not None:
+                cap = "-" if g["cap"] is None else g["cap"]
+                line += f" (running {g['running']}, cap {cap}, weight {g['weight']:g})"
+            typer.echo(line)
+        if st.get("reasons"):
+            why = ", ".join(f"{k} {v}" for k, v in st["reasons"].items())
+            typer.echo(f"  not running because: {why}")
         eta = "-" if st["eta_s"] is None else f"{st['eta_s']:.0f}s"
         typer.echo(
             f"  workers alive {st['workers_alive']}, {st['tasks_per_s']:.1f} tasks/s "
             f"over the last minute, ETA {eta}"
         )
+
+    @app.command()
+    def why(
+        task: Annotated[str, typer.Argument(help="Task id.")],
+        db: DbRequired,
+        as_json: AsJson = False,
+    ) -> None:
+        """Why TASK is not running: one dominant reason with its numbers (against the offers
+        of the live workers). Exit 2 for an unknown task."""
+        with user_errors():
+            store = _open(db)
+            try:
+                reason = store.explain(task, time.time())
+            finally:
+                store.close()
+        d = reason.as_dict()
+        if as_json:
+            typer.echo(json.dumps({"task": task, **d}, default=str))
+            return
+        typer.echo(f"{task}: {d.pop('reason')}: {d.pop('message')}")
+        for k, v in d.items():
+            typer.echo(f"  {k}: {json.dumps(v, default=str)}")
 
     @app.command()
     def history(
