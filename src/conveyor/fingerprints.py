@@ -56,9 +56,9 @@ class CodeHashes:
 
     def of_spec(self, spec: TaskSpec, fn: Callable[..., Any] | None = None) -> str:
         if spec.version is not None:
-            return digest(canonical(("version", spec.version)))
+            return self._of_data("version", spec.version)
         if spec.cmd is not None:
-            return digest(canonical(("cmd", spec.cmd)))
+            return self._of_data("cmd", spec.cmd)
         target = fn if fn is not None else spec.fn
         if target is None:
             return _NOOP
@@ -70,6 +70,13 @@ class CodeHashes:
             self._cache[key] = d
             return d
         return self.of_callable(target)
+
+    def _of_data(self, kind: str, value: Any) -> str:
+        key = (kind, value if isinstance(value, str) else tuple(value))
+        d = self._cache.get(key)
+        if d is None:
+            d = self._cache[key] = digest(canonical((kind, value)))
+        return d
 
     def of_callable(self, fn: Callable[..., Any]) -> str:
         fn = getattr(fn, "__wrapped_task__", fn)
@@ -186,11 +193,18 @@ def plan(
 
 
 def decide_all(
-    spec: GraphSpec, parts: Mapping[str, Parts], stored: Mapping[str, Stored]
+    spec: GraphSpec,
+    parts: Mapping[str, Parts],
+    stored: Mapping[str, Stored],
+    *,
+    only: list[bool] | None = None,
 ) -> list[Decision]:
-    """``decide`` for every task in graph order; declared outputs of done tasks are checked."""
+    """``decide`` for every task in graph order (or those whose ``only`` flag is set);
+    declared outputs of done tasks are checked."""
     decisions = []
-    for t in spec.tasks:
+    for i, t in enumerate(spec.tasks):
+        if only is not None and not only[i]:
+            continue
         old = stored.get(t.id)
         if old is not None and old.state == "done" and t.outputs:
             miss = missing_outputs(t)

@@ -18,6 +18,7 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from conveyor.errors import GraphError
@@ -122,6 +123,13 @@ def _str(x: str) -> bytes:
 
 
 def _pairs(pairs: tuple[tuple[str, str], ...]) -> bytes:
+    if not pairs:
+        return b"t0\x1f"
+    # Fast path: ASCII strings (ids, paths, hex digests) whose character counts are byte counts.
+    text = "".join([f"t2\x1fs{len(a)}\x1f{a}s{len(b)}\x1f{b}" for a, b in pairs])
+    # str.join refuses anything but str (in C: cheaper than a type check per item).
+    if text.isascii() and "".join(chain.from_iterable(pairs)).isascii():
+        return b"t%d\x1f" % len(pairs) + text.encode()
     out = [b"t%d\x1f" % len(pairs)]
     for pair in pairs:
         a, b = pair  # ValueError for anything but a pair

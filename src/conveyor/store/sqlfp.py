@@ -88,20 +88,27 @@ class SqlFingerprints:
         ]
         return parts, rows
 
-    def _stored(
+    def _decide(
         self, rows: list[Any], graph: GraphSpec, parts: dict[str, Parts], fetch: Any
-    ) -> dict[str, Stored]:
-        """What the store remembers of ``graph``'s tasks, from ``fp_all`` rows. Parts are read
-        only for done tasks whose fingerprint differs (to say what changed)."""
+    ) -> tuple[list[Decision], dict[str, Stored]]:
+        """Decisions for ``graph``'s tasks in graph order, from ``fp_all`` rows, and what the
+        store remembers of the tasks that are not plainly unchanged. Parts are read only for
+        done or running tasks whose fingerprint differs (to say what changed)."""
         by_id = {r[0]: r for r in rows}
         stored: dict[str, Stored] = {}
         differ: dict[int, str] = {}
+        out: list[Decision | None] = []
         for t in graph.tasks:
             r = by_id.get(t.id)
             if r is None:
+                out.append(None)
                 continue
             _id, seq, state, _nd, fp = r
             new = parts[t.id]
+            if fp == new.fingerprint and state == DONE and t.cache and not t.outputs:
+                out.append(Decision(t.id, "reuse", "unchanged"))  # the common case, fast
+                continue
+            out.append(None)
             if fp is None:
                 p = None
             elif fp == new.fingerprint:
@@ -115,7 +122,8 @@ class SqlFingerprints:
             for seq, fp, text in fetch("fp_parts_of", seqs=self._list(sorted(differ))):
                 tid = differ[seq]
                 stored[tid] = Stored(stored[tid].state, parts_from_json(fp, text))
-        return stored
+        rest = iter(decide_all(graph, parts, stored, only=[d is None for d in out]))
+        return [d if d is not None else next(rest) for d in out], stored
 
     def plan_graph(
         self, graph: GraphSpec, functions: Mapping[str, Callable[..., Any]] | None = None
@@ -124,10 +132,8 @@ class SqlFingerprints:
         nothing (the file hashes it computes are not saved)."""
         parts, _files = self.fingerprint_parts(graph, functions)
         if self.graph_name() != graph.name:
-            stored: dict[str, Stored] = {}
-        else:
-            stored = self._stored(self._read("fp_all"), graph, parts, self._read)
-        return decide_all(graph, parts, stored)
+            return decide_all(graph, parts, {})
+        return self._decide(self._read("fp_all"), graph, parts, self._read)[0]
 
     # -- resuming -------------------------------------------------------------------------------
     def _fp_save_files(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
@@ -152,8 +158,8 @@ class SqlFingerprints:
         self._lock_tasks(tx)
         rows = tx.rows("fp_all")
         info = {r[0]: r for r in rows}
-        stored = self._stored(rows, graph, parts, tx.rows)
-        decisions = {d.task: d for d in decide_all(graph, parts, stored)}
+        plan, stored = self._decide(rows, graph, parts, tx.rows)
+        decisions = {d.task: d for d in plan}
         tasks = graph.tasks
         lay = graph.layout
         order = (
