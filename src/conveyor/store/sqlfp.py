@@ -235,6 +235,11 @@ class SqlFingerprints:
                 to = READY if waiting == 0 else INVALIDATED
                 fence = int(state == RUNNING)
                 tx.run("fp_set_task", seq=seq, state=to, waiting=waiting, fence=fence, now=now)
+                if fence and getattr(self, "admission", False):
+                    # Left running (as a reaped lease does): its group runs one fewer.
+                    grp = tx.scalar("adm_group_of", seq=seq)
+                    if grp is not None:
+                        tx.run("adm_running_add", grp=grp, n=-1)
                 extra = {"reason": d.reason, "old_fingerprint": fp,
                          "new_fingerprint": parts[tid].fingerprint, **d.detail}  # fmt: skip
                 tx.audit(now, "task_invalidated", tid, state, INVALIDATED, **extra)
