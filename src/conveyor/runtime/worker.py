@@ -68,6 +68,7 @@ class WorkerLoop:
         max_tasks: int | None = None,
         replace: bool = False,
         retry: RetryPolicy = DEFAULT_RETRY,
+        fingerprints: bool = True,
     ) -> None:
         import os
         import socket
@@ -96,7 +97,7 @@ class WorkerLoop:
         if graph is not None:
             from conveyor.api import as_graph
 
-            self.store.open_graph(as_graph(graph), now, replace=replace)
+            self.store.open_graph(as_graph(graph), now, replace=replace, fingerprints=fingerprints)
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
         if self.store.shared:
@@ -233,6 +234,8 @@ def worker(graph: Any = None, *, db: str, **options: Any) -> WorkerLoop:
     ``graph`` (a ``Graph``, graph file, dict or ``GraphSpec``) is submitted, or resumed when the
     store already holds it; ``None`` works on whatever graph the store holds. Options:
     ``worker_id``, ``lease_s``, ``labels``, ``resources``, ``idle_exit``, ``max_tasks``,
-    ``replace``, ``retry``.
+    ``replace``, ``retry``, ``fingerprints`` (default ``True``: a graph the store holds is
+    resumed incrementally, docs/incremental.md; every joining process resumes it, so a
+    ``cache=False`` task re-runs per join unless joiners pass ``fingerprints=False``).
     """
     return WorkerLoop(graph, db=db, **options)
