@@ -110,7 +110,7 @@ class SqlAdmission:
             tasks, lambda g: groups[g][1] if g in groups else None
         )
         if not on:  # tasks already in the store (plain ones) join the default shape
-            default = self._intern_shape(tx, TaskSpec("default"), None, None)
+            default = self._adm_intern_shape(tx, TaskSpec("default"), None, None)
             tx.run("adm_adopt_plain", shape=default)
         ids: list[int] = []
         cache: dict[str, int] = {}
@@ -119,13 +119,13 @@ class SqlAdmission:
             sig = _sig(t, gang)
             sid = cache.get(sig)
             if sid is None:
-                sid = self._intern_shape(tx, t, gang, sizes.get(gang) if gang else None, sig)
+                sid = self._adm_intern_shape(tx, t, gang, sizes.get(gang) if gang else None, sig)
                 cache[sig] = sid
             ids.append(sid)
         self._adm = True
         return ids
 
-    def _intern_shape(
+    def _adm_intern_shape(
         self, tx: Tx, t: TaskSpec, gang: str | None, size: int | None, sig: str | None = None
     ) -> int:
         sig = sig or _sig(t, gang)
@@ -143,7 +143,7 @@ class SqlAdmission:
             tx.run("adm_running_add", grp=grp, n=-1)
 
     # -- the decision -----------------------------------------------------------------------------
-    def _shapes(self, read: Any) -> dict[int, ShapeRow]:
+    def _adm_shape_rows(self, read: Any) -> dict[int, ShapeRow]:
         """Every shape by id, parsed once per process (shapes are only ever added); the gangs'
         reservation marks, read each time, go to ``_adm_gang_marks``. ``read``: ``tx.rows``
         inside a transaction, else ``self._read``."""
@@ -162,7 +162,7 @@ class SqlAdmission:
                 self._adm_gang_marks[sid] = (reserved, bool(released))
         return out
 
-    def _offer_for(self, limit: int, offer: Offer | None) -> Offer:
+    def _adm_offer_for(self, limit: int, offer: Offer | None) -> Offer:
         if offer is not None:
             return offer
         res = dict(self.resources or {})
@@ -181,12 +181,12 @@ class SqlAdmission:
         for tid, attempt in tx.rows("due_retries", now=now):
             tx.audit(now, "task_ready", tid, RETRY_WAIT, _READY, attempt=attempt)
         one = offer is not None
-        have = self._offer_for(limit, offer)
+        have = self._adm_offer_for(limit, offer)
         out: list[Claim] = []
         noops = 0
         real = 0
         while have.slots > 0 and real < limit:
-            got = self._decide(tx, worker, now, lease_s, have)
+            got = self._adm_decide(tx, worker, now, lease_s, have)
             if not got:
                 break
             out.extend(got)
@@ -196,16 +196,18 @@ class SqlAdmission:
                     break
                 continue
             real += len(got)
-            shape = self._shapes_now[got[0].extra["shape"]][0]
+            shape = self._adm_now[got[0].extra["shape"]][0]
             have = have.take(shape, len(got))
             if one:
                 break
         return out
 
-    def _decide(self, tx: Tx, worker: str, now: float, lease_s: float, offer: Offer) -> list[Claim]:
+    def _adm_decide(
+        self, tx: Tx, worker: str, now: float, lease_s: float, offer: Offer
+    ) -> list[Claim]:
         """One decision by ``AdmissionQueue.pick`` over the heads of the fitting shapes."""
         groups = {n: GroupInfo(float(w), cap, int(r)) for n, w, cap, r in tx.rows("adm_groups")}
-        shapes = self._shapes_now = self._shapes(tx.rows)
+        shapes = self._adm_now = self._adm_shape_rows(tx.rows)
         marks = self._adm_gang_marks
         q = AdmissionQueue(groups, gang_wait_s=self.gang_wait_s)
         groups = q.groups
@@ -231,14 +233,14 @@ class SqlAdmission:
             for seq, _tid, nd, rs, _noop in rows:
                 q.push(seq, (nd, rs, seq), local, gang)
         pick = q.pick(offer, lambda _i: True, now)
-        self._write_gang_marks(tx, q, bucket, shapes, marks, now)
+        self._adm_write_gang_marks(tx, q, bucket, shapes, marks, now)
         if pick is None:
-            self._note_blocked(tx, offer, now)
+            self._adm_note_blocked(tx, offer, now)
             return []
         self._adm_blocked = False
-        return self._take(tx, worker, now, lease_s, pick, bucket[pick.shape], groups)
+        return self._adm_take(tx, worker, now, lease_s, pick, bucket[pick.shape], groups)
 
-    def _write_gang_marks(
+    def _adm_write_gang_marks(
         self,
         tx: Tx,
         q: AdmissionQueue,
@@ -260,7 +262,7 @@ class SqlAdmission:
                     tx.audit(now, "gang_reserved", None, None, None, self._worker, gang=gang,
                              since=after[0], reason="gang_incomplete")  # fmt: skip
 
-    def _take(
+    def _adm_take(
         self,
         tx: Tx,
         worker: str,
@@ -305,32 +307,32 @@ class SqlAdmission:
         g = groups[pick.group]
         g.running += len(out)
         if len(out) > 1:
-            tx.audit(now, "gang_started", None, None, None, worker, gang=self._shapes_now[sid][1],
+            tx.audit(now, "gang_started", None, None, None, worker, gang=self._adm_now[sid][1],
                      tasks=[c.id for c in out], reason="gang_complete")  # fmt: skip
         if g.cap is not None and g.running >= g.cap:
             tx.audit(now, "group_capped", None, None, None, worker, group=pick.group,
                      running=g.running, cap=g.cap, reason="group_cap")  # fmt: skip
         return out
 
-    def _note_blocked(self, tx: Tx, offer: Offer, now: float) -> None:
+    def _adm_note_blocked(self, tx: Tx, offer: Offer, now: float) -> None:
         """``admission_blocked`` with the dominant reason of the best ready task, once per
         episode of this worker (not once per refused claim)."""
         if self._adm_blocked or offer.slots <= 0:
             return
-        best = self._best_head(tx.rows)
+        best = self._adm_best_head(tx.rows)
         if best is None:
             return
         self._adm_blocked = True
         sid, seq, tid, key = best
         groups = {n: GroupInfo(float(w), cap, int(r)) for n, w, cap, r in tx.rows("adm_groups")}
-        why = self._ready_reason(tx.rows, tid, seq, key, sid, [offer], groups)
+        why = self._adm_ready_reason(tx.rows, tid, seq, key, sid, [offer], groups)
         tx.audit(now, "admission_blocked", None, None, None, self._worker, first=tid,
                  free_slots=offer.slots, reason=why.code)  # fmt: skip
 
-    def _best_head(self, read: Any) -> tuple[int, int, str, tuple[int, int, int]] | None:
+    def _adm_best_head(self, read: Any) -> tuple[int, int, str, tuple[int, int, int]] | None:
         """The best-keyed ready task over all shapes. O(shapes · log n)."""
         best = None
-        for sid in self._shapes(read):
+        for sid in self._adm_shape_rows(read):
             rows = read("adm_head", shape=sid, limit=1)
             if rows:
                 seq, tid, nd, rs, _noop = rows[0]
@@ -340,7 +342,7 @@ class SqlAdmission:
         return best
 
     # -- explain ----------------------------------------------------------------------------------
-    def _ready_reason(
+    def _adm_ready_reason(
         self,
         read: Any,
         tid: str,
@@ -351,7 +353,7 @@ class SqlAdmission:
         groups: dict[str, GroupInfo],
     ) -> Reason:
         """``ready_reason`` (shared with the memory store) fed from the database."""
-        shapes = self._shapes(read)
+        shapes = self._adm_shape_rows(read)
         marks = self._adm_gang_marks
         shape, gang, size = shapes[sid]
         groups.setdefault(shape.group, GroupInfo())
@@ -383,7 +385,7 @@ class SqlAdmission:
     def worker_offers(self, now: float) -> list[Offer]:
         """What each live worker offers now: its slots, labels and resources (from
         ``workers.info``, written at register) less what its running tasks hold."""
-        shapes = self._shapes(self._read) if self.admission else {}
+        shapes = self._adm_shape_rows(self._read) if self.admission else {}
         busy: dict[str, list[tuple[int, int]]] = {}
         for w, sid, n in self._read("adm_running_by_worker"):
             busy.setdefault(w, []).append((sid, int(n)))
@@ -441,7 +443,7 @@ class SqlAdmission:
         if offers is None:
             offers = self.worker_offers(now)
         groups = {n: GroupInfo(float(w), cap, int(r)) for n, w, cap, r in self._read("adm_groups")}
-        return self._ready_reason(self._read, task_id, seq, key, sid, list(offers), groups)
+        return self._adm_ready_reason(self._read, task_id, seq, key, sid, list(offers), groups)
 
     # -- status -----------------------------------------------------------------------------------
     def admission_summary(self, now: float) -> dict[str, Any]:
@@ -473,7 +475,7 @@ class SqlAdmission:
             if not head:
                 continue
             seq, tid, nd, rs, _noop = head[0]
-            why = self._ready_reason(self._read, tid, seq, (nd, rs, seq), sid, offers,
+            why = self._adm_ready_reason(self._read, tid, seq, (nd, rs, seq), sid, offers,
                                      dict(groups))  # fmt: skip
             add(why.code, n)
         shares = {
