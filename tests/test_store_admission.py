@@ -321,3 +321,21 @@ def test_admission_cli_why_and_status(tmp_path: Path, open_url: Any) -> None:
     assert st["group_shares"]["capped"] == {"running": 1, "cap": 1, "weight": 1.0}
     text = cli("status", "--db", db, cwd=tmp_path).stdout
     assert "group_cap 1" in text and "(running 1, cap 1, weight 1)" in text
+
+
+@pytest.mark.parametrize(
+    ("data", "msg"),
+    [
+        ({"tasks": [{"id": "t", "labels": {"gpu": {"like": "a1"}}}]}, "unknown operator 'like'"),
+        ({"tasks": [{"id": "t", "labels": {"gpu": {">=": "a100"}}}]}, ">= needs a number"),
+        ({"groups": {"a": {"weight": 0}}, "tasks": [{"id": "t", "group": "a"}]}, "weight"),
+        ({"groups": {"a": {}}, "tasks": [{"id": "t", "group": "b"}]}, "unknown group 'b'"),
+        ({"groups": {"a": {"cap": 1}},
+          "tasks": [{"id": f"m{i}", "group": "a", "gang": "g"} for i in range(2)]},
+         "capped at 1"),
+    ],
+)  # fmt: skip
+def test_admission_cli_submit_refuses_bad_input(tmp_path: Path, data: Any, msg: str) -> None:
+    (tmp_path / "g.json").write_text(json.dumps({"name": "g", **data}))
+    out = cli("submit", "g.json", "--db", f"sqlite:///{tmp_path}/run.db", cwd=tmp_path)
+    assert out.returncode == 2 and msg in out.stderr and "Traceback" not in out.stderr
