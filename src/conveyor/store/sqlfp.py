@@ -88,7 +88,7 @@ class SqlFingerprints:
         ]
         return parts, rows
 
-    def _decide(
+    def _fp_decide(
         self, rows: list[Any], graph: GraphSpec, parts: dict[str, Parts], fetch: Any
     ) -> tuple[list[Decision], dict[str, Stored]]:
         """Decisions for ``graph``'s tasks in graph order, from ``fp_all`` rows, and what the
@@ -133,7 +133,7 @@ class SqlFingerprints:
         parts, _files = self.fingerprint_parts(graph, functions)
         if self.graph_name() != graph.name:
             return decide_all(graph, parts, {})
-        return self._decide(self._read("fp_all"), graph, parts, self._read)[0]
+        return self._fp_decide(self._read("fp_all"), graph, parts, self._read)[0]
 
     # -- resuming -------------------------------------------------------------------------------
     def _fp_save_files(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
@@ -158,7 +158,7 @@ class SqlFingerprints:
         self._lock_tasks(tx)
         rows = tx.rows("fp_all")
         info = {r[0]: r for r in rows}
-        plan, stored = self._decide(rows, graph, parts, tx.rows)
+        plan, stored = self._fp_decide(rows, graph, parts, tx.rows)
         decisions = {d.task: d for d in plan}
         tasks = graph.tasks
         lay = graph.layout
