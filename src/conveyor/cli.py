@@ -91,7 +91,7 @@ def run(
         opened = store.open_graph(
             spec, time.time(), replace=replace, fingerprints=not no_fingerprints
         )
-        progress = make_progress(opened.unfinished, quiet=quiet)
+        progress = make_progress(sum(store.counts().values()), quiet=quiet)
         t0 = time.monotonic()
 
         def tick(engine: Engine) -> None:

@@ -266,7 +266,7 @@ class Engine:
                                 break
                             timeout = max(0.0, wake - now)
                         else:
-                            if store.unfinished() == 0:
+                            if not store.has_unfinished():
                                 break
                             if idle_since is None:
                                 idle_since = now

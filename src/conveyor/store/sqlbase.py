@@ -362,9 +362,18 @@ class SqlStore(SqlFingerprints, SqlAdmission, SqlAdmin, Store):
             return OpenedGraph(graph.name, len(new), name is not None, tx.scalar("unfinished"))
 
         opened = self._atomic(op)
+        if opened.added:
+            self._after_bulk_load()
         if opened.resumed:
             self.reap_expired(now)  # tasks of crashed workers run again
         return opened
+
+    def _after_bulk_load(self) -> None:
+        """Hook after many rows were added (PostgreSQL refreshes planner statistics)."""
+
+    def has_unfinished(self) -> bool:
+        """Whether any task is still to finish: an index probe, not a count of all tasks."""
+        return bool(self._read("any_unfinished"))
 
     def submit_children(self, parent: Claim, tasks: list[TaskSpec], now: float) -> list[str]:
         def op(tx: Tx) -> list[str]:
