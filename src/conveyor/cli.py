@@ -77,6 +77,7 @@ def run(
     ] = False,
 ) -> None:
     """Run a graph file to the end, with a progress bar."""
+    from conveyor.cli_store import parse_pairs
     from conveyor.events import JsonlSink
     from conveyor.progress import make_progress
     from conveyor.runtime.engine import Engine
@@ -88,9 +89,7 @@ def run(
         spec = load_graph_file(file)
         sink = JsonlSink(events) if events is not None else None
         store = open_store(db, emit=sink)
-        opened = store.open_graph(
-            spec, time.time(), replace=replace, fingerprints=not no_fingerprints
-        )
+        store.open_graph(spec, time.time(), replace=replace, fingerprints=not no_fingerprints)
         progress = make_progress(sum(store.counts().values()), quiet=quiet)
         t0 = time.monotonic()
 
@@ -102,8 +101,9 @@ def run(
         engine = Engine(
             store, workers=workers, fail_fast=fail_fast, executor=executor, lease_s=lease,
             seed=seed, functions={t.id: t for t in spec.tasks if callable(t.fn)}, emit=sink,
-            on_tick=tick, worker_id=_worker_name(), resources=_pairs(resources, float),
-            labels=_pairs(labels, _label_value),
+            on_tick=tick, worker_id=_worker_name(),
+            resources=parse_pairs(resources, "resources", number=True),
+            labels=parse_pairs(labels, "labels", number=False),
         )  # fmt: skip
         if not store.shared:
             engine.check_fit()
@@ -155,33 +155,6 @@ def _summary(store: Any, spec: Any, counts: dict[str, int], elapsed: float, code
                 if shown >= 10:
                     typer.echo("  ...", err=True)
                     break
-
-
-def _label_value(text: str) -> Any:
-    """Label values: numbers when they parse as numbers (for >=/<= constraints), else strings."""
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text
-
-
-def _pairs(text: str | None, convert: Any) -> dict[str, Any]:
-    """Parse ``k=v,k2=v2``; a clear error for anything else."""
-    out: dict[str, Any] = {}
-    if not text:
-        return out
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            fail(f"expected key=value pairs separated by commas, got {part!r}")
-        try:
-            out[key.strip()] = convert(value.strip())
-        except ValueError:
-            fail(f"{key.strip()}: {value.strip()!r} is not a number")
-    return out
 
 
 def _worker_name() -> str:

@@ -47,8 +47,19 @@ def parse_pairs(text: str | None, what: str, number: bool) -> dict[str, Any]:
                 msg = f"--{what}: {key.strip()!r} needs a number, got {value!r}"
                 raise UsageError(msg) from None
         else:
-            out[key.strip()] = value.strip()
+            out[key.strip()] = label_value(value.strip())
     return out
+
+
+def label_value(text: str) -> Any:
+    """Label values: numbers when they parse as numbers (for >=/<= constraints), else strings."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
 
 
 def _why(d: Any) -> str:
