@@ -112,3 +112,54 @@ def test_endpoint_explain_reports_endpoint_limited():
         release.set()
         runner.join(20)
     assert store.counts()["done"] == 4
+
+
+def test_status_shows_endpoint_statistics_from_workers(tmp_path):
+    """A durable run's workers publish their limiter statistics; `conveyor status` shows them."""
+    import json
+    import subprocess
+    import sys
+
+    mod = tmp_path / "eptasks.py"
+    mod.write_text(
+        "import httpx, conveyor\n"
+        "def call(url):\n"
+        "    ctx = conveyor.current()\n"
+        "    for _ in range(100):\n"
+        "        with ctx.acquire_sync() as slot:\n"
+        "            r = httpx.get(url)\n"
+        "            slot.report(r.status_code, retry_after=r.headers.get('Retry-After'))\n"
+        "        if r.status_code == 200:\n"
+        "            return r.status_code\n"
+        "    raise RuntimeError('never served')\n"
+    )
+    db = f"sqlite:///{tmp_path / 'run.db'}"
+    with RateLimitedServer(capacity=2, latency=0.05) as server:
+        graph = {
+            "name": "ep-status",
+            "tasks": [
+                {"id": f"t{i}", "fn": "eptasks:call", "args": [server.url + "/work"],
+                 "endpoint": "local/test/work"}
+                for i in range(24)
+            ],
+        }  # fmt: skip
+        (tmp_path / "g.json").write_text(json.dumps(graph))
+        run = subprocess.run(
+            [sys.executable, "-m", "conveyor.cli", "run", str(tmp_path / "g.json"), "--db", db,
+             "--workers", "8", "--quiet"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        served = server.served
+    out = subprocess.run(
+        [sys.executable, "-m", "conveyor.cli", "status", "--db", db, "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    ep = json.loads(out.stdout)["endpoints"]["local/test/work"]
+    assert served >= 24 and ep["workers"] == 1 and ep["limit"] >= 1
+    assert ep["in_flight"] == 0
+    text = subprocess.run(
+        [sys.executable, "-m", "conveyor.cli", "status", "--db", db],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "endpoint local/test/work: limit" in text

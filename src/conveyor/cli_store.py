@@ -266,6 +266,12 @@ def register(
         if st.get("reasons"):
             why = ", ".join(f"{k} {v}" for k, v in st["reasons"].items())
             typer.echo(f"  not running because: {why}")
+        for key, ep in sorted(st.get("endpoints", {}).items()):
+            typer.echo(
+                f"  endpoint {key}: limit {ep['limit']}, in flight {ep['in_flight']}, "
+                f"waiting {ep['waiting']}, 429s {ep['rate_limited']}, "
+                f"cooldown left {ep['cooldown_left']:.1f}s ({ep['workers']} workers)"
+            )
         eta = "-" if st["eta_s"] is None else f"{st['eta_s']:.0f}s"
         typer.echo(
             f"  workers alive {st['workers_alive']}, {st['tasks_per_s']:.1f} tasks/s "

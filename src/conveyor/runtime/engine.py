@@ -245,6 +245,7 @@ class Engine:
                                 self._poll_watchers()
                         if shared and now >= next_beat:
                             next_beat = now + lease_s / 3
+                            self._report_endpoints(now)
                             store.heartbeat(self.worker_id, now, lease_s)
                             store.reap_expired(now)
                         busy = bool(running) or self._pending_starts > 0
@@ -448,6 +449,19 @@ class Engine:
                                "in_flight": st.in_flight, "waiting": st.waiting,
                                "rate_limited": st.rate_limited,
                                "cooldown_left": st.cooldown_left})  # fmt: skip
+
+    def _report_endpoints(self, now: float) -> None:
+        """Shared stores: publish this worker's endpoint statistics for ``conveyor status``."""
+        report = getattr(self.store, "report_endpoints", None)
+        if self._limiter is None or report is None:
+            return
+        stats = {
+            k: {"limit": st.limit, "in_flight": st.in_flight, "waiting": st.waiting,
+                "rate_limited": st.rate_limited, "cooldown_left": st.cooldown_left}
+            for k, st in self._limiter.statistics().items()
+        }  # fmt: skip
+        if stats:
+            report(self.worker_id, now, stats)
 
     def _offer(self) -> Offer:
         free = self.slots + self._lent - len(self._running)
@@ -774,4 +788,5 @@ class Engine:
         self._watchers.clear()
         self._executors.shutdown(wait=not (self.stats.interrupted or self._stuck))
         if self.store.shared:
+            self._report_endpoints(now)
             self.store.unregister_worker(self.worker_id, now)

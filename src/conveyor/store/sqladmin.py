@@ -56,11 +56,23 @@ class SqlAdmin:
         unfinished = sum(counts[s] for s in ("pending", "ready", "running", "retry_wait",
                                              "invalidated"))  # fmt: skip
         eta = unfinished / rate if rate > 0 else None
+        # The last report of every worker that ran endpoint tasks (live or gone): 429s counted
+        # by a worker that has left still tell what the endpoint did to this graph.
+        endpoints = _merge_endpoints(
+            json.loads(v)
+            for _k, v in self._read("endpoint_stats", lo="endpoints:", hi="endpoints;")
+        )
         return {
+            "endpoints": endpoints,
             "graph": self.graph_name(), "total": sum(counts.values()), "unfinished": unfinished,
             "counts": counts, "groups": groups, "workers": workers, "workers_alive": len(workers),
             "tasks_per_s": round(rate, 2), "eta_s": None if eta is None else round(eta, 1),
         }  # fmt: skip
+
+    def report_endpoints(self, worker: str, now: float, stats: dict[str, Any]) -> None:
+        """Record this worker's endpoint limiter statistics for ``conveyor status``."""
+        value = json.dumps({"ts": now, "endpoints": stats}, default=str)
+        self._atomic(lambda tx: tx.run("meta_set", key=f"endpoints:{worker}", value=value))
 
     def events_after(self, after: int, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
         """Audit rows with an id above ``after``, oldest first, as ``(id, event)``."""
@@ -130,3 +142,18 @@ class SqlAdmin:
                 tx.audit(now, "task_ready" if to == _READY else "task_submitted", tid, state, to,
                          reason="retry")  # fmt: skip
                 stack.append(seq)
+
+
+def _merge_endpoints(reports: Any) -> dict[str, dict[str, Any]]:
+    """Per endpoint over the live workers: limits, in flight, waiting and 429s add up (each
+    worker adapts its own limit); the longest cooldown left is shown."""
+    out: dict[str, dict[str, Any]] = {}
+    for rep in reports:
+        for key, st in rep.get("endpoints", {}).items():
+            empty = dict.fromkeys(("limit", "in_flight", "waiting", "rate_limited", "workers"), 0)
+            agg = out.setdefault(key, {**empty, "cooldown_left": 0.0})
+            for f in ("limit", "in_flight", "waiting", "rate_limited"):
+                agg[f] += int(st.get(f, 0))
+            agg["cooldown_left"] = max(agg["cooldown_left"], float(st.get("cooldown_left", 0.0)))
+            agg["workers"] += 1
+    return out

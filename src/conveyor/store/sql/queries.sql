@@ -468,3 +468,7 @@ SELECT worker, shape, count(*) FROM tasks WHERE state = 2 GROUP BY worker, shape
 -- A scan of the unfinished tasks: `conveyor status` only.
 -- name: adm_waiting_by_shape
 SELECT shape, state, count(*) FROM tasks WHERE state IN (0, 1, 6) GROUP BY shape, state;
+
+-- name: endpoint_stats
+-- Each worker's EndpointLimiter statistics, written on its ticks (`conveyor status`).
+SELECT key, value FROM meta WHERE key >= :lo AND key < :hi;
