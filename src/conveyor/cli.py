@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from conveyor.cli_options import Events, Executor, Labels, Lease, Quiet, Resources, Workers
 from conveyor.errors import ConveyorError
 
 app = typer.Typer(
@@ -20,12 +21,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Tasks run at once.")]
 Db = Annotated[
     str | None, typer.Option("--db", help="Store URL: memory://, sqlite:///run.db, postgresql://")
 ]
-Events = Annotated[Path | None, typer.Option("--events", help="Append JSONL events here.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -56,18 +54,11 @@ def run(
     replace: Annotated[
         bool, typer.Option("--replace", help="Replace another graph's unfinished work in --db.")
     ] = False,
-    executor: Annotated[
-        str | None,
-        typer.Option("--executor", help="Default for Python tasks: thread|inline|process"),
-    ] = None,
-    lease: Annotated[float, typer.Option("--lease", help="Lease seconds (durable stores).")] = 30.0,
+    executor: Executor = None,
+    lease: Lease = 30.0,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for retry jitter.")] = None,
-    resources: Annotated[
-        str | None, typer.Option("--resources", help="What this run offers: cpu=4,gpu=1")
-    ] = None,
-    labels: Annotated[
-        str | None, typer.Option("--labels", help="Labels of this worker: gpu=a100,zone=a")
-    ] = None,
+    resources: Resources = None,
+    labels: Labels = None,
     no_fingerprints: Annotated[
         bool,
         typer.Option(

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from conveyor.cli_options import Events, Executor, Labels, Lease, Quiet, Resources, Workers
+
 DbRequired = Annotated[
     str, typer.Option("--db", help="Store URL: sqlite:///run.db or postgresql://...")
 ]
@@ -162,13 +164,9 @@ def register(
     @app.command()
     def worker(
         db: DbRequired,
-        workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Slots.")] = 4,
-        labels: Annotated[
-            str | None, typer.Option("--labels", help="What this worker offers: k=v,k=v")
-        ] = None,
-        resources: Annotated[
-            str | None, typer.Option("--resources", help="What this worker has: k=n,k=n")
-        ] = None,
+        workers: Workers = 4,
+        labels: Labels = None,
+        resources: Resources = None,
         max_tasks: Annotated[
             int | None, typer.Option("--max-tasks", min=1, help="Exit after this many tasks.")
         ] = None,
@@ -176,15 +174,10 @@ def register(
             float | None,
             typer.Option("--idle-exit", help="Exit after this many seconds with nothing to do."),
         ] = None,
-        lease: Annotated[float, typer.Option("--lease", help="Lease seconds.")] = 30.0,
-        events: Annotated[
-            Path | None, typer.Option("--events", help="Append JSONL events here.")
-        ] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No output.")] = False,
-        executor: Annotated[
-            str | None,
-            typer.Option("--executor", help="Default for Python tasks: thread|inline|process"),
-        ] = None,
+        lease: Lease = 30.0,
+        events: Events = None,
+        quiet: Quiet = False,
+        executor: Executor = None,
     ) -> None:
         """Run tasks of the graph in --db until it is finished (exit 0; 1 if tasks failed)."""
         from conveyor.events import JsonlSink
