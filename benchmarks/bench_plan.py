@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from conveyor.graphfile import graph_from_dict
     from conveyor.runtime.engine import Engine
-    from conveyor.store.base import open_store
+    from conveyor.store.urls import open_store
 
     t = time.perf_counter()
     spec = graph_from_dict(build(args.n))

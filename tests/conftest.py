@@ -48,7 +48,7 @@ def store_url(request: _pytest.FixtureRequest, tmp_path: _Any) -> str:
 def open_url() -> _Iterator[_Callable[[str], _Any]]:
     """Open stores by URL (a second one on the same URL acts as another process); all closed
     at the end of the test."""
-    from conveyor.store.base import open_store
+    from conveyor.store.urls import open_store
 
     opened: list[_Any] = []
 

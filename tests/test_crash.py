@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.store.base import open_store
+from conveyor.store.urls import open_store
 
 N = 2000
 WIDTH = 50

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from conveyor.fingerprints import open_graph, plan_graph
 from conveyor.graphfile import graph_from_dict
 from conveyor.model import TaskState
-from conveyor.store.base import open_store
+from conveyor.store.urls import open_store
 
 STEPS = """
 from pathlib import Path
@@ -305,11 +306,11 @@ def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def test_invalidated_tasks_wait_for_their_parents(durable_url: str) -> None:
     store = open_store(durable_url)
     try:
-        store.open_graph(_spec(), time.time())
+        open_graph(store, _spec(), time.time())
         assert _drain(store) == ["a", "b", "c"]
         events: list[dict[str, Any]] = []
         store.emit = events.append
-        opened = store.open_graph(_spec(args_b=2), time.time())
+        opened = open_graph(store, _spec(args_b=2), time.time())
         assert opened.resumed and opened.added == 0 and opened.unfinished == 3
         counts = store.counts()
         assert counts["ready"] == 1 and counts["invalidated"] == 2 and counts["done"] == 1
@@ -320,7 +321,7 @@ def test_invalidated_tasks_wait_for_their_parents(durable_url: str) -> None:
         assert store.result("a").value == "a"  # reused: its stored result stays
         assert _drain(store) == ["b", "c"]
         assert store.result("d").state is TaskState.DONE
-        assert [d.task for d in store.plan_graph(_spec(args_b=2)) if d.action == "run"] == []
+        assert [d.task for d in plan_graph(store, _spec(args_b=2)) if d.action == "run"] == []
     finally:
         store.close()
 
@@ -328,10 +329,10 @@ def test_invalidated_tasks_wait_for_their_parents(durable_url: str) -> None:
 def test_running_task_whose_fingerprint_changed_is_fenced(durable_url: str) -> None:
     store = open_store(durable_url)
     try:
-        store.open_graph(_spec(), time.time())
+        open_graph(store, _spec(), time.time())
         (claim,) = store.claim("w", 1, time.time(), 30.0)
         assert claim.id == "a"
-        store.open_graph(_spec(fn="json:loads"), time.time())  # a's code changed meanwhile
+        open_graph(store, _spec(fn="json:loads"), time.time())  # a's code changed meanwhile
         assert store.complete(claim, "stale", time.time()) is False  # the old attempt
         assert _drain(store, "w2") == ["a", "b", "c"]
         assert store.result("a").attempt == 1
@@ -342,14 +343,14 @@ def test_running_task_whose_fingerprint_changed_is_fenced(durable_url: str) -> N
 def test_failed_task_runs_again_on_resubmit(durable_url: str) -> None:
     store = open_store(durable_url)
     try:
-        store.open_graph(_spec(), time.time())
+        open_graph(store, _spec(), time.time())
         (claim,) = store.claim("w", 1, time.time(), 30.0)
         assert store.fail(claim, "boom", time.time(), None)
         assert store.counts()["skipped"] == 3
-        plan = {d.task: d.reason for d in store.plan_graph(_spec()) if d.action == "run"}
+        plan = {d.task: d.reason for d in plan_graph(store, _spec()) if d.action == "run"}
         assert plan == {"a": "failed_before", "b": "failed_before", "c": "failed_before",
                         "d": "failed_before"}  # fmt: skip
-        store.open_graph(_spec(), time.time())
+        open_graph(store, _spec(), time.time())
         assert _drain(store) == ["a", "b", "c"]
         assert store.unfinished() == 0
     finally:
@@ -371,12 +372,12 @@ def test_store_of_schema_1_migrates_and_adopts_done_tasks(tmp_path: Path) -> Non
     conn.close()
     store = open_store(f"sqlite:///{tmp_path}/old.db")  # migrates to the latest schema
     try:
-        store.open_graph(_spec(), time.time(), fingerprints=False)
+        open_graph(store, _spec(), time.time())  # no fingerprints
         _drain(store)
-        assert [d.reason for d in store.plan_graph(_spec())] == ["unchanged"] * 4
-        store.open_graph(_spec(), time.time())
+        assert [d.reason for d in plan_graph(store, _spec())] == ["unchanged"] * 4
+        open_graph(store, _spec(), time.time())
         assert store.unfinished() == 0
-        store.open_graph(_spec(args_b=5), time.time())  # adopted fingerprints now compare
+        open_graph(store, _spec(args_b=5), time.time())  # adopted fingerprints now compare
         assert _drain(store) == ["b", "c"]
     finally:
         store.close()

@@ -38,7 +38,7 @@ def offer(slots: int = 4, labels: dict[str, Any] | None = None, **resources: flo
 
 
 def take(store: Store, o: Offer, worker: str = "w1", now: float = T0) -> list[Claim]:
-    return store.claim(worker, 1, now, LEASE, offer=o)  # type: ignore[call-arg]
+    return store.claim(worker, 1, now, LEASE, offer=o)
 
 
 def ids(claims: list[Claim]) -> list[str]:
@@ -125,11 +125,11 @@ def test_admission_gang_reservation_is_bounded(store_url: str, open_url: Any) ->
     s.open_graph(graph("g", *members, {"id": "solo"}), T0)
     small = Offer(2, {}, {}, 4)  # a 4-slot worker with 2 free: the gang could fit it later
     assert take(s, small, now=T0) == []
-    why = s.explain("m0", T0, [small]).as_dict()  # type: ignore[attr-defined]
+    why = s.explain("m0", T0, [small]).as_dict()
     assert why["reason"] == "gang_incomplete" and why["need"] == 3
     assert why["largest_free_set"] == 2 and why["reserved"] is True
     assert ids(take(s, small, now=T0 + 31)) == ["solo"]  # the reservation ran out (30 s)
-    why = s.explain("m0", T0 + 31, [small]).as_dict()  # type: ignore[attr-defined]
+    why = s.explain("m0", T0 + 31, [small]).as_dict()
     assert why["reservation_released"] is True
 
 
@@ -167,7 +167,7 @@ def test_admission_explain_codes_with_numbers(store_url: str, open_url: Any) -> 
     o = offer(8, {"gpu": "k80"}, cpu=8)
 
     def why(tid: str, now: float = T0) -> dict[str, Any]:
-        return s.explain(tid, now, [o]).as_dict()  # type: ignore[attr-defined,no-any-return]
+        return s.explain(tid, now, [o]).as_dict()
 
     assert ids(take(s, o)) == ["r0"]  # capped at 1 now
     assert why("r1") == {"reason": "group_cap", "message": "group capped is at its cap: 1/1",
@@ -181,7 +181,7 @@ def test_admission_explain_codes_with_numbers(store_url: str, open_url: Any) -> 
     w = why("f1")
     assert (w["reason"], w["ahead"], w["first"]) == ("behind_higher_priority", 1, "f0")
     busy = Offer(8, {"cpu": 2.0}, {}, 8, {"cpu": 128.0})
-    w = s.explain("cpu64", T0, [busy]).as_dict()  # type: ignore[attr-defined]
+    w = s.explain("cpu64", T0, [busy]).as_dict()
     assert (w["reason"], w["free"]) == ("insufficient_resources", {"cpu": 2.0})
     got = []
     while (c := take(s, o)) and len(got) < 5:
@@ -191,9 +191,9 @@ def test_admission_explain_codes_with_numbers(store_url: str, open_url: Any) -> 
             w = why("retry")
             assert (w["reason"], w["until"], w["in_s"]) == ("retry_backoff", T0 + 60, 60.0)
             break
-    assert s.explain("r0", T0, [o]).code == "running"  # type: ignore[attr-defined]
+    assert s.explain("r0", T0, [o]).code == "running"
     with pytest.raises(GraphError, match="unknown task"):
-        s.explain("nope", T0, [o])  # type: ignore[attr-defined]
+        s.explain("nope", T0, [o])
 
 
 def test_admission_fair_share_reason(store_url: str, open_url: Any) -> None:
@@ -204,7 +204,7 @@ def test_admission_fair_share_reason(store_url: str, open_url: Any) -> None:
     assert ids(take(s, o) + take(s, o)) == ["heavy0", "light0"]
     h = take(s, o)
     assert ids(h) == ["heavy1"]
-    w = s.explain("heavy2", T0, [o]).as_dict()  # type: ignore[attr-defined]
+    w = s.explain("heavy2", T0, [o]).as_dict()
     assert w["reason"] == "fair_share" and w["behind_groups"] == ["light"]
     assert (w["group"], w["running"], w["weight"], w["share"]) == ("heavy", 2, 1.0, 2.0)
 
@@ -218,7 +218,7 @@ def test_admission_events_in_the_audit_trail(store_url: str, open_url: Any) -> N
     assert take(s, Offer(1, {}, {}, 2)) == []  # held for the gang: reserved, blocked
     got = take(s, offer(2))
     assert ids(got) == ["m0", "m1"]
-    events = {e["event"]: e for e in s.iter_events()}  # type: ignore[attr-defined]
+    events = {e["event"]: e for e in s.iter_events()}
     assert events["gang_reserved"]["gang"] == "g1"
     assert events["gang_reserved"]["reason"] == "gang_incomplete"
     assert events["admission_blocked"]["reason"] == "gang_incomplete"
@@ -230,7 +230,7 @@ def test_admission_events_in_the_audit_trail(store_url: str, open_url: Any) -> N
 def test_admission_plain_graph_keeps_the_fast_path(store_url: str, open_url: Any) -> None:
     s = open_url(store_url)
     s.open_graph(graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}), T0)
-    assert not s.admission  # type: ignore[attr-defined]
+    assert not s.admission
     a = s.claim("w1", 1, T0, LEASE)
     assert ids(a) == ["a"] and s.complete(a[0], None, T0)
     assert ids(s.claim("w1", 1, T0, LEASE)) == ["b"]

@@ -13,8 +13,8 @@ import pytest
 
 from conveyor.errors import GraphMismatchError, StoreError
 from conveyor.graphfile import graph_from_dict
-from conveyor.store.base import open_store
 from conveyor.store.sqlbase import StoreCorruptError, StoreLockedError, StoreUnreachableError
+from conveyor.store.urls import open_store
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

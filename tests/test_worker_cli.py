@@ -162,7 +162,7 @@ def test_worker_loop_break_gives_back_and_exception_fails(tmp_path: Path) -> Non
                 assert task.parents == {"a": 41}
                 raise KeyError("b")
             task.result = 41
-    from conveyor.store.base import open_store
+    from conveyor.store.urls import open_store
 
     store = open_store(db)
     try:

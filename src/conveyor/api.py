@@ -15,7 +15,8 @@ from conveyor.events import EventSink, JsonlSink, combine
 from conveyor.graphfile import graph_from_dict, graph_from_networkx, load_graph, validate_graph
 from conveyor.model import GraphSpec, GroupSpec, TaskRef, TaskResult, TaskSpec, TaskState, find_refs
 from conveyor.runtime.context import current
-from conveyor.store.base import Store, open_store
+from conveyor.store.base import Store
+from conveyor.store.urls import open_store
 
 __all__ = ["Graph", "RunResult", "current", "run", "run_iter", "task"]
 
@@ -255,7 +256,9 @@ def _engine(graph: Any, opts: dict[str, Any]) -> tuple[Any, GraphSpec, list[Any]
         store.emit = emit
     import time
 
-    store.open_graph(spec, time.time(), replace=replace, fingerprints=fingerprints)
+    from conveyor.fingerprints import open_graph
+
+    open_graph(store, spec, time.time(), replace=replace, fingerprints=fingerprints)
     functions = {t.id: t for t in spec.tasks if callable(t.fn)}
     engine = Engine(store, functions=functions, emit=emit, **opts)
     if not store.shared:

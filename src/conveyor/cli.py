@@ -70,9 +70,10 @@ def run(
     """Run a graph file to the end, with a progress bar."""
     from conveyor.cli_store import parse_pairs
     from conveyor.events import JsonlSink
+    from conveyor.fingerprints import open_graph
     from conveyor.progress import make_progress
     from conveyor.runtime.engine import Engine
-    from conveyor.store.base import open_store
+    from conveyor.store.urls import open_store
 
     if executor not in (None, "thread", "inline", "process"):
         fail("--executor must be thread, inline or process")
@@ -80,7 +81,7 @@ def run(
         spec = load_graph_file(file)
         sink = JsonlSink(events) if events is not None else None
         store = open_store(db, emit=sink)
-        store.open_graph(spec, time.time(), replace=replace, fingerprints=not no_fingerprints)
+        open_graph(store, spec, time.time(), replace=replace, fingerprints=not no_fingerprints)
         progress = make_progress(sum(store.counts().values()), quiet=quiet)
         t0 = time.monotonic()
 

@@ -24,7 +24,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 def _open(url: str, emit: Any = None) -> Any:
     """A durable store; ``memory://`` makes no sense across processes."""
     from conveyor.errors import UsageError
-    from conveyor.store.base import open_store
+    from conveyor.store.urls import open_store
 
     if not url.startswith(("sqlite:", "postgresql:", "postgres:")):
         raise UsageError(f"--db must be sqlite:///path or postgresql://..., not {url!r}")
@@ -101,16 +101,16 @@ def register(
     ) -> None:
         """Put a graph into a durable store for `conveyor worker`s to run. The same graph
         again resumes it: what changed and its downstream run again (docs/incremental.md)."""
+        from conveyor.fingerprints import open_graph
+
         with user_errors():
             spec = load_graph_file(file)
             store = _open(db)
             try:
-                opened = store.open_graph(
-                    spec, time.time(), replace=replace, fingerprints=not no_fingerprints
+                opened = open_graph(
+                    store, spec, time.time(), replace=replace, fingerprints=not no_fingerprints
                 )
-                store._atomic(
-                    lambda tx: tx.run("meta_set", key="graph_dir", value=str(file.resolve().parent))
-                )
+                store.meta_set("graph_dir", str(file.resolve().parent))
             finally:
                 store.close()
         verb = "resumed" if opened.resumed else "submitted"
@@ -128,12 +128,14 @@ def register(
     ) -> None:
         """Dry run: what `run`/`submit` of FILE against --db would run again, and why (or reuse).
         Changes nothing in the store."""
+        from conveyor.fingerprints import plan_graph
+
         with user_errors():
             spec = load_graph_file(file)
             store = _open(db)
             try:
                 held = store.graph_name()
-                decisions = store.plan_graph(spec)
+                decisions = plan_graph(store, spec)
             finally:
                 store.close()
         run = [d for d in decisions if d.action == "run"]
@@ -187,6 +189,8 @@ def register(
             fail("--lease must be > 0")
         if executor not in (None, "thread", "inline", "process"):
             fail("--executor must be thread, inline or process")
+        from conveyor.store.base import WorkerProfile
+
         with user_errors():
             offered = parse_pairs(labels, "labels", number=False)
             has = parse_pairs(resources, "resources", number=True) if resources else None
@@ -195,15 +199,13 @@ def register(
             try:
                 if store.graph_name() is None:
                     fail(f"{db} holds no graph yet: run `conveyor submit FILE --db {db}` first")
-                graph_dir = store._scalar("meta_get", key="graph_dir")
+                graph_dir = store.meta_get("graph_dir")
                 for p in (graph_dir, str(Path.cwd())):
                     if p and p not in sys.path:
                         sys.path.insert(0, p)
-                store.labels = offered
-                store.resources = has
-                store.lease_s = lease
-                if max_tasks is not None:
-                    store.max_batch = min(store.max_batch, max_tasks)
+                store.configure(
+                    WorkerProfile(labels=offered, resources=has, max_batch=max_tasks, lease_s=lease)
+                )
                 name = worker_name()
                 engine = Engine(
                     store, workers=workers, worker_id=name, lease_s=lease, idle_exit=idle_exit,

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.core.dag import layout
-from conveyor.core.fingerprint import Decision, Parts, Stored, canonical, decide, digest
+from conveyor.core.fingerprint import Decision, Parts, Stored, canonical, decide_all, digest
 from conveyor.errors import GraphError
 from conveyor.imports import resolve_callable
 from conveyor.model import GraphSpec, TaskSpec
+from conveyor.store.base import GraphFingerprints, OpenedGraph, Store
 
 
 @dataclass
@@ -180,6 +181,44 @@ def missing_outputs(spec: TaskSpec) -> tuple[str, ...]:
     return tuple(p for p in spec.outputs if not os.path.exists(p))
 
 
+def missing_of(spec: GraphSpec) -> dict[str, tuple[str, ...]]:
+    """Declared outputs not on disk, by task id (tasks with none missing are left out)."""
+    out = {}
+    for t in spec.tasks:
+        if t.outputs:
+            miss = missing_outputs(t)
+            if miss:
+                out[t.id] = miss
+    return out
+
+
+def fingerprints_for(
+    store: Store, graph: GraphSpec, functions: Mapping[str, Callable[..., Any]] | None = None
+) -> GraphFingerprints:
+    """What a store needs to resume ``graph`` incrementally: every task's fingerprint parts
+    (input files whose mtime and size the store remembers unchanged are not read again) and
+    the declared outputs missing on disk. Reads sources and files; the store does neither."""
+    known = store.file_hashes()
+    files = FileHashes(dict(known))
+    parts = graph_parts(graph, files=files, functions=functions)
+    return GraphFingerprints(parts, files.entries, missing_of(graph))
+
+
+def open_graph(
+    store: Store, graph: GraphSpec, now: float, *, replace: bool = False, fingerprints: bool = True
+) -> OpenedGraph:
+    """Submit ``graph`` to ``store``, or resume it: with ``fingerprints`` a durable store also
+    runs again what changed and its downstream (an in-process store has nothing to resume, so
+    nothing is computed for it)."""
+    fps = fingerprints_for(store, graph) if fingerprints and store.shared else None
+    return store.open_graph(graph, now, replace=replace, fingerprints=fps)
+
+
+def plan_graph(store: Store, graph: GraphSpec) -> list[Decision]:
+    """What ``open_graph`` of ``graph`` would run again and why; changes nothing."""
+    return store.plan_graph(graph, fingerprints_for(store, graph))
+
+
 def plan(
     spec: GraphSpec,
     stored: Mapping[str, Stored],
@@ -189,26 +228,4 @@ def plan(
 ) -> tuple[list[Decision], dict[str, Parts]]:
     """What would run and why, per task, in graph order; and the new fingerprint parts."""
     parts = graph_parts(spec, files=files, functions=functions)
-    return decide_all(spec, parts, stored), parts
-
-
-def decide_all(
-    spec: GraphSpec,
-    parts: Mapping[str, Parts],
-    stored: Mapping[str, Stored],
-    *,
-    only: list[bool] | None = None,
-) -> list[Decision]:
-    """``decide`` for every task in graph order (or those whose ``only`` flag is set);
-    declared outputs of done tasks are checked."""
-    decisions = []
-    for i, t in enumerate(spec.tasks):
-        if only is not None and not only[i]:
-            continue
-        old = stored.get(t.id)
-        if old is not None and old.state == "done" and t.outputs:
-            miss = missing_outputs(t)
-            if miss:
-                old = Stored(old.state, old.parts, miss)
-        decisions.append(decide(t.id, parts[t.id], old, cache=t.cache))
-    return decisions
+    return decide_all(spec.tasks, parts, stored, missing_of(spec)), parts

@@ -191,3 +191,26 @@ def decide(task: str, new: Parts, old: Stored | None, *, cache: bool = True) -> 
     changed = [pid for pid, fp in new.parents if before_parents.get(pid) != fp]
     changed += [pid for pid in before_parents if pid not in dict(new.parents)]
     return Decision(task, "run", "upstream_changed", {"parents": sorted(set(changed))})
+
+
+def decide_all(
+    tasks: Sequence[Any],
+    parts: Mapping[str, Parts],
+    stored: Mapping[str, Stored],
+    missing: Mapping[str, tuple[str, ...]],
+    *,
+    only: Sequence[bool] | None = None,
+) -> list[Decision]:
+    """``decide`` for every task in graph order (or those whose ``only`` flag is set).
+    ``missing``: declared outputs not on disk, by task id (the caller looked)."""
+    decisions = []
+    for i, t in enumerate(tasks):
+        if only is not None and not only[i]:
+            continue
+        old = stored.get(t.id)
+        if old is not None and old.state == "done":
+            miss = missing.get(t.id)
+            if miss:
+                old = Stored(old.state, old.parts, miss)
+        decisions.append(decide(t.id, parts[t.id], old, cache=t.cache))
+    return decisions

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.core.admission import Offer
+from conveyor.core.explain import Reason
 from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
 from conveyor.errors import ConveyorError
 from conveyor.events import EventSink
@@ -175,9 +176,6 @@ class Engine:
         self._is_async: dict[Any, bool] = {}
         self._want = True
         self._yield = True
-        self._claim_one: Callable[[str, float], Claim | None] = getattr(
-            store, "claim_one", None
-        ) or (lambda w, now: next(iter(store.claim(w, 1, now, self.lease_s)), None))
         self._stuck = False  # a timed-out thread/process task may still be running
         self._engine_thread: int | None = None
 
@@ -337,9 +335,10 @@ class Engine:
         worker = self.worker_id
         want = self._want
         batch_limit = _RESULT_BATCH if self._yield else 1 << 62
-        claim_one = self._claim_one
+        claim_one = store.claim_one
+        lease_s = self.lease_s
         complete = store.complete
-        admission = getattr(store, "admission", False)
+        admission = store.admission
         mine = None
         while not self._stopping and (
             len(running) + self._pending_starts < self.slots + self._lent
@@ -352,7 +351,7 @@ class Engine:
                 if not batch:
                     break
             else:
-                claim = claim_one(worker, now)
+                claim = claim_one(worker, now, lease_s)
                 if claim is None:
                     break
                 batch = (claim,)
@@ -429,17 +428,14 @@ class Engine:
         """Cap the tasks started per endpoint at its adaptive limit plus headroom, so a
         rate-limited endpoint cannot hold slots that other endpoints' tasks could use; write
         ``endpoint_limit_changed`` when a limit moved. O(endpoints) per tick."""
-        q = getattr(getattr(self.store, "frontier", None), "queue", None)
-        if q is None:
-            return
-        endpoints = {s.endpoint for s in q.shapes if s.endpoint is not None}
+        endpoints = self.store.endpoints()
         if not endpoints:
             return
         limiter = self.limiter
-        for ep in sorted(endpoints):
+        for ep in endpoints:
             st = limiter.key_statistics(ep)
             cap = max(1, math.ceil(st.limit * (1.0 + self.endpoint_headroom)))
-            self.store.set_endpoint_cap(ep, cap)  # type: ignore[attr-defined]
+            self.store.set_endpoint_cap(ep, cap)
             old = self._endpoint_limits.get(ep)
             if old != st.limit:
                 self._endpoint_limits[ep] = st.limit
@@ -452,8 +448,7 @@ class Engine:
 
     def _report_endpoints(self, now: float) -> None:
         """Shared stores: publish this worker's endpoint statistics for ``conveyor status``."""
-        report = getattr(self.store, "report_endpoints", None)
-        if self._limiter is None or report is None:
+        if self._limiter is None:
             return
         stats = {
             k: {"limit": st.limit, "in_flight": st.in_flight, "waiting": st.waiting,
@@ -461,7 +456,7 @@ class Engine:
             for k, st in self._limiter.statistics().items()
         }  # fmt: skip
         if stats:
-            report(self.worker_id, now, stats)
+            self.store.report_endpoints(self.worker_id, now, stats)
 
     def _offer(self) -> Offer:
         free = self.slots + self._lent - len(self._running)
@@ -480,42 +475,16 @@ class Engine:
         """Refuse (``GraphError``) a task this engine could never run: its labels or resources
         exceed what the engine offers even when idle. For in-process runs, where the engine is
         the only worker; shared stores report ``never_fits`` instead (workers come and go)."""
-        f = getattr(self.store, "frontier", None)
-        q = getattr(f, "queue", None)
-        if q is None:
-            return
         full = Offer(self.slots, dict(self.resources), self.labels, self.slots)
-        bad = {sid for sid, shape in enumerate(q.shapes) if full.fit_count(shape) <= 0}
-        from conveyor.core.explain import explain
-        from conveyor.errors import GraphError
+        message = self.store.unfit(full, self.clock.now())
+        if message is not None:
+            from conveyor.errors import GraphError
 
-        if not bad:
-            # A gang needs all its members placed at once on this one worker.
-            for i, gang in f.gang_of.items():
-                size = q.gang_size.get(gang, 0)
-                fit = full.fit_count(q.shapes[f.shape[i]])
-                if fit < size and not TaskState(f.state[i]).finished:
-                    raise GraphError(
-                        f"gang {gang!r} can never run on this worker: it needs {size} matching "
-                        f"slots at once and this worker offers at most {fit}"
-                    )
-            return
-        for i, sid in enumerate(f.shape):
-            if sid in bad and not TaskState(f.state[i]).finished:
-                why = explain(f, i, self.clock.now(), [full], parents=[])
-                if why.code == "waiting_on_parents":
-                    shape = q.shapes[sid]
-                    why_text = f"it asks {shape.resources or ''} {shape.constraints or ''}"
-                else:
-                    why_text = why.message
-                raise GraphError(f"task {f.ids[i]!r} can never run on this worker: {why_text}")
+            raise GraphError(message)
 
-    def explain(self, task_id: str) -> Any:
+    def explain(self, task_id: str) -> Reason:
         """Why ``task_id`` is not running now: a ``Reason`` with a code and numbers."""
-        explain = getattr(self.store, "explain", None)
-        if explain is None:
-            raise ConveyorError("this store cannot explain tasks")
-        return explain(task_id, self.clock.now(), [self._offer()])
+        return self.store.explain(task_id, self.clock.now(), [self._offer()])
 
     # -- starting tasks -----------------------------------------------------------------------
     def _resolve(self, spec: TaskSpec) -> Callable[..., Any] | None:

@@ -24,7 +24,8 @@ from typing import Any
 from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
 from conveyor.errors import ConveyorError
 from conveyor.model import TaskSpec
-from conveyor.store.base import Claim, Store, open_store
+from conveyor.store.base import Claim, Store, WorkerProfile
+from conveyor.store.urls import open_store
 
 __all__ = ["WorkItem", "WorkerLoop", "worker"]
 
@@ -85,19 +86,17 @@ class WorkerLoop:
         self._frame: types.FrameType | None = None
         self._closed = False
         self.store: Store = open_store(db)
-        store: Any = self.store
-        store.inline_noops = False  # here the loop body is the work of every task
-        store.max_batch = 1
-        store.lease_s = lease_s
-        if labels is not None:
-            store.labels = dict(labels)
-        if resources is not None:
-            store.resources = dict(resources)
+        # Here the loop body is the work of every task: no-ops are handed out too, one at a time.
+        self.store.configure(
+            WorkerProfile(labels=labels or {}, resources=resources, max_batch=1,
+                          complete_noops=False, lease_s=lease_s)
+        )  # fmt: skip
         now = time.time()
         if graph is not None:
             from conveyor.api import as_graph
+            from conveyor.fingerprints import open_graph
 
-            self.store.open_graph(as_graph(graph), now, replace=replace, fingerprints=fingerprints)
+            open_graph(self.store, as_graph(graph), now, replace=replace, fingerprints=fingerprints)
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
         if self.store.shared:

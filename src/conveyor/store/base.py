@@ -1,4 +1,4 @@
-"""The ``Store`` interface every backend implements, and ``open_store(url)``.
+"""The ``Store`` interface every backend implements: everything its callers need, nothing more.
 
 A store owns task state and its transitions; each public mutating method is one transaction
 (memory: one call under the engine's single thread; SQL: one short transaction) that also
@@ -14,13 +14,16 @@ Rules every store follows (checked by ``tests/test_store_contract.py`` on every 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.core.admission import Offer
+from conveyor.core.explain import Reason
+from conveyor.core.fingerprint import Decision, Parts
 from conveyor.errors import StoreError
 from conveyor.events import EventSink
-from conveyor.model import GraphSpec, TaskResult, TaskSpec
+from conveyor.model import EMPTY, GraphSpec, TaskResult, TaskSpec
 
 
 @dataclass(slots=True)
@@ -48,13 +51,54 @@ class OpenedGraph:
     unfinished: int
 
 
+@dataclass(frozen=True, slots=True)
+class GraphFingerprints:
+    """Fingerprint parts a caller computed for a graph (``conveyor.fingerprints``), handed to
+    the store so that the store never imports user code or reads input files itself."""
+
+    #: Every task's parts by task id.
+    parts: Mapping[str, Parts]
+    #: ``path -> (mtime_ns, size, digest)`` of every input file the caller hashed; the store
+    #: remembers them so the next run skips files whose mtime and size did not change.
+    files: Mapping[str, tuple[int, int, str]] = field(default_factory=dict)
+    #: Declared outputs missing on disk, by task id (only tasks with missing outputs).
+    missing: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerProfile:
+    """How one worker claims through its store handle (set once with ``Store.configure``)."""
+
+    #: What this worker offers: a task with labels runs only where they all match.
+    labels: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    #: What this worker has; a task with resources runs where they fit. ``None``: resources
+    #: are not accounted and the worker takes any task.
+    resources: Mapping[str, float] | None = None
+    #: Most tasks one claim transaction takes (``None``: the store's default).
+    max_batch: int | None = None
+    #: Complete no-op tasks inside the transaction that claims them. Off for the loop API
+    #: (``conveyor.worker``), where the loop body is the work of every task.
+    complete_noops: bool = True
+    #: Lease length, for claims a store takes ahead (batches) and for heartbeats.
+    lease_s: float = 30.0
+
+
 class Store(abc.ABC):
-    """One backend. Methods take ``now`` (unix seconds) instead of reading a clock."""
+    """One backend. Methods take ``now`` (unix seconds) instead of reading a clock.
+
+    Every caller (engine, worker loop, CLI, dashboard) uses only what is declared here.
+    Methods with a body are optional capabilities with a sensible default for a store that
+    does not have them (the memory store has no leases, no audit table, nothing to resume).
+    """
 
     url: str = ""
     emit: EventSink | None = None
     #: Whether other processes may share this store (SQL: yes; memory: no).
     shared: bool = False
+
+    # -- setup ----------------------------------------------------------------------------------
+    def configure(self, profile: WorkerProfile) -> None:
+        """Set how this handle's worker claims (labels, resources, batch size, no-ops)."""
 
     # -- graphs and tasks ------------------------------------------------------------------
     @abc.abstractmethod
@@ -64,12 +108,25 @@ class Store(abc.ABC):
         now: float,
         *,
         replace: bool = False,
-        fingerprints: bool = True,
-        functions: Mapping[str, Callable[..., Any]] | None = None,
+        fingerprints: GraphFingerprints | None = None,
     ) -> OpenedGraph:
         """Submit ``graph``, or resume it when the store holds the same name. With
         ``fingerprints`` (durable stores; docs/incremental.md) a resume also runs again what
-        changed and its downstream; ``functions`` are the callables of tasks by id."""
+        changed and its downstream; without them a resume runs only what is unfinished."""
+
+    def file_hashes(self) -> dict[str, tuple[int, int, str]]:
+        """Input-file hashes remembered from earlier runs (``path -> (mtime_ns, size,
+        digest)``), for the caller computing fingerprints."""
+        return {}
+
+    def plan_graph(self, graph: GraphSpec, fingerprints: GraphFingerprints) -> list[Decision]:
+        """What ``open_graph`` would run again and why, per task in graph order; changes
+        nothing."""
+        raise StoreError(f"{self.url}: this store remembers no earlier runs to plan against")
+
+    def graph_name(self) -> str | None:
+        """The name of the graph the store holds (``None`` when empty)."""
+        return None
 
     @abc.abstractmethod
     def submit_children(self, parent: Claim, tasks: list[TaskSpec], now: float) -> list[str]:
@@ -77,9 +134,17 @@ class Store(abc.ABC):
 
     # -- the claim/complete cycle ---------------------------------------------------------------
     @abc.abstractmethod
-    def claim(self, worker: str, limit: int, now: float, lease_s: float) -> list[Claim]:
+    def claim(
+        self, worker: str, limit: int, now: float, lease_s: float, offer: Offer | None = None
+    ) -> list[Claim]:
         """Hand up to ``limit`` ready tasks to ``worker``, best key first, leased until
-        ``now + lease_s``. Due retries become claimable first."""
+        ``now + lease_s``. Due retries become claimable first. With an ``offer`` (free slots,
+        resources, labels of the worker right now) admission decides what fits."""
+
+    def claim_one(self, worker: str, now: float, lease_s: float) -> Claim | None:
+        """The hot path of ``claim`` for one task with no offer."""
+        got = self.claim(worker, 1, now, lease_s)
+        return got[0] if got else None
 
     @abc.abstractmethod
     def complete(self, claim: Claim, value: Any, now: float) -> bool:
@@ -95,6 +160,14 @@ class Store(abc.ABC):
     def release(self, claim: Claim, now: float) -> bool:
         """Give a claimed task back unrun (shutdown); it keeps its key and attempt count."""
 
+    def release_buffered(self, now: float) -> int:
+        """Give back tasks claimed ahead in a batch and not yet handed out; returns how many."""
+        return 0
+
+    def cancel_unfinished(self, now: float) -> int:
+        """Cancel every task not yet finished (an interrupted in-process run); how many."""
+        return 0
+
     def heartbeat(self, worker: str, now: float, lease_s: float) -> int:
         """Renew every lease ``worker`` holds; returns how many. Memory: nothing to do."""
         return 0
@@ -108,11 +181,39 @@ class Store(abc.ABC):
         Returns ``False`` at once when the store has no such signal; the engine then polls."""
         return False
 
-    def register_worker(self, worker: str, now: float, info: dict[str, Any]) -> None:
+    def register_worker(self, worker: str, now: float, info: Mapping[str, Any]) -> None:
         """Note a worker joining (for status); idempotent."""
 
     def unregister_worker(self, worker: str, now: float) -> None:
         """Note a worker leaving cleanly."""
+
+    # -- admission and endpoints ------------------------------------------------------------
+    @property
+    def admission(self) -> bool:
+        """Whether claims go through admission (groups, caps, labels, resources, gangs,
+        endpoints); ``False`` keeps the single-heap fast path."""
+        return False
+
+    @abc.abstractmethod
+    def explain(self, task_id: str, now: float, offers: list[Offer] | None = None) -> Reason:
+        """Why ``task_id`` is not running now: one dominant reason with numbers. ``offers``:
+        the workers to judge fit against (``None``: the workers the store knows)."""
+
+    def unfit(self, offer: Offer, now: float) -> str | None:
+        """A message naming a task that can never run on a worker offering ``offer`` even
+        when idle, or ``None``. For in-process runs where one engine is the only worker;
+        shared stores answer ``None`` and ``explain`` says ``never_fits`` instead."""
+        return None
+
+    def endpoints(self) -> list[str]:
+        """Endpoint keys that tasks in the store call (for the engine to follow limits)."""
+        return []
+
+    def set_endpoint_cap(self, endpoint: str, cap: int) -> None:
+        """Let at most ``cap`` tasks calling ``endpoint`` start (per worker)."""
+
+    def report_endpoints(self, worker: str, now: float, stats: Mapping[str, Any]) -> None:
+        """Publish one worker's endpoint limiter statistics for ``status``."""
 
     # -- queries ------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -143,27 +244,46 @@ class Store(abc.ABC):
         """The audit trail of one task, oldest first."""
         return []
 
+    def status(self, now: float) -> dict[str, Any]:
+        """A summary for people and dashboards: ``graph``, ``total``, ``unfinished``,
+        ``counts`` (by state), ``groups`` (counts by group and state), ``workers`` and
+        ``workers_alive``, ``tasks_per_s``, ``eta_s``, ``endpoints``, ``reasons``. May scan."""
+        counts = self.counts()
+        unfinished = self.unfinished()
+        return {
+            "graph": self.graph_name(), "total": sum(counts.values()), "unfinished": unfinished,
+            "counts": counts, "groups": {}, "workers": [], "workers_alive": 0,
+            "tasks_per_s": 0.0, "eta_s": None, "endpoints": {}, "reasons": {},
+        }  # fmt: skip
+
+    def events_after(self, after: int, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
+        """Audit rows with an id above ``after``, oldest first, as ``(id, event)``."""
+        return []
+
+    def iter_events(self) -> Iterator[dict[str, Any]]:
+        """The whole audit trail as events, oldest first."""
+        after = 0
+        while got := self.events_after(after):
+            after = got[-1][0]
+            for _, event in got:
+                yield event
+
+    # -- administration -------------------------------------------------------------------------
+    def meta_get(self, key: str) -> str | None:
+        """A value the store keeps beside the graph (e.g. ``graph_dir``)."""
+        return None
+
+    def meta_set(self, key: str, value: str) -> None:
+        """Keep ``value`` under ``key`` beside the graph."""
+
+    def retry(self, ids: list[str] | None, now: float) -> list[str]:
+        """Make failed (or cancelled) tasks claimable again and un-skip what their failure
+        skipped. ``ids=None``: every failed task. Returns the ids made claimable."""
+        raise StoreError(f"{self.url}: this store does not retry finished runs")
+
+    def prune(self, keep: int) -> int:
+        """Delete all but the newest ``keep`` audit rows of each task; returns how many went."""
+        return 0
+
     def close(self) -> None:
         """Release connections and files."""
-
-
-def open_store(url: str | None, *, emit: EventSink | None = None) -> Store:
-    """Open the store named by ``url`` (``None`` or ``memory://`` for an in-process store)."""
-    if url is None or url in ("memory://", "memory", ":memory:"):
-        from conveyor.store.memory import MemoryStore
-
-        store: Store = MemoryStore()
-    elif url.startswith("sqlite://"):
-        from conveyor.store import sqlite
-
-        store = sqlite.SqliteStore.from_url(url)
-    elif url.startswith(("postgresql://", "postgres://")):
-        from conveyor.store import postgres
-
-        store = postgres.PostgresStore.from_url(url)
-    else:
-        raise StoreError(
-            f"unknown store URL {url!r}: use memory://, sqlite:///path/run.db or postgresql://..."
-        )
-    store.emit = emit
-    return store

@@ -18,10 +18,11 @@ from conveyor.core.admission import (
     needs_admission,
     plan_admission,
 )
+from conveyor.core.explain import Reason, explain
 from conveyor.core.frontier import DONE, FAILED, READY, RUNNING, Frontier
 from conveyor.errors import GraphError, GraphMismatchError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
-from conveyor.store.base import Claim, OpenedGraph, Store
+from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph, Store
 
 _NO_VALUE = object()
 
@@ -50,7 +51,12 @@ class MemoryStore(Store):
 
     # -- graphs ---------------------------------------------------------------------------------
     def open_graph(
-        self, graph: GraphSpec, now: float, *, replace: bool = False, **_fingerprints: Any
+        self,
+        graph: GraphSpec,
+        now: float,
+        *,
+        replace: bool = False,
+        fingerprints: GraphFingerprints | None = None,
     ) -> OpenedGraph:
         # One process, one run: nothing to resume, so fingerprints have nothing to compare.
         if graph.name in self.graph_names:
@@ -116,6 +122,40 @@ class MemoryStore(Store):
     def admission(self) -> bool:
         return self.frontier.queue is not None
 
+    def endpoints(self) -> list[str]:
+        q = self.frontier.queue
+        if q is None:
+            return []
+        return sorted({s.endpoint for s in q.shapes if s.endpoint is not None})
+
+    def unfit(self, offer: Offer, now: float) -> str | None:
+        f = self.frontier
+        q = f.queue
+        if q is None:
+            return None
+        bad = {sid for sid, shape in enumerate(q.shapes) if offer.fit_count(shape) <= 0}
+        if not bad:
+            # A gang needs all its members placed at once on this one worker.
+            for i, gang in f.gang_of.items():
+                size = q.gang_size.get(gang, 0)
+                fit = offer.fit_count(q.shapes[f.shape[i]])
+                if fit < size and not TaskState(f.state[i]).finished:
+                    return (
+                        f"gang {gang!r} can never run on this worker: it needs {size} matching "
+                        f"slots at once and this worker offers at most {fit}"
+                    )
+            return None
+        for i, sid in enumerate(f.shape):
+            if sid in bad and not TaskState(f.state[i]).finished:
+                why = explain(f, i, now, [offer], parents=[])
+                if why.code == "waiting_on_parents":
+                    shape = q.shapes[sid]
+                    why_text = f"it asks {shape.resources or ''} {shape.constraints or ''}"
+                else:
+                    why_text = why.message
+                return f"task {f.ids[i]!r} can never run on this worker: {why_text}"
+        return None
+
     # -- claim/complete -------------------------------------------------------------------------
     def claim(
         self, worker: str, limit: int, now: float, lease_s: float, offer: Offer | None = None
@@ -124,13 +164,13 @@ class MemoryStore(Store):
             return self._claim_admitted(worker, now, offer or Offer(limit))
         out = []
         for _ in range(limit):
-            c = self.claim_one(worker, now)
+            c = self.claim_one(worker, now, lease_s)
             if c is None:
                 break
             out.append(c)
         return out
 
-    def claim_one(self, worker: str, now: float) -> Claim | None:
+    def claim_one(self, worker: str, now: float, lease_s: float = 0.0) -> Claim | None:
         """The hot path of ``claim`` for one task: a heap pop and a small record."""
         f = self.frontier
         if f._delayed and f._delayed[0][0] <= now:
@@ -290,10 +330,8 @@ class MemoryStore(Store):
             return []
         return list(self._audit.get(self.frontier.get(task_id), []))
 
-    def explain(self, task_id: str, now: float, offers: list[Offer] | None = None) -> Any:
+    def explain(self, task_id: str, now: float, offers: list[Offer] | None = None) -> Reason:
         """The dominant reason ``task_id`` is not running (see ``conveyor.core.explain``)."""
-        from conveyor.core.explain import explain
-
         f = self.frontier
         i = f.get(task_id)
         parents = [f.index[p] for p in self.specs[i].deps]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import GraphError, UsageError
@@ -80,17 +79,6 @@ class SqlAdmin:
 
         rows = self._read("audit_after", after=after, limit=limit)
         return [(r[0], audit_event(r)) for r in rows]
-
-    def iter_events(self) -> Iterator[dict[str, Any]]:
-        """The whole audit trail as events, oldest first."""
-        after = 0
-        while True:
-            got = self.events_after(after)
-            if not got:
-                return
-            after = got[-1][0]
-            for _, ev in got:
-                yield ev
 
     def prune(self, keep: int) -> int:
         """Delete all but the newest ``keep`` audit rows of each task; returns how many went.

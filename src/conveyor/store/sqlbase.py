@@ -17,7 +17,7 @@ import os
 import re
 import socket
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from functools import cache
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from conveyor.core.dag import layout
 from conveyor.errors import GraphError, GraphMismatchError, StaleLeaseError, StoreError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
-from conveyor.store.base import Claim, OpenedGraph, Store
+from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph, Store, WorkerProfile
 from conveyor.store.codec import ResultCodec, ResultError, decode_spec, encode_spec
 from conveyor.store.sqladmin import SqlAdmin
 from conveyor.store.sqladmission import SqlAdmission
@@ -302,9 +302,24 @@ class SqlStore(SqlFingerprints, SqlAdmission, SqlAdmin, Store):
         """0 for an empty database; refuses one that holds other tables."""
         raise NotImplementedError
 
+    def configure(self, profile: WorkerProfile) -> None:
+        self.labels = dict(profile.labels)
+        self.resources = None if profile.resources is None else dict(profile.resources)
+        if profile.max_batch is not None:
+            self.max_batch = max(1, min(MAX_BATCH, profile.max_batch))
+        self.inline_noops = profile.complete_noops
+        self.lease_s = profile.lease_s
+
+    def meta_get(self, key: str) -> str | None:
+        value = self._scalar("meta_get", key=key)
+        return None if value is None else str(value)
+
+    def meta_set(self, key: str, value: str) -> None:
+        self._atomic(lambda tx: tx.run("meta_set", key=key, value=value))
+
     # -- graphs and tasks -----------------------------------------------------------------------
     def graph_name(self) -> str | None:
-        return self._scalar("meta_get", key="graph")  # type: ignore[no-any-return]
+        return self.meta_get("graph")
 
     def open_graph(
         self,
@@ -312,11 +327,12 @@ class SqlStore(SqlFingerprints, SqlAdmission, SqlAdmin, Store):
         now: float,
         *,
         replace: bool = False,
-        fingerprints: bool = True,
-        functions: Mapping[str, Callable[..., Any]] | None = None,
+        fingerprints: GraphFingerprints | None = None,
     ) -> OpenedGraph:
-        # Fingerprints (sqlfp.py): computed before the transaction; a resume applies them.
-        parts, file_rows = self.fingerprint_parts(graph, functions) if fingerprints else (None, [])
+        # Fingerprints (sqlfp.py): computed by the caller; a resume applies them.
+        fps = fingerprints
+        parts = None if fps is None else fps.parts
+        file_rows = [] if fps is None else self._fp_file_rows(fps)
 
         def op(tx: Tx) -> OpenedGraph:
             self._lock_graph(tx)
@@ -340,8 +356,8 @@ class SqlStore(SqlFingerprints, SqlAdmission, SqlAdmin, Store):
             if name is None:
                 tx.run("meta_set", key="graph", value=graph.name)
                 roots = 0
-            elif parts is not None:
-                existing, edge_changes = self._fp_resume(tx, graph, parts, now)
+            elif fps is not None:
+                existing, edge_changes = self._fp_resume(tx, graph, fps, now)
                 roots = int(tx.scalar("meta_get", key="roots") or 0)
             else:
                 existing = {r[0]: (r[1], r[2], r[3]) for r in tx.rows("all_task_keys")}
@@ -486,16 +502,16 @@ class SqlStore(SqlFingerprints, SqlAdmission, SqlAdmin, Store):
             self._claimed_at[c.handle] = now
         return out
 
-    def claim_one(self, worker: str, now: float) -> Claim | None:
+    def claim_one(self, worker: str, now: float, lease_s: float) -> Claim | None:
         """The engine's hot path: from this worker's batch, else one transaction that claims a
         batch when tasks are fast (see ``FAST_TASK_S``) or a single task otherwise."""
         if not self._buffer:
             if self.admission:
-                got = self.claim(worker, 1, now, self.lease_s)
+                got = self.claim(worker, 1, now, lease_s)
                 return got[0] if got else None
             self._worker = worker
             limit = self.max_batch if self._ewma < FAST_TASK_S else 1
-            got = self._atomic(lambda tx: self._claim_in(tx, worker, limit, now, self.lease_s))
+            got = self._atomic(lambda tx: self._claim_in(tx, worker, limit, now, lease_s))
             if not got:
                 return None
             self._buffer.extend(got)

@@ -24,12 +24,12 @@ one read of every task's (id, state, fingerprint) to compare.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from conveyor.core.fingerprint import Decision, Parts, Stored, decide
-from conveyor.fingerprints import FileHashes, decide_all, graph_parts
+from conveyor.core.fingerprint import Decision, Parts, Stored, decide, decide_all
 from conveyor.model import GraphSpec, TaskState
+from conveyor.store.base import GraphFingerprints
 from conveyor.store.codec import encode_spec
 
 if TYPE_CHECKING:
@@ -72,28 +72,26 @@ class SqlFingerprints:
         lock; SQLite's writer lock already does)."""
 
     # -- computing ------------------------------------------------------------------------------
-    def fingerprint_parts(
-        self, graph: GraphSpec, functions: Mapping[str, Callable[..., Any]] | None = None
-    ) -> tuple[dict[str, Parts], list[dict[str, Any]]]:
-        """Every task's fingerprint parts, with the store's remembered file hashes (files whose
-        mtime and size did not change are not read), and the file hash rows to save. Outside
-        any transaction."""
-        known = {p: (int(m), int(s), d) for p, m, s, d in self._read("fp_file_hashes")}
-        files = FileHashes(dict(known))
-        parts = graph_parts(graph, files=files, functions=functions)
-        rows = [
+    def file_hashes(self) -> dict[str, tuple[int, int, str]]:
+        """Input-file hashes remembered from earlier runs, for the caller's fingerprints."""
+        return {p: (int(m), int(s), d) for p, m, s, d in self._read("fp_file_hashes")}
+
+    def _fp_file_rows(self, fps: GraphFingerprints) -> list[dict[str, Any]]:
+        """The file hash rows the caller computed that the store does not hold yet."""
+        known = self.file_hashes()
+        return [
             {"path": p, "mtime_ns": e[0], "size": e[1], "digest": e[2]}
-            for p, e in files.entries.items()
-            if known.get(p) != e
+            for p, e in fps.files.items()
+            if known.get(p) != tuple(e)
         ]
-        return parts, rows
 
     def _fp_decide(
-        self, rows: list[Any], graph: GraphSpec, parts: dict[str, Parts], fetch: Any
+        self, rows: list[Any], graph: GraphSpec, fps: GraphFingerprints, fetch: Any
     ) -> tuple[list[Decision], dict[str, Stored]]:
         """Decisions for ``graph``'s tasks in graph order, from ``fp_all`` rows, and what the
         store remembers of the tasks that are not plainly unchanged. Parts are read only for
         done or running tasks whose fingerprint differs (to say what changed)."""
+        parts = fps.parts
         by_id = {r[0]: r for r in rows}
         stored: dict[str, Stored] = {}
         differ: dict[int, str] = {}
@@ -122,25 +120,23 @@ class SqlFingerprints:
             for seq, fp, text in fetch("fp_parts_of", seqs=self._list(sorted(differ))):
                 tid = differ[seq]
                 stored[tid] = Stored(stored[tid].state, parts_from_json(fp, text))
-        rest = iter(decide_all(graph, parts, stored, only=[d is None for d in out]))
+        rest = iter(decide_all(graph.tasks, parts, stored, fps.missing,
+                               only=[d is None for d in out]))  # fmt: skip
         return [d if d is not None else next(rest) for d in out], stored
 
-    def plan_graph(
-        self, graph: GraphSpec, functions: Mapping[str, Callable[..., Any]] | None = None
-    ) -> list[Decision]:
+    def plan_graph(self, graph: GraphSpec, fingerprints: GraphFingerprints) -> list[Decision]:
         """What ``open_graph`` would run again and why, per task in graph order. Changes
-        nothing (the file hashes it computes are not saved)."""
-        parts, _files = self.fingerprint_parts(graph, functions)
+        nothing."""
         if self.graph_name() != graph.name:
-            return decide_all(graph, parts, {})
-        return self._fp_decide(self._read("fp_all"), graph, parts, self._read)[0]
+            return decide_all(graph.tasks, fingerprints.parts, {}, fingerprints.missing)
+        return self._fp_decide(self._read("fp_all"), graph, fingerprints, self._read)[0]
 
     # -- resuming -------------------------------------------------------------------------------
     def _fp_save_files(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
         if rows:
             tx.conn.executemany(self.queries["fp_file_hash_set"], rows)
 
-    def _fp_insert(self, tx: Tx, seq_of: Mapping[str, int], parts: dict[str, Parts]) -> None:
+    def _fp_insert(self, tx: Tx, seq_of: Mapping[str, int], parts: Mapping[str, Parts]) -> None:
         """Fingerprint rows of newly inserted tasks."""
         rows = [
             {"seq": seq, "fp": parts[tid].fingerprint, "parts": parts_json(parts[tid])}
@@ -150,7 +146,7 @@ class SqlFingerprints:
             self._insert_rows(tx, "fp_insert", rows)
 
     def _fp_resume(
-        self, tx: Tx, graph: GraphSpec, parts: dict[str, Parts], now: float
+        self, tx: Tx, graph: GraphSpec, fps: GraphFingerprints, now: float
     ) -> tuple[dict[str, tuple[int, int, int]], list[tuple[str, list[str], list[str]]]]:
         """Apply the plan to the tasks the store holds; returns ``{id: (seq, state,
         neg_depth)}`` of every task after it (for inserting the new ones), and the parents
@@ -158,7 +154,8 @@ class SqlFingerprints:
         self._lock_tasks(tx)
         rows = tx.rows("fp_all")
         info = {r[0]: r for r in rows}
-        plan, stored = self._fp_decide(rows, graph, parts, tx.rows)
+        parts = fps.parts
+        plan, stored = self._fp_decide(rows, graph, fps, tx.rows)
         decisions = {d.task: d for d in plan}
         tasks = graph.tasks
         lay = graph.layout
