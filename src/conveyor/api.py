@@ -212,12 +212,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        c = self.counts
-        return (
-            self.store.unfinished() == 0
-            and not any(c.get(k, 0) for k in ("failed", "skipped", "cancelled"))
-            and not self.stats.interrupted
-        )
+        return self.exit_code == 0
 
     @property
     def failed(self) -> dict[str, str | None]:
@@ -229,9 +224,9 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        if self.stats.interrupted:
-            return 130
-        return 0 if self.ok else 1
+        from conveyor.outcome import exit_code
+
+        return exit_code(self.counts, interrupted=self.stats.interrupted)
 
 
 def _engine(graph: Any, opts: dict[str, Any]) -> tuple[Any, GraphSpec, list[Any]]:

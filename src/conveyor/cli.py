@@ -71,9 +71,11 @@ def run(
     from conveyor.cli_store import parse_pairs
     from conveyor.events import JsonlSink
     from conveyor.fingerprints import open_graph
+    from conveyor.outcome import exit_code
     from conveyor.progress import make_progress
     from conveyor.runtime.engine import Engine
     from conveyor.store.urls import open_store
+    from conveyor.workerid import default_worker_id
 
     if executor not in (None, "thread", "inline", "process"):
         fail("--executor must be thread, inline or process")
@@ -93,7 +95,7 @@ def run(
         engine = Engine(
             store, workers=workers, fail_fast=fail_fast, executor=executor, lease_s=lease,
             seed=seed, functions={t.id: t for t in spec.tasks if callable(t.fn)}, emit=sink,
-            on_tick=tick, worker_id=_worker_name(),
+            on_tick=tick, worker_id=default_worker_id(),
             resources=parse_pairs(resources, "resources", number=True),
             labels=parse_pairs(labels, "labels", number=False),
         )  # fmt: skip
@@ -109,10 +111,7 @@ def run(
             progress.update(counts, total=sum(counts.values()))
             progress.close(counts)
         elapsed = time.monotonic() - t0
-        if code == 0 and (counts.get("failed", 0) or counts.get("skipped", 0)):
-            code = 1
-        if code == 0 and (counts.get("cancelled", 0) or store.unfinished()):
-            code = 1
+        code = exit_code(counts, interrupted=code == 130)
         if not quiet:
             _summary(store, spec, counts, elapsed, code)
         store.close()
@@ -147,13 +146,6 @@ def _summary(store: Any, spec: Any, counts: dict[str, int], elapsed: float, code
                 if shown >= 10:
                     typer.echo("  ...", err=True)
                     break
-
-
-def _worker_name() -> str:
-    import os
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @app.command()

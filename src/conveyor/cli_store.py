@@ -4,7 +4,6 @@ events. Registered on the main app by ``conveyor.cli``."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -74,12 +73,6 @@ def _why(d: Any) -> str:
     if "state" in d.detail:
         return f"{d.reason} (was {d.detail['state']})"
     return str(d.reason)
-
-
-def worker_name() -> str:
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def register(
@@ -206,7 +199,9 @@ def register(
                 store.configure(
                     WorkerProfile(labels=offered, resources=has, max_batch=max_tasks, lease_s=lease)
                 )
-                name = worker_name()
+                from conveyor.workerid import default_worker_id
+
+                name = default_worker_id()
                 engine = Engine(
                     store, workers=workers, worker_id=name, lease_s=lease, idle_exit=idle_exit,
                     max_tasks=max_tasks, executor=executor, emit=sink, resources=has,
@@ -224,14 +219,14 @@ def register(
                 if sink is not None:
                     sink.close()
         st = engine.stats
-        left = sum(counts[s] for s in ("pending", "ready", "running", "retry_wait"))
-        if code == 0 and left == 0 and (counts["failed"] or counts["skipped"]):
-            code = 1
+        from conveyor.outcome import exit_code, left
+
+        code = exit_code(counts, interrupted=code == 130, worker=True)
         if not quiet:
             typer.echo(
                 f"conveyor: worker {name}: {st.done} done, {st.failed} failed, "
                 f"{st.retried} retried in {time.monotonic() - t0:.2f}s; graph: "
-                f"{counts['done']} done, {counts['failed']} failed, {left} left",
+                f"{counts['done']} done, {counts['failed']} failed, {left(counts)} left",
                 err=True,
             )
         raise typer.Exit(code)

@@ -26,6 +26,7 @@ from conveyor.errors import ConveyorError
 from conveyor.model import TaskSpec
 from conveyor.store.base import Claim, Store, WorkerProfile
 from conveyor.store.urls import open_store
+from conveyor.workerid import default_worker_id
 
 __all__ = ["WorkItem", "WorkerLoop", "worker"]
 
@@ -71,10 +72,8 @@ class WorkerLoop:
         retry: RetryPolicy = DEFAULT_RETRY,
         fingerprints: bool = True,
     ) -> None:
-        import os
-        import socket
 
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.worker_id = worker_id or default_worker_id()
         self.lease_s = lease_s
         self.idle_exit = idle_exit
         self.max_tasks = max_tasks

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -31,6 +30,7 @@ from conveyor.store.codec import ResultCodec, ResultError, decode_spec, encode_s
 from conveyor.store.sqladmin import SqlAdmin
 from conveyor.store.sqladmission import SqlAdmission
 from conveyor.store.sqlfp import SqlFingerprints
+from conveyor.workerid import HOST
 
 T = TypeVar("T")
 
@@ -178,9 +178,6 @@ def _pid_alive(pid: int) -> bool:
         return stat.rpartition(")")[2].split()[0] != "Z"
     except (OSError, IndexError):
         return True
-
-
-HOST = socket.gethostname()
 
 
 class SqlStore(SqlFingerprints, SqlAdmission, SqlAdmin, Store):
