@@ -31,11 +31,11 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Graph": "conveyor.api",
+    "Graph": "conveyor.graph",
     "RunResult": "conveyor.api",
     "run": "conveyor.api",
     "run_iter": "conveyor.api",
-    "task": "conveyor.api",
+    "task": "conveyor.graph",
     "current": "conveyor.runtime.context",
     "EndpointLimiter": "conveyor.limiter",
     "worker": "conveyor.runtime.worker",

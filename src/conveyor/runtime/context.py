@@ -12,7 +12,7 @@ from conveyor.errors import ConveyorError, TaskFailed
 from conveyor.model import TaskResult, TaskSpec, TaskState
 
 if TYPE_CHECKING:
-    from conveyor.api import Graph
+    from conveyor.graph import Graph
 
 _current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
     "conveyor_current", default=None
@@ -118,7 +118,7 @@ class TaskContext:
         return [ChildHandle(i, self) for i in ids]
 
     def _child_spec(self, fn: Any, args: tuple[Any, ...], options: dict[str, Any]) -> TaskSpec:
-        from conveyor.api import spec_from_call
+        from conveyor.graph import spec_from_call
 
         with self._lock:
             self._counter += 1

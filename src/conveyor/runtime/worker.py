@@ -92,7 +92,7 @@ class WorkerLoop:
         )  # fmt: skip
         now = time.time()
         if graph is not None:
-            from conveyor.api import as_graph
+            from conveyor.graph import as_graph
             from conveyor.fingerprints import open_graph
 
             open_graph(self.store, as_graph(graph), now, replace=replace, fingerprints=fingerprints)
