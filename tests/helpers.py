@@ -1,17 +1,19 @@
 """Shared helpers for the issue-3 tests: small graphs, an independent model of the depth-first
-order, a fake clock and module-level functions that worker processes can import."""
+order and module-level functions that worker processes can import. The fake clock and the event
+log are ``conveyor.testing``'s (``EventLog`` is re-exported here for older imports)."""
 
 from __future__ import annotations
 
 import heapq
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
+
+from conveyor.testing import EventLog as EventLog  # re-exported for older imports
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "workflows"
 
@@ -51,45 +53,6 @@ def expected_start_order(ids: Sequence[str], parents: Sequence[Sequence[str]]) -
             if waiting[c] == 0:
                 heapq.heappush(heap, (-depth[c], pos[c]))
     return order
-
-
-class EventLog:
-    """An ``emit=`` sink that keeps every event; thread-safe."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        with self._lock:
-            self.events.append(dict(event))
-
-    def of(self, name: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [e for e in self.events if e["event"] == name]
-
-    def tasks(self, name: str) -> list[str]:
-        return [e["task"] for e in self.of(name)]
-
-    def names(self, task: str) -> list[str]:
-        with self._lock:
-            return [e["event"] for e in self.events if e.get("task") == task]
-
-
-class FakeClock:
-    """A clock the test moves by hand (unix-like seconds)."""
-
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:

@@ -386,7 +386,7 @@ def test_explain_retry_backoff_says_until_when() -> None:
 
     def on_result(res: Any) -> None:
         if res.state is TaskState.RETRY_WAIT:
-            seen["now"] = engine.clock.now()
+            seen["now"] = engine.clock.wall()
             seen["why"] = engine.explain("flaky").as_dict()
 
     engine.on_result = on_result

@@ -19,7 +19,8 @@ from conveyor.core.retry import RetryPolicy
 from conveyor.errors import ConveyorError
 from conveyor.runtime.engine import Engine
 from conveyor.store.memory import MemoryStore
-from helpers import EventLog, FakeClock, expected_start_order, pid_and_square
+from conveyor.testing import EventLog, FakeClock
+from helpers import expected_start_order, pid_and_square
 
 TINY_RETRY = RetryPolicy(base=0.001, factor=2.0, max_delay=0.01, jitter=0.0)
 
@@ -249,7 +250,7 @@ def test_engine_waiting_retry_holds_no_worker() -> None:
     log = EventLog()
     store = MemoryStore()
     store.emit = log
-    store.open_graph(g.spec(), clock.now())
+    store.open_graph(g.spec(), clock.wall())
     policy = RetryPolicy(base=10.0, factor=2.0, jitter=0.0)
     Engine(store, workers=1, clock=clock, retry=policy, emit=log).run()
     order = [(e["event"], e["task"]) for e in log.events if e["event"].startswith("task_")]

@@ -12,7 +12,8 @@ import threading
 import pytest
 
 from conveyor.errors import WouldBlock
-from conveyor.limiter import EndpointLimiter, EndpointStatistics, FakeClock, Outcome
+from conveyor.limiter import EndpointLimiter, EndpointStatistics, Outcome
+from conveyor.testing import FakeClock
 
 KEY = "openai/gpt-4o/chat"
 

@@ -27,116 +27,30 @@ import inspect
 import math
 import random
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from conveyor import http as _http
+from conveyor.clock import SYSTEM_CLOCK, Clock, TimerHandle
 from conveyor.core import limiter as core
 from conveyor.core.limiter import AimdPolicy, Outcome, Report
 from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
 from conveyor.errors import WouldBlock
 
 __all__ = [
-    "Clock",
     "EndpointLimiter",
     "EndpointStatistics",
-    "FakeClock",
     "Outcome",
     "Slot",
-    "SystemClock",
     "WouldBlock",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
 OnChange = Callable[[str, int, int, str], None]
 _CANCELLED_EXC = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
-
-
-class TimerHandle(Protocol):
-    def cancel(self) -> None: ...
-
-
-class Clock(Protocol):
-    """Time as a parameter: ``now`` is monotonic seconds, ``wall`` unix seconds (HTTP dates)."""
-
-    def now(self) -> float: ...
-
-    def wall(self) -> float: ...
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
-        """Run ``callback`` (from any thread) once ``now() >= when``."""
-        ...
-
-
-class SystemClock:
-    """The real clock; ``call_at`` runs the callback on a daemon timer thread."""
-
-    def now(self) -> float:
-        return time.monotonic()
-
-    def wall(self) -> float:
-        return time.time()
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
-        timer = threading.Timer(max(0.0, when - time.monotonic()), callback)
-        timer.daemon = True
-        timer.start()
-        return timer
-
-
-class _FakeTimer:
-    __slots__ = ("callback", "cancelled", "when")
-
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
-        self.when, self.callback, self.cancelled = when, callback, False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeClock:
-    """A clock that moves only when told to: ``advance(seconds)`` runs the timers now due."""
-
-    def __init__(self, start: float = 0.0, wall_offset: float = 1_700_000_000.0) -> None:
-        self._now = start
-        self._wall_offset = wall_offset
-        self._timers: list[_FakeTimer] = []
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        return self._now
-
-    def wall(self) -> float:
-        return self._wall_offset + self._now
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
-        timer = _FakeTimer(when, callback)
-        with self._lock:
-            self._timers.append(timer)
-        return timer
-
-    @property
-    def pending_timers(self) -> int:
-        with self._lock:
-            return sum(not t.cancelled for t in self._timers)
-
-    def advance(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("a clock does not go back")
-        self._now += seconds
-        while True:
-            with self._lock:
-                due = sorted((t for t in self._timers if t.when <= self._now), key=lambda t: t.when)
-                self._timers = [t for t in self._timers if t.when > self._now]
-            if not due:
-                return
-            for timer in due:  # outside our lock: callbacks take the limiter's
-                if not timer.cancelled:
-                    timer.callback()
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +277,7 @@ class EndpointLimiter:
             overload_decreases=overload_decreases,
             retry=retry or DEFAULT_RETRY,
         )
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = clock or SYSTEM_CLOCK
         self._aliases = dict(aliases or {})
         for alias in self._aliases:
             core.resolve_key(alias, self._aliases)  # fail early on bad keys or cycles

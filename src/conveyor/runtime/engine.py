@@ -25,7 +25,7 @@ from conveyor.errors import ConveyorError
 from conveyor.events import EventSink
 from conveyor.imports import resolve_callable
 from conveyor.model import TaskResult, TaskSpec, TaskState, find_refs, substitute_refs
-from conveyor.runtime.clock import SYSTEM_CLOCK, Clock
+from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.runtime.context import TaskContext, _current
 from conveyor.runtime.executors import Executors, Running, describe
 from conveyor.store.base import Claim, Store
@@ -222,13 +222,13 @@ class Engine:
         next_beat = 0.0
         out: list[TaskResult] = []
         if shared:
-            store.register_worker(self.worker_id, clock.now(), {"slots": self.slots})
-        self._follow_endpoint_limits(clock.now())
+            store.register_worker(self.worker_id, clock.wall(), {"slots": self.slots})
+        self._follow_endpoint_limits(clock.wall())
         try:
             while True:
                 try:
                     with lock:
-                        now = clock.now()
+                        now = clock.wall()
                         claimed = self.stats.started
                         more = self._fill(now, out)
                         if stats.started != claimed:
@@ -284,7 +284,7 @@ class Engine:
                     except queue.Empty:
                         msg = None
                     with lock:
-                        now = clock.now()
+                        now = clock.wall()
                         out.extend(self._expire_deadlines(now))
                         while msg is not None:
                             self._handle(msg, now, out)
@@ -305,7 +305,7 @@ class Engine:
                         for run in list(running.values()):
                             if run.kind != "thread":
                                 self._executors.cancel(run)
-                                self._release(run, clock.now())
+                                self._release(run, clock.wall())
         finally:
             self._shutdown()
         if stats.interrupted:
@@ -400,7 +400,7 @@ class Engine:
         with self._lock:
             if run.abandoned or self._running.get(run.claim.handle) is not run:
                 return None
-            now = self.clock.now()
+            now = self.clock.wall()
             if not ok and value == "cancelled" and self._stopping:
                 self._release(run, now)
             else:
@@ -421,7 +421,7 @@ class Engine:
         if self._limiter is None:
             from conveyor.limiter import EndpointLimiter
 
-            self._limiter = EndpointLimiter()
+            self._limiter = EndpointLimiter(clock=self.clock)
         return self._limiter
 
     def _follow_endpoint_limits(self, now: float) -> None:
@@ -476,7 +476,7 @@ class Engine:
         exceed what the engine offers even when idle. For in-process runs, where the engine is
         the only worker; shared stores report ``never_fits`` instead (workers come and go)."""
         full = Offer(self.slots, dict(self.resources), self.labels, self.slots)
-        message = self.store.unfit(full, self.clock.now())
+        message = self.store.unfit(full, self.clock.wall())
         if message is not None:
             from conveyor.errors import GraphError
 
@@ -484,7 +484,7 @@ class Engine:
 
     def explain(self, task_id: str) -> Reason:
         """Why ``task_id`` is not running now: a ``Reason`` with a code and numbers."""
-        return self.store.explain(task_id, self.clock.now(), [self._offer()])
+        return self.store.explain(task_id, self.clock.wall(), [self._offer()])
 
     # -- starting tasks -----------------------------------------------------------------------
     def _resolve(self, spec: TaskSpec) -> Callable[..., Any] | None:
@@ -582,7 +582,7 @@ class Engine:
                 return self._finish(run, False, describe(exc), now)
             finally:
                 _current.reset(token)
-            return self._finish(run, True, value, self.clock.now())
+            return self._finish(run, True, value, self.clock.wall())
         elif kind == "process":
             ex.start_process(run, fn, args, kwargs)
         else:
@@ -712,7 +712,7 @@ class Engine:
             if callable(s.fn):
                 self.functions[s.id] = s
         if threading.get_ident() == self._engine_thread:
-            return self.store.submit_children(ctx.claim, specs, self.clock.now())
+            return self.store.submit_children(ctx.claim, specs, self.clock.wall())
         box = _Box()
         self._queue.put(("submit", ctx, specs, box))
         return box.wait()  # type: ignore[no-any-return]
@@ -746,7 +746,7 @@ class Engine:
 
     # -- shutdown ----------------------------------------------------------------------------------
     def _shutdown(self) -> None:
-        now = self.clock.now()
+        now = self.clock.wall()
         for run in list(self._running.values()):
             self._executors.cancel(run)
             self._release(run, now)
