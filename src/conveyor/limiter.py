@@ -41,6 +41,7 @@ from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
 from conveyor.errors import WouldBlock
 
 __all__ = [
+    "Acquire",
     "EndpointLimiter",
     "EndpointStatistics",
     "Outcome",
@@ -216,7 +217,10 @@ class Slot:
         self._exit(exc)
 
 
-class _AsyncAcquire:
+class Acquire:
+    """``async with limiter.acquire(key) as slot:``: waits for a slot on entry, releases it on
+    exit (an exception leaving the block is classified first, unless the slot was reported)."""
+
     __slots__ = ("_key", "_limiter", "_slot")
 
     def __init__(self, limiter: EndpointLimiter, key: str) -> None:
@@ -290,9 +294,9 @@ class EndpointLimiter:
 
     # -- acquiring --------------------------------------------------------------------------
 
-    def acquire(self, key: str) -> _AsyncAcquire:
+    def acquire(self, key: str) -> Acquire:
         """``async with limiter.acquire(key) as slot:`` waits for a slot (FIFO per key)."""
-        return _AsyncAcquire(self, key)
+        return Acquire(self, key)
 
     async def acquire_async(self, key: str) -> Slot:
         """Wait for a slot; the caller must ``release()`` it (or use it as a context manager)."""
