@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import ConveyorError, TaskFailed
 from conveyor.model import TaskResult, TaskSpec, TaskState
+from conveyor.store.base import Claim
 
 if TYPE_CHECKING:
     from conveyor.graph import Graph
+    from conveyor.limiter import Acquire, EndpointLimiter, Slot
 
 _current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
     "conveyor_current", default=None
@@ -54,30 +56,31 @@ class TaskContext:
     task_id: str
     attempt: int
     depth: int
-    parent_results: dict[str, Any]
+    #: The parents' results by parent id (read from the store when first looked at).
+    parent_results: Mapping[str, Any]
     worker: str
+    claim: Claim = field(repr=False)
     # Set by the engine: submit(tasks) -> ids; wait(id, timeout) -> TaskResult
     _submit: Callable[[TaskContext, list[TaskSpec]], list[str]] = field(repr=False)
     _wait: Callable[[TaskContext, str, float | None], TaskResult] = field(repr=False)
-    claim: Any = field(default=None, repr=False)
     endpoint: str | None = None  # the rate-limited service this task declared it calls
-    _limiter: Callable[[], Any] | None = field(default=None, repr=False)
+    _limiter: Callable[[], EndpointLimiter] | None = field(default=None, repr=False)
     _counter: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
-    def limiter(self) -> Any:
+    def limiter(self) -> EndpointLimiter:
         """The run's shared ``EndpointLimiter`` (one per engine: limits adapt across tasks)."""
         if self._limiter is None:
             raise ConveyorError(f"task {self.task_id!r} declared no endpoint")
         return self._limiter()
 
-    def acquire(self) -> Any:
+    def acquire(self) -> Acquire:
         """``async with conveyor.current().acquire() as slot:`` a slot of this task's endpoint;
         then ``slot.report(status_code, retry_after=...)``."""
         return self.limiter.acquire(self._endpoint_key())
 
-    def acquire_sync(self, timeout: float | None = None) -> Any:
+    def acquire_sync(self, timeout: float | None = None) -> Slot:
         """``with conveyor.current().acquire_sync() as slot:`` for sync tasks."""
         return self.limiter.acquire_sync(self._endpoint_key(), timeout)
 

@@ -1,8 +1,10 @@
 """Where task code runs: a thread pool for sync callables, one asyncio loop for ``async def``,
 subprocesses for shell commands, an optional process pool for CPU-bound work.
 
-Every executor reports back by calling ``post((run, ok, value_or_error))`` from whatever thread
-finished the work; the engine's loop is the only reader of those messages.
+Every executor reports back by posting ``Finished(run, ok, value_or_error)`` from whatever thread
+finished the work; the engine's loop is the only reader of those messages. A pool thread that
+finishes a sync task asks ``thread_done`` instead, which may hand it the next task to run
+(a ``Launch``) so that a chain of small tasks never changes threads.
 """
 
 from __future__ import annotations
@@ -14,17 +16,20 @@ import signal
 import subprocess
 import threading
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from conveyor.runtime.context import TaskContext, _current
+from conveyor.runtime.messages import Finished
 from conveyor.store.base import Claim
 
 if TYPE_CHECKING:
     import asyncio
 
-Post = Callable[[tuple[Any, ...]], None]
+#: How a task runs: a shell command, a coroutine on the loop, on the engine thread, in a
+#: process of the pool, or on a pool thread.
+Kind = Literal["cmd", "async", "inline", "process", "thread"]
 
 
 @dataclass(eq=False, slots=True)
@@ -33,12 +38,28 @@ class Running:
 
     claim: Claim
     started: float
-    kind: str = "thread"  # thread, async, cmd, process, inline
+    kind: Kind = "thread"
     deadline: float | None = None
-    future: Any = None  # concurrent.futures.Future or asyncio future
+    future: concurrent.futures.Future[Any] | None = None
     proc: subprocess.Popen[bytes] | None = None
     abandoned: bool = False  # timed out or cancelled: a late result is dropped
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=False, slots=True)
+class Launch:
+    """A function task ready to start: ``fn(*args, **kwargs)`` with ``ctx`` as ``current()``.
+    (Not frozen: made once per task on the hot path, where a frozen dataclass costs ~1 us.)"""
+
+    run: Running
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    ctx: TaskContext
+
+
+Post = Callable[[Finished], None]
+#: Called on a pool thread when its sync task ends; returns the next task for that thread.
+ThreadDone = Callable[[Running, bool, Any], Launch | None]
 
 
 def describe(exc: BaseException) -> str:
@@ -52,14 +73,10 @@ def describe(exc: BaseException) -> str:
 
 
 class Executors:
-    def __init__(
-        self, slots: int, post: Post, thread_done: Callable[..., Any] | None = None
-    ) -> None:
+    def __init__(self, slots: int, post: Post, thread_done: ThreadDone | None = None) -> None:
         self.slots = max(1, slots)
         self._post = post
-        # Called in the pool thread when a sync task ends; may hand back the next task to run
-        # in the same thread (the engine claims it there): (run, fn, args, kwargs, ctx) | None.
-        self._thread_done = thread_done or (lambda run, ok, value: post((run, ok, value)))
+        self._thread_done = thread_done or self._post_done
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._processes: concurrent.futures.ProcessPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -76,32 +93,27 @@ class Executors:
             )
         return self._threads
 
-    def start_sync(
-        self, run: Running, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-        ctx: TaskContext,
-    ) -> None:  # fmt: skip
-        run.future = self._pool().submit(self._thread_main, run, fn, args, kwargs, ctx)
+    def _post_done(self, run: Running, ok: bool, value: Any) -> None:
+        self._post(Finished(run, ok, value))
 
-    def _thread_main(
-        self, run: Running, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-        ctx: TaskContext,
-    ) -> None:  # fmt: skip
+    def start_sync(self, launch: Launch) -> None:
+        launch.run.future = self._pool().submit(self._thread_main, launch)
+
+    def _thread_main(self, launch: Launch | None) -> None:
         """Run a sync task, then whatever the engine hands back to run next in this thread."""
         done = self._thread_done
-        while True:
-            token = _current.set(ctx)
+        while launch is not None:
+            token = _current.set(launch.ctx)
             try:
-                value = fn(*args, **kwargs)
+                value = launch.fn(*launch.args, **launch.kwargs)
                 ok = True
             except BaseException as exc:
                 value, ok = describe(exc), False
             finally:
                 _current.reset(token)
-            nxt = done(run, ok, value)
-            if nxt is None:
-                return
-            run, fn, args, kwargs, ctx = nxt
-            run.kind = "thread"
+            launch = done(launch.run, ok, value)
+            if launch is not None:
+                launch.run.kind = "thread"
 
     # -- async def ----------------------------------------------------------------------------
     def _event_loop(self) -> asyncio.AbstractEventLoop:
@@ -125,29 +137,27 @@ class Executors:
                 self._loop = loop
             return self._loop
 
-    def start_async(
-        self, run: Running, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-        ctx: TaskContext, timeout: float | None,
-    ) -> None:  # fmt: skip
+    def start_async(self, launch: Launch, timeout: float | None) -> None:
         import asyncio
 
         post = self._post
+        run, fn, args, kwargs = launch.run, launch.fn, launch.args, launch.kwargs
 
         async def call() -> None:
-            _current.set(ctx)  # this coroutine runs in its own task: a private context copy
+            _current.set(launch.ctx)  # this coroutine runs in its own task: a private context
             try:
                 if timeout is None:
                     value = await fn(*args, **kwargs)
                 else:
                     value = await asyncio.wait_for(fn(*args, **kwargs), timeout)
             except asyncio.CancelledError:
-                post((run, False, "cancelled"))
+                post(Finished(run, False, "cancelled"))
             except TimeoutError:
-                post((run, False, f"timeout: no result after {timeout:g} s"))
+                post(Finished(run, False, f"timeout: no result after {timeout:g} s"))
             except BaseException as exc:
-                post((run, False, describe(exc)))
+                post(Finished(run, False, describe(exc)))
             else:
-                post((run, True, value))
+                post(Finished(run, True, value))
 
         run.future = asyncio.run_coroutine_threadsafe(call(), self._event_loop())
 
@@ -170,7 +180,7 @@ class Executors:
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                 )  # fmt: skip
             except OSError as exc:
-                post((run, False, describe(exc)))
+                post(Finished(run, False, describe(exc)))
                 return
             run.proc = proc
             if run.abandoned:  # cancelled while the process was starting
@@ -180,24 +190,22 @@ class Executors:
             except subprocess.TimeoutExpired:
                 _kill(proc)
                 proc.communicate()
-                post((run, False, f"timeout: command still running after {timeout:g} s"))
+                post(Finished(run, False, f"timeout: command still running after {timeout:g} s"))
                 return
             if proc.returncode == 0:
-                post((run, True, out.decode(errors="replace").rstrip("\n")))
+                post(Finished(run, True, out.decode(errors="replace").rstrip("\n")))
             else:
                 tail = err.decode(errors="replace").strip().splitlines()[-3:]
                 shown = cmd if isinstance(cmd, str) else shlex.join(cmd)
                 msg = f"command exited {proc.returncode}: {shown}"
                 if tail:
                     msg += " | " + " | ".join(tail)
-                post((run, False, msg))
+                post(Finished(run, False, msg))
 
         run.future = self._pool().submit(call)
 
     # -- processes -----------------------------------------------------------------------------
-    def start_process(
-        self, run: Running, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
+    def start_process(self, launch: Launch) -> None:
         if self._processes is None:
             import multiprocessing
 
@@ -205,15 +213,16 @@ class Executors:
                 max_workers=self.slots, mp_context=multiprocessing.get_context("spawn")
             )
         post = self._post
-        fut = self._processes.submit(fn, *args, **kwargs)
+        run = launch.run
+        fut = self._processes.submit(launch.fn, *launch.args, **launch.kwargs)
 
         def done(f: concurrent.futures.Future[Any]) -> None:
             if f.cancelled():
-                post((run, False, "cancelled"))
+                post(Finished(run, False, "cancelled"))
             elif (exc := f.exception()) is not None:
-                post((run, False, describe(exc)))
+                post(Finished(run, False, describe(exc)))
             else:
-                post((run, True, f.result()))
+                post(Finished(run, True, f.result()))
 
         fut.add_done_callback(done)
         run.future = fut

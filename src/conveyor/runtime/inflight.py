@@ -1,0 +1,156 @@
+"""The tasks running in one engine, and how each one's end is recorded in the store.
+
+``InFlight`` registers a started task (it holds a slot and its resources, maybe a deadline) and
+records its end exactly once: done; failed, and retried after a backoff while attempts remain;
+given back unrun (shutdown, Ctrl-C, a gang retried together); or timed out. The engine calls it
+with its lock held, from the engine thread or from a pool thread that chains.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from conveyor.core.retry import RetryPolicy
+from conveyor.model import TaskResult, TaskSpec, TaskState
+from conveyor.runtime.capacity import Capacity
+from conveyor.runtime.children import Children
+from conveyor.runtime.deadlines import Deadlines
+from conveyor.runtime.executors import Executors, Kind, Running
+from conveyor.store.base import Claim, Store
+
+__all__ = ["InFlight", "RunStats"]
+
+
+@dataclass(slots=True)
+class RunStats:
+    started: int = 0
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    refused: int = 0  # completions the store refused (lease taken over)
+    interrupted: bool = False
+
+
+class InFlight:
+    """Running tasks by the store's handle, with the run's counts."""
+
+    def __init__(
+        self,
+        store: Store,
+        executors: Executors,
+        capacity: Capacity,
+        children: Children,
+        retry: RetryPolicy,
+        rng: random.Random,
+        fail_fast: bool,
+    ) -> None:
+        self.store = store
+        self.stats = RunStats()
+        self.running: dict[int, Running] = {}
+        self.deadlines = Deadlines()
+        #: Start nothing new (stop, Ctrl-C, fail_fast, max_tasks); failures are not retried.
+        self.stopping = False
+        #: A timed-out thread or process task may still be running (it cannot be stopped).
+        self.stuck = False
+        self._executors = executors
+        self._capacity = capacity
+        self._children = children
+        self._retry = retry
+        self._rng = rng
+        self._fail_fast = fail_fast
+
+    def register(self, claim: Claim, kind: Kind, now: float) -> Running:
+        run = Running(claim, now, kind)
+        self.running[claim.handle] = run
+        self._capacity.take(claim.spec)
+        return run
+
+    def is_current(self, run: Running) -> bool:
+        """Whether a report on ``run`` still counts (not timed out, cancelled or replaced)."""
+        return not run.abandoned and self.running.get(run.claim.handle) is run
+
+    def record(self, run: Running, ok: bool, value: Any, now: float) -> TaskResult | None:
+        """An executor's report on a current run; ``None`` when it was cancelled while
+        stopping (the task is given back unrun, not failed)."""
+        if not ok and value == "cancelled" and self.stopping:
+            self.release(run, now)
+            return None
+        return self.finish(run, ok, value, now)
+
+    def finish(self, run: Running, ok: bool, value: Any, now: float) -> TaskResult:
+        """Record a run's end: done with ``value``, or failed with the error text ``value``."""
+        claim = run.claim
+        spec = claim.spec
+        stats = self.stats
+        del self.running[claim.handle]
+        self._capacity.give_back(spec)
+        error = None
+        if ok:
+            accepted = self.store.complete(claim, value, now)
+            state = TaskState.DONE
+            if accepted:
+                stats.done += 1
+        else:
+            error = str(value)
+            value = None
+            retry_at = None
+            if claim.attempt <= spec.retries and not self.stopping:
+                retry_at = now + self._retry.delay(claim.attempt, self._rng.random())
+            accepted = self.store.fail(claim, error, now, retry_at)
+            state = TaskState.RETRY_WAIT if retry_at is not None else TaskState.FAILED
+            if accepted:
+                if retry_at is not None:
+                    stats.retried += 1
+                else:
+                    stats.failed += 1
+                    if self._fail_fast:
+                        self.stopping = True
+                if spec.gang is not None:
+                    self._stop_gang(spec, retry_at is None, now)
+        if not accepted:
+            stats.refused += 1
+        if self._children.waiting:
+            self._children.finished(spec.id, failed=state is TaskState.FAILED)
+        return TaskResult(spec.id, state, value, error, claim.attempt)
+
+    def release(self, run: Running, now: float) -> None:
+        """Give a run's task back to the store unrun."""
+        if self.running.pop(run.claim.handle, None) is not None:
+            self._capacity.give_back(run.claim.spec)
+            self.store.release(run.claim, now)
+
+    def cancel_all(self, now: float, *, threads: bool) -> None:
+        """Cancel and give back every run (``threads=False``: all but thread tasks, which
+        cannot be stopped and are left to finish)."""
+        for run in list(self.running.values()):
+            if threads or run.kind != "thread":
+                self._executors.cancel(run)
+                self.release(run, now)
+
+    def _stop_gang(self, failed: TaskSpec, fatal: bool, now: float) -> None:
+        """A gang member failed: its running siblings stop. After a fatal failure they fail
+        too; otherwise they go back unrun so the whole gang is retried together."""
+        for run in [r for r in self.running.values() if r.claim.spec.gang == failed.gang]:
+            self._executors.cancel(run)
+            if fatal:
+                del self.running[run.claim.handle]
+                self._capacity.give_back(run.claim.spec)
+                msg = f"cancelled: gang member {failed.id!r} failed"
+                if self.store.fail(run.claim, msg, now, None):
+                    self.stats.failed += 1
+            else:
+                self.release(run, now)
+
+    def expire(self, now: float) -> list[TaskResult]:
+        """Fail the runs whose timeout passed. A thread cannot be stopped: ``stuck``, so that
+        shutdown does not wait for it."""
+        out = []
+        for run in self.deadlines.due(now, self.running):
+            self._executors.cancel(run)
+            if run.kind in ("thread", "process"):
+                self.stuck = True
+            timeout = run.claim.spec.timeout_s
+            out.append(self.finish(run, False, f"timeout: no result after {timeout:g} s", now))
+        return out

@@ -1,0 +1,110 @@
+"""What the engine's queue carries: one frozen message type per thing that can happen.
+
+Executors, pool threads and task threads post messages; only the engine thread reads them
+(``Engine._handle`` matches on the type). A task thread that needs an answer (its children's
+ids, a child's result) waits on the ``Reply`` its message carries.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from conveyor.model import TaskResult, TaskSpec
+    from conveyor.runtime.executors import Running
+    from conveyor.store.base import Claim
+
+__all__ = [
+    "AwaitChild",
+    "Finished",
+    "Message",
+    "Recorded",
+    "Reply",
+    "StartInline",
+    "Stop",
+    "SubmitChildren",
+    "Wake",
+]
+
+T = TypeVar("T")
+
+
+class Reply(Generic[T]):
+    """One answer from the engine thread to a task thread blocked in ``wait``."""
+
+    __slots__ = ("_error", "_event", "_value")
+    _value: T
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._error: BaseException | None = None
+
+    def set(self, value: T) -> None:
+        self._value = value
+        self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._event.set()
+
+    def wait(self, timeout: float | None = None) -> T:
+        if not self._event.wait(timeout):
+            raise TimeoutError("timed out waiting for the engine")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """An executor finished ``run``: ``ok`` with its value, or not with an error text."""
+
+    run: Running
+    ok: bool
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """Results a pool thread recorded itself (it then ran its next task), to be handed out."""
+
+    results: list[TaskResult]
+
+
+@dataclass(frozen=True, slots=True)
+class StartInline:
+    """A task a pool thread claimed that runs on the engine thread (``executor="inline"``)."""
+
+    claim: Claim
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitChildren:
+    """A running task submits children; the reply is their ids."""
+
+    parent: Claim
+    specs: list[TaskSpec]
+    reply: Reply[list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitChild:
+    """A running task waits for a child; the reply is the child's final result."""
+
+    task_id: str
+    reply: Reply[TaskResult]
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Start no new tasks; those running finish (``Engine.stop``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Look again: a pool thread left the engine with nothing running, or stopping."""
+
+
+Message = Finished | Recorded | StartInline | SubmitChildren | AwaitChild | Stop | Wake
