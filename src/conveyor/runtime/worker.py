@@ -1,43 +1,52 @@
 """``conveyor.worker(graph, db=URL)``: the laufband-style loop over a shared durable store.
 
     for task in conveyor.worker(graph, db="sqlite:///run.db"):
-        work_on(task.id, *task.args)        # returning to the loop completes the task
+        work_on(task.id, *task.args)        # asking for the next task completes this one
         task.result = ...                   # optional: stored, handed to children
 
 Each task is handed to exactly one loop at a time across every process sharing the store,
-parents before children. An exception in the body fails the task (retried per its
-``retries``) and propagates; ``break`` (or ``return``) gives the task back unrun. A background
-thread renews the leases while the body runs, on its own connection.
+parents before children. A background thread renews the leases while the body runs, on its own
+connection.
+
+**What happens to the task in hand** is decided by how the loop goes on or ends, never guessed:
+
+- asking for the next task (the ``for`` loop going round) completes it, with ``task.result``;
+- ``loop.fail(error)`` fails it now (retried per its ``retries``); the loop goes on;
+- ``loop.close()`` gives it back unrun (it keeps its attempt count);
+- in ``with conveyor.worker(...) as loop:``, leaving the block by an exception fails it with that
+  exception (retried per its ``retries``) and the exception propagates; leaving it any other
+  way (``break``, ``return``, the end of the loop) closes the loop and so gives it back unrun;
+- a loop that is dropped still holding a task, never closed -- a bare ``for`` loop left by
+  ``break``, ``return`` or an exception, which Python does not tell an iterator apart -- fails
+  it (retried per its ``retries``), saying so in its error. Use the ``with`` form, or call
+  ``close()``, to give a task back on purpose.
 """
 
 from __future__ import annotations
 
-import dis
 import random
-import sys
 import threading
-import time
-import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
+from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
 from conveyor.errors import ConveyorError
 from conveyor.model import TaskSpec
+from conveyor.runtime.idle import IdleBackoff
 from conveyor.store.base import Claim, Store, WorkerProfile
 from conveyor.store.urls import open_store
 from conveyor.workerid import default_worker_id
 
 __all__ = ["WorkItem", "WorkerLoop", "worker"]
 
-# Where the consumer's frame stands when the loop is left without an exception: the iterator
-# is popped (break, return) or exhausted. Anything else (a RAISE, a call...) means the body
-# raised while it held the task.
-_CLEAN_EXITS = frozenset(
-    {"POP_TOP", "FOR_ITER", "END_FOR", "POP_ITER", "RETURN_VALUE", "RETURN_CONST", "POP_BLOCK",
-     "JUMP_FORWARD", "JUMP_BACKWARD", "JUMP_ABSOLUTE", "SWAP"}
-)  # fmt: skip
-_MAX_IDLE_WAIT = 0.5
+#: The error of a task whose loop was dropped while it held the task (see the module docstring).
+DROPPED = (
+    "the worker loop was left while it held the task (break, return or an exception in a bare "
+    "for loop); use `with conveyor.worker(...) as loop:` or loop.close() to give a task back"
+)
 
 
 @dataclass(eq=False)
@@ -46,8 +55,8 @@ class WorkItem:
 
     id: str
     args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    parents: dict[str, Any]
+    kwargs: Mapping[str, Any]
+    parents: Mapping[str, Any]
     spec: TaskSpec
     attempt: int
     result: Any = None
@@ -55,7 +64,7 @@ class WorkItem:
 
 
 class WorkerLoop:
-    """The iterator ``worker()`` returns; also a context manager (``close()`` on exit)."""
+    """The iterator ``worker()`` returns; also a context manager (see the module docstring)."""
 
     def __init__(
         self,
@@ -71,18 +80,18 @@ class WorkerLoop:
         replace: bool = False,
         retry: RetryPolicy = DEFAULT_RETRY,
         fingerprints: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-
         self.worker_id = worker_id or default_worker_id()
         self.lease_s = lease_s
         self.idle_exit = idle_exit
         self.max_tasks = max_tasks
         self.retry = retry
+        self.clock = clock
         self.db = db
         self.started = 0
         self._rng = random.Random()
         self._current: WorkItem | None = None
-        self._frame: types.FrameType | None = None
         self._closed = False
         self.store: Store = open_store(db)
         # Here the loop body is the work of every task: no-ops are handed out too, one at a time.
@@ -90,10 +99,10 @@ class WorkerLoop:
             WorkerProfile(labels=labels or {}, resources=resources, max_batch=1,
                           complete_noops=False, lease_s=lease_s)
         )  # fmt: skip
-        now = time.time()
+        now = clock.wall()
         if graph is not None:
-            from conveyor.graph import as_graph
             from conveyor.fingerprints import open_graph
+            from conveyor.graph import as_graph
 
             open_graph(self.store, as_graph(graph), now, replace=replace, fingerprints=fingerprints)
         self._stop = threading.Event()
@@ -102,7 +111,7 @@ class WorkerLoop:
             self.store.register_worker(self.worker_id, now, {"loop": True})
             # The thread must not hold ``self``: dropping the loop (break) closes it.
             self._beat = threading.Thread(
-                target=_heartbeats, args=(db, self.worker_id, lease_s, self._stop),
+                target=_heartbeats, args=(db, self.worker_id, lease_s, self._stop, clock),
                 name="conveyor-heartbeat", daemon=True,
             )  # fmt: skip
             self._beat.start()
@@ -113,45 +122,38 @@ class WorkerLoop:
 
     def __next__(self) -> WorkItem:
         self._finish(ok=True)
-        if self._closed:
-            raise StopIteration
-        idle_since: float | None = None
-        wait = 0.005
-        while True:
+        store = self.store
+        idle = IdleBackoff(self.idle_exit)
+        while not self._closed:
             if self.max_tasks is not None and self.started >= self.max_tasks:
-                self.close()
-                raise StopIteration
-            now = time.time()
-            got = self.store.claim(self.worker_id, 1, now, self.lease_s)
+                break
+            now = self.clock.wall()
+            got = store.claim(self.worker_id, 1, now, self.lease_s)
             if got:
                 claim = got[0]
                 self.started += 1
                 spec = claim.spec
-                parents = self.store.parent_values(claim) if claim.parents else {}
+                parents = store.parent_values(claim) if claim.parents else {}
                 item = WorkItem(spec.id, spec.args, spec.kwargs, parents, spec, claim.attempt,
                                 claim=claim)  # fmt: skip
                 self._current = item
-                self._frame = sys._getframe(1)
                 return item
-            if self.store.unfinished() == 0:
-                self.close()
-                raise StopIteration
-            if idle_since is None:
-                idle_since = now
-            elif self.idle_exit is not None and now - idle_since >= self.idle_exit:
-                self.close()
-                raise StopIteration
-            wake = self.store.next_wakeup()
-            timeout = wait if wake is None else min(wait, max(0.0, wake - now))
-            wait = min(wait * 2, _MAX_IDLE_WAIT)
-            if not self.store.wait_for_work(timeout):
-                self._stop.wait(timeout if not self.store.shared else 0)
+            if store.unfinished() == 0:
+                break
+            wait = idle.next_wait(now, store.next_wakeup())
+            if wait is None:
+                break
+            if not store.wait_for_work(wait):
+                self._stop.wait(wait)
+        self.close()
+        raise StopIteration
 
     def _finish(self, ok: bool, error: str | None = None) -> None:
-        item, self._current, self._frame = self._current, None, None
+        """Complete (``ok``), fail (``error``) or give back (neither) the task in hand."""
+        item, self._current = self._current, None
         if item is None or item.claim is None:
             return
-        now = time.time()
+        now = self.clock.wall()
         if ok:
             self.store.complete(item.claim, item.result, now)
             return
@@ -163,60 +165,51 @@ class WorkerLoop:
             retry_at = now + self.retry.delay(item.attempt, self._rng.random())
         self.store.fail(item.claim, error, now, retry_at)
 
-    def _left_by_exception(self) -> bool:
-        """Whether the consumer left the loop by an exception (see ``_CLEAN_EXITS``)."""
-        frame = self._frame
-        if frame is None:
-            return False
-        try:
-            op = dis.opname[frame.f_code.co_code[frame.f_lasti]]
-        except (IndexError, ValueError):
-            return False
-        return op not in _CLEAN_EXITS
-
     def fail(self, error: str) -> None:
         """Fail the current task explicitly (the loop goes on with the next one)."""
         self._finish(ok=False, error=error)
 
     def close(self) -> None:
-        """Give back the task in hand (or fail it, if the loop body raised), stop the
-        heartbeats, close the store. Idempotent."""
+        """Give back the task in hand unrun, stop the heartbeats, close the store. Idempotent."""
+        self._close(error=None)
+
+    def _close(self, error: str | None) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            if self._current is not None:
-                raised = self._left_by_exception()
-                self._finish(ok=False, error="the worker loop body raised" if raised else None)
+            self._finish(ok=False, error=error)
         finally:
             self._stop.set()
             if self._beat is not None:
                 self._beat.join(timeout=5)
             if self.store.shared:
-                self.store.unregister_worker(self.worker_id, time.time())
+                self.store.unregister_worker(self.worker_id, self.clock.wall())
             self.store.close()
 
     def __enter__(self) -> WorkerLoop:
         return self
 
-    def __exit__(self, tp: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is not None and self._current is not None:
-            self._finish(ok=False, error=f"{type(exc).__name__}: {exc}")
-        self.close()
+    def __exit__(
+        self, tp: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._close(error=None if exc is None else f"{type(exc).__name__}: {exc}")
 
     def __del__(self) -> None:
         try:
-            self.close()
+            self._close(error=DROPPED)
         except Exception:
             pass
 
 
-def _heartbeats(db: str, worker_id: str, lease_s: float, stop: threading.Event) -> None:
+def _heartbeats(
+    db: str, worker_id: str, lease_s: float, stop: threading.Event, clock: Clock
+) -> None:
     """Renew ``worker_id``'s leases every ``lease_s / 3`` on a connection of its own."""
     store = open_store(db)
     try:
         while not stop.wait(lease_s / 3):
-            now = time.time()
+            now = clock.wall()
             try:
                 store.heartbeat(worker_id, now, lease_s)
                 store.reap_expired(now)
@@ -234,6 +227,8 @@ def worker(graph: Any = None, *, db: str, **options: Any) -> WorkerLoop:
     ``worker_id``, ``lease_s``, ``labels``, ``resources``, ``idle_exit``, ``max_tasks``,
     ``replace``, ``retry``, ``fingerprints`` (default ``True``: a graph the store holds is
     resumed incrementally, docs/incremental.md; every joining process resumes it, so a
-    ``cache=False`` task re-runs per join unless joiners pass ``fingerprints=False``).
+    ``cache=False`` task re-runs per join unless joiners pass ``fingerprints=False``),
+    ``clock`` (a ``conveyor.clock.Clock``). What happens to the task in hand when the loop goes
+    on or ends: see ``conveyor.runtime.worker``.
     """
     return WorkerLoop(graph, db=db, **options)
