@@ -145,7 +145,8 @@ async def test_retry_after_http_date_resolved_against_wall_clock():
     assert limiter.key_statistics(KEY).cooldown_left == 5.0
     assert limiter.retry_delay(KEY, 1) == 5.0
     clock.advance(5)
-    assert limiter.retry_delay(KEY, 1, Outcome.RATE_LIMITED) > 0  # no cooldown: backoff
+    backoff = limiter.retry_delay(KEY, 1, Outcome.RATE_LIMITED)
+    assert backoff is not None and backoff > 0  # no cooldown: backoff
     assert limiter.retry_delay(KEY, 1, Outcome.CLIENT_ERROR) is None
 
 

@@ -198,7 +198,8 @@ def test_additive_increase_one_per_window_and_probe_window_at_last_ceiling():
     state = core.release(policy, state, live.pop(0), Report(Outcome.RATE_LIMITED), 0.0)
     assert core.effective_limit(policy, state) == 9  # 10 * 0.9
     assert state.ceiling == 10
-    successes, reached = 0, {}
+    successes = 0
+    reached: dict[int, int] = {}
     while core.effective_limit(policy, state) < 11:
         state = core.release(policy, state, live.pop(0), SUCCESS, 0.0, waiting=50)
         successes += 1

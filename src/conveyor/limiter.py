@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from conveyor import http as _http
 from conveyor.clock import SYSTEM_CLOCK, Clock, TimerHandle
@@ -363,7 +363,7 @@ class EndpointLimiter:
                         slot.report(_http.classify_result(result, wall_now=self.clock.wall()))
                         return result
 
-                return run_async  # type: ignore[return-value]
+                return cast(F, run_async)
 
             @functools.wraps(fn)
             def run_sync(*args: Any, **kwargs: Any) -> Any:
@@ -372,7 +372,7 @@ class EndpointLimiter:
                     slot.report(_http.classify_result(result, wall_now=self.clock.wall()))
                     return result
 
-            return run_sync  # type: ignore[return-value]
+            return cast(F, run_sync)
 
         return decorate
 
