@@ -41,16 +41,17 @@ class Capacity:
     def take(self, spec: TaskSpec) -> None:
         """``spec`` starts: its resources are in use."""
         if self.resources and spec.resources:
-            used = self._used
-            for k, v in spec.resources.items():
-                used[k] = used.get(k, 0.0) + v
+            self._count(spec.resources, 1.0)
 
     def give_back(self, spec: TaskSpec) -> None:
         """``spec`` ended: its resources are free again."""
         if self.resources and spec.resources:
-            used = self._used
-            for k, v in spec.resources.items():
-                used[k] = used.get(k, 0.0) - v
+            self._count(spec.resources, -1.0)
+
+    def _count(self, resources: Mapping[str, float], sign: float) -> None:
+        used = self._used
+        for k, v in resources.items():
+            used[k] = used.get(k, 0.0) + sign * v
 
     def check_fit(self, store: Store, now: float) -> None:
         """Raise ``GraphError`` naming a task this worker could never run, even when idle."""
