@@ -97,13 +97,9 @@ class Engine:
         self.slots = workers
         self.worker_id = worker_id or default_worker_id()
         self.clock = clock
-        self.retry = retry
-        self.rng = random.Random(seed)
-        self.fail_fast = fail_fast
         self.lease_s = lease_s
         self.idle_exit = idle_exit
         self.max_tasks = max_tasks
-        self.emit = emit
         self.on_result = on_result
         self.on_tick = on_tick
         self.tick_s = tick_s
@@ -115,8 +111,9 @@ class Engine:
         self._capacity = Capacity(workers, resources, labels)
         self._executors = Executors(workers, post, self._thread_done)
         self._inflight = InFlight(
-            store, self._executors, self._capacity, self._children, retry, self.rng, fail_fast
-        )
+            store, self._executors, self._capacity, self._children, retry, random.Random(seed),
+            fail_fast,
+        )  # fmt: skip
         self._launcher = Launcher(
             functions, executor, store=store, inflight=self._inflight, executors=self._executors,
             children=self._children, limiter=self._shared_limiter, worker_id=self.worker_id,
