@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from helpers import wait_until
+from sigint import interrupt_when
 
 CLI = [sys.executable, "-m", "conveyor.cli"]
 MODULE = """
@@ -181,6 +180,22 @@ def test_cli_run_missing_file_exit_two(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("command", ["run", "worker"])
+def test_cli_events_file_that_cannot_be_opened_one_line_exit_two(
+    tmp_path: Path, command: str
+) -> None:
+    path = write_graph(tmp_path, {"tasks": [MARK]})
+    db = f"sqlite:///{tmp_path}/run.db"
+    assert conveyor("submit", path, "--db", db, cwd=tmp_path).returncode == 0
+    target = [path] if command == "run" else []
+    out = conveyor(command, *target, "--db", db, "--events", tmp_path / "no" / "e.jsonl",
+                   cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.splitlines() == [f"conveyor: error: {tmp_path / 'no' / 'e.jsonl'}: "
+                                       "No such file or directory"]  # fmt: skip
+    assert not (tmp_path / "ran.txt").exists()
+
+
 # -- graph --
 DIAMOND = {
     "tasks": [
@@ -258,25 +273,13 @@ def test_cli_run_sigint_exits_130_with_summary(tmp_path: Path) -> None:
     }
     path = write_graph(tmp_path, graph)
     events = tmp_path / "e.jsonl"
-    proc = subprocess.Popen(
+    code, _, stderr = interrupt_when(
         [*CLI, "run", str(path), "--workers", "2", "--events", str(events)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        tmp_path,
+        lambda: any(e["event"] == "task_started" for e in read_events(events)),
+        what="a task_started event",
     )
-    try:
-        wait_until(
-            lambda: any(e["event"] == "task_started" for e in read_events(events)),
-            what="a task_started event",
-        )
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, stderr
+    assert code == 130, stderr
     assert "interrupted" in stderr
     assert "0 done" in stderr
     evs = read_events(events)

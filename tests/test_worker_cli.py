@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from sigint import interrupt_when
 
 MOD = """
 def double(x):
@@ -171,3 +174,24 @@ def test_worker_loop_break_gives_back_and_exception_fails(tmp_path: Path) -> Non
         assert [e["event"] for e in store.history("a")].count("task_started") == 2
     finally:
         store.close()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGINT to a child process")
+def test_worker_cli_sigint_exits_130_and_gives_its_task_back(tmp_path: Path) -> None:
+    graph = {"name": "slow", "tasks": [{"id": "slow", "cmd": "sleep 60"},
+                                       {"id": "after", "deps": ["slow"]}]}  # fmt: skip
+    (tmp_path / "graph.json").write_text(json.dumps(graph))
+    db = f"sqlite:///{tmp_path}/run.db"
+    cli("submit", "graph.json", "--db", db, cwd=tmp_path, check=True)
+    events = tmp_path / "ev.jsonl"
+    code, _, stderr = interrupt_when(
+        [sys.executable, "-m", "conveyor.cli", "worker", "--db", db, "--events", str(events)],
+        tmp_path,
+        lambda: events.exists() and "task_started" in events.read_text(),
+        what="the worker starting its task",
+    )
+    assert code == 130, stderr
+    assert "0 done" in stderr and "2 left" in stderr
+    st = json.loads(cli("status", "--db", db, "--json", cwd=tmp_path, check=True).stdout)
+    assert st["unfinished"] == 2 and st["counts"]["running"] == 0  # given back, not lost
+    assert st["counts"]["cancelled"] == 0  # a durable store keeps the rest for the next worker

@@ -1,0 +1,47 @@
+"""The ``conveyor`` command: one small module per group of commands, each on the public API.
+
+Exit codes: 0 all done, 1 a task failed, 2 bad input (one line on stderr), 130 Ctrl-C.
+Command modules import what is heavy (engine, stores, rich, yaml) inside their functions, so
+``import conveyor.cli`` costs little more than typer.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from conveyor.cli import admin, graph, inspect, run, submit, worker
+from conveyor.outcome import INTERRUPTED
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Run graphs of tasks across workers: depth-first, fair, adaptive, durable.",
+    pretty_exceptions_enable=False,
+)
+
+for _name, _command in (
+    ("run", run.run),
+    ("graph", graph.graph),
+    ("submit", submit.submit),
+    ("plan", submit.plan),
+    ("worker", worker.worker),
+    ("status", inspect.status),
+    ("why", inspect.why),
+    ("history", inspect.history),
+    ("retry", admin.retry),
+    ("prune", admin.prune),
+    ("events", inspect.events),
+):
+    app.command(_name)(_command)
+
+
+def main() -> None:
+    """The console script ``conveyor``."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED)

@@ -1,0 +1,49 @@
+"""What commands open: graph files (with their functions importable) and durable stores."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from conveyor.errors import UsageError
+
+if TYPE_CHECKING:
+    from conveyor.model import GraphSpec
+    from conveyor.store.base import Store
+
+
+def import_from(*dirs: str | Path | None) -> None:
+    """Let ``fn: "mod:func"`` names import from ``dirs`` (the graph file's folder, the cwd)."""
+    for d in dirs:
+        if d and str(d) not in sys.path:
+            sys.path.insert(0, str(d))
+
+
+def load_graph_file(path: Path) -> GraphSpec:
+    """Parse and validate a graph file; its functions are looked up beside it and in the cwd."""
+    from conveyor.graphfile import load_graph
+
+    import_from(path.resolve().parent, Path.cwd())
+    return load_graph(path)
+
+
+def durable(url: str) -> str:
+    """``url`` if it names a store other processes can share (``memory://`` cannot be)."""
+    if not url.startswith(("sqlite:", "postgresql:", "postgres:")):
+        raise UsageError(f"--db must be sqlite:///path or postgresql://..., not {url!r}")
+    return url
+
+
+@contextmanager
+def durable_store(url: str) -> Iterator[Store]:
+    """The durable store at ``url``, closed on the way out."""
+    from conveyor.store.urls import open_store
+
+    store = open_store(durable(url))
+    try:
+        yield store
+    finally:
+        store.close()

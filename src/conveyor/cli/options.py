@@ -1,0 +1,73 @@
+"""The options commands share (one definition each) and the parsing of their values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from conveyor.cli.errors import fail
+from conveyor.errors import UsageError
+
+GraphFile = Annotated[Path, typer.Argument(help="Graph file (.json, .yaml).")]
+TaskId = Annotated[str, typer.Argument(help="Task id.")]
+Db = Annotated[
+    str | None, typer.Option("--db", help="Store URL: memory://, sqlite:///run.db, postgresql://")
+]
+DbRequired = Annotated[
+    str, typer.Option("--db", help="Store URL: sqlite:///run.db or postgresql://...")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Tasks run at once.")]
+Events = Annotated[Path | None, typer.Option("--events", help="Append JSONL events here.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+Lease = Annotated[float, typer.Option("--lease", help="Lease seconds (durable stores).")]
+Labels = Annotated[
+    str | None, typer.Option("--labels", help="Labels this worker offers: gpu=a100,zone=a")
+]
+Resources = Annotated[
+    str | None, typer.Option("--resources", help="Resources this worker has: cpu=4,gpu=1")
+]
+Executor = Annotated[
+    str | None,
+    typer.Option("--executor", help="Default for Python tasks: thread|inline|process"),
+]
+
+EXECUTORS = ("thread", "inline", "process")
+
+
+def check_executor(executor: str | None) -> None:
+    if executor not in (None, *EXECUTORS):
+        fail("--executor must be thread, inline or process")
+
+
+def parse_pairs(text: str | None, what: str, number: bool) -> dict[str, Any]:
+    """``"k=v,k2=v2"`` as a dict (values as numbers when ``number``)."""
+    out: dict[str, Any] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--{what}: expected k=v[,k=v...], got {part!r}")
+        if number:
+            try:
+                out[key.strip()] = float(value)
+            except ValueError:
+                msg = f"--{what}: {key.strip()!r} needs a number, got {value!r}"
+                raise UsageError(msg) from None
+        else:
+            out[key.strip()] = label_value(value.strip())
+    return out
+
+
+def label_value(text: str) -> Any:
+    """Label values: numbers when they parse as numbers (for >=/<= constraints), else strings."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text

@@ -1,0 +1,107 @@
+"""``conveyor run FILE``: run a graph file to the end in this process, with progress."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from conveyor.cli import options as opt
+from conveyor.cli.errors import user_errors
+from conveyor.cli.inputs import load_graph_file
+
+if TYPE_CHECKING:
+    from conveyor.api import RunResult
+
+#: Failed tasks the summary names before it says "...".
+SHOWN_FAILURES = 10
+
+
+def run(
+    file: opt.GraphFile,
+    workers: opt.Workers = 4,
+    db: opt.Db = None,
+    events: opt.Events = None,
+    quiet: opt.Quiet = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failure.")] = (
+        False
+    ),
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace another graph's unfinished work in --db.")
+    ] = False,
+    executor: opt.Executor = None,
+    lease: opt.Lease = 30.0,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for retry jitter.")] = None,
+    resources: opt.Resources = None,
+    labels: opt.Labels = None,
+    no_fingerprints: Annotated[
+        bool,
+        typer.Option(
+            "--no-fingerprints",
+            help="With --db: resume runs only unfinished tasks (no re-run of what changed).",
+        ),
+    ] = False,
+) -> None:
+    """Run a graph file to the end, with a progress bar."""
+    from conveyor.api import open_run
+    from conveyor.progress import make_progress
+
+    opt.check_executor(executor)
+    progress: Any = None
+
+    def tick(_engine: object) -> None:  # on the engine's thread, every 0.2 s
+        if progress is not None:
+            counts = opened.counts
+            progress.update(counts, total=sum(counts.values()))
+
+    with user_errors():
+        spec = load_graph_file(file)
+        with open_run(
+            spec, db=db, events=events, replace=replace, fingerprints=not no_fingerprints,
+            lease_s=lease, resources=opt.parse_pairs(resources, "resources", number=True),
+            labels=opt.parse_pairs(labels, "labels", number=False), workers=workers,
+            fail_fast=fail_fast, executor=executor, seed=seed, on_tick=tick,
+        ) as opened:  # fmt: skip
+            progress = make_progress(sum(opened.counts.values()), quiet=quiet)
+            try:
+                result = opened.run()
+            except KeyboardInterrupt:
+                result = opened.result()  # the run stopped and recorded what finished
+            counts = result.counts
+            if progress is not None:
+                progress.update(counts, total=sum(counts.values()))
+                progress.close(counts)
+            code = result.exit_code
+            if not quiet:
+                summary(result, counts, opened.elapsed, opened.interrupted)
+        if opened.stuck or opened.interrupted:
+            # A timed-out or interrupted thread cannot be stopped, and the interpreter's exit
+            # would wait for it.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    raise typer.Exit(code)
+
+
+def summary(result: RunResult, counts: dict[str, int], elapsed: float, interrupted: bool) -> None:
+    """One line of counts on stderr, then the first failed tasks with their errors."""
+    from conveyor.model import TaskState
+
+    msg = (
+        f"conveyor: {counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
+        f"{counts.get('skipped', 0)} skipped in {elapsed:.2f}s"
+    )
+    typer.echo(msg + (" (interrupted)" if interrupted else ""), err=True)
+    if not counts.get("failed", 0) or result.graph is None:
+        return
+    shown = 0
+    for t in result.graph.tasks:
+        r = result.result(t.id)
+        if r.state is TaskState.FAILED:
+            typer.echo(f"  failed {t.id}: {r.error}", err=True)
+            shown += 1
+            if shown >= SHOWN_FAILURES:
+                typer.echo("  ...", err=True)
+                break
