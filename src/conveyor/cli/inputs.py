@@ -22,12 +22,18 @@ def import_from(*dirs: str | Path | None) -> None:
             sys.path.insert(0, str(d))
 
 
+def graph_file(path: Path) -> Path:
+    """``path``, with the functions it names (``"mod:func"``) importable beside it and in the
+    cwd. For ``open_run``, which parses and validates it once."""
+    import_from(path.resolve().parent, Path.cwd())
+    return path
+
+
 def load_graph_file(path: Path) -> GraphSpec:
-    """Parse and validate a graph file; its functions are looked up beside it and in the cwd."""
+    """Parse and validate a graph file (see ``graph_file``)."""
     from conveyor.graphfile import load_graph
 
-    import_from(path.resolve().parent, Path.cwd())
-    return load_graph(path)
+    return load_graph(graph_file(path))
 
 
 def durable(url: str) -> str:

@@ -10,7 +10,7 @@ import typer
 
 from conveyor.cli import options as opt
 from conveyor.cli.errors import user_errors
-from conveyor.cli.inputs import load_graph_file
+from conveyor.cli.inputs import graph_file
 
 if TYPE_CHECKING:
     from conveyor.api import RunResult
@@ -57,11 +57,11 @@ def run(
             progress.update(counts, total=sum(counts.values()))
 
     with user_errors():
-        spec = load_graph_file(file)
         with open_run(
-            spec, db=db, events=events, replace=replace, fingerprints=not no_fingerprints,
-            lease_s=lease, resources=opt.parse_pairs(resources, "resources", number=True),
-            labels=opt.parse_pairs(labels, "labels", number=False), workers=workers,
+            graph_file(file), db=db, events=events, replace=replace,
+            fingerprints=not no_fingerprints, lease_s=lease, workers=workers,
+            resources=opt.parse_pairs(resources, "resources", number=True),
+            labels=opt.parse_pairs(labels, "labels", number=False),
             fail_fast=fail_fast, executor=executor, seed=seed, on_tick=tick,
         ) as opened:  # fmt: skip
             progress = make_progress(sum(opened.counts.values()), quiet=quiet)
