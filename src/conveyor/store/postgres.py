@@ -20,13 +20,11 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from conveyor.errors import StoreError
+from conveyor.errors import StoreCorruptError, StoreError, StoreUnreachableError
 from conveyor.store.sqlbase import (
     LOST_BUDGET,
     MAX_BATCH,
     SqlStore,
-    StoreCorruptError,
-    StoreUnreachableError,
     Tx,
     codec_from,
     parse_options,

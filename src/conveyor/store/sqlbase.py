@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from conveyor.core.dag import layout
-from conveyor.errors import GraphError, GraphMismatchError, StaleLeaseError, StoreError
+from conveyor.errors import GraphError, GraphMismatchError, ResultError, StaleLeaseError, StoreError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
 from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph, Store, WorkerProfile
-from conveyor.store.codec import ResultCodec, ResultError, decode_spec, encode_spec
+from conveyor.store.codec import ResultCodec, decode_spec, encode_spec
 from conveyor.store.sqladmin import SqlAdmin
 from conveyor.store.sqladmission import SqlAdmission
 from conveyor.store.sqlfp import SqlFingerprints
@@ -836,18 +836,6 @@ class SqlStore(SqlFingerprints, SqlAdmission, SqlAdmin, Store):
 
     def history(self, task_id: str) -> list[dict[str, Any]]:
         return [audit_event(r) for r in self._read("history", task=task_id)]
-
-
-class StoreLockedError(StoreError):
-    """Another process holds the database's write lock for longer than the busy timeout."""
-
-
-class StoreCorruptError(StoreError):
-    """The file or database is not a (readable) conveyor store."""
-
-
-class StoreUnreachableError(StoreError):
-    """The database server cannot be reached or refuses the connection."""
 
 
 def parse_options(query: dict[str, list[str]], url: str) -> dict[str, Any]:

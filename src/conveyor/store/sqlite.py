@@ -25,13 +25,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from conveyor.errors import StoreError
+from conveyor.errors import StoreCorruptError, StoreError, StoreLockedError
 from conveyor.store.sqlbase import (
     LOST_BUDGET,
     MAX_BATCH,
     SqlStore,
-    StoreCorruptError,
-    StoreLockedError,
     codec_from,
     parse_options,
 )
