@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +28,7 @@ from conveyor.store.codec import ResultCodec, decode_spec, encode_spec
 from conveyor.store.sqladmin import SqlAdmin
 from conveyor.store.sqladmission import SqlAdmission
 from conveyor.store.sqlfp import SqlFingerprints
+from conveyor.store.sqlqueries import load_migrations, load_queries
 from conveyor.workerid import HOST
 
 T = TypeVar("T")
@@ -51,56 +50,6 @@ NOOP_BATCH = 256
 #: Ready tasks a worker with labels/resources looks at per page when some do not fit it.
 _FIT_WINDOW = 64
 _FIT_PAGES = 16
-
-_SQL_DIR = Path(__file__).parent / "sql"
-_NAME = re.compile(r"^--\s*name:\s*([\w]+)(?:@(\w+))?\s*$")
-_PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
-
-
-@cache
-def load_queries(dialect: str) -> dict[str, str]:
-    """``queries.sql`` as ``{name: sql}`` for one dialect (``name@dialect`` overrides win)."""
-    common: dict[str, str] = {}
-    special: dict[str, str] = {}
-    name: str | None = None
-    target: dict[str, str] = common
-    lines: list[str] = []
-
-    def flush() -> None:
-        if name is not None:
-            target[name] = "\n".join(lines).strip().rstrip(";")
-
-    for line in (_SQL_DIR / "queries.sql").read_text().splitlines():
-        m = _NAME.match(line)
-        if m:
-            flush()
-            name, lines = m.group(1), []
-            target = common if m.group(2) is None else special if m.group(2) == dialect else {}
-        elif not line.lstrip().startswith("--"):
-            lines.append(line)
-    flush()
-    out = {**common, **special}
-    if dialect == "postgres":
-        out = {k: _PARAM.sub(r"%(\1)s", v.replace("%", "%%")) for k, v in out.items()}
-    return out
-
-
-@cache
-def load_migrations(
-    dialect: str, types: tuple[tuple[str, str], ...]
-) -> list[tuple[int, list[str]]]:
-    """``schema.sql`` as ``[(version, [statement, ...])]`` with the dialect's type names."""
-    out: list[tuple[int, list[str]]] = []
-    text = (_SQL_DIR / "schema.sql").read_text()
-    for key, value in types:
-        text = text.replace("{" + key + "}", value)
-    for part in re.split(r"^-- migration: (\d+)\s*$", text, flags=re.M)[1:]:
-        if part.strip().isdigit():
-            out.append((int(part), []))
-            continue
-        body = "\n".join(line.split("--")[0] for line in part.splitlines())
-        out[-1][1].extend(s.strip() for s in body.split(";") if s.strip())
-    return out
 
 
 class Tx:
