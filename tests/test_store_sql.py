@@ -14,8 +14,8 @@ from conveyor.core.ordering import KEY_COLUMNS
 from conveyor.core.transitions import SKIPPABLE, UNFINISHED
 from conveyor.model import TaskState
 from conveyor.store import sqlqueries
-from conveyor.store.postgres import PostgresStore
-from conveyor.store.sqlite import SqliteStore
+from conveyor.store.postgres import PostgresIo
+from conveyor.store.sqlite import SqliteIo
 
 SQL_DIR = Path(conveyor.store.__file__).parent / "sql"
 
@@ -42,7 +42,7 @@ def test_sql_loaded_queries_carry_the_named_values() -> None:
         assert f"IN ({', '.join(str(int(s)) for s in sorted(UNFINISHED))})" in q["unfinished"]
         assert f"IN ({', '.join(str(int(s)) for s in sorted(SKIPPABLE))})" in q["children_to_skip"]
         assert f"ORDER BY {', '.join(KEY_COLUMNS)}" in q["ready_window"]
-    for io in (SqliteStore, PostgresStore):
+    for io in (SqliteIo, PostgresIo):
         statements = [s for _v, block in sqlqueries.load_migrations(io.dialect, io.types)
                       for s in block]  # fmt: skip
         assert not any(re.search(r"\{[A-Z_]+\}", s) for s in statements)

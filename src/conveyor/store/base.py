@@ -82,6 +82,12 @@ class WorkerProfile:
     #: Lease length, for claims a store takes ahead (batches) and for heartbeats.
     lease_s: float = 30.0
 
+    def offer(self, slots: int) -> Offer:
+        """What this worker offers a claim that brings no offer of its own: ``slots`` free
+        slots, its labels, and its resources as if idle."""
+        res = dict(self.resources or {})
+        return Offer(slots, res, dict(self.labels), slots, res)
+
 
 class Store(abc.ABC):
     """One backend. Methods take ``now`` (unix seconds) instead of reading a clock.
