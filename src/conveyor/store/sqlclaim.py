@@ -76,10 +76,12 @@ class Claims:
         self, worker: str, limit: int, now: float, lease_s: float, offer: Offer | None
     ) -> list[Claim]:
         self.worker.name = worker
-        if offer is not None or self.admission.on:
+        if self.admission.on:
             adm = self.admission
             out = self.atomic(lambda tx: adm.claim(tx, worker, limit, now, lease_s, offer))
         else:
+            if offer is not None:  # a plain graph: any task fits a free slot
+                limit = min(limit, offer.slots)
             out = []
             while self._buffer and len(out) < limit:
                 out.append(self._buffer.popleft())
