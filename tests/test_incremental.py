@@ -361,11 +361,11 @@ def test_store_of_schema_1_migrates_and_adopts_done_tasks(tmp_path: Path) -> Non
     """A store of schema 1 migrates; tasks done without fingerprints are adopted, not re-run."""
     import sqlite3
 
-    from conveyor.store.sqlbase import load_migrations
-    from conveyor.store.sqlite import SqliteStore
+    from conveyor.store.sqlite import SqliteIo
+    from conveyor.store.sqlqueries import load_migrations
 
     conn = sqlite3.connect(tmp_path / "old.db")
-    for stmt in load_migrations("sqlite", SqliteStore.types)[0][1]:
+    for stmt in load_migrations("sqlite", SqliteIo.types)[0][1]:
         conn.execute(stmt)
     conn.execute("INSERT INTO schema_version (version) VALUES (1)")
     conn.commit()

@@ -20,7 +20,7 @@ import pytest
 from conveyor.core.admission import Offer
 from conveyor.errors import GraphError
 from conveyor.graphfile import graph_from_dict
-from conveyor.store.base import Claim, Store
+from conveyor.store.base import Claim, Store, WorkerProfile
 
 T0 = 1_000_000.0
 LEASE = 30.0
@@ -292,9 +292,9 @@ def test_admission_cli_why_and_status(tmp_path: Path, open_url: Any) -> None:
     assert cli("submit", "g.json", "--db", db, cwd=tmp_path).returncode == 0
     # Two live workers on other machines (their rows are what `why` reads), one runs c0.
     s = open_url(db)
-    s.lease_s = 1e9  # alive for the whole test, however slow the machine
     for name, labels in (("hostA:1", {"gpu": "k80", "zone": "a"}), ("hostB:1", {"zone": "b"})):
-        s.labels, s.resources = labels, {"cpu": 8.0}
+        # Leases alive for the whole test, however slow the machine.
+        s.configure(WorkerProfile(labels=labels, resources={"cpu": 8.0}, lease_s=1e9))
         s.register_worker(name, time.time(), {"slots": 4})
     only_c0 = Offer(1, {"cpu": 1.0}, {}, 1, {"cpu": 1.0})
     assert ids(s.claim("hostB:1", 1, time.time(), LEASE, offer=only_c0)) == ["c0"]

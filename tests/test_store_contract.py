@@ -1,7 +1,10 @@
-"""One store suite, run on memory, SQLite and PostgreSQL (``store_url`` in conftest.py).
+"""One store suite, run on memory, SQLite and PostgreSQL (``store_url`` in conftest.py): every
+``Store`` method its callers use.
 
-Leases, resume and graph identity only mean something in the durable stores; those tests
-skip on memory with the reason. Time is a parameter: ``now`` values are made up.
+What ``store/base.py`` says the memory store lacks (leases and worker rows, an audit table,
+anything to resume) skips on memory with the reason; what it says the durable stores leave to
+each process (endpoint caps, ``unfit``, cancelling an interrupted run) is checked as documented.
+Time is a parameter: ``now`` values are made up.
 """
 
 from __future__ import annotations
@@ -10,16 +13,19 @@ from typing import Any
 
 import pytest
 
-from conveyor.errors import GraphMismatchError
+from conveyor.core.admission import Offer
+from conveyor.core.fingerprint import Parts
+from conveyor.errors import GraphError, GraphMismatchError, UsageError
 from conveyor.graphfile import graph_from_dict
-from conveyor.model import TaskSpec, TaskState
-from conveyor.store.base import Claim, Store
+from conveyor.model import GraphSpec, TaskSpec, TaskState
+from conveyor.store.base import Claim, GraphFingerprints, Store, WorkerProfile
+from conveyor.store.memory import MemoryStore
 
 T0 = 1_000_000.0
 LEASE = 10.0
 
 
-def graph(name: str, *tasks: dict[str, Any]) -> Any:
+def graph(name: str, *tasks: dict[str, Any]) -> GraphSpec:
     """Tasks run a command unless they say otherwise, so that no-ops do not finish inline."""
     return graph_from_dict(
         {"name": name, "tasks": [{"cmd": "true", **t} for t in tasks]}, check_functions=False
@@ -31,16 +37,20 @@ def claim1(store: Store, now: float = T0, worker: str = "w1") -> Claim | None:
     return got[0] if got else None
 
 
-def durable(url: str) -> None:
+def durable(url: str, lacks: str = "no leases, nothing to resume") -> None:
     if url.startswith("memory"):
-        pytest.skip("the memory store lives in one process: no leases, nothing to resume")
+        pytest.skip(f"the memory store lives in one process: {lacks}")
+
+
+def is_memory(url: str) -> bool:
+    return url.startswith("memory")
 
 
 @pytest.fixture
 def store(store_url: str, open_url: Any) -> Store:
-    s = open_url(store_url)
-    if hasattr(s, "keep_history"):
-        s.keep_history()
+    s: Store = open_url(store_url)
+    if isinstance(s, MemoryStore):
+        s.keep_history()  # its audit trail is off by default (it costs per transition)
     return s
 
 
@@ -135,6 +145,165 @@ def test_store_children_submitted_at_run_time_go_first(store: Store) -> None:
     store.submit_children(p, kids, T0)
     assert store.complete(p, None, T0)
     assert run_in_order(store) == ["p/1", "p/2", "q"]
+
+
+# -- every store: the rest of the interface -------------------------------------------------------
+def test_store_events_carry_the_time_each_call_was_given(store: Store) -> None:
+    events: list[dict[str, Any]] = []
+    store.emit = events.append
+    store.open_graph(graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}), T0)
+    a = claim1(store, T0 + 1)
+    assert a is not None and store.complete(a, None, T0 + 2)
+    by_event = {(e["event"], e.get("task")): e["ts"] for e in events}
+    assert by_event[("task_submitted", "b")] == T0  # no store reads a clock of its own
+    assert by_event[("task_finished", "a")] == by_event[("task_ready", "b")] == T0 + 2
+
+
+def test_store_claim_one_follows_the_key_and_release_buffered_gives_back_the_rest(
+    store_url: str, store: Store
+) -> None:
+    store.open_graph(graph("g", *({"id": f"t{i:02}"} for i in range(40))), T0)
+    order = []
+    for _ in range(30):  # fast completions: a durable store starts claiming in batches
+        c = store.claim_one("w1", T0, LEASE)
+        assert c is not None
+        order.append(c.id)
+        assert store.complete(c, None, T0)
+    held = store.claim_one("w1", T0, LEASE)
+    assert held is not None and [*order, held.id] == [f"t{i:02}" for i in range(31)]
+    given_back = store.release_buffered(T0)
+    assert given_back == 0 if is_memory(store_url) else given_back > 0
+    counts = store.counts()
+    assert (counts["running"], counts["ready"]) == (1, 9)  # only the task handed out runs
+    nxt = store.claim_one("w1", T0, LEASE)
+    assert nxt is not None and nxt.id == "t31"  # what went back kept its key
+
+
+def test_store_claim_with_an_offer_on_a_plain_graph_takes_the_best_key(store: Store) -> None:
+    store.open_graph(graph("g", {"id": "a"}, {"id": "b"}), T0)
+    assert store.claim("w1", 2, T0, LEASE, offer=Offer(0)) == []  # no free slot
+    assert [c.id for c in store.claim("w1", 2, T0, LEASE, offer=Offer(1))] == ["a"]
+
+
+def test_store_configure_claims_what_fits_the_workers_profile(store: Store) -> None:
+    store.open_graph(
+        graph("g", {"id": "gpu", "labels": {"gpu": "a100"}}, {"id": "big", "resources": {"cpu": 8}},
+              {"id": "plain"}),
+        T0,
+    )  # fmt: skip
+    store.configure(WorkerProfile(labels={"gpu": "k80"}, resources={"cpu": 4}))
+    assert [c.id for c in store.claim("w1", 1, T0, LEASE)] == ["plain"]
+    assert store.claim("w1", 1, T0, LEASE) == []  # nothing else fits this worker
+    store.configure(WorkerProfile(labels={"gpu": "a100"}, resources={"cpu": 8}))
+    assert [c.id for c in store.claim("w1", 1, T0, LEASE)] == ["gpu"]
+    assert [c.id for c in store.claim("w1", 1, T0, LEASE)] == ["big"]
+
+
+def test_store_admission_switches_on_for_graphs_that_need_it(store_url: str, store: Store) -> None:
+    store.open_graph(graph("plain", {"id": "a"}), T0)
+    assert not store.admission
+    assert run_in_order(store) == ["a"]
+    store.open_graph(graph("grouped", {"id": "b", "group": "x"}), T0)
+    assert store.admission
+    assert run_in_order(store) == ["b"]
+    if not is_memory(store_url):  # a finished graph replaced by a plain one: plain claims again
+        store.open_graph(graph("plain again", {"id": "c"}), T0)
+        assert not store.admission
+        assert run_in_order(store) == ["c"]
+
+
+def test_store_meta_values_live_beside_the_graph(store: Store) -> None:
+    assert store.meta_get("graph_dir") is None
+    store.meta_set("graph_dir", "/data/run")
+    store.meta_set("graph_dir", "/data/run2")
+    assert store.meta_get("graph_dir") == "/data/run2"
+    store.open_graph(graph("g", {"id": "a"}), T0)
+    assert store.graph_name() == "g"
+
+
+def test_store_explain_says_why_with_numbers(store: Store) -> None:
+    store.open_graph(
+        graph("g", {"id": "a"}, {"id": "b"}, {"id": "x"}, {"id": "c", "deps": ["a", "b"]},
+              {"id": "r", "retries": 1}),
+        T0,
+    )  # fmt: skip
+    a = claim1(store)
+    assert a is not None and a.id == "a"
+    assert store.explain("a", T0).code == "running"
+    why = store.explain("c", T0)
+    assert (why.code, why.details["parents"], why.details["waiting"]) == (
+        "waiting_on_parents", ["a", "b"], 2)  # fmt: skip
+    assert store.complete(a, None, T0)
+    assert store.explain("c", T0).details["parents"] == ["b"]
+    why = store.explain("x", T0)
+    assert (why.code, why.details["ahead"], why.details["first"]) == (
+        "behind_higher_priority", 1, "b")  # fmt: skip
+    assert store.explain("a", T0).code == "done"
+    for _ in range(3):  # b, x, then r
+        c = claim1(store)
+        assert c is not None
+    assert c is not None and c.id == "r" and store.fail(c, "boom", T0, T0 + 30)
+    why = store.explain("r", T0 + 10)
+    assert (why.code, why.details["in_s"]) == ("retry_backoff", pytest.approx(20.0))
+    with pytest.raises(GraphError, match="unknown task"):
+        store.explain("nope", T0)
+
+
+def test_store_explain_and_unfit_judge_a_task_no_worker_can_hold(
+    store_url: str, store: Store
+) -> None:
+    store.open_graph(graph("g", {"id": "big", "resources": {"cpu": 64}}, {"id": "small"}), T0)
+    idle = Offer(4, {"cpu": 8.0}, {}, 4, {"cpu": 8.0})
+    why = store.explain("big", T0, [idle])
+    assert (why.code, why.details["need"]) == ("never_fits", {"cpu": 64.0})
+    message = store.unfit(idle, T0)
+    if is_memory(store_url):  # the engine is the only worker: refuse the graph up front
+        assert message is not None and "'big'" in message
+    else:  # workers come and go: ``explain`` says never_fits instead
+        assert message is None
+
+
+def test_store_endpoints_are_capped_per_process(store_url: str, store: Store) -> None:
+    store.open_graph(graph("g", *({"id": f"e{i}", "endpoint": "api.x"} for i in range(3))), T0)
+    if not is_memory(store_url):
+        assert store.endpoints() == []  # the durable stores ignore endpoints for admission
+        return
+    assert store.endpoints() == ["api.x"]
+    store.set_endpoint_cap("api.x", 1)
+    first = store.claim("w1", 1, T0, LEASE, offer=Offer(4))
+    assert [c.id for c in first] == ["e0"]
+    assert store.claim("w1", 1, T0, LEASE, offer=Offer(4)) == []
+    assert store.explain("e1", T0, [Offer(4)]).code == "endpoint_limited"
+    assert store.complete(first[0], None, T0)
+    assert [c.id for c in store.claim("w1", 1, T0, LEASE, offer=Offer(4))] == ["e1"]
+
+
+def test_store_status_has_every_documented_key(store_url: str, store: Store) -> None:
+    store.open_graph(graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}), T0)
+    a = claim1(store)
+    assert a is not None and store.complete(a, None, T0)
+    store.report_endpoints("w1", T0, {"api.x": {"limit": 3, "in_flight": 1}})
+    st = store.status(T0)
+    assert set(st) == {"graph", "total", "unfinished", "counts", "groups", "workers",
+                       "workers_alive", "tasks_per_s", "eta_s", "endpoints", "reasons",
+                       "group_shares"}  # fmt: skip
+    assert (st["graph"], st["total"], st["unfinished"]) == ("g", 2, 1)
+    assert st["counts"]["done"] == 1 and st["counts"]["ready"] == 1
+    if not is_memory(store_url):  # what workers of a shared store publish
+        assert st["endpoints"]["api.x"]["limit"] == 3
+        assert st["reasons"] == {"behind_higher_priority": 1}
+
+
+def test_store_cancel_unfinished_stops_an_interrupted_run(store_url: str, store: Store) -> None:
+    store.open_graph(graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}, {"id": "c"}), T0)
+    a = claim1(store)
+    assert a is not None
+    cancelled = store.cancel_unfinished(T0)
+    if is_memory(store_url):
+        assert cancelled == 2 and store.counts()["cancelled"] == 2
+        assert store.unfinished() == 1  # the running task finishes its attempt
+    else:  # a shared store keeps unfinished work for the next run
+        assert cancelled == 0 and store.unfinished() == 3
 
 
 # -- durable stores only ---------------------------------------------------------------------------
@@ -233,3 +402,94 @@ def test_store_noops_finish_in_the_claim_transaction(store_url: str, store: Stor
     assert all(store.complete(c, None, T0) for c in got)
     assert store.counts()["done"] == 50
     assert [e["event"] for e in store.history("t7")][-2:] == ["task_started", "task_finished"]
+
+
+def test_store_workers_join_and_leave(store_url: str, store: Store) -> None:
+    durable(store_url, "no worker rows")
+    store.configure(WorkerProfile(labels={"zone": "a"}, lease_s=LEASE))
+    store.register_worker("host:1", T0, {"slots": 2})
+    st = store.status(T0 + 1)
+    assert [w["worker"] for w in st["workers"]] == ["host:1"] and st["workers_alive"] == 1
+    assert store.status(T0 + LEASE + 1)["workers_alive"] == 0  # silent past its lease
+    store.unregister_worker("host:1", T0 + 2)
+    assert store.status(T0 + 2)["workers_alive"] == 0
+
+
+def test_store_events_after_pages_the_audit_trail(store_url: str, store: Store) -> None:
+    durable(store_url, "no audit table")
+    store.open_graph(graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}), T0)
+    a = claim1(store)
+    assert a is not None and store.complete(a, 1, T0 + 1)
+    first = store.events_after(0, limit=3)
+    rest = store.events_after(first[-1][0])
+    ids = [i for i, _ in first + rest]
+    assert len(first) == 3 and ids == sorted(ids) and len(set(ids)) == len(ids)
+    events = [e for _, e in first + rest]
+    assert [e["event"] for e in events].count("task_finished") == 1
+    assert list(store.iter_events()) == events
+    assert store.events_after(ids[-1]) == []
+    assert [e for e in events if e.get("task") == "a"] == store.history("a")
+
+
+def test_store_retry_runs_failed_tasks_and_what_they_skipped(store_url: str, store: Store) -> None:
+    durable(store_url, "nothing to resume")
+    store.open_graph(graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}, {"id": "c"}), T0)
+    a = claim1(store)
+    assert a is not None and store.fail(a, "boom", T0, None)
+    assert store.result("b").state is TaskState.SKIPPED
+    with pytest.raises(UsageError, match="only failed or cancelled"):
+        store.retry(["b"], T0)
+    with pytest.raises(GraphError, match="unknown task"):
+        store.retry(["nope"], T0)
+    assert store.retry(None, T0 + 1) == ["a"]
+    assert store.result("b").state is TaskState.PENDING
+    assert run_in_order(store, T0 + 1) == ["a", "b", "c"]
+    with pytest.raises(UsageError):
+        store.retry(["a"], T0 + 2)  # done: nothing to retry
+
+
+def test_store_prune_keeps_the_newest_rows_of_each_task(store_url: str, store: Store) -> None:
+    durable(store_url, "no audit table")
+    store.open_graph(graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}), T0)
+    assert run_in_order(store) == ["a", "b"]
+    before = len(store.history("a")) + len(store.history("b"))
+    assert store.prune(1) == before - 2
+    assert [e["event"] for e in store.history("a")] == ["task_finished"]
+    assert store.result("a").state is TaskState.DONE  # the tasks table keeps every state
+    with pytest.raises(UsageError):
+        store.prune(0)
+
+
+def fingerprints(
+    g: GraphSpec, code_a: str = "v1", files: dict[str, tuple[int, int, str]] | None = None
+) -> GraphFingerprints:
+    """Fingerprint parts as ``conveyor.fingerprints`` would compute them (graph order is
+    parents first here)."""
+    parts: dict[str, Parts] = {}
+    for t in g.tasks:
+        code = code_a if t.id == "a" else "v1"
+        parts[t.id] = Parts.make(code, "args", (), [(d, parts[d].fingerprint) for d in t.deps])
+    return GraphFingerprints(parts, files or {})
+
+
+def test_store_plans_against_its_last_run_and_remembers_file_hashes(
+    store_url: str, store: Store
+) -> None:
+    durable(store_url, "nothing to resume")
+    g = graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}, {"id": "x"})
+    store.open_graph(g, T0, fingerprints=fingerprints(g, files={"/in.csv": (1, 2, "d1")}))
+    assert store.file_hashes() == {"/in.csv": (1, 2, "d1")}
+    assert run_in_order(store) == ["a", "b", "x"]
+    same = store.plan_graph(g, fingerprints(g))
+    assert [(d.task, d.action, d.reason) for d in same] == [
+        ("a", "reuse", "unchanged"),
+        ("b", "reuse", "unchanged"),
+        ("x", "reuse", "unchanged"),
+    ]
+    changed = store.plan_graph(g, fingerprints(g, code_a="v2"))
+    assert [d.reason for d in changed] == ["code_changed", "upstream_changed", "unchanged"]
+    assert store.counts()["done"] == 3  # a plan changes nothing
+    opened = store.open_graph(g, T0 + 1, fingerprints=fingerprints(g, code_a="v2"))
+    assert opened.resumed and opened.unfinished == 2
+    assert run_in_order(store, T0 + 1) == ["a", "b"]
+    assert [e["event"] for e in store.history("a")].count("task_invalidated") == 1

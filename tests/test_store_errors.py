@@ -11,9 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.errors import GraphMismatchError, StoreError
+from conveyor.errors import (
+    GraphMismatchError,
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+    StoreUnreachableError,
+)
 from conveyor.graphfile import graph_from_dict
-from conveyor.store.sqlbase import StoreCorruptError, StoreLockedError, StoreUnreachableError
 from conveyor.store.urls import open_store
 
 

@@ -7,8 +7,9 @@ import sqlite3
 from pathlib import Path
 
 from conveyor.graphfile import graph_from_dict
-from conveyor.store.sqlbase import load_migrations, load_queries
-from conveyor.store.sqlite import SqliteStore
+from conveyor.model import GraphSpec
+from conveyor.store.sqlite import SqliteIo, SqliteStore
+from conveyor.store.sqlqueries import load_migrations, load_queries
 
 T0 = 1_000_000.0
 HOT_PATH = ["ready_window", "claim_seqs", "specs_of", "complete_task", "release_children",
@@ -16,7 +17,7 @@ HOT_PATH = ["ready_window", "claim_seqs", "specs_of", "complete_task", "release_
             "expired_leases", "results_of", "any_ready", "next_wakeup"]  # fmt: skip
 
 
-def small_graph(n: int = 3) -> object:
+def small_graph(n: int = 3) -> GraphSpec:
     tasks = [{"id": f"t{i}", "cmd": "true", "deps": [f"t{i - 1}"] if i else []} for i in range(n)]
     return graph_from_dict({"name": "g", "tasks": tasks})
 
@@ -26,7 +27,7 @@ def test_sqlite_store_uses_wal_and_records_its_schema_version(tmp_path: Path) ->
     store.close()
     conn = sqlite3.connect(tmp_path / "run.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    latest = load_migrations("sqlite", SqliteStore.types)[-1][0]
+    latest = load_migrations("sqlite", SqliteIo.types)[-1][0]
     assert conn.execute("SELECT version FROM schema_version").fetchall() == [(latest,)]
     conn.close()
     SqliteStore(tmp_path / "run.db").close()  # reopening migrates nothing and keeps the data
@@ -34,11 +35,11 @@ def test_sqlite_store_uses_wal_and_records_its_schema_version(tmp_path: Path) ->
 
 def test_sqlite_hot_path_queries_never_scan_the_tasks_table(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "run.db")
-    store.open_graph(small_graph(), T0)  # type: ignore[arg-type]
+    store.open_graph(small_graph(), T0)
     queries = load_queries("sqlite")
     params = {"seq": 1, "seqs": "[1]", "ids": '["t0"]', "limit": 4, "now": T0, "token": 1,
               "worker": "w", "lease_until": T0, "kind": "json", "data": b"1"}  # fmt: skip
-    conn = store._conn
+    conn = store.io.conn
     assert conn is not None
     for name in HOT_PATH:
         plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + queries[name], params)]
@@ -50,7 +51,7 @@ def test_sqlite_hot_path_queries_never_scan_the_tasks_table(tmp_path: Path) -> N
 
 def test_sqlite_large_results_live_in_files_beside_the_db(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "run.db", inline_max=100)
-    store.open_graph(small_graph(2), T0)  # type: ignore[arg-type]
+    store.open_graph(small_graph(2), T0)
     (a,) = store.claim("w", 1, T0, 30)
     big = {"blob": "x" * 1000}
     assert store.complete(a, big, T0)
@@ -63,5 +64,6 @@ def test_sqlite_large_results_live_in_files_beside_the_db(tmp_path: Path) -> Non
 
 def test_sqlite_url_options_are_parsed(tmp_path: Path) -> None:
     store = SqliteStore.from_url(f"sqlite:///{tmp_path}/run.db?timeout=0.5&results=pickle&batch=4")
-    assert store.timeout == 0.5 and store.codec.mode == "pickle" and store.max_batch == 4
+    assert store.io.timeout == 0.5 and store.codec.mode == "pickle"
+    assert store.worker.max_batch == 4
     store.close()

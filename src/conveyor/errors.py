@@ -36,6 +36,22 @@ class GraphMismatchError(StoreError):
     """The store holds unfinished work of another graph."""
 
 
+class StoreLockedError(StoreError):
+    """Another process holds the database's write lock for longer than the busy timeout."""
+
+
+class StoreCorruptError(StoreError):
+    """The file or database is not a (readable) conveyor store."""
+
+
+class StoreUnreachableError(StoreError):
+    """The database server cannot be reached or refuses the connection."""
+
+
+class ResultError(ConveyorError):
+    """A task's result cannot be stored as asked (e.g. not JSON with ``results=json``)."""
+
+
 class StaleLeaseError(ConveyorError):
     """A worker tried to finish a task whose lease was taken over by another worker."""
 

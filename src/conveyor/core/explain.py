@@ -14,6 +14,7 @@ from typing import Any
 
 from conveyor.core.admission import AdmissionQueue, GroupInfo, Offer, Shape
 from conveyor.core.frontier import Frontier
+from conveyor.core.ordering import Key, priority_key
 from conveyor.model import TaskState
 
 
@@ -39,27 +40,20 @@ def explain(
     """Why task ``i`` is not running. ``offers`` are the workers' current offers (free slots,
     resources, labels, capacity); empty means "unknown" and skips the fit checks. ``parents``
     are ``i``'s parent indices (found by a walk over all children lists when not given)."""
-    state = TaskState(f.state[i])
     tid = f.ids[i]
-    if state is TaskState.PENDING:
+
+    def unfinished_parents() -> list[str]:
         ps = parents if parents is not None else _parents(f, i)
-        names = [f.ids[p] for p in ps if f.state[p] != TaskState.DONE]
-        return Reason(
-            "waiting_on_parents",
-            f"{tid} waits on {len(names)} unfinished parent(s): {', '.join(names[:5])}",
-            {"parents": names, "waiting": f.waiting[i]},
-        )
-    if state is TaskState.RETRY_WAIT:
-        until = not_before if not_before is not None else _not_before(f, i)
-        return Reason(
-            "retry_backoff",
-            f"{tid} waits for its retry backoff",
-            {"until": until, "in_s": None if until is None else max(0.0, until - now)},
-        )
-    if state is not TaskState.READY:
-        return Reason(state.label, f"{tid} is {state.label}", {})
+        return [f.ids[p] for p in ps if f.state[p] != TaskState.DONE]
+
+    early = not_ready_reason(
+        tid, TaskState(f.state[i]), now, unfinished_parents=unfinished_parents,
+        not_before=lambda: not_before if not_before is not None else _not_before(f, i),
+    )  # fmt: skip
+    if early is not None:
+        return early
     q = f.queue
-    key = f.key(i)
+    key = priority_key(f.depth[i], f.root_seq[i], i)
     if q is None:
         return _behind(f, i, key, [e for e in f._heap if f.state[e[2]] == TaskState.READY])
     shape = q.shapes[f.shape[i]]
@@ -78,6 +72,37 @@ def explain(
             f, i, key, [e for e in q.heaps[f.shape[i]] if f.state[e[2]] == TaskState.READY]
         ),
     )  # fmt: skip
+
+
+def not_ready_reason(
+    tid: str,
+    state: TaskState,
+    now: float,
+    *,
+    unfinished_parents: Callable[[], Sequence[str]],
+    not_before: Callable[[], float | None],
+) -> Reason | None:
+    """The reason of a task that is not ready (``None`` when it is): it waits on parents, on its
+    retry backoff, or it is not waiting at all (running, done, failed ...). Shared by the memory
+    and the SQL stores, which supply the ids of the task's unfinished parents and the time its
+    backoff ends (each read only when the state needs it)."""
+    if state is TaskState.PENDING:
+        names = list(unfinished_parents())
+        return Reason(
+            "waiting_on_parents",
+            f"{tid} waits on {len(names)} unfinished parent(s): {', '.join(names[:5])}",
+            {"parents": names, "waiting": len(names)},
+        )
+    if state is TaskState.RETRY_WAIT:
+        until = not_before()
+        return Reason(
+            "retry_backoff",
+            f"{tid} waits for its retry backoff",
+            {"until": until, "in_s": None if until is None else max(0.0, until - now)},
+        )
+    if state is not TaskState.READY:
+        return Reason(state.label, f"{tid} is {state.label}", {})
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +206,7 @@ def behind_reason(tid: str, key: Sequence[int], ahead: int, first: str | None) -
     )
 
 
-def _behind(f: Frontier, i: int, key: tuple[int, int, int], entries: list[Any]) -> Reason:
+def _behind(f: Frontier, i: int, key: Key, entries: list[Any]) -> Reason:
     ahead = sorted(e[:3] for e in entries if e[:3] < key)
     return behind_reason(f.ids[i], key, len(ahead), f.ids[ahead[0][2]] if ahead else None)
 
@@ -229,7 +254,7 @@ def _has_ready(f: Frontier, q: AdmissionQueue, group: str) -> bool:
 def _parents(f: Frontier, i: int) -> list[int]:
     # Parents are not stored (only children are, for the hot path); explain is rare, so walk
     # the children lists of earlier tasks. O(E) — never on the claim/complete path.
-    return [p for p in range(len(f.ids)) if f.children[p] and i in f.children[p]]
+    return [p for p, kids in enumerate(f.children) if kids and i in kids]
 
 
 def _not_before(f: Frontier, i: int) -> float | None:

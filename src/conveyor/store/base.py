@@ -82,13 +82,23 @@ class WorkerProfile:
     #: Lease length, for claims a store takes ahead (batches) and for heartbeats.
     lease_s: float = 30.0
 
+    def offer(self, slots: int) -> Offer:
+        """What this worker offers a claim that brings no offer of its own: ``slots`` free
+        slots, its labels, and its resources as if idle."""
+        res = dict(self.resources or {})
+        return Offer(slots, res, dict(self.labels), slots, res)
+
 
 class Store(abc.ABC):
     """One backend. Methods take ``now`` (unix seconds) instead of reading a clock.
 
     Every caller (engine, worker loop, CLI, dashboard) uses only what is declared here.
     Methods with a body are optional capabilities with a sensible default for a store that
-    does not have them (the memory store has no leases, no audit table, nothing to resume).
+    does not have them. The memory store lives in one process: it has no leases (``heartbeat``,
+    ``reap_expired``), no audit table (``events_after``, ``prune``) and nothing to resume
+    (``file_hashes``, ``plan_graph``, ``retry``). The durable stores are shared by processes:
+    they keep unfinished work for a resume (``cancel_unfinished``), leave endpoint caps to each
+    process (``endpoints``) and judge fit by ``explain`` (``unfit``).
     """
 
     url: str = ""
@@ -165,7 +175,8 @@ class Store(abc.ABC):
         return 0
 
     def cancel_unfinished(self, now: float) -> int:
-        """Cancel every task not yet finished (an interrupted in-process run); how many."""
+        """Cancel every task not yet started (an interrupted in-process run); how many. A shared
+        store keeps them for the next run: 0."""
         return 0
 
     def heartbeat(self, worker: str, now: float, lease_s: float) -> int:
@@ -206,7 +217,8 @@ class Store(abc.ABC):
         return None
 
     def endpoints(self) -> list[str]:
-        """Endpoint keys that tasks in the store call (for the engine to follow limits)."""
+        """Endpoint keys that tasks in the store call (for the engine to follow limits). The
+        durable stores ignore endpoints for admission (docs/fairness.md): ``[]``."""
         return []
 
     def set_endpoint_cap(self, endpoint: str, cap: int) -> None:
@@ -247,13 +259,15 @@ class Store(abc.ABC):
     def status(self, now: float) -> dict[str, Any]:
         """A summary for people and dashboards: ``graph``, ``total``, ``unfinished``,
         ``counts`` (by state), ``groups`` (counts by group and state), ``workers`` and
-        ``workers_alive``, ``tasks_per_s``, ``eta_s``, ``endpoints``, ``reasons``. May scan."""
+        ``workers_alive``, ``tasks_per_s``, ``eta_s``, ``endpoints``, ``reasons`` (counts by
+        ``explain`` code) and ``group_shares``. May scan."""
         counts = self.counts()
         unfinished = self.unfinished()
         return {
             "graph": self.graph_name(), "total": sum(counts.values()), "unfinished": unfinished,
             "counts": counts, "groups": {}, "workers": [], "workers_alive": 0,
             "tasks_per_s": 0.0, "eta_s": None, "endpoints": {}, "reasons": {},
+            "group_shares": {},
         }  # fmt: skip
 
     def events_after(self, after: int, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
@@ -278,7 +292,8 @@ class Store(abc.ABC):
 
     def retry(self, ids: list[str] | None, now: float) -> list[str]:
         """Make failed (or cancelled) tasks claimable again and un-skip what their failure
-        skipped. ``ids=None``: every failed task. Returns the ids made claimable."""
+        skipped. ``ids=None``: every failed task. Returns the ids made claimable. The memory
+        store refuses (``StoreError``): its run ends with its process."""
         raise StoreError(f"{self.url}: this store does not retry finished runs")
 
     def prune(self, keep: int) -> int:

@@ -18,21 +18,21 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, ResultError
 from conveyor.imports import import_path
 from conveyor.model import TaskRef, TaskSpec
 
 _FIELDS = [f for f in dataclasses.fields(TaskSpec) if f.name not in ("id", "fn", "args", "kwargs")]
-_DEFAULTS = {
-    f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)  # type: ignore[misc]
-    for f in _FIELDS
-}
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    factory = f.default_factory
+    return f.default if factory is dataclasses.MISSING else factory()
+
+
+_DEFAULTS = {f.name: _default(f) for f in _FIELDS}
 _TUPLES = frozenset({"deps", "inputs", "outputs"})
 RESULT_MODES = ("auto", "json", "pickle")
-
-
-class ResultError(ConveyorError):
-    """A task's result cannot be stored as asked (e.g. not JSON with ``results=json``)."""
 
 
 # -- specs -----------------------------------------------------------------------------------

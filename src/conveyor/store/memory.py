@@ -1,12 +1,12 @@
 """The in-process store: the pure ``Frontier`` plus specs, attempts and results in lists.
 
 Used by ``conveyor run`` without ``--db``. One thread (the engine's) calls it; nothing here
-locks. Leases never expire: the engine that claims a task is the one that runs it.
+locks. Leases never expire: the engine that claims a task is the one that runs it. It reads no
+clock: event times are the ``now`` each call is given.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from conveyor.bulk import paused_gc
@@ -20,9 +20,10 @@ from conveyor.core.admission import (
 )
 from conveyor.core.explain import Reason, explain
 from conveyor.core.frontier import DONE, FAILED, READY, RUNNING, Frontier
+from conveyor.core.transitions import SKIPPABLE, upstream_failed
 from conveyor.errors import GraphError, GraphMismatchError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
-from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph, Store
+from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph, Store, WorkerProfile
 
 _NO_VALUE = object()
 
@@ -43,6 +44,11 @@ class MemoryStore(Store):
         self._reserved_seen: set[str] = set()
         self._audit: dict[int, list[dict[str, Any]]] | None = None
         self._worker = ""  # the one engine's worker name, for the events after task_started
+        self._profile = WorkerProfile()
+        self._meta: dict[str, str] = {}
+
+    def configure(self, profile: WorkerProfile) -> None:
+        self._profile = profile
 
     def keep_history(self) -> None:
         """Record an audit trail in memory too (off by default: it costs per transition)."""
@@ -86,11 +92,10 @@ class MemoryStore(Store):
         self.values.extend([_NO_VALUE] * len(tasks))
         emit = self.emit
         if emit is not None:
-            ts = time.time()
             for i in new:
-                emit({"ts": ts, "event": "task_submitted", "task": self.frontier.ids[i]})
+                emit({"ts": now, "event": "task_submitted", "task": self.frontier.ids[i]})
             for i in ready:
-                emit({"ts": ts, "event": "task_ready", "task": self.frontier.ids[i]})
+                emit({"ts": now, "event": "task_ready", "task": self.frontier.ids[i]})
         skipped = [i for i in new if self.frontier.state[i] == TaskState.SKIPPED]
         self._emit_skipped(skipped, now)
 
@@ -161,7 +166,7 @@ class MemoryStore(Store):
         self, worker: str, limit: int, now: float, lease_s: float, offer: Offer | None = None
     ) -> list[Claim]:
         if offer is not None or self.frontier.queue is not None:
-            return self._claim_admitted(worker, now, offer or Offer(limit))
+            return self._claim_admitted(worker, now, offer or self._profile.offer(limit))
         out = []
         for _ in range(limit):
             c = self.claim_one(worker, now, lease_s)
@@ -237,8 +242,6 @@ class MemoryStore(Store):
 
     def _blocked_reason(self, now: float, offer: Offer) -> str:
         """The dominant reason of the best-keyed ready task (explain is O(shapes) here)."""
-        from conveyor.core.explain import explain
-
         f = self.frontier
         q = f.queue
         assert q is not None
@@ -291,7 +294,7 @@ class MemoryStore(Store):
         f = self.frontier
         n = 0
         for i, s in enumerate(f.state):
-            if s in (TaskState.PENDING, READY, TaskState.RETRY_WAIT):
+            if s in SKIPPABLE:
                 f.cancel(i)
                 n += 1
         return n
@@ -330,6 +333,15 @@ class MemoryStore(Store):
             return []
         return list(self._audit.get(self.frontier.get(task_id), []))
 
+    def meta_get(self, key: str) -> str | None:
+        return self._meta.get(key)
+
+    def meta_set(self, key: str, value: str) -> None:
+        self._meta[key] = value
+
+    def graph_name(self) -> str | None:
+        return self.graph_names[-1] if self.graph_names else None
+
     def explain(self, task_id: str, now: float, offers: list[Offer] | None = None) -> Reason:
         """The dominant reason ``task_id`` is not running (see ``conveyor.core.explain``)."""
         f = self.frontier
@@ -353,7 +365,7 @@ class MemoryStore(Store):
 
     def _emit_skipped(self, skipped: list[int], now: float, cause: str | None = None) -> None:
         for k in skipped:
-            self.errors[k] = f"upstream_failed: {cause}" if cause else "upstream_failed"
+            self.errors[k] = upstream_failed(cause)
             self._record(k, "task_skipped", now, reason="upstream_failed", cause=cause)
 
     def _record(self, i: int, event: str, now: float, **fields: Any) -> None:

@@ -23,18 +23,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from conveyor.errors import StoreError
-from conveyor.store.sqlbase import (
-    LOST_BUDGET,
-    MAX_BATCH,
-    SqlStore,
-    StoreCorruptError,
-    StoreLockedError,
-    codec_from,
-    parse_options,
-)
+from conveyor.errors import StoreCorruptError, StoreError, StoreLockedError
+from conveyor.store.sqlstore import LOST_BUDGET, MAX_BATCH, SqlStore
+from conveyor.store.sqltx import SqlIo
+from conveyor.store.urls import codec_from, sqlite_target
 
 _MMAP_BYTES = 1 << 30
 _IDLE_POLL_S = 0.001  # how often an idle worker looks for a commit by another process
@@ -47,70 +40,49 @@ _TYPES = (
 )
 
 
-class SqliteStore(SqlStore):
+class SqliteIo(SqlIo):
+    """One SQLite connection, shared by the threads of a process under a lock."""
+
     dialect = "sqlite"
     types = _TYPES
 
-    @classmethod
-    def from_url(cls, url: str) -> SqliteStore:
-        parts = urlsplit(url)
-        if parts.scheme != "sqlite" or parts.netloc or not url.startswith("sqlite:///"):
-            raise StoreError(
-                f"bad SQLite URL {url!r}: use sqlite:///relative/run.db or sqlite:////abs/run.db"
-            )
-        path = url[len("sqlite:///") :].split("?", 1)[0]
-        if not path or path.endswith("/"):
-            raise StoreError(f"bad SQLite URL {url!r}: it names no file")
-        options = parse_options(parse_qs(parts.query), url)
-        return cls(path, url=url, **options)
-
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        url: str | None = None,
-        timeout: float = 5.0,
-        lease: float | None = None,
-        batch: int = MAX_BATCH,
-        lost_budget: int = LOST_BUDGET,
-        **codec_options: Any,
-    ) -> None:
-        self.path = Path(path)
-        url = url or f"sqlite:///{self.path}"
-        codec = codec_from(codec_options, str(self.path) + ".results")
-        super().__init__(url, codec=codec, lost_budget=lost_budget, max_batch=batch)
-        if lease is not None:
-            self.lease_s = lease
+    def __init__(self, path: Path, url: str, timeout: float) -> None:
+        super().__init__(url)
+        self.path = path
         self.timeout = timeout
         self._lock = threading.RLock()
-        if not self.path.parent.is_dir():
-            raise StoreError(f"{url}: directory {str(self.path.parent)!r} does not exist")
-        if self.path.is_dir():
-            raise StoreError(f"{url}: {str(self.path)!r} is a directory")
+        self.conn: sqlite3.Connection | None = None
+        if not path.parent.is_dir():
+            raise StoreError(f"{url}: directory {str(path.parent)!r} does not exist")
+        if path.is_dir():
+            raise StoreError(f"{url}: {str(path)!r} is a directory")
         try:
-            self._lockfile = open(str(self.path) + ".lock", "a+b")  # noqa: SIM115 - closed in close()
+            self._lockfile = open(str(path) + ".lock", "a+b")  # noqa: SIM115 - closed in close()
         except OSError as exc:
             raise StoreError(f"{url}: cannot create the lock file: {exc.strerror}") from None
-        self._conn: sqlite3.Connection | None = None
         try:
             with self._errors():
                 conn = sqlite3.connect(
-                    str(self.path), timeout=timeout, isolation_level=None,
+                    str(path), timeout=timeout, isolation_level=None,
                     check_same_thread=False, cached_statements=256,
                 )  # fmt: skip
-                self._conn = conn
+                self.conn = conn
                 conn.execute("PRAGMA journal_mode=WAL").fetchone()
                 conn.execute("PRAGMA synchronous=NORMAL")
                 # Pages another process wrote are re-read after each of its commits (SQLite
                 # drops its page cache then); mapped, such a read is a memory copy.
                 conn.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
                 conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-            self.migrate()
         except BaseException:
             self.close()
             raise
 
-    # -- I/O ------------------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = self.conn
+        if conn is None:
+            raise StoreError(f"{self.url}: the store is closed")
+        return conn
+
     @contextmanager
     def _errors(self) -> Iterator[None]:
         try:
@@ -134,9 +106,8 @@ class SqliteStore(SqlStore):
             ) from None
 
     @contextmanager
-    def _begin(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn
-        assert conn is not None, "store is closed"
+    def begin(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
         with self._lock:
             fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_EX)
             try:
@@ -152,19 +123,22 @@ class SqliteStore(SqlStore):
             finally:
                 fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_UN)
 
-    def _read(self, name: str, /, **params: Any) -> list[Any]:
-        conn = self._conn
-        assert conn is not None, "store is closed"
+    def read(self, name: str, params: dict[str, Any]) -> list[Any]:
+        conn = self._conn()
         with self._lock, self._errors():
             return conn.execute(self.queries[name], params).fetchall()
+
+    def as_list(self, values: list[Any]) -> Any:
+        return json.dumps(values)
 
     def wait_for_work(self, timeout: float) -> bool:
         """Poll ``PRAGMA data_version`` (it changes when another connection commits; ~2 us)
         every millisecond, and look for a ready task (or the graph's end) only when it did.
         SQLite has no notifications; this wakes an idle worker within ~1 ms of new work for
-        ~1% of a core."""
-        conn = self._conn
-        assert conn is not None, "store is closed"
+        ~1% of a core. Reads the clocks: the wait is real time, and a retry that came due
+        (``not_before`` is wall-clock time) is work to wake for."""
+        conn = self._conn()
+        q = self.queries
         deadline = time.monotonic() + timeout
         seen = None
         while True:
@@ -172,24 +146,20 @@ class SqliteStore(SqlStore):
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != seen:
                     seen = version
-                    if conn.execute(self.queries["any_ready"]).fetchone() is not None:
+                    if conn.execute(q["any_ready"]).fetchone() is not None:
                         return True
-                    due = conn.execute(self.queries["next_wakeup"]).fetchone()[0]
+                    due = conn.execute(q["next_wakeup"]).fetchone()[0]
                     if due is not None and due <= time.time():
                         return True
-                    if conn.execute(self.queries["any_unfinished"]).fetchone() is None:
+                    if conn.execute(q["any_unfinished"]).fetchone() is None:
                         return True  # the graph is finished: let the engine see it now
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
             time.sleep(min(_IDLE_POLL_S, left))
 
-    def _list(self, values: list[Any]) -> Any:
-        return json.dumps(values)
-
-    def _schema_version(self) -> int:
-        conn = self._conn
-        assert conn is not None
+    def schema_version(self) -> int:
+        conn = self._conn()
         with self._lock, self._errors():
             tables = {
                 r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
@@ -204,9 +174,37 @@ class SqliteStore(SqlStore):
         return 0
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
         lf = getattr(self, "_lockfile", None)
         if lf is not None and not lf.closed:
             lf.close()
+
+
+class SqliteStore(SqlStore):
+    """A ``SqlStore`` on one SQLite file."""
+
+    io: SqliteIo
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        path, options = sqlite_target(url)
+        return cls(path, url=url, **options)
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        url: str | None = None,
+        timeout: float = 5.0,
+        lease: float | None = None,
+        batch: int = MAX_BATCH,
+        lost_budget: int = LOST_BUDGET,
+        **codec_options: Any,
+    ) -> None:
+        path = Path(path)
+        url = url or f"sqlite:///{path}"
+        codec = codec_from(codec_options, str(path) + ".results")
+        super().__init__(SqliteIo(path, url, timeout), codec=codec, lost_budget=lost_budget,
+                         max_batch=batch, lease_s=lease)  # fmt: skip

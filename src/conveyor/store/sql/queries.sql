@@ -1,5 +1,7 @@
 -- Named queries of the SQL stores. "-- name: q" starts query q; "-- name: q@postgres" (or
 -- @sqlite) overrides q for one dialect. Parameters are :name (PostgreSQL gets %(name)s).
+-- {NAME}s are constants filled in when loading (store/sqlqueries.py): task states ({READY} ...),
+-- sets of states ({UNFINISHED}, {SKIPPABLE}, {RETRYABLE}) and {KEY}, the depth-first key.
 -- Lists travel as JSON text on SQLite (json_each) and as arrays on PostgreSQL (= ANY).
 -- Everything on the claim/complete path is an index seek; nothing here scans all tasks
 -- except the status queries (counts_by_group, rate) that only `conveyor status` runs.
@@ -15,28 +17,28 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 SELECT coalesce(max(seq), 0) FROM tasks;
 
 -- name: unfinished
-SELECT count(*) FROM tasks WHERE state IN (0, 1, 2, 6, 8);
+SELECT count(*) FROM tasks WHERE state IN ({UNFINISHED});
 
 -- name: counts
 SELECT state, count(*) FROM tasks GROUP BY state;
 
 -- name: unfinished_by_state
-SELECT state, count(*) FROM tasks WHERE state IN (0, 1, 2, 6, 8) GROUP BY state;
+SELECT state, count(*) FROM tasks WHERE state IN ({UNFINISHED}) GROUP BY state;
 
 -- name: counts_by_group
 SELECT grp, state, count(*) FROM tasks GROUP BY grp, state;
 
 -- name: next_wakeup
-SELECT min(not_before) FROM tasks WHERE state = 6;
+SELECT min(not_before) FROM tasks WHERE state = {RETRY_WAIT};
 
 -- name: any_ready
-SELECT 1 FROM tasks WHERE state = 1 LIMIT 1;
+SELECT 1 FROM tasks WHERE state = {READY} LIMIT 1;
 
 -- name: any_ready@sqlite
-SELECT 1 FROM tasks INDEXED BY tasks_ready WHERE state = 1 LIMIT 1;
+SELECT 1 FROM tasks INDEXED BY tasks_ready WHERE state = {READY} LIMIT 1;
 
 -- name: any_unfinished
-SELECT 1 FROM tasks WHERE state IN (0, 1, 2, 6, 8) LIMIT 1;
+SELECT 1 FROM tasks WHERE state IN ({UNFINISHED}) LIMIT 1;
 
 -- name: task_by_id
 SELECT seq, state, neg_depth, root_seq, token, attempt, error FROM tasks WHERE id = :id;
@@ -129,61 +131,61 @@ DELETE FROM edges WHERE parent = :parent AND child = :child;
 
 -- The claim: retries that came due go back to ready, then the best ready keys are taken.
 -- name: due_retries
-UPDATE tasks SET state = 1, not_before = NULL
-WHERE state = 6 AND not_before <= :now
+UPDATE tasks SET state = {READY}, not_before = NULL
+WHERE state = {RETRY_WAIT} AND not_before <= :now
 RETURNING id, attempt;
 
 -- name: ready_window
 SELECT seq, neg_depth, root_seq, noop, labels, resources FROM tasks
-WHERE state = 1
-ORDER BY neg_depth, root_seq, seq
+WHERE state = {READY}
+ORDER BY {KEY}
 LIMIT :limit;
 
 -- SQLite's planner, without statistics, would rather sort the state index: name the index.
 -- name: ready_window@sqlite
 SELECT seq, neg_depth, root_seq, noop, labels, resources FROM tasks INDEXED BY tasks_ready
-WHERE state = 1
-ORDER BY neg_depth, root_seq, seq
+WHERE state = {READY}
+ORDER BY {KEY}
 LIMIT :limit;
 
 -- name: ready_window@postgres
 SELECT seq, neg_depth, root_seq, noop, labels, resources FROM tasks
-WHERE state = 1
-ORDER BY neg_depth, root_seq, seq
+WHERE state = {READY}
+ORDER BY {KEY}
 LIMIT :limit
 FOR UPDATE SKIP LOCKED;
 
 -- name: ready_window_after
 SELECT seq, neg_depth, root_seq, noop, labels, resources FROM tasks
-WHERE state = 1 AND (neg_depth, root_seq, seq) > (:neg_depth, :root_seq, :seq)
-ORDER BY neg_depth, root_seq, seq
+WHERE state = {READY} AND ({KEY}) > (:neg_depth, :root_seq, :seq)
+ORDER BY {KEY}
 LIMIT :limit;
 
 -- name: ready_window_after@sqlite
 SELECT seq, neg_depth, root_seq, noop, labels, resources FROM tasks INDEXED BY tasks_ready
-WHERE state = 1 AND (neg_depth, root_seq, seq) > (:neg_depth, :root_seq, :seq)
-ORDER BY neg_depth, root_seq, seq
+WHERE state = {READY} AND ({KEY}) > (:neg_depth, :root_seq, :seq)
+ORDER BY {KEY}
 LIMIT :limit;
 
 -- name: ready_window_after@postgres
 SELECT seq, neg_depth, root_seq, noop, labels, resources FROM tasks
-WHERE state = 1 AND (neg_depth, root_seq, seq) > (:neg_depth, :root_seq, :seq)
-ORDER BY neg_depth, root_seq, seq
+WHERE state = {READY} AND ({KEY}) > (:neg_depth, :root_seq, :seq)
+ORDER BY {KEY}
 LIMIT :limit
 FOR UPDATE SKIP LOCKED;
 
 -- name: claim_seqs
 UPDATE tasks
-SET state = 2, attempt = attempt + 1, token = token + 1, worker = :worker,
+SET state = {RUNNING}, attempt = attempt + 1, token = token + 1, worker = :worker,
     lease_until = :lease_until, updated = :now
-WHERE seq IN (SELECT value FROM json_each(:seqs)) AND state = 1
+WHERE seq IN (SELECT value FROM json_each(:seqs)) AND state = {READY}
 RETURNING seq, id, attempt, token, neg_depth, root_seq, noop;
 
 -- name: claim_seqs@postgres
 UPDATE tasks
-SET state = 2, attempt = attempt + 1, token = token + 1, worker = :worker,
+SET state = {RUNNING}, attempt = attempt + 1, token = token + 1, worker = :worker,
     lease_until = :lease_until, updated = :now
-WHERE seq = ANY(:seqs) AND state = 1
+WHERE seq = ANY(:seqs) AND state = {READY}
 RETURNING seq, id, attempt, token, neg_depth, root_seq, noop;
 
 -- name: specs_of
@@ -195,8 +197,8 @@ SELECT seq, spec FROM specs WHERE seq = ANY(:seqs);
 -- Finishing. Each is fenced by (state = running, token = the claim's lease generation).
 -- name: complete_task
 UPDATE tasks
-SET state = 3, error = NULL, lease_until = NULL, updated = :now
-WHERE seq = :seq AND state = 2 AND token = :token;
+SET state = {DONE}, error = NULL, lease_until = NULL, updated = :now
+WHERE seq = :seq AND state = {RUNNING} AND token = :token;
 
 -- name: store_result
 INSERT INTO results (seq, kind, data) VALUES (:seq, :kind, :data)
@@ -210,7 +212,7 @@ DELETE FROM results WHERE seq = :seq;
 -- name: release_children
 UPDATE tasks
 SET waiting = waiting - 1,
-    state = CASE WHEN waiting = 1 AND state IN (0, 8) THEN 1 ELSE state END
+    state = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END
 WHERE seq IN (SELECT child FROM edges WHERE parent = :seq)
 RETURNING id, state, waiting;
 
@@ -223,24 +225,24 @@ WITH kids AS (
 )
 UPDATE tasks
 SET waiting = waiting - 1,
-    state = CASE WHEN waiting = 1 AND state IN (0, 8) THEN 1 ELSE state END
+    state = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END
 WHERE seq IN (SELECT seq FROM kids)
 RETURNING id, state, waiting;
 
 -- The same for a batch of no-op tasks completed in the transaction that claimed them: one
 -- statement for the tasks, one for all their children. O(sum of fan-outs).
 -- name: complete_seqs
-UPDATE tasks SET state = 3, error = NULL, lease_until = NULL, updated = :now
-WHERE seq IN (SELECT value FROM json_each(:seqs)) AND state = 2;
+UPDATE tasks SET state = {DONE}, error = NULL, lease_until = NULL, updated = :now
+WHERE seq IN (SELECT value FROM json_each(:seqs)) AND state = {RUNNING};
 
 -- name: complete_seqs@postgres
-UPDATE tasks SET state = 3, error = NULL, lease_until = NULL, updated = :now
-WHERE seq = ANY(:seqs) AND state = 2;
+UPDATE tasks SET state = {DONE}, error = NULL, lease_until = NULL, updated = :now
+WHERE seq = ANY(:seqs) AND state = {RUNNING};
 
 -- name: release_children_of
 UPDATE tasks
 SET waiting = waiting - d.n,
-    state = CASE WHEN waiting = d.n AND state IN (0, 8) THEN 1 ELSE state END
+    state = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END
 FROM (SELECT child, count(*) AS n FROM edges
       WHERE parent IN (SELECT value FROM json_each(:seqs)) GROUP BY child) AS d
 WHERE tasks.seq = d.child
@@ -251,65 +253,67 @@ WITH d AS (SELECT child, count(*) AS n FROM edges WHERE parent = ANY(:seqs) GROU
      kids AS (SELECT t.seq FROM tasks t JOIN d ON t.seq = d.child ORDER BY t.seq FOR UPDATE OF t)
 UPDATE tasks
 SET waiting = waiting - d.n,
-    state = CASE WHEN waiting = d.n AND state IN (0, 8) THEN 1 ELSE state END
+    state = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END
 FROM d
 WHERE tasks.seq = d.child AND tasks.seq IN (SELECT seq FROM kids)
 RETURNING tasks.id, tasks.state, tasks.waiting;
 
 -- name: fail_retry
 UPDATE tasks
-SET state = 6, not_before = :retry_at, error = :error, lease_until = NULL, updated = :now
-WHERE seq = :seq AND state = 2 AND token = :token;
+SET state = {RETRY_WAIT}, not_before = :retry_at, error = :error, lease_until = NULL,
+    updated = :now
+WHERE seq = :seq AND state = {RUNNING} AND token = :token;
 
 -- name: fail_final
 UPDATE tasks
-SET state = 4, error = :error, lease_until = NULL, updated = :now
-WHERE seq = :seq AND state = 2 AND token = :token;
+SET state = {FAILED}, error = :error, lease_until = NULL, updated = :now
+WHERE seq = :seq AND state = {RUNNING} AND token = :token;
 
 -- name: release_task
 UPDATE tasks
-SET state = 1, attempt = attempt - 1, worker = NULL, lease_until = NULL, updated = :now
-WHERE seq = :seq AND state = 2 AND token = :token;
+SET state = {READY}, attempt = attempt - 1, worker = NULL, lease_until = NULL, updated = :now
+WHERE seq = :seq AND state = {RUNNING} AND token = :token;
 
 -- Skipping downstream of a failure, one level per call (each task is visited once).
 -- name: children_to_skip
 SELECT t.seq, t.id, t.state FROM edges e CROSS JOIN tasks t
 WHERE t.seq = e.child AND e.parent IN (SELECT value FROM json_each(:seqs))
-  AND t.state IN (0, 1, 6, 8);
+  AND t.state IN ({SKIPPABLE});
 
 -- name: children_to_skip@postgres
 SELECT t.seq, t.id, t.state FROM edges e JOIN tasks t ON t.seq = e.child
-WHERE e.parent = ANY(:seqs) AND t.state IN (0, 1, 6, 8)
+WHERE e.parent = ANY(:seqs) AND t.state IN ({SKIPPABLE})
 ORDER BY t.seq FOR UPDATE OF t;
 
 -- name: skip_seqs
-UPDATE tasks SET state = 5, error = :error, updated = :now
+UPDATE tasks SET state = {SKIPPED}, error = :error, updated = :now
 WHERE seq IN (SELECT value FROM json_each(:seqs));
 
 -- name: skip_seqs@postgres
-UPDATE tasks SET state = 5, error = :error, updated = :now WHERE seq = ANY(:seqs);
+UPDATE tasks SET state = {SKIPPED}, error = :error, updated = :now WHERE seq = ANY(:seqs);
 
 -- Leases.
 -- name: renew_leases
-UPDATE tasks SET lease_until = :lease_until WHERE state = 2 AND worker = :worker;
+UPDATE tasks SET lease_until = :lease_until WHERE state = {RUNNING} AND worker = :worker;
 
 -- name: expired_leases
 SELECT seq, id, worker, attempt, lost, token FROM tasks
-WHERE state = 2 AND lease_until < :now;
+WHERE state = {RUNNING} AND lease_until < :now;
 
 -- name: leases_of_worker
-SELECT seq, id, worker, attempt, lost, token FROM tasks WHERE state = 2 AND worker = :worker;
+SELECT seq, id, worker, attempt, lost, token FROM tasks WHERE state = {RUNNING} AND worker = :worker;
 
 -- name: requeue_lost
 UPDATE tasks
-SET state = 1, attempt = attempt - 1, lost = lost + 1, worker = NULL, lease_until = NULL,
+SET state = {READY}, attempt = attempt - 1, lost = lost + 1, worker = NULL, lease_until = NULL,
     updated = :now
-WHERE seq = :seq AND state = 2 AND token = :token;
+WHERE seq = :seq AND state = {RUNNING} AND token = :token;
 
 -- name: fail_lost
 UPDATE tasks
-SET state = 4, lost = lost + 1, error = :error, worker = NULL, lease_until = NULL, updated = :now
-WHERE seq = :seq AND state = 2 AND token = :token;
+SET state = {FAILED}, lost = lost + 1, error = :error, worker = NULL, lease_until = NULL,
+    updated = :now
+WHERE seq = :seq AND state = {RUNNING} AND token = :token;
 
 -- Workers.
 -- name: worker_upsert
@@ -376,7 +380,7 @@ SELECT spec FROM specs WHERE seq = :seq;
 SELECT seq, state, waiting FROM tasks WHERE id = :id;
 
 -- name: done_since
-SELECT count(*), min(updated) FROM tasks WHERE state = 3 AND updated >= :since;
+SELECT count(*), min(updated) FROM tasks WHERE state = {DONE} AND updated >= :since;
 
 -- name: reset_task
 UPDATE tasks
@@ -385,7 +389,7 @@ SET state = :state, lost = 0, error = NULL, not_before = NULL, worker = NULL,
 WHERE seq = :seq;
 
 -- name: failed_ids
-SELECT id FROM tasks WHERE state IN (4, 7) ORDER BY seq;
+SELECT id FROM tasks WHERE state IN ({RETRYABLE}) ORDER BY seq;
 
 -- Admission (schema migration 3; sqladmission.py). Only graphs with groups, labels, resources
 -- or gangs run these; a claim reads the groups and shapes (O(groups + shapes)) and seeks the
@@ -427,14 +431,14 @@ UPDATE tasks SET shape = :shape WHERE shape = 0;
 
 -- name: adm_head
 SELECT seq, id, neg_depth, root_seq, noop FROM tasks
-WHERE state = 1 AND shape > 0 AND shape = :shape
-ORDER BY neg_depth, root_seq, seq
+WHERE state = {READY} AND shape > 0 AND shape = :shape
+ORDER BY {KEY}
 LIMIT :limit;
 
 -- name: adm_head@sqlite
 SELECT seq, id, neg_depth, root_seq, noop FROM tasks INDEXED BY tasks_shape_ready
-WHERE state = 1 AND shape > 0 AND shape = :shape
-ORDER BY neg_depth, root_seq, seq
+WHERE state = {READY} AND shape > 0 AND shape = :shape
+ORDER BY {KEY}
 LIMIT :limit;
 
 -- name: adm_group_of
@@ -452,22 +456,23 @@ SELECT id, state FROM tasks WHERE id = ANY(:ids);
 
 -- name: adm_ahead_in_shape
 SELECT count(*) FROM tasks
-WHERE state = 1 AND shape > 0 AND shape = :shape
-  AND (neg_depth, root_seq, seq) < (:neg_depth, :root_seq, :seq);
+WHERE state = {READY} AND shape > 0 AND shape = :shape
+  AND ({KEY}) < (:neg_depth, :root_seq, :seq);
 
 -- name: adm_ahead_plain
 SELECT count(*) FROM tasks
-WHERE state = 1 AND (neg_depth, root_seq, seq) < (:neg_depth, :root_seq, :seq);
+WHERE state = {READY} AND ({KEY}) < (:neg_depth, :root_seq, :seq);
 
 -- name: adm_first_plain
-SELECT id FROM tasks WHERE state = 1 ORDER BY neg_depth, root_seq, seq LIMIT 1;
+SELECT id FROM tasks WHERE state = {READY} ORDER BY {KEY} LIMIT 1;
 
 -- name: adm_running_by_worker
-SELECT worker, shape, count(*) FROM tasks WHERE state = 2 GROUP BY worker, shape;
+SELECT worker, shape, count(*) FROM tasks WHERE state = {RUNNING} GROUP BY worker, shape;
 
 -- A scan of the unfinished tasks: `conveyor status` only.
 -- name: adm_waiting_by_shape
-SELECT shape, state, count(*) FROM tasks WHERE state IN (0, 1, 6) GROUP BY shape, state;
+SELECT shape, state, count(*) FROM tasks WHERE state IN ({PENDING}, {READY}, {RETRY_WAIT})
+GROUP BY shape, state;
 
 -- name: endpoint_stats
 -- Each worker's EndpointLimiter statistics, written on its ticks (`conveyor status`).

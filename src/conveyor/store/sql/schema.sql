@@ -6,8 +6,8 @@
 --   {REAL}  unix seconds                            (SQLite REAL, PG DOUBLE PRECISION)
 --   {BLOB}  bytes                                   (SQLite BLOB, PG BYTEA)
 --   {NOROWID} an index-organised table              (SQLite WITHOUT ROWID, PG nothing)
--- Task states are TaskState values: 0 pending, 1 ready, 2 running, 3 done, 4 failed,
--- 5 skipped, 6 retry_wait, 7 cancelled, 8 invalidated.
+-- Task states are TaskState values, named as in queries.sql: {READY}, {UNFINISHED} ... and {KEY}
+-- (the depth-first key's columns) are filled in when loading (store/sqlqueries.py).
 
 -- migration: 1
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -28,7 +28,7 @@ CREATE TABLE tasks (
     token       INTEGER NOT NULL DEFAULT 0,  -- lease generation: fences late completions
     worker      TEXT,
     lease_until {REAL},
-    not_before  {REAL},                 -- a retry waits until then (state 6)
+    not_before  {REAL},                 -- a retry waits until then (retry_wait)
     noop        SMALLINT NOT NULL,      -- 1: neither fn nor cmd (finishes where it is claimed)
     labels      TEXT,                   -- JSON, NULL when the task needs none
     resources   TEXT,                   -- JSON, NULL when the task needs none
@@ -38,13 +38,13 @@ CREATE TABLE tasks (
 -- Every index below is partial: a task is in it only in the states that query needs, so a
 -- transition rewrites few index pages (each page is a WAL frame written at commit).
 -- A claim is a seek on this index: only ready tasks are in it.
-CREATE INDEX tasks_ready ON tasks (neg_depth, root_seq, seq) WHERE state = 1;
+CREATE INDEX tasks_ready ON tasks ({KEY}) WHERE state = {READY};
 -- Leases to renew or reap.
-CREATE INDEX tasks_running ON tasks (worker) WHERE state = 2;
+CREATE INDEX tasks_running ON tasks (worker) WHERE state = {RUNNING};
 -- Retries coming due.
-CREATE INDEX tasks_retry ON tasks (not_before) WHERE state = 6;
+CREATE INDEX tasks_retry ON tasks (not_before) WHERE state = {RETRY_WAIT};
 -- Unfinished tasks, keyed by seq so that moving between unfinished states rewrites nothing.
-CREATE INDEX tasks_unfinished ON tasks (seq) WHERE state IN (0, 1, 2, 6, 8);
+CREATE INDEX tasks_unfinished ON tasks (seq) WHERE state IN ({UNFINISHED});
 
 -- Written once at submission; kept apart so task rows stay small (more per page).
 CREATE TABLE specs (
@@ -140,5 +140,5 @@ CREATE TABLE task_shapes (
 );
 ALTER TABLE tasks ADD COLUMN shape INTEGER NOT NULL DEFAULT 0;
 -- The head of one shape's queue: a seek on (shape, key); plain tasks (shape 0) are not in it.
-CREATE INDEX tasks_shape_ready ON tasks (shape, neg_depth, root_seq, seq)
-    WHERE state = 1 AND shape > 0;
+CREATE INDEX tasks_shape_ready ON tasks (shape, {KEY})
+    WHERE state = {READY} AND shape > 0;

@@ -1,0 +1,271 @@
+"""The claim/complete cycle of one SQL store handle: claims (the plain depth-first path here,
+admission's in ``sqladmission.py``), completions, failures, releases, and the batch a worker
+with fast tasks claims ahead.
+
+Costs on the hot path: a claim is one transaction with an index seek on ``tasks_ready``
+(O(log n) per task); a completion updates the task and its own children (O(fan-out log n)).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from conveyor.core.admission import Offer, Shape
+from conveyor.errors import ResultError
+from conveyor.model import TaskState
+from conveyor.store.base import Claim
+from conveyor.store.codec import ResultCodec
+from conveyor.store.sqladmission import Admission
+from conveyor.store.sqlsteps import (
+    NOOP_BATCH,
+    Worker,
+    children_ready,
+    due_retries,
+    left_running,
+    skip_downstream,
+    start,
+)
+from conveyor.store.sqltx import Tx
+
+T = TypeVar("T")
+RUNNING, DONE, READY = TaskState.RUNNING, TaskState.DONE, TaskState.READY
+FAILED, RETRY_WAIT = TaskState.FAILED, TaskState.RETRY_WAIT
+
+#: Tasks that finish faster than this (claim to completion, EWMA) are claimed in batches: the
+#: per-transaction cost then dominates, and a batch amortises it. Slower tasks: one at a time.
+FAST_TASK_S = 0.005
+#: Ready tasks a worker with labels/resources looks at per page when some do not fit it.
+_FIT_WINDOW = 64
+_FIT_PAGES = 16
+
+
+class Atomic(Protocol):
+    """Runs ``op`` in one write transaction (``SqlStore._atomic``)."""
+
+    def __call__(self, op: Callable[[Tx], T], /) -> T: ...
+
+
+class Claims:
+    """Claims, completions and releases through one store handle."""
+
+    def __init__(
+        self,
+        atomic: Atomic,
+        worker: Worker,
+        admission: Admission,
+        codec: ResultCodec,
+        *,
+        rounds: int,
+    ) -> None:
+        self.atomic = atomic
+        self.worker = worker
+        self.admission = admission
+        self.codec = codec
+        #: Rounds of claim-and-complete-no-ops in one transaction (``SqlIo.claim_rounds``).
+        self.rounds = rounds
+        self.noop_batch = NOOP_BATCH
+        self._buffer: deque[Claim] = deque()  # claimed in a batch, not yet handed out
+        self._claimed_at: dict[int, float] = {}
+        self._ewma = 1.0  # seconds from claim to completion, smoothed
+
+    # -- claiming -------------------------------------------------------------------------------
+    def claim(
+        self, worker: str, limit: int, now: float, lease_s: float, offer: Offer | None
+    ) -> list[Claim]:
+        self.worker.name = worker
+        if self.admission.on:
+            adm = self.admission
+            out = self.atomic(lambda tx: adm.claim(tx, worker, limit, now, lease_s, offer))
+        else:
+            if offer is not None:  # a plain graph: any task fits a free slot
+                limit = min(limit, offer.slots)
+            out = []
+            while self._buffer and len(out) < limit:
+                out.append(self._buffer.popleft())
+            if len(out) < limit:
+                more = limit - len(out)
+                out.extend(self.atomic(lambda tx: self._claim_in(tx, worker, more, now, lease_s)))
+        for c in out:
+            self._claimed_at[c.handle] = now
+        return out
+
+    def claim_one(self, worker: str, now: float, lease_s: float) -> Claim | None:
+        """The engine's hot path: from this worker's batch, else one transaction that claims a
+        batch when tasks are fast (see ``FAST_TASK_S``) or a single task otherwise."""
+        if not self._buffer:
+            if self.admission.on:
+                got = self.claim(worker, 1, now, lease_s, None)
+                return got[0] if got else None
+            self.worker.name = worker
+            limit = self.worker.max_batch if self._ewma < FAST_TASK_S else 1
+            got = self.atomic(lambda tx: self._claim_in(tx, worker, limit, now, lease_s))
+            if not got:
+                return None
+            self._buffer.extend(got)
+        c = self._buffer.popleft()
+        self._claimed_at[c.handle] = now
+        return c
+
+    def _claim_in(self, tx: Tx, worker: str, limit: int, now: float, lease_s: float) -> list[Claim]:
+        """Claim up to ``limit`` tasks inside ``tx``: due retries first become ready, then the
+        best keys that fit this worker. O(limit · log n) while tasks fit.
+
+        With ``complete_noops``, no-op tasks met on the way are also completed in this
+        transaction (up to ``noop_batch`` of them, beyond ``limit``); the children they ready
+        are claimed in the next round of the same transaction, best key first.
+        """
+        due_retries(tx, now)
+        out: list[Claim] = []
+        real = 0
+        noops = self.noop_batch if self.worker.profile.complete_noops else 0
+        for _round in range(self.rounds):
+            if real >= limit:
+                break
+            chosen = self._choose(tx, limit - real, noops)
+            if not chosen:
+                break
+            got = start(tx, chosen, worker, now, lease_s, noops)
+            out.extend(got)
+            inlined = sum(1 for c in got if c.extra.get("committed"))
+            noops -= inlined
+            real += len(got) - inlined
+            if not inlined:
+                break
+        return out
+
+    def _choose(self, tx: Tx, limit: int, noops: int) -> list[int]:
+        """The seqs of the best ready tasks that fit this worker, in key order: up to ``limit``
+        tasks that need running and up to ``noops`` no-op ones (keyset pages over the
+        ``tasks_ready`` index when some do not fit)."""
+        window = limit + noops
+        if self.worker.constrained:
+            window = max(window, _FIT_WINDOW)
+        chosen: list[int] = []
+        rows = tx.rows("ready_window", limit=window)
+        for _ in range(_FIT_PAGES):
+            for seq, _nd, _rs, noop, labels, resources in rows:
+                if noop and noops > 0:
+                    noops -= 1
+                elif limit > 0:
+                    needs = labels is not None or resources is not None
+                    if needs and not self._fits(labels, resources):
+                        continue
+                    limit -= 1
+                else:
+                    return chosen  # the next best key is not ours to take this time
+                chosen.append(seq)
+                if limit == 0 and noops == 0:
+                    return chosen
+            if len(rows) < window:
+                break
+            last = rows[-1]
+            window = max(window, _FIT_WINDOW)
+            rows = tx.rows("ready_window_after", neg_depth=last[1], root_seq=last[2],
+                           seq=last[0], limit=window)  # fmt: skip
+        return chosen
+
+    def _fits(self, labels: str | None, resources: str | None) -> bool:
+        """Whether a task asking ``labels``/``resources`` (JSON) fits this worker: the
+        admission rule (``Offer.fit_count``) on this worker's profile. Plain-path tasks ask
+        nothing unless a submission switched the store to admission after this handle looked."""
+        asked = Shape.of("", json.loads(resources or "{}"), json.loads(labels or "{}"))
+        return self.worker.profile.offer(1).fit_count(asked) > 0
+
+    # -- finishing ------------------------------------------------------------------------------
+    def complete(self, claim: Claim, value: Any, now: float) -> bool:
+        started = self._claimed_at.pop(claim.handle, now)
+        self._ewma = 0.8 * self._ewma + 0.2 * max(0.0, now - started)
+        if claim.extra.get("committed"):
+            return True  # a no-op completed in the transaction that claimed it
+        try:
+            kind, data = self.codec.encode(value, f"{claim.handle}-{claim.token}")
+        except ResultError as exc:
+            return self.fail(claim, str(exc), now, None)
+        name = self.worker.name
+        ahead = self._ewma < FAST_TASK_S and not self._buffer and not self.admission.on
+        batch, lease_s = self.worker.max_batch, self.worker.lease_s
+
+        def op(tx: Tx) -> list[Claim] | None:
+            if not self._complete_in(tx, claim, kind, data, now):
+                return None
+            if ahead and name is not None:  # admission claims carry the engine's offer
+                return self._claim_in(tx, name, batch, now, lease_s)
+            return []
+
+        got = self.atomic(op)
+        if got is None:
+            self.codec.discard(kind, data)
+            return False
+        self._buffer.extend(got)
+        return True
+
+    def _complete_in(
+        self, tx: Tx, claim: Claim, kind: str | None, data: bytes | None, now: float
+    ) -> bool:
+        """Record a success inside ``tx``: the task, its result, its children. O(fan-out)."""
+        if tx.count("complete_task", now=now, seq=claim.handle, token=claim.token) != 1:
+            return False
+        if kind is not None:
+            tx.run("store_result", seq=claim.handle, kind=kind, data=data)
+        left_running(tx, claim.extra.get("grp"))
+        tx.audit(now, "task_finished", claim.id, RUNNING, DONE, self.worker.name, claim.attempt)
+        children_ready(tx, tx.rows("release_children", seq=claim.handle), now)
+        return True
+
+    def fail(self, claim: Claim, error: str, now: float, retry_at: float | None) -> bool:
+        self._claimed_at.pop(claim.handle, None)
+        worker = self.worker.name
+        tid = claim.id
+
+        def op(tx: Tx) -> bool:
+            params = {"seq": claim.handle, "token": claim.token, "error": error, "now": now}
+            if retry_at is not None:
+                if tx.count("fail_retry", retry_at=retry_at, **params) != 1:
+                    return False
+                left_running(tx, claim.extra.get("grp"))
+                tx.audit(now, "task_retrying", tid, RUNNING, RETRY_WAIT, worker, claim.attempt,
+                         error, retry_at=retry_at)  # fmt: skip
+                return True
+            if tx.count("fail_final", **params) != 1:
+                return False
+            left_running(tx, claim.extra.get("grp"))
+            tx.audit(now, "task_failed", tid, RUNNING, FAILED, worker, claim.attempt, error)
+            skip_downstream(tx, [claim.handle], now, tid)
+            return True
+
+        return self.atomic(op)
+
+    def release(self, claim: Claim, now: float) -> bool:
+        self._claimed_at.pop(claim.handle, None)
+        try:
+            self._buffer.remove(claim)
+        except ValueError:
+            pass
+        return self._release_many([claim], now) == 1
+
+    def release_buffered(self, now: float) -> int:
+        """Give back tasks claimed in a batch but not handed out (on shutdown)."""
+        claims = list(self._buffer)
+        self._buffer.clear()
+        for c in claims:
+            self._claimed_at.pop(c.handle, None)
+        return self._release_many(claims, now)
+
+    def _release_many(self, claims: list[Claim], now: float) -> int:
+        worker = self.worker.name
+
+        def op(tx: Tx) -> int:
+            n = 0
+            for c in claims:
+                if tx.count("release_task", seq=c.handle, token=c.token, now=now) == 1:
+                    n += 1
+                    left_running(tx, c.extra.get("grp"))
+                    tx.audit(now, "task_ready", c.id, RUNNING, READY, worker, c.attempt,
+                             reason="released")  # fmt: skip
+            tx.notify = n > 0
+            return n
+
+        return self.atomic(op) if claims else 0

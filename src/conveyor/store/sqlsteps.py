@@ -1,0 +1,134 @@
+"""Steps of task transitions inside one SQL transaction that several paths share: starting
+claimed tasks (with the no-ops completed on the spot), readying children, skipping downstream of
+a dead task, and a task leaving running. Plain claims and admission claims, completions, leases
+and submissions all call these, so each rule is written once; the rules themselves (what is
+skippable, the key, the skip's message) come from ``conveyor.core``.
+
+Also ``Worker``: who claims through one store handle, and how (``Store.configure``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from conveyor.core.ordering import PriorityKey
+from conveyor.core.transitions import skip_closure, upstream_failed
+from conveyor.model import TaskSpec, TaskState
+from conveyor.store.base import Claim, WorkerProfile
+from conveyor.store.codec import decode_spec
+from conveyor.store.sqltx import Tx
+
+PENDING, READY, RUNNING = TaskState.PENDING, TaskState.READY, TaskState.RUNNING
+DONE, SKIPPED, RETRY_WAIT = TaskState.DONE, TaskState.SKIPPED, TaskState.RETRY_WAIT
+
+#: Largest batch a worker claims at once under a backlog of fast tasks.
+MAX_BATCH = 32
+#: No-op tasks one claim transaction may complete on the way (they cost no commit of their own;
+#: more per transaction means fewer lock hand-offs between worker processes).
+NOOP_BATCH = 256
+
+
+@dataclass(slots=True)
+class Worker:
+    """Who claims through one store handle (set at ``register_worker`` or the first claim),
+    with what profile (``configure``; the URL's ``lease`` and ``batch`` until then)."""
+
+    name: str | None = None
+    profile: WorkerProfile = field(default_factory=WorkerProfile)
+    max_batch: int = MAX_BATCH
+    #: The lease of claims taken ahead, and of this worker's row (the last heartbeat's).
+    lease_s: float = 30.0
+
+    def configure(self, profile: WorkerProfile) -> None:
+        self.profile = profile
+        self.lease_s = profile.lease_s
+        if profile.max_batch is not None:
+            self.max_batch = max(1, min(MAX_BATCH, profile.max_batch))
+
+    @property
+    def constrained(self) -> bool:
+        """Whether this worker offers labels or accounts resources (some tasks may not fit)."""
+        return bool(self.profile.labels) or self.profile.resources is not None
+
+
+def due_retries(tx: Tx, now: float) -> None:
+    """Retries whose backoff has passed become ready (first thing in every claim)."""
+    for tid, attempt in tx.rows("due_retries", now=now):
+        tx.audit(now, "task_ready", tid, RETRY_WAIT, READY, attempt=attempt)
+
+
+def start(
+    tx: Tx, seqs: list[int], worker: str, now: float, lease_s: float, noops: int
+) -> list[Claim]:
+    """Claim the ready tasks ``seqs`` for ``worker`` in key order, each with a new lease
+    generation; tasks no longer ready are left out. Up to ``noops`` no-op tasks among them are
+    completed right here (a claim marked ``committed``): the engine would complete each the
+    moment it is claimed, and here that costs no commit of its own. O(len(seqs) · log n)."""
+    got = tx.rows("claim_seqs", seqs=tx.as_list(seqs), worker=worker,
+                  lease_until=now + lease_s, now=now)  # fmt: skip
+    got.sort(key=lambda r: PriorityKey(r[4], r[5], r[0]))
+    inline: list[bool] = []
+    for r in got:
+        inline.append(bool(r[6]) and noops > 0)
+        noops -= inline[-1]
+    need = [r[0] for r, i in zip(got, inline, strict=True) if not i]
+    specs = dict(tx.rows("specs_of", seqs=tx.as_list(need))) if need else {}
+    out: list[Claim] = []
+    done: list[int] = []
+    for (seq, tid, attempt, token, neg_depth, root_seq, _noop), i in zip(got, inline, strict=True):
+        tx.audit(now, "task_started", tid, READY, RUNNING, worker, attempt)
+        depth = PriorityKey(neg_depth, root_seq, seq).depth
+        if i:
+            claim = Claim(TaskSpec(tid), attempt, token, seq, depth)
+            claim.extra["committed"] = True
+            tx.audit(now, "task_finished", tid, RUNNING, DONE, worker, attempt)
+            done.append(seq)
+        else:
+            spec = decode_spec(tid, specs[seq])
+            claim = Claim(spec, attempt, token, seq, depth, spec.deps)
+        out.append(claim)
+    if done:
+        listed = tx.as_list(done)
+        tx.run("complete_seqs", seqs=listed, now=now)
+        children_ready(tx, tx.rows("release_children_of", seqs=listed), now)
+    return out
+
+
+def children_ready(tx: Tx, rows: list[tuple[str, int, int]], now: float) -> None:
+    """Audit the children a completion made ready (rows ``(id, state, waiting)`` of a
+    ``release_children*`` query) and signal idle workers."""
+    for tid, state, waiting in rows:
+        if state == READY and waiting == 0:
+            tx.audit(now, "task_ready", tid, PENDING, READY)
+            tx.notify = True
+
+
+def skip_downstream(tx: Tx, dead: list[int], now: float, cause: str) -> None:
+    """Skip what the dead tasks ``dead`` (seqs) leave unable to run: ``skip_closure`` over the
+    edges, one query per level. O(descendants)."""
+
+    def children(seqs: list[int]) -> list[tuple[tuple[int, str], int]]:
+        rows = tx.rows("children_to_skip", seqs=tx.as_list(seqs))
+        return [((seq, tid), state) for seq, tid, state in rows]
+
+    skipped = skip_closure(children(dead), lambda level: children([s for s, _ in level]))
+    if not skipped:
+        return
+    error = upstream_failed(cause)
+    tx.run("skip_seqs", seqs=tx.as_list(sorted(s for (s, _), _ in skipped)), error=error, now=now)
+    for (_, tid), state in skipped:
+        tx.audit(now, "task_skipped", tid, state, SKIPPED, error=error,
+                 reason="upstream_failed", cause=cause)  # fmt: skip
+
+
+def left_running(tx: Tx, grp: str | None) -> None:
+    """A task claimed by admission left running (done, failed, released, lost): its group runs
+    one fewer. Plain claims carry no group (``None``) and cost nothing here."""
+    if grp is not None:
+        tx.run("adm_running_add", grp=grp, n=-1)
+
+
+def left_running_seq(tx: Tx, seq: int, admission: bool) -> None:
+    """``left_running`` for a task known by its seq (lost leases, fenced attempts)."""
+    if admission:
+        left_running(tx, tx.scalar("adm_group_of", seq=seq))

@@ -1,0 +1,185 @@
+"""Submission in the SQL stores: a graph (new, resumed, or replacing another) and the children
+a running task submits. New tasks get their key, waiting count, shape and edges in one
+transaction; a task under a dead parent is skipped at once (``skip_closure``, as after a
+failure). O(V + E) for the batch; a resume with fingerprints applies the plan (``sqlfp.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from conveyor.core.dag import layout
+from conveyor.core.ordering import PriorityKey, depth_from
+from conveyor.core.transitions import DEAD, skip_closure, upstream_failed
+from conveyor.errors import GraphMismatchError, StaleLeaseError
+from conveyor.model import GraphSpec, TaskSpec, TaskState
+from conveyor.store import sqlfp
+from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph
+from conveyor.store.codec import encode_spec
+from conveyor.store.sqladmission import Admission
+from conveyor.store.sqltx import Tx
+
+PENDING, READY, RUNNING = TaskState.PENDING, TaskState.READY, TaskState.RUNNING
+DONE, SKIPPED = TaskState.DONE, TaskState.SKIPPED
+#: An existing task as a submission sees it: (seq, state, neg_depth).
+Known = tuple[int, int, int]
+_TABLES = ("tasks", "specs", "results", "edges", "audit", "workers", "admission", "groups",
+           "fingerprints")  # fmt: skip
+
+
+class Submissions:
+    """``open_graph`` and ``submit_children`` inside the caller's transaction."""
+
+    def __init__(self, url: str, admission: Admission) -> None:
+        self.url = url
+        self.admission = admission
+
+    def open(
+        self,
+        tx: Tx,
+        graph: GraphSpec,
+        now: float,
+        replace: bool,
+        fps: GraphFingerprints | None,
+        file_rows: list[dict[str, Any]],
+    ) -> OpenedGraph:
+        """Submit ``graph``, or resume it (with ``fps``: running again what changed), or
+        replace another graph's finished work (``replace``: unfinished work too)."""
+        tx.lock("graph")
+        name = tx.scalar("meta_get", key="graph")
+        if name is not None and name != graph.name:
+            left = tx.scalar("unfinished")
+            if left and not replace:
+                raise GraphMismatchError(
+                    f"{self.url} holds unfinished work of graph {name!r} ({left} tasks "
+                    f"left), not {graph.name!r}: use --replace to discard it, or another --db"
+                )
+            for table in _TABLES:
+                tx.run("wipe_" + table)
+            self.admission.forget()
+            name = None
+        existing: dict[str, Known] = {}
+        edge_changes: list[tuple[str, list[str], list[str]]] = []
+        roots = 0
+        if name is None:
+            tx.run("meta_set", key="graph", value=graph.name)
+        else:
+            roots = int(tx.scalar("meta_get", key="roots") or 0)
+            if fps is not None:
+                existing, edge_changes = sqlfp.resume(tx, graph, fps, now, self.admission.on)
+            else:
+                existing = {r[0]: (r[1], r[2], r[3]) for r in tx.rows("all_task_keys")}
+        self.admission.declare_groups(tx, graph.groups)
+        new = [t for t in graph.tasks if t.id not in existing]
+        if new:
+            roots += 1
+            tx.run("meta_set", key="roots", value=str(roots))
+            first = int(tx.scalar("max_seq")) + 1
+            self.insert(tx, new, existing.get, 0, roots, now)
+            tx.notify = True
+            if fps is not None:
+                sqlfp.insert(tx, {t.id: first + i for i, t in enumerate(new)}, fps.parts)
+        if fps is not None:
+            sqlfp.edges(tx, edge_changes)
+            sqlfp.save_files(tx, file_rows)
+        return OpenedGraph(graph.name, len(new), name is not None, tx.scalar("unfinished"))
+
+    def children(self, tx: Tx, parent: Claim, tasks: list[TaskSpec], now: float) -> list[str]:
+        """Tasks submitted by the running ``parent``: one level deeper, same root order."""
+        found = tx.rows("task_by_id", id=parent.id)
+        row = found[0] if found else None
+        if row is None or row[1] != RUNNING or row[4] != parent.token:
+            raise StaleLeaseError(f"task {parent.id!r} no longer holds its lease")
+
+        def lookup(tid: str) -> Known | None:
+            r = tx.rows("task_by_id", id=tid)
+            return (r[0][0], r[0][1], r[0][2]) if r else None
+
+        self.insert(tx, tasks, lookup, depth_from(row[2]) + 1, row[3], now)
+        tx.notify = True
+        return [t.id for t in tasks]
+
+    def insert(
+        self,
+        tx: Tx,
+        tasks: list[TaskSpec],
+        lookup: Callable[[str], Known | None],
+        base_depth: int,
+        root_seq: int,
+        now: float,
+    ) -> None:
+        """Insert new tasks with their edges and audit rows. ``lookup(id)`` gives an existing
+        task's ``(seq, state, neg_depth)``. O(V + E) for the batch."""
+        known: dict[str, Known] = {}  # lookups of existing parents, each made once
+
+        def external(tid: str) -> Known | None:
+            r = known.get(tid)
+            if r is None:
+                r = lookup(tid)
+                if r is not None:
+                    known[tid] = r
+            return r
+
+        def external_depth(tid: str) -> int | None:
+            r = external(tid)
+            return None if r is None else depth_from(r[2])
+
+        ids = [t.id for t in tasks]
+        lay = layout(ids, [t.deps for t in tasks], external_depth=external_depth,
+                     base_depth=base_depth)  # fmt: skip
+        shapes = self.admission.shape_ids(tx, tasks)  # validates groups, labels, gangs first
+        first = int(tx.scalar("max_seq")) + 1
+        waiting = [len(lp) for lp in lay.local_parents]
+        edges: list[tuple[int, int]] = []
+        dead: dict[str, list[int]] = {}  # a dead parent -> the new tasks under it
+        for i, lp in enumerate(lay.local_parents):
+            edges.extend((first + j, first + i) for j in lp)
+        for i, ext in lay.external_parents.items():
+            for tid in ext:
+                found = external(tid)
+                assert found is not None  # layout() refused unknown parents
+                seq, state, _ = found
+                edges.append((seq, first + i))
+                if state != DONE:
+                    waiting[i] += 1
+                if state in DEAD:
+                    dead.setdefault(tid, []).append(i)
+        # Downstream of a dead parent is skipped right away (inside the batch too).
+        skipped: dict[int, str] = {}
+
+        def children(level: list[int]) -> list[tuple[int, int]]:
+            return [(c, PENDING) for i in level for c in lay.children[i] or ()]
+
+        for cause, under in dead.items():
+            first_level = [(i, int(PENDING)) for i in under if i not in skipped]
+            for i, _ in skip_closure(first_level, children):
+                skipped.setdefault(i, cause)
+        rows = []
+        specs = []
+        for i, t in enumerate(tasks):
+            error = None
+            if i in skipped:
+                state, error = SKIPPED, upstream_failed(skipped[i])
+            else:
+                state = READY if waiting[i] == 0 else PENDING
+            key = PriorityKey.of(lay.depth[i], root_seq, first + i)
+            rows.append({
+                "seq": key.submit_seq, "id": t.id, "state": state,
+                "neg_depth": key.neg_depth, "root_seq": key.root_seq, "grp": t.group,
+                "waiting": waiting[i], "noop": int(t.is_noop),
+                "labels": json.dumps(t.labels, sort_keys=True) if t.labels else None,
+                "resources": json.dumps(t.resources, sort_keys=True) if t.resources else None,
+                "error": error, "shape": shapes[i], "now": now,
+            })  # fmt: skip
+            specs.append({"seq": first + i, "spec": encode_spec(t)})
+            tx.audit(now, "task_submitted", t.id, None, PENDING)
+            if state == READY:
+                tx.audit(now, "task_ready", t.id, PENDING, READY)
+            elif state == SKIPPED:
+                tx.audit(now, "task_skipped", t.id, PENDING, SKIPPED, error=error,
+                         reason="upstream_failed", cause=skipped[i])  # fmt: skip
+        tx.insert("insert_task", rows)
+        tx.insert("insert_spec", specs)
+        tx.insert("insert_edge", [{"parent": p, "child": c} for p, c in edges])

@@ -1,0 +1,216 @@
+"""Transactions of the SQL stores: what a backend supplies (``SqlIo``), one write transaction
+with its audit rows (``Tx``), and the runner that commits it and emits its events (``Db``).
+
+``SqlIo`` is the only place that knows a driver: SQLite and PostgreSQL implement it (connections,
+locks, the way a list travels as a parameter, bulk inserts). The collaborators of ``SqlStore``
+(claims, admission, fingerprints, admin ...) take a ``Tx`` for writes and a ``Reads`` (a ``Tx``,
+or the ``Db`` outside transactions) for reads, and know nothing of drivers or of each other's
+state.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
+
+from conveyor.events import EventSink
+from conveyor.model import TaskState
+from conveyor.store.sqlqueries import load_queries
+
+T = TypeVar("T")
+#: What a transaction may lock besides rows: submissions, every task (a resume), admission.
+Lock = Literal["graph", "tasks", "admission"]
+_LABELS = [s.label for s in TaskState]
+_RETRIES = 20  # attempts of a transaction the database asked to run again (deadlock)
+
+
+class SqlIo(abc.ABC):
+    """One backend's I/O and dialect: connections, locks, parameters. Nothing here knows tasks."""
+
+    dialect: ClassVar[str]
+    #: Type names the schema's ``{SEQ}``, ``{REAL}`` ... stand for in this dialect.
+    types: ClassVar[tuple[tuple[str, str], ...]]
+    #: Rounds of claim-and-complete-no-ops in one claim transaction. SQLite has one writer at a
+    #: time, so longer transactions mean fewer hand-offs; PostgreSQL lets workers run side by
+    #: side, and one round keeps each transaction's row locks in one sorted batch.
+    claim_rounds: ClassVar[int] = 1 << 30
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.queries = load_queries(self.dialect)
+
+    @abc.abstractmethod
+    def begin(self) -> AbstractContextManager[Any]:
+        """A write transaction on a connection: commits on exit, rolls back on error."""
+
+    @abc.abstractmethod
+    def read(self, name: str, params: dict[str, Any]) -> list[Any]:
+        """Rows of one named read-only query, outside any write transaction."""
+
+    @abc.abstractmethod
+    def as_list(self, values: list[Any]) -> Any:
+        """A list as a query parameter (SQLite: JSON text for json_each; PG: an array)."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """0 for an empty database; refuses (``StoreCorruptError``) one with other tables."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close connections and files; idempotent."""
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means "run the transaction again" (PG deadlock, serialization)."""
+        return False
+
+    def notify(self, conn: Any) -> None:
+        """Signal idle workers inside a transaction (PostgreSQL NOTIFY); SQLite has none."""
+
+    def lock(self, conn: Any, what: Lock) -> None:
+        """Hold ``what`` to the end of the transaction (SQLite's writer lock already does)."""
+
+    def insert_rows(self, conn: Any, name: str, rows: list[dict[str, Any]]) -> None:
+        """Insert many rows with the named insert query (PostgreSQL: COPY)."""
+        conn.executemany(self.queries[name], rows)
+
+    def after_bulk_load(self) -> None:
+        """After many rows were added (PostgreSQL refreshes planner statistics)."""
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block up to ``timeout`` s for a sign that work may be claimable; see ``Store``."""
+        return False
+
+
+class Reads(Protocol):
+    """Named reads: a ``Tx`` inside a transaction, the ``Db`` outside one."""
+
+    def rows(self, name: str, /, **params: Any) -> list[Any]: ...
+    def scalar(self, name: str, /, **params: Any) -> Any: ...
+    def as_list(self, values: list[Any]) -> Any: ...
+
+
+class Tx:
+    """One write transaction: runs named queries; collects audit rows, written at the end."""
+
+    __slots__ = ("audit_rows", "conn", "io", "notify", "q")
+
+    def __init__(self, io: SqlIo, conn: Any) -> None:
+        self.io = io
+        self.conn = conn
+        self.q = io.queries
+        self.audit_rows: list[dict[str, Any]] = []
+        self.notify = False  # PostgreSQL: tell idle workers that work may be claimable
+
+    def run(self, name: str, /, **params: Any) -> Any:
+        return self.conn.execute(self.q[name], params)
+
+    def count(self, name: str, /, **params: Any) -> int:
+        """Rows changed by one named statement."""
+        return int(self.conn.execute(self.q[name], params).rowcount)
+
+    def rows(self, name: str, /, **params: Any) -> list[Any]:
+        return list(self.conn.execute(self.q[name], params).fetchall())
+
+    def scalar(self, name: str, /, **params: Any) -> Any:
+        row = self.conn.execute(self.q[name], params).fetchone()
+        return None if row is None else row[0]
+
+    def many(self, name: str, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.conn.executemany(self.q[name], rows)
+
+    def insert(self, name: str, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.io.insert_rows(self.conn, name, rows)
+
+    def as_list(self, values: list[Any]) -> Any:
+        return self.io.as_list(values)
+
+    def lock(self, what: Lock) -> None:
+        self.io.lock(self.conn, what)
+
+    def audit(
+        self,
+        ts: float,
+        event: str,
+        task: str | None,
+        frm: int | None,
+        to: int | None,
+        worker: str | None = None,
+        attempt: int | None = None,
+        error: str | None = None,
+        **extra: Any,
+    ) -> None:
+        self.audit_rows.append({
+            "ts": ts, "event": event, "task": task, "from_state": frm, "to_state": to,
+            "worker": worker, "attempt": attempt, "error": error,
+            "extra": json.dumps(extra) if extra else None,
+        })  # fmt: skip
+
+
+class Db:
+    """Runs write transactions and reads outside them, for one ``SqlIo``."""
+
+    def __init__(self, io: SqlIo) -> None:
+        self.io = io
+
+    def atomic(self, op: Callable[[Tx], T], emit: EventSink | None = None) -> T:
+        """Run ``op`` in one write transaction with its audit rows (again when the database
+        asks, e.g. after a deadlock); then hand ``emit`` the events of what was committed."""
+        for attempt in range(_RETRIES):
+            try:
+                with self.io.begin() as conn:
+                    tx = Tx(self.io, conn)
+                    value = op(tx)
+                    tx.many("insert_audit", tx.audit_rows)
+                    if tx.notify:
+                        self.io.notify(conn)
+                break
+            except Exception as exc:
+                if attempt < _RETRIES - 1 and self.io.retryable(exc):
+                    continue
+                raise
+        if emit is not None:
+            for r in tx.audit_rows:
+                emit(audit_event((None, *r.values())))
+        return value
+
+    def rows(self, name: str, /, **params: Any) -> list[Any]:
+        return self.io.read(name, params)
+
+    def scalar(self, name: str, /, **params: Any) -> Any:
+        rows = self.io.read(name, params)
+        return rows[0][0] if rows else None
+
+    def as_list(self, values: list[Any]) -> Any:
+        return self.io.as_list(values)
+
+    def events(self, name: str, /, **params: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Audit rows of a named query as ``(id, event)``."""
+        for r in self.io.read(name, params):
+            yield r[0], audit_event(r)
+
+
+def audit_event(row: Any) -> dict[str, Any]:
+    """An audit row ``(id, ts, event, task, from, to, worker, attempt, error, extra)`` as the
+    JSON event that ``conveyor events`` prints and ``emit`` receives."""
+    _id, ts, event, task, frm, to, worker, attempt, error, extra = row
+    ev: dict[str, Any] = {"ts": ts, "event": event}
+    if task is not None:
+        ev["task"] = task
+    if worker is not None:
+        ev["worker"] = worker
+    if attempt is not None:
+        ev["attempt"] = attempt
+    if frm is not None:
+        ev["from"] = _LABELS[frm]
+    if to is not None:
+        ev["to"] = _LABELS[to]
+    if error is not None:
+        ev["error"] = error
+    if extra:
+        ev.update(json.loads(extra))
+    return ev
