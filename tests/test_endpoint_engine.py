@@ -164,3 +164,11 @@ def test_status_shows_endpoint_statistics_from_workers(tmp_path):
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     assert "endpoint local/test/work: limit" in text
+
+
+def test_the_engine_limiter_runs_on_the_engine_clock():
+    from conveyor.runtime.engine import Engine
+    from conveyor.testing import FakeClock
+
+    clock = FakeClock()
+    assert Engine(MemoryStore(), clock=clock).limiter.clock is clock
