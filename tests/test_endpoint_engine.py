@@ -13,6 +13,7 @@ import pytest
 
 import conveyor
 from conveyor.store.memory import MemoryStore
+from conveyor.testing import EventLog
 from rate_limited_server import RateLimitedServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -68,18 +69,18 @@ def test_endpoint_tasks_capped_by_adaptive_limit_and_other_endpoint_runs(tmp_pat
             g.add(call, i, id=f"slow-{i}", endpoint="test/model/slow")
         for i in range(10):
             g.add(local, i, id=f"local-{i}")
-        events: list[dict] = []
+        log = EventLog()
         limiter = conveyor.EndpointLimiter(initial_limit=1, max_limit=8)
-        result = conveyor.run(g, workers=16, emit=events.append, limiter=limiter)
+        result = conveyor.run(g, workers=16, emit=log, limiter=limiter)
     assert result.ok, result.failed
     stats = limiter.key_statistics("test/model/slow")
     # tasks started for the endpoint never exceeded ceil(max limit seen * 1.5)
     assert peak.peak["test/model/slow"] <= -(-8 * 3 // 2)
     assert peak.peak["test/model/slow"] < 16  # a 429-ing endpoint did not take every slot
     assert stats.successes == 40
-    assert [e for e in events if e["event"] == "endpoint_limit_changed"]
+    assert log.of("endpoint_limit_changed")
     # the local tasks did not wait for all endpoint tasks: they started among the first starts
-    starts = [e["task"] for e in events if e["event"] == "task_started"]
+    starts = log.tasks("task_started")
     assert max(starts.index(f"local-{i}") for i in range(10)) < 30
 
 
@@ -163,3 +164,11 @@ def test_status_shows_endpoint_statistics_from_workers(tmp_path):
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     assert "endpoint local/test/work: limit" in text
+
+
+def test_the_engine_limiter_runs_on_the_engine_clock():
+    from conveyor.runtime.engine import Engine
+    from conveyor.testing import FakeClock
+
+    clock = FakeClock()
+    assert Engine(MemoryStore(), clock=clock).limiter.clock is clock

@@ -8,6 +8,8 @@ import os
 import random
 import threading
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +20,7 @@ from conveyor import Graph, TaskFailed, TaskState
 from conveyor.core.retry import RetryPolicy
 from conveyor.errors import ConveyorError
 from conveyor.runtime.engine import Engine
+from conveyor.store.base import Claim
 from conveyor.store.memory import MemoryStore
 from conveyor.testing import EventLog, FakeClock
 from helpers import expected_start_order, pid_and_square
@@ -117,6 +120,36 @@ def test_run_taskref_args_receive_parent_results() -> None:
     result = conveyor.run(g, workers=2)
     assert result["d"] == 116
     assert seen == {"a": 1, "b": 10, "c": 100}
+
+
+def test_parent_results_is_a_mapping_read_only_by_tasks_that_look() -> None:
+    reads: list[str] = []
+
+    class CountingStore(MemoryStore):
+        def parent_values(self, claim: Claim) -> dict[str, Any]:
+            reads.append(claim.id)
+            return super().parent_values(claim)
+
+    seen: dict[str, Any] = {}
+
+    def looks() -> None:
+        p = conveyor.current().parent_results
+        seen.update(mapping=isinstance(p, Mapping), n=len(p), has_a="a" in p, a=p["a"])
+        seen.update(missing=p.get("zz", "-"), items=sorted(p.items()), keys=list(p))
+
+    g = Graph("lazy")
+    a = g.add(lambda: 1, id="a")
+    b = g.add(lambda: 2, id="b")
+    g.add(looks, id="looks", deps=[a, b])
+    g.add(lambda: None, id="ignores", deps=[a, b])
+    store = CountingStore()
+    store.open_graph(g.spec(), time.time())
+    Engine(store, workers=1).run()
+    assert seen == {
+        "mapping": True, "n": 2, "has_a": True, "a": 1, "missing": "-",
+        "items": [("a", 1), ("b", 2)], "keys": ["a", "b"],
+    }  # fmt: skip
+    assert reads == ["looks"]  # the task that never looked did not read the store
 
 
 def test_current_outside_task_raises() -> None:

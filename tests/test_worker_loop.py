@@ -11,6 +11,7 @@ import conveyor
 from conveyor.runtime.idle import IdleBackoff
 from conveyor.runtime.worker import DROPPED, WorkerLoop
 from conveyor.store.urls import open_store
+from conveyor.testing import FakeClock
 
 
 def two_tasks(tmp_path: Path, retries: int = 0) -> tuple[conveyor.Graph, str]:
@@ -100,3 +101,19 @@ def test_idle_backoff_doubles_to_its_cap_waits_for_retries_and_gives_up() -> Non
     assert idle.next_wait(200.0, None) == 0.1
     forever = IdleBackoff(idle_exit=None)
     assert forever.next_wait(0.0, None) is not None and forever.next_wait(1e9, None) is not None
+
+
+def test_the_loop_takes_its_time_from_the_injected_clock(tmp_path: Path) -> None:
+    clock = FakeClock()
+    graph, db = two_tasks(tmp_path)
+    for _task in conveyor.worker(graph, db=db, clock=clock):
+        clock.advance(5.0)
+    store = open_store(db)
+    try:
+        stamps = [(e["event"], e["ts"] - clock.wall()) for e in store.history("a")]
+    finally:
+        store.close()
+    assert stamps == [
+        ("task_submitted", -10.0), ("task_ready", -10.0), ("task_started", -10.0),
+        ("task_finished", -5.0),
+    ]  # fmt: skip

@@ -35,7 +35,8 @@ class Children:
         self._post = post
         self._clock = clock
         self._functions = functions  # callables of children, for the engine to find by id
-        self._watchers: dict[str, list[Reply[TaskResult]]] = {}
+        #: Parents waiting, by the child they wait on (read, not changed, by the engine).
+        self.watchers: dict[str, list[Reply[TaskResult]]] = {}
         #: Slots lent by parents waiting on their children.
         self.lent = 0
         #: The engine thread's id: an inline task runs there and calls the store directly.
@@ -76,12 +77,7 @@ class Children:
             msg.reply.set(res)
         else:
             self.lent += 1
-            self._watchers.setdefault(msg.task_id, []).append(msg.reply)
-
-    @property
-    def waiting(self) -> bool:
-        """Whether some parent waits on an unfinished child."""
-        return bool(self._watchers)
+            self.watchers.setdefault(msg.task_id, []).append(msg.reply)
 
     def finished(self, task_id: str, failed: bool) -> None:
         """``task_id`` finished an attempt: answer its waiting parents if it is over. A failure
@@ -93,16 +89,16 @@ class Children:
     def poll(self) -> None:
         """Answer the parents of every watched child that is over (a shared store's children
         may be finished by other workers)."""
-        for task_id in list(self._watchers):
+        for task_id in list(self.watchers):
             self._notify(task_id)
 
     def _notify(self, task_id: str) -> None:
-        replies = self._watchers.pop(task_id, None)
+        replies = self.watchers.pop(task_id, None)
         if not replies:
             return
         res = self._store.result(task_id)
         if not res.state.finished:  # retrying: keep waiting
-            self._watchers[task_id] = replies
+            self.watchers[task_id] = replies
             return
         for reply in replies:
             self.lent -= 1
@@ -110,7 +106,7 @@ class Children:
 
     def close(self) -> None:
         """The run stopped: every waiting parent gets an error."""
-        for replies in self._watchers.values():
+        for replies in self.watchers.values():
             for reply in replies:
                 reply.fail(ConveyorError("the run stopped before the child finished"))
-        self._watchers.clear()
+        self.watchers.clear()

@@ -171,7 +171,7 @@ class Engine:
         # a run_iter consumer gets each result before the next task starts.
         self._chain = not self.store.shared and not self._want
         store, clock, stats, lock = self.store, self.clock, self.stats, self._lock
-        on_result = self.on_result
+        on_result, get_nowait = self.on_result, self._queue.get_nowait
         batch = _RESULT_BATCH if yield_results else _NO_BATCH
         idle = IdleBackoff(self.idle_exit)
         next_tick = next_beat = 0.0
@@ -209,7 +209,10 @@ class Engine:
                         out.extend(self._inflight.expire(now))
                         while msg is not None:
                             self._handle(msg, now, out)
-                            msg = self._next_message(0.0)
+                            try:
+                                msg = get_nowait()
+                            except queue.Empty:
+                                break
                     if out:
                         yield from self._deliver(out, on_result)
                 except KeyboardInterrupt:
@@ -238,7 +241,7 @@ class Engine:
         self._endpoints.follow(now)
         if self.on_tick is not None:
             self.on_tick(self)
-        if self._children.waiting and self.store.shared:
+        if self._children.watchers and self.store.shared:
             self._children.poll()  # other workers may have finished the children
 
     def _beat(self, now: float) -> None:
@@ -251,8 +254,7 @@ class Engine:
         self, now: float, busy: bool, idle: IdleBackoff, next_tick: float
     ) -> float | None:
         """How long to wait for the next message; ``None`` when the run is over."""
-        if busy:
-            idle.busy()
+        if busy:  # (the idle spell was reset when these tasks were claimed)
             return self._inflight.deadlines.wait(now, max(0.0, next_tick - now))
         if self._inflight.stopping:
             return None
@@ -381,10 +383,9 @@ class Engine:
     def _handle(self, msg: Message, now: float, out: list[TaskResult]) -> None:
         match msg:
             case Finished(run, ok, value):
-                if self._inflight.is_current(run):
-                    res = self._inflight.record(run, ok, value, now)
-                    if res is not None and self._want:
-                        out.append(res)
+                res = self._inflight.record(run, ok, value, now)
+                if res is not None and self._want:
+                    out.append(res)
             case Recorded(results):
                 out.extend(results)
             case StartInline(claim):

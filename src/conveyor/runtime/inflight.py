@@ -72,8 +72,11 @@ class InFlight:
         return not run.abandoned and self.running.get(run.claim.handle) is run
 
     def record(self, run: Running, ok: bool, value: Any, now: float) -> TaskResult | None:
-        """An executor's report on a current run; ``None`` when it was cancelled while
-        stopping (the task is given back unrun, not failed)."""
+        """An executor's report on ``run``; ``None`` when it no longer counts (see
+        ``is_current``) or when it was cancelled while stopping (then the task is given back
+        unrun, not failed)."""
+        if run.abandoned or self.running.get(run.claim.handle) is not run:
+            return None
         if not ok and value == "cancelled" and self.stopping:
             self.release(run, now)
             return None
@@ -111,7 +114,7 @@ class InFlight:
                     self._stop_gang(spec, retry_at is None, now)
         if not accepted:
             stats.refused += 1
-        if self._children.waiting:
+        if self._children.watchers:
             self._children.finished(spec.id, failed=state is TaskState.FAILED)
         return TaskResult(spec.id, state, value, error, claim.attempt)
 
