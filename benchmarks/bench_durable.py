@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             import laufband
 
             if laufband.__version__ != "0.2.1":
-                log(f"note: laufband {laufband.__version__} installed, the spec names 0.2.1")
+                log(f"note: laufband {laufband.__version__} installed; the figures are for 0.2.1")
         except ImportError:
             log("laufband is not installed (pip install laufband==0.2.1): no laufband runs")
             laufband_ok = False

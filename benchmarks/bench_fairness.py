@@ -13,7 +13,7 @@
    backlog runs dry): each group's time-weighted mean running count, and the largest deviation
    of the instantaneous running count from the 2/4/6 target (target: within 1; for the real
    engine, states shorter than 1 ms -- a batch of finishes not yet refilled -- are not counted).
-2. Heavy root (the Data Designer plan's scenario). Group "heavy" floods the queue first with
+2. Heavy root (one big job in front of a small one). Group "heavy" floods the queue first with
    tasks of one root; group "light" submits its tasks right after. p95 of the light tasks' wait
    (start - submit) with fair share (equal weights) against a FIFO baseline (one group: a single
    depth-first heap, no fair share). Target: fair p95 <= 40 % of FIFO. Simulated and real.
