@@ -22,7 +22,10 @@ The same rules for every system:
   for every side.
 - **one time limit** per run (``--timeout``, default 60 s; ``--quick`` 20 s). At the limit the
   processes are stopped and the *partial* rate (tasks completed in the store / limit) is
-  reported, marked ``timed out`` (laufband livelocks on some shapes).
+  reported, marked ``timed out`` (laufband livelocks on some shapes). The conveyor-only rows
+  (throughput targets, growth with N), which compare with no other system, have a limit of
+  their own (``--solo-timeout``, default 300 s; ``--quick`` 60 s): a 100,000-task run on one
+  worker needs more than 60 s on a busy machine.
 - **the same repetitions**: every cell runs every system ``--repeat`` times (default 3;
   ``--quick`` 1), the systems interleaved, and reports the run with the median rate.
 
@@ -583,21 +586,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--repeat", type=int, help="runs per system and cell, median shown (default 3; quick 1)"
     )
+    ap.add_argument(
+        "--solo-timeout", type=float, help="seconds per conveyor-only run (default 300; quick 60)"
+    )
+    ap.add_argument(
+        "--skip-grid", action="store_true", help="only the conveyor-only rows (no side by side)"
+    )
     ap.add_argument("--sizes", help="comma-separated N for the side-by-side grid")
     ap.add_argument("--kinds", default=",".join(KINDS), help="graph kinds for the grid")
     args = ap.parse_args(argv)
 
     if args.quick:
         sizes, big, pg_n, small_n, huge_n = [200], 2_000, 2_000, 200, 5_000
-        timeout, repeat = 20.0, 1
+        timeout, repeat, solo_timeout = 20.0, 1, 60.0
     else:
         sizes, big, pg_n, small_n, huge_n = [1_000, 5_000], 20_000, 20_000, 1_000, 100_000
-        timeout, repeat = 60.0, 3
+        timeout, repeat, solo_timeout = 60.0, 3, 300.0
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
     # one limit and one repetition count for every system: a hang is reported as "timed out"
     if args.timeout is not None:
         timeout = args.timeout
+    if args.solo_timeout is not None:
+        solo_timeout = args.solo_timeout
     if args.repeat is not None:
         repeat = max(1, args.repeat)
     kinds = [k for k in args.kinds.split(",") if k]
@@ -651,17 +662,24 @@ def main(argv: list[str] | None = None) -> int:
             show = {"laufband": "laufband", "cli": "conveyor CLI", "loop": "conveyor loop"}
 
             def conveyor_systems(
-                store: str, kind: str, n: int, w: int, gf: Path, url_for: Any, loop: bool = True
+                store: str,
+                kind: str,
+                n: int,
+                w: int,
+                gf: Path,
+                url_for: Any,
+                loop: bool = True,
+                limit: float = timeout,
             ) -> dict[str, Callable[[], Run]]:
                 modes = ["cli", "loop"] if loop else ["cli"]
                 return {
-                    m: partial(run_conveyor, m, store, kind, n, w, gf, url_for, timeout)
+                    m: partial(run_conveyor, m, store, kind, n, w, gf, url_for, limit)
                     for m in modes
                 }
 
             # 1. side by side
             grid: dict[tuple[str, int, int], dict[str, Run]] = {}
-            for n in sizes:
+            for n in [] if args.skip_grid else sizes:
                 for kind in kinds:
                     gf = graph_file(kind, n)
                     for w in (1, 4):
@@ -679,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"[{time.perf_counter() - t_start:6.1f}s] SQLite layered N={big} W=4")
             gf_big = graph_file("layered", big)
             cell = repeated(conveyor_systems("sqlite", "layered", big, 4, gf_big, sqlite_url,
-                                             not args.skip_loop), repeat, runs, show)  # fmt: skip
+                                             not args.skip_loop, solo_timeout),
+                            repeat, runs, show)  # fmt: skip
             big_cli, big_loop = cell["cli"], cell.get("loop")
             medians.extend(cell.values())
 
@@ -693,7 +712,9 @@ def main(argv: list[str] | None = None) -> int:
                     url_for = pg.new_db if sync else pg.new_db_async
                     # the loop API once: 8 workers, the server's defaults
                     loop = w == 8 and sync and not args.skip_loop
-                    systems = conveyor_systems("postgres", "layered", pg_n, w, gf_pg, url_for, loop)
+                    systems = conveyor_systems(
+                        "postgres", "layered", pg_n, w, gf_pg, url_for, loop, solo_timeout
+                    )
                     cell = repeated(systems, repeat, runs, show)
                     for r in cell.values():
                         r.extra["synchronous_commit"] = "on" if sync else "off"
@@ -707,7 +728,9 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"[{time.perf_counter() - t_start:6.1f}s] SQLite layered N={n} W=1 (scaling)")
                 gf = graph_file("layered", n)
                 # the loop runs even with --skip-loop: the growth target is judged on them
-                systems = conveyor_systems("sqlite", "layered", n, 1, gf, sqlite_url)
+                systems = conveyor_systems(
+                    "sqlite", "layered", n, 1, gf, sqlite_url, limit=solo_timeout
+                )
                 scale[n] = repeated(systems, repeat, runs, show)
                 for r in scale[n].values():
                     r.extra["purpose"] = "scaling"
@@ -727,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
         f"SQLite {machine['sqlite']}, conveyor at {machine['commit']}"
         + (f", PostgreSQL {machine['postgresql']}" if "postgresql" in machine else "")
         + f". Load average (1 min) at start {load_start:.1f}, at end {machine['load_avg_end']:.1f}"
-        + f". Every system alike: a time limit of {timeout:.0f} s per run, the median of "
+        + f". Every system alike: a time limit of {timeout:.0f} s per run (conveyor-only rows "
+        f"{solo_timeout:.0f} s), the median of "
         f"{repeat} run{'s' if repeat > 1 else ''} per cell (systems interleaved), and rates in "
         "tasks/s over the wall time from the first process start (conveyor: `conveyor submit`; "
         "laufband: its workers, which register the tasks) to the last worker exit: process "
@@ -755,7 +779,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{cli.submit_s:.2f}s" if cli and cli.submit_s is not None else "-",
             f"{r_cli:,.0f}x" if r_cli else "-", f"{r_loop:,.0f}x" if r_loop else "-", verdict,
         ])  # fmt: skip
-    print_table("Side by side (SQLite, no-op tasks)", header, rows)
+    if rows:
+        print_table("Side by side (SQLite, no-op tasks)", header, rows)
     for key, label in (("cli", "conveyor CLI"), ("loop", "conveyor loop")):
         if passes[key]:
             targets.append({
@@ -833,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "machine": {**machine, "load_avg_start": load_start}, "quick": args.quick,
-            "timeout_s": timeout, "repeat": repeat,
+            "timeout_s": timeout, "solo_timeout_s": solo_timeout, "repeat": repeat,
             "startup_baseline_s": baseline, "runs": [r.as_dict() for r in runs],
             "medians": [r.as_dict() for r in medians],
             "targets": targets,
