@@ -6,16 +6,28 @@ layered random: width 100, 3 parents), no-op tasks:
 - **laufband** ``Graphband`` (PyPI 0.2.1), used as its README shows: every worker process builds a
   ``Graphband`` over a task iterator (``Task(id, dependencies=...)`` in topological order) with
   ``db="sqlite:///..."`` and loops ``for task in worker: ...`` until ``has_more_jobs`` is false.
-  laufband has no separate submit step: workers register tasks as they go. Each run gets a time
-  limit; when it is hit the workers are stopped and the *partial* rate (tasks completed in the
-  database / time) is reported and marked ``timed out`` (laufband livelocks on some shapes).
-- **conveyor CLI**: ``conveyor submit FILE --db URL`` once (timed separately), then W processes
-  ``conveyor worker --db URL --quiet`` started together; the time runs from the first process
-  start to the last process exit (process starts included).
-- **conveyor loop**: W processes each running ``for task in conveyor.worker(graph, db=URL): ...``
-  (the laufband-style API) on the submitted graph; same timing. Each process also reports the
-  time from just before its loop to its end, which gives the rate without interpreter start-up
-  ("inner").
+  laufband has no separate submit step: workers register tasks as they go.
+- **conveyor CLI**: ``conveyor submit FILE --db URL`` (one process), then W processes
+  ``conveyor worker --db URL --quiet`` started together.
+- **conveyor loop**: ``conveyor submit`` as above, then W processes each running
+  ``for task in conveyor.worker(graph, db=URL): ...`` (the laufband-style API). Each process also
+  reports the time from just before its loop to its end, which gives the rate without
+  interpreter start-up ("inner"; informational, never used in a ratio).
+
+The same rules for every system:
+
+- **one timed window**: from the start of the first process (conveyor: ``conveyor submit``;
+  laufband: its workers, which register the tasks) to the exit of the last worker. Process
+  starts, imports, reading the graph file and submitting/registering the tasks are inside it
+  for every side.
+- **one time limit** per run (``--timeout``, default 60 s; ``--quick`` 20 s). At the limit the
+  processes are stopped and the *partial* rate (tasks completed in the store / limit) is
+  reported, marked ``timed out`` (laufband livelocks on some shapes). The conveyor-only rows
+  (throughput targets, growth with N), which compare with no other system, have a limit of
+  their own (``--solo-timeout``, default 300 s; ``--quick`` 60 s): a 100,000-task run on one
+  worker needs more than 60 s on a busy machine.
+- **the same repetitions**: every cell runs every system ``--repeat`` times (default 3;
+  ``--quick`` 1), the systems interleaved, and reports the run with the median rate.
 
 Every run checks the store afterwards: a conveyor run counts only if all N tasks are done.
 
@@ -27,8 +39,8 @@ Targets (printed PASS/FAIL):
    (measured inside the worker, i.e. without interpreter start-up, which would flatter N = 1,000's
    per-task time the wrong way round; wall-clock numbers are printed too).
 
-    python benchmarks/bench_durable.py                  # full: ~15-20 min (laufband is slow)
-    python benchmarks/bench_durable.py --quick          # N = 200, < 1 minute
+    python benchmarks/bench_durable.py                  # full: ~35 min (laufband is slow)
+    python benchmarks/bench_durable.py --quick          # N = 200, ~1-2 minutes
     python benchmarks/bench_durable.py --skip-postgres --json out.json
 
 PostgreSQL: a throwaway server is started here (``initdb``/``pg_ctl`` from
@@ -51,7 +63,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +89,10 @@ class Run:
     graph: str
     n: int
     workers: int
-    seconds: float = 0.0  # first worker start -> last worker exit (or the time limit)
+    seconds: float = 0.0  # first process start -> last worker exit (or the time limit)
     done: int = 0  # tasks completed according to the store
     timed_out: bool = False
-    submit_s: float | None = None  # conveyor submit, not part of ``seconds``
+    submit_s: float | None = None  # conveyor submit: the first part of ``seconds``
     inner_s: float | None = None  # earliest loop start -> latest loop end (loop workers)
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -291,16 +305,21 @@ def store_counts(url: str) -> dict[str, int]:
     return {k: int(v) for k, v in json.loads(p.stdout)["counts"].items()}
 
 
-def submit(graph_file: Path, url: str, cwd: Path) -> tuple[float, str | None]:
+def submit(graph_file: Path, url: str, cwd: Path, timeout: float) -> tuple[float, str | None]:
+    """``conveyor submit`` in its own process; (seconds, error). Past ``timeout`` the process is
+    killed and the error is "timed out"."""
     t0 = time.perf_counter()
-    p = subprocess.run(
-        [*conveyor_cmd(), "submit", str(graph_file), "--db", url],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=worker_env(),
-    )
+    try:
+        p = subprocess.run(
+            [*conveyor_cmd(), "submit", str(graph_file), "--db", url],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=worker_env(),
+        )
+    except subprocess.TimeoutExpired:
+        return timeout, "timed out"
     secs = time.perf_counter() - t0
     if p.returncode != 0:
         return secs, f"submit exit {p.returncode}: {_tail(p.stderr or p.stdout)}"
@@ -317,13 +336,18 @@ def run_conveyor(
     url_for: Any,
     timeout: float,
 ) -> Run:
-    """``mode``: "cli" (``conveyor worker``) or "loop" (``conveyor.worker()`` processes)."""
+    """``mode``: "cli" (``conveyor worker``) or "loop" (``conveyor.worker()`` processes). The
+    timed window runs from the start of ``conveyor submit`` to the last worker's exit, and
+    ``timeout`` bounds all of it."""
     run = Run(f"conveyor {'CLI' if mode == 'cli' else 'loop'}", store, kind, n, workers)
     run.extra["load_before"] = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-conveyor-") as d:
         wd = Path(d)
         url = url_for(wd)
-        run.submit_s, err = submit(graph_file, url, wd)
+        run.submit_s, err = submit(graph_file, url, wd, timeout)
+        if err == "timed out":
+            run.seconds, run.timed_out = timeout, True
+            return run
         if err:
             run.error = err
             return run
@@ -331,8 +355,11 @@ def run_conveyor(
             cmd = [*conveyor_cmd(), "worker", "--db", url, "--quiet"]
         else:
             cmd = [sys.executable, __file__, "_loop_worker", str(graph_file), url]
-        secs, timed_out, codes, outs, errs = run_processes([cmd] * workers, wd, timeout)
-        run.seconds, run.timed_out = secs, timed_out
+        secs, timed_out, codes, outs, errs = run_processes(
+            [cmd] * workers, wd, max(0.0, timeout - run.submit_s)
+        )
+        run.seconds, run.timed_out = run.submit_s + secs, timed_out
+        run.extra["workers_s"] = secs
         try:
             counts = store_counts(url)
         except Exception as exc:  # report, never hide
@@ -358,13 +385,43 @@ def run_conveyor(
     return run
 
 
+def median_of(runs: list[Run]) -> Run:
+    """The run with the median rate (the lower of the two middle ones for an even count). A run
+    that failed (an error, not a time-out) is returned instead, so no failure is hidden by the
+    other repetitions."""
+    failed = [r for r in runs if r.error is not None]
+    pick = failed[0] if failed else sorted(runs, key=lambda r: r.rate)[(len(runs) - 1) // 2]
+    pick.extra["repeat"] = len(runs)
+    pick.extra["rates"] = [round(r.rate, 1) for r in runs]
+    pick.extra["timed_out_runs"] = sum(r.timed_out for r in runs)
+    return pick
+
+
+def repeated(
+    systems: dict[str, Callable[[], Run]], repeat: int, every_run: list[Run], show: dict[str, str]
+) -> dict[str, Run]:
+    """Run every system of one cell ``repeat`` times, interleaved (a, b, c, a, b, c, ...) so a
+    change in the machine's load falls on every side alike; the median run of each system."""
+    got: dict[str, list[Run]] = {k: [] for k in systems}
+    for _ in range(repeat):
+        for key, fn in systems.items():
+            r = fn()
+            got[key].append(r)
+            every_run.append(r)
+    medians = {k: median_of(v) for k, v in got.items()}
+    for k, r in medians.items():
+        each = ", ".join(f"{x:,.0f}" for x in r.extra["rates"])
+        log(f"    {show.get(k, k):13s} {fmt_rate(r)}  (every run, tasks/s: {each})")
+    return medians
+
+
 def startup_baseline(url_for: Any, graph_file: Path) -> float:
     """Seconds for one ``conveyor worker`` on an already finished graph: interpreter start,
     imports, connect, find nothing to do, exit."""
     with tempfile.TemporaryDirectory(prefix="bench-conveyor-") as d:
         wd = Path(d)
         url = url_for(wd)
-        submit(graph_file, url, wd)
+        submit(graph_file, url, wd, 120)
         cmd = [*conveyor_cmd(), "worker", "--db", url, "--quiet"]
         run_processes([cmd], wd, 120)  # finish the graph
         best = float("inf")
@@ -452,6 +509,9 @@ def fmt_rate(r: Run | None) -> str:
         s += f" timed out, {r.done}/{r.n}"
     elif r.error:
         s += " ERROR"
+    partial = r.extra.get("timed_out_runs", 0)
+    if partial and not r.timed_out:
+        s += f" ({partial} of {r.extra['repeat']} runs timed out)"
     return s
 
 
@@ -520,29 +580,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-laufband", action="store_true", help="conveyor only (no ratios)")
     ap.add_argument("--skip-loop", action="store_true", help="leave out conveyor.worker() runs")
     ap.add_argument("--json", type=Path, help="write every run and target here")
-    ap.add_argument("--laufband-timeout", type=float, help="seconds per laufband run")
+    ap.add_argument(
+        "--timeout", type=float, help="seconds per run, every system alike (default 60; quick 20)"
+    )
+    ap.add_argument(
+        "--repeat", type=int, help="runs per system and cell, median shown (default 3; quick 1)"
+    )
+    ap.add_argument(
+        "--solo-timeout", type=float, help="seconds per conveyor-only run (default 300; quick 60)"
+    )
+    ap.add_argument(
+        "--skip-grid", action="store_true", help="only the conveyor-only rows (no side by side)"
+    )
     ap.add_argument("--sizes", help="comma-separated N for the side-by-side grid")
     ap.add_argument("--kinds", default=",".join(KINDS), help="graph kinds for the grid")
     args = ap.parse_args(argv)
 
     if args.quick:
-        sizes, big, pg_n, small_n, huge_n, lb_timeout = [200], 2_000, 2_000, 200, 5_000, 4.0
+        sizes, big, pg_n, small_n, huge_n = [200], 2_000, 2_000, 200, 5_000
+        timeout, repeat, solo_timeout = 20.0, 1, 60.0
     else:
-        sizes, big, pg_n, small_n, huge_n, lb_timeout = (
-            [1_000, 5_000],
-            20_000,
-            20_000,
-            1_000,
-            100_000,
-            60.0,
-        )
+        sizes, big, pg_n, small_n, huge_n = [1_000, 5_000], 20_000, 20_000, 1_000, 100_000
+        timeout, repeat, solo_timeout = 60.0, 3, 300.0
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
-    if args.laufband_timeout is not None:
-        lb_timeout = args.laufband_timeout
+    # one limit and one repetition count for every system: a hang is reported as "timed out"
+    if args.timeout is not None:
+        timeout = args.timeout
+    if args.solo_timeout is not None:
+        solo_timeout = args.solo_timeout
+    if args.repeat is not None:
+        repeat = max(1, args.repeat)
     kinds = [k for k in args.kinds.split(",") if k]
-    # conveyor runs get a limit too: a hang is reported as "timed out", never waited out
-    conveyor_timeout = 60.0 if args.quick else 300.0
 
     laufband_ok = not args.skip_laufband
     if laufband_ok:
@@ -550,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
             import laufband
 
             if laufband.__version__ != "0.2.1":
-                log(f"note: laufband {laufband.__version__} installed, the spec names 0.2.1")
+                log(f"note: laufband {laufband.__version__} installed; the figures are for 0.2.1")
         except ImportError:
             log("laufband is not installed (pip install laufband==0.2.1): no laufband runs")
             laufband_ok = False
@@ -564,7 +633,8 @@ def main(argv: list[str] | None = None) -> int:
             pg_error = f"PostgreSQL server did not start: {exc}"
             log(pg_error)
 
-    runs: list[Run] = []
+    runs: list[Run] = []  # every run, every repetition
+    medians: list[Run] = []
     load_start = os.getloadavg()[0]
     targets: list[dict[str, Any]] = []
     t_start = time.perf_counter()
@@ -582,49 +652,55 @@ def main(argv: list[str] | None = None) -> int:
             log(f"[{time.perf_counter() - t_start:6.1f}s] warm-up")
             gf_small = graph_file("chain", 20)
             if laufband_ok:
-                run_laufband("chain", 20, 1, gf_small, 60)
-            run_conveyor("cli", "sqlite", "chain", 20, 1, gf_small, sqlite_url, 120)
+                run_laufband("chain", 20, 1, gf_small, timeout)
+            run_conveyor("cli", "sqlite", "chain", 20, 1, gf_small, sqlite_url, timeout)
             if not args.skip_loop:
-                run_conveyor("loop", "sqlite", "chain", 20, 1, gf_small, sqlite_url, 120)
+                run_conveyor("loop", "sqlite", "chain", 20, 1, gf_small, sqlite_url, timeout)
             baseline = startup_baseline(sqlite_url, gf_small)
             log(f"    one `conveyor worker` start-up on a finished graph: {baseline * 1000:.0f} ms")
 
+            show = {"laufband": "laufband", "cli": "conveyor CLI", "loop": "conveyor loop"}
+
+            def conveyor_systems(
+                store: str,
+                kind: str,
+                n: int,
+                w: int,
+                gf: Path,
+                url_for: Any,
+                loop: bool = True,
+                limit: float = timeout,
+            ) -> dict[str, Callable[[], Run]]:
+                modes = ["cli", "loop"] if loop else ["cli"]
+                return {
+                    m: partial(run_conveyor, m, store, kind, n, w, gf, url_for, limit)
+                    for m in modes
+                }
+
             # 1. side by side
             grid: dict[tuple[str, int, int], dict[str, Run]] = {}
-            for n in sizes:
+            for n in [] if args.skip_grid else sizes:
                 for kind in kinds:
                     gf = graph_file(kind, n)
                     for w in (1, 4):
-                        cell: dict[str, Run] = {}
                         log(f"[{time.perf_counter() - t_start:6.1f}s] {kind} N={n} W={w}")
+                        systems: dict[str, Callable[[], Run]] = {}
                         if laufband_ok:
-                            cell["laufband"] = run_laufband(kind, n, w, gf, lb_timeout)
-                            log(f"    laufband      {fmt_rate(cell['laufband'])}")
-                        cell["cli"] = run_conveyor(
-                            "cli", "sqlite", kind, n, w, gf, sqlite_url, conveyor_timeout
-                        )
-                        log(f"    conveyor CLI  {fmt_rate(cell['cli'])}")
-                        if not args.skip_loop:
-                            cell["loop"] = run_conveyor(
-                                "loop", "sqlite", kind, n, w, gf, sqlite_url, conveyor_timeout
-                            )
-                            log(f"    conveyor loop {fmt_rate(cell['loop'])}")
+                            systems["laufband"] = partial(run_laufband, kind, n, w, gf, timeout)
+                        systems.update(conveyor_systems("sqlite", kind, n, w, gf, sqlite_url,
+                                                        not args.skip_loop))  # fmt: skip
+                        cell = repeated(systems, repeat, runs, show)
                         grid[(kind, n, w)] = cell
-                        runs.extend(cell.values())
+                        medians.extend(cell.values())
 
             # 2. big SQLite, 4 workers
             log(f"[{time.perf_counter() - t_start:6.1f}s] SQLite layered N={big} W=4")
             gf_big = graph_file("layered", big)
-            big_cli = run_conveyor("cli", "sqlite", "layered", big, 4, gf_big, sqlite_url,
-                                   conveyor_timeout)  # fmt: skip
-            runs.append(big_cli)
-            log(f"    conveyor CLI  {fmt_rate(big_cli)}")
-            big_loop = None
-            if not args.skip_loop:
-                big_loop = run_conveyor("loop", "sqlite", "layered", big, 4, gf_big, sqlite_url,
-                                        conveyor_timeout)  # fmt: skip
-                runs.append(big_loop)
-                log(f"    conveyor loop {fmt_rate(big_loop)}")
+            cell = repeated(conveyor_systems("sqlite", "layered", big, 4, gf_big, sqlite_url,
+                                             not args.skip_loop, solo_timeout),
+                            repeat, runs, show)  # fmt: skip
+            big_cli, big_loop = cell["cli"], cell.get("loop")
+            medians.extend(cell.values())
 
             # 3. PostgreSQL, 8 workers
             pg_runs: list[Run] = []
@@ -633,37 +709,32 @@ def main(argv: list[str] | None = None) -> int:
                 for w, sync in ((1, True), (8, True), (1, False), (8, False)):
                     log(f"[{time.perf_counter() - t_start:6.1f}s] PostgreSQL layered N={pg_n} "
                         f"W={w} synchronous_commit={'on' if sync else 'off'}")  # fmt: skip
-                    r = run_conveyor("cli", "postgres", "layered", pg_n, w, gf_pg,
-                                     pg.new_db if sync else pg.new_db_async,
-                                     conveyor_timeout)  # fmt: skip
-                    r.extra["synchronous_commit"] = "on" if sync else "off"
-                    pg_runs.append(r)
-                    log(f"    conveyor CLI  {fmt_rate(r)}")
-                if not args.skip_loop:
-                    r = run_conveyor("loop", "postgres", "layered", pg_n, 8, gf_pg, pg.new_db,
-                                     conveyor_timeout)  # fmt: skip
-                    r.extra["synchronous_commit"] = "on"
-                    pg_runs.append(r)
-                    log(f"    conveyor loop {fmt_rate(r)}")
-                runs.extend(pg_runs)
+                    url_for = pg.new_db if sync else pg.new_db_async
+                    # the loop API once: 8 workers, the server's defaults
+                    loop = w == 8 and sync and not args.skip_loop
+                    systems = conveyor_systems(
+                        "postgres", "layered", pg_n, w, gf_pg, url_for, loop, solo_timeout
+                    )
+                    cell = repeated(systems, repeat, runs, show)
+                    for r in cell.values():
+                        r.extra["synchronous_commit"] = "on" if sync else "off"
+                    pg_runs.extend(cell.values())
+                pg_runs.sort(key=lambda r: r.system)  # CLI rows first, then the loop row
+                medians.extend(pg_runs)
 
             # 4. growth with N, SQLite, 1 worker
             scale: dict[int, dict[str, Run]] = {}
             for n in (small_n, huge_n):
                 log(f"[{time.perf_counter() - t_start:6.1f}s] SQLite layered N={n} W=1 (scaling)")
                 gf = graph_file("layered", n)
-                scale[n] = {
-                    "cli": run_conveyor(
-                        "cli", "sqlite", "layered", n, 1, gf, sqlite_url, conveyor_timeout
-                    ),
-                    "loop": run_conveyor(
-                        "loop", "sqlite", "layered", n, 1, gf, sqlite_url, conveyor_timeout
-                    ),
-                }
-                for k, r in scale[n].items():
+                # the loop runs even with --skip-loop: the growth target is judged on them
+                systems = conveyor_systems(
+                    "sqlite", "layered", n, 1, gf, sqlite_url, limit=solo_timeout
+                )
+                scale[n] = repeated(systems, repeat, runs, show)
+                for r in scale[n].values():
                     r.extra["purpose"] = "scaling"
-                    runs.append(r)
-                    log(f"    conveyor {k:4s} {fmt_rate(r)}")
+                medians.extend(scale[n].values())
     finally:
         if pg is not None:
             note_pg = pg
@@ -679,12 +750,15 @@ def main(argv: list[str] | None = None) -> int:
         f"SQLite {machine['sqlite']}, conveyor at {machine['commit']}"
         + (f", PostgreSQL {machine['postgresql']}" if "postgresql" in machine else "")
         + f". Load average (1 min) at start {load_start:.1f}, at end {machine['load_avg_end']:.1f}"
-        + f". laufband time limit {lb_timeout:.0f} s per run. Rates are tasks/s over wall time "
-        "from the first worker process start to the last exit (process starts included; "
-        "conveyor's submit is separate)."
+        + f". Every system alike: a time limit of {timeout:.0f} s per run (conveyor-only rows "
+        f"{solo_timeout:.0f} s), the median of "
+        f"{repeat} run{'s' if repeat > 1 else ''} per cell (systems interleaved), and rates in "
+        "tasks/s over the wall time from the first process start (conveyor: `conveyor submit`; "
+        "laufband: its workers, which register the tasks) to the last worker exit: process "
+        "starts, imports and submission/registration are inside every window."
     )
 
-    header = ["graph", "N", "W", "laufband", "conveyor CLI", "conveyor loop", "submit",
+    header = ["graph", "N", "W", "laufband", "conveyor CLI", "conveyor loop", "of which submit",
               "CLI / laufband", "loop / laufband", ">= 100x CLI / loop"]  # fmt: skip
     rows = []
     passes: dict[str, list[bool]] = {"cli": [], "loop": []}
@@ -705,7 +779,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{cli.submit_s:.2f}s" if cli and cli.submit_s is not None else "-",
             f"{r_cli:,.0f}x" if r_cli else "-", f"{r_loop:,.0f}x" if r_loop else "-", verdict,
         ])  # fmt: skip
-    print_table("Side by side (SQLite, no-op tasks)", header, rows)
+    if rows:
+        print_table("Side by side (SQLite, no-op tasks)", header, rows)
     for key, label in (("cli", "conveyor CLI"), ("loop", "conveyor loop")):
         if passes[key]:
             targets.append({
@@ -734,8 +809,8 @@ def main(argv: list[str] | None = None) -> int:
         goal = 3_000 if (r.workers == 8 and r.system == "conveyor CLI" and not args.quick) else None
         sc = r.extra.get("synchronous_commit", "on")
         extra_row(f"PostgreSQL layered, {r.system.split()[1]} workers, sync_commit={sc}", r, goal)
-    print_table("Throughput targets (process starts included)",
-                ["run", "N", "W", "tasks/s (wall)", "submit", "inner tasks/s", "target",
+    print_table("Throughput targets (process starts and submit included)",
+                ["run", "N", "W", "tasks/s (wall)", "of which submit", "inner tasks/s", "target",
                  "verdict"], rows)  # fmt: skip
     if pg_error:
         print(f"\nPostgreSQL: {pg_error}")
@@ -755,7 +830,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{wall_us:.1f} us" if wall_us else "error",
                      f"{inner_us:.1f} us" if inner_us else "error"])  # fmt: skip
     print_table("Time per task, SQLite, 1 worker, layered",
-                ["N", "submit / task", "CLI worker / task (wall)", "loop / task (inner)"],
+                ["N", "submit / task", "CLI, submit + workers / task (wall)",
+                 "loop / task (inner)"],
                 rows)  # fmt: skip
     a, b = per.get(("inner", huge_n)), per.get(("inner", small_n))
     growth = a / b if a and b else None
@@ -782,8 +858,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "machine": {**machine, "load_avg_start": load_start}, "quick": args.quick,
-            "laufband_timeout": lb_timeout,
+            "timeout_s": timeout, "solo_timeout_s": solo_timeout, "repeat": repeat,
             "startup_baseline_s": baseline, "runs": [r.as_dict() for r in runs],
+            "medians": [r.as_dict() for r in medians],
             "targets": targets,
         }, indent=2))  # fmt: skip
         log(f"wrote {args.json}")

@@ -1,4 +1,4 @@
-"""Shared helpers for the issue-3 tests: small graphs, an independent model of the depth-first
+"""Shared helpers for the tests: the workflow graphs, an independent model of the depth-first
 order and module-level functions that worker processes can import. The fake clock and the event
 log are ``conveyor.testing``'s (``EventLog`` is re-exported here for older imports)."""
 
@@ -15,7 +15,29 @@ import networkx as nx
 
 from conveyor.testing import EventLog as EventLog  # re-exported for older imports
 
-WORKFLOWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "workflows"
+#: Small real WfCommons graphs vendored with the tests (see tests/data/workflows/README.md).
+VENDORED_WORKFLOWS = Path(__file__).resolve().parent / "data" / "workflows"
+#: Names a directory of graphs to run the workflow tests on instead (e.g. all of WfInstances).
+WORKFLOWS_ENV = "CONVEYOR_WORKFLOWS"
+
+
+def workflow_files() -> list[Path]:
+    """The WfCommons graph files the workflow tests run: every ``*.json`` in the directory that
+    ``$CONVEYOR_WORKFLOWS`` names, else the vendored set. A variable that is set but names no
+    directory, or a directory without graphs, is an error (never a skip or a quiet fallback)."""
+    named = os.environ.get(WORKFLOWS_ENV)
+    if named is None:
+        directory = VENDORED_WORKFLOWS
+    elif not named.strip():
+        raise RuntimeError(f"{WORKFLOWS_ENV} is set but empty: name a directory of graphs")
+    else:
+        directory = Path(named).expanduser()
+        if not directory.is_dir():
+            raise RuntimeError(f"{WORKFLOWS_ENV}={named}: no such directory")
+    files = sorted(directory.glob("*.json"))
+    if not files:
+        raise RuntimeError(f"no workflow graphs (*.json) in {directory}")
+    return files
 
 
 def nx_depths(ids: Sequence[str], parents: Sequence[Sequence[str]]) -> dict[str, int]:

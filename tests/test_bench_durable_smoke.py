@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bench_durable_quick(tmp_path: Path) -> None:
     if importlib.util.find_spec("laufband") is None:
-        pytest.skip("laufband is not installed (pip install laufband==0.2.1, or '.[bench]')")
+        pytest.skip("laufband is not installed (pip install -e '.[dev]' brings laufband==0.2.1)")
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--skip-postgres", "--json", str(out)],

@@ -1,5 +1,8 @@
-"""The real WfCommons graphs of ../shared/data/workflows, as no-op tasks: every task runs
-exactly once, parents first, in depth-first key order; ``conveyor graph`` facts match networkx."""
+"""Real WfCommons graphs as no-op tasks: every task runs exactly once, parents first, in
+depth-first key order; ``conveyor graph`` facts match networkx.
+
+The graphs are the small set vendored in ``tests/data/workflows``, or every ``*.json`` in the
+directory ``$CONVEYOR_WORKFLOWS`` names (missing or empty there is a collection error)."""
 
 from __future__ import annotations
 
@@ -15,22 +18,24 @@ import pytest
 import conveyor
 from conveyor.core.dag import facts
 from conveyor.graphfile import load_graph
-from helpers import WORKFLOWS, EventLog, expected_start_order
+from helpers import (
+    VENDORED_WORKFLOWS,
+    WORKFLOWS_ENV,
+    EventLog,
+    expected_start_order,
+    workflow_files,
+)
 
-FILES = sorted(WORKFLOWS.glob("*.json")) if WORKFLOWS.is_dir() else []
-pytestmark = pytest.mark.skipif(not FILES, reason=f"no workflow graphs in {WORKFLOWS}")
-# A few small-to-mid graphs of different families for the subprocess CLI checks.
-CLI_FILES = [
-    f
-    for f in FILES
-    if f.stem
-    in (
-        "montage-chameleon-2mass-005d-001",
-        "epigenomics-chameleon-hep-1seq-100k-001",
-        "1000genome-chameleon-2ch-100k-001",
-        "rnaseq-dirt02-001",
-    )
-]
+FILES = workflow_files()
+# A few small-to-mid graphs of different families for the subprocess CLI checks (the first
+# four files of a directory that has none of them).
+CLI_STEMS = (
+    "montage-chameleon-2mass-005d-001",
+    "epigenomics-chameleon-hep-1seq-100k-001",
+    "1000genome-chameleon-2ch-100k-001",
+    "rnaseq-dirt02-001",
+)
+CLI_FILES = [f for f in FILES if f.stem in CLI_STEMS] or FILES[:4]
 
 
 def _nx_graph(path: Path) -> tuple[nx.DiGraph, dict[str, float]]:
@@ -68,7 +73,7 @@ def test_workflow_noop_run_every_task_once_parents_first(path: Path) -> None:
     assert result.counts["done"] == len(ids)
 
 
-@pytest.mark.parametrize("path", FILES[::4], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_workflow_one_worker_start_order_is_key_order(path: Path) -> None:
     spec = load_graph(path)
     log = EventLog()
@@ -123,3 +128,22 @@ def test_cli_graph_json_facts_match_networkx(path: Path) -> None:
     got = json.loads(out.stdout)
     assert got["name"] == path.stem
     _check_facts(path, got)
+
+
+def test_workflow_files_vendored_by_default_and_an_error_when_the_named_dir_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(WORKFLOWS_ENV, raising=False)
+    vendored = workflow_files()
+    assert len(vendored) >= 10 and all(p.parent == VENDORED_WORKFLOWS for p in vendored)
+    for value, message in (
+        (str(tmp_path / "missing"), "no such directory"),
+        (str(tmp_path), "no workflow graphs"),
+        ("", "set but empty"),
+    ):
+        monkeypatch.setenv(WORKFLOWS_ENV, value)
+        with pytest.raises(RuntimeError, match=message):
+            workflow_files()
+    (tmp_path / "one.json").write_text((VENDORED_WORKFLOWS / f"{CLI_STEMS[0]}.json").read_text())
+    monkeypatch.setenv(WORKFLOWS_ENV, str(tmp_path))
+    assert workflow_files() == [tmp_path / "one.json"]
