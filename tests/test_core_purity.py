@@ -1,5 +1,6 @@
 """``conveyor.core`` is pure: no threads, clocks, sockets, subprocesses, SQL or event loops, and
-nothing of ``conveyor.store`` or ``conveyor.runtime`` (DESIGN.md section 2, STYLE.md habit 1)."""
+nothing of ``conveyor.store`` or ``conveyor.runtime``: decisions take state and ``now`` and
+return decisions (docs/architecture.md, Layers)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Typed events and where they go (JSON Lines files, callbacks).
 
 An event records one committed transition: ``{"ts", "event", "task", "worker", "attempt", ...}``.
-Event names are the contract of DESIGN.md section 4.
+Event names are a public contract: README.md lists them; tools and tests read them.
 """
 
 from __future__ import annotations
