@@ -39,7 +39,7 @@ Targets (printed PASS/FAIL):
    (measured inside the worker, i.e. without interpreter start-up, which would flatter N = 1,000's
    per-task time the wrong way round; wall-clock numbers are printed too).
 
-    python benchmarks/bench_durable.py                  # full: ~35 min (laufband is slow)
+    python benchmarks/bench_durable.py                  # full: ~50 min (laufband is slow)
     python benchmarks/bench_durable.py --quick          # N = 200, ~1-2 minutes
     python benchmarks/bench_durable.py --skip-postgres --json out.json
 
