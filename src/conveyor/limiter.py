@@ -17,6 +17,9 @@ its own loop, woken with ``call_soon_threadsafe``, a sync waiter a ``threading.E
 limiter serves asyncio tasks on several loops and plain threads at once. Every admitted slot is
 released exactly once: by leaving its block (reported or not), by ``release()``, or -- for a
 waiter cancelled just as a slot was handed to it -- by the cancellation itself.
+
+(Over 400 lines on purpose: waiters, slots and the limiter read and change one state under that
+one lock; split apart, each would reach into the others' private state.)
 """
 
 from __future__ import annotations

@@ -143,7 +143,10 @@ class WorkerLoop:
             wait = idle.next_wait(now, store.next_wakeup())
             if wait is None:
                 break
-            if not store.wait_for_work(wait):
+            # The wait bounds PostgreSQL's wake-up (LISTEN). A shared store with no wake signal
+            # (SQLite) is asked again at once, as this loop always did: sleeping the back-off
+            # there would delay the loop's exit and its pick-up of new work by up to MAX_POLL.
+            if not store.wait_for_work(wait) and not store.shared:
                 self._stop.wait(wait)
         self.close()
         raise StopIteration
