@@ -133,7 +133,7 @@ def _structure_only(
         for t, r in zip(tasks, runtimes, strict=True):
             if r is not None:
                 t.runtime_s = r
-    return GraphSpec(name, tasks, groups, meta, lay)
+    return GraphSpec(name, tasks, groups, meta, lay, structure_only=True)
 
 
 _DEP_TYPES = frozenset({list})  # as on the per-task path: null and tuples go there

@@ -256,6 +256,10 @@ class GraphSpec:
     meta: Mapping[str, Any] = field(default_factory=dict)
     #: The validated ``core.dag.Layout`` (depths, parents), kept so a store need not redo it.
     layout: Any = field(default=None, repr=False, compare=False)
+    #: Set by loaders when every task is a structure-only no-op (``TaskSpec.bare``: an id,
+    #: parents, at most ``runtime_s``): no function, command, group, resources, labels, gang or
+    #: endpoint, so a store or engine may skip its per-task scans for those.
+    structure_only: bool = field(default=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.tasks)
