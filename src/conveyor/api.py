@@ -256,7 +256,7 @@ def _engine(graph: Any, opts: dict[str, Any]) -> tuple[Any, GraphSpec, list[Any]
     import time
 
     store.open_graph(spec, time.time(), replace=replace, fingerprints=fingerprints)
-    functions = {t.id: t for t in spec.tasks if callable(t.fn)}
+    functions = {} if spec.structure_only else {t.id: t for t in spec.tasks if callable(t.fn)}
     engine = Engine(store, functions=functions, emit=emit, **opts)
     if not store.shared:
         engine.check_fit()
