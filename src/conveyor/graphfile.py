@@ -113,9 +113,7 @@ def _structure_only(
             deps = [t.get(key, _NO_DEPS) for t in raw]
         if not set(map(type, deps)) <= _DEP_TYPES:
             return None
-        if not set(map(type, chain.from_iterable(deps))) <= {str}:
-            return None
-        deps = list(map(tuple, deps))
+        deps = list(map(tuple, deps))  # each parent is checked by layout: a known id
     runtimes: list[Any] | None = None
     if "runtime_s" in keys or "cores" in keys:
         runtimes = [t.get("runtime_s") for t in raw]
@@ -125,8 +123,12 @@ def _structure_only(
             c = t.get("cores")
             if c is not None and (not isinstance(c, int | float) or c < 0):
                 return None
-    # Validated; now the specs and the layout (which checks ids, parents and cycles).
-    lay = layout(ids, deps)
+    # The layout checks parents (each a known id: so a string), repeated ids and cycles. On
+    # any error the per-task path runs instead, to report the first error in file order.
+    try:
+        lay = layout(ids, deps)
+    except (GraphError, TypeError):
+        return None
     bare = TaskSpec.bare
     tasks = list(map(bare, ids, deps))
     if runtimes is not None:

@@ -78,40 +78,39 @@ def layout(
     do) takes one pass that checks the order, counts parents and computes depths together;
     any other batch takes Kahn's algorithm, which also names a cycle.
     """
-    n = len(ids)
-    rng = list(range(n))  # one int object per position, shared by every list below
-    local = dict(zip(ids, rng, strict=True))
-    if len(local) != n:
-        seen: set[str] = set()
-        for tid in ids:
-            if tid in seen:
-                raise GraphError(f"duplicate task id {tid!r}")
-            seen.add(tid)
+    rng = list(range(len(ids)))  # one int object per position, shared by every list below
     if external_depth is not None:
         for tid in ids:
             if external_depth(tid) is not None:
                 raise GraphError(f"duplicate task id {tid!r}: a task of that id already exists")
     try:
-        return _topological(rng, local, parents, base_depth)
+        return _topological(ids, parents, rng, base_depth)
     except (KeyError, _NotTopological):
-        pass  # an unknown or outside parent, or a parent listed after its child
+        pass  # a parent unknown, outside the batch or listed after its child; a repeated id
+    local = dict(zip(ids, rng, strict=True))
+    if len(local) != len(ids):
+        seen: set[str] = set()
+        for tid in ids:
+            if tid in seen:
+                raise GraphError(f"duplicate task id {tid!r}")
+            seen.add(tid)
     return _general(ids, parents, rng, local, external_depth, base_depth)
 
 
 def _topological(
-    rng: list[int], local: dict[str, int], parents: Sequence[Sequence[str]], base: int
+    ids: Sequence[str], parents: Sequence[Sequence[str]], rng: list[int], base: int
 ) -> Layout:
-    """One pass when every parent comes before its child (which also rules out cycles)."""
+    """One pass when every parent comes before its child. Ids enter the index as they are
+    passed, so a parent listed later (or a cycle, or an unknown id) is a ``KeyError``."""
     n = len(rng)
     depth = [base] * n
     children: list[list[int] | None] = [None] * n
-    for i, ps in zip(rng, parents, strict=True):
+    local: dict[str, int] = {}
+    for i, tid, ps in zip(rng, ids, parents, strict=True):
         if ps:
             d = base
             for p in ps:
                 j = local[p]
-                if j >= i:
-                    raise _NotTopological
                 dj = depth[j]
                 if dj >= d:
                     d = dj + 1
@@ -121,6 +120,9 @@ def _topological(
                 else:
                     ch.append(i)
             depth[i] = rng[d] if d < n else d  # rng's int object: no new one per task
+        local[tid] = i
+    if len(local) != n:
+        raise _NotTopological  # a repeated id: the general path names it
     return Layout(depth, children, list(map(len, parents)), {}, local, parents)
 
 
