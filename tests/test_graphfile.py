@@ -149,6 +149,7 @@ def test_json_file_loads_and_runs(tmp_path: Path) -> None:
     path.write_text(json.dumps({"tasks": tasks}))
     spec = load_graph(path)
     assert spec.name == "g" and len(spec) == 50
+    assert spec.tasks[1].deps[0] is spec.tasks[0].id  # one string per id, not per mention
     res = conveyor.run(path, workers=1)
     assert res.ok and res.counts["done"] == 50
 
@@ -239,3 +240,19 @@ def test_layout_errors_name_the_task() -> None:
     with pytest.raises(CycleError) as info:
         layout(["a", "b"], [["b"], ["a"]])
     assert set(info.value.cycle) == {"a", "b"}
+
+
+@pytest.mark.parametrize(
+    ("tasks", "words"),
+    [
+        ([{"id": "a", "deps": ["ghost"]}], ["'ghost'"]),
+        ([{"id": "a", "deps": [["x"]]}], ["'a'", "list of task ids"]),
+        ([{"id": "b", "deps": ["a"]}, {"id": "a", "deps": ["b"]}], ["cycle"]),
+    ],
+)
+def test_json_file_errors_as_for_a_dict(tmp_path: Path, tasks: list[Any], words: list[str]) -> None:
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"tasks": tasks}))
+    with pytest.raises(GraphError) as info:
+        load_graph(path)
+    assert all(w in str(info.value) for w in words), str(info.value)

@@ -47,8 +47,9 @@ def load_graph(path: str | os.PathLike[str], *, check_functions: bool = True) ->
                 data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise GraphError(f"{p.name}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
-    with paused_gc():
-        return graph_from_dict(data, default_name=p.stem, check_functions=check_functions)
+    # A parser makes a new string for every mention of an id: the parents are made to share
+    # the tasks' own id strings (~190 B per task less at three parents, and faster lookups).
+    return _from_data(data, p.stem, check_functions, share_ids=True)
 
 
 def graph_from_dict(
@@ -56,6 +57,10 @@ def graph_from_dict(
 ) -> GraphSpec:
     """Validate a graph given as a dict in the graph-file format (tasks listed parents first
     load fastest; any order is accepted)."""
+    return _from_data(data, default_name, check_functions, share_ids=False)
+
+
+def _from_data(data: Any, default_name: str, check_functions: bool, share_ids: bool) -> GraphSpec:
     if not isinstance(data, Mapping):
         raise GraphError("a graph file must hold an object with a 'tasks' list")
     unknown = sorted(set(data) - GRAPH_KEYS)
@@ -70,7 +75,7 @@ def graph_from_dict(
     groups = _groups(data.get("groups") or {})
     meta = {k: data[k] for k in data if k != "tasks"}
     with paused_gc():
-        spec = _structure_only(name, raw_tasks, groups, meta)
+        spec = _structure_only(name, raw_tasks, groups, meta, share_ids)
         if spec is not None:
             return spec
         tasks = [_task(i, t, check_functions) for i, t in enumerate(raw_tasks)]
@@ -85,7 +90,11 @@ _get_id = operator.itemgetter("id")
 
 
 def _structure_only(
-    name: str, raw: list[Any], groups: dict[str, GroupSpec], meta: dict[str, Any]
+    name: str,
+    raw: list[Any],
+    groups: dict[str, GroupSpec],
+    meta: dict[str, Any],
+    share_ids: bool = False,
 ) -> GraphSpec | None:
     """The graph when every task is structure-only and well formed, checked column-wise (a
     few C-level passes instead of per-task checks), else ``None``: the per-task path then
@@ -113,7 +122,14 @@ def _structure_only(
             deps = [t.get(key, _NO_DEPS) for t in raw]
         if not set(map(type, deps)) <= _DEP_TYPES:
             return None
-        deps = list(map(tuple, deps))  # each parent is checked by layout: a known id
+        if share_ids:
+            canon = dict(zip(ids, ids, strict=True)).__getitem__
+            try:
+                deps = [tuple(map(canon, d)) if d else () for d in deps]
+            except (KeyError, TypeError):
+                return None  # an unknown parent: the per-task path names it in file order
+        else:
+            deps = list(map(tuple, deps))  # each parent is checked by layout: a known id
     runtimes: list[Any] | None = None
     if "runtime_s" in keys or "cores" in keys:
         runtimes = [t.get("runtime_s") for t in raw]
