@@ -11,7 +11,6 @@ import math
 import operator
 import os
 from collections.abc import Mapping
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +102,7 @@ def _structure_only(
         return None
     if set(map(type, raw)) != {dict}:
         return None
-    keys = set(chain.from_iterable(raw))
+    keys = set().union(*raw)  # (dicts: the keys' stored hashes, no re-hashing)
     if not keys <= _SIMPLE_KEYS or ("deps" in keys and "parents" in keys):
         return None
     try:
