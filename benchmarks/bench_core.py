@@ -401,8 +401,9 @@ class Bench:
 
     def end_to_end(self, n: int, have_dask: bool, rep: int) -> None:
         """``conveyor run FILE --workers 1 --quiet`` vs a script running ``dask.threaded.get``
-        on the same file, both as fresh processes (start-up and file loading included), each
-        run ``rep`` times in turn (A B A B ...); the ratio is the median of the pairs' ratios."""
+        on the same file, both as fresh processes (start-up and file loading included): one
+        untimed warm-up each, then ``rep`` runs in turn (A B A B ...); the ratio is the median
+        of the pairs' ratios."""
         self.log(f"end to end, layered {n}")
         tmp = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
         try:
@@ -430,6 +431,8 @@ class Bench:
             cmds = {"python -c pass": [sys.executable, "-c", "pass"], "conveyor run": conv}
             if have_dask:
                 cmds["dask.threaded script"] = [sys.executable, str(script), str(path)]
+            for cmd in cmds.values():  # one warm-up run each, not timed (bytecode, disk cache)
+                subprocess.run(cmd, capture_output=True, text=True)
             times: dict[str, list[float]] = {name: [] for name in cmds}
             for _ in range(rep):
                 for name, cmd in cmds.items():
@@ -455,6 +458,7 @@ class Bench:
         ``conveyor.cli``, median of ``rep`` fresh processes."""
         self.log("import time of conveyor.cli")
         ms = []
+        subprocess.run([sys.executable, "-c", "import conveyor.cli"])  # warm-up, not timed
         for _ in range(rep):
             p = subprocess.run(
                 [sys.executable, "-X", "importtime", "-c", "import conveyor.cli"],
