@@ -258,7 +258,10 @@ def open_run(
             raise UsageError(
                 f"{where} holds no graph yet: run `conveyor submit FILE --db {where}` first"
             )
-        functions = {t.id: t for t in spec.tasks if callable(t.fn)} if spec is not None else None
+        functions = (
+            None if spec is None or spec.structure_only
+            else {t.id: t for t in spec.tasks if callable(t.fn)}
+        )  # fmt: skip
         engine = Engine(
             store, worker_id=worker_id or default_worker_id(), lease_s=lease_s,
             max_tasks=max_tasks, functions=functions, emit=emit, labels=dict(labels or {}),

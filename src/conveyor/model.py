@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import GraphError
 
@@ -56,16 +56,29 @@ TASK_KEYS = frozenset(
 )  # fmt: skip
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class TaskSpec:
-    """One task as declared. ``fn`` is a callable or an import path ``"pkg.mod:func"``."""
+    """One task as declared. ``fn`` is a callable or an import path ``"pkg.mod:func"``.
+
+    Compact: ``id`` and ``deps`` live in slots; every other field reads its class-level default
+    until it is set, and only fields set to something other than their default take room (in a
+    per-task ``__dict__`` made on first use). A structure-only task costs ~64 bytes plus its
+    ``deps`` tuple, which is what lets a million-task graph file load and run in little memory.
+    Still a dataclass: ``dataclasses.fields``, ``replace`` and the constructor's keywords are
+    those of the fields below, in this order.
+    """
+
+    __slots__ = ("__dict__", "deps", "id")
 
     id: str
     fn: Callable[..., Any] | str | None = None
     cmd: str | list[str] | None = None
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=_empty)
-    deps: tuple[str, ...] = ()
+    if TYPE_CHECKING:
+        deps: tuple[str, ...] = ()
+    else:
+        deps: tuple[str, ...]  # a slot: no class-level default (() in __init__ and fields())
     group: str = "default"
     labels: Mapping[str, Any] = field(default_factory=_empty)
     resources: Mapping[str, float] = field(default_factory=_empty)
@@ -83,6 +96,97 @@ class TaskSpec:
     env: dict[str, str] | None = None
     cwd: str | None = None
     meta: dict[str, Any] | None = None
+
+    def __init__(
+        self,
+        id: str,
+        fn: Callable[..., Any] | str | None = None,
+        cmd: str | list[str] | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] = EMPTY,
+        deps: tuple[str, ...] = (),
+        group: str = "default",
+        labels: Mapping[str, Any] = EMPTY,
+        resources: Mapping[str, float] = EMPTY,
+        retries: int = 0,
+        timeout_s: float | None = None,
+        gang: str | None = None,
+        gang_size: int | None = None,
+        endpoint: str | None = None,
+        cache: bool = True,
+        version: str | None = None,
+        inputs: tuple[str, ...] = (),
+        outputs: tuple[str, ...] = (),
+        runtime_s: float | None = None,
+        executor: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.id = id
+        self.deps = deps
+        # A field keeps its class-level default unless given another value (by identity: what
+        # is read back is exactly what was passed).
+        if fn is not None:
+            self.fn = fn
+        if cmd is not None:
+            self.cmd = cmd
+        if args is not _NO_ARGS:
+            self.args = args
+        if kwargs is not EMPTY:
+            self.kwargs = kwargs
+        if group != "default":
+            self.group = group
+        if labels is not EMPTY:
+            self.labels = labels
+        if resources is not EMPTY:
+            self.resources = resources
+        if retries != 0 or type(retries) is not int:
+            self.retries = retries
+        if timeout_s is not None:
+            self.timeout_s = timeout_s
+        if gang is not None:
+            self.gang = gang
+        if gang_size is not None:
+            self.gang_size = gang_size
+        if endpoint is not None:
+            self.endpoint = endpoint
+        if cache is not True:
+            self.cache = cache
+        if version is not None:
+            self.version = version
+        if inputs is not _NO_ARGS:
+            self.inputs = inputs
+        if outputs is not _NO_ARGS:
+            self.outputs = outputs
+        if runtime_s is not None:
+            self.runtime_s = runtime_s
+        if executor is not None:
+            self.executor = executor
+        if env is not None:
+            self.env = env
+        if cwd is not None:
+            self.cwd = cwd
+        if meta is not None:
+            self.meta = meta
+
+    @classmethod
+    def bare(cls, id: str, deps: tuple[str, ...] = ()) -> TaskSpec:
+        """A task with every field but ``id`` and ``deps`` at its default (a no-op), made
+        without the keyword checks of ``__init__``: the graph-file fast path makes millions."""
+        spec = _new(cls)
+        spec.id = id
+        spec.deps = deps
+        return spec
+
+    def __repr__(self) -> str:
+        cls = type(self)
+        shown = ", ".join(
+            f"{name}={value!r}"
+            for name in _FIELD_NAMES
+            if (value := getattr(self, name)) is not getattr(cls, name, None) or name == "id"
+        )
+        return f"TaskSpec({shown})"
 
     @property
     def is_noop(self) -> bool:
@@ -120,6 +224,15 @@ class TaskSpec:
                 raise GraphError(f"task {self.id!r}: resource {name!r} must be a number >= 0")
 
 
+_new = object.__new__
+_NO_ARGS: tuple[Any, ...] = ()
+# ``deps`` is a slot, so it cannot carry a class-level default; fields() still reports ``()``.
+TaskSpec.__dataclass_fields__["deps"].default = ()
+# The default_factory fields lose their class attribute in @dataclass: give the shared default.
+TaskSpec.kwargs = TaskSpec.labels = TaskSpec.resources = EMPTY
+_FIELD_NAMES = tuple(TaskSpec.__dataclass_fields__)
+
+
 @dataclass(frozen=True, slots=True)
 class GroupSpec:
     name: str
@@ -143,6 +256,10 @@ class GraphSpec:
     meta: Mapping[str, Any] = field(default_factory=dict)
     #: The validated ``core.dag.Layout`` (depths, parents), kept so a store need not redo it.
     layout: Any = field(default=None, repr=False, compare=False)
+    #: Set by loaders when every task is a structure-only no-op (``TaskSpec.bare``: an id,
+    #: parents, at most ``runtime_s``): no function, command, group, resources, labels, gang or
+    #: endpoint, so a store or engine may skip its per-task scans for those.
+    structure_only: bool = field(default=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.tasks)

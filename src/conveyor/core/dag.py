@@ -8,14 +8,57 @@ from dataclasses import dataclass
 from conveyor.errors import CycleError, GraphError
 
 
-@dataclass(frozen=True, slots=True)
 class Layout:
-    """Result of :func:`layout` for a batch of new tasks (indices are batch positions)."""
+    """Result of :func:`layout` for a batch of new tasks (indices are batch positions).
 
-    depth: list[int]
-    local_parents: list[list[int]]  # parents inside the batch
-    children: list[list[int] | None]  # children inside the batch
-    external_parents: dict[int, list[str]]  # parents outside the batch, by task
+    ``waiting[i]`` is the number of ``i``'s parents inside the batch counted with repeats, as
+    ``children`` lists them (a parent named twice lists ``i`` twice among its children):
+    completing each listed entry once counts ``waiting`` down to zero. ``local_parents`` (each
+    task's distinct parents inside the batch, in declared order) is computed on first use.
+
+    A ``Frontier`` given this layout as its first batch adopts its lists instead of copying
+    them (``taken`` is then set, and another frontier computes its own): afterwards ``depth``
+    still holds, the other lists are the frontier's state.
+    """
+
+    __slots__ = ("_local", "_parents", "children", "depth", "external_parents", "index",
+                 "taken", "waiting")  # fmt: skip
+
+    def __init__(
+        self,
+        depth: list[int],
+        children: list[list[int] | None],
+        waiting: list[int],
+        external_parents: dict[int, list[str]],
+        index: dict[str, int],
+        parents: Sequence[Sequence[str]],
+        local_parents: list[list[int]] | None = None,
+    ) -> None:
+        self.depth = depth
+        self.children = children
+        self.waiting = waiting
+        self.external_parents = external_parents
+        self.index = index  # id -> batch position
+        self.taken = False
+        self._parents = parents
+        self._local = local_parents
+
+    @property
+    def local_parents(self) -> list[list[int]]:
+        """Each task's distinct parents inside the batch (batch positions, declared order)."""
+        if self._local is None:
+            n = len(self.depth)
+            index = self.index
+            out: list[list[int]] = []
+            for ps in self._parents:
+                lp = [j for p in dict.fromkeys(ps) if (j := index.get(p, n)) < n] if ps else []
+                out.append(lp)
+            self._local = out
+        return self._local
+
+
+class _NotTopological(Exception):
+    """The batch does not list every parent before its children: take the general path."""
 
 
 def layout(
@@ -30,24 +73,74 @@ def layout(
     ``depth`` is ``base_depth`` for a task without parents, else 1 + the deepest parent (a parent
     outside the batch has ``external_depth(id)``, ``None`` meaning unknown). Raises ``GraphError``
     on a duplicate or unknown id and ``CycleError`` naming the tasks of one cycle.
+
+    A batch that lists every parent before its children (as graph files and ``Graph`` objects
+    do) takes one pass that checks the order, counts parents and computes depths together;
+    any other batch takes Kahn's algorithm, which also names a cycle.
     """
-    n = len(ids)
-    local = {tid: i for i, tid in enumerate(ids)}
-    if len(local) != n:
+    rng = list(range(len(ids)))  # one int object per position, shared by every list below
+    if external_depth is not None:
+        for tid in ids:
+            if external_depth(tid) is not None:
+                raise GraphError(f"duplicate task id {tid!r}: a task of that id already exists")
+    try:
+        return _topological(ids, parents, rng, base_depth)
+    except (KeyError, _NotTopological):
+        pass  # a parent unknown, outside the batch or listed after its child; a repeated id
+    local = dict(zip(ids, rng, strict=True))
+    if len(local) != len(ids):
         seen: set[str] = set()
         for tid in ids:
             if tid in seen:
                 raise GraphError(f"duplicate task id {tid!r}")
             seen.add(tid)
-    if external_depth is not None:
-        for tid in ids:
-            if external_depth(tid) is not None:
-                raise GraphError(f"duplicate task id {tid!r}: a task of that id already exists")
+    return _general(ids, parents, rng, local, external_depth, base_depth)
+
+
+def _topological(
+    ids: Sequence[str], parents: Sequence[Sequence[str]], rng: list[int], base: int
+) -> Layout:
+    """One pass when every parent comes before its child. Ids enter the index as they are
+    passed, so a parent listed later (or a cycle, or an unknown id) is a ``KeyError``."""
+    n = len(rng)
+    depth = [base] * n
+    children: list[list[int] | None] = [None] * n
+    local: dict[str, int] = {}
+    for i, tid, ps in zip(rng, ids, parents, strict=True):
+        if ps:
+            d = base
+            for p in ps:
+                j = local[p]
+                dj = depth[j]
+                if dj >= d:
+                    d = dj + 1
+                ch = children[j]
+                if ch is None:
+                    children[j] = [i]
+                else:
+                    ch.append(i)
+            depth[i] = rng[d] if d < n else d  # rng's int object: no new one per task
+        local[tid] = i
+    if len(local) != n:
+        raise _NotTopological  # a repeated id: the general path names it
+    return Layout(depth, children, list(map(len, parents)), {}, local, parents)
+
+
+def _general(
+    ids: Sequence[str],
+    parents: Sequence[Sequence[str]],
+    rng: list[int],
+    local: dict[str, int],
+    external_depth: Callable[[str], int | None] | None,
+    base_depth: int,
+) -> Layout:
+    """Kahn's algorithm: any order, parents outside the batch, and cycles named."""
+    n = len(ids)
     depth = [base_depth] * n
     children: list[list[int] | None] = [None] * n
     local_parents: list[list[int]] = [[]] * n  # shared empty list for roots, replaced below
     external: dict[int, list[str]] = {}
-    for i, ps in enumerate(parents):
+    for i, ps in zip(rng, parents, strict=True):
         if not ps:
             continue
         try:
@@ -66,7 +159,7 @@ def layout(
             else:
                 ch.append(i)
     indegree = [len(lp) for lp in local_parents]
-    stack = [i for i in range(n) if indegree[i] == 0]
+    stack = [i for i in rng if indegree[i] == 0]
     done = 0
     while stack:
         i = stack.pop()
@@ -83,7 +176,8 @@ def layout(
                 stack.append(c)
     if done != n:
         raise CycleError([ids[i] for i in _one_cycle(indegree, local_parents)])
-    return Layout(depth, local_parents, children, external)
+    waiting = [len(lp) for lp in local_parents]
+    return Layout(depth, children, waiting, external, local, parents, local_parents)
 
 
 def _split_parents(

@@ -12,7 +12,9 @@ as indexed columns and follow the same rules in SQL.
 from __future__ import annotations
 
 import heapq
+import operator
 from collections.abc import Sequence
+from itertools import compress
 
 from conveyor.core.admission import AdmissionQueue, Offer
 from conveyor.core.dag import Layout, layout
@@ -28,6 +30,8 @@ SKIPPED = TaskState.SKIPPED.value
 RETRY_WAIT = TaskState.RETRY_WAIT.value
 CANCELLED = TaskState.CANCELLED.value
 _DEAD = frozenset({FAILED, SKIPPED, CANCELLED})
+_heappush = heapq.heappush
+_heappop = heapq.heappop
 
 
 class Frontier:
@@ -99,7 +103,7 @@ class Frontier:
             base, root = 0, self.roots_submitted + 1
         else:
             base, root = self.depth[submitter] + 1, self.root_seq[submitter]
-        if known_layout is not None and not index and submitter is None:
+        if known_layout is not None and not index and submitter is None and not known_layout.taken:
             lay = known_layout  # validated by the caller: same ids, same parents, no others
         else:
             lay = layout(
@@ -111,41 +115,47 @@ class Frontier:
         first = len(self.ids)
         new = range(first, first + n)
         state = self.state
-        children = self.children
-        self.ids.extend(ids)
-        index.update(zip(ids, new, strict=True))
-        self.depth.extend(lay.depth)
+        state.extend(bytes(n))  # PENDING
         self.root_seq.extend([root] * n)
+        dead: list[int] = []
         if first == 0:
-            children.extend(lay.children)
+            # The first batch: the layout's lists become this frontier's own (no copies).
+            lay.taken = True
+            self.ids = list(ids)
+            self.index = index = lay.index
+            self.depth = lay.depth
+            self.children = children = lay.children
+            self.waiting = waiting = lay.waiting
         else:
+            children = self.children
+            self.ids.extend(ids)
+            index.update(zip(ids, new, strict=True))
+            self.depth.extend(lay.depth)
             children.extend(
                 [None if ch is None else [first + c for c in ch] for ch in lay.children]
             )
-        waiting = [len(lp) for lp in lay.local_parents]
-        state.extend(bytes(n))  # PENDING
-        dead: list[int] = []
-        for k, ext in lay.external_parents.items():
-            i = first + k
-            for p in (index[tid] for tid in ext):
-                s = state[p]
-                if s == DONE:
-                    continue
-                if s in _DEAD:
-                    dead.append(i)
-                waiting[k] += 1
-                ch = children[p]
-                if ch is None:
-                    children[p] = [i]
-                else:
-                    ch.append(i)
-        self.waiting.extend(waiting)
+            waiting = lay.waiting
+            for k, ext in lay.external_parents.items():
+                i = first + k
+                for p in (index[tid] for tid in ext):
+                    s = state[p]
+                    if s == DONE:
+                        continue
+                    if s in _DEAD:
+                        dead.append(i)
+                    waiting[k] += 1
+                    ch = children[p]
+                    if ch is None:
+                        children[p] = [i]
+                    else:
+                        ch.append(i)
+            self.waiting.extend(waiting)
         if self.queue is not None:
             self.shape.extend(shapes if shapes is not None else [0] * n)
             if gangs:
                 self.gang_of.update({first + k: g for k, g in gangs.items()})
         self.counts[PENDING] += n
-        ready = [first + k for k in range(n) if waiting[k] == 0]
+        ready = list(compress(new, map(operator.not_, waiting)))
         for i in ready:
             self._make_ready(i)
         for i in dead:
@@ -165,7 +175,7 @@ class Frontier:
         heap = self._heap
         state = self.state
         while heap:
-            i = heapq.heappop(heap)[2]
+            i = _heappop(heap)[2]
             if state[i] == READY:
                 state[i] = RUNNING
                 c = self.counts
@@ -227,19 +237,27 @@ class Frontier:
             return []
         ready = []
         waiting = self.waiting
-        heap = self._heap
         depth = self.depth
         root_seq = self.root_seq
-        for k in kids:
-            w = waiting[k] - 1
-            waiting[k] = w
-            if w == 0 and state[k] == PENDING:
-                state[k] = READY
-                if q is None:
-                    heapq.heappush(heap, (-depth[k], root_seq[k], k))
-                else:
-                    q.push(k, (-depth[k], root_seq[k], k), self.shape[k], self.gang_of.get(k))
-                ready.append(k)
+        if q is None:
+            heap = self._heap
+            for k in kids:
+                w = waiting[k] - 1
+                waiting[k] = w
+                if w == 0 and state[k] == PENDING:
+                    state[k] = READY
+                    _heappush(heap, (-depth[k], root_seq[k], k))
+                    ready.append(k)
+        else:
+            shape = self.shape
+            gang_of = self.gang_of
+            for k in kids:
+                w = waiting[k] - 1
+                waiting[k] = w
+                if w == 0 and state[k] == PENDING:
+                    state[k] = READY
+                    q.push(k, (-depth[k], root_seq[k], k), shape[k], gang_of.get(k))
+                    ready.append(k)
         if ready:
             c[PENDING] -= len(ready)
             c[READY] += len(ready)

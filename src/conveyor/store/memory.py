@@ -70,7 +70,7 @@ class MemoryStore(Store):
         for name, g in graph.groups.items():
             info = self.groups.setdefault(name, GroupInfo())
             info.weight, info.cap = g.weight, g.cap
-        self._add(graph.tasks, None, now, graph.layout)
+        self._add(graph.tasks, None, now, graph.layout, graph.structure_only)
         self.graph_names.append(graph.name)
         return OpenedGraph(graph.name, len(graph.tasks), False, self.frontier.unfinished())
 
@@ -79,9 +79,19 @@ class MemoryStore(Store):
         return [t.id for t in tasks]
 
     def _add(
-        self, tasks: list[TaskSpec], submitter: int | None, now: float, known: Any = None
+        self,
+        tasks: list[TaskSpec],
+        submitter: int | None,
+        now: float,
+        known: Any = None,
+        structure_only: bool = False,
     ) -> None:
-        shapes, gangs = self._admission_of(tasks)
+        shapes: list[int] | None = None
+        gangs: dict[int, str] = {}
+        if not (structure_only and self.frontier.queue is None and not self.groups):
+            # (a structure-only graph needs no admission: no scan of every task for that)
+            shapes, gangs = self._admission_of(tasks)
+        skipped_before = self.frontier.counts[TaskState.SKIPPED]
         with paused_gc():
             new, ready = self.frontier.add(
                 [t.id for t in tasks], [t.deps for t in tasks], submitter=submitter,
@@ -96,8 +106,9 @@ class MemoryStore(Store):
                 emit({"ts": now, "event": "task_submitted", "task": self.frontier.ids[i]})
             for i in ready:
                 emit({"ts": now, "event": "task_ready", "task": self.frontier.ids[i]})
-        skipped = [i for i in new if self.frontier.state[i] == TaskState.SKIPPED]
-        self._emit_skipped(skipped, now)
+        if self.frontier.counts[TaskState.SKIPPED] != skipped_before:  # scan only then
+            skipped = [i for i in new if self.frontier.state[i] == TaskState.SKIPPED]
+            self._emit_skipped(skipped, now)
 
     def _admission_of(self, tasks: list[TaskSpec]) -> tuple[list[int] | None, dict[int, str]]:
         """Shapes and gangs of new tasks; switches admission on at the first task that needs it

@@ -1,0 +1,258 @@
+"""The graph-file contract on both loading paths: structure-only graphs (checked column-wise)
+and the per-task path (any other key), which must accept and refuse the same graphs with the
+same errors. Plus the one-pass ``layout`` against Kahn's algorithm."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import conveyor
+from conveyor.core import dag
+from conveyor.core.dag import layout
+from conveyor.core.frontier import Frontier
+from conveyor.errors import CycleError, GraphError
+from conveyor.graphfile import graph_from_dict, load_graph
+from conveyor.model import EMPTY, TaskSpec
+
+PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def per_task(graph: dict[str, Any]) -> dict[str, Any]:
+    """The same graph sent down the per-task path: one extra task with a command (a no-op
+    for the checks below, which drop it again)."""
+    return {**graph, "tasks": [*graph["tasks"], {"id": "zz-extra", "cmd": "true"}]}
+
+
+def both(graph: dict[str, Any]) -> list[Any]:
+    """The graph loaded by both paths (the per-task one without its extra task)."""
+    fast = graph_from_dict(graph)
+    slow = graph_from_dict(per_task(graph))
+    slow.tasks = [t for t in slow.tasks if t.id != "zz-extra"]
+    return [fast, slow]
+
+
+def fields(t: TaskSpec) -> dict[str, Any]:
+    return {f.name: getattr(t, f.name) for f in dataclasses.fields(TaskSpec)}
+
+
+def error_of(graph: Any) -> str:
+    with pytest.raises(GraphError) as info:
+        graph_from_dict(graph)
+    return str(info.value)
+
+
+# -- the two paths agree -------------------------------------------------------------------------
+def test_structure_only_graph_same_specs_on_both_paths() -> None:
+    g = {
+        "name": "g",
+        "tasks": [
+            {"id": "a"},
+            {"id": "b", "deps": ["a"]},
+            {"id": "c", "deps": ["a", "b", "a"]},  # a repeat is kept as declared
+            {"id": "d", "deps": []},
+        ],
+    }
+    fast, slow = both(g)
+    assert [fields(t) for t in fast.tasks] == [fields(t) for t in slow.tasks]
+    assert fast.tasks[2].deps == ("a", "b", "a")
+    assert fast.layout.local_parents == [[], [0], [0, 1], []]
+    assert fast.layout.depth == [0, 1, 2, 0]
+
+
+def test_wfcommons_parents_runtime_and_cores_on_both_paths() -> None:
+    g = {
+        "name": "wf",
+        "tasks": [
+            {"id": "a", "runtime_s": 1.5, "cores": 2},
+            {"id": "b", "parents": ["a"], "runtime_s": 0},
+            {"id": "c", "parents": ["b"]},
+        ],
+    }
+    for spec in both(g):
+        assert [t.deps for t in spec.tasks] == [(), ("a",), ("b",)]
+        assert [t.runtime_s for t in spec.tasks] == [1.5, 0, None]
+        assert all(t.resources == {} for t in spec.tasks)  # cores is informational
+
+
+def test_tasks_listed_children_first_are_accepted() -> None:
+    g = {"tasks": [{"id": "c", "deps": ["b"]}, {"id": "b", "deps": ["a"]}, {"id": "a"}]}
+    spec = graph_from_dict(g)
+    assert spec.layout.depth == [2, 1, 0]
+    assert conveyor.run(g, workers=1).ok
+
+
+def test_some_tasks_without_deps_key() -> None:
+    spec = graph_from_dict({"tasks": [{"id": "a"}, {"id": "b", "deps": ["a"]}, {"id": "c"}]})
+    assert [t.deps for t in spec.tasks] == [(), ("a",), ()]
+
+
+@pytest.mark.parametrize(
+    ("tasks", "words"),
+    [
+        ([{"id": "a"}, {"id": "a"}], ["duplicate", "'a'"]),
+        ([{"id": "a", "deps": ["ghost"]}], ["'ghost'"]),
+        ([{"id": "x", "deps": ["z"]}, {"id": "y", "deps": ["x"]}, {"id": "z", "deps": ["y"]}],
+         ["cycle", "x", "y", "z"]),
+        ([{"id": "a", "deps": ["a"]}], ["cycle", "a"]),
+        ([{"id": "a", "colour": "red"}], ["colour"]),
+        ([{"id": "a", "deps": ["b"], "parents": ["b"]}, {"id": "b"}], ["'deps' or 'parents'"]),
+        ([{"id": ""}], ["id"]),
+        ([{"id": 3}], ["id"]),
+        ([{"deps": []}], ["id", "#1"]),
+        ([{"id": "a"}, "b"], ["#2", "object"]),
+        ([{"id": "a", "deps": "b"}], ["'a'", "list of task ids"]),
+        ([{"id": "a"}, {"id": "b", "deps": ["a", 1]}], ["'b'", "list of task ids"]),
+        ([{"id": "a", "runtime_s": -1}], ["'a'", "runtime_s"]),
+        ([{"id": "a", "runtime_s": float("nan")}], ["'a'", "runtime_s"]),
+        ([{"id": "a", "runtime_s": "1"}], ["'a'", "runtime_s"]),
+    ],
+)  # fmt: skip
+def test_bad_structure_only_graphs_named_errors_on_both_paths(
+    tasks: list[Any], words: list[str]
+) -> None:
+    for g in ({"tasks": tasks}, per_task({"tasks": tasks})):
+        msg = error_of(g)
+        for w in words:
+            assert w in msg, (w, msg)
+
+
+def test_negative_cores_is_ignored_as_before() -> None:
+    # Not a structure-only task, so the per-task path takes it: "cores" is informational there.
+    spec = graph_from_dict({"tasks": [{"id": "a", "cores": -1}]})
+    assert [t.id for t in spec.tasks] == ["a"]
+
+
+def test_tuple_or_null_deps_as_on_the_per_task_path() -> None:
+    assert "list of task ids" in error_of({"tasks": [{"id": "b"}, {"id": "a", "deps": ("b",)}]})
+    spec = graph_from_dict({"tasks": [{"id": "a", "deps": None}]})
+    assert spec.tasks[0].deps == ()
+
+
+def test_graph_keys_and_meta_kept() -> None:
+    spec = graph_from_dict({"name": "n", "description": "d", "tasks": [{"id": "a"}]})
+    assert spec.name == "n" and spec.meta == {"name": "n", "description": "d"}
+    assert "extra" in error_of({"tasks": [{"id": "a"}], "extra": 1})
+
+
+def test_json_file_loads_and_runs(tmp_path: Path) -> None:
+    path = tmp_path / "g.json"
+    tasks = [{"id": f"t{i}", "deps": [f"t{i - 1}"] if i else []} for i in range(50)]
+    path.write_text(json.dumps({"tasks": tasks}))
+    spec = load_graph(path)
+    assert spec.name == "g" and len(spec) == 50
+    assert spec.tasks[1].deps[0] is spec.tasks[0].id  # one string per id, not per mention
+    res = conveyor.run(path, workers=1)
+    assert res.ok and res.counts["done"] == 50
+
+
+# -- TaskSpec stays a dataclass with compact storage ----------------------------------------
+def test_taskspec_defaults_fields_replace_pickle() -> None:
+    bare = TaskSpec.bare("a", ("b",))
+    full = TaskSpec("a", deps=("b",))
+    assert fields(bare) == fields(full)
+    assert bare.kwargs is EMPTY and bare.group == "default" and bare.fn is None
+    assert bare.is_noop and bare.kind == "noop"
+    t = TaskSpec("x", fn="m:f", args=(1,), retries=2, labels={"gpu": "a100"})
+    r = dataclasses.replace(t, retries=3)
+    assert (r.fn, r.args, r.retries, r.labels, r.deps) == ("m:f", (1,), 3, {"gpu": "a100"}, ())
+    back = pickle.loads(pickle.dumps(t))
+    assert fields(back) == fields(t)
+    assert [f.default for f in dataclasses.fields(TaskSpec) if f.name == "deps"] == [()]
+    t.retries = 5  # fields stay assignable
+    assert t.retries == 5 and TaskSpec("y").retries == 0
+    assert "retries=5" in repr(t) and "cmd" not in repr(t)
+    with pytest.raises(TypeError):
+        TaskSpec("z", colour="red")  # type: ignore[call-arg]
+
+
+def test_taskspec_keeps_what_was_given_even_when_equal_to_default() -> None:
+    assert TaskSpec("a", retries=0.0).retries == 0.0  # type: ignore[arg-type]
+    with pytest.raises(GraphError, match="retries"):
+        TaskSpec("a", retries=0.0).validate()  # type: ignore[arg-type]
+
+
+# -- layout: the one-pass path agrees with Kahn's algorithm ------------------------------------
+@st.composite
+def ordered_dags(draw: st.DrawFn) -> tuple[list[str], list[list[str]]]:
+    """A DAG listed parents first, sometimes naming a parent twice."""
+    n = draw(st.integers(1, 30))
+    ids = [f"t{i}" for i in range(n)]
+    parents = []
+    for i in range(n):
+        ps = draw(st.lists(st.integers(0, i - 1), max_size=4)) if i else []
+        parents.append([ids[p] for p in ps])
+    return ids, parents
+
+
+@PROPS
+@given(g=ordered_dags(), base=st.integers(0, 3))
+def test_one_pass_layout_equals_kahn(g: tuple[list[str], list[list[str]]], base: int) -> None:
+    ids, parents = g
+    fast = layout(ids, parents, base_depth=base)
+    rng = list(range(len(ids)))
+    kahn = dag._general(ids, parents, rng, dict(zip(ids, rng, strict=True)), None, base)
+    assert fast.depth == kahn.depth
+    assert fast.local_parents == kahn.local_parents
+    # Repeats: a child is listed once per naming, and waits for as many completions.
+    for i, ps in enumerate(parents):
+        assert fast.waiting[i] == len(ps)
+    for j in rng:
+        assert Counter(fast.children[j] or []) == Counter(
+            i for i, ps in enumerate(parents) for p in ps if p == ids[j]
+        )
+    # A frontier given either runs every task once, parents first.
+    f = Frontier()
+    f.add(ids, parents, known_layout=fast)
+    order = []
+    while (i := f.pop()) is not None:
+        order.append(i)
+        f.complete(i)
+    assert sorted(order) == rng
+    pos = {i: k for k, i in enumerate(order)}
+    assert all(pos[ids.index(p)] < pos[i] for i, ps in enumerate(parents) for p in ps)
+
+
+def test_layout_given_to_a_second_frontier_is_recomputed() -> None:
+    ids, parents = ["a", "b", "c"], [[], ["a"], ["a", "b"]]
+    lay = layout(ids, parents)
+    first, second = Frontier(), Frontier()
+    first.add(ids, parents, known_layout=lay)
+    assert lay.taken
+    while (i := first.pop()) is not None:
+        first.complete(i)
+    second.add(ids, parents, known_layout=lay)  # not the first frontier's mutated lists
+    assert second.waiting == [0, 1, 2] and second.ready_count() == 1
+    assert lay.depth == [0, 1, 2]
+
+
+def test_layout_errors_name_the_task() -> None:
+    with pytest.raises(GraphError, match="'b' depends on unknown task 'x'"):
+        layout(["a", "b"], [[], ["x"]])
+    with pytest.raises(CycleError) as info:
+        layout(["a", "b"], [["b"], ["a"]])
+    assert set(info.value.cycle) == {"a", "b"}
+
+
+@pytest.mark.parametrize(
+    ("tasks", "words"),
+    [
+        ([{"id": "a", "deps": ["ghost"]}], ["'ghost'"]),
+        ([{"id": "a", "deps": [["x"]]}], ["'a'", "list of task ids"]),
+        ([{"id": "b", "deps": ["a"]}, {"id": "a", "deps": ["b"]}], ["cycle"]),
+    ],
+)
+def test_json_file_errors_as_for_a_dict(tmp_path: Path, tasks: list[Any], words: list[str]) -> None:
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"tasks": tasks}))
+    with pytest.raises(GraphError) as info:
+        load_graph(path)
+    assert all(w in str(info.value) for w in words), str(info.value)
