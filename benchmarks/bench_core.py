@@ -286,7 +286,7 @@ class Bench:
             self.notes.append(
                 "dask is not installed: Dask rows skipped (pip install -e '.[bench]')"
             )
-        # Dask's static ordering is superlinear (PEERS.md: 54 s at 100k): cap its sizes.
+        # Dask's static ordering is superlinear (measured here: 54 s at 100k): cap its sizes.
         self.dask_max = {"dask.get (sync)": 10_000, "dask.threaded.get": 10_000 if self.quick
                          else 100_000}  # fmt: skip
         dist_max = 500 if self.quick else 2_200

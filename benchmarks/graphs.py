@@ -1,6 +1,6 @@
 """Deterministic benchmark graphs, shared by every benchmark in this directory.
 
-Every generator returns a *graph dict* in the graph-file format (DESIGN.md section 4)::
+Every generator returns a *graph dict* in the graph-file format (README.md, "Command line")::
 
     {"name": "layered-100000", "tasks": [{"id": "t0", "deps": []}, ...]}
 
@@ -46,11 +46,11 @@ __all__ = [
 
 Graph = dict[str, Any]
 
-#: The WfCommons graphs: $CONVEYOR_WORKFLOWS, else ../shared/data/workflows beside the repo.
+#: The WfCommons graphs: $CONVEYOR_WORKFLOWS, else the small set vendored with the tests.
 WORKFLOWS = Path(
     os.environ.get(
         "CONVEYOR_WORKFLOWS",
-        Path(__file__).resolve().parents[2] / "shared" / "data" / "workflows",
+        Path(__file__).resolve().parents[1] / "tests" / "data" / "workflows",
     )
 )
 

@@ -399,3 +399,20 @@ def test_frontier_self_dependency_raises_cycle_error() -> None:
     with pytest.raises(CycleError) as info:
         layout(["a", "b"], [[], ["b"]])
     assert info.value.cycle == ["b"]
+
+
+def test_ready_heap_entries_are_the_ordering_key() -> None:
+    """The hot loop writes the key inline: every entry it pushes equals ``priority_key``."""
+    from conveyor.core.ordering import priority_key
+
+    f = Frontier()
+    ids = ["a", "b", "c", "d", "e"]
+    f.add(ids, [(), ("a",), ("a",), ("b", "c"), ()])
+    done = f.pop()  # "a" (the best key of the two roots): b and c become ready
+    assert done is not None
+    f.complete(done)
+    entries = list(f._heap)
+    assert len(entries) >= 2
+    for entry in entries:
+        i = entry[2]
+        assert entry == priority_key(f.depth[i], f.root_seq[i], i)

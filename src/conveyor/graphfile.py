@@ -1,4 +1,4 @@
-"""Graph input: the JSON/YAML graph file of DESIGN.md section 4, and ``networkx.DiGraph``s.
+"""Graph input: JSON/YAML graph files (the format in README.md, "Command line"), and ``networkx.DiGraph``s.
 
 Everything is checked before anything runs: unknown keys, cycles (named), unknown or duplicate
 ids, functions that do not import or are not callable, arguments that are not JSON.

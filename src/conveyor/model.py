@@ -46,7 +46,7 @@ class TaskState(enum.IntEnum):
 
 _FINISHED = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED})
 
-#: The keys a task may have in a graph file (DESIGN.md section 4), plus the WfCommons ones.
+#: The keys a task may have in a graph file (README.md, "Command line"), plus the WfCommons ones.
 TASK_KEYS = frozenset(
     {
         "id", "cmd", "fn", "args", "kwargs", "deps", "parents", "group", "labels", "resources",
