@@ -1,4 +1,5 @@
-"""Graph input: JSON/YAML graph files (the format in README.md, "Command line"), and ``networkx.DiGraph``s.
+"""Graph input: JSON/YAML graph files (the format in README.md, "Command line") and networkx
+graphs (``networkx.DiGraph``).
 
 Everything is checked before anything runs: unknown keys, cycles (named), unknown or duplicate
 ids, functions that do not import or are not callable, arguments that are not JSON.
