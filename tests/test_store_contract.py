@@ -337,6 +337,44 @@ def test_store_stale_lease_completion_is_refused(store_url: str, store: Store) -
     assert len(finished) == 1 and finished[0]["worker"] == "w2"
 
 
+def test_store_complete_many_fences_each_claim_and_readies_shared_children(
+    store_url: str, store: Store
+) -> None:
+    durable(store_url)
+    store.open_graph(
+        graph("g", {"id": "a"}, {"id": "b"}, {"id": "c"},
+              {"id": "ab", "deps": ["a", "b"]}, {"id": "bc", "deps": ["b", "c"]},
+              {"id": "z"}),
+        T0,
+    )  # fmt: skip
+    got = store.claim("w1", 3, T0, LEASE)
+    assert [c.id for c in got] == ["a", "b", "c"]
+    c = got[2]
+    assert store.reap_expired(T0 + LEASE + 1) == ["a", "b", "c"]
+    again = store.claim("w2", 3, T0 + LEASE + 2, LEASE)
+    a2, b2 = (x for x in again if x.id in ("a", "b"))
+    # c's old lease was taken over: of the three, only the fresh claims count
+    assert store.complete_many([(a2, 1), (b2, 2), (c, 3)], T0 + LEASE + 3) == [True, True, False]
+    assert store.result("a").value == 1 and store.result("b").value == 2
+    assert store.result("c").state is TaskState.RUNNING
+    # ab had both parents finish in the one call; bc still waits for c
+    assert store.result("ab").state is TaskState.READY
+    assert store.result("bc").state is TaskState.PENDING
+    finished = [e["worker"] for t in "abc" for e in store.history(t)
+                if e["event"] == "task_finished"]  # fmt: skip
+    assert finished == ["w2", "w2"]
+
+
+def test_store_complete_many_refill_hands_out_the_next_claims(store_url: str, store: Store) -> None:
+    store.open_graph(
+        graph("g", {"id": "a"}, {"id": "b"}, {"id": "a1", "deps": ["a"]}, {"id": "z"}), T0
+    )
+    a, b = store.claim("w1", 2, T0, LEASE)
+    assert store.complete_many([(a, None), (b, None)], T0, refill=2) == [True, True]
+    # the child the completions readied goes first (depth-first), then the next root
+    assert [store.claim_one("w1", T0, LEASE).id for _ in range(2)] == ["a1", "z"]  # type: ignore[union-attr]
+
+
 def test_store_heartbeat_renews_leases(store_url: str, store: Store) -> None:
     durable(store_url)
     store.open_graph(graph("g", {"id": "a"}), T0)

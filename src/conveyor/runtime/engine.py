@@ -207,12 +207,18 @@ class Engine:
                     with lock:
                         now = clock.wall()
                         out.extend(self._inflight.expire(now))
+                        finished: list[tuple[Running, bool, Any]] = []
                         while msg is not None:
-                            self._handle(msg, now, out)
+                            if isinstance(msg, Finished):
+                                finished.append((msg.run, msg.ok, msg.value))
+                            else:
+                                self._handle(msg, now, out)
                             try:
                                 msg = get_nowait()
                             except queue.Empty:
                                 break
+                        if finished:
+                            self._record(finished, now, out)
                     if out:
                         yield from self._deliver(out, on_result)
                 except KeyboardInterrupt:
@@ -380,12 +386,22 @@ class Engine:
             self._queue.put(Wake())
         return mine
 
+    def _record(
+        self, finished: list[tuple[Running, bool, Any]], now: float, out: list[TaskResult]
+    ) -> None:
+        """Record the tasks that finished since the loop last looked, together: on a durable
+        store the successes and the claims for the slots they free are one transaction."""
+        free = self.slots + self._children.lent - len(self._running) - self._pending_starts
+        if self.max_tasks is not None:
+            free = min(free, self.max_tasks - self.stats.started - len(finished))
+        results = self._inflight.record_many(finished, now, max(0, free))
+        if self._want:
+            out.extend(results)
+
     def _handle(self, msg: Message, now: float, out: list[TaskResult]) -> None:
         match msg:
             case Finished(run, ok, value):
-                res = self._inflight.record(run, ok, value, now)
-                if res is not None and self._want:
-                    out.append(res)
+                self._record([(run, ok, value)], now, out)
             case Recorded(results):
                 out.extend(results)
             case StartInline(claim):

@@ -82,6 +82,42 @@ class InFlight:
             return None
         return self.finish(run, ok, value, now)
 
+    def record_many(
+        self, reports: list[tuple[Running, bool, Any]], now: float, free: int
+    ) -> list[TaskResult]:
+        """``record`` for several reports, the successes in one ``Store.complete_many`` call
+        (one transaction on a durable store). ``free``: slots free before these reports; the
+        store may claim as many tasks as will be free after them in the same transaction."""
+        done: list[tuple[Running, Any]] = []
+        out: list[TaskResult] = []
+        for run, ok, value in reports:
+            if ok and self.is_current(run):
+                done.append((run, value))
+            else:
+                res = self.record(run, ok, value, now)
+                if res is not None:
+                    out.append(res)
+        if not done:
+            return out
+        for run, _value in done:
+            del self.running[run.claim.handle]
+            self._capacity.give_back(run.claim.spec)
+        refill = 0 if self.stopping else free + len(done)
+        claims = [(run.claim, value) for run, value in done]
+        flags = self.store.complete_many(claims, now, refill=refill)
+        for (run, value), accepted in zip(done, flags, strict=True):
+            out.append(self._done(run.claim, value, accepted))
+        return out
+
+    def _done(self, claim: Claim, value: Any, accepted: bool) -> TaskResult:
+        if accepted:
+            self.stats.done += 1
+        else:
+            self.stats.refused += 1
+        if self._children.watchers:
+            self._children.finished(claim.spec.id, failed=False)
+        return TaskResult(claim.spec.id, TaskState.DONE, value, None, claim.attempt)
+
     def finish(self, run: Running, ok: bool, value: Any, now: float) -> TaskResult:
         """Record a run's end: done with ``value``, or failed with the error text ``value``."""
         claim = run.claim
@@ -89,34 +125,28 @@ class InFlight:
         stats = self.stats
         del self.running[claim.handle]
         self._capacity.give_back(spec)
-        error = None
         if ok:
-            accepted = self.store.complete(claim, value, now)
-            state = TaskState.DONE
-            if accepted:
-                stats.done += 1
-        else:
-            error = str(value)
-            value = None
-            retry_at = None
-            if claim.attempt <= spec.retries and not self.stopping:
-                retry_at = now + self._retry.delay(claim.attempt, self._rng.random())
-            accepted = self.store.fail(claim, error, now, retry_at)
-            state = TaskState.RETRY_WAIT if retry_at is not None else TaskState.FAILED
-            if accepted:
-                if retry_at is not None:
-                    stats.retried += 1
-                else:
-                    stats.failed += 1
-                    if self._fail_fast:
-                        self.stopping = True
-                if spec.gang is not None:
-                    self._stop_gang(spec, retry_at is None, now)
+            return self._done(claim, value, self.store.complete(claim, value, now))
+        error = str(value)
+        retry_at = None
+        if claim.attempt <= spec.retries and not self.stopping:
+            retry_at = now + self._retry.delay(claim.attempt, self._rng.random())
+        accepted = self.store.fail(claim, error, now, retry_at)
+        state = TaskState.RETRY_WAIT if retry_at is not None else TaskState.FAILED
+        if accepted:
+            if retry_at is not None:
+                stats.retried += 1
+            else:
+                stats.failed += 1
+                if self._fail_fast:
+                    self.stopping = True
+            if spec.gang is not None:
+                self._stop_gang(spec, retry_at is None, now)
         if not accepted:
             stats.refused += 1
         if self._children.watchers:
             self._children.finished(spec.id, failed=state is TaskState.FAILED)
-        return TaskResult(spec.id, state, value, error, claim.attempt)
+        return TaskResult(spec.id, state, None, error, claim.attempt)
 
     def release(self, run: Running, now: float) -> None:
         """Give a run's task back to the store unrun."""

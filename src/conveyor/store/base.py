@@ -14,7 +14,7 @@ Rules every store follows (checked by ``tests/test_store_contract.py`` on every 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +160,16 @@ class Store(abc.ABC):
     def complete(self, claim: Claim, value: Any, now: float) -> bool:
         """Record success; children whose parents are all done become ready. ``False`` if the
         lease was taken over (nothing recorded)."""
+
+    def complete_many(
+        self, done: Sequence[tuple[Claim, Any]], now: float, *, refill: int = 0
+    ) -> list[bool]:
+        """``complete`` for several claims at once, in order; one flag each. A durable store
+        records them in one transaction (one commit, one lock hand-off for the lot). ``refill``
+        says the caller will claim that many tasks next with ``claim_one``: a store may claim
+        them in the same transaction (children these completions made ready included) and
+        hand them out from ``claim_one`` without another transaction."""
+        return [self.complete(claim, value, now) for claim, value in done]
 
     @abc.abstractmethod
     def fail(self, claim: Claim, error: str, now: float, retry_at: float | None) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from conveyor.core.admission import Offer, Shape
@@ -176,31 +176,83 @@ class Claims:
 
     # -- finishing ------------------------------------------------------------------------------
     def complete(self, claim: Claim, value: Any, now: float) -> bool:
-        started = self._claimed_at.pop(claim.handle, now)
-        self._ewma = 0.8 * self._ewma + 0.2 * max(0.0, now - started)
-        if claim.extra.get("committed"):
-            return True  # a no-op completed in the transaction that claimed it
-        try:
-            kind, data = self.codec.encode(value, f"{claim.handle}-{claim.token}")
-        except ResultError as exc:
-            return self.fail(claim, str(exc), now, None)
+        return self.complete_many([(claim, value)], now, 0)[0]
+
+    def complete_many(
+        self, done: Sequence[tuple[Claim, Any]], now: float, refill: int
+    ) -> list[bool]:
+        """Record the successes ``done`` in one transaction, then claim up to ``refill`` tasks
+        in it for this worker's next ``claim_one`` calls (plain path; admission claims carry
+        the engine's offer). One commit and one lock hand-off for the lot: what lets trivial
+        tasks on many slots go as fast as the store can commit."""
+        flags: list[bool | None] = []
+        encoded: list[tuple[int, Claim, str | None, bytes | None]] = []
+        for claim, value in done:
+            started = self._claimed_at.pop(claim.handle, now)
+            self._ewma = 0.8 * self._ewma + 0.2 * max(0.0, now - started)
+            if claim.extra.get("committed"):
+                flags.append(True)  # a no-op completed in the transaction that claimed it
+                continue
+            try:
+                kind, data = self.codec.encode(value, f"{claim.handle}-{claim.token}")
+            except ResultError as exc:
+                flags.append(self.fail(claim, str(exc), now, None))
+                continue
+            encoded.append((len(flags), claim, kind, data))
+            flags.append(None)
         name = self.worker.name
-        ahead = self._ewma < FAST_TASK_S and not self._buffer and not self.admission.on
-        batch, lease_s = self.worker.max_batch, self.worker.lease_s
+        asked = refill > 0
+        if self._ewma < FAST_TASK_S:  # fast tasks: claim a batch ahead
+            refill = max(refill, self.worker.max_batch)
+        refill = 0 if self.admission.on else max(0, refill - len(self._buffer))
+        lease_s = self.worker.lease_s
 
-        def op(tx: Tx) -> list[Claim] | None:
-            if not self._complete_in(tx, claim, kind, data, now):
-                return None
-            if ahead and name is not None:  # admission claims carry the engine's offer
-                return self._claim_in(tx, name, batch, now, lease_s)
+        def op(tx: Tx) -> tuple[list[bool], list[Claim]]:
+            ok = self._complete_all_in(tx, [(c, kind, data) for _i, c, kind, data in encoded], now)
+            if refill and name is not None:
+                return ok, self._claim_in(tx, name, refill, now, lease_s)
+            return ok, []
+
+        if encoded or (asked and refill):
+            ok, got = self.atomic(op)
+            self._buffer.extend(got)
+        else:
+            ok = []
+        for (i, _c, kind, data), accepted in zip(encoded, ok, strict=True):
+            flags[i] = accepted
+            if not accepted:
+                self.codec.discard(kind, data)
+        return [bool(f) for f in flags]
+
+    def _complete_all_in(
+        self, tx: Tx, done: list[tuple[Claim, str | None, bytes | None]], now: float
+    ) -> list[bool]:
+        """``_complete_in`` for several claims with one statement for the tasks and one for
+        all their children: O(sum of fan-outs), not a statement pair per task."""
+        if len(done) == 1:
+            return [self._complete_in(tx, *done[0], now)]
+        if not done:
             return []
-
-        got = self.atomic(op)
-        if got is None:
-            self.codec.discard(kind, data)
-            return False
-        self._buffer.extend(got)
-        return True
+        seqs = [c.handle for c, _k, _d in done]
+        tokens = [c.token for c, _k, _d in done]
+        rows = tx.rows("complete_claims", seqs=tx.as_list(seqs), tokens=tx.as_list(tokens),
+                       now=now)  # fmt: skip
+        finished = {r[0] for r in rows}
+        worker = self.worker.name
+        flags = []
+        for claim, kind, data in done:
+            ok = claim.handle in finished
+            flags.append(ok)
+            if not ok:
+                continue
+            if kind is not None:
+                tx.run("store_result", seq=claim.handle, kind=kind, data=data)
+            left_running(tx, claim.extra.get("grp"))
+            tx.audit(now, "task_finished", claim.id, RUNNING, DONE, worker, claim.attempt)
+        if finished:
+            listed = tx.as_list(sorted(finished))
+            children_ready(tx, tx.rows("release_children_of", seqs=listed), now)
+        return flags
 
     def _complete_in(
         self, tx: Tx, claim: Claim, kind: str | None, data: bytes | None, now: float

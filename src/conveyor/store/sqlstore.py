@@ -17,7 +17,7 @@ mutating method is one transaction; events are emitted after it commits, from it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from conveyor.core.admission import Offer
@@ -154,6 +154,11 @@ class SqlStore(Store):
 
     def complete(self, claim: Claim, value: Any, now: float) -> bool:
         return self.claims.complete(claim, value, now)
+
+    def complete_many(
+        self, done: Sequence[tuple[Claim, Any]], now: float, *, refill: int = 0
+    ) -> list[bool]:
+        return self.claims.complete_many(done, now, refill)
 
     def fail(self, claim: Claim, error: str, now: float, retry_at: float | None) -> bool:
         return self.claims.fail(claim, error, now, retry_at)
