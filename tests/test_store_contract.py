@@ -20,6 +20,7 @@ from conveyor.graphfile import graph_from_dict
 from conveyor.model import GraphSpec, TaskSpec, TaskState
 from conveyor.store.base import Claim, GraphFingerprints, Store, WorkerProfile
 from conveyor.store.memory import MemoryStore
+from conveyor.testing import FakeClock
 
 T0 = 1_000_000.0
 LEASE = 10.0
@@ -151,12 +152,36 @@ def test_store_children_submitted_at_run_time_go_first(store: Store) -> None:
 def test_store_events_carry_the_time_each_call_was_given(store: Store) -> None:
     events: list[dict[str, Any]] = []
     store.emit = events.append
+    store.clock = FakeClock(wall_offset=T0 - 100)  # behind every call: the calls' times count
     store.open_graph(graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}), T0)
     a = claim1(store, T0 + 1)
     assert a is not None and store.complete(a, None, T0 + 2)
     by_event = {(e["event"], e.get("task")): e["ts"] for e in events}
-    assert by_event[("task_submitted", "b")] == T0  # no store reads a clock of its own
+    assert by_event[("task_submitted", "b")] == T0
     assert by_event[("task_finished", "a")] == by_event[("task_ready", "b")] == T0 + 2
+
+
+def test_store_stamps_events_inside_the_transaction_so_children_follow_parents(
+    store_url: str, store: Store
+) -> None:
+    """A worker's ``now`` was read before it got the lock: the time of the transaction counts
+    when it is later, so a child's start never precedes its parent's end."""
+    durable(store_url, "its engine reads the time under its own lock")
+    events: list[dict[str, Any]] = []
+    store.emit = events.append
+    clock = FakeClock(wall_offset=T0)
+    store.clock = clock
+    store.open_graph(graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}), T0)
+    a = claim1(store, T0)
+    clock.advance(10.0)  # the finishing worker waited for the lock
+    assert a is not None and store.complete(a, None, T0 + 5)
+    b = claim1(store, T0 + 3)  # a worker whose time was read before a finished
+    assert b is not None
+    by_event = {(e["event"], e.get("task")): e["ts"] for e in events}
+    assert by_event[("task_finished", "a")] == T0 + 10
+    assert by_event[("task_started", "b")] == T0 + 10
+    stamps = [e["ts"] for e in store.history("b")]
+    assert stamps == sorted(stamps)
 
 
 def test_store_claim_one_follows_the_key_and_release_buffered_gives_back_the_rest(

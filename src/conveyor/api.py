@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from conveyor.clock import SYSTEM_CLOCK
 from conveyor.errors import TaskFailed, UsageError
 from conveyor.events import EventSink, JsonlSink, combine
 from conveyor.graph import Graph, as_graph, spec_from_call, task
@@ -131,7 +132,7 @@ class Run:
             yield from results
         except KeyboardInterrupt:
             if not self.store.shared:
-                self.store.cancel_unfinished(self.engine.clock.now())
+                self.store.cancel_unfinished(self.engine.clock.wall())
             raise
         finally:
             self._ended = time.monotonic()
@@ -239,7 +240,7 @@ def open_run(
     owns_store = store is None
     try:
         if store is None:
-            store = open_store(db, emit=emit)
+            store = open_store(db, emit=emit, clock=engine_options.get("clock", SYSTEM_CLOCK))
         elif emit is not None:
             store.emit = emit
         store.configure(

@@ -93,7 +93,7 @@ class WorkerLoop:
         self._rng = random.Random()
         self._current: WorkItem | None = None
         self._closed = False
-        self.store: Store = open_store(db)
+        self.store: Store = open_store(db, clock=clock)
         # Here the loop body is the work of every task: no-ops are handed out too, one at a time.
         self.store.configure(
             WorkerProfile(labels=labels or {}, resources=resources, max_batch=1,
@@ -209,7 +209,7 @@ def _heartbeats(
     db: str, worker_id: str, lease_s: float, stop: threading.Event, clock: Clock
 ) -> None:
     """Renew ``worker_id``'s leases every ``lease_s / 3`` on a connection of its own."""
-    store = open_store(db)
+    store = open_store(db, clock=clock)
     try:
         while not stop.wait(lease_s / 3):
             now = clock.wall()

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.core.admission import Offer
 from conveyor.core.explain import Reason
 from conveyor.core.fingerprint import Decision, Parts
@@ -90,7 +91,11 @@ class WorkerProfile:
 
 
 class Store(abc.ABC):
-    """One backend. Methods take ``now`` (unix seconds) instead of reading a clock.
+    """One backend. Methods take ``now`` (unix seconds): the caller's time, which decides
+    leases and retries. A shared store also stamps each audit row with the later of ``now``
+    and its ``clock`` read inside the transaction, so that the trail is causal across
+    processes: a waiter's ``now`` was read before it got the lock, and a child can only start
+    after its parent's transaction committed.
 
     Every caller (engine, worker loop, CLI, dashboard) uses only what is declared here.
     Methods with a body are optional capabilities with a sensible default for a store that
@@ -103,6 +108,8 @@ class Store(abc.ABC):
 
     url: str = ""
     emit: EventSink | None = None
+    #: Stamps audit rows inside transactions (shared stores; ``open_store(clock=...)``).
+    clock: Clock = SYSTEM_CLOCK
     #: Whether other processes may share this store (SQL: yes; memory: no).
     shared: bool = False
 

@@ -78,7 +78,7 @@ class SqlStore(Store):
             raise
 
     def _atomic(self, op: Callable[[Tx], T]) -> T:
-        return self.db.atomic(op, self.emit)
+        return self.db.atomic(op, self.emit, self.clock)
 
     # -- schema and setup -------------------------------------------------------------------------
     def migrate(self) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
+from conveyor.clock import Clock
 from conveyor.events import EventSink
 from conveyor.model import TaskState
 from conveyor.store.sqlqueries import load_queries
@@ -157,14 +158,27 @@ class Db:
     def __init__(self, io: SqlIo) -> None:
         self.io = io
 
-    def atomic(self, op: Callable[[Tx], T], emit: EventSink | None = None) -> T:
+    def atomic(
+        self, op: Callable[[Tx], T], emit: EventSink | None = None, clock: Clock | None = None
+    ) -> T:
         """Run ``op`` in one write transaction with its audit rows (again when the database
-        asks, e.g. after a deadlock); then hand ``emit`` the events of what was committed."""
+        asks, e.g. after a deadlock); then hand ``emit`` the events of what was committed.
+
+        With a ``clock``, audit rows are stamped no earlier than the clock read after ``op``,
+        under the transaction's locks: the caller's ``now`` was read before them (a worker may
+        have waited for the lock meanwhile), while a transaction that depends on this one
+        (a child started after its parent finished) reads the clock after this one committed.
+        """
         for attempt in range(_RETRIES):
             try:
                 with self.io.begin() as conn:
                     tx = Tx(self.io, conn)
                     value = op(tx)
+                    if clock is not None and tx.audit_rows:
+                        stamp = clock.wall()
+                        for row in tx.audit_rows:
+                            if row["ts"] < stamp:
+                                row["ts"] = stamp
                     tx.many("insert_audit", tx.audit_rows)
                     if tx.notify:
                         self.io.notify(conn)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import StoreError
 from conveyor.events import EventSink
 from conveyor.store.base import Store
@@ -23,9 +24,12 @@ MEMORY_URLS = ("memory://", "memory", ":memory:")
 STORE_OPTIONS = frozenset({"results", "results_dir", "inline_max", "batch", "lost_budget", "lease"})
 
 
-def open_store(url: str | None, *, emit: EventSink | None = None) -> Store:
+def open_store(
+    url: str | None, *, emit: EventSink | None = None, clock: Clock = SYSTEM_CLOCK
+) -> Store:
     """Open the store named by ``url``: ``None`` or ``memory://`` for an in-process store,
-    ``sqlite:///path/run.db``, ``postgresql://...``."""
+    ``sqlite:///path/run.db``, ``postgresql://...``. ``emit`` receives the events of committed
+    transitions; ``clock`` stamps them inside transactions (see ``Store``)."""
     if url is None or url in MEMORY_URLS:
         from conveyor.store.memory import MemoryStore
 
@@ -43,6 +47,7 @@ def open_store(url: str | None, *, emit: EventSink | None = None) -> Store:
             f"unknown store URL {url!r}: use memory://, sqlite:///path/run.db or postgresql://..."
         )
     store.emit = emit
+    store.clock = clock
     return store
 
 
