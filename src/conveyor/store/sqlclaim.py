@@ -138,16 +138,22 @@ class Claims:
 
     def _choose(self, tx: Tx, limit: int, noops: int) -> list[int]:
         """The seqs of the best ready tasks that fit this worker, in key order: up to ``limit``
-        tasks that need running and up to ``noops`` no-op ones (keyset pages over the
-        ``tasks_ready`` index when some do not fit)."""
+        tasks that need running and up to ``noops`` no-op ones to complete on the spot when this
+        worker completes no-ops (keyset pages over the ``tasks_ready`` index when some do not
+        fit). Stops at the first task it may not take, so that claims follow the key."""
         window = limit + noops
         if self.worker.constrained:
             window = max(window, _FIT_WINDOW)
         chosen: list[int] = []
+        inline = self.worker.profile.complete_noops
         rows = tx.rows("ready_window", limit=window)
         for _ in range(_FIT_PAGES):
             for seq, _nd, _rs, noop, labels, resources in rows:
-                if noop and noops > 0:
+                if noop and inline:
+                    if noops == 0:
+                        # Not handed out as a task to run: each would cost the engine a
+                        # transaction of its own to complete. The next claim completes it.
+                        return chosen
                     noops -= 1
                 elif limit > 0:
                     needs = labels is not None or resources is not None
@@ -176,7 +182,15 @@ class Claims:
 
     # -- finishing ------------------------------------------------------------------------------
     def complete(self, claim: Claim, value: Any, now: float) -> bool:
+        if claim.extra.get("committed"):
+            self._timed(claim, now)
+            return True  # a no-op completed in the transaction that claimed it
         return self.complete_many([(claim, value)], now, 0)[0]
+
+    def _timed(self, claim: Claim, now: float) -> None:
+        """Fold the claim-to-completion time of ``claim`` into the EWMA (``FAST_TASK_S``)."""
+        started = self._claimed_at.pop(claim.handle, now)
+        self._ewma = 0.8 * self._ewma + 0.2 * max(0.0, now - started)
 
     def complete_many(
         self, done: Sequence[tuple[Claim, Any]], now: float, refill: int
@@ -188,8 +202,7 @@ class Claims:
         flags: list[bool | None] = []
         encoded: list[tuple[int, Claim, str | None, bytes | None]] = []
         for claim, value in done:
-            started = self._claimed_at.pop(claim.handle, now)
-            self._ewma = 0.8 * self._ewma + 0.2 * max(0.0, now - started)
+            self._timed(claim, now)
             if claim.extra.get("committed"):
                 flags.append(True)  # a no-op completed in the transaction that claimed it
                 continue

@@ -179,7 +179,7 @@ class Db:
                         for row in tx.audit_rows:
                             if row["ts"] < stamp:
                                 row["ts"] = stamp
-                    tx.many("insert_audit", tx.audit_rows)
+                    tx.insert("insert_audit", tx.audit_rows)
                     if tx.notify:
                         self.io.notify(conn)
                 break
