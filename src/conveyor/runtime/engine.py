@@ -55,6 +55,11 @@ __all__ = ["Engine", "RunStats"]
 
 _RESULT_BATCH = 256  # results handed to a run_iter consumer at a time, mid-fill
 _NO_BATCH = 1 << 62
+#: Group commit on a shared store: successes wait (their slots already free) until this many
+#: are parked, the oldest has waited ``_GROUP_WAIT_S``, or the tasks claimed ahead run out;
+#: then one transaction records them all and claims what comes next.
+_GROUP_MAX = 64
+_GROUP_WAIT_S = 0.002
 
 
 class Engine:
@@ -188,6 +193,9 @@ class Engine:
                         self._fill(now, out)
                         if stats.started != claimed:
                             idle.busy()
+                        if self._inflight.parked and not (self._running or self._pending_starts):
+                            self._flush(now, out)  # nothing else runs: record what finished
+                            self._fill(now, out)
                         if now >= next_tick:
                             next_tick = now + self.tick_s
                             self._tick(now)
@@ -217,8 +225,7 @@ class Engine:
                                 msg = get_nowait()
                             except queue.Empty:
                                 break
-                        if finished:
-                            self._record(finished, now, out)
+                        self._record(finished, now, out)
                     if out:
                         yield from self._deliver(out, on_result)
                 except KeyboardInterrupt:
@@ -261,7 +268,10 @@ class Engine:
     ) -> float | None:
         """How long to wait for the next message; ``None`` when the run is over."""
         if busy:  # (the idle spell was reset when these tasks were claimed)
-            return self._inflight.deadlines.wait(now, max(0.0, next_tick - now))
+            wait = self._inflight.deadlines.wait(now, max(0.0, next_tick - now))
+            if self._inflight.parked:
+                wait = min(wait, max(0.0, self._inflight.parked_since + _GROUP_WAIT_S - now))
+            return wait
         if self._inflight.stopping:
             return None
         store = self.store
@@ -317,6 +327,8 @@ class Engine:
                 if not batch:
                     break
             else:
+                if inflight.parked and not store.claims_ahead():
+                    self._flush(now, out)  # one transaction: these completions, the next claims
                 claim = claim_one(worker, now, lease_s)
                 if claim is None:
                     break
@@ -389,12 +401,32 @@ class Engine:
     def _record(
         self, finished: list[tuple[Running, bool, Any]], now: float, out: list[TaskResult]
     ) -> None:
-        """Record the tasks that finished since the loop last looked, together: on a durable
-        store the successes and the claims for the slots they free are one transaction."""
+        """Take the tasks that finished since the loop last looked. Successes are recorded
+        together (group commit): at once on a private store; on a shared one when enough are
+        parked, the oldest has waited long enough, or a claim needs a transaction anyway (no
+        tasks claimed ahead are left) — then the successes and the claims for the slots they
+        free are one transaction."""
+        inflight = self._inflight
+        results = inflight.park(finished, now) if finished else []
+        if self._want:
+            out.extend(results)
+        parked = inflight.parked
+        if parked and (
+            not self.store.shared
+            or inflight.stopping
+            or len(parked) >= _GROUP_MAX
+            or now - inflight.parked_since >= _GROUP_WAIT_S
+            or not self.store.claims_ahead()
+        ):
+            self._flush(now, out)
+
+    def _flush(self, now: float, out: list[TaskResult]) -> None:
+        """Record the parked successes; the store may claim the free slots' next tasks in the
+        same transaction."""
         free = self.slots + self._children.lent - len(self._running) - self._pending_starts
         if self.max_tasks is not None:
-            free = min(free, self.max_tasks - self.stats.started - len(finished))
-        results = self._inflight.record_many(finished, now, max(0, free))
+            free = min(free, self.max_tasks - self.stats.started)
+        results = self._inflight.flush(now, max(0, free))
         if self._want:
             out.extend(results)
 
@@ -427,6 +459,8 @@ class Engine:
     # -- ending ----------------------------------------------------------------------------------
     def _shutdown(self) -> None:
         now = self.clock.wall()
+        with self._lock:
+            self._inflight.flush(now, 0)  # what finished is recorded, even on the way out
         self._inflight.cancel_all(now, threads=True)
         self._children.close()
         self._executors.shutdown(wait=not (self.stats.interrupted or self._inflight.stuck))

@@ -49,6 +49,9 @@ class InFlight:
         self.store = store
         self.stats = RunStats()
         self.running: dict[int, Running] = {}
+        #: Successes not yet recorded in the store (``park``/``flush``), and since when.
+        self.parked: list[tuple[Claim, Any]] = []
+        self.parked_since = 0.0
         self.deadlines = Deadlines()
         #: Start nothing new (stop, Ctrl-C, fail_fast, max_tasks); failures are not retried.
         self.stopping = False
@@ -82,32 +85,32 @@ class InFlight:
             return None
         return self.finish(run, ok, value, now)
 
-    def record_many(
-        self, reports: list[tuple[Running, bool, Any]], now: float, free: int
-    ) -> list[TaskResult]:
-        """``record`` for several reports, the successes in one ``Store.complete_many`` call
-        (one transaction on a durable store). ``free``: slots free before these reports; the
-        store may claim as many tasks as will be free after them in the same transaction."""
-        done: list[tuple[Running, Any]] = []
+    def park(self, reports: list[tuple[Running, bool, Any]], now: float) -> list[TaskResult]:
+        """Take executors' reports: successes are parked (their slots are free at once; the
+        store hears of them at the next ``flush``), anything else is recorded now. Returns
+        what was recorded."""
         out: list[TaskResult] = []
         for run, ok, value in reports:
             if ok and self.is_current(run):
-                done.append((run, value))
+                del self.running[run.claim.handle]
+                self._capacity.give_back(run.claim.spec)
+                if not self.parked:
+                    self.parked_since = now
+                self.parked.append((run.claim, value))
             else:
                 res = self.record(run, ok, value, now)
                 if res is not None:
                     out.append(res)
-        if not done:
-            return out
-        for run, _value in done:
-            del self.running[run.claim.handle]
-            self._capacity.give_back(run.claim.spec)
-        refill = 0 if self.stopping else free + len(done)
-        claims = [(run.claim, value) for run, value in done]
-        flags = self.store.complete_many(claims, now, refill=refill)
-        for (run, value), accepted in zip(done, flags, strict=True):
-            out.append(self._done(run.claim, value, accepted))
         return out
+
+    def flush(self, now: float, refill: int) -> list[TaskResult]:
+        """Record the parked successes in one ``Store.complete_many`` call (one transaction on
+        a durable store), which may also claim ``refill`` tasks for the slots that are free."""
+        if not self.parked:
+            return []
+        done, self.parked = self.parked, []
+        flags = self.store.complete_many(done, now, refill=0 if self.stopping else refill)
+        return [self._done(c, v, ok) for (c, v), ok in zip(done, flags, strict=True)]
 
     def _done(self, claim: Claim, value: Any, accepted: bool) -> TaskResult:
         if accepted:

@@ -168,6 +168,11 @@ class Store(abc.ABC):
         """Record success; children whose parents are all done become ready. ``False`` if the
         lease was taken over (nothing recorded)."""
 
+    def claims_ahead(self) -> int:
+        """Tasks this handle claimed in a batch and has not handed out yet: ``claim_one`` hands
+        them out without a transaction."""
+        return 0
+
     def complete_many(
         self, done: Sequence[tuple[Claim, Any]], now: float, *, refill: int = 0
     ) -> list[bool]:

@@ -71,6 +71,11 @@ class Claims:
         self._claimed_at: dict[int, float] = {}
         self._ewma = 1.0  # seconds from claim to completion, smoothed
 
+    @property
+    def ahead(self) -> int:
+        """Claims taken in a batch and not handed out yet."""
+        return len(self._buffer)
+
     # -- claiming -------------------------------------------------------------------------------
     def claim(
         self, worker: str, limit: int, now: float, lease_s: float, offer: Offer | None

@@ -155,6 +155,9 @@ class SqlStore(Store):
     def complete(self, claim: Claim, value: Any, now: float) -> bool:
         return self.claims.complete(claim, value, now)
 
+    def claims_ahead(self) -> int:
+        return self.claims.ahead
+
     def complete_many(
         self, done: Sequence[tuple[Claim, Any]], now: float, *, refill: int = 0
     ) -> list[bool]:

@@ -157,6 +157,8 @@ class Db:
 
     def __init__(self, io: SqlIo) -> None:
         self.io = io
+        #: Write transactions committed through this handle (what group commit saves).
+        self.commits = 0
 
     def atomic(
         self, op: Callable[[Tx], T], emit: EventSink | None = None, clock: Clock | None = None
@@ -182,6 +184,7 @@ class Db:
                     tx.insert("insert_audit", tx.audit_rows)
                     if tx.notify:
                         self.io.notify(conn)
+                self.commits += 1
                 break
             except Exception as exc:
                 if attempt < _RETRIES - 1 and self.io.retryable(exc):
