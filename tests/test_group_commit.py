@@ -27,7 +27,8 @@ def trivial_graph() -> conveyor.Graph:
 def test_a_worker_records_many_completions_per_transaction(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    url = f"sqlite:///{tmp_path}/run.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    sqlite = f"sqlite:///{tmp_path}/run.db"
+    url = sqlite if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
     store = open_store(url)
     try:
         assert isinstance(store, SqlStore)
