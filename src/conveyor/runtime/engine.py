@@ -412,7 +412,8 @@ class Engine:
             out.extend(results)
         parked = inflight.parked
         if parked and (
-            not self.store.shared
+            not finished  # a wait ended with no news: waiting longer gains nothing
+            or not self.store.shared
             or inflight.stopping
             or len(parked) >= _GROUP_MAX
             or now - inflight.parked_since >= _GROUP_WAIT_S
