@@ -13,8 +13,11 @@ SELECT value FROM meta WHERE key = :key;
 INSERT INTO meta (key, value) VALUES (:key, :value)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
--- name: max_seq
-SELECT coalesce(max(seq), 0) FROM tasks;
+-- New task numbers: the counter (schema migration 4) moves on by :n and returns the last one
+-- drawn. Its row lock also orders submissions that run at once (PostgreSQL).
+-- name: draw_seqs
+UPDATE meta SET value = CAST(CAST(value AS BIGINT) + :n AS TEXT) WHERE key = 'last_seq'
+RETURNING CAST(value AS BIGINT);
 
 -- name: unfinished
 SELECT count(*) FROM tasks WHERE state IN ({UNFINISHED});
