@@ -86,7 +86,10 @@ class Submissions:
         return OpenedGraph(graph.name, len(new), name is not None, tx.scalar("unfinished"))
 
     def children(self, tx: Tx, parent: Claim, tasks: list[TaskSpec], now: float) -> list[str]:
-        """Tasks submitted by the running ``parent``: one level deeper, same root order."""
+        """Tasks submitted by the running ``parent``: one level deeper, same root order.
+        Holds the submissions' lock: children submitted at once by two workers must not
+        interleave (new shapes, ids taken in between)."""
+        tx.lock("graph")
         found = tx.rows("task_by_id", id=parent.id)
         row = found[0] if found else None
         # (seq, token) fences: seqs are never reused, so a claim of a replaced graph names none.
