@@ -117,3 +117,31 @@ def test_replace_refuses_what_the_replaced_graphs_worker_reports_late(
         assert len(finished) == 2  # the refused completion is no event
     finally:
         store.close()
+
+
+def test_replace_events_follow_goes_on_into_the_new_graph(
+    db: str, tmp_path: Path, procs: list[subprocess.Popen[Any]]
+) -> None:
+    (tmp_path / "gates.py").write_text(GATES)
+    cli("submit", str(write_graph(tmp_path, "one")), "--db", db, cwd=tmp_path)
+    cli("submit", str(write_graph(tmp_path, "two")), "--db", db, "--replace", cwd=tmp_path)
+    out = tmp_path / "follow.jsonl"
+    with out.open("w") as sink:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli", "events", "--db", db, "--follow"],
+            stdout=sink, stderr=subprocess.DEVNULL, cwd=tmp_path,
+        ))  # fmt: skip
+
+    def printed() -> list[tuple[str, str]]:
+        events = map(json.loads, out.read_text().splitlines())
+        return [(e["event"], e.get("task", "")) for e in events]
+
+    wait_until(lambda: ("task_ready", "t0") in printed(), what="the follower catching up")
+    # A third graph with more tasks than the second: on SQLite its audit ids restarted at 1.
+    three = tmp_path / "three.json"
+    three.write_text(json.dumps({"name": "three", "tasks": [{"id": "x"}, {"id": "y"}]}))
+    cli("submit", str(three), "--db", db, "--replace", cwd=tmp_path)
+    wait_until(lambda: ("task_ready", "y") in printed(), what="the third graph's events")
+    assert printed()[-4:] == [
+        ("task_submitted", "x"), ("task_ready", "x"), ("task_submitted", "y"), ("task_ready", "y"),
+    ]  # fmt: skip

@@ -416,6 +416,20 @@ def test_store_replace_fences_the_claims_of_the_replaced_graph(
     assert [e.get("worker") for e in other.history("a") if e["event"] == "task_finished"] == ["new"]
 
 
+def test_store_event_ids_go_on_after_a_replacement(
+    store_url: str, store: Store, open_url: Any
+) -> None:
+    durable(store_url, "no audit table")
+    store.open_graph(graph("first", {"id": "a"}, {"id": "b"}), T0)
+    after = store.events_after(0)[-1][0]  # where `events --follow` stands
+    open_url(store_url).open_graph(graph("second", {"id": "z"}), T0 + 1, replace=True)
+    got = store.events_after(after)
+    assert [(e["event"], e.get("task")) for _, e in got] == [
+        ("task_submitted", "z"), ("task_ready", "z"),
+    ]  # fmt: skip
+    assert [e for _, e in got] == list(store.iter_events())
+
+
 def test_store_noops_finish_in_the_claim_transaction(store_url: str, store: Store) -> None:
     durable(store_url)
     g = graph_from_dict({"name": "n", "tasks": [{"id": f"t{i}", "deps": [f"t{i - 1}"] if i else []}

@@ -56,8 +56,11 @@ class Submissions:
                     f"{self.url} holds unfinished work of graph {name!r} ({left} tasks "
                     f"left), not {graph.name!r}: use --replace to discard it, or another --db"
                 )
+            last_event = tx.scalar("audit_last")
             for table in _TABLES:
                 tx.run("wipe_" + table)
+            if last_event is not None:  # the new graph's events follow on the old one's
+                tx.audit_from = int(last_event) + 1
             self.admission.forget()
             name = None
         existing: dict[str, Known] = {}

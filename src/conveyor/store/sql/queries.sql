@@ -65,6 +65,21 @@ INSERT INTO edges (parent, child) VALUES (:parent, :child);
 INSERT INTO audit (ts, event, task, from_state, to_state, worker, attempt, error, extra)
 VALUES (:ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :extra);
 
+-- Audit ids never start again: after `--replace` emptied the table, its first row takes the
+-- id after the old graph's last (SQLite would number an empty table from 1 again, and
+-- `events --follow` would wait above the new graph's rows). PostgreSQL's identity never
+-- restarts: its rows draw from it as always (and an explicit id would not move it on).
+-- name: insert_audit_at
+INSERT INTO audit (id, ts, event, task, from_state, to_state, worker, attempt, error, extra)
+VALUES (:id, :ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :extra);
+
+-- name: insert_audit_at@postgres
+INSERT INTO audit (ts, event, task, from_state, to_state, worker, attempt, error, extra)
+VALUES (:ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :extra);
+
+-- name: audit_last
+SELECT max(id) FROM audit;
+
 -- name: wipe_tasks
 DELETE FROM tasks;
 -- name: wipe_edges
