@@ -5,8 +5,12 @@ pauses one real store transaction at a known point and lets the other run into i
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -92,3 +96,98 @@ def test_pg_children_submitted_at_once_by_two_workers_both_land(
     assert sorted(out1["value"] + out2["value"]) == [f"p{p}/{i}" for p in (1, 2) for i in range(3)]
     assert first.counts()["ready"] == 6
     assert first.result("p2/2").state is TaskState.READY
+
+
+_HOLD_A = """
+CREATE FUNCTION hold_a() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.event = 'task_finished' AND NEW.task = 'a' THEN
+        PERFORM pg_advisory_xact_lock_shared(4242);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER hold_a AFTER INSERT ON audit FOR EACH ROW EXECUTE FUNCTION hold_a();
+"""
+
+
+def test_pg_events_follow_prints_rows_committed_out_of_id_order(
+    pg_url: str, stores: Callable[[], Store], tmp_path: Path
+) -> None:
+    from conveyor.graphfile import graph_from_dict
+
+    first = stores()
+    first.open_graph(
+        graph_from_dict({"name": "g", "tasks": [{"id": x, "cmd": "true"} for x in "abc"]}), T0
+    )
+    wa, wb = stores(), stores()
+    (a,) = wa.claim("wa", 1, T0, LEASE)
+    (b,) = wb.claim("wb", 1, T0, LEASE)
+    out = tmp_path / "follow.jsonl"
+    with out.open("w") as sink:
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli", "events", "--db", pg_url, "--follow"],
+            stdout=sink, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def printed() -> list[tuple[str, str]]:
+        lines = out.read_text().splitlines()
+        return [(e["event"], e.get("task", "")) for e in map(json.loads, lines)]
+
+    try:
+        wait_until(lambda: ("task_started", "b") in printed(), what="the follower catching up")
+        with psycopg.connect(pg_url, autocommit=True) as holder:
+            holder.execute(_HOLD_A)  # a's completion waits after drawing its audit id
+            holder.execute("SELECT pg_advisory_lock(4242)")
+            ta, done_a = in_thread(lambda: wa.complete(a, None, T0 + 1))
+            wait_until(lambda: waiting_on_locks(holder) >= 1, what="a's completion waiting")
+            assert wb.complete(b, None, T0 + 2)  # a higher id, committed first
+            wait_until(lambda: ("task_finished", "b") in printed(), what="b's completion")
+            holder.execute("SELECT pg_advisory_unlock(4242)")
+            ta.join(30)
+        assert done_a == {"value": True}
+        assert first.claim("w", 1, T0 + 3, LEASE)  # c: committed after a's completion
+        wait_until(lambda: ("task_started", "c") in printed(), what="c's start")
+        assert printed().count(("task_finished", "a")) == 1
+        assert printed().count(("task_finished", "b")) == 1
+    finally:
+        follower.terminate()
+        follower.wait(30)
+
+
+_FAIL_A = """
+CREATE FUNCTION fail_a() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.event = 'task_finished' AND NEW.task = 'a' THEN
+        RAISE EXCEPTION 'refused by the test';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER fail_a AFTER INSERT ON audit FOR EACH ROW EXECUTE FUNCTION fail_a();
+"""
+
+
+def test_pg_event_feed_forgets_the_ids_of_rolled_back_transactions(
+    pg_url: str, stores: Callable[[], Store]
+) -> None:
+    from conveyor.errors import StoreError
+    from conveyor.graphfile import graph_from_dict
+    from conveyor.store.sqlfeed import SqlEventFeed
+
+    store = stores()
+    store.open_graph(graph_from_dict({"name": "g", "tasks": [{"id": x, "cmd": "true"}
+                                                             for x in "ab"]}), T0)  # fmt: skip
+    feed = store.event_feed()
+    assert isinstance(feed, SqlEventFeed)
+    seen = feed.poll()
+    a, b = store.claim("w", 2, T0, LEASE)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(_FAIL_A)
+    with pytest.raises(StoreError, match="refused by the test"):
+        store.complete(a, None, T0 + 1)  # drew an audit id, then rolled back
+    assert store.complete(b, None, T0 + 2)
+    seen += feed.poll()
+    assert feed.gaps  # the rolled-back id, until its writer is known to have ended
+    wait_until(lambda: not (feed.poll() or feed.gaps), what="the gap closing")
+    events = [(e["event"], e.get("task")) for e in seen]
+    assert events == [(e["event"], e.get("task")) for e in store.iter_events()]
+    assert ("task_finished", "a") not in events and ("task_finished", "b") in events

@@ -374,6 +374,25 @@ FROM audit WHERE task = :task ORDER BY id;
 SELECT id, ts, event, task, from_state, to_state, worker, attempt, error, extra
 FROM audit WHERE id > :after ORDER BY id LIMIT :limit;
 
+-- The ids an event feed skipped, read again (sqlfeed.py): lo < id < hi for each (lo, hi) of
+-- :los and :his; one index range per gap. PostgreSQL only: SQLite's feeds skip nothing.
+-- name: audit_in_gaps@postgres
+SELECT a.id, a.ts, a.event, a.task, a.from_state, a.to_state, a.worker, a.attempt, a.error,
+       a.extra
+FROM unnest(CAST(:los AS BIGINT[]), CAST(:his AS BIGINT[])) AS g(lo, hi)
+JOIN audit a ON a.id > g.lo AND a.id < g.hi
+ORDER BY a.id;
+
+-- Which writers may still commit rows an event feed skipped: xmin (every transaction below it
+-- has ended) and xmax (every transaction that has begun is below it) of a fresh snapshot.
+-- SQLite has one writer at a time, so its rows commit in id order: nothing to wait for.
+-- name: snapshot_bounds
+SELECT NULL, NULL;
+
+-- name: snapshot_bounds@postgres
+SELECT CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT),
+       CAST(CAST(pg_snapshot_xmax(pg_current_snapshot()) AS TEXT) AS BIGINT);
+
 -- name: audit_recent
 SELECT ts, event FROM audit ORDER BY id DESC LIMIT :limit;
 
