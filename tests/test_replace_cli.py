@@ -95,12 +95,12 @@ def test_replace_refuses_what_the_replaced_graphs_worker_reports_late(
     old = subprocess.Popen([*worker, "--max-tasks", "1"], cwd=tmp_path, stderr=subprocess.PIPE,
                            text=True)  # fmt: skip
     procs.append(old)
-    wait_until(lambda: len(started_by(db, "t0")) == 1, what="graph one's t0 running")
+    wait_until(lambda: len(started_by(db, "t0")) == 1, what="graph one's t0 running", timeout=90)
     cli("submit", str(write_graph(tmp_path, "two")), "--db", db, "--replace", cwd=tmp_path)
     new = subprocess.Popen([*worker, "--idle-exit", "60"], cwd=tmp_path, stderr=subprocess.PIPE,
                            text=True)  # fmt: skip
     procs.append(new)
-    wait_until(lambda: len(started_by(db, "t0")) == 1, what="graph two's t0 running")
+    wait_until(lambda: len(started_by(db, "t0")) == 1, what="graph two's t0 running", timeout=90)
     (tmp_path / "one.go").touch()  # the old worker finishes graph one's t0 ...
     _, err = old.communicate(timeout=120)
     assert "Traceback" not in err, err
@@ -136,7 +136,9 @@ def test_replace_events_follow_goes_on_into_the_new_graph(
         events = map(json.loads, out.read_text().splitlines())
         return [(e["event"], e.get("task", "")) for e in events]
 
-    wait_until(lambda: ("task_ready", "t0") in printed(), what="the follower catching up")
+    wait_until(
+        lambda: ("task_ready", "t0") in printed(), what="the follower catching up", timeout=90
+    )
     # A third graph with more tasks than the second: on SQLite its audit ids restarted at 1.
     three = tmp_path / "three.json"
     three.write_text(json.dumps({"name": "three", "tasks": [{"id": "x"}, {"id": "y"}]}))

@@ -134,7 +134,9 @@ def test_pg_events_follow_prints_rows_committed_out_of_id_order(
         return [(e["event"], e.get("task", "")) for e in map(json.loads, lines)]
 
     try:
-        wait_until(lambda: ("task_started", "b") in printed(), what="the follower catching up")
+        wait_until(
+            lambda: ("task_started", "b") in printed(), what="the follower catching up", timeout=90
+        )
         with psycopg.connect(pg_url, autocommit=True) as holder:
             holder.execute(_HOLD_A)  # a's completion waits after drawing its audit id
             holder.execute("SELECT pg_advisory_lock(4242)")
