@@ -15,7 +15,7 @@ import pytest
 
 from conveyor.core.admission import Offer
 from conveyor.core.fingerprint import Parts
-from conveyor.errors import GraphError, GraphMismatchError, UsageError
+from conveyor.errors import GraphError, GraphMismatchError, StaleLeaseError, UsageError
 from conveyor.graphfile import graph_from_dict
 from conveyor.model import GraphSpec, TaskSpec, TaskState
 from conveyor.store.base import Claim, GraphFingerprints, Store, WorkerProfile
@@ -451,6 +451,46 @@ def test_store_refuses_another_graph_unless_replace(store_url: str, store: Store
     opened = store.open_graph(graph("second", {"id": "z"}), T0, replace=True)
     assert not opened.resumed and opened.unfinished == 1
     assert run_in_order(store) == ["z"]
+
+
+def test_store_replace_fences_the_claims_of_the_replaced_graph(
+    store_url: str, store: Store, open_url: Any
+) -> None:
+    durable(store_url)
+    same = ({"id": "a"}, {"id": "b", "deps": ["a"]})
+    store.open_graph(graph("first", *same), T0)
+    old = claim1(store, T0, "old")  # the old graph's worker keeps running
+    assert old is not None
+    other = open_url(store_url)  # `submit --replace` from another process
+    other.open_graph(graph("second", *same), T0 + 1, replace=True)
+    new = claim1(other, T0 + 1, "new")
+    assert new is not None and new.id == "a"
+    assert not store.complete(old, "from the old graph", T0 + 2)
+    assert not store.fail(old, "late", T0 + 2, None)
+    assert not store.release(old, T0 + 2)
+    with pytest.raises(StaleLeaseError):
+        store.submit_children(old, [TaskSpec("a/kid", cmd="true")], T0 + 2)
+    assert store.heartbeat("old", T0 + 2, LEASE) == 0
+    assert other.result("a").state is TaskState.RUNNING
+    assert other.counts() == {**other.counts(), "running": 1, "pending": 1, "done": 0}
+    assert other.complete(new, "from the new graph", T0 + 3)
+    b = claim1(other, T0 + 3, "new")
+    assert b is not None and other.parent_values(b) == {"a": "from the new graph"}
+    assert [e.get("worker") for e in other.history("a") if e["event"] == "task_finished"] == ["new"]
+
+
+def test_store_event_ids_go_on_after_a_replacement(
+    store_url: str, store: Store, open_url: Any
+) -> None:
+    durable(store_url, "no audit table")
+    store.open_graph(graph("first", {"id": "a"}, {"id": "b"}), T0)
+    after = store.events_after(0)[-1][0]  # where `events --follow` stands
+    open_url(store_url).open_graph(graph("second", {"id": "z"}), T0 + 1, replace=True)
+    got = store.events_after(after)
+    assert [(e["event"], e.get("task")) for _, e in got] == [
+        ("task_submitted", "z"), ("task_ready", "z"),
+    ]  # fmt: skip
+    assert [e for _, e in got] == list(store.iter_events())
 
 
 def test_store_noops_finish_in_the_claim_transaction(store_url: str, store: Store) -> None:

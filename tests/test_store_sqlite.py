@@ -67,3 +67,24 @@ def test_sqlite_url_options_are_parsed(tmp_path: Path) -> None:
     assert store.io.timeout == 0.5 and store.codec.mode == "pickle"
     assert store.worker.max_batch == 4
     store.close()
+
+
+def test_sqlite_store_of_schema_3_numbers_new_tasks_after_its_old_ones(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "run.db")
+    store.open_graph(small_graph(3), T0)
+    old = store.claim("old", 1, T0, 30.0)[0]
+    store.close()
+    conn = sqlite3.connect(tmp_path / "run.db")  # as the previous conveyor left it
+    conn.execute("DELETE FROM meta WHERE key = 'last_seq'")
+    conn.execute("UPDATE schema_version SET version = 3")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(tmp_path / "run.db")  # migrates
+    try:
+        other = graph_from_dict({"name": "other", "tasks": [{"id": "t0", "cmd": "true"}]})
+        store.open_graph(other, T0 + 1, replace=True)
+        new = store.claim("new", 1, T0 + 1, 30.0)[0]
+        assert new.id == old.id and new.handle > 3
+        assert not store.complete(old, "stale", T0 + 2)
+    finally:
+        store.close()

@@ -104,13 +104,12 @@ def events(
     import json
 
     with user_errors(), durable_store(db) as store:
-        after = 0
+        feed = store.event_feed()
         while True:
-            got = store.events_after(after, 5000)
-            for _, ev in got:
+            got = feed.poll(5000)
+            for ev in got:
                 sys.stdout.write(json.dumps(ev, separators=(",", ":")) + "\n")
             if got:
-                after = got[-1][0]
                 continue
             sys.stdout.flush()
             if not follow:

@@ -90,6 +90,23 @@ class WorkerProfile:
         return Offer(slots, res, dict(self.labels), slots, res)
 
 
+class EventFeed:
+    """Reads a store's audit trail as it grows (``conveyor events --follow``): each ``poll``
+    returns, oldest first, the events committed since the last one that it has not returned.
+    This one pages by id (``Store.events_after``); the SQL stores' also waits for rows that
+    commit out of id order (``store/sqlfeed.py``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.after = 0
+
+    def poll(self, limit: int = 1000) -> list[dict[str, Any]]:
+        got = self.store.events_after(self.after, limit)
+        if got:
+            self.after = got[-1][0]
+        return [event for _, event in got]
+
+
 class Store(abc.ABC):
     """One backend. Methods take ``now`` (unix seconds): the caller's time, which decides
     leases and retries. A shared store also stamps each audit row with the later of ``now``
@@ -295,6 +312,10 @@ class Store(abc.ABC):
     def events_after(self, after: int, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
         """Audit rows with an id above ``after``, oldest first, as ``(id, event)``."""
         return []
+
+    def event_feed(self) -> EventFeed:
+        """A reader that follows the audit trail from its start (see ``EventFeed``)."""
+        return EventFeed(self)
 
     def iter_events(self) -> Iterator[dict[str, Any]]:
         """The whole audit trail as events, oldest first."""

@@ -9,7 +9,7 @@ one job inside a transaction they are handed:
   share (starting tasks, completing no-ops, readying children, skipping downstream);
 - ``sqlleases.py``: workers, heartbeats, reaping lost leases;
 - ``sqladmission.py``, ``sqlshapes.py``, ``sqlexplain.py``: admission, ``explain``;
-- ``sqladmin.py``: status, manual retries, pruning, the event feed.
+- ``sqladmin.py``: status, manual retries, pruning; ``sqlfeed.py``: the event feed.
 
 ``SqliteStore`` and ``PostgresStore`` only open their ``SqlIo`` and hand it here. Every public
 mutating method is one transaction; events are emitted after it commits, from its audit rows.
@@ -26,11 +26,19 @@ from conveyor.core.fingerprint import Decision
 from conveyor.errors import GraphError, StoreError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
 from conveyor.store import sqladmin, sqlfp
-from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph, Store, WorkerProfile
+from conveyor.store.base import (
+    Claim,
+    EventFeed,
+    GraphFingerprints,
+    OpenedGraph,
+    Store,
+    WorkerProfile,
+)
 from conveyor.store.codec import ResultCodec
 from conveyor.store.sqladmission import Admission
 from conveyor.store.sqlclaim import Claims
 from conveyor.store.sqlexplain import Explainer
+from conveyor.store.sqlfeed import SqlEventFeed
 from conveyor.store.sqlleases import LOST_BUDGET, Leases
 from conveyor.store.sqlqueries import load_migrations
 from conveyor.store.sqlshapes import Shapes
@@ -247,6 +255,9 @@ class SqlStore(Store):
 
     def events_after(self, after: int, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
         return list(self.db.events("audit_after", after=after, limit=limit))
+
+    def event_feed(self) -> EventFeed:
+        return SqlEventFeed(self.db)
 
     # -- administration ---------------------------------------------------------------------------
     def meta_get(self, key: str) -> str | None:

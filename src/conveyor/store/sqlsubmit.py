@@ -56,8 +56,11 @@ class Submissions:
                     f"{self.url} holds unfinished work of graph {name!r} ({left} tasks "
                     f"left), not {graph.name!r}: use --replace to discard it, or another --db"
                 )
+            last_event = tx.scalar("audit_last")
             for table in _TABLES:
                 tx.run("wipe_" + table)
+            if last_event is not None:  # the new graph's events follow on the old one's
+                tx.audit_from = int(last_event) + 1
             self.admission.forget()
             name = None
         existing: dict[str, Known] = {}
@@ -76,8 +79,7 @@ class Submissions:
         if new:
             roots += 1
             tx.run("meta_set", key="roots", value=str(roots))
-            first = int(tx.scalar("max_seq")) + 1
-            self.insert(tx, new, existing.get, 0, roots, now)
+            first = self.insert(tx, new, existing.get, 0, roots, now)
             tx.notify = True
             if fps is not None:
                 sqlfp.insert(tx, {t.id: first + i for i, t in enumerate(new)}, fps.parts)
@@ -87,10 +89,14 @@ class Submissions:
         return OpenedGraph(graph.name, len(new), name is not None, tx.scalar("unfinished"))
 
     def children(self, tx: Tx, parent: Claim, tasks: list[TaskSpec], now: float) -> list[str]:
-        """Tasks submitted by the running ``parent``: one level deeper, same root order."""
+        """Tasks submitted by the running ``parent``: one level deeper, same root order.
+        Holds the submissions' lock: children submitted at once by two workers must not
+        interleave (new shapes, ids taken in between)."""
+        tx.lock("graph")
         found = tx.rows("task_by_id", id=parent.id)
         row = found[0] if found else None
-        if row is None or row[1] != RUNNING or row[4] != parent.token:
+        # (seq, token) fences: seqs are never reused, so a claim of a replaced graph names none.
+        if row is None or row[0] != parent.handle or row[1] != RUNNING or row[4] != parent.token:
             raise StaleLeaseError(f"task {parent.id!r} no longer holds its lease")
 
         def lookup(tid: str) -> Known | None:
@@ -109,9 +115,10 @@ class Submissions:
         base_depth: int,
         root_seq: int,
         now: float,
-    ) -> None:
-        """Insert new tasks with their edges and audit rows. ``lookup(id)`` gives an existing
-        task's ``(seq, state, neg_depth)``. O(V + E) for the batch."""
+    ) -> int:
+        """Insert new tasks with their edges and audit rows; returns the first new seq.
+        ``lookup(id)`` gives an existing task's ``(seq, state, neg_depth)``. O(V + E) for the
+        batch."""
         known: dict[str, Known] = {}  # lookups of existing parents, each made once
 
         def external(tid: str) -> Known | None:
@@ -130,7 +137,7 @@ class Submissions:
         lay = layout(ids, [t.deps for t in tasks], external_depth=external_depth,
                      base_depth=base_depth)  # fmt: skip
         shapes = self.admission.shape_ids(tx, tasks)  # validates groups, labels, gangs first
-        first = int(tx.scalar("max_seq")) + 1
+        first = int(tx.scalar("draw_seqs", n=len(tasks))) - len(tasks) + 1
         waiting = [len(lp) for lp in lay.local_parents]
         edges: list[tuple[int, int]] = []
         dead: dict[str, list[int]] = {}  # a dead parent -> the new tasks under it
@@ -183,3 +190,4 @@ class Submissions:
         tx.insert("insert_task", rows)
         tx.insert("insert_spec", specs)
         tx.insert("insert_edge", [{"parent": p, "child": c} for p, c in edges])
+        return first

@@ -96,7 +96,7 @@ class Reads(Protocol):
 class Tx:
     """One write transaction: runs named queries; collects audit rows, written at the end."""
 
-    __slots__ = ("audit_rows", "conn", "io", "notify", "q")
+    __slots__ = ("audit_from", "audit_rows", "conn", "io", "notify", "q")
 
     def __init__(self, io: SqlIo, conn: Any) -> None:
         self.io = io
@@ -104,6 +104,9 @@ class Tx:
         self.q = io.queries
         self.audit_rows: list[dict[str, Any]] = []
         self.notify = False  # PostgreSQL: tell idle workers that work may be claimable
+        #: The id of the first audit row, when it must not be the database's choice (after a
+        #: replacement emptied the audit table: see ``insert_audit_at``).
+        self.audit_from: int | None = None
 
     def run(self, name: str, /, **params: Any) -> Any:
         return self.conn.execute(self.q[name], params)
@@ -176,12 +179,16 @@ class Db:
                 with self.io.begin() as conn:
                     tx = Tx(self.io, conn)
                     value = op(tx)
-                    if clock is not None and tx.audit_rows:
+                    rows = tx.audit_rows
+                    if clock is not None and rows:
                         stamp = clock.wall()
-                        for row in tx.audit_rows:
+                        for row in rows:
                             if row["ts"] < stamp:
                                 row["ts"] = stamp
-                    tx.insert("insert_audit", tx.audit_rows)
+                    if tx.audit_from is not None and rows:
+                        tx.run("insert_audit_at", id=tx.audit_from, **rows[0])
+                        rows = rows[1:]
+                    tx.insert("insert_audit", rows)
                     if tx.notify:
                         self.io.notify(conn)
                 self.commits += 1

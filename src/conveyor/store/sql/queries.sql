@@ -13,8 +13,11 @@ SELECT value FROM meta WHERE key = :key;
 INSERT INTO meta (key, value) VALUES (:key, :value)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
--- name: max_seq
-SELECT coalesce(max(seq), 0) FROM tasks;
+-- New task numbers: the counter (schema migration 4) moves on by :n and returns the last one
+-- drawn. Its row lock also orders submissions that run at once (PostgreSQL).
+-- name: draw_seqs
+UPDATE meta SET value = CAST(CAST(value AS BIGINT) + :n AS TEXT) WHERE key = 'last_seq'
+RETURNING CAST(value AS BIGINT);
 
 -- name: unfinished
 SELECT count(*) FROM tasks WHERE state IN ({UNFINISHED});
@@ -61,6 +64,21 @@ INSERT INTO edges (parent, child) VALUES (:parent, :child);
 -- name: insert_audit
 INSERT INTO audit (ts, event, task, from_state, to_state, worker, attempt, error, extra)
 VALUES (:ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :extra);
+
+-- Audit ids never start again: after `--replace` emptied the table, its first row takes the
+-- id after the old graph's last (SQLite would number an empty table from 1 again, and
+-- `events --follow` would wait above the new graph's rows). PostgreSQL's identity never
+-- restarts: its rows draw from it as always (and an explicit id would not move it on).
+-- name: insert_audit_at
+INSERT INTO audit (id, ts, event, task, from_state, to_state, worker, attempt, error, extra)
+VALUES (:id, :ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :extra);
+
+-- name: insert_audit_at@postgres
+INSERT INTO audit (ts, event, task, from_state, to_state, worker, attempt, error, extra)
+VALUES (:ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :extra);
+
+-- name: audit_last
+SELECT max(id) FROM audit;
 
 -- name: wipe_tasks
 DELETE FROM tasks;
@@ -371,6 +389,25 @@ FROM audit WHERE task = :task ORDER BY id;
 -- name: audit_after
 SELECT id, ts, event, task, from_state, to_state, worker, attempt, error, extra
 FROM audit WHERE id > :after ORDER BY id LIMIT :limit;
+
+-- The ids an event feed skipped, read again (sqlfeed.py): lo < id < hi for each (lo, hi) of
+-- :los and :his; one index range per gap. PostgreSQL only: SQLite's feeds skip nothing.
+-- name: audit_in_gaps@postgres
+SELECT a.id, a.ts, a.event, a.task, a.from_state, a.to_state, a.worker, a.attempt, a.error,
+       a.extra
+FROM unnest(CAST(:los AS BIGINT[]), CAST(:his AS BIGINT[])) AS g(lo, hi)
+JOIN audit a ON a.id > g.lo AND a.id < g.hi
+ORDER BY a.id;
+
+-- Which writers may still commit rows an event feed skipped: xmin (every transaction below it
+-- has ended) and xmax (every transaction that has begun is below it) of a fresh snapshot.
+-- SQLite has one writer at a time, so its rows commit in id order: nothing to wait for.
+-- name: snapshot_bounds
+SELECT NULL, NULL;
+
+-- name: snapshot_bounds@postgres
+SELECT CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT),
+       CAST(CAST(pg_snapshot_xmax(pg_current_snapshot()) AS TEXT) AS BIGINT);
 
 -- name: audit_recent
 SELECT ts, event FROM audit ORDER BY id DESC LIMIT :limit;

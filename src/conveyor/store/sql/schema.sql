@@ -142,3 +142,10 @@ ALTER TABLE tasks ADD COLUMN shape INTEGER NOT NULL DEFAULT 0;
 -- The head of one shape's queue: a seek on (shape, key); plain tasks (shape 0) are not in it.
 CREATE INDEX tasks_shape_ready ON tasks (shape, {KEY})
     WHERE state = {READY} AND shape > 0;
+
+-- migration: 4
+-- Task numbers are never reused (issue 16): a worker of a graph that `--replace` discarded may
+-- still hold a claim (seq, token), and no task of the new graph may answer to it. meta
+-- "last_seq" is the last seq handed out; every submission draws from it (draw_seqs), and a
+-- replacement, which empties the tasks, leaves it alone.
+INSERT INTO meta (key, value) SELECT 'last_seq', CAST(coalesce(max(seq), 0) AS TEXT) FROM tasks;
