@@ -13,18 +13,19 @@ from typing import Any
 
 from conveyor.store.urls import open_store
 
-CHAINS, DEPTH, WORKERS = 40, 25, 4
+CHAINS, DEPTH, WORKERS = 20, 20, 4
 
 
 def chains_graph(path: Path) -> dict[str, list[str]]:
-    """``CHAINS`` chains of ``DEPTH`` no-op tasks, each link joined to its neighbour chain's
+    """``CHAINS`` chains of ``DEPTH`` trivial tasks, each link joined to its neighbour chain's
     previous link too, so that workers keep handing each other's children on."""
+    (path.parent / "links.py").write_text("def link():\n    return None\n")
     tasks: list[dict[str, Any]] = []
     parents: dict[str, list[str]] = {}
     for d in range(DEPTH):
         for c in range(CHAINS):
             deps = [] if d == 0 else [f"c{c}-{d - 1}", f"c{(c + 1) % CHAINS}-{d - 1}"]
-            tasks.append({"id": f"c{c}-{d}", "deps": deps})
+            tasks.append({"id": f"c{c}-{d}", "fn": "links:link", "deps": deps})
             parents[f"c{c}-{d}"] = deps
     path.write_text(json.dumps({"name": "chains", "tasks": tasks}))
     return parents
@@ -34,9 +35,11 @@ def run_workers(db: str, cwd: Path) -> None:
     conveyor = [sys.executable, "-m", "conveyor.cli"]
     subprocess.run([*conveyor, "submit", "graph.json", "--db", db], cwd=cwd, check=True,
                    capture_output=True, timeout=120)  # fmt: skip
-    # one task per claim and completion, so that the workers really interleave
+    # one slot each and no claims ahead (batch=1), so that the workers really interleave
     procs = [
-        subprocess.Popen([*conveyor, "worker", "--db", db, "-q", "--workers", "1"], cwd=cwd)
+        subprocess.Popen(
+            [*conveyor, "worker", "--db", f"{db}?batch=1", "-q", "--workers", "1"], cwd=cwd
+        )  # fmt: skip
         for _ in range(WORKERS)
     ]
     assert [p.wait(timeout=300) for p in procs] == [0] * WORKERS
