@@ -63,6 +63,7 @@ class PostgresIo(SqlIo):
     dialect = "postgres"
     types = _TYPES
     claim_rounds = 1
+    release_last = True
 
     def __init__(self, conninfo: str, url: str) -> None:
         super().__init__(url)

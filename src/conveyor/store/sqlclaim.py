@@ -22,9 +22,9 @@ from conveyor.store.sqladmission import Admission
 from conveyor.store.sqlsteps import (
     NOOP_BATCH,
     Worker,
-    children_ready,
     due_retries,
     left_running,
+    release_children,
     skip_downstream,
     start,
 )
@@ -126,13 +126,13 @@ class Claims:
         out: list[Claim] = []
         real = 0
         noops = self.noop_batch if self.worker.profile.complete_noops else 0
-        for _round in range(self.rounds):
+        for round_ in range(self.rounds):
             if real >= limit:
                 break
             chosen = self._choose(tx, limit - real, noops)
             if not chosen:
                 break
-            got = start(tx, chosen, worker, now, lease_s, noops)
+            got = start(tx, chosen, worker, now, lease_s, noops, last=round_ == self.rounds - 1)
             out.extend(got)
             inlined = sum(1 for c in got if c.extra.get("committed"))
             noops -= inlined
@@ -226,7 +226,8 @@ class Claims:
         lease_s = self.worker.lease_s
 
         def op(tx: Tx) -> tuple[list[bool], list[Claim]]:
-            ok = self._complete_all_in(tx, [(c, kind, data) for _i, c, kind, data in encoded], now)
+            done = [(c, kind, data) for _i, c, kind, data in encoded]
+            ok = self._complete_all_in(tx, done, now, last=not (refill and name is not None))
             if refill and name is not None:
                 return ok, self._claim_in(tx, name, refill, now, lease_s)
             return ok, []
@@ -243,12 +244,17 @@ class Claims:
         return [bool(f) for f in flags]
 
     def _complete_all_in(
-        self, tx: Tx, done: list[tuple[Claim, str | None, bytes | None]], now: float
+        self,
+        tx: Tx,
+        done: list[tuple[Claim, str | None, bytes | None]],
+        now: float,
+        *,
+        last: bool = False,
     ) -> list[bool]:
         """``_complete_in`` for several claims with one statement for the tasks and one for
         all their children: O(sum of fan-outs), not a statement pair per task."""
         if len(done) == 1:
-            return [self._complete_in(tx, *done[0], now)]
+            return [self._complete_in(tx, *done[0], now, last=last)]
         if not done:
             return []
         seqs = [c.handle for c, _k, _d in done]
@@ -268,12 +274,18 @@ class Claims:
             left_running(tx, claim.extra.get("grp"))
             tx.audit(now, "task_finished", claim.id, RUNNING, DONE, worker, claim.attempt)
         if finished:
-            listed = tx.as_list(sorted(finished))
-            children_ready(tx, tx.rows("release_children_of", seqs=listed), now)
+            release_children(tx, now, last=last, seqs=tx.as_list(sorted(finished)))
         return flags
 
     def _complete_in(
-        self, tx: Tx, claim: Claim, kind: str | None, data: bytes | None, now: float
+        self,
+        tx: Tx,
+        claim: Claim,
+        kind: str | None,
+        data: bytes | None,
+        now: float,
+        *,
+        last: bool = False,
     ) -> bool:
         """Record a success inside ``tx``: the task, its result, its children. O(fan-out)."""
         if tx.count("complete_task", now=now, seq=claim.handle, token=claim.token) != 1:
@@ -282,7 +294,7 @@ class Claims:
             tx.run("store_result", seq=claim.handle, kind=kind, data=data)
         left_running(tx, claim.extra.get("grp"))
         tx.audit(now, "task_finished", claim.id, RUNNING, DONE, self.worker.name, claim.attempt)
-        children_ready(tx, tx.rows("release_children", seq=claim.handle), now)
+        release_children(tx, now, last=last, seq=claim.handle)
         return True
 
     def fail(self, claim: Claim, error: str, now: float, retry_at: float | None) -> bool:

@@ -10,6 +10,7 @@ Also ``Worker``: who claims through one store handle, and how (``Store.configure
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from conveyor.core.ordering import PriorityKey
 from conveyor.core.transitions import skip_closure, upstream_failed
@@ -58,12 +59,20 @@ def due_retries(tx: Tx, now: float) -> None:
 
 
 def start(
-    tx: Tx, seqs: list[int], worker: str, now: float, lease_s: float, noops: int
+    tx: Tx,
+    seqs: list[int],
+    worker: str,
+    now: float,
+    lease_s: float,
+    noops: int,
+    *,
+    last: bool = False,
 ) -> list[Claim]:
     """Claim the ready tasks ``seqs`` for ``worker`` in key order, each with a new lease
     generation; tasks no longer ready are left out. Up to ``noops`` no-op tasks among them are
     completed right here (a claim marked ``committed``): the engine would complete each the
-    moment it is claimed, and here that costs no commit of its own. O(len(seqs) · log n)."""
+    moment it is claimed, and here that costs no commit of its own. ``last``: no claim
+    follows in this transaction (see ``release_children``). O(len(seqs) · log n)."""
     got = tx.rows("claim_seqs", seqs=tx.as_list(seqs), worker=worker,
                   lease_until=now + lease_s, now=now)  # fmt: skip
     got.sort(key=lambda r: PriorityKey(r[4], r[5], r[0]))
@@ -90,8 +99,23 @@ def start(
     if done:
         listed = tx.as_list(done)
         tx.run("complete_seqs", seqs=listed, now=now)
-        children_ready(tx, tx.rows("release_children_of", seqs=listed), now)
+        release_children(tx, now, last=last, seqs=listed)
     return out
+
+
+def release_children(tx: Tx, now: float, *, last: bool, **params: Any) -> None:
+    """Children of the finished tasks ``seqs`` (or ``seq``) lose a waiting parent; those at
+    zero become ready. With ``last`` (no claim follows in this transaction) and a backend
+    that asks for it (``SqlIo.release_last``), this runs just before the commit."""
+    name = "release_children_of" if "seqs" in params else "release_children"
+
+    def step() -> None:
+        children_ready(tx, tx.rows(name, **params), now)
+
+    if last and tx.io.release_last:
+        tx.last.append(step)
+    else:
+        step()
 
 
 def children_ready(tx: Tx, rows: list[tuple[str, int, int]], now: float) -> None:

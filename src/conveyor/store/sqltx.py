@@ -51,6 +51,11 @@ class SqlIo(abc.ABC):
     def read(self, name: str, params: dict[str, Any]) -> list[Any]:
         """Rows of one named read-only query, outside any write transaction."""
 
+    #: Whether a completion's children are released last in its transaction (PostgreSQL: a
+    #: child's row lock is held to the commit, and a child with hundreds of parents is
+    #: contended by every worker; SQLite's one writer lock makes the order moot).
+    release_last: ClassVar[bool] = False
+
     @abc.abstractmethod
     def as_list(self, values: list[Any]) -> Any:
         """A list as a query parameter (SQLite: JSON text for json_each; PG: an array)."""
@@ -96,7 +101,7 @@ class Reads(Protocol):
 class Tx:
     """One write transaction: runs named queries; collects audit rows, written at the end."""
 
-    __slots__ = ("audit_from", "audit_rows", "conn", "io", "notify", "q")
+    __slots__ = ("audit_from", "audit_rows", "conn", "io", "last", "notify", "q")
 
     def __init__(self, io: SqlIo, conn: Any) -> None:
         self.io = io
@@ -107,6 +112,9 @@ class Tx:
         #: The id of the first audit row, when it must not be the database's choice (after a
         #: replacement emptied the audit table: see ``insert_audit_at``).
         self.audit_from: int | None = None
+        #: Steps run after the audit rows are written, just before the commit (``SqlIo``'s
+        #: ``release_last``): the row locks they take are held the shortest time.
+        self.last: list[Callable[[], None]] = []
 
     def run(self, name: str, /, **params: Any) -> Any:
         return self.conn.execute(self.q[name], params)
@@ -179,16 +187,16 @@ class Db:
                 with self.io.begin() as conn:
                     tx = Tx(self.io, conn)
                     value = op(tx)
-                    rows = tx.audit_rows
-                    if clock is not None and rows:
-                        stamp = clock.wall()
-                        for row in rows:
-                            if row["ts"] < stamp:
-                                row["ts"] = stamp
+                    rows = _stamped(tx.audit_rows, clock)
                     if tx.audit_from is not None and rows:
                         tx.run("insert_audit_at", id=tx.audit_from, **rows[0])
                         rows = rows[1:]
                     tx.insert("insert_audit", rows)
+                    if tx.last:
+                        written = len(tx.audit_rows)
+                        for step in tx.last:
+                            step()
+                        tx.insert("insert_audit", _stamped(tx.audit_rows[written:], clock))
                     if tx.notify:
                         self.io.notify(conn)
                 self.commits += 1
@@ -216,6 +224,16 @@ class Db:
         """Audit rows of a named query as ``(id, event)``."""
         for r in self.io.read(name, params):
             yield r[0], audit_event(r)
+
+
+def _stamped(rows: list[dict[str, Any]], clock: Clock | None) -> list[dict[str, Any]]:
+    """``rows`` stamped no earlier than ``clock`` now (see ``Db.atomic``)."""
+    if clock is not None and rows:
+        stamp = clock.wall()
+        for row in rows:
+            if row["ts"] < stamp:
+                row["ts"] = stamp
+    return rows
 
 
 def audit_event(row: Any) -> dict[str, Any]:
