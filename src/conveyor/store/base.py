@@ -249,8 +249,10 @@ class Store(abc.ABC):
         """Results of the claimed task's parents, by parent id."""
 
     @abc.abstractmethod
-    def result(self, task_id: str) -> TaskResult:
-        """The latest state and result of one task."""
+    def result(self, task_id: str, *, value: bool = True) -> TaskResult:
+        """The latest state and result of one task. ``value=False`` leaves the value out
+        (``None``) and decodes nothing: what read-only commands ask, since decoding may
+        unpickle and a store may come from someone else (``store/codec.py``)."""
 
     def history(self, task_id: str) -> list[dict[str, Any]]:
         """The audit trail of one task, oldest first."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -56,8 +57,15 @@ class SqliteIo(SqlIo):
             raise StoreError(f"{url}: directory {str(path.parent)!r} does not exist")
         if path.is_dir():
             raise StoreError(f"{url}: {str(path)!r} is a directory")
+        try:  # a new store is private (0600); SQLite gives its -wal and -shm the same mode
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"{url}: cannot create the database file: {exc.strerror}") from None
         try:
-            self._lockfile = open(str(path) + ".lock", "a+b")  # noqa: SIM115 - closed in close()
+            fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._lockfile = open(fd, "r+b")  # noqa: SIM115 - closed in close()
         except OSError as exc:
             raise StoreError(f"{url}: cannot create the lock file: {exc.strerror}") from None
         try:
