@@ -302,5 +302,10 @@ class Store(abc.ABC):
         """Delete all but the newest ``keep`` audit rows of each task; returns how many went."""
         return 0
 
+    def prune_results(self) -> tuple[int, int]:
+        """Remove result files that no task's result names any more (tasks run again, graphs
+        replaced, writers that crashed); returns ``(files, bytes)`` removed."""
+        return 0, 0
+
     def close(self) -> None:
         """Release connections and files."""

@@ -253,3 +253,9 @@ class SqlStore(Store):
 
     def prune(self, keep: int) -> int:
         return self._atomic(lambda tx: sqladmin.prune(tx, keep))
+
+    def prune_results(self) -> tuple[int, int]:
+        d = self.codec.results_dir
+        if d is None:
+            return 0, 0
+        return self._atomic(lambda tx: sqladmin.prune_results(tx, d))

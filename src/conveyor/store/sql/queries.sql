@@ -364,6 +364,13 @@ FROM audit WHERE id > :after ORDER BY id LIMIT :limit;
 SELECT ts, event FROM audit ORDER BY id DESC LIMIT :limit;
 
 -- Keep the newest :keep rows of each task's trail (and every worker row).
+-- Result files rows name, and the attempts that may still write one (``prune``: scans).
+-- name: result_files
+SELECT data FROM results WHERE kind LIKE 'file:%';
+
+-- name: running_tokens
+SELECT seq, token FROM tasks WHERE state = {RUNNING};
+
 -- name: prune_audit
 DELETE FROM audit WHERE id IN (
     SELECT id FROM (
