@@ -15,7 +15,8 @@ from typing import IO, Any
 EVENT_NAMES = frozenset(
     {
         "task_submitted", "task_ready", "task_started", "task_finished", "task_failed",
-        "task_retrying", "task_skipped", "task_cancelled", "task_invalidated", "lease_expired",
+        "task_retrying", "task_skipped", "task_cancelled", "task_invalidated", "task_removed",
+        "lease_expired",
         "worker_joined", "worker_lost", "admission_blocked", "group_capped", "gang_reserved",
         "gang_started", "endpoint_limit_changed", "run_started", "run_finished",
     }

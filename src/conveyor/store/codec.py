@@ -38,6 +38,8 @@ def _default(f: dataclasses.Field[Any]) -> Any:
 _DEFAULTS = {f.name: _default(f) for f in _FIELDS}
 _TUPLES = frozenset({"deps", "inputs", "outputs"})
 RESULT_MODES = ("auto", "json", "pickle")
+#: The spec key that marks a task submitted at run time, with the id of the task that did.
+SUBMITTED_BY = "submitted_by"
 #: Result files and their directory are private: a result may hold secrets.
 FILE_MODE, DIR_MODE = 0o600, 0o700
 
@@ -90,9 +92,10 @@ def _refs_in(v: Any) -> Any:
     return v
 
 
-def encode_spec(spec: TaskSpec) -> str:
-    """JSON of the fields that differ from their defaults."""
-    d: dict[str, Any] = {}
+def encode_spec(spec: TaskSpec, submitted_by: str | None = None) -> str:
+    """JSON of the fields that differ from their defaults; ``submitted_by`` marks a task
+    submitted at run time by that task (not one of the graph file's)."""
+    d: dict[str, Any] = {} if submitted_by is None else {SUBMITTED_BY: submitted_by}
     fn = fn_path(spec)
     if fn is not None:
         d["fn"] = fn
@@ -116,6 +119,7 @@ def encode_spec(spec: TaskSpec) -> str:
 
 def decode_spec(task_id: str, text: str) -> TaskSpec:
     d = json.loads(text)
+    d.pop(SUBMITTED_BY, None)
     if "args_pickle" in d:
         args, kwargs = pickle.loads(base64.b64decode(d.pop("args_pickle")))
     else:

@@ -393,6 +393,13 @@ SELECT seq, state, waiting FROM tasks WHERE id = :id;
 -- name: done_since
 SELECT count(*), min(updated) FROM tasks WHERE state = {DONE} AND updated >= :since;
 
+-- A task its graph no longer has (sqlremove.py); a running one is fenced.
+-- name: remove_task
+UPDATE tasks
+SET state = {REMOVED}, token = token + :fence, worker = NULL, lease_until = NULL,
+    not_before = NULL, updated = :now
+WHERE seq = :seq;
+
 -- name: reset_task
 UPDATE tasks
 SET state = :state, lost = 0, error = NULL, not_before = NULL, worker = NULL,
