@@ -53,6 +53,8 @@ class SqliteIo(SqlIo):
         self.timeout = timeout
         #: Seconds a write waits for the lock: ``timeout``, or a worker's lease when longer.
         self.patience = timeout
+        #: A worker also waits for as long as the holder runs on this host (a large submit).
+        self.is_worker = False
         self._lock = threading.RLock()
         self._killed: list[tuple[str, Holder]] = []  # taken over, to record in the next write
         self.conn: sqlite3.Connection | None = None
@@ -116,7 +118,8 @@ class SqliteIo(SqlIo):
     def begin(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
         with self._lock:
-            self._killed += self._wlock.acquire(self.patience, self._lease_of)
+            self._killed += self._wlock.acquire(self.patience, self._lease_of,
+                                                while_running=self.is_worker)  # fmt: skip
             try:
                 with self._errors():
                     conn.execute("BEGIN IMMEDIATE")
@@ -232,7 +235,9 @@ class SqliteStore(SqlStore):
                          max_batch=batch, lease_s=lease)  # fmt: skip
 
     def register_worker(self, worker: str, now: float, info: Mapping[str, Any]) -> None:
-        # A worker waits for the write lock up to its lease: a stopped holder is taken over
-        # by then, and giving up sooner would end the worker, not the holder.
+        # A worker waits for the write lock up to its lease (a stopped holder is taken over
+        # by then; giving up sooner would end the worker, not the holder), and for as long as
+        # the holder runs on this host.
         self.io.patience = max(self.io.timeout, self.worker.lease_s)
+        self.io.is_worker = True
         super().register_worker(worker, now, info)

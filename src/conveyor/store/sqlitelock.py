@@ -15,7 +15,7 @@ long as it stays stopped, and waiting differently cannot help: the holder must g
   its open transaction rolls back. A holder that is not a worker (no lease), is running, or is on
   another host is never killed;
 - a waiter that has waited ``patience`` seconds raises ``StoreLockedError`` naming the holder
-  and what it is doing.
+  and what it is doing (a worker goes on waiting while the holder runs on this host).
 
 The lock file lives only while the store is open: ``close`` removes it when no one holds it,
 and a waiter that finds the file it locked removed (or replaced) opens the new one.
@@ -124,10 +124,13 @@ class WriteLock:
         except (OSError, ValueError, UnicodeDecodeError):
             return None
 
-    def acquire(self, patience: float, lease_of: LeaseOf) -> list[tuple[str, Holder]]:
-        """Take the lock, waiting at most ``patience`` seconds; returns the stopped workers
-        killed on the way (name, record) for the caller to record. Reads the clocks: the wait
-        is real time."""
+    def acquire(
+        self, patience: float, lease_of: LeaseOf, *, while_running: bool = False
+    ) -> list[tuple[str, Holder]]:
+        """Take the lock, waiting at most ``patience`` seconds (``while_running``: and for as
+        long as the holder is a running process on this host, which is making progress, e.g. a
+        large submit); returns the stopped workers killed on the way (name, record) for the
+        caller to record. Reads the clocks: the wait is real time."""
         if self._try():
             return []
         killed: list[tuple[str, Holder]] = []
@@ -147,6 +150,9 @@ class WriteLock:
                     killed.append(victim)
                     continue
             if now - start >= patience:
+                if while_running and self._holder_running():
+                    start = now
+                    continue
                 raise StoreLockedError(self._locked_message(now - start, lease_of))
 
     def _stopped_past_lease(self, lease_of: LeaseOf) -> tuple[str, Holder] | None:
@@ -167,6 +173,10 @@ class WriteLock:
         except OSError:
             return None
         return lease[0], h
+
+    def _holder_running(self) -> bool:
+        h = self.holder()
+        return h is not None and h.host == HOST and process_state(h.pid) not in (None, "T", "t")
 
     def _locked_message(self, waited: float, lease_of: LeaseOf) -> str:
         h = self.holder()
