@@ -8,8 +8,9 @@ pickles. Results larger than ``inline_max`` bytes go to a file in ``results_dir`
 keeps the file name.
 
 A store may come from someone else, so reading one must not run code or reach other files:
-only ``decode`` unpickles, and only the process that runs the graph's own functions calls it
-(read-only commands never ask for values); a file name in a row is one plain name inside
+only ``ResultCodec.decode`` and ``decode_spec`` unpickle, and only a process that runs the
+graph's own functions calls them (a worker claiming a task, a run asking for its results;
+read-only commands never ask for values or specs); a file name in a row is one plain name inside
 ``results_dir`` (``result_path``). Result files are created ``0600`` in a ``0700`` directory.
 """
 

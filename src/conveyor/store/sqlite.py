@@ -29,6 +29,7 @@ from conveyor.store.sqlitelock import Holder, WriteLock
 from conveyor.store.sqlstore import LOST_BUDGET, MAX_BATCH, SqlStore
 from conveyor.store.sqltx import SqlIo, Tx
 from conveyor.store.urls import codec_from, sqlite_target
+from conveyor.workerid import default_worker_id
 
 _MMAP_BYTES = 1 << 30
 _IDLE_POLL_S = 0.001  # how often an idle worker looks for a commit by another process
@@ -146,7 +147,7 @@ class SqliteIo(SqlIo):
             now = time.time()
             if tx.count("worker_lost", name=name) == 1:
                 tx.audit(now, "worker_lost", None, None, None, name, reason="stopped",
-                         held_s=round(now - h.since, 3), by=f"{h.host}:{os.getpid()}")  # fmt: skip
+                         held_s=round(now - h.since, 3), by=default_worker_id())  # fmt: skip
 
     def read(self, name: str, params: dict[str, Any]) -> list[Any]:
         conn = self._conn()
