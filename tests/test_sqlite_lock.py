@@ -123,8 +123,10 @@ def test_sqlite_worker_stopped_holding_the_lock_is_taken_over_and_others_finish(
         assert store.counts()["done"] == N
     finally:
         store.close()
+    # Recorded once: by the worker that killed it ("stopped"), or, when another worker's reaper
+    # got the lock first after the kill, as a worker whose process is gone ("exited").
     lost = [ev for ev in lost_events(url) if ev["worker"] == f"{HOST}:{victim.pid}"]
-    assert [ev.get("reason") for ev in lost] == ["stopped"]
+    assert [ev.get("reason") in ("stopped", "exited") for ev in lost] == [True]
     assert not (tmp_path / "run.db.lock").exists()  # its last user closed the store
 
 
