@@ -15,7 +15,8 @@ from typing import IO, Any
 EVENT_NAMES = frozenset(
     {
         "task_submitted", "task_ready", "task_started", "task_finished", "task_failed",
-        "task_retrying", "task_skipped", "task_cancelled", "task_invalidated", "lease_expired",
+        "task_retrying", "task_skipped", "task_cancelled", "task_invalidated", "task_removed",
+        "lease_expired",
         "worker_joined", "worker_lost", "admission_blocked", "group_capped", "gang_reserved",
         "gang_started", "endpoint_limit_changed", "run_started", "run_finished",
     }
@@ -27,10 +28,12 @@ EventSink = Callable[[Event], None]
 
 class JsonlSink:
     """Appends one JSON object per line. Thread-safe; flushes each line so a crash loses none
-    already written (the store, not this file, is the source of truth for durable runs)."""
+    already written (the store, not this file, is the source of truth for durable runs).
+    A new file is readable by its owner only (``0600``): events carry errors and ids."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._file: IO[str] = open(fd, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:

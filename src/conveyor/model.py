@@ -34,6 +34,7 @@ class TaskState(enum.IntEnum):
     RETRY_WAIT = 6  # failed, waiting for its backoff to pass
     CANCELLED = 7
     INVALIDATED = 8  # was done, its fingerprint changed; waits to run again
+    REMOVED = 9  # its graph was submitted again without it; never runs (until it is back)
 
     @property
     def label(self) -> str:
@@ -44,7 +45,9 @@ class TaskState(enum.IntEnum):
         return self in _FINISHED
 
 
-_FINISHED = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED})
+_FINISHED = frozenset(
+    {TaskState.DONE, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED, TaskState.REMOVED}
+)
 
 #: The keys a task may have in a graph file (README.md, "Command line"), plus the WfCommons ones.
 TASK_KEYS = frozenset(

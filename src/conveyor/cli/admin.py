@@ -29,7 +29,10 @@ def prune(
     db: opt.DbRequired,
     keep: Annotated[int, typer.Option("--keep", help="Audit rows kept per task.")] = 10,
 ) -> None:
-    """Trim old audit rows: keep the newest --keep per task (task states are never lost)."""
+    """Trim old audit rows: keep the newest --keep per task (task states are never lost), and
+    remove result files no task names any more (tasks run again, graphs replaced)."""
     with user_errors(), durable_store(db) as store:
         n = store.prune(keep)
-    typer.echo(f"conveyor: pruned {n} audit rows", err=True)
+        files, size = store.prune_results()
+    typer.echo(f"conveyor: pruned {n} audit rows and {files} result files "
+               f"({size / 1e6:.1f} MB)", err=True)  # fmt: skip

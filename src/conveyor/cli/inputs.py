@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 
 
 def import_from(*dirs: str | Path | None) -> None:
-    """Let ``fn: "mod:func"`` names import from ``dirs`` (the graph file's folder, the cwd)."""
+    """Let ``fn: "mod:func"`` names import from ``dirs`` (the graph file's folder, the cwd).
+    Appended, not put first: a ``yaml.py`` or ``sqlite3.py`` beside a graph file must not
+    shadow the modules conveyor and the standard library import."""
     for d in dirs:
         if d and str(d) not in sys.path:
-            sys.path.insert(0, str(d))
+            sys.path.append(str(d))
 
 
 def graph_file(path: Path) -> Path:

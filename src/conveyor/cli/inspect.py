@@ -81,7 +81,7 @@ def history(task: opt.TaskId, db: opt.DbRequired, as_json: opt.AsJson = False) -
     import json
 
     with user_errors(), durable_store(db) as store:
-        res = store.result(task)  # raises for an unknown task
+        res = store.result(task, value=False)  # raises for an unknown task; never unpickles
         rows = store.history(task)
     if as_json:
         typer.echo(json.dumps({"task": task, "state": res.state.label, "history": rows}))

@@ -60,6 +60,8 @@ def plan(file: opt.GraphFile, db: opt.DbRequired, as_json: opt.AsJson = False) -
             held = store.graph_name()
             decisions = plan_graph(store, spec)
     run = [d for d in decisions if d.action == "run"]
+    reused = sum(d.action == "reuse" for d in decisions)
+    removed = len(decisions) - len(run) - reused
     reasons: dict[str, int] = {}
     for d in run:
         reasons[d.reason] = reasons.get(d.reason, 0) + 1
@@ -68,19 +70,20 @@ def plan(file: opt.GraphFile, db: opt.DbRequired, as_json: opt.AsJson = False) -
             "graph": spec.name, "store_graph": held,
             "tasks": [{"task": d.task, "action": d.action, "reason": d.reason, **d.detail}
                       for d in decisions],
-            "summary": {"run": len(run), "reuse": len(decisions) - len(run), "reasons": reasons},
+            "summary": {"run": len(run), "reuse": reused, "remove": removed, "reasons": reasons},
         }, indent=2))  # fmt: skip
         return
     if held != spec.name:
         note = "holds no graph" if held is None else f"holds graph {held!r}, not"
         typer.echo(f"{db} {note} {spec.name!r}: every task is new")
     width = max((len(d.task) for d in decisions), default=0)
+    aw = 6 if removed else 5
     for d in decisions:
-        typer.echo(f"  {d.action:<5}  {d.task:<{width}}  {reason_text(d)}".rstrip())
+        typer.echo(f"  {d.action:<{aw}}  {d.task:<{width}}  {reason_text(d)}".rstrip())
     parts = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
     typer.echo(
-        f"plan: {len(run)} to run" + (f" ({parts})" if parts else "")
-        + f", {len(decisions) - len(run)} reused"
+        f"plan: {len(run)} to run" + (f" ({parts})" if parts else "") + f", {reused} reused"
+        + (f", {removed} removed (no longer in the graph)" if removed else "")
     )  # fmt: skip
 
 

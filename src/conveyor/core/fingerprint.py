@@ -154,7 +154,7 @@ class Stored:
 @dataclass(frozen=True, slots=True)
 class Decision:
     task: str
-    action: str  # "run" or "reuse"
+    action: str  # "run" or "reuse" ("remove": a stored task the graph no longer has)
     reason: str  # new, code_changed, args_changed, input_file_changed, upstream_changed,
     # failed_before, never_cached, output_missing, not_finished, unchanged
     detail: dict[str, Any] = field(default_factory=dict)

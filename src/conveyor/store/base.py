@@ -288,8 +288,10 @@ class Store(abc.ABC):
         """Results of the claimed task's parents, by parent id."""
 
     @abc.abstractmethod
-    def result(self, task_id: str) -> TaskResult:
-        """The latest state and result of one task."""
+    def result(self, task_id: str, *, value: bool = True) -> TaskResult:
+        """The latest state and result of one task. ``value=False`` leaves the value out
+        (``None``) and decodes nothing: what read-only commands ask, since decoding may
+        unpickle and a store may come from someone else (``store/codec.py``)."""
 
     def history(self, task_id: str) -> list[dict[str, Any]]:
         """The audit trail of one task, oldest first."""
@@ -342,6 +344,11 @@ class Store(abc.ABC):
     def prune(self, keep: int) -> int:
         """Delete all but the newest ``keep`` audit rows of each task; returns how many went."""
         return 0
+
+    def prune_results(self) -> tuple[int, int]:
+        """Remove result files that no task's result names any more (tasks run again, graphs
+        replaced, writers that crashed); returns ``(files, bytes)`` removed."""
+        return 0, 0
 
     def close(self) -> None:
         """Release connections and files."""

@@ -6,6 +6,12 @@ Results are JSON when the value is plain JSON (so nothing is silently turned fro
 a list), else pickle; ``results="json"`` refuses anything else, ``results="pickle"`` always
 pickles. Results larger than ``inline_max`` bytes go to a file in ``results_dir`` and the row
 keeps the file name.
+
+A store may come from someone else, so reading one must not run code or reach other files:
+only ``ResultCodec.decode`` and ``decode_spec`` unpickle, and only a process that runs the
+graph's own functions calls them (a worker claiming a task, a run asking for its results;
+read-only commands never ask for values or specs); a file name in a row is one plain name inside
+``results_dir`` (``result_path``). Result files are created ``0600`` in a ``0700`` directory.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from conveyor.errors import ConveyorError, ResultError
+from conveyor.errors import ConveyorError, ResultError, StoreCorruptError
 from conveyor.imports import import_path
 from conveyor.model import TaskRef, TaskSpec
 
@@ -33,6 +39,10 @@ def _default(f: dataclasses.Field[Any]) -> Any:
 _DEFAULTS = {f.name: _default(f) for f in _FIELDS}
 _TUPLES = frozenset({"deps", "inputs", "outputs"})
 RESULT_MODES = ("auto", "json", "pickle")
+#: The spec key that marks a task submitted at run time, with the id of the task that did.
+SUBMITTED_BY = "submitted_by"
+#: Result files and their directory are private: a result may hold secrets.
+FILE_MODE, DIR_MODE = 0o600, 0o700
 
 
 # -- specs -----------------------------------------------------------------------------------
@@ -83,9 +93,10 @@ def _refs_in(v: Any) -> Any:
     return v
 
 
-def encode_spec(spec: TaskSpec) -> str:
-    """JSON of the fields that differ from their defaults."""
-    d: dict[str, Any] = {}
+def encode_spec(spec: TaskSpec, submitted_by: str | None = None) -> str:
+    """JSON of the fields that differ from their defaults; ``submitted_by`` marks a task
+    submitted at run time by that task (not one of the graph file's)."""
+    d: dict[str, Any] = {} if submitted_by is None else {SUBMITTED_BY: submitted_by}
     fn = fn_path(spec)
     if fn is not None:
         d["fn"] = fn
@@ -109,6 +120,7 @@ def encode_spec(spec: TaskSpec) -> str:
 
 def decode_spec(task_id: str, text: str) -> TaskSpec:
     d = json.loads(text)
+    d.pop(SUBMITTED_BY, None)
     if "args_pickle" in d:
         args, kwargs = pickle.loads(base64.b64decode(d.pop("args_pickle")))
     else:
@@ -147,23 +159,38 @@ class ResultCodec:
             kind = "pickle"
         if self.results_dir is not None and len(data) > self.inline_max:
             d = Path(self.results_dir)
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             fname = f"{name}.{kind}"
             tmp = d / (fname + f".tmp{os.getpid()}")
-            tmp.write_bytes(data)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+            with open(fd, "wb") as f:
+                f.write(data)
             os.replace(tmp, d / fname)  # atomic: a reader never sees half a file
             return "file:" + kind, fname.encode()
         return kind, data
+
+    def result_path(self, data: bytes) -> Path:
+        """The file a ``file:`` row names: one plain name inside ``results_dir``, never a path
+        that leads elsewhere (``/etc/passwd``, ``../x``, a symlink out)."""
+        if self.results_dir is None:
+            raise ConveyorError("the result is stored in a file but no results_dir is set")
+        name = data.decode("utf-8", "replace")
+        root = Path(self.results_dir).resolve()
+        path = (root / name).resolve()
+        if name in ("", ".", "..") or "/" in name or "\\" in name or path.parent != root:
+            raise StoreCorruptError(
+                f"a result row names the file {name!r}, outside the store's results directory "
+                f"{str(root)!r}: refused"
+            )
+        return path
 
     def decode(self, kind: str | None, data: bytes | memoryview | None) -> Any:
         if kind is None or data is None:
             return None
         raw = bytes(data)
         if kind.startswith("file:"):
-            if self.results_dir is None:
-                raise ConveyorError("the result is stored in a file but no results_dir is set")
             kind = kind[5:]
-            raw = (Path(self.results_dir) / raw.decode()).read_bytes()
+            raw = self.result_path(raw).read_bytes()
         if kind == "json":
             return json.loads(raw)
         return pickle.loads(raw)
@@ -172,6 +199,6 @@ class ResultCodec:
         """Remove the file of a result whose completion the store refused."""
         if kind and kind.startswith("file:") and data and self.results_dir:
             try:
-                (Path(self.results_dir) / data.decode()).unlink()
-            except OSError:
+                self.result_path(data).unlink()
+            except (OSError, StoreCorruptError):
                 pass

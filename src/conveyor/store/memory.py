@@ -331,13 +331,12 @@ class MemoryStore(Store):
             raise GraphError(f"task {task_id!r} has no result yet")
         return v
 
-    def result(self, task_id: str) -> TaskResult:
+    def result(self, task_id: str, *, value: bool = True) -> TaskResult:
         i = self.frontier.get(task_id)
         state = TaskState(self.frontier.state[i])
         v = self.values[i]
-        return TaskResult(
-            task_id, state, None if v is _NO_VALUE else v, self.errors.get(i), self.attempts[i]
-        )
+        return TaskResult(task_id, state, None if v is _NO_VALUE or not value else v,
+                          self.errors.get(i), self.attempts[i])  # fmt: skip
 
     def history(self, task_id: str) -> list[dict[str, Any]]:
         if self._audit is None:

@@ -4,7 +4,10 @@ transaction. None of these run on the claim/complete path; some scan tables (sai
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from conveyor.core.transitions import DEAD, RETRYABLE, UNFINISHED
@@ -14,6 +17,8 @@ from conveyor.store.sqltx import Reads, Tx
 
 READY, PENDING, SKIPPED = TaskState.READY, TaskState.PENDING, TaskState.SKIPPED
 _ENDPOINTS = "endpoints:"  # meta keys of the workers' endpoint reports
+#: The names ``ResultCodec.encode`` gives result files: ``<seq>-<token>.<kind>[.tmp<pid>]``.
+_RESULT_FILE = re.compile(r"(\d+)-(\d+)\.(?:json|pickle)(?:\.tmp\d+)?")
 
 
 def status(reads: Reads, now: float) -> dict[str, Any]:
@@ -75,6 +80,33 @@ def prune(tx: Tx, keep: int) -> int:
     if keep < 1:
         raise UsageError("--keep must be at least 1")
     return tx.count("prune_audit", keep=keep)
+
+
+def prune_results(tx: Tx, results_dir: str) -> tuple[int, int]:
+    """Remove the files in ``results_dir`` that no result row names and that no running
+    attempt may still name (a completion writes its file before it takes the write lock, and
+    this runs holding it): results of tasks run again or of a replaced graph, and the
+    leftovers of writers that crashed. Only files named as ``ResultCodec`` names them are
+    touched. Returns ``(files, bytes)``. Scans the results directory and the file rows."""
+    try:
+        names = os.listdir(results_dir)
+    except FileNotFoundError:
+        return 0, 0
+    named = {bytes(r[0]).decode("utf-8", "replace") for r in tx.rows("result_files")}
+    running = {(int(seq), int(token)) for seq, token in tx.rows("running_tokens")}
+    files = size = 0
+    for name in names:
+        m = _RESULT_FILE.fullmatch(name)
+        if m is None or name in named or (int(m[1]), int(m[2])) in running:
+            continue
+        path = Path(results_dir) / name
+        try:
+            n = path.stat().st_size
+            path.unlink()
+        except OSError:
+            continue
+        files, size = files + 1, size + n
+    return files, size
 
 
 def retry(tx: Tx, ids: list[str] | None, now: float) -> list[str]:

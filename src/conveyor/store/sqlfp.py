@@ -33,11 +33,13 @@ from conveyor.core.transitions import DEAD
 from conveyor.model import GraphSpec, TaskState
 from conveyor.store.base import GraphFingerprints
 from conveyor.store.codec import encode_spec
+from conveyor.store.sqlremove import removals
 from conveyor.store.sqlsteps import left_running_seq
 from conveyor.store.sqltx import Reads, Tx
 
 PENDING, READY, RUNNING = TaskState.PENDING, TaskState.READY, TaskState.RUNNING
 DONE, INVALIDATED, RETRY_WAIT = TaskState.DONE, TaskState.INVALIDATED, TaskState.RETRY_WAIT
+REMOVED = TaskState.REMOVED
 #: What ``resume`` reads of a task before and after: (id, seq, state, neg_depth, fingerprint).
 Info = tuple[str, int, int, int, str | None]
 
@@ -110,11 +112,13 @@ def _decide(
 
 
 def plan(reads: Reads, graph: GraphSpec, fps: GraphFingerprints) -> list[Decision]:
-    """What ``open_graph`` would run again and why, per task in graph order. Changes
-    nothing."""
+    """What ``open_graph`` would run again and why, per task in graph order, then the tasks
+    it would mark removed (action ``remove``, reason ``not_in_graph``). Changes nothing."""
     if reads.scalar("meta_get", key="graph") != graph.name:
         return decide_all(graph.tasks, fps.parts, {}, fps.missing)
-    return _decide(reads, reads.rows("fp_all"), graph, fps)[0]
+    removed = [Decision(tid, "remove", "not_in_graph", {"state": TaskState(state).label})
+               for _seq, tid, state in removals(reads, graph)]  # fmt: skip
+    return _decide(reads, reads.rows("fp_all"), graph, fps)[0] + removed
 
 
 # -- applying a plan at submit ------------------------------------------------------------------
@@ -174,7 +178,7 @@ def resume(
             if fp is not None and fp != new.fingerprint and old_parts is not None:
                 rerun[t.id] = (state, decide(t.id, new, Stored("done", old_parts),
                                              cache=t.cache))  # fmt: skip
-        elif state in DEAD:
+        elif state in DEAD or state == REMOVED:  # a removed task back in the graph runs
             rerun[t.id] = (state, d)
         done_after[t.id] = False
         if fp != new.fingerprint:

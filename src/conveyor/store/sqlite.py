@@ -1,11 +1,11 @@
 """The embedded store: one SQLite file shared by any number of worker processes on a machine.
 
 WAL mode with ``synchronous=NORMAL`` (a commit survives a process crash; a power cut may lose
-the last ones), every write in ``BEGIN IMMEDIATE``. Writers queue on an ``flock`` of a lock
-file beside the database before they begin: the kernel wakes the next writer the moment the
-lock is free, where SQLite's own busy handler would sleep 1-100 ms between tries (under four
-busy workers that sleep, not the work, would set the pace). The busy timeout still applies to
-other programs holding the database.
+the last ones), every write in ``BEGIN IMMEDIATE``. Writers take turns on the store's write lock
+(``sqlitelock.py``: a lock file beside the database) before they begin: a wait is bounded by
+``timeout`` (a worker's by its lease when that is longer), and a worker stopped while holding it
+is taken over once its lease has passed. The busy timeout still applies to other programs
+holding the database.
 
 URL: ``sqlite:///relative/run.db`` or ``sqlite:////absolute/run.db``, with options
 ``?timeout=5&results=auto|json|pickle&inline_max=BYTES&results_dir=DIR&batch=N``.
@@ -14,20 +14,22 @@ Large results go to ``<db>.results/`` unless ``results_dir`` says otherwise.
 
 from __future__ import annotations
 
-import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from conveyor.errors import StoreCorruptError, StoreError, StoreLockedError
+from conveyor.store.sqlitelock import Holder, WriteLock
 from conveyor.store.sqlstore import LOST_BUDGET, MAX_BATCH, SqlStore
-from conveyor.store.sqltx import SqlIo
+from conveyor.store.sqltx import SqlIo, Tx
 from conveyor.store.urls import codec_from, sqlite_target
+from conveyor.workerid import default_worker_id
 
 _MMAP_BYTES = 1 << 30
 _IDLE_POLL_S = 0.001  # how often an idle worker looks for a commit by another process
@@ -50,16 +52,24 @@ class SqliteIo(SqlIo):
         super().__init__(url)
         self.path = path
         self.timeout = timeout
+        #: Seconds a write waits for the lock: ``timeout``, or a worker's lease when longer.
+        self.patience = timeout
+        #: A worker also waits for as long as the holder runs on this host (a large submit).
+        self.is_worker = False
         self._lock = threading.RLock()
+        self._killed: list[tuple[str, Holder]] = []  # taken over, to record in the next write
         self.conn: sqlite3.Connection | None = None
         if not path.parent.is_dir():
             raise StoreError(f"{url}: directory {str(path.parent)!r} does not exist")
         if path.is_dir():
             raise StoreError(f"{url}: {str(path)!r} is a directory")
-        try:
-            self._lockfile = open(str(path) + ".lock", "a+b")  # noqa: SIM115 - closed in close()
+        try:  # a new store is private (0600); SQLite gives its -wal and -shm the same mode
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            pass
         except OSError as exc:
-            raise StoreError(f"{url}: cannot create the lock file: {exc.strerror}") from None
+            raise StoreError(f"{url}: cannot create the database file: {exc.strerror}") from None
+        self._wlock = WriteLock(str(path) + ".lock", url)
         try:
             with self._errors():
                 conn = sqlite3.connect(
@@ -109,7 +119,8 @@ class SqliteIo(SqlIo):
     def begin(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
         with self._lock:
-            fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_EX)
+            self._killed += self._wlock.acquire(self.patience, self._lease_of,
+                                                while_running=self.is_worker)  # fmt: skip
             try:
                 with self._errors():
                     conn.execute("BEGIN IMMEDIATE")
@@ -121,7 +132,22 @@ class SqliteIo(SqlIo):
                         raise
                     conn.execute("COMMIT")
             finally:
-                fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_UN)
+                self._wlock.release()
+
+    def _lease_of(self, holder: Holder) -> tuple[str, float] | None:
+        """The worker name and lease of the lock's holder, if it is a worker of this store
+        (a read: WAL readers do not wait for the writer)."""
+        rows = self.read("worker_by_pid", {"host": holder.host, "pid": holder.pid})
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    def on_begin(self, tx: Tx) -> None:
+        """Record each stopped worker this process killed to get the lock (``worker_lost``)."""
+        while self._killed:
+            name, h = self._killed.pop()
+            now = time.time()
+            if tx.count("worker_lost", name=name) == 1:
+                tx.audit(now, "worker_lost", None, None, None, name, reason="stopped",
+                         held_s=round(now - h.since, 3), by=default_worker_id())  # fmt: skip
 
     def read(self, name: str, params: dict[str, Any]) -> list[Any]:
         conn = self._conn()
@@ -177,9 +203,9 @@ class SqliteIo(SqlIo):
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-        lf = getattr(self, "_lockfile", None)
-        if lf is not None and not lf.closed:
-            lf.close()
+        wlock = getattr(self, "_wlock", None)
+        if wlock is not None:
+            wlock.close()
 
 
 class SqliteStore(SqlStore):
@@ -208,3 +234,11 @@ class SqliteStore(SqlStore):
         codec = codec_from(codec_options, str(path) + ".results")
         super().__init__(SqliteIo(path, url, timeout), codec=codec, lost_budget=lost_budget,
                          max_batch=batch, lease_s=lease)  # fmt: skip
+
+    def register_worker(self, worker: str, now: float, info: Mapping[str, Any]) -> None:
+        # A worker waits for the write lock up to its lease (a stopped holder is taken over
+        # by then; giving up sooner would end the worker, not the holder), and for as long as
+        # the holder runs on this host.
+        self.io.patience = max(self.io.timeout, self.worker.lease_s)
+        self.io.is_worker = True
+        super().register_worker(worker, now, info)

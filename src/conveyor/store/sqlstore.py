@@ -238,13 +238,13 @@ class SqlStore(Store):
         rows = self.db.rows("results_of", ids=self.db.as_list(list(claim.parents)))
         return {tid: decode(kind, data) for tid, kind, data in rows}
 
-    def result(self, task_id: str) -> TaskResult:
+    def result(self, task_id: str, *, value: bool = True) -> TaskResult:
         rows = self.db.rows("result_of", id=task_id)
         if not rows:
             raise GraphError(f"unknown task {task_id!r}")
         state, kind, data, error, attempt = rows[0]
-        value = self.codec.decode(kind, data) if state == TaskState.DONE else None
-        return TaskResult(task_id, TaskState(state), value, error, attempt)
+        v = self.codec.decode(kind, data) if value and state == TaskState.DONE else None
+        return TaskResult(task_id, TaskState(state), v, error, attempt)
 
     def history(self, task_id: str) -> list[dict[str, Any]]:
         return [event for _id, event in self.db.events("history", task=task_id)]
@@ -272,3 +272,9 @@ class SqlStore(Store):
 
     def prune(self, keep: int) -> int:
         return self._atomic(lambda tx: sqladmin.prune(tx, keep))
+
+    def prune_results(self) -> tuple[int, int]:
+        d = self.codec.results_dir
+        if d is None:
+            return 0, 0
+        return self._atomic(lambda tx: sqladmin.prune_results(tx, d))

@@ -15,7 +15,7 @@ from conveyor.core.ordering import PriorityKey, depth_from
 from conveyor.core.transitions import DEAD, skip_closure, upstream_failed
 from conveyor.errors import GraphMismatchError, StaleLeaseError
 from conveyor.model import GraphSpec, TaskSpec, TaskState
-from conveyor.store import sqlfp
+from conveyor.store import sqlfp, sqlremove
 from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph
 from conveyor.store.codec import encode_spec
 from conveyor.store.sqladmission import Admission
@@ -70,9 +70,11 @@ class Submissions:
             tx.run("meta_set", key="graph", value=graph.name)
         else:
             roots = int(tx.scalar("meta_get", key="roots") or 0)
+            sqlremove.remove_missing(tx, graph, now, self.admission.on)
             if fps is not None:
                 existing, edge_changes = sqlfp.resume(tx, graph, fps, now, self.admission.on)
             else:
+                sqlremove.restore(tx, graph, now)
                 existing = {r[0]: (r[1], r[2], r[3]) for r in tx.rows("all_task_keys")}
         self.admission.declare_groups(tx, graph.groups)
         new = [t for t in graph.tasks if t.id not in existing]
@@ -103,7 +105,7 @@ class Submissions:
             r = tx.rows("task_by_id", id=tid)
             return (r[0][0], r[0][1], r[0][2]) if r else None
 
-        self.insert(tx, tasks, lookup, depth_from(row[2]) + 1, row[3], now)
+        self.insert(tx, tasks, lookup, depth_from(row[2]) + 1, row[3], now, parent.id)
         tx.notify = True
         return [t.id for t in tasks]
 
@@ -115,10 +117,12 @@ class Submissions:
         base_depth: int,
         root_seq: int,
         now: float,
+        submitted_by: str | None = None,
     ) -> int:
         """Insert new tasks with their edges and audit rows; returns the first new seq.
-        ``lookup(id)`` gives an existing task's ``(seq, state, neg_depth)``. O(V + E) for the
-        batch."""
+        ``lookup(id)`` gives an existing task's ``(seq, state, neg_depth)``; ``submitted_by``:
+        the running task that submits them (kept in their specs: they are not its graph
+        file's). O(V + E) for the batch."""
         known: dict[str, Known] = {}  # lookups of existing parents, each made once
 
         def external(tid: str) -> Known | None:
@@ -180,7 +184,7 @@ class Submissions:
                 "resources": json.dumps(t.resources, sort_keys=True) if t.resources else None,
                 "error": error, "shape": shapes[i], "now": now,
             })  # fmt: skip
-            specs.append({"seq": first + i, "spec": encode_spec(t)})
+            specs.append({"seq": first + i, "spec": encode_spec(t, submitted_by)})
             tx.audit(now, "task_submitted", t.id, None, PENDING)
             if state == READY:
                 tx.audit(now, "task_ready", t.id, PENDING, READY)

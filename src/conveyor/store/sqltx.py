@@ -89,6 +89,10 @@ class SqlIo(abc.ABC):
         """Block up to ``timeout`` s for a sign that work may be claimable; see ``Store``."""
         return False
 
+    def on_begin(self, tx: Tx) -> None:
+        """Add to a new transaction what getting it took (SQLite: the stopped lock holders it
+        killed, as ``worker_lost`` rows)."""
+
 
 class Reads(Protocol):
     """Named reads: a ``Tx`` inside a transaction, the ``Db`` outside one."""
@@ -186,6 +190,7 @@ class Db:
             try:
                 with self.io.begin() as conn:
                     tx = Tx(self.io, conn)
+                    self.io.on_begin(tx)
                     value = op(tx)
                     rows = _stamped(tx.audit_rows, clock)
                     if tx.audit_from is not None and rows:

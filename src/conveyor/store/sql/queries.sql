@@ -368,6 +368,10 @@ UPDATE workers SET state = 'lost' WHERE name = :name AND state = 'alive';
 -- name: workers_alive
 SELECT name, host, pid, last_seen, lease_s, info FROM workers WHERE state = 'alive';
 
+-- The worker a process on a host is (SQLite: who holds the store's write lock).
+-- name: worker_by_pid
+SELECT name, lease_s FROM workers WHERE host = :host AND pid = :pid ORDER BY last_seen DESC LIMIT 1;
+
 -- Reading results and history.
 -- name: result_of
 SELECT t.state, r.kind, r.data, t.error, t.attempt
@@ -413,6 +417,13 @@ SELECT CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT),
 SELECT ts, event FROM audit ORDER BY id DESC LIMIT :limit;
 
 -- Keep the newest :keep rows of each task's trail (and every worker row).
+-- Result files rows name, and the attempts that may still write one (``prune``: scans).
+-- name: result_files
+SELECT data FROM results WHERE kind LIKE 'file:%';
+
+-- name: running_tokens
+SELECT seq, token FROM tasks WHERE state = {RUNNING};
+
 -- name: prune_audit
 DELETE FROM audit WHERE id IN (
     SELECT id FROM (
@@ -434,6 +445,13 @@ SELECT seq, state, waiting FROM tasks WHERE id = :id;
 
 -- name: done_since
 SELECT count(*), min(updated) FROM tasks WHERE state = {DONE} AND updated >= :since;
+
+-- A task its graph no longer has (sqlremove.py); a running one is fenced.
+-- name: remove_task
+UPDATE tasks
+SET state = {REMOVED}, token = token + :fence, worker = NULL, lease_until = NULL,
+    not_before = NULL, updated = :now
+WHERE seq = :seq;
 
 -- name: reset_task
 UPDATE tasks

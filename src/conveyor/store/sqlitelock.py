@@ -1,0 +1,221 @@
+"""The write lock of a SQLite store: the turn to begin a write transaction, taken on an
+``flock`` of ``<db>.lock``, with a bounded wait and a rule for a holder that stopped.
+
+Why a lock file and not only SQLite's lock: SQLite's busy handler sleeps 1-100 ms between
+tries, so under busy workers its sleeps, not the work, would set the pace. But a process
+stopped (SIGSTOP, Ctrl-Z, a frozen VM) while it holds either lock blocks every writer for as
+long as it stays stopped, and waiting differently cannot help: the holder must go. So:
+
+- the holder writes ``host:pid since`` into the lock file each time it takes the lock;
+- a waiter tries the lock without blocking, backing off from 50 us to 1 ms between tries
+  (a blocking ``flock`` cannot be given a deadline);
+- a holder on this host that is stopped (``/proc/<pid>/stat`` state ``T``) and has held the
+  lock for longer than its worker lease is killed (SIGKILL; its leases have run out and its late
+  completions would be refused anyway). The kernel then frees both this lock and SQLite's, and
+  its open transaction rolls back. A holder that is not a worker (no lease), is running, or is on
+  another host is never killed;
+- a waiter that has waited ``patience`` seconds raises ``StoreLockedError`` naming the holder
+  and what it is doing (a worker goes on waiting while the holder runs on this host).
+
+The lock file lives only while the store is open: ``close`` removes it when no one holds it,
+and a waiter that finds the file it locked removed (or replaced) opens the new one.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from conveyor.errors import StoreError, StoreLockedError
+from conveyor.workerid import HOST
+
+#: Bytes of the holder record at the start of the lock file (space-padded).
+RECORD_BYTES = 128
+_BACKOFF_FIRST_S = 0.00005  # a transaction takes ~0.1-1 ms: look again soon at first ...
+_BACKOFF_MAX_S = 0.001  # ... and at least once a millisecond
+_LOOK_EVERY_S = 0.25  # how often a waiter looks at who holds the lock
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds the lock, from its record: ``host``, ``pid``, since when (wall clock)."""
+
+    host: str
+    pid: int
+    since: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+#: The lease and worker name of a holder when it is a worker of this store, else ``None``.
+LeaseOf = Callable[[Holder], "tuple[str, float] | None"]
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of process ``pid`` on this host (``R``, ``S``, ``T`` ...), ``None`` if
+    it is gone or a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+    return None if state in ("Z", "X") else state
+
+
+class WriteLock:
+    """The turn to write, shared by the processes that open one SQLite store."""
+
+    def __init__(self, path: str, url: str) -> None:
+        self.path = os.path.abspath(path)
+        self.url = url
+        self._fd: int | None = None
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"{self.url}: cannot create the lock file: {exc.strerror}") from None
+
+    def _current(self, fd: int) -> bool:
+        """Whether ``fd`` is still the file at ``path`` (``close`` may have removed it)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        own = os.fstat(fd)
+        return (st.st_ino, st.st_dev) == (own.st_ino, own.st_dev)
+
+    def _try(self) -> bool:
+        """Take the lock without waiting; reopen the file if it was replaced."""
+        fd = self._fd
+        if fd is None:
+            raise StoreError(f"{self.url}: the store is closed")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        if self._current(fd):
+            record = f"{HOST}:{os.getpid()} {time.time():.3f}"
+            os.pwrite(fd, record.encode().ljust(RECORD_BYTES), 0)
+            return True
+        os.close(fd)  # a removed file: its lock guards nothing
+        self._fd = None
+        self._open()
+        return self._try()
+
+    def holder(self) -> Holder | None:
+        """The holder's record (the last process that took the lock)."""
+        if self._fd is None:
+            return None
+        try:
+            who, since = os.pread(self._fd, RECORD_BYTES, 0).decode().split()
+            host, _, pid = who.rpartition(":")
+            return Holder(host, int(pid), float(since))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+
+    def acquire(
+        self, patience: float, lease_of: LeaseOf, *, while_running: bool = False
+    ) -> list[tuple[str, Holder]]:
+        """Take the lock, waiting at most ``patience`` seconds (``while_running``: and for as
+        long as the holder is a running process on this host, which is making progress, e.g. a
+        large submit); returns the stopped workers killed on the way (name, record) for the
+        caller to record. Reads the clocks: the wait is real time."""
+        if self._try():
+            return []
+        killed: list[tuple[str, Holder]] = []
+        start = time.monotonic()
+        look_at = start + _LOOK_EVERY_S
+        delay = _BACKOFF_FIRST_S
+        while True:
+            time.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX_S)
+            if self._try():
+                return killed
+            now = time.monotonic()
+            if now >= look_at:
+                look_at = now + _LOOK_EVERY_S
+                victim = self._stopped_past_lease(lease_of)
+                if victim is not None:
+                    killed.append(victim)
+                    continue
+            if now - start >= patience:
+                if while_running and self._holder_running():
+                    start = now
+                    continue
+                raise StoreLockedError(self._locked_message(now - start, lease_of))
+
+    def _stopped_past_lease(self, lease_of: LeaseOf) -> tuple[str, Holder] | None:
+        """Kill the holder if it is a worker on this host, stopped, that has held the lock for
+        longer than its lease; returns it."""
+        h = self.holder()
+        if h is None or h.host != HOST or h.pid == os.getpid():
+            return None
+        if process_state(h.pid) != "T":
+            return None
+        lease = lease_of(h)
+        if lease is None or time.time() - h.since < lease[1]:
+            return None
+        if self.holder() != h:  # it changed hands while we looked
+            return None
+        try:
+            os.kill(h.pid, signal.SIGKILL)
+        except OSError:
+            return None
+        return lease[0], h
+
+    def _holder_running(self) -> bool:
+        h = self.holder()
+        return h is not None and h.host == HOST and process_state(h.pid) not in (None, "T", "t")
+
+    def _locked_message(self, waited: float, lease_of: LeaseOf) -> str:
+        h = self.holder()
+        head = f"{self.url}: waited {waited:.1f} s for the write lock"
+        advice = "raise the wait with ?timeout=SECONDS"
+        if h is None:
+            return f"{head}, held by another process; {advice}"
+        held = f"held by {h.name} for {max(0.0, time.time() - h.since):.1f} s"
+        if h.host != HOST:
+            return f"{head}, {held} on another host (it cannot be inspected from here); {advice}"
+        state = process_state(h.pid)
+        if state is None:
+            return f"{head}, {held}, which has exited (a child of it keeps the lock); {advice}"
+        if state != "T":
+            return f"{head}, {held}, which is running; {advice}"
+        lease = lease_of(h)
+        if lease is None:
+            return (f"{head}, {held}, which is stopped and is not a worker (never taken over): "
+                    f"resume it (kill -CONT {h.pid}) or end it")  # fmt: skip
+        return (f"{head}, {held}, which is stopped: a writer takes over once it has held the "
+                f"lock for its lease ({lease[1]:g} s); {advice}, or resume it "
+                f"(kill -CONT {h.pid})")  # fmt: skip
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the file, removing it when no one holds the lock (the last user leaves no
+        ``.lock`` behind; anyone still using the store makes a new one). Idempotent."""
+        fd = self._fd
+        if fd is None:
+            return
+        self._fd = None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if self._current(fd):
+                os.unlink(self.path)
+        except OSError:
+            pass  # someone holds it: they or a later user will remove it
+        finally:
+            os.close(fd)

@@ -1,0 +1,76 @@
+"""What a durable store leaves on disk: result files of tasks run again or of a replaced graph
+go with ``prune`` (files still named or still being written stay), and no ``.lock`` file
+outlives the store's last user."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conveyor.graphfile import graph_from_dict
+from conveyor.store.sqlite import SqliteStore
+
+CLI = [sys.executable, "-m", "conveyor.cli"]
+T0 = 1_000_000.0
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_prune_removes_result_files_of_a_replaced_graph(tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text("def big(i):\n    return [i] * 1000\n")
+    for name, n in (("first", 5), ("second", 2)):
+        tasks = [{"id": f"t{i}", "fn": "jobs:big", "args": [i + 100]} for i in range(n)]
+        (tmp_path / f"{name}.json").write_text(json.dumps({"name": name, "tasks": tasks}))
+    db = "sqlite:///run.db?inline_max=100"
+    cli("run", "first.json", "--db", db, "--quiet", cwd=tmp_path)
+    cli("run", "second.json", "--db", db, "--quiet", "--replace", cwd=tmp_path)
+    results = tmp_path / "run.db.results"
+    assert len(list(results.iterdir())) == 5  # the first graph's files are still there
+    out = cli("prune", "--db", db, cwd=tmp_path)
+    assert "3 result files" in out.stderr
+    assert len(list(results.iterdir())) == 2
+    store = SqliteStore(tmp_path / "run.db", inline_max=100)
+    try:
+        assert store.result("t1").value == [101] * 1000  # the second graph's results remain
+    finally:
+        store.close()
+
+
+def test_prune_keeps_files_named_or_being_written_and_foreign_files(tmp_path: Path) -> None:
+    graph = graph_from_dict(
+        {"name": "g", "tasks": [{"id": "a", "cmd": "x"}, {"id": "b", "cmd": "y"}]}
+    )
+    store = SqliteStore(tmp_path / "run.db", inline_max=10)
+    try:
+        store.open_graph(graph, T0)
+        a, b = store.claim("w", 2, T0, 30)
+        assert store.complete(a, "x" * 100, T0)
+        results = tmp_path / "run.db.results"
+        (named,) = [p.name for p in results.iterdir()]
+        in_flight = f"{b.handle}-{b.token}.json"  # b's completion wrote it, not yet committed
+        leftovers = ["999-1.json", f"998-2.pickle.tmp{4242}"]
+        for name in [in_flight, *leftovers, "notes.txt"]:
+            (results / name).write_text('"x"')
+        assert store.prune_results() == (2, 6)
+        assert sorted(p.name for p in results.iterdir()) == sorted([named, in_flight, "notes.txt"])
+    finally:
+        store.close()
+
+
+def test_sqlite_lock_file_is_removed_by_the_stores_last_user(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    lock = tmp_path / "run.db.lock"
+    first, second = SqliteStore(db), SqliteStore(db)
+    first.meta_set("k", "1")
+    first.close()
+    second.meta_set("k", "2")  # still writes after the first one removed the file
+    assert lock.exists()
+    second.close()
+    assert not lock.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.db"]
