@@ -39,7 +39,7 @@ def run_workers(db: str, cwd: Path) -> None:
     procs = [
         subprocess.Popen(
             [*conveyor, "worker", "--db", f"{db}?batch=1", "-q", "--workers", "1"], cwd=cwd
-        )  # fmt: skip
+        )
         for _ in range(WORKERS)
     ]
     assert [p.wait(timeout=300) for p in procs] == [0] * WORKERS
