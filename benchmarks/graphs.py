@@ -15,6 +15,8 @@ API (kept small and stable; other benchmarks import it)::
     layered(n, width=100, parents=3, seed=0)  layers of `width`; each task after the first layer
                                               has `parents` distinct random parents in the
                                               previous layer
+    montage(n, seed=0)                        Montage-shaped (WfCommons' generator at 50k): ~6
+                                              edges per task, fan-ins of ~900
     wfcommons_largest(directory=WORKFLOWS)    the largest WfCommons graph ("parents" -> "deps")
     wfcommons(path)                           one WfCommons graph file, same normalisation
     ids_parents(graph)                        -> (ids, parents): two parallel lists
@@ -39,6 +41,7 @@ __all__ = [
     "fanout_fanin",
     "ids_parents",
     "layered",
+    "montage",
     "wfcommons",
     "wfcommons_largest",
     "write_graph",
@@ -106,6 +109,87 @@ def layered(n: int, width: int = 100, parents: int = 3, seed: int = 0) -> Graph:
     return _graph(f"layered-{n}-w{width}-p{parents}-s{seed}", ids, par)
 
 
+#: Shares of each Montage stage in ``WorkflowGenerator(MontageRecipe.from_num_tasks(50000))``
+#: (wfcommons 1.6, ``random`` and ``numpy.random`` seeded 0): 49,976 tasks in 130 mosaics.
+_MONTAGE_PER_TASK = {"mProject": 3403 / 49976, "mosaic": 130 / 49976}
+
+
+def montage(n: int, seed: int = 0) -> Graph:
+    """A Montage-shaped graph of exactly ``n`` tasks, modelled on what the ``wfcommons`` package
+    (1.6) generates for a 50,000-task Montage (which takes minutes and needs numpy): about 6.1
+    edges per task, depth 8, big fan-ins where children's counters are contended.
+
+    Per mosaic ``b`` (n / 384 of them, each with ~26 images): ``mProject`` (roots, one per
+    image); ``mDiffFit`` (85% of the tasks), each with 4 (12%: 3) distinct parents among the
+    images of its mosaic and the next; ``mConcatFit_b`` over the mDiffFits of mosaic ``b`` and,
+    each with probability 0.85, of the mosaics beside it (~900 parents); ``mBgModel_b`` after
+    it; one ``mBackground`` per image after its mProject, its mosaic's mBgModel and (p = 0.93)
+    the next mosaic's; ``mImgtbl_b`` and ``mAdd_b`` over the mBackgrounds of mosaics ``b`` and
+    ``b + 1``; ``mViewer_b`` after ``mAdd_b`` and ``mAdd_{b+1}``. The same ``n`` and ``seed``
+    always give the same graph."""
+    if n < 20:
+        raise ValueError("n must be >= 20")
+    rnd = random.Random(seed)
+    bands = max(2, round(n * _MONTAGE_PER_TASK["mosaic"]))
+    images = max(2 * bands, round(n * _MONTAGE_PER_TASK["mProject"]))
+    diffs = n - 2 * images - 5 * bands
+    if diffs < bands:
+        raise ValueError(f"n = {n} is too small for a Montage shape")
+    band_of_image = [i * bands // images for i in range(images)]
+    imgs_in: list[list[int]] = [[] for _ in range(bands)]
+    for i, b in enumerate(band_of_image):
+        imgs_in[b].append(i)
+
+    def name(kind: str, i: int) -> str:
+        return f"{kind}_{i + 1:08d}"
+
+    ids: list[str] = []
+    par: list[list[str]] = []
+    for i in range(images):
+        ids.append(name("mProject", i))
+        par.append([])
+    diffs_in: list[list[str]] = [[] for _ in range(bands)]
+    for k in range(diffs):
+        b = k * bands // diffs
+        pool = imgs_in[b] + imgs_in[(b + 1) % bands]
+        want = 3 if rnd.random() < 0.12 else 4
+        picked = rnd.sample(pool, min(want, len(pool)))
+        ids.append(name("mDiffFit", k))
+        par.append([name("mProject", i) for i in picked])
+        diffs_in[b].append(ids[-1])
+    for b in range(bands):
+        ps = list(diffs_in[b])
+        for nb in (b - 1, b + 1):
+            if 0 <= nb < bands:
+                ps += [d for d in diffs_in[nb] if rnd.random() < 0.85]
+        ids.append(name("mConcatFit", b))
+        par.append(ps)
+    for b in range(bands):
+        ids.append(name("mBgModel", b))
+        par.append([name("mConcatFit", b)])
+    for i in range(images):
+        b = band_of_image[i]
+        ps = [name("mProject", i), name("mBgModel", b)]
+        if b + 1 < bands and rnd.random() < 0.93:
+            ps.append(name("mBgModel", b + 1))
+        ids.append(name("mBackground", i))
+        par.append(ps)
+    for kind in ("mImgtbl", "mAdd"):
+        for b in range(bands):
+            nb = b + 1 if b + 1 < bands else b - 1
+            ps = [name("mBackground", i) for i in imgs_in[b] + imgs_in[nb]]
+            if kind == "mAdd":
+                ps.append(name("mImgtbl", b))
+            ids.append(name(kind, b))
+            par.append(ps)
+    for b in range(bands):
+        ps = [name("mAdd", b)] + ([name("mAdd", b + 1)] if b + 1 < bands else [])
+        ids.append(name("mViewer", b))
+        par.append(ps)
+    assert len(ids) == n, (len(ids), n)
+    return _graph(f"montage-{n}-s{seed}", ids, par)
+
+
 def wfcommons(path: str | os.PathLike[str]) -> Graph:
     """A WfCommons graph file with ``parents`` renamed ``deps`` (``runtime_s``/``cores`` kept)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -152,6 +236,7 @@ _GENERATORS: dict[str, Callable[..., Graph]] = {
     "chain": chain,
     "fanout_fanin": fanout_fanin,
     "layered": layered,
+    "montage": montage,
 }
 
 

@@ -74,3 +74,14 @@ def test_graph_generators_are_deterministic_and_topological() -> None:
     assert all(len(ps) == 3 == len(set(ps)) for ps in parents[100:])
     fan = graphs.fanout_fanin(10)
     assert len(fan["tasks"][-1]["deps"]) == 8
+    # the Montage-shaped graph: exactly n tasks, topological, ~6 edges per task, depth 8
+    mon = graphs.montage(5_000)
+    assert mon == graphs.montage(5_000) != graphs.montage(5_000, seed=1)
+    ids, parents = graphs.ids_parents(mon)
+    assert len(ids) == len(set(ids)) == 5_000
+    depth: dict[str, int] = {}
+    for t, ps in zip(ids, parents, strict=True):
+        assert len(set(ps)) == len(ps) and all(p in depth for p in ps)
+        depth[t] = 1 + max((depth[p] for p in ps), default=0)
+    assert max(depth.values()) == 8
+    assert 5.5 <= sum(map(len, parents)) / len(ids) <= 6.5
