@@ -1,0 +1,92 @@
+"""A worker's heartbeats on a shared store, from a thread of their own: the one home of lease
+renewal for the engine (``conveyor worker``, ``conveyor run --db``) and the worker loop.
+
+Every ``lease_s / 3`` the thread marks the worker seen, renews every lease it holds and reaps
+leases that expired elsewhere, on a store handle of its own (a connection belongs to one
+thread). So leases never depend on what the worker's own loop is doing: draining no-op tasks
+for minutes, running an ``executor="inline"`` task longer than its lease, or waiting in the body
+of a ``conveyor.worker`` loop.
+
+Not starved: on SQLite the beat needs the store's writer lock, which a worker draining no-ops
+takes again the moment it lets go. When a beat is due, ``pending`` is true until it is done; a
+claim loop checks it between claims, stops claiming and calls ``wait`` (bounded), so the beat
+gets the lock next. A beat that fails (the lock timed out, the server went away) is tried
+again at the next period: a lease outlives two missed beats.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from conveyor.clock import Clock
+from conveyor.events import EventSink
+from conveyor.store.base import Store
+from conveyor.store.urls import open_store
+
+__all__ = ["Heartbeat"]
+
+
+class Heartbeat:
+    """Renews ``worker``'s leases in the store at ``url`` every ``lease_s / 3`` seconds."""
+
+    __slots__ = ("_done", "_due", "_stop", "_thread", "clock", "emit", "lease_s", "url", "worker")
+
+    def __init__(
+        self, url: str, worker: str, lease_s: float, clock: Clock, *, emit: EventSink | None = None
+    ) -> None:
+        self.url = url
+        self.worker = worker
+        self.lease_s = lease_s
+        self.clock = clock
+        #: Where reaping reports ``lease_expired``/``worker_lost`` (called from the thread).
+        self.emit = emit
+        self._stop = threading.Event()
+        self._due = threading.Event()  # a beat wants the store: claim loops yield to it
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pending(self) -> bool:
+        """A beat is due and waits for the store: stop claiming and ``wait``."""
+        return self._due.is_set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the pending beat is done (at most ``timeout``, default a beat period)."""
+        self._done.wait(self.lease_s / 3 if timeout is None else timeout)
+
+    def start(self) -> Heartbeat:
+        """Start beating (after the worker registered: a beat marks a known worker seen)."""
+        # Opened here, not in the thread: a store that cannot be opened fails the caller now.
+        store = open_store(self.url)
+        store.emit = self.emit
+        self._thread = threading.Thread(
+            target=self._beat_forever, args=(store,), name="conveyor-heartbeat", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop beating and wait for a beat in progress (before the worker unregisters, so
+        that a last beat does not mark it alive again). Idempotent."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(5.0, self.lease_s))
+
+    def _beat_forever(self, store: Store) -> None:
+        period = self.lease_s / 3
+        try:
+            while not self._stop.wait(period):
+                self._done.clear()
+                self._due.set()
+                try:
+                    now = self.clock.wall()
+                    store.heartbeat(self.worker, now, self.lease_s)
+                    store.reap_expired(now)
+                except Exception:  # the thread must outlive a failed beat
+                    pass  # tried again next period; a lease outlives two missed beats
+                finally:
+                    self._due.clear()
+                    self._done.set()
+        finally:
+            store.close()
