@@ -271,7 +271,7 @@ class Engine:
             return max(0.0, wake - now)  # only retries are left: sleep until the first
         if not store.has_unfinished():
             return None
-        timeout = idle.next_wait(now, wake)
+        timeout = idle.next_wait(now, wake, running=store.has_running())
         if timeout is not None and store.wait_for_work(timeout):
             return 0.0
         return timeout

@@ -136,7 +136,7 @@ class WorkerLoop:
                 return item
             if store.unfinished() == 0:
                 break
-            wait = idle.next_wait(now, store.next_wakeup())
+            wait = idle.next_wait(now, store.next_wakeup(), running=store.has_running())
             if wait is None:
                 break
             # The wait bounds PostgreSQL's wake-up (LISTEN). A shared store with no wake signal

@@ -236,6 +236,11 @@ class Store(abc.ABC):
     def unfinished(self) -> int:
         """Tasks not yet done, failed, skipped or cancelled."""
 
+    def has_running(self) -> bool:
+        """Whether a task runs anywhere, under any worker's lease (one whose lease expired
+        counts until it is reaped): its end may make work ready (``runtime/idle.py``)."""
+        return self.counts().get("running", 0) > 0
+
     def has_unfinished(self) -> bool:
         """Whether any task is still to finish (cheaper than ``unfinished()`` on SQL stores)."""
         return self.unfinished() > 0
