@@ -421,9 +421,15 @@ class Engine:
             self._heart.stop()  # before unregistering: a last beat would mark it alive again
             self._heart = None
         now = self.clock.wall()
-        self._inflight.cancel_all(now, threads=True)
+        inflight, stats = self._inflight, self.stats
+        inflight.cancel_all(now, threads=True)
+        if not self.store.shared and (stats.interrupted or inflight.failed_fast):
+            # What a private store's run leaves is cancelled (a durable store keeps it for
+            # the next run): task_cancelled, with why.
+            reason = "interrupted" if stats.interrupted else "fail_fast"
+            self.store.cancel_unfinished(self.clock.wall(), reason)
         self._children.close()
-        self._executors.shutdown(wait=not (self.stats.interrupted or self._inflight.stuck))
+        self._executors.shutdown(wait=not (stats.interrupted or inflight.stuck))
         if self.store.shared:
             self._endpoints.report(self.worker_id, now)
             self.store.unregister_worker(self.worker_id, now)

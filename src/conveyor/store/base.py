@@ -174,9 +174,10 @@ class Store(abc.ABC):
         """Give back tasks claimed ahead in a batch and not yet handed out; returns how many."""
         return 0
 
-    def cancel_unfinished(self, now: float) -> int:
-        """Cancel every task not yet started (an interrupted in-process run); how many. A shared
-        store keeps them for the next run: 0."""
+    def cancel_unfinished(self, now: float, reason: str = "interrupted") -> int:
+        """Cancel every task not yet started (an in-process run stopped by Ctrl-C or
+        ``fail_fast``), each with a ``task_cancelled`` event giving ``reason``; how many. A
+        shared store keeps them for the next run: 0."""
         return 0
 
     def heartbeat(self, worker: str, now: float, lease_s: float) -> int:
