@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conveyor.model import GraphSpec, TaskSpec
 from conveyor.runtime.idle import IdleBackoff
 from conveyor.store.memory import MemoryStore
@@ -18,12 +20,21 @@ from test_heartbeats import HOLD, cli, events, workers_seen
 WORKER = [sys.executable, "-m", "conveyor.cli", "worker", "-q", "--workers", "1", "--lease", "1"]
 
 
-def test_worker_idle_exit_waits_while_a_parent_runs_elsewhere(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/run.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def test_worker_idle_exit_waits_while_a_parent_runs_elsewhere(
+    tmp_path: Path, durable_url: str
+) -> None:
     (tmp_path / "jobs.py").write_text(HOLD)
     hold = {"id": "hold", "fn": "jobs:hold"}
     graph = {"name": "idle", "tasks": [hold, {"id": "child", "cmd": "echo c", "deps": ["hold"]}]}
     (tmp_path / "g.json").write_text(json.dumps(graph))
-    db = f"sqlite:///{tmp_path}/run.db"
+    db = durable_url
     cli("submit", "g.json", "--db", db, cwd=tmp_path)
     # A runs `hold` and leaves (--max-tasks 1); B, with nothing claimable, must wait for it.
     a = subprocess.Popen([*WORKER, "--db", db, "--max-tasks", "1"], cwd=tmp_path)
