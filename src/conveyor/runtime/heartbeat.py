@@ -9,9 +9,9 @@ of a ``conveyor.worker`` loop.
 
 Not starved: on SQLite the beat needs the store's writer lock, which a worker draining no-ops
 takes again the moment it lets go. When a beat is due, ``pending`` is true until it is done; a
-claim loop checks it between claims, stops claiming and calls ``wait`` (bounded), so the beat
-gets the lock next. A beat that fails (the lock timed out, the server went away) is tried
-again at the next period: a lease outlives two missed beats.
+claim loop checks it between claims, stops claiming and calls ``wait`` (at most one beat period
+per beat), so the beat gets the lock next. A beat that fails (the lock timed out, the server
+went away) is tried again at the next period: a lease outlives two missed beats.
 """
 
 from __future__ import annotations
@@ -51,8 +51,11 @@ class Heartbeat:
         return self._due.is_set()
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until the pending beat is done (at most ``timeout``, default a beat period)."""
-        self._done.wait(self.lease_s / 3 if timeout is None else timeout)
+        """Block until the pending beat is done, at most ``timeout`` (default a beat period).
+        A beat that takes longer (its store is stuck) is waited for once: it is no longer
+        ``pending``, and the claim loop goes on."""
+        if not self._done.wait(self.lease_s / 3 if timeout is None else timeout):
+            self._due.clear()
 
     def start(self) -> Heartbeat:
         """Start beating (after the worker registered: a beat marks a known worker seen)."""
