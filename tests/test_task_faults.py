@@ -150,3 +150,20 @@ def test_worker_with_a_timed_out_thread_task_exits_without_waiting_for_it(
         assert store.result("other").value == "other"
     finally:
         store.close()
+
+
+def _exits() -> None:
+    sys.exit(3)
+
+
+@pytest.mark.parametrize("executor", ["inline", "thread"])
+def test_run_task_calling_sys_exit_fails_that_task_only(executor: str) -> None:
+    import conveyor
+
+    g = conveyor.Graph("exits")
+    g.add(_exits, id="exits", executor=executor)
+    g.cmd("echo ok", id="good")
+    result = conveyor.run(g, workers=1)
+    assert result.result("exits").state.label == "failed"
+    assert "SystemExit: 3" in (result.result("exits").error or "")
+    assert result["good"] == "ok"

@@ -149,7 +149,9 @@ class Launcher:
         token = _current.set(launch.ctx)
         try:
             value = launch.fn(*launch.args, **launch.kwargs)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise  # Ctrl-C stops the run (the engine gives the task back)
+        except BaseException as exc:  # SystemExit too: the task fails, not the worker
             return self._inflight.finish(launch.run, False, describe(exc), self._clock.wall())
         finally:
             _current.reset(token)
