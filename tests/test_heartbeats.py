@@ -1,6 +1,6 @@
 """Heartbeats do not depend on the claim loop (issue 16, point 4): a worker that runs an inline
 task longer than its lease, or drains no-op tasks for longer than a lease, stays alive in
-``status`` and keeps its leases. Real `conveyor worker` processes on one SQLite file."""
+``status`` and keeps its leases. Real `conveyor worker` processes on SQLite (and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from conveyor.store.urls import open_store
 from helpers import wait_until
@@ -25,6 +27,15 @@ def hold():
         time.sleep(0.01)
     return "held"
 """
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store URL per backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/run.db"
+    return str(request.getfixturevalue("pg_url"))
+
 
 WORKER = [sys.executable, "-m", "conveyor.cli", "worker", "-q", "--workers", "1"]
 
@@ -66,11 +77,13 @@ def events(db: str) -> list[dict[str, Any]]:
         store.close()
 
 
-def test_worker_running_an_inline_task_longer_than_its_lease_keeps_it(tmp_path: Path) -> None:
+def test_worker_running_an_inline_task_longer_than_its_lease_keeps_it(
+    tmp_path: Path, durable_url: str
+) -> None:
     (tmp_path / "jobs.py").write_text(HOLD)
     graph = {"name": "hold", "tasks": [{"id": "hold", "fn": "jobs:hold", "executor": "inline"}]}
     (tmp_path / "g.json").write_text(json.dumps(graph))
-    db = f"sqlite:///{tmp_path}/run.db"
+    db = durable_url
     cli("submit", "g.json", "--db", db, cwd=tmp_path)
     # Two workers with a 1 s lease: the one not holding the task reaps expired leases.
     procs = [subprocess.Popen([*WORKER, "--db", db, "--lease", "1"], cwd=tmp_path,

@@ -1,6 +1,6 @@
 """``--idle-exit`` means nothing left that this worker could do or wait for (issue 16, point
 10): a worker with nothing claimable stays while a task runs anywhere, because that task's end
-may make work ready for it. Real `conveyor worker` processes on one SQLite file."""
+may make work ready for it. Real `conveyor worker` processes on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,22 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conveyor.model import GraphSpec, TaskSpec
 from conveyor.runtime.idle import IdleBackoff
 from conveyor.store.memory import MemoryStore
 from helpers import wait_until
-from test_heartbeats import HOLD, cli, events, workers_seen
+from test_heartbeats import HOLD, cli, durable_url, events, workers_seen
+
+__all__ = ["durable_url"]  # the fixture, shared with test_heartbeats
 
 WORKER = [sys.executable, "-m", "conveyor.cli", "worker", "-q", "--workers", "1", "--lease", "1"]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/run.db"
-    return str(request.getfixturevalue("pg_url"))
 
 
 def test_worker_idle_exit_waits_while_a_parent_runs_elsewhere(
