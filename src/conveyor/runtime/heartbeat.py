@@ -8,28 +8,38 @@ for minutes, running an ``executor="inline"`` task longer than its lease, or wai
 of a ``conveyor.worker`` loop.
 
 Not starved: on SQLite the beat needs the store's writer lock, which a worker draining no-ops
-takes again the moment it lets go. When a beat is due, ``pending`` is true until it is done; a
-claim loop checks it between claims, stops claiming and calls ``wait`` (at most one beat period
-per beat), so the beat gets the lock next. A beat that fails (the lock timed out, the server
-went away) is tried again at the next period: a lease outlives two missed beats.
+takes again the moment it lets go. A beat that has waited ``YIELD_AFTER_S`` for the store is
+``pending`` until it is done; a claim loop checks it between claims, stops claiming and calls
+``wait`` (at most one beat period per beat), so the beat gets the lock next. A beat that gets
+its store at once (PostgreSQL, a quiet SQLite) pauses nobody. A beat that fails (the lock
+timed out, the server went away) is tried again at the next period: a lease outlives two
+missed beats.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 from conveyor.clock import Clock
 from conveyor.events import EventSink
 from conveyor.store.base import Store
 from conveyor.store.urls import open_store
 
-__all__ = ["Heartbeat"]
+__all__ = ["YIELD_AFTER_S", "Heartbeat"]
+
+#: Seconds a beat may wait for its store before claim loops yield to it: longer than a beat
+#: takes on a store that is not starved (a few ms), far shorter than a lease.
+YIELD_AFTER_S = 0.05
 
 
 class Heartbeat:
     """Renews ``worker``'s leases in the store at ``url`` every ``lease_s / 3`` seconds."""
 
-    __slots__ = ("_done", "_due", "_stop", "_thread", "clock", "emit", "lease_s", "url", "worker")
+    __slots__ = (
+        "_done", "_due", "_due_at", "_stop", "_thread", "clock", "emit", "lease_s", "url",
+        "worker",
+    )  # fmt: skip
 
     def __init__(
         self, url: str, worker: str, lease_s: float, clock: Clock, *, emit: EventSink | None = None
@@ -43,12 +53,13 @@ class Heartbeat:
         self._stop = threading.Event()
         self._due = threading.Event()  # a beat wants the store: claim loops yield to it
         self._done = threading.Event()
+        self._due_at = 0.0  # time.monotonic() when the beat in progress began
         self._thread: threading.Thread | None = None
 
     @property
     def pending(self) -> bool:
-        """A beat is due and waits for the store: stop claiming and ``wait``."""
-        return self._due.is_set()
+        """A beat has waited ``YIELD_AFTER_S`` for the store: stop claiming and ``wait``."""
+        return self._due.is_set() and time.monotonic() - self._due_at >= YIELD_AFTER_S
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the pending beat is done, at most ``timeout`` (default a beat period).
@@ -81,6 +92,7 @@ class Heartbeat:
         try:
             while not self._stop.wait(period):
                 self._done.clear()
+                self._due_at = time.monotonic()
                 self._due.set()
                 try:
                     now = self.clock.wall()
