@@ -94,9 +94,10 @@ def test_fail_goes_on_and_close_gives_back(tmp_path: Path) -> None:
 def test_idle_backoff_doubles_to_its_cap_waits_for_retries_and_gives_up() -> None:
     idle = IdleBackoff(idle_exit=10.0, first=0.1, cap=0.5)
     assert [idle.next_wait(100.0, None) for _ in range(4)] == [0.1, 0.2, 0.4, 0.5]
-    assert idle.next_wait(105.0, wakeup=105.25) == 0.25  # a retry comes due sooner
-    assert idle.next_wait(109.9, None) == 0.5
-    assert idle.next_wait(110.0, None) is None  # idle for idle_exit seconds
+    assert idle.next_wait(105.0, wakeup=105.25) == 0.25  # a retry comes due sooner: not idle
+    assert idle.next_wait(106.0, None) == 0.5  # nothing on its way: the idle spell starts
+    assert idle.next_wait(115.9, None) == 0.5
+    assert idle.next_wait(116.0, None) is None  # idle for idle_exit seconds
     idle.busy()
     assert idle.next_wait(200.0, None) == 0.1
     forever = IdleBackoff(idle_exit=None)

@@ -129,11 +129,7 @@ class Run:
     def _drive(self, results: Iterator[TaskResult]) -> Iterator[TaskResult]:
         self._started = time.monotonic()
         try:
-            yield from results
-        except KeyboardInterrupt:
-            if not self.store.shared:
-                self.store.cancel_unfinished(self.engine.clock.wall())
-            raise
+            yield from results  # the engine cancels what an interrupted in-process run leaves
         finally:
             self._ended = time.monotonic()
 

@@ -1,7 +1,8 @@
 """Typed events and where they go (JSON Lines files, callbacks).
 
 An event records one committed transition: ``{"ts", "event", "task", "worker", "attempt", ...}``.
-Event names are a public contract: README.md lists them; tools and tests read them.
+Event names are a public contract: ``EVENT_NAMES`` is every kind the code emits and README.md
+lists the same (``tests/test_events_contract.py`` checks both against the code).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ EVENT_NAMES = frozenset(
         "task_retrying", "task_skipped", "task_cancelled", "task_invalidated", "task_removed",
         "lease_expired",
         "worker_joined", "worker_lost", "admission_blocked", "group_capped", "gang_reserved",
-        "gang_started", "endpoint_limit_changed", "run_started", "run_finished",
+        "gang_started", "endpoint_limit_changed",
     }
 )  # fmt: skip
 

@@ -3,6 +3,8 @@ traceback; Ctrl-C outside a run's own handling exits 130."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
@@ -35,3 +37,12 @@ def user_errors() -> Iterator[None]:
         fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(INTERRUPTED) from None
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit with ``code`` without waiting for task threads: a timed-out or interrupted thread
+    task cannot be stopped, and the interpreter's exit would wait for it. Call it after the
+    run closed its store and event files; this flushes stdout and stderr, then ``os._exit``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from conveyor.cli import options as opt
-from conveyor.cli.errors import user_errors
+from conveyor.cli.errors import exit_now, user_errors
 from conveyor.cli.inputs import graph_file
 
 if TYPE_CHECKING:
@@ -77,11 +75,7 @@ def run(
             if not quiet:
                 summary(result, counts, opened.elapsed, opened.interrupted)
         if opened.stuck or opened.interrupted:
-            # A timed-out or interrupted thread cannot be stopped, and the interpreter's exit
-            # would wait for it.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+            exit_now(code)  # do not wait for a thread that cannot be stopped
     raise typer.Exit(code)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from conveyor.cli import options as opt
-from conveyor.cli.errors import fail, user_errors
+from conveyor.cli.errors import exit_now, fail, user_errors
 from conveyor.cli.inputs import durable, import_from
 
 
@@ -59,4 +59,6 @@ def worker(
             f"{counts['done']} done, {counts['failed']} failed, {left(counts)} left",
             err=True,
         )
+    if joined.stuck or joined.interrupted:
+        exit_now(code)  # do not wait for a thread that cannot be stopped
     raise typer.Exit(code)

@@ -32,6 +32,7 @@ from conveyor.runtime.capacity import Capacity
 from conveyor.runtime.children import Children
 from conveyor.runtime.endpoints import EndpointFollower
 from conveyor.runtime.executors import Executors, Launch, Running
+from conveyor.runtime.heartbeat import Heartbeat
 from conveyor.runtime.idle import IdleBackoff
 from conveyor.runtime.inflight import InFlight, RunStats
 from conveyor.runtime.launch import Launcher
@@ -129,6 +130,7 @@ class Engine:
         self._lock = threading.Lock()  # guards the store and the bookkeeping below
         self._chain = not store.shared  # pool threads may record and claim themselves
         self._pending_starts = 0  # claims handed to the engine thread to start
+        self._heart: Heartbeat | None = None  # shared stores: renews leases from its own thread
         self._want = True  # results are collected (for run_iter or on_result)
         self._yield = True  # results are yielded (run_iter)
 
@@ -179,10 +181,13 @@ class Engine:
         on_result, get_nowait = self.on_result, self._queue.get_nowait
         batch = _RESULT_BATCH if yield_results else _NO_BATCH
         idle = IdleBackoff(self.idle_exit)
-        next_tick = next_beat = 0.0
+        next_tick = next_report = 0.0
         out: list[TaskResult] = []
         if store.shared:
             store.register_worker(self.worker_id, clock.wall(), {"slots": self.slots})
+            self._heart = Heartbeat(store.url, self.worker_id, self.lease_s, clock,
+                                    emit=store.emit).start()  # fmt: skip
+        heart = self._heart
         self._endpoints.follow(clock.wall())
         try:
             while True:
@@ -199,15 +204,21 @@ class Engine:
                         if now >= next_tick:
                             next_tick = now + self.tick_s
                             self._tick(now)
-                        if store.shared and now >= next_beat:
-                            next_beat = now + self.lease_s / 3
-                            self._beat(now)
+                        if store.shared and now >= next_report:
+                            next_report = now + self.lease_s / 3
+                            self._endpoints.report(self.worker_id, now)
                         busy = bool(self._running) or self._pending_starts > 0
+                    beat = False
+                    if heart is not None and heart.pending:
+                        heart.wait()  # _fill stopped claiming: let the beat have the store
+                        beat = True  # ... then fill on
                     if out:
-                        more = len(out) >= batch  # handed out mid-fill: fill on
+                        more = beat or len(out) >= batch  # handed out mid-fill: fill on
                         yield from self._deliver(out, on_result)
                         if more:
                             continue
+                    elif beat:
+                        continue
                     timeout = self._wait_time(now, busy, idle, next_tick)
                     if timeout is None:
                         break
@@ -257,12 +268,6 @@ class Engine:
         if self._children.watchers and self.store.shared:
             self._children.poll()  # other workers may have finished the children
 
-    def _beat(self, now: float) -> None:
-        """Shared stores: publish endpoint statistics, renew leases, reap expired ones."""
-        self._endpoints.report(self.worker_id, now)
-        self.store.heartbeat(self.worker_id, now, self.lease_s)
-        self.store.reap_expired(now)
-
     def _wait_time(
         self, now: float, busy: bool, idle: IdleBackoff, next_tick: float
     ) -> float | None:
@@ -282,7 +287,7 @@ class Engine:
             return max(0.0, wake - now)  # only retries are left: sleep until the first
         if not store.has_unfinished():
             return None
-        timeout = idle.next_wait(now, wake)
+        timeout = idle.next_wait(now, wake, running=store.has_running())
         if timeout is not None and store.wait_for_work(timeout):
             return 0.0
         return timeout
@@ -313,7 +318,7 @@ class Engine:
         """
         store, stats, running, children = self.store, self.stats, self._running, self._children
         worker, want, lease_s, slots = self.worker_id, self._want, self.lease_s, self.slots
-        inflight = self._inflight
+        inflight, heart = self._inflight, self._heart
         batch_limit = _RESULT_BATCH if self._yield and not from_thread else _NO_BATCH
         claim_one, complete, admission = store.claim_one, store.complete, store.admission
         mine: Launch | None = None
@@ -322,6 +327,8 @@ class Engine:
             if self.max_tasks is not None and stats.started >= self.max_tasks:
                 inflight.stopping = True
                 break
+            if heart is not None and heart.pending:
+                break  # a heartbeat waits for the store (SQLite: its one writer lock)
             if admission:
                 batch = store.claim(worker, 1, now, lease_s, offer=self._offer())
                 if not batch:
@@ -459,12 +466,21 @@ class Engine:
 
     # -- ending ----------------------------------------------------------------------------------
     def _shutdown(self) -> None:
+        if self._heart is not None:
+            self._heart.stop()  # before unregistering: a last beat would mark it alive again
+            self._heart = None
         now = self.clock.wall()
+        inflight, stats = self._inflight, self.stats
         with self._lock:
-            self._inflight.flush(now, 0)  # what finished is recorded, even on the way out
-        self._inflight.cancel_all(now, threads=True)
+            inflight.flush(now, 0)  # what finished is recorded, even on the way out
+        inflight.cancel_all(now, threads=True)
+        if not self.store.shared and (stats.interrupted or inflight.failed_fast):
+            # What a private store's run leaves is cancelled (a durable store keeps it for
+            # the next run): task_cancelled, with why.
+            reason = "interrupted" if stats.interrupted else "fail_fast"
+            self.store.cancel_unfinished(self.clock.wall(), reason)
         self._children.close()
-        self._executors.shutdown(wait=not (self.stats.interrupted or self._inflight.stuck))
+        self._executors.shutdown(wait=not (stats.interrupted or inflight.stuck))
         if self.store.shared:
             self._endpoints.report(self.worker_id, now)
             self.store.unregister_worker(self.worker_id, now)

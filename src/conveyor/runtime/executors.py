@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import subprocess
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Mapping
@@ -111,7 +112,12 @@ class Executors:
                 value, ok = describe(exc), False
             finally:
                 _current.reset(token)
-            launch = done(launch.run, ok, value)
+            run = launch.run
+            try:
+                launch = done(run, ok, value)
+            except BaseException as exc:  # recording it went wrong: the engine records that
+                self._post(Finished(run, False, describe(exc)))
+                return
             if launch is not None:
                 launch.run.kind = "thread"
 
@@ -171,36 +177,14 @@ class Executors:
         full_env["CONVEYOR_TASK_ID"] = run.claim.id
         full_env["CONVEYOR_ATTEMPT"] = str(run.claim.attempt)
         if env:
-            full_env.update(env)
+            full_env.update(env)  # raises on a malformed env: the caller fails the task
 
         def call() -> None:
             try:
-                proc = subprocess.Popen(
-                    cmd, shell=isinstance(cmd, str), env=full_env, cwd=cwd,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                )  # fmt: skip
-            except OSError as exc:
-                post(Finished(run, False, describe(exc)))
-                return
-            run.proc = proc
-            if run.abandoned:  # cancelled while the process was starting
-                _kill(proc)
-            try:
-                out, err = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill(proc)
-                proc.communicate()
-                post(Finished(run, False, f"timeout: command still running after {timeout:g} s"))
-                return
-            if proc.returncode == 0:
-                post(Finished(run, True, out.decode(errors="replace").rstrip("\n")))
-            else:
-                tail = err.decode(errors="replace").strip().splitlines()[-3:]
-                shown = cmd if isinstance(cmd, str) else shlex.join(cmd)
-                msg = f"command exited {proc.returncode}: {shown}"
-                if tail:
-                    msg += " | " + " | ".join(tail)
-                post(Finished(run, False, msg))
+                ok, value = _run_command(run, cmd, full_env, cwd, timeout)
+            except BaseException as exc:  # bad arguments (an empty argv, an int cwd), OSError
+                ok, value = False, describe(exc)
+            post(Finished(run, ok, value))
 
         run.future = self._pool().submit(call)
 
@@ -251,6 +235,42 @@ class Executors:
                 thread.join(timeout=5 if wait else 1)
             if thread is None or not thread.is_alive():
                 loop.close()  # else its selector and sockets leak (ResourceWarning at GC)
+
+
+def _run_command(
+    run: Running, cmd: str | list[str], env: dict[str, str], cwd: str | None,
+    timeout: float | None,
+) -> tuple[bool, str]:  # fmt: skip
+    """Run a shell command to its exit: ``(True, stdout)`` or ``(False, error)``.
+
+    Its output goes to unnamed temporary files, not pipes: the outcome follows the command's
+    own exit, and a background child it leaves behind (``sleep 30 &``) holding stdout open
+    neither delays it nor turns it into a timeout. Such a child is left running; a command
+    killed on timeout or cancellation is killed with its whole process group."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            cmd, shell=isinstance(cmd, str), env=env, cwd=cwd, stdout=out, stderr=err,
+            start_new_session=True,
+        )  # fmt: skip
+        run.proc = proc
+        if run.abandoned:  # cancelled while the process was starting
+            _kill(proc)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            proc.wait()
+            return False, f"timeout: command still running after {timeout:g} s"
+        if code == 0:
+            out.seek(0)
+            return True, out.read().decode(errors="replace").rstrip("\n")
+        err.seek(0)
+        tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
+    shown = cmd if isinstance(cmd, str) else shlex.join(cmd)
+    msg = f"command exited {code}: {shown}"
+    if tail:
+        msg += " | " + " | ".join(tail)
+    return False, msg
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

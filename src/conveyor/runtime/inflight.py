@@ -55,6 +55,8 @@ class InFlight:
         self.deadlines = Deadlines()
         #: Start nothing new (stop, Ctrl-C, fail_fast, max_tasks); failures are not retried.
         self.stopping = False
+        #: A task failed for good under ``fail_fast``: what is left is cancelled at the end.
+        self.failed_fast = False
         #: A timed-out thread or process task may still be running (it cannot be stopped).
         self.stuck = False
         self._executors = executors
@@ -142,7 +144,7 @@ class InFlight:
             else:
                 stats.failed += 1
                 if self._fail_fast:
-                    self.stopping = True
+                    self.stopping = self.failed_fast = True
             if spec.gang is not None:
                 self._stop_gang(spec, retry_at is None, now)
         if not accepted:

@@ -92,12 +92,18 @@ class Launcher:
 
     def start(self, claim: Claim, now: float) -> TaskResult | None:
         """Start a claimed command or function task; its result when it already finished here
-        (an inline task, or one that could not start)."""
+        (an inline task, or one that could not start). Whatever goes wrong while starting a
+        task fails that task with the error (never the engine): a spec the executor cannot
+        start with must not crash every worker that claims it."""
         spec = claim.spec
         ex = self._executors
+        inflight = self._inflight
         if spec.cmd is not None:  # enforces its own timeout
-            run = self._inflight.register(claim, "cmd", now)
-            ex.start_cmd(run, spec.cmd, spec.env, spec.cwd, spec.timeout_s)
+            run = inflight.register(claim, "cmd", now)
+            try:
+                ex.start_cmd(run, spec.cmd, spec.env, spec.cwd, spec.timeout_s)
+            except Exception as exc:  # a spec no command can start with (env, cwd ...)
+                return inflight.finish(run, False, describe(exc), now)
             return None
         kind = self.kind(spec)
         launch = self.prepare(claim, kind, now)
@@ -105,13 +111,16 @@ class Launcher:
             return launch
         if kind == "inline":
             return self._run_inline(launch)
-        if kind == "async":
-            self._inflight.deadlines.drop(launch.run)  # asyncio.wait_for enforces it
-            ex.start_async(launch, spec.timeout_s)
-        elif kind == "process":
-            ex.start_process(launch)
-        else:
-            ex.start_sync(launch)
+        try:
+            if kind == "async":
+                inflight.deadlines.drop(launch.run)  # asyncio.wait_for enforces it
+                ex.start_async(launch, spec.timeout_s)
+            elif kind == "process":
+                ex.start_process(launch)
+            else:
+                ex.start_sync(launch)
+        except Exception as exc:  # the executor refused it: this task fails, not the worker
+            return inflight.finish(launch.run, False, describe(exc), now)
         return None
 
     def prepare(self, claim: Claim, kind: Kind, now: float) -> Launch | TaskResult:
@@ -140,7 +149,9 @@ class Launcher:
         token = _current.set(launch.ctx)
         try:
             value = launch.fn(*launch.args, **launch.kwargs)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise  # Ctrl-C stops the run (the engine gives the task back)
+        except BaseException as exc:  # SystemExit too: the task fails, not the worker
             return self._inflight.finish(launch.run, False, describe(exc), self._clock.wall())
         finally:
             _current.reset(token)

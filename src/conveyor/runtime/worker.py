@@ -6,7 +6,7 @@
 
 Each task is handed to exactly one loop at a time across every process sharing the store,
 parents before children. A background thread renews the leases while the body runs, on its own
-connection.
+connection (``runtime/heartbeat.py``).
 
 **What happens to the task in hand** is decided by how the loop goes on or ends, never guessed:
 
@@ -33,8 +33,8 @@ from typing import Any
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
-from conveyor.errors import ConveyorError
 from conveyor.model import TaskSpec
+from conveyor.runtime.heartbeat import Heartbeat
 from conveyor.runtime.idle import IdleBackoff
 from conveyor.store.base import Claim, Store, WorkerProfile
 from conveyor.store.urls import open_store
@@ -106,15 +106,11 @@ class WorkerLoop:
 
             open_graph(self.store, as_graph(graph), now, replace=replace, fingerprints=fingerprints)
         self._stop = threading.Event()
-        self._beat: threading.Thread | None = None
+        self._beat: Heartbeat | None = None
         if self.store.shared:
             self.store.register_worker(self.worker_id, now, {"loop": True})
-            # The thread must not hold ``self``: dropping the loop (break) closes it.
-            self._beat = threading.Thread(
-                target=_heartbeats, args=(db, self.worker_id, lease_s, self._stop, clock),
-                name="conveyor-heartbeat", daemon=True,
-            )  # fmt: skip
-            self._beat.start()
+            # Its thread does not hold ``self``: dropping the loop (break) closes it.
+            self._beat = Heartbeat(db, self.worker_id, lease_s, clock).start()
 
     # -- the iterator ------------------------------------------------------------------------------
     def __iter__(self) -> WorkerLoop:
@@ -140,7 +136,7 @@ class WorkerLoop:
                 return item
             if store.unfinished() == 0:
                 break
-            wait = idle.next_wait(now, store.next_wakeup())
+            wait = idle.next_wait(now, store.next_wakeup(), running=store.has_running())
             if wait is None:
                 break
             # The wait bounds PostgreSQL's wake-up (LISTEN). A shared store with no wake signal
@@ -185,7 +181,7 @@ class WorkerLoop:
         finally:
             self._stop.set()
             if self._beat is not None:
-                self._beat.join(timeout=5)
+                self._beat.stop()
             if self.store.shared:
                 self.store.unregister_worker(self.worker_id, self.clock.wall())
             self.store.close()
@@ -203,23 +199,6 @@ class WorkerLoop:
             self._close(error=DROPPED)
         except Exception:
             pass
-
-
-def _heartbeats(
-    db: str, worker_id: str, lease_s: float, stop: threading.Event, clock: Clock
-) -> None:
-    """Renew ``worker_id``'s leases every ``lease_s / 3`` on a connection of its own."""
-    store = open_store(db, clock=clock)
-    try:
-        while not stop.wait(lease_s / 3):
-            now = clock.wall()
-            try:
-                store.heartbeat(worker_id, now, lease_s)
-                store.reap_expired(now)
-            except ConveyorError:
-                continue  # the next beat tries again; a lease outlives a few misses
-    finally:
-        store.close()
 
 
 def worker(graph: Any = None, *, db: str, **options: Any) -> WorkerLoop:

@@ -213,9 +213,10 @@ class Store(abc.ABC):
         """Give back tasks claimed ahead in a batch and not yet handed out; returns how many."""
         return 0
 
-    def cancel_unfinished(self, now: float) -> int:
-        """Cancel every task not yet started (an interrupted in-process run); how many. A shared
-        store keeps them for the next run: 0."""
+    def cancel_unfinished(self, now: float, reason: str = "interrupted") -> int:
+        """Cancel every task not yet started (an in-process run stopped by Ctrl-C or
+        ``fail_fast``), each with a ``task_cancelled`` event giving ``reason``; how many. A
+        shared store keeps them for the next run: 0."""
         return 0
 
     def heartbeat(self, worker: str, now: float, lease_s: float) -> int:
@@ -274,6 +275,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def unfinished(self) -> int:
         """Tasks not yet done, failed, skipped or cancelled."""
+
+    def has_running(self) -> bool:
+        """Whether a task runs anywhere, under any worker's lease (one whose lease expired
+        counts until it is reaped): its end may make work ready (``runtime/idle.py``)."""
+        return self.counts().get("running", 0) > 0
 
     def has_unfinished(self) -> bool:
         """Whether any task is still to finish (cheaper than ``unfinished()`` on SQL stores)."""

@@ -300,13 +300,15 @@ class MemoryStore(Store):
         self.frontier.requeue(i)
         return True
 
-    def cancel_unfinished(self, now: float) -> int:
-        """Cancel every task not yet started (after ``--fail-fast`` or Ctrl-C)."""
+    def cancel_unfinished(self, now: float, reason: str = "interrupted") -> int:
+        """Cancel every task not yet started (after ``--fail-fast`` or Ctrl-C), each with a
+        ``task_cancelled`` event giving ``reason``."""
         f = self.frontier
         n = 0
         for i, s in enumerate(f.state):
             if s in SKIPPABLE:
                 f.cancel(i)
+                self._record(i, "task_cancelled", now, reason=reason)
                 n += 1
         return n
 

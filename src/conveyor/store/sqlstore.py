@@ -221,6 +221,10 @@ class SqlStore(Store):
     def unfinished(self) -> int:
         return int(self.db.scalar("unfinished") or 0)
 
+    def has_running(self) -> bool:
+        """An index probe (``tasks_running``), not a count."""
+        return bool(self.db.rows("any_running"))
+
     def has_unfinished(self) -> bool:
         """Whether any task is still to finish: an index probe, not a count of all tasks."""
         return bool(self.db.rows("any_unfinished"))

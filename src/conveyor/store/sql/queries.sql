@@ -43,6 +43,9 @@ SELECT 1 FROM tasks INDEXED BY tasks_ready WHERE state = {READY} LIMIT 1;
 -- name: any_unfinished
 SELECT 1 FROM tasks WHERE state IN ({UNFINISHED}) LIMIT 1;
 
+-- name: any_running
+SELECT 1 FROM tasks WHERE state = {RUNNING} LIMIT 1;
+
 -- name: task_by_id
 SELECT seq, state, neg_depth, root_seq, token, attempt, error FROM tasks WHERE id = :id;
 
