@@ -98,6 +98,7 @@ class InFlight:
                 self._capacity.give_back(run.claim.spec)
                 if not self.parked:
                     self.parked_since = now
+                run.claim.extra["finished"] = now  # how long it ran, not how long it waited
                 self.parked.append((run.claim, value))
             else:
                 res = self.record(run, ok, value, now)

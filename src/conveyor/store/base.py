@@ -37,6 +37,8 @@ class Claim:
     handle: int  # the store's own handle of the task (index or row id)
     depth: int = 0
     parents: tuple[str, ...] = ()
+    #: The store's notes on the claim; ``"finished"``: when the task ended, if it is recorded
+    #: later (group commit), so the store can tell how long tasks run.
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

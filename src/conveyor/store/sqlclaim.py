@@ -193,9 +193,12 @@ class Claims:
         return self.complete_many([(claim, value)], now, 0)[0]
 
     def _timed(self, claim: Claim, now: float) -> None:
-        """Fold the claim-to-completion time of ``claim`` into the EWMA (``FAST_TASK_S``)."""
+        """Fold the claim-to-completion time of ``claim`` into the EWMA (``FAST_TASK_S``): to
+        when it finished (``extra["finished"]``, set by a caller that records it later, as
+        group commit does), else to ``now``."""
         started = self._claimed_at.pop(claim.handle, now)
-        self._ewma = 0.8 * self._ewma + 0.2 * max(0.0, now - started)
+        ended = claim.extra.get("finished", now)
+        self._ewma = 0.8 * self._ewma + 0.2 * max(0.0, ended - started)
 
     def complete_many(
         self, done: Sequence[tuple[Claim, Any]], now: float, refill: int
