@@ -426,7 +426,10 @@ class Engine:
             or now - inflight.parked_since >= _GROUP_WAIT_S
             or not self.store.claims_ahead()
         ):
-            self._flush(now, out)
+            if self.store.claims_ahead():
+                self._fill(now, out)  # start what is claimed ahead first: it runs meanwhile
+            if inflight.parked:
+                self._flush(now, out)
 
     def _flush(self, now: float, out: list[TaskResult]) -> None:
         """Record the parked successes; the store may claim the free slots' next tasks in the
