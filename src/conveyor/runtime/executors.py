@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from conveyor.runtime.context import TaskContext, _current
+from conveyor.runtime.mainguard import check_main_guard
 from conveyor.runtime.messages import Finished
 from conveyor.store.base import Claim
 
@@ -209,6 +210,7 @@ class Executors:
         if self._processes is None:
             import multiprocessing
 
+            check_main_guard()  # spawn imports the script again: refuse if that reruns us
             self._processes = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.slots, mp_context=multiprocessing.get_context("spawn")
             )
