@@ -23,6 +23,7 @@ from conveyor.errors import GraphError
 from conveyor.model import TaskState
 from conveyor.runtime.engine import Engine
 from conveyor.store.memory import MemoryStore
+from conveyor.testing import FakeClock
 
 WAIT = 10.0  # s: generous bound on any cross-thread wait; never reached when things work
 
@@ -371,6 +372,7 @@ def test_explain_gang_reasons_with_their_numbers() -> None:
 
 
 def test_explain_retry_backoff_says_until_when() -> None:
+    clock = FakeClock()
     seen: dict[str, Any] = {}
     failed = threading.Event()
 
@@ -382,19 +384,24 @@ def test_explain_retry_backoff_says_until_when() -> None:
 
     g = conveyor.Graph("why-retry", groups={"x": {}})
     g.add(flaky, id="flaky", group="x", retries=1)
-    engine = engine_for(g, workers=1, retry=RetryPolicy(base=0.3, jitter=0.0))
+    engine = engine_for(g, workers=1, retry=RetryPolicy(base=0.3, jitter=0.0), clock=clock)
 
     def on_result(res: Any) -> None:
         if res.state is TaskState.RETRY_WAIT:
-            seen["now"] = engine.clock.wall()
+            seen["failed_at"] = clock.wall()
             seen["why"] = engine.explain("flaky").as_dict()
+            clock.advance(0.1)
+            seen["later"] = engine.explain("flaky").as_dict()
+            clock.advance(0.2)  # the backoff is over: the retry may start
 
     engine.on_result = on_result
     engine.run()
-    why = seen["why"]
-    assert why["reason"] == "retry_backoff"
-    assert why["until"] == pytest.approx(seen["now"] + 0.3, abs=0.05)
-    assert 0.2 < why["in_s"] <= 0.3
+    why, later = seen["why"], seen["later"]
+    assert why["reason"] == later["reason"] == "retry_backoff"
+    # exact up to float resolution at unix times (~2e-7 s)
+    assert why["until"] == later["until"] == pytest.approx(seen["failed_at"] + 0.3, abs=1e-6)
+    assert why["in_s"] == pytest.approx(0.3, abs=1e-6)
+    assert later["in_s"] == pytest.approx(0.2, abs=1e-6)
     assert engine.store.result("flaky").state is TaskState.DONE
 
 

@@ -74,9 +74,9 @@ def test_endpoint_tasks_capped_by_adaptive_limit_and_other_endpoint_runs(tmp_pat
         result = conveyor.run(g, workers=16, emit=log, limiter=limiter)
     assert result.ok, result.failed
     stats = limiter.key_statistics("test/model/slow")
-    # tasks started for the endpoint never exceeded ceil(max limit seen * 1.5)
+    # tasks started for the endpoint never exceeded ceil(max limit seen * 1.5) = 12 of the 16
+    # slots: a 429-ing endpoint did not take every slot
     assert peak.peak["test/model/slow"] <= -(-8 * 3 // 2)
-    assert peak.peak["test/model/slow"] < 16  # a 429-ing endpoint did not take every slot
     assert stats.successes == 40
     assert log.of("endpoint_limit_changed")
     # the local tasks did not wait for all endpoint tasks: they started among the first starts

@@ -4,11 +4,14 @@ children, results as they finish."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -339,13 +342,23 @@ def test_run_async_task_timeout_fails() -> None:
     assert result["b"] == 1
 
 
-def test_run_cmd_task_timeout_kills_command_and_fails() -> None:
+def test_run_cmd_task_timeout_kills_command_and_fails(tmp_path: Path) -> None:
+    # The command outlives the per-test timeout unless it is killed; it names its pid first.
+    pidfile = tmp_path / "pid"
     g = Graph("timeout-cmd")
-    g.cmd("sleep 30", id="c", timeout_s=0.1)
-    result = conveyor.run(g, workers=1)
-    res = result.result("c")
-    assert res.state is TaskState.FAILED
-    assert res.error.startswith("timeout")
+    g.cmd(f"echo $$ > {pidfile}; exec sleep 600", id="c", timeout_s=1.0)
+    try:
+        result = conveyor.run(g, workers=1)
+        res = result.result("c")
+        assert res.state is TaskState.FAILED
+        assert res.error.startswith("timeout")
+        pid = int(pidfile.read_text())  # it started (the timeout hit a running command) ...
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # ... and is gone, reaped
+    finally:
+        if pidfile.exists() and pidfile.read_text().strip():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
 # -- failures ----------------------------------------------------------------------------------

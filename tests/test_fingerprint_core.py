@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import random
+import struct
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import conveyor
@@ -26,23 +29,85 @@ plain = st.recursive(
 )
 
 
-@given(plain)
-def test_canonical_dict_order_does_not_matter(value):
+def reorder(value: Any, rnd: random.Random) -> Any:
+    """An equal copy of ``value`` with every dict, at every depth, in another key order."""
     if isinstance(value, dict):
-        flipped = dict(reversed(list(value.items())))
-        assert canonical(value) == canonical(flipped)
-    assert canonical(value) == canonical(value)
+        items = [(k, reorder(v, rnd)) for k, v in value.items()]
+        rnd.shuffle(items)
+        return dict(items)
+    if isinstance(value, list):
+        return [reorder(v, rnd) for v in value]
+    return value
 
 
-@given(plain, plain)
-def test_canonical_distinct_values_distinct_bytes(a, b):
-    if canonical(a) == canonical(b):
-        assert a == b
+def same(a: Any, b: Any) -> bool:
+    """Equal in type and value at every depth (``1``, ``1.0`` and ``True`` differ; so do
+    ``0.0`` and ``-0.0``); dicts compare without regard to order."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return struct.pack(">d", a) == struct.pack(">d", b)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def twin(value: Any) -> Any:
+    """``value`` with each leaf that has one replaced by an equal-looking value of another
+    type: ``True`` -> ``1``, ``1`` -> ``1.0``, ``2.0`` -> ``2``, ``0.0`` -> ``-0.0``,
+    ``"x"`` -> ``b"x"``."""
+    if isinstance(value, dict):
+        return {k: twin(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [twin(v) for v in value]
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return float(value) if abs(value) < 2**53 else value
+    if isinstance(value, float):
+        if value == 0.0:
+            return -value
+        return int(value) if value.is_integer() else value
+    if isinstance(value, str):
+        return value.encode()
+    return value
+
+
+@given(plain, st.randoms(use_true_random=False))
+def test_canonical_dict_order_at_any_depth_does_not_matter(value: Any, rnd: random.Random):
+    shuffled = reorder(value, rnd)
+    assert same(shuffled, value)
+    assert canonical(shuffled) == canonical(value)
+
+
+@given(plain, plain, st.booleans(), st.randoms(use_true_random=False))
+def test_canonical_bytes_equal_exactly_when_values_are_the_same(
+    a: Any, b: Any, copy: bool, rnd: random.Random
+):
+    # Unrelated values rarely collide by chance: half the pairs are an equal copy built apart.
+    if copy:
+        b = reorder(a, rnd)
+    assert (canonical(a) == canonical(b)) == same(a, b), (a, b)
+
+
+@given(plain)
+@example(True)
+@example(0)
+@example(0.0)
+@example([2.0, "x"])
+@example({"k": False})
+def test_canonical_look_alikes_of_another_type_differ(value: Any):
+    # ``1 == 1.0 == True`` in Python, not in a fingerprint.
+    other = twin(value)
+    assert (canonical(value) == canonical(other)) == same(value, other), (value, other)
 
 
 def test_canonical_distinguishes_types():
-    assert canonical(1) != canonical(1.0) != canonical("1") != canonical(True)
-    assert canonical([1, 2]) != canonical((1, 2))
+    encodings = [canonical(v) for v in (1, 1.0, "1", True, b"1", [1], (1,), {1}, None)]
+    assert len(set(encodings)) == len(encodings)
+    assert canonical(0.0) != canonical(-0.0)
     assert canonical({1, 2}) == canonical({2, 1})
 
 

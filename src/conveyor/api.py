@@ -227,10 +227,15 @@ def open_run(
     """
     from conveyor.fingerprints import open_graph
     from conveyor.runtime.engine import Engine
+    from conveyor.runtime.mainguard import check_main_guard
     from conveyor.store.base import WorkerProfile
     from conveyor.workerid import default_worker_id
 
     spec = None if graph is None else as_graph(graph)
+    if engine_options.get("executor") == "process" or (
+        spec is not None and any(t.executor == "process" for t in spec.tasks)
+    ):
+        check_main_guard()  # before anything runs: a spawned worker would run this call again
     closers = [JsonlSink(events)] if events is not None else []
     emit = combine([emit, *closers])
     owns_store = store is None

@@ -1,5 +1,11 @@
 """``paused_gc()``: building a million small lists and records triggers CPython's cyclic GC over
-and over (each pass walks every live object); none of them form cycles, so bulk loads pause it."""
+and over (each pass walks every live object); none of them form cycles, so bulk loads pause it.
+
+``freeze_survivors()`` goes further for a process that conveyor owns whole (the CLI's
+``conveyor run``): it moves what the load built out of the collector's sight for good. A
+library must not do that: it would also keep the caller's cyclic garbage from ever being
+collected (issue 16, point 18).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,18 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def paused_gc() -> Iterator[None]:
-    """Pause the cyclic GC for a bulk load, then move what survived to the permanent generation
-    (``gc.freeze``): task records live for the whole run, so later collections skip them."""
+    """Pause the cyclic GC for a bulk load; it is as it was afterwards (nothing is frozen)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()
         if enabled:
             gc.enable()
+
+
+def freeze_survivors() -> None:
+    """Move every object alive now to the permanent generation (``gc.freeze``): later
+    collections skip the task records, which live as long as the process. For the CLI's
+    short-lived run process only; never call it from library code."""
+    gc.freeze()

@@ -44,6 +44,7 @@ def run(
 ) -> None:
     """Run a graph file to the end, with a progress bar."""
     from conveyor.api import open_run
+    from conveyor.bulk import freeze_survivors
     from conveyor.progress import make_progress
 
     opt.check_executor(executor)
@@ -62,6 +63,7 @@ def run(
             labels=opt.parse_pairs(labels, "labels", number=False),
             fail_fast=fail_fast, executor=executor, seed=seed, on_tick=tick,
         ) as opened:  # fmt: skip
+            freeze_survivors()  # this process ends with the run: the loaded graph stays
             progress = make_progress(sum(opened.counts.values()), quiet=quiet)
             try:
                 result = opened.run()

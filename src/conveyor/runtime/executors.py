@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from conveyor.runtime.context import TaskContext, _current
+from conveyor.runtime.mainguard import check_main_guard
 from conveyor.runtime.messages import Finished
 from conveyor.store.base import Claim
 
@@ -193,6 +194,7 @@ class Executors:
         if self._processes is None:
             import multiprocessing
 
+            check_main_guard()  # spawn imports the script again: refuse if that reruns us
             self._processes = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.slots, mp_context=multiprocessing.get_context("spawn")
             )
