@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import operator
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,9 +84,6 @@ def _parse_yaml(data: bytes, where: str) -> Any:
         raise GraphError(f"{where}: nested too deeply") from None
 
 
-_BYTE = re.compile(r"\(byte (\d+)\)")
-
-
 def _decode(data: Any) -> Any:
     """``data`` (JSON bytes, or what a YAML file or the caller gave) as a ``BareGraph`` when it
     is structure-only, else as ``GraphFields``. One ``GraphError`` line for what is wrong."""
@@ -109,27 +105,22 @@ def _decode(data: Any) -> Any:
     except msgspec.ValidationError as exc:
         raw = msgspec.json.decode(data) if is_json else data
         raise GraphError(schema.explain(exc, raw)) from None
-    except msgspec.DecodeError as exc:
-        try:  # NaN and Infinity are not JSON, but Python writes them: let the schema name them
+    except msgspec.DecodeError:
+        # Python's parser, on this error path only: it places the error by line and column,
+        # and it reads NaN and Infinity (not JSON, but Python writes them): the schema then
+        # names the field that holds one.
+        try:
             lenient = json.loads(data)
-        except (ValueError, RecursionError):
-            lenient = _MALFORMED
-        if lenient is not _MALFORMED:
-            return _decode(lenient)
-        msg = str(exc)
-        m = _BYTE.search(msg)
-        if m is None:
-            raise GraphError(f"not valid JSON: {msg[:1].lower()}{msg[1:]}") from None
-        pos = int(m[1])
-        line = data.count(b"\n", 0, pos) + 1
-        col = pos - (data.rfind(b"\n", 0, pos) + 1) + 1
-        what = _BYTE.sub("", msg).replace("JSON is malformed: ", "").strip()
-        raise GraphError(f"line {line}, column {col}: not valid JSON: {what}") from None
+        except json.JSONDecodeError as exc:
+            where = f"line {exc.lineno}, column {exc.colno}"
+            raise GraphError(f"{where}: not valid JSON: {exc.msg}") from None
+        except UnicodeDecodeError as exc:
+            raise GraphError(f"not UTF-8 text (byte {exc.start})") from None
+        except RecursionError:
+            raise GraphError("nested too deeply") from None
+        return _decode(lenient)
     except RecursionError:
         raise GraphError("nested too deeply") from None
-
-
-_MALFORMED = object()
 
 
 def _from_data(data: Any, default_name: str, check_functions: bool, share_ids: bool) -> GraphSpec:
