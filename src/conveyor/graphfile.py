@@ -24,7 +24,7 @@ from conveyor.core.constraints import parse_constraints
 from conveyor.core.dag import layout
 from conveyor.errors import GraphError
 from conveyor.imports import resolve_callable
-from conveyor.model import EMPTY, GraphSpec, GroupSpec, TaskSpec
+from conveyor.model import GraphSpec, GroupSpec, TaskSpec
 
 if TYPE_CHECKING:
     from conveyor.schema import TaskFields
@@ -216,9 +216,9 @@ def _task(t: TaskFields, check_functions: bool) -> TaskSpec:
         if os.path.isdir(path):  # inputs are hashed as files: a folder cannot be
             raise GraphError(f"{where}, field 'inputs[{i}]': {path!r} is a directory, not a file")
     return TaskSpec(
-        id=t.id, fn=t.fn, cmd=t.cmd, args=tuple(t.args), kwargs=t.kwargs or EMPTY,
-        deps=deps or (), group=t.group, labels=t.labels or EMPTY,
-        resources=t.resources or EMPTY, retries=t.retries, timeout_s=t.timeout_s,
+        id=t.id, fn=t.fn, cmd=t.cmd, args=tuple(t.args), kwargs=t.kwargs,
+        deps=deps or (), group=t.group, labels=t.labels,
+        resources=t.resources, retries=t.retries, timeout_s=t.timeout_s,
         gang=t.gang, gang_size=t.gang_size, endpoint=t.endpoint, cache=t.cache,
         version=t.version, inputs=t.inputs, outputs=t.outputs, runtime_s=t.runtime_s,
         executor=t.executor, env=t.env, cwd=t.cwd, meta=t.meta,
