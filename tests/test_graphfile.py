@@ -251,3 +251,28 @@ def test_json_file_errors_as_for_a_dict(tmp_path: Path, tasks: list[Any], words:
     with pytest.raises(GraphError) as info:
         load_graph(path)
     assert all(w in str(info.value) for w in words), str(info.value)
+
+
+# -- tasks built in Python: the same schema ------------------------------------------------------
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"retries": True}, "'retries'"),
+        ({"resources": {"gpu": float("nan")}}, "'resources.gpu'"),
+        ({"env": {"X": 1}}, "'env.X'"),
+        ({"timeout_s": float("inf")}, "'timeout_s'"),
+        ({"cache": "no"}, "'cache'"),
+        ({"group": {"name": "a"}}, "'group'"),
+        ({"inputs": [0]}, "'inputs[0]'"),
+    ],
+)
+def test_python_built_task_checked_by_the_schema(options: dict[str, Any], field: str) -> None:
+    with pytest.raises(GraphError) as info:
+        conveyor.Graph("g").add(print, id="t", **options)
+    assert f"task 't', field {field}" in str(info.value)
+
+
+def test_python_built_task_may_name_paths_by_pathlike() -> None:
+    g = conveyor.Graph("g")
+    g.add(print, id="t", inputs=[Path("in.txt")], cwd=Path("/"))
+    assert g.spec().tasks[0].inputs == (Path("in.txt"),)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -202,16 +203,20 @@ class TaskSpec:
             raise GraphError(f"task {self.id!r}, field 'fn': expected an import path")
         if not self.__dict__.keys() - PYTHON_ONLY:
             return  # only id, deps (checked by the layout), fn and arguments are set
-        import msgspec
-
         from conveyor import schema
 
         fields = {k: v for k, v in self.__dict__.items() if k not in PYTHON_ONLY}
         fields["id"] = self.id
-        try:
-            schema.check_task(fields)
-        except msgspec.ValidationError as exc:
-            raise GraphError(schema.explain(exc, {"tasks": [fields]})) from None
+        # Python may name paths by ``os.PathLike`` objects (kept as given in the spec).
+        if isinstance(self.cwd, os.PathLike):
+            fields["cwd"] = os.fspath(self.cwd)
+        for name in ("inputs", "outputs"):
+            if name in fields and isinstance(fields[name], list | tuple):
+                fields[name] = [os.fspath(p) if isinstance(p, os.PathLike) else p
+                                for p in fields[name]]  # fmt: skip
+        error = schema.check_task(fields)
+        if error is not None:
+            raise GraphError(error)
 
 
 #: What a task built in Python may hold that a graph file cannot (any callable as ``fn``, any

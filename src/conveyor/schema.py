@@ -155,11 +155,12 @@ _STEP = re.compile(r"\.([A-Za-z_]\w*)|\[(\d+|\.\.\.)\]")
 _TICKS = re.compile(r"`([^`]*)`")
 
 
-def explain(exc: msgspec.ValidationError, raw: Any) -> str:
+def explain(exc: msgspec.ValidationError, raw: Any, root: str = "$") -> str:
     """msgspec's ``Expected `int` >= 0 - at `$.tasks[3].retries``` as ``task 'b', field
     'retries': expected int >= 0, got -1``, with the task's id and the bad value read from
-    ``raw`` (the undecoded graph)."""
+    ``raw`` (the undecoded graph). ``root``: the path in ``raw`` of what was converted."""
     text, _, where = str(exc).partition(" - at `")
+    where = where.replace("$", root, 1)
     steps = [(m[1] or m[2]) for m in _STEP.finditer(where.rstrip("`"))]
     what = _TICKS.sub(r"\1", text)
     what = what[:1].lower() + what[1:]
@@ -260,10 +261,14 @@ def _bad_key(node: Any, value_type: Any) -> Any:
 
 
 # -- Python-built tasks and CLI options ------------------------------------------------------
-def check_task(fields: dict[str, Any]) -> None:
-    """Check a task built in Python (its set fields but ``fn``, ``args`` and ``kwargs``)
-    against the schema; ``msgspec.ValidationError`` for the first bad field."""
-    msgspec.convert(fields, PythonTask)
+def check_task(fields: dict[str, Any]) -> str | None:
+    """The first error of a task built in Python (its set fields but ``fn``, ``args`` and
+    ``kwargs``), or ``None``."""
+    try:
+        msgspec.convert(fields, PythonTask)
+    except msgspec.ValidationError as exc:
+        return explain(exc, {"tasks": [fields]}, root="$.tasks[0]")
+    return None
 
 
 def check_group(name: str, weight: Any, cap: Any) -> str | None:
@@ -271,7 +276,8 @@ def check_group(name: str, weight: Any, cap: Any) -> str | None:
     try:
         msgspec.convert({"weight": weight, "cap": cap}, GroupFields)
     except msgspec.ValidationError as exc:
-        return explain(exc, {"groups": {name: {"weight": weight, "cap": cap}}})
+        group = {"weight": weight, "cap": cap}
+        return explain(exc, {"groups": {name: group}}, root="$.groups[...]")
     return None
 
 
