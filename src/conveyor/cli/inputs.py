@@ -53,7 +53,10 @@ def existing_store(url: str) -> str:
     if url.startswith("sqlite:"):
         path = Path(sqlite_target(url)[0])
         if not path.exists():
-            raise UsageError(f"{url}: no store there ({str(path)!r} does not exist); check --db")
+            raise UsageError(
+                f"{url}: no store there ({str(path)!r} does not exist): check --db, or "
+                f"`conveyor submit FILE --db {url}` first"
+            )
         if not path.is_file():
             raise UsageError(f"{url}: {str(path)!r} is not a store file")
     return url
