@@ -428,8 +428,8 @@ def explain_at_first_tick_with(
             {"groups": {"alice": {}}, "tasks": [{"id": "t", "cmd": "true", "group": "bob"}]},
             "unknown group 'bob'",
         ),
-        ({"groups": {"alice": {"weight": 0}}, "tasks": []}, "weight must be > 0"),
-        ({"groups": {"alice": {"weight": -1}}, "tasks": []}, "weight must be > 0"),
+        ({"groups": {"alice": {"weight": 0}}, "tasks": []}, "group 'alice', field 'weight'"),
+        ({"groups": {"alice": {"weight": -1}}, "tasks": []}, "group 'alice', field 'weight'"),
         (
             {
                 "groups": {"alice": {"cap": 2}},

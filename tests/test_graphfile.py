@@ -109,8 +109,9 @@ def test_some_tasks_without_deps_key() -> None:
         ([{"id": 3}], ["id"]),
         ([{"deps": []}], ["id", "#1"]),
         ([{"id": "a"}, "b"], ["#2", "object"]),
-        ([{"id": "a", "deps": "b"}], ["'a'", "list of task ids"]),
-        ([{"id": "a"}, {"id": "b", "deps": ["a", 1]}], ["'b'", "list of task ids"]),
+        ([{"id": "a", "deps": "b"}], ["'a'", "field 'deps'"]),
+        ([{"id": "a"}, {"id": "b", "deps": ["a", 1]}], ["'b'", "field 'deps[1]'"]),
+        ([{"id": "a", "cores": -1}], ["'a'", "cores"]),
         ([{"id": "a", "runtime_s": -1}], ["'a'", "runtime_s"]),
         ([{"id": "a", "runtime_s": float("nan")}], ["'a'", "runtime_s"]),
         ([{"id": "a", "runtime_s": "1"}], ["'a'", "runtime_s"]),
@@ -125,16 +126,10 @@ def test_bad_structure_only_graphs_named_errors_on_both_paths(
             assert w in msg, (w, msg)
 
 
-def test_negative_cores_is_ignored_as_before() -> None:
-    # Not a structure-only task, so the per-task path takes it: "cores" is informational there.
-    spec = graph_from_dict({"tasks": [{"id": "a", "cores": -1}]})
-    assert [t.id for t in spec.tasks] == ["a"]
-
-
-def test_tuple_or_null_deps_as_on_the_per_task_path() -> None:
-    assert "list of task ids" in error_of({"tasks": [{"id": "b"}, {"id": "a", "deps": ("b",)}]})
-    spec = graph_from_dict({"tasks": [{"id": "a", "deps": None}]})
-    assert spec.tasks[0].deps == ()
+def test_tuple_or_null_deps_accepted_in_a_dict_on_both_paths() -> None:
+    # A dict built in Python may hold a tuple where a file has a list (the schema converts it).
+    for g in both({"tasks": [{"id": "b"}, {"id": "a", "deps": ("b",)}, {"id": "c", "deps": None}]}):
+        assert [t.deps for t in g.tasks] == [(), ("b",), ()]
 
 
 def test_graph_keys_and_meta_kept() -> None:
@@ -246,7 +241,7 @@ def test_layout_errors_name_the_task() -> None:
     ("tasks", "words"),
     [
         ([{"id": "a", "deps": ["ghost"]}], ["'ghost'"]),
-        ([{"id": "a", "deps": [["x"]]}], ["'a'", "list of task ids"]),
+        ([{"id": "a", "deps": [["x"]]}], ["'a'", "field 'deps[0]'"]),
         ([{"id": "b", "deps": ["a"]}, {"id": "a", "deps": ["b"]}], ["cycle"]),
     ],
 )
@@ -256,3 +251,28 @@ def test_json_file_errors_as_for_a_dict(tmp_path: Path, tasks: list[Any], words:
     with pytest.raises(GraphError) as info:
         load_graph(path)
     assert all(w in str(info.value) for w in words), str(info.value)
+
+
+# -- tasks built in Python: the same schema ------------------------------------------------------
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"retries": True}, "'retries'"),
+        ({"resources": {"gpu": float("nan")}}, "'resources.gpu'"),
+        ({"env": {"X": 1}}, "'env.X'"),
+        ({"timeout_s": float("inf")}, "'timeout_s'"),
+        ({"cache": "no"}, "'cache'"),
+        ({"group": {"name": "a"}}, "'group'"),
+        ({"inputs": [0]}, "'inputs[0]'"),
+    ],
+)
+def test_python_built_task_checked_by_the_schema(options: dict[str, Any], field: str) -> None:
+    with pytest.raises(GraphError) as info:
+        conveyor.Graph("g").add(print, id="t", **options)
+    assert f"task 't', field {field}" in str(info.value)
+
+
+def test_python_built_task_may_name_paths_by_pathlike() -> None:
+    g = conveyor.Graph("g")
+    g.add(print, id="t", inputs=[Path("in.txt")], cwd=Path("/"))
+    assert g.spec().tasks[0].inputs == (Path("in.txt"),)

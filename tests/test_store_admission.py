@@ -148,7 +148,7 @@ def test_admission_bad_input_is_refused_at_submit(store_url: str, open_url: Any)
         s.open_graph(graph("g", *gang, groups={"a": {"cap": 2}}), T0)
     with pytest.raises(GraphError, match="unknown group"):
         graph("g", {"id": "t", "group": "nope"}, groups={"a": {}})
-    with pytest.raises(GraphError, match="weight must be > 0"):
+    with pytest.raises(GraphError, match="group 'a', field 'weight'"):
         graph("g", {"id": "t", "group": "a"}, groups={"a": {"weight": 0}})
 
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import enum
-import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -49,15 +49,6 @@ _FINISHED = frozenset(
     {TaskState.DONE, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED, TaskState.REMOVED}
 )
 
-#: The keys a task may have in a graph file (README.md, "Command line"), plus the WfCommons ones.
-TASK_KEYS = frozenset(
-    {
-        "id", "cmd", "fn", "args", "kwargs", "deps", "parents", "group", "labels", "resources",
-        "retries", "timeout_s", "gang", "gang_size", "endpoint", "cache", "version", "inputs",
-        "outputs", "runtime_s", "cores", "executor", "env", "cwd", "meta",
-    }
-)  # fmt: skip
-
 
 @dataclass(init=False, repr=False, eq=False)
 class TaskSpec:
@@ -91,7 +82,7 @@ class TaskSpec:
     gang_size: int | None = None
     endpoint: str | None = None
     cache: bool = True
-    version: str | None = None
+    version: str | int | None = None
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     runtime_s: float | None = None
@@ -117,7 +108,7 @@ class TaskSpec:
         gang_size: int | None = None,
         endpoint: str | None = None,
         cache: bool = True,
-        version: str | None = None,
+        version: str | int | None = None,
         inputs: tuple[str, ...] = (),
         outputs: tuple[str, ...] = (),
         runtime_s: float | None = None,
@@ -204,27 +195,36 @@ class TaskSpec:
         return "fn"
 
     def validate(self) -> None:
-        """Check the fields that do not need the rest of the graph."""
+        """Check the fields that do not need the rest of the graph against the graph-file
+        schema (``conveyor.schema``, the one home of their types and ranges); ``fn`` may be
+        any callable here and the arguments any Python values. Raises ``GraphError``."""
         if not isinstance(self.id, str) or not self.id:
             raise GraphError(f"task id must be a non-empty string, got {self.id!r}")
         if self.fn is not None and self.cmd is not None:
             raise GraphError(f"task {self.id!r}: give either 'fn' or 'cmd', not both")
-        if not isinstance(self.retries, int) or self.retries < 0:
-            raise GraphError(f"task {self.id!r}: 'retries' must be an integer >= 0")
-        if self.timeout_s is not None and (
-            not isinstance(self.timeout_s, int | float)
-            or not math.isfinite(self.timeout_s)
-            or self.timeout_s <= 0
-        ):
-            raise GraphError(f"task {self.id!r}: 'timeout_s' must be a number > 0")
-        if self.executor not in (None, "inline", "thread", "process"):
-            raise GraphError(
-                f"task {self.id!r}: 'executor' must be inline, thread or process, "
-                f"not {self.executor!r}"
-            )
-        for name, value in self.resources.items():
-            if not isinstance(value, int | float) or value < 0:
-                raise GraphError(f"task {self.id!r}: resource {name!r} must be a number >= 0")
+        if isinstance(self.fn, str) and not self.fn:
+            raise GraphError(f"task {self.id!r}, field 'fn': expected an import path")
+        if not self.__dict__.keys() - PYTHON_ONLY:
+            return  # only id, deps (checked by the layout), fn and arguments are set
+        from conveyor import schema
+
+        fields = {k: v for k, v in self.__dict__.items() if k not in PYTHON_ONLY}
+        fields["id"] = self.id
+        # Python may name paths by ``os.PathLike`` objects (kept as given in the spec).
+        if isinstance(self.cwd, os.PathLike):
+            fields["cwd"] = os.fspath(self.cwd)
+        for name in ("inputs", "outputs"):
+            if name in fields and isinstance(fields[name], list | tuple):
+                fields[name] = [os.fspath(p) if isinstance(p, os.PathLike) else p
+                                for p in fields[name]]  # fmt: skip
+        error = schema.check_task(fields)
+        if error is not None:
+            raise GraphError(error)
+
+
+#: What a task built in Python may hold that a graph file cannot (any callable as ``fn``, any
+#: Python values as arguments): checked here, not by the schema.
+PYTHON_ONLY = frozenset({"fn", "args", "kwargs"})
 
 
 _new = object.__new__
@@ -243,10 +243,12 @@ class GroupSpec:
     cap: int | None = None
 
     def validate(self) -> None:
-        if not isinstance(self.weight, int | float) or not self.weight > 0:
-            raise GraphError(f"group {self.name!r}: weight must be > 0, got {self.weight!r}")
-        if self.cap is not None and (not isinstance(self.cap, int) or self.cap < 1):
-            raise GraphError(f"group {self.name!r}: cap must be an integer >= 1")
+        """Check the weight and cap against the graph-file schema; ``GraphError``."""
+        from conveyor import schema
+
+        error = schema.check_group(self.name, self.weight, self.cap)
+        if error is not None:
+            raise GraphError(error)
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ import sys
 import typer
 
 from conveyor.cli import admin, graph, inspect, run, submit, worker
+from conveyor.cli.errors import quiet_broken_pipe
 from conveyor.outcome import INTERRUPTED
 
 __all__ = ["app", "main"]
@@ -36,7 +37,7 @@ for _name, _command in (
     ("prune", admin.prune),
     ("events", inspect.events),
 ):
-    app.command(_name)(_command)
+    app.command(_name)(quiet_broken_pipe(_command))
 
 
 def main() -> None:

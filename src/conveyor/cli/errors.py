@@ -3,11 +3,12 @@ traceback; Ctrl-C outside a run's own handling exits 130."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 
@@ -33,6 +34,8 @@ def user_errors() -> Iterator[None]:
         yield
     except ConveyorError as exc:
         fail(str(exc), exc.exit_code)
+    except BrokenPipeError:
+        raise  # the reader went away: quiet_broken_pipe ends the command
     except OSError as exc:
         fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
     except KeyboardInterrupt:
@@ -46,3 +49,35 @@ def exit_now(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+@contextmanager
+def stored_data(what: str) -> Iterator[None]:
+    """Reading what a store holds (a result, a spec): a row that does not decode is one line
+    about the store (exit 2), not a traceback. Conveyor's own errors pass through to
+    ``user_errors``; anything else raised while decoding is the row's fault."""
+    try:
+        yield
+    except (ConveyorError, OSError, KeyboardInterrupt, typer.Exit):
+        raise
+    except Exception as exc:
+        fail(f"{what}: the stored data cannot be read ({type(exc).__name__}: {exc}); "
+             "the store may be damaged")  # fmt: skip
+
+
+def quiet_broken_pipe(command: Callable[..., None]) -> Callable[..., None]:
+    """``command``, ending with exit 0 when the reader of its output goes away
+    (``conveyor events | head``): the rest of the output is not wanted, which is no error."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except BrokenPipeError:
+            # Point stdout at /dev/null: the interpreter's final flush must not fail again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            raise typer.Exit(0) from None
+
+    return wrapper

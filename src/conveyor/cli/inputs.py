@@ -45,12 +45,33 @@ def durable(url: str) -> str:
     return url
 
 
+def existing_store(url: str) -> str:
+    """``url`` if it names a durable store that exists: a mistyped SQLite path is refused
+    before anything is created there. (A PostgreSQL URL names a database on a server; the
+    store opens it as it is.)"""
+    from conveyor.store.urls import sqlite_target
+
+    durable(url)
+    if url.startswith("sqlite:"):
+        path = Path(sqlite_target(url)[0])
+        if not path.exists():
+            raise UsageError(
+                f"{url}: no store there ({str(path)!r} does not exist): check --db, or "
+                f"`conveyor submit FILE --db {url}` first"
+            )
+        if not path.is_file():
+            raise UsageError(f"{url}: {str(path)!r} is not a store file")
+    return url
+
+
 @contextmanager
-def durable_store(url: str) -> Iterator[Store]:
-    """The durable store at ``url``, closed on the way out."""
+def durable_store(url: str, *, create: bool = False) -> Iterator[Store]:
+    """The durable store at ``url``, closed on the way out. Unless ``create`` (``submit``),
+    it must exist already (``existing_store``): commands that read or change a run never
+    make an empty store of a mistyped path."""
     from conveyor.store.urls import open_store
 
-    store = open_store(durable(url))
+    store = open_store(durable(url) if create else existing_store(url))
     try:
         yield store
     finally:

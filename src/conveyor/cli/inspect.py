@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from conveyor.cli import options as opt
-from conveyor.cli.errors import user_errors
+from conveyor.cli.errors import stored_data, user_errors
 from conveyor.cli.inputs import durable_store
 
 #: Seconds between polls of the audit table with ``events --follow``.
@@ -80,7 +80,7 @@ def history(task: opt.TaskId, db: opt.DbRequired, as_json: opt.AsJson = False) -
     """The audit trail of one task: every transition, oldest first."""
     import json
 
-    with user_errors(), durable_store(db) as store:
+    with user_errors(), durable_store(db) as store, stored_data(f"{db}: task {task!r}"):
         res = store.result(task, value=False)  # raises for an unknown task; never unpickles
         rows = store.history(task)
     if as_json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,8 +43,20 @@ def check_executor(executor: str | None) -> None:
         fail("--executor must be thread, inline or process")
 
 
+def checked(value: Any, kind: str, option: str) -> Any:
+    """``value`` if it is a ``kind`` of ``conveyor.schema`` (``Seconds``, ``Amount``, ``Wait``:
+    the ranges graph files are held to), else a ``UsageError`` naming ``option``."""
+    from conveyor import schema
+
+    error = schema.check_value(value, getattr(schema, kind))
+    if error is not None:
+        raise UsageError(f"{option}: {error}, got {value!r}")
+    return value
+
+
 def parse_pairs(text: str | None, what: str, number: bool) -> dict[str, Any]:
-    """``"k=v,k2=v2"`` as a dict (values as numbers when ``number``)."""
+    """``"k=v,k2=v2"`` as a dict (values as numbers when ``number``: resource amounts, in the
+    schema's range)."""
     out: dict[str, Any] = {}
     for part in (text or "").split(","):
         if not part.strip():
@@ -53,21 +66,24 @@ def parse_pairs(text: str | None, what: str, number: bool) -> dict[str, Any]:
             raise UsageError(f"--{what}: expected k=v[,k=v...], got {part!r}")
         if number:
             try:
-                out[key.strip()] = float(value)
+                amount = float(value)
             except ValueError:
                 msg = f"--{what}: {key.strip()!r} needs a number, got {value!r}"
                 raise UsageError(msg) from None
+            out[key.strip()] = checked(amount, "Amount", f"--{what} {key.strip()}")
         else:
             out[key.strip()] = label_value(value.strip())
     return out
 
 
 def label_value(text: str) -> Any:
-    """Label values: numbers when they parse as numbers (for >=/<= constraints), else strings."""
+    """Label values: numbers when they parse as finite numbers (for >=/<= constraints), else
+    strings."""
     try:
         return int(text)
     except ValueError:
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             return text
+        return number if math.isfinite(number) else text

@@ -56,6 +56,7 @@ def run(
             progress.update(counts, total=sum(counts.values()))
 
     with user_errors():
+        lease = opt.checked(lease, "Seconds", "--lease")
         with open_run(
             graph_file(file), db=db, events=events, replace=replace,
             fingerprints=not no_fingerprints, lease_s=lease, workers=workers,

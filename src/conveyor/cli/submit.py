@@ -33,7 +33,7 @@ def submit(
 
     with user_errors():
         spec = load_graph_file(file)
-        with durable_store(db) as store:
+        with durable_store(db, create=True) as store:
             opened = open_graph(
                 store, spec, time.time(), replace=replace, fingerprints=not no_fingerprints
             )

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from conveyor.cli import options as opt
-from conveyor.cli.errors import exit_now, fail, user_errors
-from conveyor.cli.inputs import durable, import_from
+from conveyor.cli.errors import exit_now, user_errors
+from conveyor.cli.inputs import durable, existing_store, import_from
 
 
 def worker(
@@ -33,10 +33,12 @@ def worker(
     from conveyor.api import open_run
     from conveyor.outcome import left
 
-    if lease <= 0:
-        fail("--lease must be > 0")
     opt.check_executor(executor)
     with user_errors():
+        lease = opt.checked(lease, "Seconds", "--lease")
+        if idle_exit is not None:
+            idle_exit = opt.checked(idle_exit, "Wait", "--idle-exit")
+        existing_store(db)
         offered = opt.parse_pairs(labels, "labels", number=False)
         has = opt.parse_pairs(resources, "resources", number=True) if resources else None
         with open_run(
