@@ -88,3 +88,25 @@ def test_sqlite_store_of_schema_3_numbers_new_tasks_after_its_old_ones(tmp_path:
         assert not store.complete(old, "stale", T0 + 2)
     finally:
         store.close()
+
+
+def test_bare_specs_of_structure_only_graphs_decode_as_the_full_encoding() -> None:
+    """Graph files of ids, parents and runtimes are submitted with ``encode_bare_spec``: what a
+    worker decodes must be the task the full encoding gives."""
+    import dataclasses
+
+    from conveyor.graphfile import load_graph
+    from conveyor.model import TaskSpec
+    from conveyor.store.codec import decode_spec, encode_bare_spec, encode_spec
+    from helpers import workflow_files
+
+    checked = 0
+    for path in workflow_files():
+        graph = load_graph(path)
+        assert graph.structure_only, path
+        for t in graph.tasks:
+            bare, full = decode_spec(t.id, encode_bare_spec(t)), decode_spec(t.id, encode_spec(t))
+            for f in dataclasses.fields(TaskSpec):
+                assert getattr(bare, f.name) == getattr(full, f.name), (t.id, f.name)
+            checked += 1
+    assert checked > 500  # the vendored WfCommons graphs

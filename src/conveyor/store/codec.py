@@ -118,6 +118,17 @@ def encode_spec(spec: TaskSpec, submitted_by: str | None = None) -> str:
     return json.dumps(d, separators=(",", ":"), default=str)
 
 
+def encode_bare_spec(spec: TaskSpec) -> str:
+    """``encode_spec`` of a task that has only an id, parents and maybe ``runtime_s`` (every
+    task of a graph loaded ``structure_only``), without looking at every field."""
+    d: dict[str, Any] = {}
+    if spec.deps:
+        d["deps"] = list(spec.deps)
+    if spec.runtime_s is not None:
+        d["runtime_s"] = spec.runtime_s
+    return json.dumps(d, separators=(",", ":"))
+
+
 def decode_spec(task_id: str, text: str) -> TaskSpec:
     d = json.loads(text)
     d.pop(SUBMITTED_BY, None)

@@ -10,14 +10,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from conveyor.core.dag import layout
+from conveyor.core.dag import Layout, layout
 from conveyor.core.ordering import PriorityKey, depth_from
 from conveyor.core.transitions import DEAD, skip_closure, upstream_failed
 from conveyor.errors import GraphMismatchError, StaleLeaseError
 from conveyor.model import GraphSpec, TaskSpec, TaskState
 from conveyor.store import sqlfp, sqlremove
 from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph
-from conveyor.store.codec import encode_spec
+from conveyor.store.codec import encode_bare_spec, encode_spec
 from conveyor.store.sqladmission import Admission
 from conveyor.store.sqltx import Tx
 
@@ -81,7 +81,12 @@ class Submissions:
         if new:
             roots += 1
             tx.run("meta_set", key="roots", value=str(roots))
-            first = self.insert(tx, new, existing.get, 0, roots, now)
+            # A graph submitted whole brings its layout (depths, parents) and, when loaded
+            # structure_only, tasks that are ids and parents alone: neither is worked out again.
+            whole = not existing and len(new) == len(graph.tasks)
+            lay = graph.layout if whole and isinstance(graph.layout, Layout) else None
+            first = self.insert(tx, new, existing.get, 0, roots, now, lay=lay,
+                                bare=whole and graph.structure_only)  # fmt: skip
             tx.notify = True
             if fps is not None:
                 sqlfp.insert(tx, {t.id: first + i for i, t in enumerate(new)}, fps.parts)
@@ -118,11 +123,15 @@ class Submissions:
         root_seq: int,
         now: float,
         submitted_by: str | None = None,
+        *,
+        lay: Layout | None = None,
+        bare: bool = False,
     ) -> int:
         """Insert new tasks with their edges and audit rows; returns the first new seq.
         ``lookup(id)`` gives an existing task's ``(seq, state, neg_depth)``; ``submitted_by``:
         the running task that submits them (kept in their specs: they are not its graph
-        file's). O(V + E) for the batch."""
+        file's); ``lay``: their layout when already known (a whole graph with no tasks in the
+        store); ``bare``: every task is an id, parents and maybe a runtime. O(V + E)."""
         known: dict[str, Known] = {}  # lookups of existing parents, each made once
 
         def external(tid: str) -> Known | None:
@@ -138,8 +147,9 @@ class Submissions:
             return None if r is None else depth_from(r[2])
 
         ids = [t.id for t in tasks]
-        lay = layout(ids, [t.deps for t in tasks], external_depth=external_depth,
-                     base_depth=base_depth)  # fmt: skip
+        if lay is None or len(lay.depth) != len(tasks):
+            lay = layout(ids, [t.deps for t in tasks], external_depth=external_depth,
+                         base_depth=base_depth)  # fmt: skip
         shapes = self.admission.shape_ids(tx, tasks)  # validates groups, labels, gangs first
         first = int(tx.scalar("draw_seqs", n=len(tasks))) - len(tasks) + 1
         waiting = [len(lp) for lp in lay.local_parents]
@@ -184,7 +194,8 @@ class Submissions:
                 "resources": json.dumps(t.resources, sort_keys=True) if t.resources else None,
                 "error": error, "shape": shapes[i], "now": now,
             })  # fmt: skip
-            specs.append({"seq": first + i, "spec": encode_spec(t, submitted_by)})
+            text = encode_bare_spec(t) if bare else encode_spec(t, submitted_by)
+            specs.append({"seq": first + i, "spec": text})
             tx.audit(now, "task_submitted", t.id, None, PENDING)
             if state == READY:
                 tx.audit(now, "task_ready", t.id, PENDING, READY)
