@@ -249,6 +249,22 @@ def test_command_on_missing_store_refuses_and_creates_nothing(
     assert sorted(tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize("args", READ_ONLY, ids=[a[0] for a in READ_ONLY])
+def test_command_on_a_database_without_a_store_refuses_and_creates_nothing(
+    tmp_path: Path, args: list[str], pg_url: str
+) -> None:
+    import psycopg
+
+    (tmp_path / "ok.json").write_text(json.dumps({"tasks": [{"id": "a"}]}))
+    out = conveyor(*args, "--db", pg_url, cwd=tmp_path)
+    one_line_error(out, "holds no conveyor store", "conveyor submit")
+    with psycopg.connect(pg_url) as conn:
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+        ).fetchone()
+    assert tables == (0,)  # nothing was created in the empty database
+
+
 def test_history_of_a_damaged_result_row_still_shows_the_trail(tmp_path: Path) -> None:
     (tmp_path / "g.json").write_text(json.dumps({"tasks": [{"id": "a", "cmd": "echo hi"}]}))
     assert conveyor("run", "g.json", "--db", "sqlite:///s.db", cwd=tmp_path).returncode == 0

@@ -46,21 +46,17 @@ def durable(url: str) -> str:
 
 
 def existing_store(url: str) -> str:
-    """``url`` if it names a durable store that exists: a mistyped SQLite path is refused
-    before anything is created there. (A PostgreSQL URL names a database on a server; the
-    store opens it as it is.)"""
-    from conveyor.store.urls import sqlite_target
+    """``url`` if it names a durable store that exists: a mistyped SQLite path, or a
+    PostgreSQL database without conveyor's tables, is refused before anything is created."""
+    from conveyor.store.urls import redact, store_missing
 
-    durable(url)
-    if url.startswith("sqlite:"):
-        path = Path(sqlite_target(url)[0])
-        if not path.exists():
-            raise UsageError(
-                f"{url}: no store there ({str(path)!r} does not exist): check --db, or "
-                f"`conveyor submit FILE --db {url}` first"
-            )
-        if not path.is_file():
-            raise UsageError(f"{url}: {str(path)!r} is not a store file")
+    why = store_missing(durable(url))
+    if why is not None:
+        shown = redact(url)
+        raise UsageError(
+            f"{shown}: no store there ({why}): check --db, or "
+            f"`conveyor submit FILE --db {shown}` first"
+        )
     return url
 
 

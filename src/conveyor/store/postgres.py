@@ -185,6 +185,17 @@ class PostgresStore(SqlStore):
     """A ``SqlStore`` on one PostgreSQL database."""
 
     @classmethod
+    def holds_store(cls, url: str) -> bool:
+        """Whether the database ``url`` names holds a conveyor store, creating nothing there
+        (raises ``StoreCorruptError`` for a database whose tables are another program's)."""
+        conninfo, _options = postgres_target(url)
+        io = PostgresIo(conninfo, redact(url))
+        try:
+            return io.schema_version() > 0
+        finally:
+            io.close()
+
+    @classmethod
     def from_url(cls, url: str) -> PostgresStore:
         conninfo, options = postgres_target(url)
         return cls(conninfo, url=url, **options)

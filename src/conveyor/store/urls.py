@@ -8,6 +8,7 @@ light: the implementations are imported only when a URL names them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
@@ -49,6 +50,24 @@ def open_store(
     store.emit = emit
     store.clock = clock
     return store
+
+
+def store_missing(url: str) -> str | None:
+    """Why no durable store exists at ``url`` (a path that is not there, a database without
+    conveyor's tables), or ``None`` when one does. Creates nothing: for commands that only
+    read or change an existing run."""
+    if url.startswith("sqlite:"):
+        path = Path(sqlite_target(url)[0])
+        if not path.exists():
+            return f"{str(path)!r} does not exist"
+        if not path.is_file():
+            return f"{str(path)!r} is not a store file"
+        return None
+    if url.startswith(("postgresql://", "postgres://")):
+        from conveyor.store.postgres import PostgresStore
+
+        return None if PostgresStore.holds_store(url) else "the database holds no conveyor store"
+    return None
 
 
 def parse_options(query: Mapping[str, list[str]], url: str) -> dict[str, Any]:
