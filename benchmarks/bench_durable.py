@@ -1401,7 +1401,7 @@ def main(argv: list[str] | None = None) -> int:
                         if body == "fn" and w == 4 and slots is None and not peer:
                             g = goals[st]
                             goal = f">= {g:,.0f}/s"
-                            checks.append(judged(
+                            checks.insert(0, judged(  # first, as in the target column
                                 f"{store_name[st]} fn, 4 workers, default slots >= {g:,.0f} "
                                 "tasks/s (submission in)", None if args.quick else
                                 (r.ok and r.rate >= g), rate=r.rate,
