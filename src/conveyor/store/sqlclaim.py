@@ -254,17 +254,20 @@ class Claims:
         *,
         last: bool = False,
     ) -> list[bool]:
-        """``_complete_in`` for several claims with one statement for the tasks and one for
-        all their children: O(sum of fan-outs), not a statement pair per task."""
-        if len(done) == 1:
-            return [self._complete_in(tx, *done[0], now, last=last)]
+        """Record the successes ``done`` inside ``tx``: the tasks (each fenced by its lease
+        generation), their results, their children. One statement for the tasks and one for
+        all their children (a lone claim takes the single-row statements): O(sum of fan-outs).
+        """
         if not done:
             return []
-        seqs = [c.handle for c, _k, _d in done]
-        tokens = [c.token for c, _k, _d in done]
-        rows = tx.rows("complete_claims", seqs=tx.as_list(seqs), tokens=tx.as_list(tokens),
-                       now=now)  # fmt: skip
-        finished = {r[0] for r in rows}
+        if len(done) == 1:
+            c = done[0][0]
+            hit = tx.count("complete_task", now=now, seq=c.handle, token=c.token) == 1
+            finished = {c.handle} if hit else set()
+        else:
+            seqs = tx.as_list([c.handle for c, _k, _d in done])
+            tokens = tx.as_list([c.token for c, _k, _d in done])
+            finished = {r[0] for r in tx.rows("complete_claims", seqs=seqs, tokens=tokens, now=now)}
         worker = self.worker.name
         flags = []
         for claim, kind, data in done:
@@ -276,29 +279,11 @@ class Claims:
                 tx.run("store_result", seq=claim.handle, kind=kind, data=data)
             left_running(tx, claim.extra.get("grp"))
             tx.audit(now, "task_finished", claim.id, RUNNING, DONE, worker, claim.attempt)
-        if finished:
+        if len(finished) == 1:
+            release_children(tx, now, last=last, seq=next(iter(finished)))
+        elif finished:
             release_children(tx, now, last=last, seqs=tx.as_list(sorted(finished)))
         return flags
-
-    def _complete_in(
-        self,
-        tx: Tx,
-        claim: Claim,
-        kind: str | None,
-        data: bytes | None,
-        now: float,
-        *,
-        last: bool = False,
-    ) -> bool:
-        """Record a success inside ``tx``: the task, its result, its children. O(fan-out)."""
-        if tx.count("complete_task", now=now, seq=claim.handle, token=claim.token) != 1:
-            return False
-        if kind is not None:
-            tx.run("store_result", seq=claim.handle, kind=kind, data=data)
-        left_running(tx, claim.extra.get("grp"))
-        tx.audit(now, "task_finished", claim.id, RUNNING, DONE, self.worker.name, claim.attempt)
-        release_children(tx, now, last=last, seq=claim.handle)
-        return True
 
     def fail(self, claim: Claim, error: str, now: float, retry_at: float | None) -> bool:
         self._claimed_at.pop(claim.handle, None)
