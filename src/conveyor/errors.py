@@ -60,5 +60,14 @@ class TaskFailed(ConveyorError):
     """Raised by RunResult.raise_for_failures / result lookups of a failed task."""
 
 
+class DropRow(Exception):  # noqa: N818 -- a signal a generator raises, not an error
+    """Raised by a table column's generator: leave this row out of the table, with a reason
+    (counted per column and reason in the build's summary)."""
+
+    def __init__(self, reason: str = "dropped") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class WouldBlock(Exception):
     """An ``*_nowait`` call could not proceed without waiting."""

@@ -1,0 +1,1 @@
+"""The table builder: declare columns, build a dataset row group by row group on the engine."""
