@@ -1,0 +1,236 @@
+"""What a cell task runs: a column's generator wrapped so its outcome is a value the builder
+can file.
+
+A cell's function returns the generator's value, or ``Dropped`` (the row leaves the table:
+``DropRow``, ``keep_when``, an error that retrying cannot cure), and *raises* only errors worth
+retrying (429, 5xx, timeouts, connection errors: ``conveyor.http``'s classification), which the
+engine retries with backoff. A column with an ``endpoint`` makes its call inside a slot of that
+endpoint's adaptive limiter, so a 429 reaches the limiter before any retry does.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from conveyor.errors import DropRow
+from conveyor.http import classify_exception
+from conveyor.runtime.context import current
+from conveyor.runtime.executors import describe
+from conveyor.table.samplers import row_seed
+from conveyor.table.spec import Column
+
+__all__ = ["Dropped", "batch_function", "cell_function"]
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A row left out: ``reason`` is counted per column; ``error`` says what failed, if
+    something did (``None`` for ``DropRow`` and ``keep_when``)."""
+
+    reason: str
+    error: str | None = None
+
+
+def _retryable(exc: BaseException) -> bool:
+    return classify_exception(exc, wall_now=time.time()).outcome.retryable
+
+
+def _failed(exc: BaseException) -> Dropped:
+    return Dropped(f"error: {type(exc).__name__}", describe(exc))
+
+
+def _split(col: Column, value: Any) -> Any:
+    """A generator with side effects returns ``{its column: v, side column: w, ...}``."""
+    if not col.side_effects:
+        return value
+    if not isinstance(value, Mapping) or col.name not in value:
+        raise TypeError(
+            f"column {col.name!r} declares side effects {list(col.side_effects)}: its generator"
+            f" must return a dict with {col.name!r} and them, got {type(value).__name__}"
+        )
+    return value
+
+
+def _keep(col: Column, value: Any) -> bool:
+    pred = col.keep_when
+    if pred is None:
+        return True
+    own = value[col.name] if col.side_effects else value
+    return bool(pred(own))
+
+
+def _given(col: Column, seed: int, row: int, kw: dict[str, Any]) -> None:
+    for g in col.given:
+        if g == "rng":
+            kw["rng"] = random.Random(row_seed(seed, col.name, row))
+        elif g == "row_index":
+            kw["row_index"] = row
+
+
+def cell_function(col: Column, seed: int) -> Callable[[dict[str, Any], int], Any]:
+    """The function a cell task of ``col`` runs, called with ``(arguments, row index)``;
+    a coroutine function when the generator is one."""
+    fn = col.fn
+    assert fn is not None
+    given = bool(col.given)
+    endpoint = col.endpoint is not None
+
+    def finish(value: Any) -> Any:
+        value = _split(col, value)
+        if not _keep(col, value):
+            return Dropped("keep_when")
+        return value
+
+    if col.is_async:
+
+        async def run_async(kw: dict[str, Any], row: int) -> Any:
+            if given:
+                _given(col, seed, row, kw)
+            try:
+                if endpoint:
+                    async with current().acquire():
+                        value = await fn(**kw)
+                else:
+                    value = await fn(**kw)
+                return finish(value)
+            except DropRow as drop:
+                return Dropped(drop.reason)
+            except Exception as exc:
+                if _retryable(exc):
+                    raise
+                return _failed(exc)
+
+        return run_async
+
+    def run(kw: dict[str, Any], row: int) -> Any:
+        if given:
+            _given(col, seed, row, kw)
+        try:
+            if endpoint:
+                with current().limiter.acquire_sync(col.endpoint or ""):
+                    value = fn(**kw)
+            else:
+                value = fn(**kw)
+            return finish(value)
+        except DropRow as drop:
+            return Dropped(drop.reason)
+        except Exception as exc:
+            if _retryable(exc):
+                raise
+            return _failed(exc)
+
+    return run
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOut:
+    """A ``full_column`` task's outcome: one value (or ``Dropped``) per row it was given; or
+    ``failed`` when the whole row group fails (a wrong number of values, an error)."""
+
+    values: Sequence[Any] = ()
+    failed: Dropped | None = None
+
+
+def batch_function(col: Column, seed: int) -> Callable[[dict[str, list[Any]], list[int]], Any]:
+    """The function a ``full_column`` task of ``col`` runs, called with ``(the kept rows'
+    column slices, their global row indices)``; samplers too."""
+    sampler = col.sampler
+    if sampler is not None:
+
+        def sample(kw: dict[str, list[Any]], rows: list[int]) -> BatchOut:
+            got = sampler.sample(rows[0], rows[-1] + 1, seed)
+            first = rows[0]
+            fields = col.fields
+            if len(rows) == rows[-1] - first + 1:
+                cols = [got[f] for f in fields]
+            else:
+                cols = [[got[f][r - first] for r in rows] for f in fields]
+            if len(fields) == 1:
+                return BatchOut(cols[0])
+            return BatchOut(
+                [dict(zip(fields, vals, strict=True)) for vals in zip(*cols, strict=True)]
+            )
+
+        return sample
+
+    fn = col.fn
+    assert fn is not None
+
+    def given(kw: dict[str, Any], rows: list[int]) -> None:
+        for g in col.given:
+            if g == "rng":
+                kw["rng"] = random.Random(row_seed(seed, col.name, rows[0] if rows else 0))
+            elif g == "row_indices":
+                kw["row_indices"] = rows
+
+    def check(values: Any, rows: list[int]) -> BatchOut:
+        if col.side_effects:
+            if not isinstance(values, Mapping) or col.name not in values:
+                msg = (f"column {col.name!r} declares side effects: its generator must return"
+                       f" a dict of lists with {col.name!r} and them")  # fmt: skip
+                return BatchOut(failed=Dropped("error: wrong output", msg))
+            names = [col.name, *(s for s in col.side_effects if s in values)]
+            lists = [list(values[n]) for n in names]
+            if any(len(v) != len(rows) for v in lists):
+                return _wrong_count(col, min(len(v) for v in lists), len(rows))
+            values = [dict(zip(names, vals, strict=True)) for vals in zip(*lists, strict=True)]
+        else:
+            try:
+                values = list(values)
+            except TypeError:
+                return _wrong_count(col, None, len(rows))
+            if len(values) != len(rows):
+                return _wrong_count(col, len(values), len(rows))
+        out = []
+        for v in values:
+            if isinstance(v, DropRow):
+                out.append(Dropped(v.reason))
+            elif not _keep(col, v):
+                out.append(Dropped("keep_when"))
+            else:
+                out.append(v)
+        return BatchOut(out)
+
+    if col.is_async:
+
+        async def run_async(kw: dict[str, Any], rows: list[int]) -> BatchOut:
+            given(kw, rows)
+            try:
+                if col.endpoint is not None:
+                    async with current().acquire():
+                        values = await fn(**kw)
+                else:
+                    values = await fn(**kw)
+            except Exception as exc:
+                if _retryable(exc):
+                    raise
+                return BatchOut(failed=_failed(exc))
+            return check(values, rows)
+
+        return run_async
+
+    def run(kw: dict[str, Any], rows: list[int]) -> BatchOut:
+        given(kw, rows)
+        try:
+            if col.endpoint is not None:
+                with current().limiter.acquire_sync(col.endpoint):
+                    values = fn(**kw)
+            else:
+                values = fn(**kw)
+        except Exception as exc:
+            if _retryable(exc):
+                raise
+            return BatchOut(failed=_failed(exc))
+        return check(values, rows)
+
+    return run
+
+
+def _wrong_count(col: Column, got: int | None, want: int) -> BatchOut:
+    what = "something that is not a list" if got is None else f"{got} values"
+    msg = f"column {col.name!r} (full_column) returned {what} for {want} rows"
+    return BatchOut(failed=Dropped("error: wrong number of values", msg))
