@@ -138,11 +138,11 @@ class TableFrontier:
         for i in range(n):
             if i in done_nodes:
                 self._preset(g, i)
-            elif self._up_cells[i] + self._up_batches[i] == 0:
-                if self.cell[i]:
+            elif self.cell[i]:
+                if self._up_cells[i] + self._up_batches[i] == 0:
                     self._push_rows(g, i)
-                else:
-                    self._push_batch(g, i)
+            elif g.pending[i] == 0:  # a root, or its upstream cells have no kept row
+                self._push_batch(g, i)
         self._check(g)
 
     def _preset(self, g: GroupState, i: int) -> None:
@@ -242,7 +242,8 @@ class TableFrontier:
             return False
         for r in drop_rows:
             self._drop(g, r, node)
-        self._batch_finished(g, node)
+        if g.batch[node] == 1:  # not when it left out every row: then it finished just now
+            self._batch_finished(g, node)
         self._check(g)
         return True
 
