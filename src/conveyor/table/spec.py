@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
 
 from conveyor.core.fingerprint import canonical, digest
+from conveyor.core.limiter import check_key
 from conveyor.core.tableplan import CELL, FULL_COLUMN, NodeDecl, TablePlan, plan_table
 from conveyor.errors import UsageError
 
@@ -163,6 +164,11 @@ class Table:
         if executor not in (None, "inline", "thread", "process"):
             raise UsageError(f"column {col_name!r}: executor {executor!r} is not one of"
                              " inline, thread, process")  # fmt: skip
+        if endpoint is not None:
+            try:
+                check_key(endpoint)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"column {col_name!r}: {exc}") from None
         params, given = _parameters(fn, col_name)
         mapping: dict[str, str]
         wanted: list[str] = []
