@@ -224,3 +224,17 @@ def test_mermaid() -> None:
         "  n0 --> n2",
         "  n1 --> n2",
     ])  # fmt: skip
+
+
+def test_endpoint_key_checked_when_the_column_is_declared() -> None:
+    t = Table("t")
+
+    def gen() -> int:
+        return 1
+
+    with pytest.raises(UsageError) as e:
+        t.column(endpoint="api")(gen)
+    assert str(e.value) == (
+        "column 'gen': an endpoint key reads 'provider/model/domain', got 'api'"
+    )
+    t.column(endpoint="openai/gpt-4o/chat")(gen)
