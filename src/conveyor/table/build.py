@@ -172,26 +172,30 @@ def build(
         "format": fmt, "seed": table.seed, "fields": plan.fields,
     }  # fmt: skip
     spec_fp = digest(canonical([identity, sorted(fps.items())]))
-    old = _check_directory(outdir, table.name, identity, fps, replace=replace, update=update)
+    _check_directory(outdir, table.name, identity, fps, replace=replace, update=update)
     outdir.mkdir(parents=True, exist_ok=True)
     on_disk = output.scan(outdir)
     if replace:
         output.remove_groups(outdir, lambda g: False)
         on_disk = {}
-    changed = {n for n, f in fps.items() if old is None or old.get("columns", {}).get(n) != f}
     done: dict[int, int] = {}
     rebuild: dict[int, tuple[bytearray, dict[str, list[Any]], set[str]]] = {}
-    earlier: dict[int, output.GroupMeta] = {}
+    earlier: dict[int, tuple[output.GroupMeta, set[str]]] = {}
     for g, meta in on_disk.items():
+        # (without ``update``: a group of an older spec left by a crash of an earlier --update)
         stale = {n for n in fps if meta.columns.get(n) != fps[n]}
         if not stale:
             done[g] = meta.kept
-        elif update:
+        elif meta.trimmed or any(sum(meta.dropped.get(n, {}).values()) for n in stale):
+            # Rows a stale column dropped were written with none of their values (a fixed
+            # generator must see them again), and a trimmed group's cut rows are gone (an
+            # update that drops more rows needs them): such a group is built again whole,
+            # as a fresh build of this spec would.
+            rows = group_span(g, records, table.row_group_size).rows
+            rebuild[g] = (bytearray(b"\x01") * rows, {}, set())
+        else:
             rebuild[g] = _rebuild_input(outdir, g, meta, plan, records, table, stale)
-            earlier[g] = meta
-        else:  # a group of an older spec left by a crash of an earlier --update: redo it
-            rebuild[g] = _rebuild_input(outdir, g, meta, plan, records, table, stale)
-            earlier[g] = meta
+            earlier[g] = (meta, stale)
     manifest: dict[str, Any] = {
         **identity, "spec_fingerprint": spec_fp, "columns": fps, "complete": False,
         "mermaid": plan.mermaid(),
@@ -208,10 +212,10 @@ def build(
 
     def on_group(gd: GroupDone) -> None:
         dropped = {c: dict(r) for c, r in gd.dropped.items()}
-        prior = earlier.get(gd.span.group)
+        prior, stale = earlier.get(gd.span.group) or (None, set())
         if prior is not None:  # drops of columns that stand were counted by the earlier build
             for c, reasons in prior.dropped.items():
-                if c not in changed:
+                if c not in stale:
                     merged = dropped.setdefault(c, {})
                     for reason, n in reasons.items():
                         merged[reason] = merged.get(reason, 0) + n
@@ -318,16 +322,22 @@ def _dropped(metas: dict[int, Any]) -> dict[str, dict[str, int]]:
 
 
 def _trim(outdir: Path, writer: Any, kept: dict[int, int], records: int) -> None:
-    """Keep exactly ``records`` rows: the first ones in row order. Every group but the last
-    is needed whole (a group opens only while the rows before it fall short), so only the last
-    group is cut."""
+    """Keep exactly ``records`` rows: the first ones in row order. A build needs every group
+    but the last whole (a group opens only while the rows before it fall short), so only the
+    last group is cut; an ``--update`` that gave dropped rows another chance may need fewer
+    groups than it has: those after the cut are removed."""
     from conveyor.table import output
 
-    last = max(kept)
-    before = sum(n for g, n in kept.items() if g != last)
+    before = 0
+    for last in sorted(kept):
+        if before + kept[last] >= records:
+            break
+        before += kept[last]
+    output.remove_groups(outdir, lambda g: g <= last)
     keep = records - before
-    metas = output.scan(outdir)
-    meta = metas[last]
+    if keep == kept[last]:
+        return
+    meta = output.scan(outdir)[last]
     values = output.read_group(outdir, last)
     meta.kept_rows = meta.kept_rows[:keep]
     meta.trimmed = True
