@@ -53,6 +53,37 @@ class _Open:
     started: float = 0.0
 
 
+class _Window:
+    """The last ``size`` outcomes and how many of them failed. While none did, successes are
+    only counted (``quiet``), so the common case costs an addition."""
+
+    __slots__ = ("failed", "items", "quiet")
+
+    def __init__(self, size: int) -> None:
+        self.items: deque[bool] = deque(maxlen=size)
+        self.failed = 0
+        self.quiet = 0  # successes not yet put in ``items`` (none of them failed)
+
+    def add(self, ok: bool, n: int) -> None:
+        items = self.items
+        size = items.maxlen or 0
+        if ok and not self.failed:
+            self.quiet += n
+            return
+        if self.quiet:  # no failure among the items: the successes push out successes
+            items.extend([True] * min(self.quiet, size))
+            self.quiet = 0
+        for _ in range(min(n, size)):
+            if len(items) == size:
+                self.failed -= not items[0]
+            items.append(ok)
+            self.failed += not ok
+
+    def over(self, share: float) -> bool:
+        """The window is full and more than ``share`` of it failed."""
+        return len(self.items) == self.items.maxlen and self.failed > share * len(self.items)
+
+
 @dataclass(slots=True)
 class ColumnCounts:
     """What one generator did so far (the progress panel's row)."""
@@ -112,9 +143,11 @@ class TableStore(Store):
         self.running = 0
         self.stopping = False
         self.stop_reason: str | None = None
-        self._window: deque[bool] = deque(maxlen=table.early_stop_window)
-        self._window_failed = 0
-        self._quiet = 0  # successes not yet put in the window (none of it failed)
+        self._window = _Window(table.early_stop_window)
+        #: per generator, its outcomes weighted by rows (a full_column batch counts for each
+        #: row it covered): one column that always fails stops the build, however many
+        #: columns succeed beside it (no row is ever kept: row groups would open forever)
+        self._col_windows = [_Window(table.early_stop_window) for _ in plan.nodes]
         self.groups_written = 0
         self.rows_written = 0
         self.first_group_at: float | None = None
@@ -292,7 +325,7 @@ class TableStore(Store):
             if og is None or not frontier.cell_done(key):
                 self.stale += 1
                 return False
-            self._outcome(True)
+            self._outcome(True, node)
             col = self.columns[node]
             if col.side_effects:
                 for f in col.fields:
@@ -310,17 +343,17 @@ class TableStore(Store):
         og = self._open[group]
         if frontier.cell[node]:
             if isinstance(value, Dropped):
-                self._outcome(value.error is None)
+                self._outcome(value.error is None, node)
                 self._drop_row(og, row, node, value, now)
                 frontier.drop(group, row, node)
         else:
             assert isinstance(value, BatchOut)
             rows: list[int] = claim.extra["rows"]
             if value.failed is not None:
-                self._outcome(False)
+                self._outcome(False, node, len(rows))
                 self._fail_group(og, node, value.failed, now)
             else:
-                self._outcome(True)
+                self._outcome(True, node, len(rows))
                 col = self.columns[node]
                 alive = frontier.groups[group].alive
                 drops: list[int] = []
@@ -357,7 +390,7 @@ class TableStore(Store):
             self._attempts[key] = claim.attempt + 1
             heapq.heappush(self._delayed, (retry_at, key))
             return True
-        self._outcome(False)
+        self._outcome(False, node, 1 if frontier.cell[node] else len(claim.extra["rows"]))
         reason = Dropped("error: " + error.split(":", 1)[0].strip(), error)
         og = self._open[group]
         if frontier.cell[node]:
@@ -393,30 +426,31 @@ class TableStore(Store):
         self._event("row_dropped", now, task=f"{col}[{og.span.start + row}]", column=col,
                     reason=why.reason, error=why.error)  # fmt: skip
 
-    def _outcome(self, ok: bool) -> None:
+    def _outcome(self, ok: bool, node: int, rows: int = 1) -> None:
         """Early stop: more than ``early_stop`` of the last ``early_stop_window`` outcomes
-        failed. Work in flight finishes; nothing new starts."""
-        window = self._window
-        if ok and not self._window_failed:
-            self._quiet += 1  # nothing failed in the window: just count the success
+        failed, of all tasks or of one generator (``rows``: how many rows the outcome is
+        for). Work in flight finishes; nothing new starts."""
+        window, mine = self._window, self._col_windows[node]
+        if ok and not window.failed and not mine.failed:  # the common case, kept short
+            window.quiet += 1
+            mine.quiet += rows
             return
-        if self._quiet:
-            window.extend([True] * min(self._quiet, window.maxlen or 0))
-            self._quiet = 0
-        if len(window) == window.maxlen:
-            self._window_failed -= not window[0]
-        window.append(ok)
-        self._window_failed += not ok
-        if (
-            not self.stopping
-            and len(window) == window.maxlen
-            and self._window_failed > self.table.early_stop * len(window)
-        ):
-            self.stopping = True
-            self.stop_reason = (
-                f"early stop: {self._window_failed} of the last {len(window)} outcomes failed"
-                f" (more than {self.table.early_stop:.0%})"
-            )
+        window.add(ok, 1)
+        mine.add(ok, rows)
+        if ok or self.stopping:
+            return
+        share = self.table.early_stop
+        if mine.over(share):
+            what = f"outcomes of column {self.columns[node].name!r}"
+            failed, n = mine.failed, len(mine.items)
+        elif window.over(share):
+            what, failed, n = "outcomes", window.failed, len(window.items)
+        else:
+            return
+        self.stopping = True
+        self.stop_reason = (
+            f"early stop: {failed} of the last {n} {what} failed (more than {share:.0%})"
+        )
 
     def _event(self, name: str, now: float, **fields: Any) -> None:
         if self.emit is not None:
