@@ -688,3 +688,30 @@ def test_a_row_dropped_while_its_batch_runs_is_counted_once() -> None:
     assert groups[0].kept_rows == [1, 2, 3] and groups[0].columns["batch"] == [10, 20, 30]
     assert groups[0].dropped == {"z": {"z drops": 1}}
     assert store.dropped["batch"] == Counter()
+
+
+@pytest.mark.parametrize("strategy", ["cell", "full_column"])
+def test_early_stop_when_one_column_of_several_always_fails(tmp_path: Path, strategy: str) -> None:
+    """Two columns work, one always fails: no row is ever kept, so ``--records`` alone would
+    open row groups forever; the failing column's outcomes stop the build (a full_column's
+    outcome counts for each row it covered)."""
+    calls = Calls()
+    t = Table("broken", row_group_size=5, in_flight=2, early_stop_window=20)
+
+    @t.column
+    def a(row_index: int) -> int:
+        if calls("a") > 500:  # the guard: without early stop, fail everything to end the test
+            raise ValueError("the guard")
+        return row_index
+
+    @t.column
+    def c(a: int) -> int:
+        return a
+
+    def b(c: Any) -> Any:
+        raise ValueError("always")
+
+    t.add(b, strategy=strategy)
+    s = jsonl(t, 10, tmp_path / "o")
+    assert s.stopped is not None and "column 'b'" in s.stopped, s.stopped
+    assert calls.by_column["a"] <= 60 and s.exit_code == 1 and s.rows_written == 0
