@@ -272,8 +272,13 @@ def build(
             )
             summary.total_s = elapsed
             summary.stopped = store.stop_reason
+            stalled = store.open_groups()
+            if not interrupted and summary.stopped is None and stalled:
+                # the engine ends when nothing runs and no retry waits: a group still open
+                # then can never complete (a bug); say so rather than end as if complete
+                summary.stopped = f"stalled: row groups {stalled} could not complete"
             summary.interrupted = interrupted
-            summary.complete = not interrupted and total >= records and store.stop_reason is None
+            summary.complete = not interrupted and total >= records and summary.stopped is None
             manifest.update(
                 complete=summary.complete, rows_written=summary.rows_written,
                 row_groups=sorted(kept), dropped=summary.dropped,
