@@ -715,3 +715,61 @@ def test_early_stop_when_one_column_of_several_always_fails(tmp_path: Path, stra
     s = jsonl(t, 10, tmp_path / "o")
     assert s.stopped is not None and "column 'b'" in s.stopped, s.stopped
     assert calls.by_column["a"] <= 60 and s.exit_code == 1 and s.rows_written == 0
+
+
+def test_update_of_a_group_whose_rows_all_dropped(tmp_path: Path) -> None:
+    """Row group 1 kept no row (``a`` dropped them all, and ``a`` stands): ``--update`` of
+    ``b`` reopens it with nothing to compute, and its ``full_column`` ``c`` must not wait for
+    rows that will never come."""
+
+    def table(version: int) -> Table:
+        t = Table("empty", row_group_size=3)
+
+        @t.column
+        def a(row_index: int) -> int:
+            if 3 <= row_index < 6:
+                raise DropRow("group 1")
+            return row_index
+
+        if version == 1:
+
+            @t.column
+            def b(a: int) -> int:
+                return a
+
+        else:
+
+            @t.column
+            def b(a: int) -> int:
+                return -a
+
+        @t.column(strategy="full_column")
+        def c(b: list[int]) -> list[int]:
+            return [sum(b)] * len(b)
+
+        return t
+
+    out = tmp_path / "o"
+    jsonl(table(1), 6, out)
+    assert metas(out)[1].kept_rows == []
+    s = jsonl(table(2), 6, out, update=True)
+    assert s.complete and [r["b"] for r in output.load(out)] == [0, -1, -2, -6, -7, -8]
+    assert metas(out)[1].dropped == {"a": {"group 1": 3}}
+    fps = table(2).fingerprints()
+    assert all(m.columns == fps for m in metas(out).values()), "a group was not updated"
+
+
+def test_full_column_leaving_out_every_row_of_a_group(tmp_path: Path) -> None:
+    t = Table("dedup", row_group_size=3)
+    t.sampler("v", integers(0, 9))
+
+    @t.column(strategy="full_column")
+    def dedup(v: list[int], row_indices: list[int]) -> list[Any]:
+        if 4 in row_indices:  # row group 1: every row a duplicate
+            return [DropRow("duplicate")] * len(v)
+        return v
+
+    s = jsonl(t, 6, tmp_path / "o")
+    assert s.complete and s.stopped is None and s.rows_written == 6
+    assert sorted(metas(tmp_path / "o")) == [0, 1, 2]
+    assert s.dropped == {"dedup": {"duplicate": 3}}
