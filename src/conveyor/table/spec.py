@@ -170,6 +170,11 @@ class Table:
             except (TypeError, ValueError) as exc:
                 raise UsageError(f"column {col_name!r}: {exc}") from None
         params, given = _parameters(fn, col_name)
+        wrong = "row_indices" if strategy == CELL else "row_index"
+        if wrong in given:
+            right = "row_index" if strategy == CELL else "row_indices"
+            raise UsageError(f"column {col_name!r}: a {strategy} generator is given {right!r},"
+                             f" not {wrong!r}")  # fmt: skip
         mapping: dict[str, str]
         wanted: list[str] = []
         if deps is None:
