@@ -238,3 +238,23 @@ def test_endpoint_key_checked_when_the_column_is_declared() -> None:
         "column 'gen': an endpoint key reads 'provider/model/domain', got 'api'"
     )
     t.column(endpoint="openai/gpt-4o/chat")(gen)
+
+
+def test_given_parameters_match_the_strategy() -> None:
+    t = Table("t")
+
+    def cell(row_indices: list[int]) -> int:
+        return 1
+
+    def batch(row_index: int) -> list[int]:
+        return [1]
+
+    with pytest.raises(UsageError) as e:
+        t.column(cell)
+    assert str(e.value) == "column 'cell': a cell generator is given 'row_index', not 'row_indices'"
+    with pytest.raises(UsageError) as e:
+        t.column(strategy="full_column")(batch)
+    assert str(e.value) == (
+        "column 'batch': a full_column generator is given 'row_indices', not 'row_index'"
+    )
+    assert t.columns == []
