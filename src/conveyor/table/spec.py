@@ -188,6 +188,11 @@ class Table:
         else:  # the columns it reads; the parameters named like one of them get its value
             wanted = list(deps)
             mapping = {p: p for p in params if p in wanted}
+            unfed = [p for p in _required(fn) if p in params and p not in mapping]
+            if unfed:
+                raise UsageError(f"column {col_name!r}: parameter {unfed[0]!r} is not among its"
+                                 f" deps {wanted} (name it there, map it with"
+                                 " deps={parameter: column}, or give it a default)")  # fmt: skip
         col = Column(
             name=col_name, fn=fn, strategy=strategy,
             deps=tuple(dict.fromkeys([*mapping.values(), *(wanted if isinstance(deps, Sequence)
@@ -262,6 +267,13 @@ def _parameters(fn: Callable[..., Any], name: str) -> tuple[list[str], tuple[str
             continue
         (given if p.name in GIVEN else params).append(p.name)
     return params, tuple(given)
+
+
+def _required(fn: Callable[..., Any]) -> list[str]:
+    """The parameters a call must pass (by keyword: generators are called with keywords)."""
+    sig = inspect.signature(fn)
+    return [p.name for p in sig.parameters.values() if p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]  # fmt: skip
 
 
 def _takes_kwargs(fn: Callable[..., Any]) -> bool:
