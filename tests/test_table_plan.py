@@ -258,3 +258,26 @@ def test_given_parameters_match_the_strategy() -> None:
         "column 'batch': a full_column generator is given 'row_indices', not 'row_index'"
     )
     assert t.columns == []
+
+
+def test_deps_list_must_feed_every_required_parameter() -> None:
+    t = Table("t")
+
+    def x() -> int:
+        return 1
+
+    def y(x: int, z: int) -> int:
+        return x + z
+
+    def w(x: int, z: int = 0) -> int:
+        return x + z
+
+    t.column(x)
+    with pytest.raises(UsageError) as e:
+        t.column(deps=["x"])(y)
+    assert str(e.value) == (
+        "column 'y': parameter 'z' is not among its deps ['x'] (name it there, map it with"
+        " deps={parameter: column}, or give it a default)"
+    )
+    t.column(deps=["x"])(w)  # z has a default: not read from a column
+    assert [c.name for c in t.columns] == ["x", "w"] and t.columns[1].deps == ("x",)
