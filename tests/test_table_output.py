@@ -305,7 +305,7 @@ def test_write_refuses_wrong_value_counts(fmt: str, tmp_path: Path) -> None:
     w = PartWriter(tmp_path, fmt, ["a", "b"])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"column 'b' has 2 values, not 3"):
         w.write(meta(0, 0, 3), {"a": [1, 2, 3], "b": [1, 2]})
-    with pytest.raises(ValueError, match=r"column 'b' has None values"):
+    with pytest.raises(ValueError, match=r"column 'b' is missing"):
         w.write(meta(0, 0, 3), {"a": [1, 2, 3]})
     with pytest.raises(ValueError, match="not in the output"):
         w.write(meta(0, 0, 1), {"a": [1], "b": [2], "c": [3]})
@@ -342,6 +342,19 @@ def test_damaged_data_file_is_a_usage_error_naming_it(tmp_path: Path) -> None:
     path.write_bytes(b"x" * size)  # same size, so the group still looks complete
     with pytest.raises(UsageError, match=r"part-00000\.jsonl: not a readable JSONL part"):
         load(tmp_path)
+
+
+def test_jsonl_part_with_a_line_that_is_not_an_object(tmp_path: Path) -> None:
+    path = write(tmp_path, "jsonl", 0, size=1)
+    size = path.stat().st_size
+    path.write_bytes(b"[1]".ljust(size - 1) + b"\n")
+    with pytest.raises(UsageError, match="a line is not a JSON object"):
+        read_group(tmp_path, 0)
+
+
+def test_group_meta_with_unordered_rows_cannot_be_stored() -> None:
+    with pytest.raises(ValueError, match="out of order"):
+        GroupMeta(0, 0, 5, [3, 1], {}, {}).to_json()
 
 
 # -- pyarrow stays optional -----------------------------------------------------------------
