@@ -228,6 +228,16 @@ def test_scan_drops_a_group_whose_data_is_not_its_sidecars(fmt: str, tmp_path: P
     assert not (tmp_path / f"part-00000.{fmt}").exists()
 
 
+def test_scan_drops_a_sidecar_that_names_another_groups_data(tmp_path: Path) -> None:
+    write(tmp_path, "jsonl", 0)
+    write(tmp_path, "jsonl", 1)
+    sidecar = json.loads((tmp_path / "part-00001.meta.json").read_text())
+    sidecar["data"]["file"] = "part-00000.jsonl"
+    (tmp_path / "part-00001.meta.json").write_text(json.dumps(sidecar))
+    assert list(scan(tmp_path)) == [0]
+    assert names(tmp_path) == ["part-00000.jsonl", "part-00000.meta.json"]
+
+
 def test_scan_of_a_missing_directory_is_empty(tmp_path: Path) -> None:
     assert scan(tmp_path / "nope") == {}
 

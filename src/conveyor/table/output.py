@@ -275,7 +275,8 @@ def _groups(out: Path, clean: bool) -> dict[int, _Group]:
             continue
         meta, data = got
         path = out / data["file"]
-        if meta.row_group != int(m.group(1)) or _DATA.fullmatch(data["file"]) is None:
+        named = _DATA.fullmatch(data["file"])
+        if named is None or not meta.row_group == int(m.group(1)) == int(named.group(1)):
             continue
         try:
             complete = path.stat().st_size == data["bytes"]
