@@ -26,6 +26,7 @@ from conveyor.table.output import (
     scan,
     write_manifest,
 )
+from conveyor.table.partcodec import concat_parquet
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FORMATS = ["parquet", "jsonl"]
@@ -187,6 +188,55 @@ def test_load_arrow_of_a_group_with_dropped_rows(tmp_path: Path) -> None:
     w.write(GroupMeta(1, 5, 5, [], {"v": {"bad": 5}}, {}), {"v": []})
     assert load(tmp_path, arrow=True).column("v").to_pylist() == [0, 2, 4]
     assert scan(tmp_path)[1].kept == 0
+
+
+def test_load_arrow_unifies_types_across_parquet_groups(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    w = PartWriter(tmp_path, "parquet", ["s", "x"])
+    w.write(meta(0, 0, 2), {"s": [None, None], "x": [1, 2]})  # s infers the null type here
+    w.write(meta(1, 2, 2), {"s": ["a", None], "x": [0.5, None]})
+    table = load(tmp_path, arrow=True)
+    assert str(table.schema.field("s").type) == "string"
+    assert (
+        table.to_pylist()
+        == load(tmp_path)
+        == [
+            {"s": None, "x": 1},
+            {"s": None, "x": 2},
+            {"s": "a", "x": 0.5},
+            {"s": None, "x": None},
+        ]
+    )
+
+
+def test_load_arrow_of_groups_whose_types_clash_keeps_the_column_as_json(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    w = PartWriter(tmp_path, "parquet", ["v"])
+    w.write(meta(0, 0, 2), {"v": [1, 2]})
+    w.write(meta(1, 2, 1), {"v": ["three"]})
+    assert load(tmp_path) == [{"v": 1}, {"v": 2}, {"v": "three"}]
+    table = load(tmp_path, arrow=True)
+    assert table.column("v").to_pylist() == ["1", "2", '"three"']
+    assert json.loads(table.schema.metadata[JSON_COLUMNS_KEY]) == ["v"]
+
+
+def test_concat_parquet_reads_parts_directly_or_declines(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    w = PartWriter(tmp_path, "parquet", ["v"])
+    a = w.write(meta(0, 0, 2), {"v": [None, None]})
+    b = w.write(meta(1, 2, 1), {"v": ["x"]})
+    c = w.write(meta(2, 3, 1), {"v": [3]})
+    d = w.write(meta(3, 4, 2), {"v": [1, "mixed"]})
+    table = concat_parquet([a, b])
+    assert table is not None and table.column("v").to_pylist() == [None, None, "x"]
+    assert concat_parquet([b, c]) is None  # string and int64 do not unify
+    assert concat_parquet([c, d]) is None  # d holds JSON text
+
+
+def test_load_arrow_of_a_build_without_groups_is_empty(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    write_manifest(tmp_path, {"version": 1})
+    assert load(tmp_path, arrow=True).num_rows == 0
 
 
 # -- crashes and rewrites -------------------------------------------------------------------

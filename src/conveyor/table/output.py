@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from conveyor.errors import UsageError
-from conveyor.table.partcodec import JSON_COLUMNS_KEY, Format, arrow_table, decode_part, encode_part
+from conveyor.table.partcodec import (
+    JSON_COLUMNS_KEY,
+    Format,
+    arrow_table,
+    concat_parquet,
+    decode_part,
+    encode_part,
+)
 
 if TYPE_CHECKING:  # annotations only: never imported at run time from here
     import pyarrow as pa
@@ -371,6 +378,11 @@ def _union(groups: Iterable[dict[str, list[Any]]]) -> list[str]:
     return list(names)
 
 
+def _same_parquet_fields(groups: list[_Group]) -> bool:
+    first = groups[0].fields
+    return all(g.data.suffix == ".parquet" and g.fields == first for g in groups)
+
+
 @overload
 def load(path: str | Path, *, arrow: Literal[False] = False) -> list[dict[str, Any]]: ...
 @overload
@@ -385,11 +397,16 @@ def load(path: str | Path, *, arrow: bool = False) -> list[dict[str, Any]] | pa.
     groups = _groups(out, clean=False)
     if not groups and read_manifest(out) is None:
         raise UsageError(f"{out}: not a table build (no {MANIFEST}, no row groups)")
-    parts = [_read(groups[rg]) for rg in sorted(groups)]
+    ordered = [groups[rg] for rg in sorted(groups)]
+    if arrow and ordered and _same_parquet_fields(ordered):
+        table = concat_parquet([g.data for g in ordered])  # fast: no Python values
+        if table is not None and table.num_rows == sum(g.meta.kept for g in ordered):
+            return table
+    parts = [_read(g) for g in ordered]
     names = _union(parts)
     if arrow:
         columns: dict[str, list[Any]] = {n: [] for n in names}
-        for part, group in zip(parts, (groups[rg] for rg in sorted(groups)), strict=True):
+        for part, group in zip(parts, ordered, strict=True):
             for n in names:
                 columns[n].extend(part[n] if n in part else [None] * group.meta.kept)
         return arrow_table(names, columns)

@@ -17,7 +17,14 @@ from conveyor.errors import UsageError
 if TYPE_CHECKING:  # annotations only: never imported at run time from here
     import pyarrow as pa
 
-__all__ = ["JSON_COLUMNS_KEY", "Format", "arrow_table", "decode_part", "encode_part"]
+__all__ = [
+    "JSON_COLUMNS_KEY",
+    "Format",
+    "arrow_table",
+    "concat_parquet",
+    "decode_part",
+    "encode_part",
+]
 
 Format = Literal["parquet", "jsonl"]
 JSON_COLUMNS_KEY = b"conveyor.json_columns"
@@ -117,3 +124,19 @@ def decode_part(path: Path, fields: list[str]) -> dict[str, list[Any]]:
     if not all(isinstance(row, dict) for row in rows):
         raise UsageError(f"{path}: not a readable JSONL part (a line is not a JSON object)")
     return {f: [row.get(f) for row in rows] for f in fields}
+
+
+def concat_parquet(paths: list[Path]) -> pa.Table | None:
+    """Parquet parts as one table without a detour through Python values, or None when that
+    cannot give what ``arrow_table`` would: a part holds JSON-text columns, or the parts' types
+    do not unify (e.g. int in one, string in another)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        tables = [pq.read_table(p) for p in paths]
+        if any(JSON_COLUMNS_KEY in (t.schema.metadata or {}) for t in tables):
+            return None
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowException, OSError):
+        return None
