@@ -163,9 +163,11 @@ def test_sampler_seed_and_column_change_the_values(kind: str, tmp_path: Path) ->
     assert list(s2.sample(0, 200, seed=1).values()) != list(base.values())
 
 
-def test_sample_before_bind_is_refused() -> None:
-    with pytest.raises(ValueError, match="not bound"):
+def test_sample_before_bind_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="category sampler is not bound"):
         category(["a"]).sample(0, 1, 0)
+    with pytest.raises(ValueError, match="seedfile sampler is not bound"):
+        seed_file(tmp_path / "missing.csv").sample(0, 1, 0)
 
 
 def test_sample_bad_range_is_refused() -> None:

@@ -114,7 +114,8 @@ class Sampler(ABC):
 
     def _key(self, start: int, stop: int) -> str:
         if self._name is None:
-            raise ValueError(f"{self.describe()} is not bound to a column (call bind(name))")
+            kind = type(self).__name__.strip("_").lower()  # not describe(): it may read a file
+            raise ValueError(f"this {kind} sampler is not bound to a column (call bind(name))")
         if not 0 <= start <= stop:
             raise ValueError(f"bad row range [{start}, {stop})")
         return self._name
