@@ -233,10 +233,10 @@ class TableStore(Store):
         frontier = self.frontier
         while delayed and delayed[0][0] <= now:
             frontier.push(heapq.heappop(delayed)[1])
-        key = frontier.pop(self._blocked() if self._bucket_endpoint else ())
-        if key is None:
+        got = frontier.pop_task(self._blocked() if self._bucket_endpoint else ())
+        if got is None:
             return None
-        group, node, row = frontier.decode(key)
+        key, group, node, row = got
         og = self._open[group]
         values = og.values
         spec = _new_spec(TaskSpec)
@@ -258,7 +258,7 @@ class TableStore(Store):
         spec.__dict__ = d
         self.running += 1
         self._running_bucket[frontier.bucket[node]] += 1
-        attempt = self._attempts.pop(key, 1)
+        attempt = self._attempts.pop(key, 1) if self._attempts else 1
         return Claim(spec, attempt, 0, key, self.plan.depth[node], (), extra)
 
     def claim(
@@ -289,7 +289,7 @@ class TableStore(Store):
             # the common case, kept short: a cell with a value
             group, _, row = frontier.decode(key)
             og = self._open.get(group)
-            if og is None or not frontier.cell_done(key):
+            if og is None or not frontier.cell_done_at(group, node, row):
                 self.stale += 1
                 return False
             self._outcome(True)
