@@ -180,7 +180,7 @@ class TableStore(Store):
 
     def _start(self, span: GroupSpan, values: dict[str, list[Any]], now: float) -> None:
         self._open[span.group] = _Open(span, values, started=now)
-        self._event("row_group_started", now, row_group=span.group, start=span.start,
+        self._record(now, "row_group_started", row_group=span.group, start=span.start,
                     rows=span.rows)  # fmt: skip
 
     def _planned(self, span: GroupSpan, alive: bytearray | None) -> None:
@@ -214,7 +214,7 @@ class TableStore(Store):
         self._written_kept += len(kept)
         if self.first_group_at is None:
             self.first_group_at = now
-        self._event("row_group_written", now, row_group=g.span.group, rows=g.span.rows,
+        self._record(now, "row_group_written", row_group=g.span.group, rows=g.span.rows,
                     kept=len(kept))  # fmt: skip
 
     # -- claims -------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ class TableStore(Store):
         if why.error is not None:
             cc.failed += 1
             self.errors.setdefault((col, why.reason), why.error)
-        self._event("row_dropped", now, task=f"{col}[{og.span.start + row}]", column=col,
+        self._record(now, "row_dropped", task=f"{col}[{og.span.start + row}]", column=col,
                     reason=why.reason, error=why.error)  # fmt: skip
 
     def _outcome(self, ok: bool) -> None:
@@ -418,9 +418,9 @@ class TableStore(Store):
                 f" (more than {self.table.early_stop:.0%})"
             )
 
-    def _event(self, name: str, now: float, **fields: Any) -> None:
+    def _record(self, now: float, event: str, **fields: Any) -> None:
         if self.emit is not None:
-            self.emit({"ts": now, "event": name, **fields})
+            self.emit({"ts": now, "event": event, **fields})
 
     # -- what the engine asks -----------------------------------------------------------------
     @property
