@@ -266,6 +266,24 @@ def _read_sidecar(path: Path) -> tuple[GroupMeta, dict[str, Any]] | None:
     return meta, data
 
 
+def _group(out: Path, rg: int) -> _Group | None:
+    """Row group ``rg`` if it is complete on disk (its sidecar alone is read)."""
+    got = _read_sidecar(out / f"{_part(rg)}.meta.json")
+    if got is None:
+        return None
+    meta, data = got
+    named = _DATA.fullmatch(data["file"])
+    if named is None or not meta.row_group == rg == int(named.group(1)):
+        return None
+    path = out / data["file"]
+    try:
+        if path.stat().st_size != data["bytes"]:
+            return None
+    except OSError:
+        return None
+    return _Group(meta, path, [str(f) for f in data["fields"]])
+
+
 def _groups(out: Path, clean: bool) -> dict[int, _Group]:
     """The complete row groups in ``out``; with ``clean``, delete temp files and every part
     file that does not belong to a complete group."""
@@ -318,10 +336,16 @@ def _read(group: _Group) -> dict[str, list[Any]]:
 
 def read_group(out: Path, rg: int) -> dict[str, list[Any]]:
     """The column values of one complete row group, in the order its writer's fields had."""
-    group = _groups(Path(out), clean=False).get(rg)
+    group = _group(Path(out), rg)
     if group is None:
         raise UsageError(f"{out}: row group {rg} is not written")
     return _read(group)
+
+
+def read_meta(out: Path, rg: int) -> GroupMeta | None:
+    """The sidecar of row group ``rg`` if the group is complete on disk, else ``None``."""
+    group = _group(Path(out), rg)
+    return None if group is None else group.meta
 
 
 def remove_groups(out: Path, keep: Callable[[int], bool]) -> list[int]:

@@ -75,12 +75,14 @@ class TableStore(Store):
         records: int,
         on_group: Callable[[GroupDone], None],
         done_groups: Mapping[int, int] | None = None,
-        rebuild: Mapping[int, tuple[bytearray, dict[str, list[Any]], set[str]]] | None = None,
+        rebuild: Mapping[int, Callable[[], tuple[bytearray, dict[str, list[Any]], set[str]]]]
+        | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``done_groups``: row groups already written, with their kept rows (a resume);
         ``rebuild``: row groups to build again from values on disk (``--update``): per group,
-        the rows it kept, the values by field, and the generators whose values stand."""
+        a loader of the rows it kept, the values by field, and the generators whose values
+        stand (called when the group opens)."""
         self.url = "table:" + table.name
         self.table = table
         self.plan = plan
@@ -157,7 +159,7 @@ class TableStore(Store):
         while not self.stopping and len(self._open) < self.in_flight:
             if self._rebuild:
                 g = min(self._rebuild)
-                alive, values, standing = self._rebuild.pop(g)
+                alive, values, standing = self._rebuild.pop(g)()  # read from disk now
                 span = group_span(g, self.records, self.size)
                 keep = {i for i, c in enumerate(self.columns) if c.name in standing}
                 full = {f: [None] * span.rows for f in self.plan.fields}
