@@ -14,7 +14,7 @@ import copy
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,17 +181,22 @@ def build(
     changed = {n for n, f in fps.items() if old is None or old.get("columns", {}).get(n) != f}
     done: dict[int, int] = {}
     rebuild: dict[int, tuple[bytearray, dict[str, list[Any]], set[str]]] = {}
-    earlier: dict[int, output.GroupMeta] = {}
+    earlier: dict[int, dict[str, dict[str, int]]] = {}  # rebuilt group -> its earlier drops
+    # Per group on disk, its drops: what the summary needs of the sidecars. Their kept-row
+    # lists are not held (nor read again at the end): memory stays bounded by the row groups
+    # in flight, not by the table (~36 bytes a row otherwise).
+    drops: dict[int, dict[str, dict[str, int]]] = {g: m.dropped for g, m in on_disk.items()}
     for g, meta in on_disk.items():
         stale = {n for n in fps if meta.columns.get(n) != fps[n]}
         if not stale:
             done[g] = meta.kept
         elif update:
             rebuild[g] = _rebuild_input(outdir, g, meta, plan, records, table, stale)
-            earlier[g] = meta
+            earlier[g] = meta.dropped
         else:  # a group of an older spec left by a crash of an earlier --update: redo it
             rebuild[g] = _rebuild_input(outdir, g, meta, plan, records, table, stale)
-            earlier[g] = meta
+            earlier[g] = meta.dropped
+    del on_disk
     manifest: dict[str, Any] = {
         **identity, "spec_fingerprint": spec_fp, "columns": fps, "complete": False,
         "mermaid": plan.mermaid(),
@@ -204,13 +209,13 @@ def build(
     )  # fmt: skip
     sink = JsonlSink(events) if events is not None else None
     t0 = time.monotonic()
-    written: dict[int, output.GroupMeta] = {}
+    written: dict[int, int] = {}  # group -> kept rows
 
     def on_group(gd: GroupDone) -> None:
         dropped = {c: dict(r) for c, r in gd.dropped.items()}
         prior = earlier.get(gd.span.group)
         if prior is not None:  # drops of columns that stand were counted by the earlier build
-            for c, reasons in prior.dropped.items():
+            for c, reasons in prior.items():
                 if c not in changed:
                     merged = dropped.setdefault(c, {})
                     for reason, n in reasons.items():
@@ -220,7 +225,8 @@ def build(
             kept_rows=gd.kept_rows, dropped=dropped, columns=dict(fps),
         )  # fmt: skip
         writer.write(meta, gd.columns)
-        written[gd.span.group] = meta
+        written[gd.span.group] = meta.kept
+        drops[gd.span.group] = dropped
 
     store = TableStore(table, plan, records=records, on_group=on_group, done_groups=done,
                        rebuild=rebuild)  # fmt: skip
@@ -247,7 +253,7 @@ def build(
         try:
             if not interrupted and on_status is not None:
                 on_status(_status(store, engine, elapsed))
-            kept = {**done, **{g: m.kept for g, m in written.items()}}
+            kept = {**done, **written}
             if not interrupted and sum(kept.values()) > records:
                 _trim(outdir, writer, kept, records)
                 kept = {g: m.kept for g, m in output.scan(outdir).items()}
@@ -255,8 +261,7 @@ def build(
             summary.rows_written = min(total, records) if not interrupted else total
             summary.row_groups = len(kept)
             summary.cells = sum(c.done for c in store.counts_by_column)
-            all_meta = output.scan(outdir)
-            summary.dropped = _dropped(all_meta)
+            summary.dropped = _dropped(drops.values())
             summary.errors = {f"{c}: {r}": e for (c, r), e in store.errors.items()}
             summary.endpoints = {
                 k: {"limit": s.limit, "calls": s.admitted, "rate_limited": s.rate_limited,
@@ -307,10 +312,10 @@ def _status(store: TableStore, engine: Any, elapsed: float) -> BuildStatus:
     )  # fmt: skip
 
 
-def _dropped(metas: dict[int, Any]) -> dict[str, dict[str, int]]:
+def _dropped(groups: Iterable[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
-    for meta in metas.values():
-        for c, reasons in meta.dropped.items():
+    for dropped in groups:
+        for c, reasons in dropped.items():
             tgt = out.setdefault(c, {})
             for r, n in reasons.items():
                 tgt[r] = tgt.get(r, 0) + n
