@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per side and size (median)")
     ap.add_argument("--quick", action="store_true", help="2,000 rows once: a smoke test")
     ap.add_argument("--sides", default=",".join(SIDES), help=f"of {', '.join(SIDES)}")
-    ap.add_argument("--timeout", type=float, default=900.0, help="per subprocess, seconds")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="per subprocess, seconds")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
