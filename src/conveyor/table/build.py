@@ -202,7 +202,8 @@ def build(
         "mermaid": plan.mermaid(),
     }  # fmt: skip
     output.write_manifest(outdir, manifest)
-    writer = output.PartWriter(outdir, fmt, plan.fields)
+    kind: output.Format = "parquet" if fmt == "parquet" else "jsonl"  # checked above
+    writer = output.PartWriter(outdir, kind, plan.fields)
     summary = BuildSummary(
         table.name, str(outdir), fmt, records,
         row_groups_resumed=len(done), row_groups_updated=len(rebuild),
