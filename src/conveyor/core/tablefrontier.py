@@ -210,6 +210,31 @@ class TableFrontier:
             elif g.batch[node] == 1:
                 return key, group, node, row
 
+    def pop_run(self, group: int, node: int, limit: int) -> list[tuple[int, int]]:
+        """More ready cells of ``node`` in ``group``, next in key order, as ``(key, row)``:
+        at most ``limit``, and only while they head their bucket's heap (the caller just
+        popped the best task of that bucket, so these come right after it in its order)."""
+        heap = self.heaps[self.bucket[node]]
+        g = self.groups.get(group)
+        out: list[tuple[int, int]] = []
+        if g is None or not self.cell[node]:
+            return out
+        d = g.done[node]
+        alive = g.alive
+        assert d is not None
+        base = self.key(group, node, 0)
+        top = base + (MAX_GROUP_ROWS << _NODE_BITS)  # past the group's last row of this depth
+        mask = (1 << _NODE_BITS) - 1
+        while heap and len(out) < limit:
+            key = heap[0]
+            if key >= top or key < base or key & mask != node:
+                break
+            _heappop(heap)
+            row = (key >> _NODE_BITS) & (MAX_GROUP_ROWS - 1)
+            if alive[row] and not d[row]:
+                out.append((key, row))
+        return out
+
     def push(self, key: int) -> None:
         """Put a task back (a retry whose wait is over, a task given back unrun)."""
         if self.live(key):

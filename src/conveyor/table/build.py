@@ -180,14 +180,14 @@ def build(
         on_disk = {}
     changed = {n for n, f in fps.items() if old is None or old.get("columns", {}).get(n) != f}
     done: dict[int, int] = {}  # row group -> rows kept: all a written group leaves in memory
-    dropped: dict[str, dict[str, int]] = {}
+    resumed_drops: dict[str, dict[str, int]] = {}
     rebuild: dict[int, Callable[[], RebuildInput]] = {}
     earlier: dict[int, dict[str, dict[str, int]]] = {}  # drops counted by the earlier build
     for g, meta in on_disk.items():
         stale = {n for n in fps if meta.columns.get(n) != fps[n]}
         if not stale:
             done[g] = meta.kept
-            _add_drops(dropped, meta.dropped)
+            _add_drops(resumed_drops, meta.dropped)
         else:  # --update; or a group of an older spec left by a crash of an earlier --update
             rebuild[g] = _rebuild_loader(outdir, g, meta.kept_rows, plan, records, table, stale)
             earlier[g] = meta.dropped
@@ -217,7 +217,8 @@ def build(
         )  # fmt: skip
         writer.write(meta, gd.columns)
         kept[gd.span.group] = meta.kept
-        _add_drops(dropped, drops)
+        if prior is not None:
+            _add_drops(resumed_drops, {c: r for c, r in prior.items() if c not in changed})
 
     store = TableStore(table, plan, records=records, on_group=on_group, done_groups=done,
                        rebuild=rebuild)  # fmt: skip
@@ -252,7 +253,12 @@ def build(
             summary.rows_written = min(total, records) if not interrupted else total
             summary.row_groups = len(kept)
             summary.cells = sum(c.done for c in store.counts_by_column)
-            summary.dropped = dropped
+            # drops of the groups resumed from disk and of every group this run opened
+            # (written or not: an early stop's summary still says what failed)
+            for c, reasons in store.dropped.items():
+                if reasons:
+                    _add_drops(resumed_drops, {c: dict(reasons)})
+            summary.dropped = resumed_drops
             summary.errors = {f"{c}: {r}": e for (c, r), e in store.errors.items()}
             summary.endpoints = {
                 k: {"limit": s.limit, "calls": s.admitted, "rate_limited": s.rate_limited,
