@@ -178,24 +178,27 @@ def build(
     if replace:
         output.remove_groups(outdir, lambda g: False)
         on_disk = {}
-    done: dict[int, int] = {}
-    rebuild: dict[int, tuple[bytearray, dict[str, list[Any]], set[str]]] = {}
-    earlier: dict[int, tuple[output.GroupMeta, set[str]]] = {}
+    done: dict[int, int] = {}  # row group -> rows kept: all a written group leaves in memory
+    resumed_drops: dict[str, dict[str, int]] = {}
+    rebuild: dict[int, Callable[[], RebuildInput]] = {}
+    #: drops counted by the earlier build, of the columns that stand
+    earlier: dict[int, dict[str, dict[str, int]]] = {}
     for g, meta in on_disk.items():
         # (without ``update``: a group of an older spec left by a crash of an earlier --update)
         stale = {n for n in fps if meta.columns.get(n) != fps[n]}
         if not stale:
             done[g] = meta.kept
+            _add_drops(resumed_drops, meta.dropped)
         elif meta.trimmed or any(sum(meta.dropped.get(n, {}).values()) for n in stale):
             # Rows a stale column dropped were written with none of their values (a fixed
             # generator must see them again), and a trimmed group's cut rows are gone (an
             # update that drops more rows needs them): such a group is built again whole,
             # as a fresh build of this spec would.
-            rows = group_span(g, records, table.row_group_size).rows
-            rebuild[g] = (bytearray(b"\x01") * rows, {}, set())
+            rebuild[g] = _whole_group(group_span(g, records, table.row_group_size).rows)
         else:
-            rebuild[g] = _rebuild_input(outdir, g, meta, plan, records, table, stale)
-            earlier[g] = (meta, stale)
+            rebuild[g] = _rebuild_loader(outdir, g, meta.kept_rows, plan, records, table, stale)
+            earlier[g] = {c: r for c, r in meta.dropped.items() if c not in stale}
+    del on_disk
     manifest: dict[str, Any] = {
         **identity, "spec_fingerprint": spec_fp, "columns": fps, "complete": False,
         "mermaid": plan.mermaid(),
@@ -208,23 +211,21 @@ def build(
     )  # fmt: skip
     sink = JsonlSink(events) if events is not None else None
     t0 = time.monotonic()
-    written: dict[int, output.GroupMeta] = {}
+    kept = dict(done)
 
     def on_group(gd: GroupDone) -> None:
-        dropped = {c: dict(r) for c, r in gd.dropped.items()}
-        prior, stale = earlier.get(gd.span.group) or (None, set())
+        drops = {c: dict(r) for c, r in gd.dropped.items()}
+        prior = earlier.pop(gd.span.group, None)
         if prior is not None:  # drops of columns that stand were counted by the earlier build
-            for c, reasons in prior.dropped.items():
-                if c not in stale:
-                    merged = dropped.setdefault(c, {})
-                    for reason, n in reasons.items():
-                        merged[reason] = merged.get(reason, 0) + n
+            _add_drops(drops, prior)
         meta = output.GroupMeta(
             row_group=gd.span.group, start=gd.span.start, rows=gd.span.rows,
-            kept_rows=gd.kept_rows, dropped=dropped, columns=dict(fps),
+            kept_rows=gd.kept_rows, dropped=drops, columns=dict(fps),
         )  # fmt: skip
         writer.write(meta, gd.columns)
-        written[gd.span.group] = meta
+        kept[gd.span.group] = meta.kept
+        if prior is not None:
+            _add_drops(resumed_drops, prior)
 
     store = TableStore(table, plan, records=records, on_group=on_group, done_groups=done,
                        rebuild=rebuild)  # fmt: skip
@@ -251,16 +252,18 @@ def build(
         try:
             if not interrupted and on_status is not None:
                 on_status(_status(store, engine, elapsed))
-            kept = {**done, **{g: m.kept for g, m in written.items()}}
             if not interrupted and sum(kept.values()) > records:
                 _trim(outdir, writer, kept, records)
-                kept = {g: m.kept for g, m in output.scan(outdir).items()}
             total = sum(kept.values())
             summary.rows_written = min(total, records) if not interrupted else total
             summary.row_groups = len(kept)
             summary.cells = sum(c.done for c in store.counts_by_column)
-            all_meta = output.scan(outdir)
-            summary.dropped = _dropped(all_meta)
+            # drops of the groups resumed from disk and of every group this run opened
+            # (written or not: an early stop's summary still says what failed)
+            for c, reasons in store.dropped.items():
+                if reasons:
+                    _add_drops(resumed_drops, {c: dict(reasons)})
+            summary.dropped = resumed_drops
             summary.errors = {f"{c}: {r}": e for (c, r), e in store.errors.items()}
             summary.endpoints = {
                 k: {"limit": s.limit, "calls": s.admitted, "rate_limited": s.rate_limited,
@@ -316,21 +319,19 @@ def _status(store: TableStore, engine: Any, elapsed: float) -> BuildStatus:
     )  # fmt: skip
 
 
-def _dropped(metas: dict[int, Any]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for meta in metas.values():
-        for c, reasons in meta.dropped.items():
-            tgt = out.setdefault(c, {})
-            for r, n in reasons.items():
-                tgt[r] = tgt.get(r, 0) + n
-    return out
+def _add_drops(into: dict[str, dict[str, int]], more: dict[str, dict[str, int]]) -> None:
+    for c, reasons in more.items():
+        tgt = into.setdefault(c, {})
+        for r, n in reasons.items():
+            tgt[r] = tgt.get(r, 0) + n
 
 
 def _trim(outdir: Path, writer: Any, kept: dict[int, int], records: int) -> None:
-    """Keep exactly ``records`` rows: the first ones in row order. A build needs every group
-    but the last whole (a group opens only while the rows before it fall short), so only the
-    last group is cut; an ``--update`` that gave dropped rows another chance may need fewer
-    groups than it has: those after the cut are removed."""
+    """Keep exactly ``records`` rows, the first ones in row order (``kept``: rows kept by
+    group, updated). A build needs every group but the last whole (a group opens only while
+    the rows before it fall short), so only the last group is cut; an ``--update`` that gave
+    dropped rows another chance may need fewer groups than it has: those after the cut are
+    removed."""
     from conveyor.table import output
 
     before = 0
@@ -338,11 +339,16 @@ def _trim(outdir: Path, writer: Any, kept: dict[int, int], records: int) -> None
         if before + kept[last] >= records:
             break
         before += kept[last]
+    for g in [g for g in kept if g > last]:
+        del kept[g]
     output.remove_groups(outdir, lambda g: g <= last)
     keep = records - before
     if keep == kept[last]:
         return
-    meta = output.scan(outdir)[last]
+    kept[last] = keep
+    meta = output.read_meta(outdir, last)
+    if meta is None:
+        raise UsageError(f"{outdir}: row group {last} vanished while the build ran")
     values = output.read_group(outdir, last)
     meta.kept_rows = meta.kept_rows[:keep]
     meta.trimmed = True
@@ -397,28 +403,42 @@ def _check_directory(
     return old
 
 
-def _rebuild_input(
-    outdir: Path, g: int, meta: Any, plan: TablePlan, records: int, table: Table,
-    stale: set[str],
-) -> tuple[bytearray, dict[str, list[Any]], set[str]]:  # fmt: skip
-    """A written group as ``--update`` reopens it: its kept rows, their values by field at
-    their positions in the group, and the generators whose values stand."""
-    from conveyor.table import output
+#: A written row group as ``--update`` reopens it: its kept rows (a mask over the group's
+#: rows), its values by field at their positions, and the generators whose values stand.
+RebuildInput = tuple[bytearray, dict[str, list[Any]], set[str]]
 
+
+def _whole_group(rows: int) -> Callable[[], RebuildInput]:
+    """A group to build again from nothing: every row, no generator standing."""
+    return lambda: (bytearray(b"\x01") * rows, {}, set())
+
+
+def _rebuild_loader(
+    outdir: Path, g: int, kept_rows: list[int], plan: TablePlan, records: int, table: Table,
+    stale: set[str],
+) -> Callable[[], RebuildInput]:  # fmt: skip
+    """Reads group ``g`` back when the build reopens it (not before: one group in memory per
+    group in flight, not the table)."""
     span = group_span(g, records, table.row_group_size)
-    alive = bytearray(span.rows)
-    positions = [r - span.start for r in meta.kept_rows]
-    for p in positions:
-        alive[p] = 1
-    stored = output.read_group(outdir, g)
-    values: dict[str, list[Any]] = {}
-    for f in plan.fields:
-        full: list[Any] = [None] * span.rows
-        col = stored.get(f)
-        if col is not None:
-            for p, v in zip(positions, col, strict=True):
-                full[p] = v
-        values[f] = full
-    standing = {n.name for n in plan.nodes if n.name not in stale
-                and all(f in stored for f in n.fields)}  # fmt: skip
-    return alive, values, standing
+    positions = [r - span.start for r in kept_rows]
+
+    def load() -> RebuildInput:
+        from conveyor.table import output
+
+        alive = bytearray(span.rows)
+        for p in positions:
+            alive[p] = 1
+        stored = output.read_group(outdir, g)
+        values: dict[str, list[Any]] = {}
+        for f in plan.fields:
+            full: list[Any] = [None] * span.rows
+            col = stored.get(f)
+            if col is not None:
+                for p, v in zip(positions, col, strict=True):
+                    full[p] = v
+            values[f] = full
+        standing = {n.name for n in plan.nodes if n.name not in stale
+                    and all(f in stored for f in n.fields)}  # fmt: skip
+        return alive, values, standing
+
+    return load

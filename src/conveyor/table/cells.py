@@ -127,6 +127,78 @@ def cell_function(col: Column, seed: int) -> Callable[[dict[str, Any], int], Any
 
 
 @dataclass(frozen=True, slots=True)
+class Retry:
+    """A cell of a run (``run_function``) that raised an error worth retrying."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunOut:
+    """What a run of cells returns: one outcome per cell (a value, ``Dropped`` or ``Retry``)
+    and the seconds the generator calls took, which size the next runs."""
+
+    outcomes: list[Any]
+    seconds: float
+
+
+def run_function(col: Column, seed: int) -> Callable[[list[dict[str, Any]], list[int]], Any]:
+    """The function a *run* of cells of ``col`` runs: several cells of one generator in one
+    engine task, called with ``(each cell's arguments, their row indices)``, one after the
+    other. For generators without an endpoint or a timeout whose calls are much shorter than
+    the engine's cost of a task (the builder sizes runs by measured call time), so that cost
+    is paid once per run rather than once per cell. An error worth retrying comes back as a
+    ``Retry`` for that cell alone."""
+    fn = col.fn
+    assert fn is not None
+    given = bool(col.given)
+    clock = time.perf_counter
+
+    def finish(value: Any) -> Any:
+        value = _split(col, value)
+        if not _keep(col, value):
+            return Dropped("keep_when")
+        return value
+
+    def caught(exc: Exception) -> Any:
+        if isinstance(exc, DropRow):
+            return Dropped(exc.reason)
+        if _retryable(exc):
+            return Retry(describe(exc))
+        return _failed(exc)
+
+    if col.is_async:
+
+        async def run_async(kws: list[dict[str, Any]], rows: list[int]) -> RunOut:
+            out: list[Any] = []
+            t0 = clock()
+            for kw, row in zip(kws, rows, strict=True):
+                if given:
+                    _given(col, seed, row, kw)
+                try:
+                    out.append(finish(await fn(**kw)))
+                except Exception as exc:
+                    out.append(caught(exc))
+            return RunOut(out, clock() - t0)
+
+        return run_async
+
+    def run(kws: list[dict[str, Any]], rows: list[int]) -> RunOut:
+        out: list[Any] = []
+        t0 = clock()
+        for kw, row in zip(kws, rows, strict=True):
+            if given:
+                _given(col, seed, row, kw)
+            try:
+                out.append(finish(fn(**kw)))
+            except Exception as exc:
+                out.append(caught(exc))
+        return RunOut(out, clock() - t0)
+
+    return run
+
+
+@dataclass(frozen=True, slots=True)
 class BatchOut:
     """A ``full_column`` task's outcome: one value (or ``Dropped``) per row it was given; or
     ``failed`` when the whole row group fails (a wrong number of values, an error)."""

@@ -12,6 +12,7 @@ the next. Nothing of a written row group stays in memory.
 from __future__ import annotations
 
 import heapq
+import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -20,17 +21,30 @@ from typing import Any
 
 from conveyor.core.admission import Offer
 from conveyor.core.explain import Reason
+from conveyor.core.retry import DEFAULT_RETRY
 from conveyor.core.tablefrontier import GroupSpan, GroupState, TableFrontier, group_span
 from conveyor.core.tableplan import TablePlan
 from conveyor.errors import UsageError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
 from conveyor.store.base import Claim, OpenedGraph, Store
-from conveyor.table.cells import BatchOut, Dropped, batch_function, cell_function
+from conveyor.table.cells import (
+    BatchOut,
+    Dropped,
+    Retry,
+    RunOut,
+    batch_function,
+    cell_function,
+    run_function,
+)
 from conveyor.table.spec import Table
 
 __all__ = ["GroupDone", "TableStore"]
 
 _new_spec = object.__new__
+#: A run of cells (``table/cells.py``'s ``run_function``) aims at this much call time, and
+#: takes at most ``_RUN_MAX`` cells: a task's own cost in the engine is ~10-20 us.
+_RUN_S = 0.0005
+_RUN_MAX = 64
 
 
 @dataclass(slots=True)
@@ -106,12 +120,14 @@ class TableStore(Store):
         records: int,
         on_group: Callable[[GroupDone], None],
         done_groups: Mapping[int, int] | None = None,
-        rebuild: Mapping[int, tuple[bytearray, dict[str, list[Any]], set[str]]] | None = None,
+        rebuild: Mapping[int, Callable[[], tuple[bytearray, dict[str, list[Any]], set[str]]]]
+        | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``done_groups``: row groups already written, with their kept rows (a resume);
         ``rebuild``: row groups to build again from values on disk (``--update``): per group,
-        the rows it kept, the values by field, and the generators whose values stand."""
+        a loader of the rows it kept, the values by field, and the generators whose values
+        stand (called when the group opens)."""
         self.url = "table:" + table.name
         self.table = table
         self.plan = plan
@@ -124,12 +140,23 @@ class TableStore(Store):
         self.columns = [cols[n.name] for n in plan.nodes]
         endpoints = sorted({c.endpoint for c in self.columns if c.endpoint is not None})
         self._endpoint_names = endpoints
-        bucket_of = {e: k + 1 for k, e in enumerate(endpoints)}
-        buckets = [bucket_of.get(c.endpoint, 0) if c.endpoint else 0 for c in self.columns]
-        self._bucket_endpoint = {k + 1: e for k, e in enumerate(endpoints)}
+        # One ready heap per generator: a capped endpoint's cells never block another's, and
+        # a run of one generator's cells comes off one heap.
+        self._endpoint_of = [c.endpoint for c in self.columns]
+        self._endpoint_nodes = [i for i, e in enumerate(self._endpoint_of) if e is not None]
         self._caps: dict[str, int] = {}
-        self._running_bucket = [0] * (len(endpoints) + 1)
-        self.frontier = TableFrontier(plan, buckets)
+        self._running_endpoint: dict[str, int] = dict.fromkeys(endpoints, 0)
+        self.frontier = TableFrontier(plan, list(range(len(self.columns))))
+        #: Generators whose cells run several to an engine task (no endpoint, no timeout:
+        #: cheap local work), and how many a run takes now (sized by measured call time).
+        self._runs = [
+            plan.is_cell(i) and c.endpoint is None and c.timeout_s is None
+            for i, c in enumerate(self.columns)
+        ]
+        self._run_size = [1] * len(self.columns)
+        self._call_s: list[float | None] = [None] * len(self.columns)
+        self._retry_policy = DEFAULT_RETRY
+        self._rng = random.Random(table.seed)
         self.counts_by_column = [ColumnCounts() for _ in plan.nodes]
         self.dropped: dict[str, Counter[str]] = {c.name: Counter() for c in self.columns}
         self.errors: dict[tuple[str, str], str] = {}  # (column, reason) -> first error text
@@ -157,7 +184,12 @@ class TableStore(Store):
         self._templates: list[dict[str, Any]] = []
         self._params: list[list[tuple[str, str]]] = []
         for i, c in enumerate(self.columns):
-            fn = cell_function(c, seed) if plan.is_cell(i) else batch_function(c, seed)
+            if self._runs[i]:
+                fn: Any = run_function(c, seed)
+            elif plan.is_cell(i):
+                fn = cell_function(c, seed)
+            else:
+                fn = batch_function(c, seed)
             template: dict[str, Any] = {"fn": fn}
             retries = c.retries if c.retries is not None else table.retries
             if retries:
@@ -190,7 +222,7 @@ class TableStore(Store):
         while not self.stopping and len(self._open) < self.in_flight:
             if self._rebuild:
                 g = min(self._rebuild)
-                alive, values, standing = self._rebuild.pop(g)
+                alive, values, standing = self._rebuild.pop(g)()  # read from disk now
                 span = group_span(g, self.records, self.size)
                 keep = {i for i, c in enumerate(self.columns) if c.name in standing}
                 full = {f: [None] * span.rows for f in self.plan.fields}
@@ -213,7 +245,7 @@ class TableStore(Store):
 
     def _start(self, span: GroupSpan, values: dict[str, list[Any]], now: float) -> None:
         self._open[span.group] = _Open(span, values, started=now)
-        self._event("row_group_started", now, row_group=span.group, start=span.start,
+        self._record(now, "row_group_started", row_group=span.group, start=span.start,
                     rows=span.rows)  # fmt: skip
 
     def _planned(self, span: GroupSpan, alive: bytearray | None) -> None:
@@ -247,16 +279,20 @@ class TableStore(Store):
         self._written_kept += len(kept)
         if self.first_group_at is None:
             self.first_group_at = now
-        self._event("row_group_written", now, row_group=g.span.group, rows=g.span.rows,
+        self._record(now, "row_group_written", row_group=g.span.group, rows=g.span.rows,
                     kept=len(kept))  # fmt: skip
 
     # -- claims -------------------------------------------------------------------------------
     def _blocked(self) -> set[int]:
+        """The generators whose endpoint is at its cap (the engine sets caps every tick)."""
         blocked: set[int] = set()
-        for b, ep in self._bucket_endpoint.items():
-            cap = self._caps.get(ep)
-            if cap is not None and self._running_bucket[b] >= cap:
-                blocked.add(b)
+        caps, running, endpoint_of = self._caps, self._running_endpoint, self._endpoint_of
+        for n in self._endpoint_nodes:
+            ep = endpoint_of[n]
+            assert ep is not None
+            cap = caps.get(ep)
+            if cap is not None and running[ep] >= cap:
+                blocked.add(n)
         return blocked
 
     def claim_one(self, worker: str, now: float, lease_s: float = 0.0) -> Claim | None:
@@ -266,10 +302,10 @@ class TableStore(Store):
         frontier = self.frontier
         while delayed and delayed[0][0] <= now:
             frontier.push(heapq.heappop(delayed)[1])
-        key = frontier.pop(self._blocked() if self._bucket_endpoint else ())
-        if key is None:
+        got = frontier.pop_task(self._blocked() if self._endpoint_nodes else ())
+        if got is None:
             return None
-        group, node, row = frontier.decode(key)
+        key, group, node, row = got
         og = self._open[group]
         values = og.values
         spec = _new_spec(TaskSpec)
@@ -277,10 +313,25 @@ class TableStore(Store):
         d = dict(self._templates[node])
         col = self.columns[node]
         extra: dict[str, Any]
-        if frontier.cell[node]:
+        start = og.span.start
+        if self._runs[node]:
+            cells = [(key, row)]
+            size = self._run_size[node]
+            if size > 1:
+                cells += frontier.pop_run(group, node, size - 1)
+            params = self._params[node]
+            kws = [{p: values[f][r] for p, f in params} for _, r in cells]
+            last = cells[-1][1]
+            spec.id = (
+                f"{col.name}[{start + row}]" if last == row
+                else f"{col.name}[{start + row}..{start + last}]"
+            )  # fmt: skip
+            d["args"] = (kws, [start + r for _, r in cells])
+            extra = {"cells": cells}
+        elif frontier.cell[node]:
             kw = {p: values[f][row] for p, f in self._params[node]}
-            spec.id = f"{col.name}[{og.span.start + row}]"
-            d["args"] = (kw, og.span.start + row)
+            spec.id = f"{col.name}[{start + row}]"
+            d["args"] = (kw, start + row)
             extra = {}
         else:
             rows = frontier.rows_of(group)
@@ -290,8 +341,12 @@ class TableStore(Store):
             extra = {"rows": rows}
         spec.__dict__ = d
         self.running += 1
-        self._running_bucket[frontier.bucket[node]] += 1
-        attempt = self._attempts.pop(key, 1)
+        ep = self._endpoint_of[node]
+        if ep is not None:
+            self._running_endpoint[ep] += 1
+        attempt = 1
+        if self._attempts and not self._runs[node]:  # a run's cells count their own
+            attempt = self._attempts.pop(key, 1)
         return Claim(spec, attempt, 0, key, self.plan.depth[node], (), extra)
 
     def claim(
@@ -306,23 +361,29 @@ class TableStore(Store):
             out.append(c)
         return out
 
-    def _ran(self, claim: Claim) -> None:
+    def _ran(self, claim: Claim) -> int:
+        """A claim came back: it no longer runs. Its generator's index."""
+        node = claim.handle & 0xFFF
         self.running -= 1
-        self._running_bucket[self.frontier.bucket[claim.handle & 0xFFF]] -= 1
+        ep = self._endpoint_of[node]
+        if ep is not None:
+            self._running_endpoint[ep] -= 1
+        return node
 
     # -- outcomes -----------------------------------------------------------------------------
     def complete(self, claim: Claim, value: Any, now: float) -> bool:
         key = claim.handle
         frontier = self.frontier
-        node = key & 0xFFF
-        self.running -= 1
-        self._running_bucket[frontier.bucket[node]] -= 1
+        node = self._ran(claim)
         cc = self.counts_by_column[node]
+        if self._runs[node]:
+            self._run_done(claim, node, value, now)
+            return True
         if frontier.cell[node] and not isinstance(value, Dropped):
             # the common case, kept short: a cell with a value
             group, _, row = frontier.decode(key)
             og = self._open.get(group)
-            if og is None or not frontier.cell_done(key):
+            if og is None or not frontier.cell_done_at(group, node, row):
                 self.stale += 1
                 return False
             self._outcome(True, node)
@@ -378,9 +439,15 @@ class TableStore(Store):
         return True
 
     def fail(self, claim: Claim, error: str, now: float, retry_at: float | None) -> bool:
-        self._ran(claim)
+        node = self._ran(claim)
         key = claim.handle
         frontier = self.frontier
+        if self._runs[node]:  # the run itself failed (cancelled): each cell counts an attempt
+            for k, _ in claim.extra["cells"]:
+                if frontier.live(k):
+                    self._retry_cell(k, node, error, now)
+            self._collect(now)
+            return True
         if not frontier.live(key):
             self.stale += 1
             return False
@@ -402,10 +469,79 @@ class TableStore(Store):
         return True
 
     def release(self, claim: Claim, now: float) -> bool:
-        self._ran(claim)
+        node = self._ran(claim)
+        if self._runs[node]:
+            for k, _ in claim.extra["cells"]:
+                self.frontier.push(k)
+            return True
         self._attempts[claim.handle] = claim.attempt
         self.frontier.push(claim.handle)
         return True
+
+    # -- runs of cells ------------------------------------------------------------------------
+    def _run_done(self, claim: Claim, node: int, out: RunOut, now: float) -> None:
+        """File each cell of a run: its value, its drop, or its retry."""
+        frontier = self.frontier
+        cells: list[tuple[int, int]] = claim.extra["cells"]
+        self._size_runs(node, out.seconds, len(cells))
+        col = self.columns[node]
+        cc = self.counts_by_column[node]
+        fields = col.fields if col.side_effects else None
+        attempts = self._attempts
+        for (key, row), outcome in zip(cells, out.outcomes, strict=True):
+            group = frontier.decode(key)[0]
+            og = self._open.get(group)
+            if og is None or not frontier.live(key):
+                self.stale += 1
+                continue
+            if isinstance(outcome, Retry):
+                self._retry_cell(key, node, outcome.error, now)
+                continue
+            if attempts:
+                attempts.pop(key, None)
+            if isinstance(outcome, Dropped):
+                self._outcome(outcome.error is None, node)
+                self._drop_row(og, row, node, outcome, now)
+                frontier.drop(group, row, node)
+                continue
+            self._outcome(True, node)
+            if fields is None:
+                og.values[col.name][row] = outcome
+            else:
+                for f in fields:
+                    og.values[f][row] = outcome.get(f)
+            cc.done += 1
+            frontier.cell_done_at(group, node, row)
+        self._collect(now)
+
+    def _retry_cell(self, key: int, node: int, error: str, now: float) -> None:
+        """A cell of a run failed with an error worth retrying: again after a backoff (the
+        engine's policy) while its retries last, else its row is dropped."""
+        attempt = self._attempts.get(key, 1)
+        col = self.columns[node]
+        retries = col.retries if col.retries is not None else self.table.retries
+        if attempt <= retries:
+            self._attempts[key] = attempt + 1
+            self.counts_by_column[node].retried += 1
+            delay = self._retry_policy.delay(attempt, self._rng.random())
+            heapq.heappush(self._delayed, (now + delay, key))
+            return
+        self._attempts.pop(key, None)
+        self._outcome(False, node)
+        group, _, row = self.frontier.decode(key)
+        why = Dropped("error: " + error.split(":", 1)[0].strip(), error)
+        self._drop_row(self._open[group], row, node, why, now)
+        self.frontier.drop(group, row, node)
+
+    def _size_runs(self, node: int, seconds: float, cells: int) -> None:
+        """Size the next runs of ``node`` so that one takes about ``_RUN_S`` of calls: cheap
+        generators run many cells a task, a generator whose calls take longer than that runs
+        one cell a task (no loss of concurrency)."""
+        per = seconds / max(cells, 1)
+        old = self._call_s[node]
+        per = per if old is None else 0.8 * old + 0.2 * per
+        self._call_s[node] = per
+        self._run_size[node] = max(1, min(_RUN_MAX, int(_RUN_S / per) if per > 0 else _RUN_MAX))
 
     def _fail_group(self, og: _Open, node: int, why: Dropped, now: float) -> None:
         frontier = self.frontier
@@ -423,7 +559,7 @@ class TableStore(Store):
         if why.error is not None:
             cc.failed += 1
             self.errors.setdefault((col, why.reason), why.error)
-        self._event("row_dropped", now, task=f"{col}[{og.span.start + row}]", column=col,
+        self._record(now, "row_dropped", task=f"{col}[{og.span.start + row}]", column=col,
                     reason=why.reason, error=why.error)  # fmt: skip
 
     def _outcome(self, ok: bool, node: int, rows: int = 1) -> None:
@@ -452,9 +588,9 @@ class TableStore(Store):
             f"early stop: {failed} of the last {n} {what} failed (more than {share:.0%})"
         )
 
-    def _event(self, name: str, now: float, **fields: Any) -> None:
+    def _record(self, now: float, event: str, **fields: Any) -> None:
         if self.emit is not None:
-            self.emit({"ts": now, "event": name, **fields})
+            self.emit({"ts": now, "event": event, **fields})
 
     # -- what the engine asks -----------------------------------------------------------------
     @property
