@@ -773,3 +773,20 @@ def test_full_column_leaving_out_every_row_of_a_group(tmp_path: Path) -> None:
     assert s.complete and s.stopped is None and s.rows_written == 6
     assert sorted(metas(tmp_path / "o")) == [0, 1, 2]
     assert s.dropped == {"dedup": {"duplicate": 3}}
+
+
+@pytest.mark.parametrize("executor", ["thread", "inline"])
+def test_early_stop_counts_rows_dropped_after_their_retries(tmp_path: Path, executor: str) -> None:
+    calls = Calls()
+    t = Table("down", row_group_size=5, early_stop_window=10, retries=0)
+
+    @t.column(executor=executor)
+    def x(row_index: int) -> int:
+        if calls("x") > 300:  # the guard: a non-retryable error, which early stop counts
+            raise ValueError("the guard")
+        raise ConnectionError("refused")
+
+    s = jsonl(t, 10, tmp_path / "o")
+    assert s.stopped is not None and s.stopped.startswith("early stop")
+    assert calls.by_column["x"] <= 50
+    assert s.dropped == {"x": {"error: ConnectionError": calls.by_column["x"]}}
