@@ -775,12 +775,16 @@ def test_full_column_leaving_out_every_row_of_a_group(tmp_path: Path) -> None:
     assert s.dropped == {"dedup": {"duplicate": 3}}
 
 
-@pytest.mark.parametrize("executor", ["thread", "inline"])
-def test_early_stop_counts_rows_dropped_after_their_retries(tmp_path: Path, executor: str) -> None:
+@pytest.mark.parametrize("options", [{}, {"timeout_s": 30}], ids=["runs", "one-cell-tasks"])
+def test_early_stop_counts_rows_dropped_after_their_retries(
+    tmp_path: Path, options: dict[str, Any]
+) -> None:
+    """Cheap cells run several to an engine task and retry on their own; a cell with a
+    timeout is one engine task that the engine retries: rows dropped either way count."""
     calls = Calls()
     t = Table("down", row_group_size=5, early_stop_window=10, retries=0)
 
-    @t.column(executor=executor)
+    @t.column(**options)
     def x(row_index: int) -> int:
         if calls("x") > 300:  # the guard: a non-retryable error, which early stop counts
             raise ValueError("the guard")
