@@ -265,29 +265,32 @@ def _flaky_table(calls: Calls, error: Callable[[], Exception], fails: int, **col
     "error", [lambda: Status(503), lambda: Status(429), lambda: ConnectionError("reset")],
     ids=["503", "429", "ConnectionError"],
 )  # fmt: skip
+@pytest.mark.parametrize("options", [{}, {"timeout_s": 30}], ids=["runs", "one-cell-tasks"])
 def test_retryable_error_is_retried_then_succeeds(
-    tmp_path: Path, error: Callable[[], Exception]
+    tmp_path: Path, error: Callable[[], Exception], options: dict[str, Any]
 ) -> None:
     calls = Calls()
-    s = jsonl(_flaky_table(calls, error, 1), 4, tmp_path / "o")
+    s = jsonl(_flaky_table(calls, error, 1, **options), 4, tmp_path / "o")
     assert calls.by_cell[("x", 1)] == 2
     assert [r["x"] for r in output.load(tmp_path / "o")] == [0, 1, 2, 3]
     assert s.dropped == {} and s.complete
 
 
-def test_exhausted_retries_drop_the_row(tmp_path: Path) -> None:
+@pytest.mark.parametrize("options", [{}, {"timeout_s": 30}], ids=["runs", "one-cell-tasks"])
+def test_exhausted_retries_drop_the_row(tmp_path: Path, options: dict[str, Any]) -> None:
     calls = Calls()
-    s = jsonl(_flaky_table(calls, lambda: ConnectionError("reset"), 99, retries=1), 4,
-              tmp_path / "o")  # fmt: skip
+    s = jsonl(_flaky_table(calls, lambda: ConnectionError("reset"), 99, retries=1, **options),
+              4, tmp_path / "o")  # fmt: skip
     assert calls.by_cell[("x", 1)] == 2  # the call and one retry
     assert s.dropped == {"x": {"error: ConnectionError": 1}}
     assert s.errors["x: error: ConnectionError"].startswith("ConnectionError: reset")
     assert [r["x"] for r in output.load(tmp_path / "o")] == [0, 2, 3, 4]
 
 
-def test_non_retryable_error_drops_the_row_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("options", [{}, {"timeout_s": 30}], ids=["runs", "one-cell-tasks"])
+def test_non_retryable_error_drops_the_row_at_once(tmp_path: Path, options: dict[str, Any]) -> None:
     calls = Calls()
-    s = jsonl(_flaky_table(calls, lambda: ValueError("nope"), 99), 4, tmp_path / "o")
+    s = jsonl(_flaky_table(calls, lambda: ValueError("nope"), 99, **options), 4, tmp_path / "o")
     assert calls.by_cell[("x", 1)] == 1
     assert s.dropped == {"x": {"error: ValueError": 1}}
     assert s.errors["x: error: ValueError"].startswith("ValueError: nope")
