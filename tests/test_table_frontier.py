@@ -287,7 +287,31 @@ def simulate(b: Build) -> None:
             m.handed_rows[key] = rows
             g.batch[node] = HANDED
         m.running[key] = (gi, node, row)
+        if m.cell[node] and rnd.random() < 0.4:
+            run(gi, node, rnd.randint(1, 4))
         return True
+
+    def run(gi: int, node: int, limit: int) -> None:
+        """More cells of the generator just handed out, for one engine task (a run): the
+        next ready ones of its bucket in order, while they are of that generator and group."""
+        order = sorted(
+            (t for t in m.ready() if buckets[t[1]] == buckets[node]),
+            key=lambda t: (t[0], -plan.depth[t[1]], t[2], t[1]),
+        )
+        expected = []
+        for t in order[:limit]:
+            if t[:2] != (gi, node):
+                break
+            expected.append(t[2])
+        got = f.pop_run(gi, node, limit)
+        rows = [r for _, r in got]
+        assert rows == expected[: len(rows)], f"run {rows}, not the next ready cells {expected}"
+        if len(rows) < len(expected):  # only a stale entry of another task may end it early
+            heap = f.heaps[buckets[node]]
+            assert heap and not f.live(heap[0]), f"run {rows} stopped short of {expected}"
+        for k, r in got:
+            assert f.decode(k) == (gi, node, r)
+            m.running[k] = (gi, node, r)
 
     def finish(key: int) -> None:
         gi, node, row = m.running.pop(key)
