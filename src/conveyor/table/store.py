@@ -604,9 +604,12 @@ class TableStore(Store):
         self._caps[endpoint] = cap
 
     def next_wakeup(self) -> float | None:
-        if self.stopping or not self._delayed:
+        if self.stopping:
             return None
-        return self._delayed[0][0]
+        delayed, live = self._delayed, self.frontier.live
+        while delayed and not live(delayed[0][1]):  # its row dropped, its group done
+            self._attempts.pop(heapq.heappop(delayed)[1], None)
+        return delayed[0][0] if delayed else None
 
     def unfinished(self) -> int:
         if self.stopping:
