@@ -797,3 +797,40 @@ def test_early_stop_counts_rows_dropped_after_their_retries(
     assert s.stopped is not None and s.stopped.startswith("early stop")
     assert calls.by_column["x"] <= 50
     assert s.dropped == {"x": {"error: ConnectionError": calls.by_column["x"]}}
+
+
+@pytest.mark.parametrize("options", [{}, {"timeout_s": 30}], ids=["runs", "one-cell-tasks"])
+def test_a_retry_waiting_for_a_dropped_row_does_not_hold_the_build(
+    options: dict[str, Any],
+) -> None:
+    """``b``'s cell of row 0 waits a minute to be retried; meanwhile ``a`` drops row 0: the
+    retry no longer matters, and the build is over now, not in a minute (the store, driven
+    by hand the way the engine drives it)."""
+    t = Table("wait", row_group_size=1)
+
+    @t.column
+    def a(row_index: int) -> int:
+        raise DropRow("gone")
+
+    @t.column(**options)
+    def b(row_index: int) -> int:
+        raise ConnectionError("refused")
+
+    groups: list[GroupDone] = []
+    store = TableStore(t, t.plan(), records=1, on_group=groups.append)
+    now = 1000.0
+    claims = {c.spec.id: c for c in store.claim("w", 10, now, 30.0)}
+    assert sorted(claims) == ["a[0]", "b[0]"]
+    b_claim = claims["b[0]"]
+    if options:  # an engine task: the engine failed it and set when to retry
+        assert store.fail(b_claim, "ConnectionError: refused", now, now + 60.0) is True
+    else:  # a run: the store retries its cells itself
+        from conveyor.table.cells import RunOut
+
+        store.complete(b_claim, RunOut([b_claim.spec.fn([{}], [0]).outcomes[0]], 0.001), now)
+    assert store.next_wakeup() is not None
+    a_claim = claims["a[0]"]
+    a_value = a_claim.spec.fn(*a_claim.spec.args)
+    store.complete(a_claim, a_value, now)
+    assert [g.kept_rows for g in groups] == [[]]
+    assert store.next_wakeup() is None, "the build waits for a retry that no longer matters"
