@@ -252,8 +252,9 @@ def build(
         try:
             if not interrupted and on_status is not None:
                 on_status(_status(store, engine, elapsed))
+            removed: dict[str, dict[str, int]] = {}
             if not interrupted and sum(kept.values()) > records:
-                _trim(outdir, writer, kept, records)
+                removed = _trim(outdir, writer, kept, records)
             total = sum(kept.values())
             summary.rows_written = min(total, records) if not interrupted else total
             summary.row_groups = len(kept)
@@ -263,7 +264,10 @@ def build(
             for c, reasons in store.dropped.items():
                 if reasons:
                     _add_drops(resumed_drops, {c: dict(reasons)})
-            summary.dropped = resumed_drops
+            _add_drops(resumed_drops, removed, sign=-1)  # the groups removed count no more
+            summary.dropped = {c: {r: n for r, n in reasons.items() if n}
+                               for c, reasons in resumed_drops.items()
+                               if any(reasons.values())}  # fmt: skip
             summary.errors = {f"{c}: {r}": e for (c, r), e in store.errors.items()}
             summary.endpoints = {
                 k: {"limit": s.limit, "calls": s.admitted, "rate_limited": s.rate_limited,
@@ -319,19 +323,23 @@ def _status(store: TableStore, engine: Any, elapsed: float) -> BuildStatus:
     )  # fmt: skip
 
 
-def _add_drops(into: dict[str, dict[str, int]], more: dict[str, dict[str, int]]) -> None:
+def _add_drops(
+    into: dict[str, dict[str, int]], more: dict[str, dict[str, int]], sign: int = 1
+) -> None:
     for c, reasons in more.items():
         tgt = into.setdefault(c, {})
         for r, n in reasons.items():
-            tgt[r] = tgt.get(r, 0) + n
+            tgt[r] = tgt.get(r, 0) + sign * n
 
 
-def _trim(outdir: Path, writer: Any, kept: dict[int, int], records: int) -> None:
+def _trim(
+    outdir: Path, writer: Any, kept: dict[int, int], records: int
+) -> dict[str, dict[str, int]]:
     """Keep exactly ``records`` rows, the first ones in row order (``kept``: rows kept by
     group, updated). A build needs every group but the last whole (a group opens only while
     the rows before it fall short), so only the last group is cut; an ``--update`` that gave
     dropped rows another chance may need fewer groups than it has: those after the cut are
-    removed."""
+    removed. Returns the drops the removed groups had counted."""
     from conveyor.table import output
 
     before = 0
@@ -339,12 +347,16 @@ def _trim(outdir: Path, writer: Any, kept: dict[int, int], records: int) -> None
         if before + kept[last] >= records:
             break
         before += kept[last]
+    removed: dict[str, dict[str, int]] = {}
     for g in [g for g in kept if g > last]:
         del kept[g]
+        gone = output.read_meta(outdir, g)
+        if gone is not None:
+            _add_drops(removed, gone.dropped)
     output.remove_groups(outdir, lambda g: g <= last)
     keep = records - before
     if keep == kept[last]:
-        return
+        return removed
     kept[last] = keep
     meta = output.read_meta(outdir, last)
     if meta is None:
@@ -353,6 +365,7 @@ def _trim(outdir: Path, writer: Any, kept: dict[int, int], records: int) -> None
     meta.kept_rows = meta.kept_rows[:keep]
     meta.trimmed = True
     writer.write(meta, {f: v[:keep] for f, v in values.items()})
+    return removed
 
 
 def _check_directory(
