@@ -581,8 +581,15 @@ def test_update_recomputes_only_the_changed_column_and_its_downstream(tmp_path: 
 
 def _fresh(tmp_path: Path, version: int, **kw: Any) -> Path:
     out = tmp_path / f"fresh{version}"
-    jsonl(versioned(Calls(), version, **kw), 17, out)
+    s = jsonl(versioned(Calls(), version, **kw), 17, out)
+    out.with_suffix(".drops.json").write_text(json.dumps(s.dropped))
     return out
+
+
+def fresh_drops(out: Path) -> dict[str, dict[str, int]]:
+    """The drops the summary of ``_fresh``'s build counted."""
+    drops: dict[str, dict[str, int]] = json.loads(out.with_suffix(".drops.json").read_text())
+    return drops
 
 
 def test_update_that_drops_more_rows_still_writes_n_rows(tmp_path: Path) -> None:
@@ -658,6 +665,7 @@ def test_update_gives_rows_a_changed_column_dropped_another_chance(tmp_path: Pat
     assert rows == output.load(fresh)
     assert metas(out) == metas(fresh)  # the groups no longer needed are gone
     assert len(metas(out)) < groups_before
+    assert s.dropped == fresh_drops(fresh)  # the groups removed no longer count
 
 
 def test_a_row_dropped_while_its_batch_runs_is_counted_once() -> None:
