@@ -842,3 +842,25 @@ def test_a_retry_waiting_for_a_dropped_row_does_not_hold_the_build(
     store.complete(a_claim, a_value, now)
     assert [g.kept_rows for g in groups] == [[]]
     assert store.next_wakeup() is None, "the build waits for a retry that no longer matters"
+
+
+def test_full_column_with_side_effects_and_keep_when(tmp_path: Path) -> None:
+    t = Table("fcs", row_group_size=4)
+    t.sampler("v", integers(0, 99))
+
+    @t.column(strategy="full_column", side_effects=["emb__norm"], keep_when=lambda e: e % 2)
+    def emb(v: list[int]) -> dict[str, list[int]]:
+        return {"emb": [x + 1 for x in v], "emb__norm": [x * 2 for x in v]}
+
+    @t.column
+    def after(emb: int, emb__norm: int) -> int:
+        return emb + emb__norm
+
+    s = jsonl(t, 9, tmp_path / "o")
+    rows = output.load(tmp_path / "o")
+    assert len(rows) == 9 and s.complete
+    for r in rows:
+        assert r["emb"] == r["v"] + 1 and r["emb__norm"] == 2 * r["v"] and r["emb"] % 2
+        assert r["after"] == r["emb"] + r["emb__norm"]
+    assert s.dropped == {"emb": {"keep_when": s.dropped["emb"]["keep_when"]}}
+    assert s.dropped["emb"]["keep_when"] >= 1
