@@ -194,6 +194,7 @@ class Table:
                 raise UsageError(f"column {col_name!r}: parameter {unfed[0]!r} is not among its"
                                  f" deps {wanted} (name it there, map it with"
                                  " deps={parameter: column}, or give it a default)")  # fmt: skip
+        _check_fields(col_name, (col_name, *side_effects))
         col = Column(
             name=col_name, fn=fn, strategy=strategy,
             deps=tuple(dict.fromkeys([*mapping.values(), *(wanted if isinstance(deps, Sequence)
@@ -215,6 +216,7 @@ class Table:
                              f" {type(sampler).__name__}")  # fmt: skip
         sampler.bind(name)
         col = Column(name=name, sampler=sampler, strategy=FULL_COLUMN)
+        _check_fields(name, col.fields)
         self.columns.append(col)
         return col
 
@@ -268,6 +270,14 @@ def _parameters(fn: Callable[..., Any], name: str) -> tuple[list[str], tuple[str
             continue
         (given if p.name in GIVEN else params).append(p.name)
     return params, tuple(given)
+
+
+def _check_fields(name: str, fields: Sequence[str]) -> None:
+    """A column named like a given parameter could never be read: refuse it."""
+    for f in fields:
+        if f in GIVEN:
+            raise UsageError(f"column {name!r}: {f!r} is a parameter generators are given"
+                             f" ({', '.join(sorted(GIVEN))}), not a column name")  # fmt: skip
 
 
 def _required(fn: Callable[..., Any]) -> list[str]:
