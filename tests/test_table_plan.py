@@ -281,3 +281,22 @@ def test_deps_list_must_feed_every_required_parameter() -> None:
     )
     t.column(deps=["x"])(w)  # z has a default: not read from a column
     assert [c.name for c in t.columns] == ["x", "w"] and t.columns[1].deps == ("x",)
+
+
+def test_a_column_named_like_a_given_parameter() -> None:
+    t = Table("t")
+
+    def gen() -> int:
+        return 1
+
+    with pytest.raises(UsageError) as e:
+        t.column(name="rng")(gen)
+    assert str(e.value) == (
+        "column 'rng': 'rng' is a parameter generators are given (rng, row_index, row_indices),"
+        " not a column name"
+    )
+    with pytest.raises(UsageError, match="column 'gen': 'row_index' is a parameter"):
+        t.column(side_effects=["row_index"])(gen)
+    with pytest.raises(UsageError, match="column 'row_indices': 'row_indices' is a parameter"):
+        t.sampler("row_indices", category(["a"]))
+    assert t.columns == []
