@@ -864,3 +864,32 @@ def test_full_column_with_side_effects_and_keep_when(tmp_path: Path) -> None:
         assert r["after"] == r["emb"] + r["emb__norm"]
     assert s.dropped == {"emb": {"keep_when": s.dropped["emb"]["keep_when"]}}
     assert s.dropped["emb"]["keep_when"] >= 1
+
+
+def test_an_endpoint_at_its_cap_leaves_slots_to_other_columns(tmp_path: Path) -> None:
+    """``a``'s calls (endpoint, deeper, so first in line) cannot finish before every ``b``
+    cell has: the store hands out no more ``a`` cells than the endpoint's cap, so ``b`` still
+    gets worker slots (else ``a`` would hold all 8 and wait for ``b`` forever)."""
+    b_done: list[int] = []
+    t = Table("caps", row_group_size=30, early_stop_window=8)  # starved: stop soon
+
+    @t.column
+    def z(row_index: int) -> int:
+        return row_index
+
+    @t.column(endpoint="example/a/test")
+    async def a(z: int) -> int:
+        for _ in range(1000):
+            if len(b_done) == 30:
+                return z
+            await asyncio.sleep(0.005)
+        raise ValueError("starved: b never got a slot")
+
+    @t.column
+    async def b(row_index: int) -> int:
+        await asyncio.sleep(0.005)
+        b_done.append(row_index)
+        return row_index
+
+    s = jsonl(t, 30, tmp_path / "o", workers=8)
+    assert s.dropped == {} and s.rows_written == 30
