@@ -893,3 +893,26 @@ def test_an_endpoint_at_its_cap_leaves_slots_to_other_columns(tmp_path: Path) ->
 
     s = jsonl(t, 30, tmp_path / "o", workers=8)
     assert s.dropped == {} and s.rows_written == 30
+
+
+def test_a_crashed_update_is_finished_by_the_next_build(tmp_path: Path) -> None:
+    """An --update that died after rewriting some groups: the manifest already names the new
+    spec, group 0 still holds the old one. The same command without --update redoes just
+    that group's changed columns."""
+    import shutil
+
+    out, old = tmp_path / "o", tmp_path / "old"
+    jsonl(versioned(Calls(), 1), 17, old)
+    jsonl(versioned(Calls(), 1), 17, out)
+    jsonl(versioned(Calls(), 2), 17, out, update=True)
+    for p in out.glob("part-00000.*"):
+        p.unlink()
+    for p in old.glob("part-00000.*"):
+        shutil.copy(p, out / p.name)
+    assert metas(out)[0].columns != metas(out)[1].columns
+    calls = Calls()
+    s = jsonl(versioned(calls, 2), 17, out)
+    assert s.complete and s.row_groups_updated == 1
+    assert set(calls.by_column) == {"b", "c"}
+    assert calls.by_column["b"] == metas(out)[0].kept and calls.by_column["c"] == 1
+    assert output.load(out) == output.load(_fresh(tmp_path, 2))
