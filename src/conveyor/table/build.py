@@ -186,14 +186,16 @@ def build(
     for g, meta in on_disk.items():
         # (without ``update``: a group of an older spec left by a crash of an earlier --update)
         stale = {n for n in fps if meta.columns.get(n) != fps[n]}
-        if not stale:
+        gone = set(meta.columns) - set(fps)  # generators the spec no longer has
+        if not stale and not gone:
             done[g] = meta.kept
             _add_drops(resumed_drops, meta.dropped)
-        elif meta.trimmed or any(sum(meta.dropped.get(n, {}).values()) for n in stale):
-            # Rows a stale column dropped were written with none of their values (a fixed
-            # generator must see them again), and a trimmed group's cut rows are gone (an
-            # update that drops more rows needs them): such a group is built again whole,
-            # as a fresh build of this spec would.
+        elif meta.trimmed or any(sum(meta.dropped.get(n, {}).values()) for n in stale | gone):
+            # Rows a stale or removed column dropped were written with none of their values
+            # (a fixed generator must see them again), and a trimmed group's cut rows are gone
+            # (an update that drops more rows needs them): such a group is built again whole,
+            # as a fresh build of this spec would. A group that only lost columns is written
+            # again without them, every generator left standing.
             rebuild[g] = _whole_group(group_span(g, records, table.row_group_size).rows)
         else:
             rebuild[g] = _rebuild_loader(outdir, g, meta.kept_rows, plan, records, table, stale)
@@ -393,7 +395,10 @@ def _check_directory(
         return old
     fixed = ("records", "row_group_size", "format", "seed", "fields")
     moved = [k for k in fixed if old.get(k) != identity[k]]
-    changed = sorted(n for n, f in fps.items() if old.get("columns", {}).get(n) != f)
+    before = old.get("columns", {})
+    changed = sorted(n for n, f in fps.items() if n in before and before[n] != f)
+    new = sorted(n for n in fps if n not in before)
+    removed = sorted(n for n in before if n not in fps)
     if update:
         layout = [k for k in moved if k != "fields" and k != "seed"]
         if layout:
@@ -402,12 +407,17 @@ def _check_directory(
                 f"{', '.join(f'{k}={old.get(k)}' for k in layout)}); use --replace"
             )
         return old
-    if moved or changed:
-        what = ", ".join(
-            [
-                *(f"{k} was {json.dumps(old.get(k))}" for k in moved if k != "fields"),
-                *([f"changed columns: {', '.join(changed)}"] if changed else []),
-            ]
+    if moved or changed or new or removed:
+        what = (
+            ", ".join(
+                [
+                    *(f"{k} was {json.dumps(old.get(k))}" for k in moved if k != "fields"),
+                    *([f"changed columns: {', '.join(changed)}"] if changed else []),
+                    *([f"new columns: {', '.join(new)}"] if new else []),
+                    *([f"removed columns: {', '.join(removed)}"] if removed else []),
+                ]
+            )
+            or "the columns' order"
         )
         raise UsageError(
             f"{outdir} holds a build of {name!r} with another spec ({what}):"
