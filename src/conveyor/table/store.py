@@ -209,8 +209,13 @@ class TableStore(Store):
 
     # -- groups -------------------------------------------------------------------------------
     def _kept_so_far(self) -> int:
+        """Rows kept by the groups written and (so far) by the open ones, those complete but
+        not yet handed to the writer included (a group reopened by --update with nothing to
+        compute completes as it opens)."""
+        groups = self.frontier.groups
+        complete = {g.span.group: g.kept for g in self.frontier.completed}
         return self._written_kept + sum(
-            self.frontier.groups[g].kept if g in self.frontier.groups else 0 for g in self._open
+            groups[g].kept if g in groups else complete.get(g, 0) for g in self._open
         )
 
     def _open_groups(self, now: float) -> None:
