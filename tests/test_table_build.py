@@ -916,3 +916,56 @@ def test_a_crashed_update_is_finished_by_the_next_build(tmp_path: Path) -> None:
     assert set(calls.by_column) == {"b", "c"}
     assert calls.by_column["b"] == metas(out)[0].kept and calls.by_column["c"] == 1
     assert output.load(out) == output.load(_fresh(tmp_path, 2))
+
+
+def _columns_table(calls: Calls, names: list[str], drops: bool = True) -> Table:
+    """``a``, then any of ``c`` (drops some rows, when ``drops``) and ``x``, in ``names``'s
+    order."""
+    t = Table("cols", row_group_size=4)
+
+    def a(row_index: int) -> int:
+        calls("a", row_index)
+        return row_index
+
+    def c(a: int) -> int:
+        calls("c", a)
+        if drops and a % 4 == 1:
+            raise DropRow("c drops")
+        return a * 10
+
+    def x(a: int) -> int:
+        calls("x", a)
+        return -a
+
+    for name in names:
+        t.add({"a": a, "c": c, "x": x}[name])
+    return t
+
+
+@pytest.mark.parametrize("drops", [True, False], ids=["it-dropped-rows", "it-dropped-none"])
+def test_update_removing_a_column(tmp_path: Path, drops: bool) -> None:
+    """The groups are written again without it; rows it dropped come back (their group is
+    built again whole), and otherwise no generator runs."""
+    out, fresh = tmp_path / "o", tmp_path / "fresh"
+    jsonl(_columns_table(Calls(), ["a", "c"], drops), 6, out)
+    calls = Calls()
+    s = jsonl(_columns_table(calls, ["a"], drops), 6, out, update=True)
+    f = jsonl(_columns_table(Calls(), ["a"], drops), 6, fresh)
+    assert s.complete and output.load(out) == output.load(fresh) == [{"a": i} for i in range(6)]
+    assert metas(out) == metas(fresh) and s.dropped == f.dropped == {}
+    assert set(calls.by_column) == ({"a"} if drops else set())
+
+
+def test_refused_spec_names_new_removed_and_reordered_columns(tmp_path: Path) -> None:
+    from conveyor.errors import UsageError
+
+    out = tmp_path / "o"
+    jsonl(_columns_table(Calls(), ["a", "c", "x"]), 6, out)
+    with pytest.raises(UsageError, match=r"another spec \(removed columns: c\)"):
+        jsonl(_columns_table(Calls(), ["a", "x"]), 6, out)
+    out2 = tmp_path / "o2"
+    jsonl(_columns_table(Calls(), ["a", "c"]), 6, out2)
+    with pytest.raises(UsageError, match=r"another spec \(new columns: x\)"):
+        jsonl(_columns_table(Calls(), ["a", "c", "x"]), 6, out2)
+    with pytest.raises(UsageError, match=r"another spec \(the columns' order\)"):
+        jsonl(_columns_table(Calls(), ["a", "x", "c"]), 6, out)
