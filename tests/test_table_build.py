@@ -969,3 +969,14 @@ def test_refused_spec_names_new_removed_and_reordered_columns(tmp_path: Path) ->
         jsonl(_columns_table(Calls(), ["a", "c", "x"]), 6, out2)
     with pytest.raises(UsageError, match=r"another spec \(the columns' order\)"):
         jsonl(_columns_table(Calls(), ["a", "x", "c"]), 6, out)
+
+
+def test_update_adding_a_column_that_drops_rows(tmp_path: Path) -> None:
+    out, fresh = tmp_path / "o", tmp_path / "fresh"
+    jsonl(_columns_table(Calls(), ["a"]), 6, out)
+    calls = Calls()
+    s = jsonl(_columns_table(calls, ["a", "c"]), 6, out, update=True)
+    f = jsonl(_columns_table(Calls(), ["a", "c"]), 6, fresh)
+    assert s.complete and output.load(out) == output.load(fresh)
+    assert metas(out) == metas(fresh) and s.dropped == f.dropped == {"c": {"c drops": 3}}
+    assert {i for (c, i) in calls.by_cell if c == "a"} == {6, 7, 8, 9}  # the new group only
