@@ -15,7 +15,7 @@ import heapq
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,7 +236,7 @@ class TableStore(Store):
                         full[f] = vals
                 self._start(span, full, now)
                 frontier.open(span, done_nodes=keep, alive=alive)
-                self._planned(span, alive)
+                self._planned(span, alive, keep)
                 continue
             if self._kept_so_far() >= self.records:
                 break
@@ -253,10 +253,14 @@ class TableStore(Store):
         self._record(now, "row_group_started", row_group=span.group, start=span.start,
                     rows=span.rows)  # fmt: skip
 
-    def _planned(self, span: GroupSpan, alive: bytearray | None) -> None:
+    def _planned(
+        self, span: GroupSpan, alive: bytearray | None, standing: Container[int] = ()
+    ) -> None:
+        """Count a group's tasks into each generator's total (not those whose values stand)."""
         kept = span.rows if alive is None else sum(alive)
         for i, cc in enumerate(self.counts_by_column):
-            cc.planned += kept if self.plan.is_cell(i) else 1
+            if i not in standing:
+                cc.planned += kept if self.plan.is_cell(i) else 1
 
     def _collect(self, now: float) -> None:
         """Hand completed row groups to the writer (then open more, which may complete at
