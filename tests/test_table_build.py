@@ -544,8 +544,12 @@ def test_update_recomputes_only_the_changed_column_and_its_downstream(tmp_path: 
     before = output.load(out)
     old = metas(out)
     calls = Calls()
-    s = jsonl(versioned(calls, 2), 17, out, update=True)
+    statuses: list[BuildStatus] = []
+    s = jsonl(versioned(calls, 2), 17, out, update=True, on_status=statuses.append)
     after = output.load(out)
+    # the progress counts only cells to compute: none for the generators that stand
+    planned = {c.name: c.planned for c in statuses[-1].columns}
+    assert planned["a"] == calls.by_column["a"] and planned["d"] == calls.by_column["d"]
     assert s.complete and s.row_groups_updated == len(old) == len(metas(out))
     # the last group was trimmed (its cut rows are gone): it is built again whole
     (last,) = [g for g, m in old.items() if m.trimmed]
