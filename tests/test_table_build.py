@@ -984,3 +984,29 @@ def test_update_adding_a_column_that_drops_rows(tmp_path: Path) -> None:
     assert s.complete and output.load(out) == output.load(fresh)
     assert metas(out) == metas(fresh) and s.dropped == f.dropped == {"c": {"c drops": 3}}
     assert {i for (c, i) in calls.by_cell if c == "a"} == {6, 7, 8, 9}  # the new group only
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["keep_when", "DropRow"])
+def test_a_build_whose_every_row_is_dropped_stops_instead_of_generating_forever(
+    tmp_path: Path, how: str
+) -> None:
+    """Filters are no errors, so early stop never sees them: five row groups in a row that
+    keep nothing end the build (exit 1) with the reason, and the drops are counted."""
+    t = Table("nothing", row_group_size=20, seed=1)
+    t.sampler("k", integers(0, 9))
+    if how == "keep_when":
+        t.add(lambda k: k, name="x", keep_when=lambda v: v > 100)
+    else:
+
+        def x(k: int) -> int:
+            raise DropRow("never")
+
+        t.add(x)
+    summary = build(t, 50, tmp_path / "out", format="jsonl")
+    assert summary.exit_code == 1 and summary.rows_written == 0
+    assert summary.stopped is not None and "every row of the last 5 row groups" in summary.stopped
+    reason = "keep_when" if how == "keep_when" else "never"
+    assert list(summary.dropped) == ["x"] and list(summary.dropped["x"]) == [reason]
+    # five written groups (20 + 20 + 10 + 20 + 20 rows) and what was in flight, not more
+    assert 90 <= summary.dropped["x"][reason] <= 90 + 3 * 20

@@ -45,6 +45,8 @@ _new_spec = object.__new__
 #: takes at most ``_RUN_MAX`` cells: a task's own cost in the engine is ~10-20 us.
 _RUN_S = 0.0005
 _RUN_MAX = 64
+#: Written row groups in a row that kept no row at all before a build stops (see ``_write``).
+_EMPTY_GROUPS = 5
 
 
 @dataclass(slots=True)
@@ -170,6 +172,7 @@ class TableStore(Store):
         self.running = 0
         self.stopping = False
         self.stop_reason: str | None = None
+        self._empty_groups = 0  # row groups written in a row that kept no row
         self._window = _Window(table.early_stop_window)
         #: per generator, its outcomes weighted by rows (a full_column batch counts for each
         #: row it covered): one column that always fails stops the build, however many
@@ -290,6 +293,14 @@ class TableStore(Store):
             self.first_group_at = now
         self._record(now, "row_group_written", row_group=g.span.group, rows=g.span.rows,
                     kept=len(kept))  # fmt: skip
+        # Rows dropped by filters are made up by more row groups; when whole groups in a row
+        # keep nothing, no number of groups will: stop rather than generate forever.
+        self._empty_groups = 0 if kept else self._empty_groups + 1
+        if self._empty_groups >= _EMPTY_GROUPS and not self.stopping:
+            self.stopping = True
+            self.stop_reason = (
+                f"stopped: every row of the last {self._empty_groups} row groups was dropped"
+            )
 
     # -- claims -------------------------------------------------------------------------------
     def _blocked(self) -> set[int]:
