@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import queue
 import random
+import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from conveyor.runtime.launch import Launcher
 from conveyor.runtime.messages import (
     AwaitChild,
     Finished,
+    Interrupt,
     Message,
     Recorded,
     StartInline,
@@ -133,6 +135,7 @@ class Engine:
         self._heart: Heartbeat | None = None  # shared stores: renews leases from its own thread
         self._want = True  # results are collected (for run_iter or on_result)
         self._yield = True  # results are yielded (run_iter)
+        self._sigint = False  # a first Ctrl-C was posted: act on it between steps
 
     @property
     def stuck(self) -> bool:
@@ -189,6 +192,7 @@ class Engine:
                                     emit=store.emit).start()  # fmt: skip
         heart = self._heart
         self._endpoints.follow(clock.wall())
+        restore_sigint = self._catch_sigint()
         try:
             while True:
                 try:
@@ -239,15 +243,43 @@ class Engine:
                         self._record(finished, now, out)
                     if out:
                         yield from self._deliver(out, on_result)
+                    if self._sigint:
+                        self._sigint = False
+                        raise KeyboardInterrupt  # here, between steps: nothing half done
                 except KeyboardInterrupt:
                     if stats.interrupted:
                         raise  # a second Ctrl-C: stop waiting for running tasks
                     stats.interrupted = True
                     self._interrupt()
         finally:
+            restore_sigint()
             self._shutdown()
         if stats.interrupted:
             raise KeyboardInterrupt
+
+    def _catch_sigint(self) -> Callable[[], None]:
+        """While the engine runs on the main thread (with Python's own SIGINT handler), the
+        first Ctrl-C is posted to the loop, which stops between two steps: raised where the
+        signal lands, it could interrupt a step half done (a claim taken off the queue and never
+        started, a count never given back) and leave the loop waiting forever. A second Ctrl-C
+        raises at once. Returns what puts the old handler back."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return lambda: None  # the program handles Ctrl-C itself
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if self.stats.interrupted or self._sigint:
+                raise KeyboardInterrupt
+            self._sigint = True
+            self._queue.put(Interrupt())
+
+        signal.signal(signal.SIGINT, on_sigint)
+
+        def restore() -> None:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        return restore
 
     # -- the loop's steps ------------------------------------------------------------------------
     def _deliver(
@@ -459,6 +491,8 @@ class Engine:
                 self._children.on_wait(msg)
             case Stop():
                 self._inflight.stopping = True
+            case Interrupt():
+                self._sigint = True
             case Wake():
                 pass
 

@@ -111,4 +111,12 @@ class Wake:
     """Look again: a pool thread left the engine with nothing running, or stopping."""
 
 
-Message = Finished | Recorded | StartInline | SubmitChildren | AwaitChild | Stop | Wake
+@dataclass(frozen=True, slots=True, eq=False)
+class Interrupt:
+    """Ctrl-C arrived (the engine's SIGINT handler posts it; the loop acts on it between
+    steps, never in the middle of one)."""
+
+
+Message = (
+    Finished | Recorded | StartInline | SubmitChildren | AwaitChild | Stop | Wake | Interrupt
+)
