@@ -117,6 +117,4 @@ class Interrupt:
     steps, never in the middle of one)."""
 
 
-Message = (
-    Finished | Recorded | StartInline | SubmitChildren | AwaitChild | Stop | Wake | Interrupt
-)
+Message = Finished | Recorded | StartInline | SubmitChildren | AwaitChild | Stop | Wake | Interrupt
