@@ -174,6 +174,27 @@ def test_schema_example_bounds_and_drafts() -> None:
     assert example_for({"allOf": [{"properties": {"a": {"const": 1}}}, {"required": ["a"]}]}) == {
         "a": 1
     }
+    for seed in range(20):  # bounds that leave one value, or few, whatever the seed picks
+        assert (
+            example_for(
+                {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 2}, seed=seed
+            )
+            == 1
+        )
+        assert example_for({"type": "integer", "minimum": 3, "maximum": 3}, seed=seed) == 3
+        assert (
+            example_for(
+                {"type": "integer", "multipleOf": 5, "minimum": 7, "maximum": 14}, seed=seed
+            )
+            == 10
+        )
+        assert (
+            0
+            < example_for({"type": "number", "exclusiveMinimum": 0, "maximum": 1e-9}, seed=seed)
+            <= 1e-9
+        )
+        assert len(example_for({"type": "string", "minLength": 40}, seed=seed)) >= 40
+        assert example_for({"enum": ["only"]}, seed=seed) == "only"
     with pytest.raises(ValueError, match="cannot follow"):
         example_for({"$ref": "https://example.com/schema.json"})
 
@@ -354,7 +375,9 @@ def test_fake_llm_stream_is_refused_clearly(llm: FakeLLM) -> None:
 
 def test_fake_llm_cli_prints_url_serves_and_stops_on_sigterm() -> None:
     argv = ["--port", "0", "--latency-ms", "5", "--capacity", "2", "--seed", "3"]
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    # as a script or a benchmark starts it: stdout a pipe, so block-buffered unless flushed
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = str(SRC)
     proc = subprocess.Popen(
         [sys.executable, "-m", "conveyor.testing.fake_llm", *argv],
         stdout=subprocess.PIPE,
