@@ -54,7 +54,8 @@ __all__ = ["FakeLLM", "FakeLLMStats", "main"]
 class FakeLLMStats:
     """Counters since the server started. ``requests`` counts every chat completion request;
     each ends as one of ``served`` (200), ``rate_limited`` (429), ``failed`` (500 from
-    ``fail_rate``), ``invalid`` (400) or is still ``in_flight``. Tokens count served replies."""
+    ``fail_rate``), ``invalid`` (400), is still ``in_flight`` or was cut off by ``stop()``.
+    Tokens count served replies."""
 
     requests: int = 0
     served: int = 0
