@@ -212,7 +212,8 @@ def test_fake_llm_unfollowable_ref_is_a_400(llm: FakeLLM) -> None:
 def test_fake_llm_above_capacity_429_with_time_to_next_slot() -> None:
     """Two requests, 0.3 s apart, hold the two slots for 1 s each; a third, 0.3 s later still,
     is refused at once and told to come back when the *older* one finishes (about 0.4 s), and
-    conveyor reads that as RATE_LIMITED with that delay. The bounds are measured on the same
+    conveyor reads that as RATE_LIMITED with that delay. With the capacity cut to 1, a fourth
+    is told to wait for the *younger* one (about 0.7 s). The bounds are measured on the same
     monotonic clock the server uses, so they hold on a slow machine too."""
 
     async def wait_in_flight(llm: FakeLLM, n: int) -> float:
@@ -222,7 +223,13 @@ def test_fake_llm_above_capacity_429_with_time_to_next_slot() -> None:
             await asyncio.sleep(0.002)
         return time.monotonic()
 
-    async def scenario(llm: FakeLLM) -> tuple[BaseException, float, float]:
+    async def refused(client: openai.AsyncOpenAI) -> tuple[openai.RateLimitError, float, float]:
+        asked = time.monotonic()
+        with pytest.raises(openai.RateLimitError) as info:
+            await client.chat.completions.create(model="m", messages=USER)
+        return info.value, asked, time.monotonic()
+
+    async def scenario(llm: FakeLLM) -> list[tuple[openai.RateLimitError, float, float]]:
         async with async_client(llm) as client:
 
             def hold() -> asyncio.Task[object]:
@@ -233,31 +240,39 @@ def test_fake_llm_above_capacity_429_with_time_to_next_slot() -> None:
             holders = [hold()]
             seen_first = await wait_in_flight(llm, 1)
             await asyncio.sleep(0.3)  # the staggering is the scenario, not a synchronisation
+            sent_second = time.monotonic()
             holders.append(hold())
-            await wait_in_flight(llm, 2)
+            seen_second = await wait_in_flight(llm, 2)
             await asyncio.sleep(0.3)
-            asked = time.monotonic()
-            with pytest.raises(openai.RateLimitError) as info:
-                await client.chat.completions.create(model="m", messages=USER)
-            answered = time.monotonic()
+            third = await refused(client)
+            llm.set_capacity(1)
+            fourth = await refused(client)
             await asyncio.gather(*holders)
-            # the first holder was admitted in [sent_first, seen_first] and frees 1 s later; the
-            # third request arrived in [asked, answered]
-            earliest, latest = sent_first + 1.0 - answered, seen_first + 1.0 - asked
-            return info.value, earliest, latest
+            # a holder admitted in [sent, seen] frees 1 s later; a refused request arrived in
+            # [asked, answered]: its wait lies in [sent + 1 - answered, seen + 1 - asked]
+            return [
+                (exc, sent + 1.0 - answered, seen + 1.0 - asked)
+                for (exc, asked, answered), (sent, seen) in [
+                    (third, (sent_first, seen_first)),
+                    (fourth, (sent_second, seen_second)),
+                ]
+            ]
 
     with FakeLLM(capacity=2, latency=1.0) as llm:
-        exc, earliest, latest = asyncio.run(scenario(llm))
+        refusals = asyncio.run(scenario(llm))
         stats = llm.stats()
-    assert isinstance(exc, openai.RateLimitError)
-    headers = exc.response.headers
-    wait = int(headers["retry-after-ms"]) / 1000
-    assert earliest - 0.001 <= wait <= latest + 0.001 and latest < 0.45
-    assert float(headers["retry-after"]) == pytest.approx(wait, abs=0.001)
-    assert exc.code == "rate_limit_exceeded"
-    report = classify_exception(exc, wall_now=time.time())
-    assert report.outcome is Outcome.RATE_LIMITED and report.retry_after == pytest.approx(wait)
-    assert (stats.requests, stats.served, stats.rate_limited, stats.max_in_flight) == (3, 2, 1, 2)
+    waits = []
+    for exc, earliest, latest in refusals:
+        headers = exc.response.headers
+        wait = int(headers["retry-after-ms"]) / 1000
+        assert earliest - 0.001 <= wait <= latest + 0.001
+        assert float(headers["retry-after"]) == pytest.approx(wait, abs=0.001)
+        assert exc.code == "rate_limit_exceeded"
+        report = classify_exception(exc, wall_now=time.time())
+        assert report.outcome is Outcome.RATE_LIMITED and report.retry_after == pytest.approx(wait)
+        waits.append(wait)
+    assert waits[0] < 0.45 < waits[1]  # the staggering happened: two different answers
+    assert (stats.requests, stats.served, stats.rate_limited, stats.max_in_flight) == (4, 2, 2, 2)
     assert stats.in_flight == 0
 
 
@@ -388,7 +403,10 @@ def test_fake_llm_cli_prints_url_serves_and_stops_on_sigterm() -> None:
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()], daemon=True).start()
     try:
-        line = lines.get(timeout=60)  # the deadline; returns as soon as the line is printed
+        try:  # the deadline; returns as soon as the line is printed
+            line = lines.get(timeout=60)
+        except queue.Empty:
+            pytest.fail("the server printed no URL line within 60 s (not flushed?)")
         prefix = "fake-llm listening on "
         assert line.startswith(prefix), line
         url = line.removeprefix(prefix).strip()

@@ -19,8 +19,8 @@ It owns sockets, a thread and the clock; what it answers is decided in
   request gets 400 at once.
 - A hidden concurrency ``capacity``: a request that finds ``capacity`` requests in flight gets
   429 at once, with OpenAI's ``rate_limit_exceeded`` body and ``retry-after`` (seconds) and
-  ``retry-after-ms`` headers: ``retry_after`` seconds if given, else the time until the oldest
-  request in flight finishes (the honest answer for a concurrency limit).
+  ``retry-after-ms`` headers: ``retry_after`` seconds if given, else the time until a slot frees
+  (the oldest request in flight finishes: the honest answer for a concurrency limit).
 - ``fail_rate``: that share of admitted requests (drawn in arrival order from a ``seed``\\ ed RNG)
   answer 500 ``server_error`` after their latency; they hold a slot like any other request.
 - ``GET /v1/models`` lists the one model; ``GET /stats`` returns ``FakeLLMStats`` as JSON.
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import heapq
 import json
 import random
 import sys
@@ -109,7 +110,8 @@ class FakeLLM:
     @property
     def url(self) -> str:
         """The OpenAI ``base_url``: ``http://HOST:PORT/v1``."""
-        return f"http://{self.host}:{self.port}/v1"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        return f"http://{host}:{self.port}/v1"
 
     def set_capacity(self, capacity: int) -> None:
         if capacity < 0:
@@ -255,8 +257,7 @@ class FakeLLM:
         if self.retry_after is not None:
             wait, seconds = self.retry_after, f"{self.retry_after:g}"
         else:
-            frees = min(self._finishing.values(), default=now + self.latency)
-            wait = max(0.0, frees - now)
+            wait = max(0.0, self._next_slot(now) - now)
             seconds = f"{wait:.3f}"
         headers = {"retry-after": seconds, "retry-after-ms": str(round(wait * 1000))}
         message = (
@@ -264,6 +265,15 @@ class FakeLLM:
             f"Please try again in {wait:.3f}s."
         )
         return _error(429, message, "requests", None, code="rate_limit_exceeded", headers=headers)
+
+    def _next_slot(self, now: float) -> float:
+        """When a request would next be admitted: once ``in_flight - capacity + 1`` requests
+        have finished (one, unless ``set_capacity`` went below the load); with capacity 0 (an
+        outage) never, so one latency from now is the hint. The caller holds ``_lock``."""
+        must_finish = len(self._finishing) - self.capacity + 1
+        if self.capacity == 0 or must_finish <= 0:
+            return now + self.latency if self.capacity == 0 else now
+        return heapq.nsmallest(must_finish, self._finishing.values())[-1]  # O(n log k), n <= load
 
     async def _models(self, request: web.Request) -> web.Response:
         model = {"id": self.model, "object": "model", "created": 0, "owned_by": "conveyor"}
