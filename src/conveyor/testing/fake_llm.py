@@ -133,6 +133,7 @@ class FakeLLM:
         if self._thread is not None:
             raise RuntimeError("this FakeLLM is already running")
         self._ready.clear()
+        self._error = None
         self._thread = threading.Thread(target=self._run, name="fake-llm", daemon=True)
         self._thread.start()
         self._ready.wait()
