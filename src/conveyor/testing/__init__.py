@@ -10,6 +10,9 @@ event sink that keeps what it is given. Both are what conveyor's own tests use.
 
 Nothing here sleeps: ``FakeClock.advance`` runs the timers that fall due, in time order, on the
 calling thread.
+
+A fake OpenAI-compatible server for LLM columns lives in ``conveyor.testing.fake_llm`` (it needs
+aiohttp: ``pip install 'conveyor[llm]'``); importing this package does not load it.
 """
 
 from __future__ import annotations
