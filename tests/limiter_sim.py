@@ -51,8 +51,8 @@ MAX_429_SHARE = 0.03
 def warmup_for(latency: float) -> float:
     """The warm-up allowed before measuring: 3 s, or 5 round trips when that is longer.
 
-    "A few seconds" for fast endpoints; at L = 2 s a few seconds is not even two round trips,
-    and no controller can find C = 64 from 4 in fewer than log2(64 / 4) = 4 of them.
+    "A few seconds" for fast endpoints (60 round trips at 50 ms, 6 at 500 ms); at L = 2 s a few
+    seconds is not even two round trips, so there it is a few round trips: 5 (10 s).
     """
     return max(3.0, 5.0 * latency)
 
@@ -63,7 +63,7 @@ class Scenario:
     latency: float
     retry_after: str | float = "next_slot"  # "next_slot", "ceil", "none", or fixed seconds
     jitter: float = 0.0  # service time uniform in latency * [1 - jitter, 1 + jitter]
-    network: float = 0.002  # round trip added to every answer (a 429 takes just this)
+    network: float = 0.002  # network round trip: part of L for a success; all a 429 takes
     callers: int = 0  # 0: 4 C + 64 (plenty: some always queued)
     duration: float = 60.0  # measured seconds after the warm-up
     warmup: float | None = None  # None: warmup_for(latency)
@@ -78,7 +78,7 @@ class Scenario:
 @dataclass
 class Result:
     scenario: Scenario
-    throughput: float  # successes per second after warm-up / (C / L)
+    throughput: float  # requests served per second after warm-up / (C / L)
     whole_run: float  # the same over the whole run, warm-up included
     rejected_share: float  # 429s / responses after warm-up
     t90: float  # seconds from the cold start until 90 % of C was first busy (inf: never)
@@ -131,7 +131,8 @@ class Simulation:
         # measurements
         self.warm = scenario.warmup if scenario.warmup is not None else warmup_for(scenario.latency)
         self.end = self.warm + scenario.duration
-        self.ok_after = self.ok_total = self.rejected_after = self.responses_after = 0
+        self.rejected_after = self.responses_after = 0
+        self.work_after = self.work_total = 0.0
         self.t90 = math.inf
         self.need90 = math.ceil(0.9 * scenario.capacity)
         self.limit_seen: list[int] = []
@@ -147,7 +148,7 @@ class Simulation:
             self.at(0.0, self.acquire, caller, 1)
         while self._events:
             event = heapq.heappop(self._events)
-            if event.at > self.end:
+            if event.at >= self.end:
                 break
             self.now = event.at
             event.fn(*event.args)
@@ -155,8 +156,8 @@ class Simulation:
         ideal = sc.capacity / sc.latency
         return Result(
             scenario=sc,
-            throughput=self.ok_after / (ideal * sc.duration),
-            whole_run=self.ok_total / (ideal * self.end),
+            throughput=self.work_after / (ideal * sc.duration),
+            whole_run=self.work_total / (ideal * self.end),
             rejected_share=self.rejected_after / max(1, self.responses_after),
             t90=self.t90,
             limit_min=min(self.limit_seen, default=0),
@@ -203,9 +204,6 @@ class Simulation:
             self.limit_seen.append(core.effective_limit(self.policy, self.state))
             self.responses_after += 1
         if report.outcome is Outcome.SUCCESS:
-            self.ok_total += 1
-            if now >= self.warm:
-                self.ok_after += 1
             self.acquire(caller, 1)  # plenty of work: the next request at once
             return
         if now >= self.warm:
@@ -238,13 +236,21 @@ class Simulation:
             report = Report(Outcome.RATE_LIMITED, retry_after)
             self.at(back, self.release, caller, attempt, ticket, report)
             return
-        service = sc.latency
+        service = sc.latency - sc.network  # the client sees L from sending to the answer
         if sc.jitter:
             service *= 1.0 + sc.jitter * (2.0 * self.rng.random() - 1.0)
         heapq.heappush(busy, now + service)
+        # throughput as work done inside each window: a request counts as the share of its
+        # service time that falls inside (no quantisation when answers come back in rounds)
+        self.work_after += _overlap(now, now + service, self.warm, self.end) / service
+        self.work_total += _overlap(now, now + service, 0.0, self.end) / service
         if len(busy) >= self.need90 and self.t90 == math.inf:
             self.t90 = now
         self.at(back + service, self.release, caller, attempt, ticket, Report(Outcome.SUCCESS))
+
+
+def _overlap(a: float, b: float, lo: float, hi: float) -> float:
+    return max(0.0, min(b, hi) - max(a, lo))
 
 
 def simulate(scenario: Scenario, policy: AimdPolicy | None = None) -> Result:
