@@ -36,8 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from conveyor.core import limiter as core  # noqa: E402
-from conveyor.core.limiter import AimdPolicy, Outcome, Report  # noqa: E402
+from conveyor.core import limiter as core
+from conveyor.core.limiter import AimdPolicy, Outcome, Report
 
 CAPACITIES = (4, 8, 16, 32, 64)
 LATENCIES = (0.05, 0.2, 0.5, 1.0, 2.0)
