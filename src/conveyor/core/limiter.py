@@ -167,7 +167,7 @@ def _parse_http_date(text: str) -> float | None:
 class AimdPolicy:
     """The knobs. Defaults suit LLM-style endpoints from 1 to a few hundred requests in flight."""
 
-    initial_limit: int = 4  # low: slow start finds the real limit in log2(C/4) round trips
+    initial_limit: int = 8  # slow start finds C in log2(C / 8) round trips; overshoots C < 8 once
     min_limit: int = 1
     max_limit: int = 512  # the hard cap unless a key has its own (``caps``)
     decrease_factor: float = 0.9  # Netflix's ratio: a gentle cut keeps throughput near C
