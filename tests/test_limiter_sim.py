@@ -2,7 +2,8 @@
 
 Capacities 4-64 x service times 50 ms-2 s x Retry-After (next free slot, none, a fixed 1 s):
 after the warm-up (``limiter_sim.warmup_for``: 3 s, or 5 round trips when longer) each cell must
-get >= 90 % of the ideal C / L with <= 3 % 429s, and reach 90 % of C within the warm-up.
+get >= 90 % of the ideal C / L with <= 3 % 429s, and reach 90 % of C within the warm-up; and the
+limit, once found, stays at C (probes go to C + 1 and step back) instead of sawtoothing below.
 Deterministic (seeded, no threads, no sleeps): a failure names the cell and what it missed.
 """
 
@@ -20,6 +21,8 @@ CELLS = sim.grid()
 def test_limiter_meets_targets_across_the_grid(scenario: sim.Scenario) -> None:
     result = sim.simulate(scenario)
     assert not result.misses(), f"{scenario.label}: {', '.join(result.misses())}"
+    # against a steady capacity a failed probe steps back onto C: no sawtooth below it
+    assert result.limit_min >= scenario.capacity, f"{scenario.label}: limit {result.limit_min}"
 
 
 @pytest.mark.parametrize("retry_after", ["next_slot", "none", 1.0])
