@@ -398,7 +398,7 @@ async def main() -> None:
         "--points",
         default="",
         help="instead of the tables: C:L:retry-after[,...] (e.g. 16:0.2:next_slot,32:0.5:none), "
-        "each one run of --seconds after a warm-up of max(3 s, 6 L), as in tests/limiter_sim.py",
+        "each one run of --seconds after a warm-up of max(3 s, 5 L), as in tests/limiter_sim.py",
     )
     ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per point")
     ap.add_argument("--callers", type=int, default=CALLERS)
@@ -409,7 +409,7 @@ async def main() -> None:
         print(f"\n### {CALLERS} callers\n\n{POINT_HEAD}")
         for point in args.points.split(","):
             c, lat, ra = point.split(":")
-            warm = max(3.0, 6.0 * float(lat))
+            warm = max(3.0, 5.0 * float(lat))
             await steady(int(c), float(lat), warm + args.seconds, warm, names, ra)
         return
     q = 0.5 if args.quick else 1.0
