@@ -14,6 +14,7 @@ number that jumps from event to event, so 60 simulated seconds at C = 64, L = 50
 second.
 
     python tests/limiter_sim.py            # the grid: C x L x Retry-After mode, as a table
+    python tests/limiter_sim.py --compact  # the same as one C x L table per Retry-After mode
     python tests/limiter_sim.py --jitter 0.3 --duration 120
 
 Measured after the warm-up (``warmup_for``): throughput as a share of the ideal C / L, the share
@@ -290,6 +291,32 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def matrix(results: list[Result]) -> str:
+    """The grid compactly: one table per Retry-After mode, L down, C across; each cell reads
+    share of ideal / 429s / round trips to 90 % of C, bold where it misses a target."""
+    out = []
+    modes = list(dict.fromkeys(r.scenario.retry_after for r in results))
+    caps = sorted({r.scenario.capacity for r in results})
+    for mode in modes:
+        ra = mode if isinstance(mode, str) else f"{mode:g} s"
+        out.append(f"Retry-After {ra}:\n")
+        out.append("| L \\ C | " + " | ".join(map(str, caps)) + " |")
+        out.append("|---" * (len(caps) + 1) + "|")
+        rows: dict[float, dict[int, Result]] = {}
+        for r in results:
+            if r.scenario.retry_after == mode:
+                rows.setdefault(r.scenario.latency, {})[r.scenario.capacity] = r
+        for lat, by_cap in rows.items():
+            cells = []
+            for c in caps:
+                r = by_cap[c]
+                cell = f"{r.throughput:.1%} / {r.rejected_share:.1%} / {r.t90_rtts:.0f}"
+                cells.append(f"**{cell}**" if r.misses() else cell)
+            out.append(f"| {lat * 1000:g} ms | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0)
@@ -300,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--capacities", default=",".join(map(str, CAPACITIES)))
     parser.add_argument("--latencies", default=",".join(f"{x:g}" for x in LATENCIES))
     parser.add_argument("--modes", default="next_slot,none,1", help="next_slot,ceil,none,<s>")
+    parser.add_argument("--compact", action="store_true", help="one C x L table per mode")
     args = parser.parse_args(argv)
     modes = [m if m in ("next_slot", "ceil", "none") else float(m) for m in args.modes.split(",")]
     scenarios = grid(
@@ -313,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         warmup=args.warmup,
     )
     results = [simulate(sc) for sc in scenarios]
-    print(table(results))
+    print(matrix(results) if args.compact else table(results))
     failed = [r for r in results if r.misses()]
     print(f"\n{len(results) - len(failed)} of {len(results)} cells meet the targets")
 
