@@ -323,6 +323,10 @@ def make(name: str, capacity: int, latency: float) -> Strategy:
     raise ValueError(name)
 
 
+POINT_HEAD = (
+    "| scenario | strategy | share of ideal (after warm-up) | share (whole run) "
+    "| 429s after warm-up | limit range |\n|---|---|---|---|---|---|"
+)
 ALL = ["conveyor", "fixed 4C", "fixed C/4", "aiolimiter", "DD 0.9", "oracle C"]
 
 
@@ -385,11 +389,29 @@ async def steady(c: int, lat: float, dur: float, warm: float, names: list[str], 
 
 
 async def main() -> None:
+    global CALLERS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="shorter runs (~2 minutes)")
     ap.add_argument("--only", default="", help="comma-separated strategies to run")
     ap.add_argument("--scenarios", default="slow,fast,noretry,ceil,change", help="tables to run")
+    ap.add_argument(
+        "--points",
+        default="",
+        help="instead of the tables: C:L:retry-after[,...] (e.g. 16:0.2:next_slot,32:0.5:none), "
+        "each one run of --seconds after a warm-up of max(3 s, 5 L), as in tests/limiter_sim.py",
+    )
+    ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per point")
+    ap.add_argument("--callers", type=int, default=CALLERS)
     args = ap.parse_args()
+    CALLERS = args.callers
+    names = [n for n in ALL if not args.only or n in args.only.split(",")]
+    if args.points:
+        print(f"\n### {CALLERS} callers\n\n{POINT_HEAD}")
+        for point in args.points.split(","):
+            c, lat, ra = point.split(":")
+            warm = max(3.0, 5.0 * float(lat))
+            await steady(int(c), float(lat), warm + args.seconds, warm, names, ra)
+        return
     q = 0.5 if args.quick else 1.0
     names = [n for n in ALL if not args.only or n in args.only.split(",")]
     which = args.scenarios.split(",")

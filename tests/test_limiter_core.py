@@ -329,3 +329,27 @@ def test_core_limiter_imports_no_io_modules():
             continue
         for name in names:
             assert name.split(".")[0] not in banned, f"{path.name} imports {name}"
+
+
+def test_failed_probe_steps_back_one_but_a_level_that_held_cuts():
+    """A 429 answering the last +1 (admitted in the first round at the new level) steps back onto
+    the level below, which held for a whole window; a 429 from a request admitted before that
+    +1 means the endpoint shrank: the multiplicative cut."""
+    policy = AimdPolicy(initial_limit=10, max_limit=64, min_window=5, probe_factor=1)
+    for answered_probe, expected in ((True, 10), (False, 9)):  # 10 * 0.9 = 9
+        state, live = _fill(policy, KeyState(limit=10.0, cap=64, slow_start=False), 0.0, 50)
+        while core.effective_limit(policy, state) == 10:  # one window of saturated successes
+            state = core.release(policy, state, live.pop(0), SUCCESS, 0.0, waiting=50)
+            state, more = _fill(policy, state, 0.0, waiting=50)
+            live += more
+        assert core.effective_limit(policy, state) == 11 and state.probe_seq >= 0
+        ticket = live[-1] if answered_probe else live[0]  # after the +1 / before it
+        assert (ticket.seq >= state.probe_seq) is answered_probe
+        state = core.release(policy, state, ticket, Report(Outcome.RATE_LIMITED), 0.0)
+        assert core.effective_limit(policy, state) == expected
+        assert state.ceiling == 11 and state.probe_seq == -1
+        # the next 429 of a new admission is news: the endpoint shrank, so it cuts
+        state = KeyState(**{**_asdict(state), "in_flight": 0})
+        state, late = core.admit(policy, state, 0.0)
+        state = core.release(policy, state, late, Report(Outcome.RATE_LIMITED), 0.0)
+        assert core.effective_limit(policy, state) == int(expected * 0.9)

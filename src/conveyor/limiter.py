@@ -254,7 +254,7 @@ class EndpointLimiter:
     def __init__(
         self,
         *,
-        initial_limit: int = 4,
+        initial_limit: int = 8,
         min_limit: int = 1,
         max_limit: int = 512,
         decrease_factor: float = 0.9,

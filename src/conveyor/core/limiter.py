@@ -20,10 +20,14 @@ The policy (see docs/limiter.md for the reasoning and the benchmark):
   that last drew a 429 needs ``probe_factor`` windows: a steady endpoint is probed rarely (few
   429s), while growth beyond that level runs at the normal pace again (fast recovery when the
   endpoint gets more capacity).
-- **Multiplicative decrease once per congestion event.** A 429 (or a 503/529 overload, when
-  ``overload_decreases``) multiplies the limit by ``decrease_factor`` -- unless its request was
-  admitted before the last decrease: a burst of 429s from requests sent at the old limit lowers
-  it once. Admissions are numbered; ``decrease_seq`` marks the first admission after a decrease.
+- **A failed probe steps back one.** A 429 that answers the last +1 (its request was admitted
+  in the first round at the new level, ``probe_seq``) means the level below, which just held
+  for a whole window, is the capacity: the limit steps back onto it. No sawtooth below C.
+- **Multiplicative decrease once per congestion event.** Any other 429 (or a 503/529 overload,
+  when ``overload_decreases``) means a level that held before fails now -- the endpoint shrank
+  -- and multiplies the limit by ``decrease_factor``, unless its request was admitted before
+  the last decrease: a burst of 429s from requests sent at the old limit lowers it once.
+  Admissions are numbered; ``decrease_seq`` marks the first admission after a decrease.
 - **Retry-After honoured exactly.** A 429/503/529 with ``retry_after`` closes the key until
   ``now + retry_after`` (capped at ``max_cooldown``); several answers keep the latest deadline,
   never more. Without Retry-After there is no key-wide pause: the decrease is the back-off.
@@ -163,7 +167,7 @@ def _parse_http_date(text: str) -> float | None:
 class AimdPolicy:
     """The knobs. Defaults suit LLM-style endpoints from 1 to a few hundred requests in flight."""
 
-    initial_limit: int = 4  # low: slow start finds the real limit in log2(C/4) round trips
+    initial_limit: int = 8  # slow start finds C in log2(C / 8) round trips; overshoots C < 8 once
     min_limit: int = 1
     max_limit: int = 512  # the hard cap unless a key has its own (``caps``)
     decrease_factor: float = 0.9  # Netflix's ratio: a gentle cut keeps throughput near C
@@ -212,6 +216,7 @@ class KeyState:
     rtt: float = 0.0  # smoothed seconds from admission to success (0: no sample yet)
     last_cooldown: float = 0.0  # the Retry-After that came with the last decrease
     exit_floor: float = 0.0  # > 0: the last cut ended slow start; its 429s trim down to this
+    probe_seq: int = -1  # admission number at the last +1 since the last decrease (-1: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +297,14 @@ def release(
         window = state.window + 1
         if window < _window_size(policy, state, current):
             return replace(state, in_flight=in_flight, rtt=rtt, window=window)
-        return replace(state, in_flight=in_flight, rtt=rtt, limit=float(current + 1), window=0)
+        return replace(
+            state,
+            in_flight=in_flight,
+            rtt=rtt,
+            limit=float(current + 1),
+            window=0,
+            probe_seq=state.next_seq,
+        )
     if not is_congestion(policy, outcome):
         return replace(state, in_flight=in_flight)
     cooldown_until = state.cooldown_until
@@ -322,18 +334,26 @@ def release(
             last_cooldown=cooldown,
             exit_floor=max(float(policy.min_limit), state.limit * policy.slow_start_decrease),
         )
-    factor = policy.decrease_factor
+    current = effective_limit(policy, state)
+    if 0 <= state.probe_seq <= ticket.seq < state.probe_seq + current:
+        # The 429 answers the last +1: a request admitted in the first round at the new level,
+        # after a whole window of the level below came back fine. That level still holds; the
+        # step was one too many. Step back onto it instead of cutting (no sawtooth below C).
+        limit = float(current - 1)
+    else:  # a level that held before draws 429s now: the endpoint shrank
+        limit = state.limit * policy.decrease_factor
     return replace(
         state,
         in_flight=in_flight,
         cooldown_until=cooldown_until,
-        limit=max(float(policy.min_limit), state.limit * factor),
+        limit=max(float(policy.min_limit), limit),
         slow_start=False,
         window=0,
-        ceiling=effective_limit(policy, state),
+        ceiling=current,
         decrease_seq=state.next_seq,
         last_cooldown=cooldown,
         exit_floor=0.0,
+        probe_seq=-1,
     )
 
 
