@@ -872,8 +872,9 @@ def test_full_column_with_side_effects_and_keep_when(tmp_path: Path) -> None:
 
 def test_an_endpoint_at_its_cap_leaves_slots_to_other_columns(tmp_path: Path) -> None:
     """``a``'s calls (endpoint, deeper, so first in line) cannot finish before every ``b``
-    cell has: the store hands out no more ``a`` cells than the endpoint's cap, so ``b`` still
-    gets worker slots (else ``a`` would hold all 8 and wait for ``b`` forever)."""
+    cell has: the store hands out no more ``a`` cells than the endpoint's cap (1.5 x the
+    limiter's starting limit of 8: 12), so ``b`` still gets worker slots (else ``a`` would
+    hold all 16 and wait for ``b`` forever)."""
     b_done: list[int] = []
     t = Table("caps", row_group_size=30, early_stop_window=8)  # starved: stop soon
 
@@ -895,7 +896,7 @@ def test_an_endpoint_at_its_cap_leaves_slots_to_other_columns(tmp_path: Path) ->
         b_done.append(row_index)
         return row_index
 
-    s = jsonl(t, 30, tmp_path / "o", workers=8)
+    s = jsonl(t, 30, tmp_path / "o", workers=16)
     assert s.dropped == {} and s.rows_written == 30
 
 
