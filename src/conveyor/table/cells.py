@@ -63,6 +63,25 @@ def _keep(col: Column, value: Any) -> bool:
     return bool(pred(own))
 
 
+def _finish(col: Column, value: Any) -> Any:
+    """A generator's value as filed: split into its side effects, or ``Dropped`` by
+    ``keep_when``."""
+    value = _split(col, value)
+    if not _keep(col, value):
+        return Dropped("keep_when")
+    return value
+
+
+def _caught(exc: Exception) -> Dropped | Retry:
+    """What a generator's exception means for its cell: ``DropRow`` and errors retrying
+    cannot cure drop the row; the others (429, 5xx, timeouts, connection errors) are retried."""
+    if isinstance(exc, DropRow):
+        return Dropped(exc.reason)
+    if _retryable(exc):
+        return Retry(describe(exc))
+    return _failed(exc)
+
+
 def _given(col: Column, seed: int, row: int, kw: dict[str, Any]) -> None:
     for g in col.given:
         if g == "rng":
@@ -79,12 +98,6 @@ def cell_function(col: Column, seed: int) -> Callable[[dict[str, Any], int], Any
     given = bool(col.given)
     endpoint = col.endpoint is not None
 
-    def finish(value: Any) -> Any:
-        value = _split(col, value)
-        if not _keep(col, value):
-            return Dropped("keep_when")
-        return value
-
     if col.is_async:
 
         async def run_async(kw: dict[str, Any], row: int) -> Any:
@@ -96,13 +109,12 @@ def cell_function(col: Column, seed: int) -> Callable[[dict[str, Any], int], Any
                         value = await fn(**kw)
                 else:
                     value = await fn(**kw)
-                return finish(value)
-            except DropRow as drop:
-                return Dropped(drop.reason)
+                return _finish(col, value)
             except Exception as exc:
-                if _retryable(exc):
-                    raise
-                return _failed(exc)
+                got = _caught(exc)
+                if isinstance(got, Retry):
+                    raise  # the engine retries it, with backoff
+                return got
 
         return run_async
 
@@ -115,13 +127,12 @@ def cell_function(col: Column, seed: int) -> Callable[[dict[str, Any], int], Any
                     value = fn(**kw)
             else:
                 value = fn(**kw)
-            return finish(value)
-        except DropRow as drop:
-            return Dropped(drop.reason)
+            return _finish(col, value)
         except Exception as exc:
-            if _retryable(exc):
-                raise
-            return _failed(exc)
+            got = _caught(exc)
+            if isinstance(got, Retry):
+                raise  # the engine retries it, with backoff
+            return got
 
     return run
 
@@ -154,19 +165,6 @@ def run_function(col: Column, seed: int) -> Callable[[list[dict[str, Any]], list
     given = bool(col.given)
     clock = time.perf_counter
 
-    def finish(value: Any) -> Any:
-        value = _split(col, value)
-        if not _keep(col, value):
-            return Dropped("keep_when")
-        return value
-
-    def caught(exc: Exception) -> Any:
-        if isinstance(exc, DropRow):
-            return Dropped(exc.reason)
-        if _retryable(exc):
-            return Retry(describe(exc))
-        return _failed(exc)
-
     if col.is_async:
 
         async def run_async(kws: list[dict[str, Any]], rows: list[int]) -> RunOut:
@@ -176,9 +174,9 @@ def run_function(col: Column, seed: int) -> Callable[[list[dict[str, Any]], list
                 if given:
                     _given(col, seed, row, kw)
                 try:
-                    out.append(finish(await fn(**kw)))
+                    out.append(_finish(col, await fn(**kw)))
                 except Exception as exc:
-                    out.append(caught(exc))
+                    out.append(_caught(exc))
             return RunOut(out, clock() - t0)
 
         return run_async
@@ -190,9 +188,9 @@ def run_function(col: Column, seed: int) -> Callable[[list[dict[str, Any]], list
             if given:
                 _given(col, seed, row, kw)
             try:
-                out.append(finish(fn(**kw)))
+                out.append(_finish(col, fn(**kw)))
             except Exception as exc:
-                out.append(caught(exc))
+                out.append(_caught(exc))
         return RunOut(out, clock() - t0)
 
     return run
