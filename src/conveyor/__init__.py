@@ -4,29 +4,44 @@ from __future__ import annotations
 
 from typing import Any
 
-from conveyor.errors import ConveyorError, GraphError, StoreError, TaskFailed, WouldBlock
+from conveyor.errors import (
+    ConveyorError,
+    DropRow,
+    GraphError,
+    StoreError,
+    TaskFailed,
+    WouldBlock,
+)
 from conveyor.model import GraphSpec, TaskRef, TaskResult, TaskSpec, TaskState
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConveyorError",
+    "DropRow",
     "EndpointLimiter",
     "Graph",
     "GraphError",
     "GraphSpec",
     "RunResult",
     "StoreError",
+    "Table",
     "TaskFailed",
     "TaskRef",
     "TaskResult",
     "TaskSpec",
     "TaskState",
     "WouldBlock",
+    "category",
+    "choice",
     "current",
+    "integers",
+    "load",
     "run",
     "run_iter",
+    "seed_file",
     "task",
+    "uniform",
     "worker",
 ]
 
@@ -39,6 +54,13 @@ _LAZY = {
     "current": "conveyor.runtime.context",
     "EndpointLimiter": "conveyor.limiter",
     "worker": "conveyor.runtime.worker",
+    "Table": "conveyor.table.spec",
+    "load": "conveyor.table.output",
+    "category": "conveyor.table.samplers",
+    "choice": "conveyor.table.samplers",
+    "uniform": "conveyor.table.samplers",
+    "integers": "conveyor.table.samplers",
+    "seed_file": "conveyor.table.samplers",
 }
 
 
