@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from conveyor.core.fingerprint import canonical, digest
 from conveyor.core.tablefrontier import group_span
@@ -201,7 +201,7 @@ def build(
         "mermaid": plan.mermaid(),
     }  # fmt: skip
     output.write_manifest(outdir, manifest)
-    writer = output.PartWriter(outdir, fmt, plan.fields)
+    writer = output.PartWriter(outdir, cast("output.Format", fmt), plan.fields)  # checked above
     summary = BuildSummary(
         table.name, str(outdir), fmt, records,
         row_groups_resumed=len(done), row_groups_updated=len(rebuild),
