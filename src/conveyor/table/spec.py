@@ -163,6 +163,13 @@ class Table:
         if executor not in (None, "inline", "thread", "process"):
             raise UsageError(f"column {col_name!r}: executor {executor!r} is not one of"
                              " inline, thread, process")  # fmt: skip
+        if endpoint is not None:
+            from conveyor.core.limiter import check_key
+
+            try:
+                check_key(endpoint)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"column {col_name!r}: {exc}") from None
         params, given = _parameters(fn, col_name)
         mapping: dict[str, str]
         wanted: list[str] = []
