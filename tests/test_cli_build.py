@@ -24,6 +24,7 @@ CLI = [sys.executable, "-m", "conveyor.cli"]
 #: Every spec starts with this: ``called(name)`` leaves a line in ``called`` beside the spec,
 #: so a test can tell that no generator ran.
 PRELUDE = """
+import asyncio
 import time
 from pathlib import Path
 
@@ -472,13 +473,14 @@ t.sampler("cat", conveyor.category({"a": 2, "b": 1}))
 
 
 @t.column
-def x(k, row_index, rng):
+async def x(k, row_index, rng):
     # The rows of the later row groups wait for a gate file the test creates: a build
-    # without it cannot finish, so a kill after the first row group lands mid-build.
+    # without it cannot finish, so a kill after the first row group lands mid-build. (A
+    # coroutine: Ctrl-C cancels it, where a running thread would be waited for.)
     if row_index >= GATED_FROM:
         while not (HERE / "gate").exists():
-            time.sleep(0.01)
-    time.sleep(0.002)
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.002)
     if k % 9 == 0:
         raise conveyor.DropRow("nine")
     return round(k * rng.random(), 6)
@@ -513,6 +515,53 @@ def test_ctrl_c_exits_130_and_the_same_command_resumes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert json.loads(summary.read_text())["row_groups_resumed"] == len(written)
     assert len(load(out)) == 200
+
+
+THREADED = """
+t = conveyor.Table("threaded", row_group_size=10, seed=2)
+
+
+@t.column
+def x(row_index):  # a thread: Ctrl-C cannot cancel it
+    if row_index >= 10:
+        while not (HERE / "gate").exists():
+            time.sleep(0.01)
+    return row_index
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGINT to a child process")
+def test_ctrl_c_while_thread_cells_run_says_so_and_a_second_one_stops(tmp_path: Path) -> None:
+    import threading
+
+    from helpers import wait_until
+
+    spec = write_spec(tmp_path, THREADED)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, "build", str(spec), "--records", "50", "--out", str(out)],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))
+    reader.start()
+    try:
+        wait_until(lambda: bool(parts(out)), what="row group 0 written")
+        proc.send_signal(signal.SIGINT)
+        wait_until(lambda: any("conveyor: interrupted: starting nothing more" in x for x in lines),
+                   what="the notice")  # fmt: skip
+        assert proc.poll() is None  # waiting for the cells running in threads (gated)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=30)
+        proc.stderr.close()
+    assert "Ctrl-C again to stop now" in "".join(lines)
+    assert any("build interrupted" in x for x in lines)
+    assert parts(out) == ["part-00000.parquet"]
 
 
 def test_sigkill_mid_build_then_resume_equals_an_uninterrupted_build(tmp_path: Path) -> None:

@@ -8,9 +8,15 @@ stay: the same command resumes).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
+import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -61,6 +67,10 @@ PlanOnly = Annotated[
 ]
 
 FORMATS = ("parquet", "jsonl")
+INTERRUPTED_NOTICE = (
+    b"\nconveyor: interrupted: starting nothing more, waiting for the running cells"
+    b" (Ctrl-C again to stop now)\n"
+)
 
 
 def build(
@@ -120,6 +130,7 @@ def _run(
     from conveyor.table.build import build as build_table
 
     display = make_display(quiet=quiet, records=records)
+    previous = signal.signal(signal.SIGINT, _first_interrupt_says_so(quiet))
     with user_errors():
         try:
             result = build_table(
@@ -135,6 +146,7 @@ def _run(
                        " run the same command again to resume", err=True)  # fmt: skip
             exit_now(INTERRUPTED)  # a generator's thread cannot be stopped: do not wait
         finally:
+            signal.signal(signal.SIGINT, previous)
             if display is not None:
                 display.close()
         if summary_file is not None:
@@ -145,6 +157,24 @@ def _run(
     elif result.exit_code != 0:
         typer.echo(f"conveyor: error: {_not_complete(result)}", err=True)
     return result.exit_code
+
+
+def _first_interrupt_says_so(quiet: bool) -> Callable[[int, FrameType | None], None]:
+    """A SIGINT handler that raises ``KeyboardInterrupt`` as Python's does, and at the first
+    press says what happens next: the engine starts nothing more and waits for the cells
+    running in threads (a thread cannot be stopped), which may take a while; a second press
+    stops waiting. Written with ``os.write``: a handler must not re-enter a buffered stream."""
+    presses = 0
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1 and not quiet:
+            with contextlib.suppress(OSError):
+                os.write(sys.stderr.fileno(), INTERRUPTED_NOTICE)
+        raise KeyboardInterrupt
+
+    return handler
 
 
 def _not_complete(result: BuildSummary) -> str:
