@@ -121,6 +121,36 @@ def test_build_writes_row_groups_read_back_in_order(tmp_path: Path, fmt: str) ->
     assert "dropped 35 rows: sq: ends in three 35" in proc.stderr  # rows 3, 13, ..., 343
 
 
+def test_spec_imports_modules_beside_it_and_names_its_table(tmp_path: Path) -> None:
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "words_beside.py").write_text("WORDS = ['alpha', 'beta', 'gamma']\n")
+    spec = write_spec(
+        folder,
+        """
+from words_beside import WORDS
+
+first = conveyor.Table("first", row_group_size=4)
+second = conveyor.Table("second", row_group_size=4)
+
+
+@second.column
+def word(row_index):
+    return WORDS[row_index % 3]
+
+
+first.sampler("n", conveyor.integers(1, 3))
+""",
+    )
+    out = tmp_path / "out"
+    proc = conveyor(
+        "build", f"{spec}:second", "--records", "5", "--out", out, "--format", "jsonl", cwd=tmp_path
+    )  # fmt: skip (run from another folder)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["word"] for r in load(out)] == ["alpha", "beta", "gamma", "alpha", "beta"]
+    assert json.loads((out / "manifest.json").read_text())["table"] == "second"
+
+
 def test_build_not_a_tty_prints_plain_lines_and_quiet_prints_nothing(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, SMALL)
     proc = conveyor("build", spec, "--records", "150", "--out", tmp_path / "a", cwd=tmp_path)
@@ -515,6 +545,8 @@ def test_ctrl_c_exits_130_and_the_same_command_resumes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert json.loads(summary.read_text())["row_groups_resumed"] == len(written)
     assert len(load(out)) == 200
+    plain = [line for line in proc.stderr.splitlines() if line.startswith("build slow: ")]
+    assert plain[-1].startswith("build slow: 200/200 rows, ")  # the resumed rows counted
 
 
 THREADED = """
