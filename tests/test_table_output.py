@@ -26,6 +26,7 @@ from conveyor.table.output import (
     scan,
     write_manifest,
 )
+from conveyor.table.partcodec import concat_parquet
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FORMATS = ["parquet", "jsonl"]
@@ -189,6 +190,55 @@ def test_load_arrow_of_a_group_with_dropped_rows(tmp_path: Path) -> None:
     assert scan(tmp_path)[1].kept == 0
 
 
+def test_load_arrow_unifies_types_across_parquet_groups(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    w = PartWriter(tmp_path, "parquet", ["s", "x"])
+    w.write(meta(0, 0, 2), {"s": [None, None], "x": [1, 2]})  # s infers the null type here
+    w.write(meta(1, 2, 2), {"s": ["a", None], "x": [0.5, None]})
+    table = load(tmp_path, arrow=True)
+    assert str(table.schema.field("s").type) == "string"
+    assert (
+        table.to_pylist()
+        == load(tmp_path)
+        == [
+            {"s": None, "x": 1},
+            {"s": None, "x": 2},
+            {"s": "a", "x": 0.5},
+            {"s": None, "x": None},
+        ]
+    )
+
+
+def test_load_arrow_of_groups_whose_types_clash_keeps_the_column_as_json(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    w = PartWriter(tmp_path, "parquet", ["v"])
+    w.write(meta(0, 0, 2), {"v": [1, 2]})
+    w.write(meta(1, 2, 1), {"v": ["three"]})
+    assert load(tmp_path) == [{"v": 1}, {"v": 2}, {"v": "three"}]
+    table = load(tmp_path, arrow=True)
+    assert table.column("v").to_pylist() == ["1", "2", '"three"']
+    assert json.loads(table.schema.metadata[JSON_COLUMNS_KEY]) == ["v"]
+
+
+def test_concat_parquet_reads_parts_directly_or_declines(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    w = PartWriter(tmp_path, "parquet", ["v"])
+    a = w.write(meta(0, 0, 2), {"v": [None, None]})
+    b = w.write(meta(1, 2, 1), {"v": ["x"]})
+    c = w.write(meta(2, 3, 1), {"v": [3]})
+    d = w.write(meta(3, 4, 2), {"v": [1, "mixed"]})
+    table = concat_parquet([a, b])
+    assert table is not None and table.column("v").to_pylist() == [None, None, "x"]
+    assert concat_parquet([b, c]) is None  # string and int64 do not unify
+    assert concat_parquet([c, d]) is None  # d holds JSON text
+
+
+def test_load_arrow_of_a_build_without_groups_is_empty(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    write_manifest(tmp_path, {"version": 1})
+    assert load(tmp_path, arrow=True).num_rows == 0
+
+
 # -- crashes and rewrites -------------------------------------------------------------------
 
 
@@ -226,6 +276,16 @@ def test_scan_drops_a_group_whose_data_is_not_its_sidecars(fmt: str, tmp_path: P
     shutil.copy(tmp_path / f"part-00001.{fmt}", tmp_path / f"part-00000.{fmt}")
     assert list(scan(tmp_path)) == [1]
     assert not (tmp_path / f"part-00000.{fmt}").exists()
+
+
+def test_scan_drops_a_sidecar_that_names_another_groups_data(tmp_path: Path) -> None:
+    write(tmp_path, "jsonl", 0)
+    write(tmp_path, "jsonl", 1)
+    sidecar = json.loads((tmp_path / "part-00001.meta.json").read_text())
+    sidecar["data"]["file"] = "part-00000.jsonl"
+    (tmp_path / "part-00001.meta.json").write_text(json.dumps(sidecar))
+    assert list(scan(tmp_path)) == [0]
+    assert names(tmp_path) == ["part-00000.jsonl", "part-00000.meta.json"]
 
 
 def test_scan_of_a_missing_directory_is_empty(tmp_path: Path) -> None:
@@ -305,7 +365,7 @@ def test_write_refuses_wrong_value_counts(fmt: str, tmp_path: Path) -> None:
     w = PartWriter(tmp_path, fmt, ["a", "b"])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"column 'b' has 2 values, not 3"):
         w.write(meta(0, 0, 3), {"a": [1, 2, 3], "b": [1, 2]})
-    with pytest.raises(ValueError, match=r"column 'b' has None values"):
+    with pytest.raises(ValueError, match=r"column 'b' is missing"):
         w.write(meta(0, 0, 3), {"a": [1, 2, 3]})
     with pytest.raises(ValueError, match="not in the output"):
         w.write(meta(0, 0, 1), {"a": [1], "b": [2], "c": [3]})
@@ -342,6 +402,19 @@ def test_damaged_data_file_is_a_usage_error_naming_it(tmp_path: Path) -> None:
     path.write_bytes(b"x" * size)  # same size, so the group still looks complete
     with pytest.raises(UsageError, match=r"part-00000\.jsonl: not a readable JSONL part"):
         load(tmp_path)
+
+
+def test_jsonl_part_with_a_line_that_is_not_an_object(tmp_path: Path) -> None:
+    path = write(tmp_path, "jsonl", 0, size=1)
+    size = path.stat().st_size
+    path.write_bytes(b"[1]".ljust(size - 1) + b"\n")
+    with pytest.raises(UsageError, match="a line is not a JSON object"):
+        read_group(tmp_path, 0)
+
+
+def test_group_meta_with_unordered_rows_cannot_be_stored() -> None:
+    with pytest.raises(ValueError, match="out of order"):
+        GroupMeta(0, 0, 5, [3, 1], {}, {}).to_json()
 
 
 # -- pyarrow stays optional -----------------------------------------------------------------

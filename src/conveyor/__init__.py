@@ -58,9 +58,9 @@ _LAZY = {
     "load": "conveyor.table.output",
     "category": "conveyor.table.samplers",
     "choice": "conveyor.table.samplers",
-    "uniform": "conveyor.table.samplers",
     "integers": "conveyor.table.samplers",
     "seed_file": "conveyor.table.samplers",
+    "uniform": "conveyor.table.samplers",
 }
 
 

@@ -60,7 +60,7 @@ class TaskFailed(ConveyorError):
     """Raised by RunResult.raise_for_failures / result lookups of a failed task."""
 
 
-class DropRow(Exception):  # noqa: N818 -- a signal a generator raises, not an error
+class DropRow(Exception):  # a signal a generator raises, not an error
     """Raised by a table column's generator: leave this row out of the table, with a reason
     (counted per column and reason in the build's summary)."""
 

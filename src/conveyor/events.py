@@ -20,6 +20,7 @@ EVENT_NAMES = frozenset(
         "lease_expired",
         "worker_joined", "worker_lost", "admission_blocked", "group_capped", "gang_reserved",
         "gang_started", "endpoint_limit_changed",
+        "build_started", "row_group_started", "row_group_written", "row_dropped", "build_finished",
     }
 )  # fmt: skip
 

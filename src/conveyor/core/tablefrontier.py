@@ -177,18 +177,38 @@ class TableFrontier:
     # -- the heap -----------------------------------------------------------------------------
     def pop(self, blocked: Container[int] = ()) -> int | None:
         """The best ready task of the buckets not ``blocked``; ``None`` when there is none."""
-        best: int | None = None
-        best_bucket = 0
-        for b, heap in self.heaps.items():
-            if b in blocked:
+        got = self.pop_task(blocked)
+        return None if got is None else got[0]
+
+    def pop_task(self, blocked: Container[int] = ()) -> tuple[int, int, int, int] | None:
+        """``(key, group, node, row)`` of the best ready task of the buckets not ``blocked``.
+        Entries that no longer matter are discarded as they come to the top."""
+        heaps = self.heaps
+        groups = self.groups
+        cell = self.cell
+        levels = self._levels
+        while True:
+            best: int | None = None
+            best_heap: list[int] | None = None
+            for b, heap in heaps.items():
+                if heap and b not in blocked and (best is None or heap[0] < best):
+                    best, best_heap = heap[0], heap
+            if best_heap is None:
+                return None
+            key = _heappop(best_heap)
+            node = key & (MAX_NODES - 1)
+            rest = key >> _NODE_BITS
+            row = rest & (MAX_GROUP_ROWS - 1)
+            group = (rest >> _ROW_BITS) // levels
+            g = groups.get(group)
+            if g is None:
                 continue
-            while heap and not self.live(heap[0]):
-                _heappop(heap)
-            if heap and (best is None or heap[0] < best):
-                best, best_bucket = heap[0], b
-        if best is None:
-            return None
-        return _heappop(self.heaps[best_bucket])
+            if cell[node]:
+                d = g.done[node]
+                if g.alive[row] and d is not None and not d[row]:
+                    return key, group, node, row
+            elif g.batch[node] == 1:
+                return key, group, node, row
 
     def push(self, key: int) -> None:
         """Put a task back (a retry whose wait is over, a task given back unrun)."""
@@ -221,8 +241,12 @@ class TableFrontier:
         is finished or unknown, its row was dropped, or it was done already."""
         node = key & (MAX_NODES - 1)
         rest = key >> _NODE_BITS
-        row = rest & (MAX_GROUP_ROWS - 1)
-        g = self.groups.get((rest >> _ROW_BITS) // self._levels)
+        return self.cell_done_at((rest >> _ROW_BITS) // self._levels, node,
+                                 rest & (MAX_GROUP_ROWS - 1))  # fmt: skip
+
+    def cell_done_at(self, group: int, node: int, row: int) -> bool:
+        """``cell_done`` of the cell ``(group, node, row)``."""
+        g = self.groups.get(group)
         if g is None or not self.cell[node] or not g.alive[row]:
             return False
         d = g.done[node]
@@ -285,8 +309,9 @@ class TableFrontier:
         for c in plan.down_cell[i]:
             w = g.waiting[c]
             assert w is not None
-            w[r] -= 1
-            if w[r] == 0:
+            left = w[r] - 1
+            w[r] = left
+            if left == 0:
                 _heappush(self.heaps[self.bucket[c]], self.key(g.span.group, c, r))
         for b in plan.down_batch[i]:
             g.pending[b] -= 1

@@ -49,6 +49,9 @@ class ChildHandle:
         return await asyncio.to_thread(self.result)
 
 
+_CHILD_IDS = threading.Lock()
+
+
 @dataclass(eq=False)
 class TaskContext:
     """Handed to the running task through a context variable; see :func:`current`."""
@@ -66,7 +69,6 @@ class TaskContext:
     endpoint: str | None = None  # the rate-limited service this task declared it calls
     _limiter: Callable[[], EndpointLimiter] | None = field(default=None, repr=False)
     _counter: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def limiter(self) -> EndpointLimiter:
@@ -123,7 +125,7 @@ class TaskContext:
     def _child_spec(self, fn: Any, args: tuple[Any, ...], options: dict[str, Any]) -> TaskSpec:
         from conveyor.graph import spec_from_call
 
-        with self._lock:
+        with _CHILD_IDS:  # one lock for all tasks: made per child submitted, not per task
             self._counter += 1
             n = self._counter
         options.setdefault("id", f"{self.task_id}/{n}")

@@ -376,6 +376,7 @@ class Engine:
                     out.append(res)
             if len(out) >= batch_limit:
                 break
+        self._executors.kick()  # the coroutines this fill started, to the loop at once
         return mine
 
     def _thread_done(self, run: Running, ok: bool, value: Any) -> Launch | None:

@@ -43,6 +43,7 @@ class Running:
     kind: Kind = "thread"
     deadline: float | None = None
     future: concurrent.futures.Future[Any] | None = None
+    task: asyncio.Task[None] | None = None  # an async task's, once started on the loop
     proc: subprocess.Popen[bytes] | None = None
     abandoned: bool = False  # timed out or cancelled: a late result is dropped
 
@@ -84,6 +85,8 @@ class Executors:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._async_pending: list[tuple[Launch, float | None]] = []
+        self._kicked = False  # the loop was asked to start the pending coroutines
 
     # -- sync callables ---------------------------------------------------------------------
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -145,28 +148,56 @@ class Executors:
             return self._loop
 
     def start_async(self, launch: Launch, timeout: float | None) -> None:
+        """Start a coroutine task on the event loop thread, at the next ``kick``: the engine
+        kicks once per fill, so the loop is woken (a write to its self-pipe, and the GIL handed
+        over) once for all the coroutines one fill starts, not once each."""
+        self._event_loop()
+        with self._lock:
+            self._async_pending.append((launch, timeout))
+
+    def kick(self) -> None:
+        """Hand the coroutines started since the last kick to the event loop."""
+        loop = self._loop
+        if loop is None:
+            return
+        with self._lock:
+            if not self._async_pending or self._kicked:
+                return
+            self._kicked = True
+        loop.call_soon_threadsafe(self._start_pending, loop)
+
+    def _start_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop thread: start every coroutine handed over since the last call."""
+        with self._lock:
+            batch, self._async_pending = self._async_pending, []
+            self._kicked = False
+        post = self._post
+        for launch, timeout in batch:
+            run = launch.run
+            if run.abandoned:  # cancelled before it started
+                post(Finished(run, False, "cancelled"))
+                continue
+            run.task = loop.create_task(self._call(launch, timeout))
+
+    async def _call(self, launch: Launch, timeout: float | None) -> None:
         import asyncio
 
         post = self._post
         run, fn, args, kwargs = launch.run, launch.fn, launch.args, launch.kwargs
-
-        async def call() -> None:
-            _current.set(launch.ctx)  # this coroutine runs in its own task: a private context
-            try:
-                if timeout is None:
-                    value = await fn(*args, **kwargs)
-                else:
-                    value = await asyncio.wait_for(fn(*args, **kwargs), timeout)
-            except asyncio.CancelledError:
-                post(Finished(run, False, "cancelled"))
-            except TimeoutError:
-                post(Finished(run, False, f"timeout: no result after {timeout:g} s"))
-            except BaseException as exc:
-                post(Finished(run, False, describe(exc)))
+        _current.set(launch.ctx)  # this coroutine runs in its own task: a private context
+        try:
+            if timeout is None:
+                value = await fn(*args, **kwargs)
             else:
-                post(Finished(run, True, value))
-
-        run.future = asyncio.run_coroutine_threadsafe(call(), self._event_loop())
+                value = await asyncio.wait_for(fn(*args, **kwargs), timeout)
+        except asyncio.CancelledError:
+            post(Finished(run, False, "cancelled"))
+        except TimeoutError:
+            post(Finished(run, False, f"timeout: no result after {timeout:g} s"))
+        except BaseException as exc:
+            post(Finished(run, False, describe(exc)))
+        else:
+            post(Finished(run, True, value))
 
     # -- shell commands --------------------------------------------------------------------------
     def start_cmd(
@@ -222,6 +253,9 @@ class Executors:
         fut = run.future
         if fut is not None:
             fut.cancel()
+        task, loop = run.task, self._loop
+        if task is not None and loop is not None:
+            loop.call_soon_threadsafe(task.cancel)  # an asyncio task is cancelled on its loop
 
     def shutdown(self, wait: bool = True) -> None:
         if self._threads is not None:

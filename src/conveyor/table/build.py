@@ -183,48 +183,45 @@ def build(
         output.remove_groups(outdir, lambda g: False)
         on_disk = {}
     changed = {n for n, f in fps.items() if old is None or old.get("columns", {}).get(n) != f}
-    done: dict[int, int] = {}
-    rebuild: dict[int, tuple[bytearray, dict[str, list[Any]], set[str]]] = {}
-    earlier: dict[int, output.GroupMeta] = {}
+    done: dict[int, int] = {}  # row group -> rows kept: all a written group leaves in memory
+    dropped: dict[str, dict[str, int]] = {}
+    rebuild: dict[int, Callable[[], RebuildInput]] = {}
+    earlier: dict[int, dict[str, dict[str, int]]] = {}  # drops counted by the earlier build
     for g, meta in on_disk.items():
         stale = {n for n in fps if meta.columns.get(n) != fps[n]}
         if not stale:
             done[g] = meta.kept
-        elif update:
-            rebuild[g] = _rebuild_input(outdir, g, meta, plan, records, table, stale)
-            earlier[g] = meta
-        else:  # a group of an older spec left by a crash of an earlier --update: redo it
-            rebuild[g] = _rebuild_input(outdir, g, meta, plan, records, table, stale)
-            earlier[g] = meta
+            _add_drops(dropped, meta.dropped)
+        else:  # --update; or a group of an older spec left by a crash of an earlier --update
+            rebuild[g] = _rebuild_loader(outdir, g, meta.kept_rows, plan, records, table, stale)
+            earlier[g] = meta.dropped
+    del on_disk
     manifest: dict[str, Any] = {
         **identity, "spec_fingerprint": spec_fp, "columns": fps, "complete": False,
         "mermaid": plan.mermaid(),
     }  # fmt: skip
     output.write_manifest(outdir, manifest)
-    writer = output.PartWriter(outdir, cast("output.Format", fmt), plan.fields)  # checked above
+    writer = output.PartWriter(outdir, cast("output.Format", fmt), plan.fields)
     summary = BuildSummary(
         table.name, str(outdir), fmt, records,
         row_groups_resumed=len(done), row_groups_updated=len(rebuild),
     )  # fmt: skip
     sink = JsonlSink(events) if events is not None else None
     t0 = time.monotonic()
-    written: dict[int, output.GroupMeta] = {}
+    kept = dict(done)
 
     def on_group(gd: GroupDone) -> None:
-        dropped = {c: dict(r) for c, r in gd.dropped.items()}
-        prior = earlier.get(gd.span.group)
+        drops = {c: dict(r) for c, r in gd.dropped.items()}
+        prior = earlier.pop(gd.span.group, None)
         if prior is not None:  # drops of columns that stand were counted by the earlier build
-            for c, reasons in prior.dropped.items():
-                if c not in changed:
-                    merged = dropped.setdefault(c, {})
-                    for reason, n in reasons.items():
-                        merged[reason] = merged.get(reason, 0) + n
+            _add_drops(drops, {c: r for c, r in prior.items() if c not in changed})
         meta = output.GroupMeta(
             row_group=gd.span.group, start=gd.span.start, rows=gd.span.rows,
-            kept_rows=gd.kept_rows, dropped=dropped, columns=dict(fps),
+            kept_rows=gd.kept_rows, dropped=drops, columns=dict(fps),
         )  # fmt: skip
         writer.write(meta, gd.columns)
-        written[gd.span.group] = meta
+        kept[gd.span.group] = meta.kept
+        _add_drops(dropped, drops)
 
     store = TableStore(table, plan, records=records, on_group=on_group, done_groups=done,
                        rebuild=rebuild)  # fmt: skip
@@ -251,16 +248,15 @@ def build(
         try:
             if not interrupted and on_status is not None:
                 on_status(_status(store, engine, elapsed, done))
-            kept = {**done, **{g: m.kept for g, m in written.items()}}
             if not interrupted and sum(kept.values()) > records:
-                _trim(outdir, writer, kept, records)
-                kept = {g: m.kept for g, m in output.scan(outdir).items()}
+                last = max(kept)
+                kept[last] = _trim(outdir, writer, last, records - (sum(kept.values())
+                                                                    - kept[last]))  # fmt: skip
             total = sum(kept.values())
             summary.rows_written = min(total, records) if not interrupted else total
             summary.row_groups = len(kept)
             summary.cells = sum(c.done for c in store.counts_by_column)
-            all_meta = output.scan(outdir)
-            summary.dropped = _dropped(all_meta)
+            summary.dropped = dropped
             summary.errors = {f"{c}: {r}": e for (c, r), e in store.errors.items()}
             summary.endpoints = {
                 k: {"limit": s.limit, "calls": s.admitted, "rate_limited": s.rate_limited,
@@ -312,31 +308,27 @@ def _status(store: TableStore, engine: Any, elapsed: float, done: dict[int, int]
     )  # fmt: skip
 
 
-def _dropped(metas: dict[int, Any]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for meta in metas.values():
-        for c, reasons in meta.dropped.items():
-            tgt = out.setdefault(c, {})
-            for r, n in reasons.items():
-                tgt[r] = tgt.get(r, 0) + n
-    return out
+def _add_drops(into: dict[str, dict[str, int]], more: dict[str, dict[str, int]]) -> None:
+    for c, reasons in more.items():
+        tgt = into.setdefault(c, {})
+        for r, n in reasons.items():
+            tgt[r] = tgt.get(r, 0) + n
 
 
-def _trim(outdir: Path, writer: Any, kept: dict[int, int], records: int) -> None:
-    """Keep exactly ``records`` rows: the first ones in row order. Every group but the last
-    is needed whole (a group opens only while the rows before it fall short), so only the last
-    group is cut."""
+def _trim(outdir: Path, writer: Any, last: int, keep: int) -> int:
+    """Keep exactly ``records`` rows, the first ones in row order: every group but the last is
+    needed whole (a group opens only while the rows before it fall short), so only the last
+    group, ``last``, is cut to ``keep`` rows. Returns ``keep``."""
     from conveyor.table import output
 
-    last = max(kept)
-    before = sum(n for g, n in kept.items() if g != last)
-    keep = records - before
-    metas = output.scan(outdir)
-    meta = metas[last]
+    meta = output.read_meta(outdir, last)
+    if meta is None:
+        raise UsageError(f"{outdir}: row group {last} vanished while the build ran")
     values = output.read_group(outdir, last)
     meta.kept_rows = meta.kept_rows[:keep]
     meta.trimmed = True
     writer.write(meta, {f: v[:keep] for f, v in values.items()})
+    return keep
 
 
 def _check_directory(
@@ -387,28 +379,37 @@ def _check_directory(
     return old
 
 
-def _rebuild_input(
-    outdir: Path, g: int, meta: Any, plan: TablePlan, records: int, table: Table,
-    stale: set[str],
-) -> tuple[bytearray, dict[str, list[Any]], set[str]]:  # fmt: skip
-    """A written group as ``--update`` reopens it: its kept rows, their values by field at
-    their positions in the group, and the generators whose values stand."""
-    from conveyor.table import output
+#: A written row group as ``--update`` reopens it: its kept rows (a mask over the group's
+#: rows), its values by field at their positions, and the generators whose values stand.
+RebuildInput = tuple[bytearray, dict[str, list[Any]], set[str]]
 
+
+def _rebuild_loader(
+    outdir: Path, g: int, kept_rows: list[int], plan: TablePlan, records: int, table: Table,
+    stale: set[str],
+) -> Callable[[], RebuildInput]:  # fmt: skip
+    """Reads group ``g`` back when the build reopens it (not before: one group in memory per
+    group in flight, not the table)."""
     span = group_span(g, records, table.row_group_size)
-    alive = bytearray(span.rows)
-    positions = [r - span.start for r in meta.kept_rows]
-    for p in positions:
-        alive[p] = 1
-    stored = output.read_group(outdir, g)
-    values: dict[str, list[Any]] = {}
-    for f in plan.fields:
-        full: list[Any] = [None] * span.rows
-        col = stored.get(f)
-        if col is not None:
-            for p, v in zip(positions, col, strict=True):
-                full[p] = v
-        values[f] = full
-    standing = {n.name for n in plan.nodes if n.name not in stale
-                and all(f in stored for f in n.fields)}  # fmt: skip
-    return alive, values, standing
+    positions = [r - span.start for r in kept_rows]
+
+    def load() -> RebuildInput:
+        from conveyor.table import output
+
+        alive = bytearray(span.rows)
+        for p in positions:
+            alive[p] = 1
+        stored = output.read_group(outdir, g)
+        values: dict[str, list[Any]] = {}
+        for f in plan.fields:
+            full: list[Any] = [None] * span.rows
+            col = stored.get(f)
+            if col is not None:
+                for p, v in zip(positions, col, strict=True):
+                    full[p] = v
+            values[f] = full
+        standing = {n.name for n in plan.nodes if n.name not in stale
+                    and all(f in stored for f in n.fields)}  # fmt: skip
+        return alive, values, standing
+
+    return load

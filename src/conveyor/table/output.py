@@ -29,11 +29,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from conveyor.errors import UsageError
+from conveyor.table.partcodec import (
+    JSON_COLUMNS_KEY,
+    Format,
+    arrow_table,
+    concat_parquet,
+    decode_part,
+    encode_part,
+)
 
 if TYPE_CHECKING:  # annotations only: never imported at run time from here
     import pyarrow as pa
 
 __all__ = [
+    "JSON_COLUMNS_KEY",
+    "Format",
     "GroupMeta",
     "PartWriter",
     "load",
@@ -44,10 +54,7 @@ __all__ = [
     "write_manifest",
 ]
 
-Format = Literal["parquet", "jsonl"]
 MANIFEST = "manifest.json"
-JSON_COLUMNS_KEY = b"conveyor.json_columns"
-"""Parquet schema metadata: the columns stored as JSON text because pyarrow could not type them."""
 
 _SIDECAR = re.compile(r"part-(\d{5,})\.meta\.json")
 _DATA = re.compile(r"part-(\d{5,})\.(parquet|jsonl)")
@@ -99,6 +106,7 @@ class GroupMeta:
             prev = r
 
     def to_dict(self) -> dict[str, Any]:
+        self.check()
         return {
             "row_group": self.row_group,
             "start": self.start,
@@ -178,72 +186,6 @@ def _unlink(path: Path) -> None:
         path.unlink()
 
 
-# -- encoding -------------------------------------------------------------------------------
-
-
-def _json_text(values: list[Any]) -> list[str | None]:
-    return [None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values]
-
-
-def _arrow_table(names: list[str], columns: dict[str, list[Any]], nested_as_json: bool) -> pa.Table:
-    """One Arrow table, types inferred per column. A column pyarrow cannot type -- or, with
-    ``nested_as_json``, any nested one -- is stored as JSON text and listed in the metadata.
-    Nested columns are checked to round-trip: pyarrow fills a struct's missing keys with None."""
-    import pyarrow as pa
-
-    arrays = []
-    as_json: list[str] = []
-    for name in names:
-        values = columns[name]
-        try:
-            arr = pa.array(values)
-            if pa.types.is_nested(arr.type) and (nested_as_json or arr.to_pylist() != values):
-                raise ValueError("nested values that do not round-trip")
-        except (pa.ArrowException, ValueError, TypeError, OverflowError):
-            arr = pa.array(_json_text(values), type=pa.string())
-            as_json.append(name)
-        arrays.append(arr)
-    table = pa.Table.from_arrays(arrays, names=names)
-    if as_json:
-        table = table.replace_schema_metadata({JSON_COLUMNS_KEY: json.dumps(as_json).encode()})
-    return table
-
-
-def _parquet_bytes(names: list[str], columns: dict[str, list[Any]]) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def encode(nested_as_json: bool) -> bytes:
-        sink = pa.BufferOutputStream()
-        pq.write_table(_arrow_table(names, columns, nested_as_json), sink)
-        return bytes(sink.getvalue().to_pybytes())
-
-    try:
-        return encode(nested_as_json=False)
-    except pa.ArrowException:  # e.g. an empty dict infers struct<>, which Parquet cannot hold
-        return encode(nested_as_json=True)
-
-
-def _jsonl_bytes(names: list[str], columns: dict[str, list[Any]], n: int) -> bytes:
-    lines = (
-        json.dumps({f: columns[f][i] for f in names}, ensure_ascii=False, default=str) + "\n"
-        for i in range(n)
-    )
-    return "".join(lines).encode("utf-8")
-
-
-def _decoded(table: pa.Table) -> dict[str, list[Any]]:
-    meta = table.schema.metadata or {}
-    as_json = set(json.loads(meta.get(JSON_COLUMNS_KEY, b"[]")))
-    out: dict[str, list[Any]] = {}
-    for name in table.column_names:
-        values = table.column(name).to_pylist()
-        out[name] = (
-            [None if v is None else json.loads(v) for v in values] if name in as_json else values
-        )
-    return out
-
-
 # -- writing --------------------------------------------------------------------------------
 
 
@@ -274,15 +216,14 @@ class PartWriter:
         if unknown:
             raise ValueError(f"row group {meta.row_group}: columns not in the output: {unknown}")
         for f in self.fields:
-            got = len(columns[f]) if f in columns else None
-            if got != meta.kept:
+            if f not in columns:
+                raise ValueError(f"row group {meta.row_group}: column {f!r} is missing")
+            if len(columns[f]) != meta.kept:
                 raise ValueError(
-                    f"row group {meta.row_group}: column {f!r} has {got} values, not {meta.kept}"
+                    f"row group {meta.row_group}: column {f!r} has {len(columns[f])} values,"
+                    f" not {meta.kept}"
                 )
-        if self.fmt == "parquet":
-            data = _parquet_bytes(self.fields, columns)
-        else:
-            data = _jsonl_bytes(self.fields, columns, meta.kept)
+        data = encode_part(self.fmt, self.fields, columns, meta.kept)
         part = _part(meta.row_group)
         path = self.out / f"{part}.{self.fmt}"
         sidecar = {
@@ -325,6 +266,24 @@ def _read_sidecar(path: Path) -> tuple[GroupMeta, dict[str, Any]] | None:
     return meta, data
 
 
+def _group(out: Path, rg: int) -> _Group | None:
+    """Row group ``rg`` if it is complete on disk (its sidecar alone is read)."""
+    got = _read_sidecar(out / f"{_part(rg)}.meta.json")
+    if got is None:
+        return None
+    meta, data = got
+    named = _DATA.fullmatch(data["file"])
+    if named is None or not meta.row_group == rg == int(named.group(1)):
+        return None
+    path = out / data["file"]
+    try:
+        if path.stat().st_size != data["bytes"]:
+            return None
+    except OSError:
+        return None
+    return _Group(meta, path, [str(f) for f in data["fields"]])
+
+
 def _groups(out: Path, clean: bool) -> dict[int, _Group]:
     """The complete row groups in ``out``; with ``clean``, delete temp files and every part
     file that does not belong to a complete group."""
@@ -341,7 +300,8 @@ def _groups(out: Path, clean: bool) -> dict[int, _Group]:
             continue
         meta, data = got
         path = out / data["file"]
-        if meta.row_group != int(m.group(1)) or _DATA.fullmatch(data["file"]) is None:
+        named = _DATA.fullmatch(data["file"])
+        if named is None or not meta.row_group == int(m.group(1)) == int(named.group(1)):
             continue
         try:
             complete = path.stat().st_size == data["bytes"]
@@ -367,37 +327,25 @@ def scan(out: Path) -> dict[int, GroupMeta]:
 
 
 def _read(group: _Group) -> dict[str, list[Any]]:
-    path = group.data
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise UsageError(
-                f"{path}: reading Parquet needs pyarrow (pip install 'conveyor[parquet]')"
-            ) from None
-        try:
-            columns = _decoded(pq.read_table(path))
-        except (pa.ArrowException, OSError, ValueError) as e:
-            raise UsageError(f"{path}: not a readable Parquet file ({e})") from None
-    else:
-        try:
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{path}: not a readable JSONL part ({e})") from None
-        columns = {f: [row.get(f) for row in rows] for f in group.fields}
+    columns = decode_part(group.data, group.fields)
     n = group.meta.kept
     if list(columns) != group.fields or any(len(v) != n for v in columns.values()):
-        raise UsageError(f"{path}: does not hold the {n} rows its sidecar records")
+        raise UsageError(f"{group.data}: does not hold the {n} rows its sidecar records")
     return columns
 
 
 def read_group(out: Path, rg: int) -> dict[str, list[Any]]:
     """The column values of one complete row group, in the order its writer's fields had."""
-    group = _groups(Path(out), clean=False).get(rg)
+    group = _group(Path(out), rg)
     if group is None:
         raise UsageError(f"{out}: row group {rg} is not written")
     return _read(group)
+
+
+def read_meta(out: Path, rg: int) -> GroupMeta | None:
+    """The sidecar of row group ``rg`` if the group is complete on disk, else ``None``."""
+    group = _group(Path(out), rg)
+    return None if group is None else group.meta
 
 
 def remove_groups(out: Path, keep: Callable[[int], bool]) -> list[int]:
@@ -454,6 +402,11 @@ def _union(groups: Iterable[dict[str, list[Any]]]) -> list[str]:
     return list(names)
 
 
+def _same_parquet_fields(groups: list[_Group]) -> bool:
+    first = groups[0].fields
+    return all(g.data.suffix == ".parquet" and g.fields == first for g in groups)
+
+
 @overload
 def load(path: str | Path, *, arrow: Literal[False] = False) -> list[dict[str, Any]]: ...
 @overload
@@ -468,14 +421,19 @@ def load(path: str | Path, *, arrow: bool = False) -> list[dict[str, Any]] | pa.
     groups = _groups(out, clean=False)
     if not groups and read_manifest(out) is None:
         raise UsageError(f"{out}: not a table build (no {MANIFEST}, no row groups)")
-    parts = [_read(groups[rg]) for rg in sorted(groups)]
+    ordered = [groups[rg] for rg in sorted(groups)]
+    if arrow and ordered and _same_parquet_fields(ordered):
+        table = concat_parquet([g.data for g in ordered])  # fast: no Python values
+        if table is not None and table.num_rows == sum(g.meta.kept for g in ordered):
+            return table
+    parts = [_read(g) for g in ordered]
     names = _union(parts)
     if arrow:
         columns: dict[str, list[Any]] = {n: [] for n in names}
-        for part, group in zip(parts, (groups[rg] for rg in sorted(groups)), strict=True):
+        for part, group in zip(parts, ordered, strict=True):
             for n in names:
                 columns[n].extend(part[n] if n in part else [None] * group.meta.kept)
-        return _arrow_table(names, columns, nested_as_json=False)
+        return arrow_table(names, columns)
     rows: list[dict[str, Any]] = []
     for part in parts:
         fields = list(part)

@@ -15,9 +15,7 @@ No I/O except ``seed_file``, which reads its file once, lazily, and keeps it.
 from __future__ import annotations
 
 import bisect
-import csv
 import hashlib
-import io
 import json
 import math
 import random
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from conveyor.errors import UsageError
+from conveyor.table.seedfiles import read_seed_columns
 
 __all__ = [
     "BLOCK",
@@ -115,7 +114,8 @@ class Sampler(ABC):
 
     def _key(self, start: int, stop: int) -> str:
         if self._name is None:
-            raise ValueError(f"{self.describe()} is not bound to a column (call bind(name))")
+            kind = type(self).__name__.strip("_").lower()  # not describe(): it may read a file
+            raise ValueError(f"this {kind} sampler is not bound to a column (call bind(name))")
         if not 0 <= start <= stop:
             raise ValueError(f"bad row range [{start}, {stop})")
         return self._name
@@ -321,7 +321,7 @@ class _SeedFile(Sampler):
                 raw = self.path.read_bytes()
             except OSError as e:
                 raise UsageError(f"seed file {self.path}: cannot read ({e.strerror})") from None
-            data = _parse(self.path, raw)
+            data = read_seed_columns(self.path, raw)
             rows = len(next(iter(data.values()))) if data else 0
             if rows == 0:
                 raise UsageError(f"seed file {self.path}: no rows")
@@ -364,69 +364,6 @@ class _SeedFile(Sampler):
     def fingerprint(self) -> str:
         self._load()
         return _digest("seed_file", [self._digest, list(self.fields), self.order])
-
-
-def _parse(path: Path, raw: bytes) -> dict[str, list[Any]]:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return _parse_parquet(path, raw)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UsageError(f"seed file {path}: not UTF-8 text") from None
-    if suffix == ".csv":
-        return _parse_csv(path, text)
-    return _parse_jsonl(path, text)
-
-
-def _parse_parquet(path: Path, raw: bytes) -> dict[str, list[Any]]:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise UsageError(
-            f"seed file {path}: reading Parquet needs pyarrow (pip install 'conveyor[parquet]')"
-        ) from None
-    try:
-        table = pq.read_table(pa.BufferReader(raw))
-    except (pa.ArrowException, OSError) as e:
-        raise UsageError(f"seed file {path}: not a readable Parquet file ({e})") from None
-    return {name: table.column(name).to_pylist() for name in table.column_names}
-
-
-def _parse_csv(path: Path, text: str) -> dict[str, list[Any]]:
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    if not header:
-        raise UsageError(f"seed file {path}: no header row")
-    data: dict[str, list[Any]] = {name: [] for name in header}
-    for lineno, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise UsageError(
-                f"seed file {path}: line {lineno} has {len(row)} fields, the header {len(header)}"
-            )
-        for name, value in zip(header, row, strict=True):
-            data[name].append(value)
-    return data
-
-
-def _parse_jsonl(path: Path, text: str) -> dict[str, list[Any]]:
-    rows: list[dict[str, Any]] = []
-    names: dict[str, None] = {}  # the union of keys, in order of first appearance
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"seed file {path}: line {lineno} is not JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise UsageError(f"seed file {path}: line {lineno} is not a JSON object")
-        names.update(dict.fromkeys(obj))
-        rows.append(obj)
-    return {name: [row.get(name) for row in rows] for name in names}
 
 
 def seed_file(

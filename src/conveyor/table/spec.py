@@ -128,8 +128,9 @@ class Table:
         columns it fills: it then returns a dict with its own column and those),
         ``keep_when`` (a predicate on its value; a row failing it is dropped), ``endpoint``
         (the rate-limited service it calls: its calls go through that endpoint's adaptive
-        limiter), ``retries``, ``executor`` (``"inline"``, ``"thread"``, ``"process"``; async
-        generators run on the event loop), ``timeout_s``.
+        limiter), ``retries``, ``executor`` (``"thread"``, the default for a sync generator,
+        or ``"inline"``, on the engine's thread: for cheap ones; async generators run on the
+        event loop), ``timeout_s``.
         """
         if fn is None:
             return lambda f: self.column(f, **options)
@@ -160,9 +161,9 @@ class Table:
             raise UsageError(
                 f"column {col_name!r}: strategy {strategy!r} is not 'cell' or 'full_column'"
             )
-        if executor not in (None, "inline", "thread", "process"):
+        if executor not in (None, "inline", "thread"):
             raise UsageError(f"column {col_name!r}: executor {executor!r} is not one of"
-                             " inline, thread, process")  # fmt: skip
+                             " inline, thread")  # fmt: skip
         if endpoint is not None:
             from conveyor.core.limiter import check_key
 

@@ -75,12 +75,14 @@ class TableStore(Store):
         records: int,
         on_group: Callable[[GroupDone], None],
         done_groups: Mapping[int, int] | None = None,
-        rebuild: Mapping[int, tuple[bytearray, dict[str, list[Any]], set[str]]] | None = None,
+        rebuild: Mapping[int, Callable[[], tuple[bytearray, dict[str, list[Any]], set[str]]]]
+        | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``done_groups``: row groups already written, with their kept rows (a resume);
         ``rebuild``: row groups to build again from values on disk (``--update``): per group,
-        the rows it kept, the values by field, and the generators whose values stand."""
+        a loader of the rows it kept, the values by field, and the generators whose values
+        stand (called when the group opens)."""
         self.url = "table:" + table.name
         self.table = table
         self.plan = plan
@@ -157,7 +159,7 @@ class TableStore(Store):
         while not self.stopping and len(self._open) < self.in_flight:
             if self._rebuild:
                 g = min(self._rebuild)
-                alive, values, standing = self._rebuild.pop(g)
+                alive, values, standing = self._rebuild.pop(g)()  # read from disk now
                 span = group_span(g, self.records, self.size)
                 keep = {i for i, c in enumerate(self.columns) if c.name in standing}
                 full = {f: [None] * span.rows for f in self.plan.fields}
@@ -180,7 +182,7 @@ class TableStore(Store):
 
     def _start(self, span: GroupSpan, values: dict[str, list[Any]], now: float) -> None:
         self._open[span.group] = _Open(span, values, started=now)
-        self._event("row_group_started", now, row_group=span.group, start=span.start,
+        self._record(now, "row_group_started", row_group=span.group, start=span.start,
                     rows=span.rows)  # fmt: skip
 
     def _planned(self, span: GroupSpan, alive: bytearray | None) -> None:
@@ -214,7 +216,7 @@ class TableStore(Store):
         self._written_kept += len(kept)
         if self.first_group_at is None:
             self.first_group_at = now
-        self._event("row_group_written", now, row_group=g.span.group, rows=g.span.rows,
+        self._record(now, "row_group_written", row_group=g.span.group, rows=g.span.rows,
                     kept=len(kept))  # fmt: skip
 
     # -- claims -------------------------------------------------------------------------------
@@ -233,10 +235,10 @@ class TableStore(Store):
         frontier = self.frontier
         while delayed and delayed[0][0] <= now:
             frontier.push(heapq.heappop(delayed)[1])
-        key = frontier.pop(self._blocked() if self._bucket_endpoint else ())
-        if key is None:
+        got = frontier.pop_task(self._blocked() if self._bucket_endpoint else ())
+        if got is None:
             return None
-        group, node, row = frontier.decode(key)
+        key, group, node, row = got
         og = self._open[group]
         values = og.values
         spec = _new_spec(TaskSpec)
@@ -258,7 +260,7 @@ class TableStore(Store):
         spec.__dict__ = d
         self.running += 1
         self._running_bucket[frontier.bucket[node]] += 1
-        attempt = self._attempts.pop(key, 1)
+        attempt = self._attempts.pop(key, 1) if self._attempts else 1
         return Claim(spec, attempt, 0, key, self.plan.depth[node], (), extra)
 
     def claim(
@@ -289,7 +291,7 @@ class TableStore(Store):
             # the common case, kept short: a cell with a value
             group, _, row = frontier.decode(key)
             og = self._open.get(group)
-            if og is None or not frontier.cell_done(key):
+            if og is None or not frontier.cell_done_at(group, node, row):
                 self.stale += 1
                 return False
             self._outcome(True)
@@ -390,7 +392,7 @@ class TableStore(Store):
         if why.error is not None:
             cc.failed += 1
             self.errors.setdefault((col, why.reason), why.error)
-        self._event("row_dropped", now, task=f"{col}[{og.span.start + row}]", column=col,
+        self._record(now, "row_dropped", task=f"{col}[{og.span.start + row}]", column=col,
                     reason=why.reason, error=why.error)  # fmt: skip
 
     def _outcome(self, ok: bool) -> None:
@@ -418,9 +420,9 @@ class TableStore(Store):
                 f" (more than {self.table.early_stop:.0%})"
             )
 
-    def _event(self, name: str, now: float, **fields: Any) -> None:
+    def _record(self, now: float, event: str, **fields: Any) -> None:
         if self.emit is not None:
-            self.emit({"ts": now, "event": name, **fields})
+            self.emit({"ts": now, "event": event, **fields})
 
     # -- what the engine asks -----------------------------------------------------------------
     @property
