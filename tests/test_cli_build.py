@@ -140,6 +140,9 @@ def word(row_index):
 
 
 first.sampler("n", conveyor.integers(1, 3))
+
+if __name__ == "__main__":  # run like a script, but not as __main__
+    called("main")
 """,
     )
     out = tmp_path / "out"
@@ -149,6 +152,7 @@ first.sampler("n", conveyor.integers(1, 3))
     assert proc.returncode == 0, proc.stderr
     assert [r["word"] for r in load(out)] == ["alpha", "beta", "gamma", "alpha", "beta"]
     assert json.loads((out / "manifest.json").read_text())["table"] == "second"
+    assert not (folder / "called").exists()
 
 
 def test_build_not_a_tty_prints_plain_lines_and_quiet_prints_nothing(tmp_path: Path) -> None:
@@ -445,9 +449,13 @@ def expected_drops(records: int, size: int) -> tuple[int, int]:
 def test_summary_json(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, FAILING)
     summary = tmp_path / "summary.json"
+    events = tmp_path / "events.jsonl"
     proc = conveyor("build", spec, "--records", "420", "--out", tmp_path / "out", "--summary",
-                    summary, "--format", "jsonl", cwd=tmp_path)  # fmt: skip
+                    summary, "--format", "jsonl", "--events", events, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    kinds = [json.loads(line)["event"] for line in events.read_text().splitlines()]
+    assert kinds[0] == "build_started" and kinds[-1] == "build_finished"
+    assert kinds.count("row_group_written") == len(parts(tmp_path / "out", "jsonl"))
     s = json.loads(summary.read_text())
     sevens, cursed = expected_drops(420, 50)
     assert s["dropped"] == {"checked": {"sevens": sevens, "error: ValueError": cursed}}
