@@ -647,3 +647,27 @@ def test_sigkill_mid_build_then_resume_equals_an_uninterrupted_build(tmp_path: P
         assert read_group(out, g) == read_group(fresh, g)
         assert (out / name).read_bytes() == (fresh / name).read_bytes()
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in fresh.iterdir())
+
+
+def test_a_ctrl_c_the_engine_did_not_see_is_raised_again_on_its_tick() -> None:
+    """Python drops a ``KeyboardInterrupt`` raised in a weakref callback or ``__del__``; the
+    build's tick raises a press the engine has not seen again (the real press is above)."""
+    from conveyor.cli.build import CtrlC
+    from conveyor.table.build import BuildStatus
+
+    def status(*, interrupted: bool, open_groups: list[int]) -> BuildStatus:
+        return BuildStatus("t", 1.0, 10, 0, 0, open_groups, 1, [], [], interrupted=interrupted)
+
+    ctrl_c = CtrlC(quiet=True)
+    ctrl_c.check(status(interrupted=False, open_groups=[0]))  # no press: nothing
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c.handler(signal.SIGINT, None)
+    assert ctrl_c.presses == 1
+    ctrl_c.check(status(interrupted=True, open_groups=[0]))  # seen: the engine drains
+    with pytest.raises(KeyboardInterrupt):  # lost: raised again
+        ctrl_c.check(status(interrupted=False, open_groups=[0]))
+    ctrl_c.check(status(interrupted=False, open_groups=[]))  # the run is over: let it end
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c.handler(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt):  # a second press stops the drain, seen or not
+        ctrl_c.check(status(interrupted=True, open_groups=[0]))

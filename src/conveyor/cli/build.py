@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
@@ -27,7 +26,7 @@ from conveyor.outcome import INTERRUPTED
 
 if TYPE_CHECKING:
     from conveyor.core.tableplan import TablePlan
-    from conveyor.table.build import BuildSummary
+    from conveyor.table.build import BuildStatus, BuildSummary
     from conveyor.table.spec import Table
 
 Spec = Annotated[
@@ -130,13 +129,20 @@ def _run(
     from conveyor.table.build import build as build_table
 
     display = make_display(quiet=quiet, records=records)
-    previous = signal.signal(signal.SIGINT, _first_interrupt_says_so(quiet))
+    ctrl_c = CtrlC(quiet)
+
+    def on_status(status: BuildStatus) -> None:
+        ctrl_c.check(status)
+        if display is not None:
+            display.update(status)
+
+    previous = signal.signal(signal.SIGINT, ctrl_c.handler)
     with user_errors():
         try:
             result = build_table(
                 table, records, out, row_group_size=row_group_size, in_flight=in_flight,
                 format=format, workers=workers, events=events, replace=replace,
-                update=update, on_status=display.update if display else None,
+                update=update, on_status=on_status,
                 status_every_s=0.25,
             )  # fmt: skip
         except KeyboardInterrupt:
@@ -159,22 +165,33 @@ def _run(
     return result.exit_code
 
 
-def _first_interrupt_says_so(quiet: bool) -> Callable[[int, FrameType | None], None]:
-    """A SIGINT handler that raises ``KeyboardInterrupt`` as Python's does, and at the first
-    press says what happens next: the engine starts nothing more and waits for the cells
-    running in threads (a thread cannot be stopped), which may take a while; a second press
-    stops waiting. Written with ``os.write``: a handler must not re-enter a buffered stream."""
-    presses = 0
+class CtrlC:
+    """Ctrl-C during a build. ``handler`` raises ``KeyboardInterrupt`` as Python's own does,
+    and at the first press says what happens next: the engine starts nothing more and waits
+    for the cells running in threads (a thread cannot be stopped), which may take a while; a
+    second press stops waiting. (Written with ``os.write``: a handler must not re-enter a
+    buffered stream.)
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        nonlocal presses
-        presses += 1
-        if presses == 1 and not quiet:
+    Python drops an exception raised inside a weakref callback or ``__del__`` ("Exception
+    ignored in ..."), so a press can be lost. ``check`` runs on the engine's tick, a safe
+    point inside its loop: a press the engine has not seen is raised again there."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.presses = 0
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        self.presses += 1
+        if self.presses == 1 and not self.quiet:
             with contextlib.suppress(OSError):
                 os.write(sys.stderr.fileno(), INTERRUPTED_NOTICE)
         raise KeyboardInterrupt
 
-    return handler
+    def check(self, status: BuildStatus) -> None:
+        if not status.row_groups_open:  # the run is over (the build's last status)
+            return
+        if self.presses >= 2 or (self.presses == 1 and not status.interrupted):
+            raise KeyboardInterrupt
 
 
 def _not_complete(result: BuildSummary) -> str:

@@ -106,6 +106,8 @@ class BuildStatus:
     #: ``rows_written`` and ``row_groups_written`` above count this run's only
     rows_resumed: int = 0
     row_groups_resumed: int = 0
+    #: the engine took a Ctrl-C: it starts nothing more and waits for the running cells
+    interrupted: bool = False
 
 
 def default_format() -> str:
@@ -305,6 +307,7 @@ def _status(store: TableStore, engine: Any, elapsed: float, done: dict[int, int]
         store.table.name, elapsed, store.records, store.rows_written,
         store.groups_written, store.open_groups(), store.running, cols, eps,
         rows_resumed=sum(done.values()), row_groups_resumed=len(done),
+        interrupted=engine.stats.interrupted,
     )  # fmt: skip
 
 
