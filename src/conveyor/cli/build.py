@@ -8,12 +8,14 @@ stay: the same command resumes).
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import copy
 import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
@@ -152,6 +154,7 @@ def _run(
                        " run the same command again to resume", err=True)  # fmt: skip
             exit_now(INTERRUPTED)  # a generator's thread cannot be stopped: do not wait
         finally:
+            ctrl_c.close()
             signal.signal(signal.SIGINT, previous)
             if display is not None:
                 display.close()
@@ -166,32 +169,53 @@ def _run(
 
 
 class CtrlC:
-    """Ctrl-C during a build. ``handler`` raises ``KeyboardInterrupt`` as Python's own does,
-    and at the first press says what happens next: the engine starts nothing more and waits
-    for the cells running in threads (a thread cannot be stopped), which may take a while; a
-    second press stops waiting. (Written with ``os.write``: a handler must not re-enter a
-    buffered stream.)
+    """Ctrl-C during a build, delivered where the engine can take it.
 
-    Python drops an exception raised inside a weakref callback or ``__del__`` ("Exception
-    ignored in ..."), so a press can be lost. ``check`` runs on the engine's tick, a safe
-    point inside its loop: a press the engine has not seen is raised again there."""
+    Python raises ``KeyboardInterrupt`` wherever the main thread happens to be: between a
+    message leaving the engine's queue and its handling (the message is lost, and the engine
+    then waits for a cell that already finished), or inside a weakref callback (the exception
+    is dropped). So ``handler`` only counts the press (and at the first says what happens
+    next: nothing new starts, cells running in threads are waited for, a second press stops
+    waiting), and ``check``, which the build calls on the engine's tick, a point in its loop
+    where no message is in hand, raises it there. The tick comes every 0.1 s while cells run;
+    when the engine sleeps longer (only retries are left), a timer raises the press in the
+    main thread after ``FALLBACK_S`` if no tick took it."""
+
+    FALLBACK_S = 1.0
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.presses = 0
+        self.taken = 0
+        self._timers: list[threading.Timer] = []
 
     def handler(self, signum: int, frame: FrameType | None) -> None:
         self.presses += 1
         if self.presses == 1 and not self.quiet:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # os.write: a handler must not re-enter a stream
                 os.write(sys.stderr.fileno(), INTERRUPTED_NOTICE)
-        raise KeyboardInterrupt
+        timer = threading.Timer(self.FALLBACK_S, self._fallback, (self.presses,))
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def _fallback(self, press: int) -> None:
+        if self.taken < press:
+            _thread.interrupt_main()
 
     def check(self, status: BuildStatus) -> None:
-        if not status.row_groups_open:  # the run is over (the build's last status)
+        """Raise a press the engine has not taken (on its tick; not after the run)."""
+        if not self.presses or not status.row_groups_open:
             return
-        if self.presses >= 2 or (self.presses == 1 and not status.interrupted):
+        if self.presses >= 2 or not status.interrupted:
+            self.taken = self.presses
             raise KeyboardInterrupt
+
+    def close(self) -> None:
+        """The build is over: a press not taken by now is not acted on."""
+        self.taken = self.presses
+        for timer in self._timers:
+            timer.cancel()
 
 
 def _not_complete(result: BuildSummary) -> str:
