@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from conveyor.cli import admin, graph, inspect, run, submit, worker
+from conveyor.cli import admin, build, graph, inspect, run, submit, worker
 from conveyor.cli.errors import quiet_broken_pipe
 from conveyor.outcome import INTERRUPTED
 
@@ -36,6 +36,7 @@ for _name, _command in (
     ("retry", admin.retry),
     ("prune", admin.prune),
     ("events", inspect.events),
+    ("build", build.build),
 ):
     app.command(_name)(quiet_broken_pipe(_command))
 

@@ -102,6 +102,12 @@ class BuildStatus:
     running: int
     columns: list[ColumnStatus]
     endpoints: list[EndpointStatus]
+    #: rows and row groups found done on disk when the build started (a resume); the
+    #: ``rows_written`` and ``row_groups_written`` above count this run's only
+    rows_resumed: int = 0
+    row_groups_resumed: int = 0
+    #: the engine took a Ctrl-C: it starts nothing more and waits for the running cells
+    interrupted: bool = False
 
 
 def default_format() -> str:
@@ -241,7 +247,7 @@ def build(
         now = time.monotonic()
         if on_status is not None and now >= next_status[0]:
             next_status[0] = now + status_every_s
-            on_status(_status(store, engine, now - t0))
+            on_status(_status(store, engine, now - t0, done))
 
     engine = Engine(store, workers=workers, on_tick=on_tick, emit=sink, tick_s=0.1)
     interrupted = False
@@ -253,7 +259,7 @@ def build(
         elapsed = time.monotonic() - t0
         try:
             if not interrupted and on_status is not None:
-                on_status(_status(store, engine, elapsed))
+                on_status(_status(store, engine, elapsed, done))
             removed: dict[str, dict[str, int]] = {}
             if not interrupted and sum(kept.values()) > records:
                 removed = _trim(outdir, writer, kept, records)
@@ -310,7 +316,7 @@ def _wall0(t0: float) -> float:
     return time.time() - (time.monotonic() - t0)
 
 
-def _status(store: TableStore, engine: Any, elapsed: float) -> BuildStatus:
+def _status(store: TableStore, engine: Any, elapsed: float, done: dict[int, int]) -> BuildStatus:
     cols = [
         ColumnStatus(c.name, c.strategy, cc.done, cc.planned, cc.dropped, cc.failed, cc.retried)
         for c, cc in zip(store.columns, store.counts_by_column, strict=True)
@@ -322,6 +328,8 @@ def _status(store: TableStore, engine: Any, elapsed: float) -> BuildStatus:
     return BuildStatus(
         store.table.name, elapsed, store.records, store.rows_written,
         store.groups_written, store.open_groups(), store.running, cols, eps,
+        rows_resumed=sum(done.values()), row_groups_resumed=len(done),
+        interrupted=engine.stats.interrupted,
     )  # fmt: skip
 
 

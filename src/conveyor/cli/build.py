@@ -1,0 +1,264 @@
+"""``conveyor build SPEC[:TABLE]``: build a table into a directory of row groups, with a
+progress panel and a summary; ``--plan`` prints the column DAG instead, before anything runs.
+
+Exit codes: 0 the build is complete, 1 it stopped early (too many failures) or came out
+short, 2 bad input (one line, before any generator runs), 130 Ctrl-C (the row groups written
+stay: the same command resumes).
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import copy
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from conveyor.cli import options as opt
+from conveyor.cli.errors import exit_now, user_errors
+from conveyor.outcome import INTERRUPTED
+
+if TYPE_CHECKING:
+    from conveyor.core.tableplan import TablePlan
+    from conveyor.table.build import BuildStatus, BuildSummary
+    from conveyor.table.spec import Table
+
+Spec = Annotated[
+    str, typer.Argument(metavar="SPEC[:TABLE]", help="Python file defining a conveyor.Table.")
+]
+Records = Annotated[
+    int | None, typer.Option("--records", "-n", min=1, help="Rows to write (kept rows).")
+]
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]
+RowGroupSize = Annotated[
+    int | None,
+    typer.Option("--row-group-size", min=1, help="Rows per row group (default: the table's)."),
+]
+InFlight = Annotated[
+    int | None,
+    typer.Option("--in-flight", min=1, help="Row groups open at once (default: the table's)."),
+]
+Format = Annotated[
+    str | None,
+    typer.Option("--format", help="parquet|jsonl (default: parquet when pyarrow is installed)."),
+]
+SummaryFile = Annotated[
+    Path | None, typer.Option("--summary", help="Write the build's summary here as JSON.")
+]
+Replace = Annotated[
+    bool, typer.Option("--replace", help="Discard what --out holds and start over.")
+]
+Update = Annotated[
+    bool,
+    typer.Option(
+        "--update", help="Regenerate only the changed columns (and their downstream) in --out."
+    ),
+]
+PlanOnly = Annotated[
+    bool,
+    typer.Option("--plan", help="Print the column DAG and the work per row group; run nothing."),
+]
+
+FORMATS = ("parquet", "jsonl")
+INTERRUPTED_NOTICE = (
+    b"\nconveyor: interrupted: starting nothing more, waiting for the running cells"
+    b" (Ctrl-C again to stop now)\n"
+)
+
+
+def build(
+    spec: Spec,
+    records: Records = None,
+    out: Out = None,
+    row_group_size: RowGroupSize = None,
+    in_flight: InFlight = None,
+    format: Format = None,
+    workers: opt.Workers = 32,
+    events: opt.Events = None,
+    summary: SummaryFile = None,
+    replace: Replace = False,
+    update: Update = False,
+    quiet: opt.Quiet = False,
+    plan: PlanOnly = False,
+) -> None:
+    """Build a table's rows into --out, row group by row group (or --plan: show its DAG)."""
+    from conveyor.errors import UsageError
+    from conveyor.table.load_spec import load_table
+
+    with user_errors():
+        if replace and update:
+            raise UsageError("--replace and --update exclude each other")
+        if format is not None and format not in FORMATS:
+            raise UsageError(f"--format must be parquet or jsonl, not {format!r}")
+        if not plan:
+            if records is None:
+                raise UsageError("--records N is required (or --plan)")
+            if out is None:
+                raise UsageError("--out DIR is required (or --plan)")
+            if summary is not None and not summary.parent.is_dir():
+                raise UsageError(f"--summary {summary}: no directory {summary.parent}")
+        table = load_table(spec)
+        shown = copy.copy(table)
+        if row_group_size is not None:
+            shown.row_group_size = row_group_size
+        if in_flight is not None:
+            shown.in_flight = in_flight
+        table_plan = shown.plan()  # a cycle, an unknown dependency, a field filled twice
+        if plan:
+            typer.echo(plan_text(shown, table_plan, records))
+            return
+    assert records is not None and out is not None
+    code = _run(table, records, out, row_group_size=row_group_size, in_flight=in_flight,
+                format=format, workers=workers, events=events, summary_file=summary,
+                replace=replace, update=update, quiet=quiet)  # fmt: skip
+    raise typer.Exit(code)
+
+
+def _run(
+    table: Table, records: int, out: Path, *, row_group_size: int | None,
+    in_flight: int | None, format: str | None, workers: int, events: Path | None,
+    summary_file: Path | None, replace: bool, update: bool, quiet: bool,
+) -> int:  # fmt: skip
+    from conveyor.cli.buildview import make_display, summary_lines
+    from conveyor.table.build import build as build_table
+
+    display = make_display(quiet=quiet, records=records)
+    ctrl_c = CtrlC(quiet)
+
+    def on_status(status: BuildStatus) -> None:
+        ctrl_c.check(status)
+        if display is not None:
+            display.update(status)
+
+    previous = signal.signal(signal.SIGINT, ctrl_c.handler)
+    with user_errors():
+        try:
+            result = build_table(
+                table, records, out, row_group_size=row_group_size, in_flight=in_flight,
+                format=format, workers=workers, events=events, replace=replace,
+                update=update, on_status=on_status,
+                status_every_s=0.25,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            if display is not None:
+                display.close()
+            typer.echo(f"conveyor: build interrupted; the row groups written stay in {out}:"
+                       " run the same command again to resume", err=True)  # fmt: skip
+            exit_now(INTERRUPTED)  # a generator's thread cannot be stopped: do not wait
+        finally:
+            ctrl_c.close()
+            signal.signal(signal.SIGINT, previous)
+            if display is not None:
+                display.close()
+        if summary_file is not None:
+            summary_file.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    if not quiet:
+        for line in summary_lines(result):
+            typer.echo(line, err=True)
+    elif result.exit_code != 0:
+        typer.echo(f"conveyor: error: {_not_complete(result)}", err=True)
+    return result.exit_code
+
+
+class CtrlC:
+    """Ctrl-C during a build, delivered where the engine can take it.
+
+    Python raises ``KeyboardInterrupt`` wherever the main thread happens to be: between a
+    message leaving the engine's queue and its handling (the message is lost, and the engine
+    then waits for a cell that already finished), or inside a weakref callback (the exception
+    is dropped). So ``handler`` only counts the press (and at the first says what happens
+    next: nothing new starts, cells running in threads are waited for, a second press stops
+    waiting), and ``check``, which the build calls on the engine's tick, a point in its loop
+    where no message is in hand, raises it there. The tick comes every 0.1 s while cells run;
+    when the engine sleeps longer (only retries are left), a timer raises the press in the
+    main thread after ``FALLBACK_S`` if no tick took it."""
+
+    FALLBACK_S = 1.0
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.presses = 0
+        self.taken = 0
+        self._timers: list[threading.Timer] = []
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        self.presses += 1
+        if self.presses == 1 and not self.quiet:
+            with contextlib.suppress(OSError):  # os.write: a handler must not re-enter a stream
+                os.write(sys.stderr.fileno(), INTERRUPTED_NOTICE)
+        timer = threading.Timer(self.FALLBACK_S, self._fallback, (self.presses,))
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def _fallback(self, press: int) -> None:
+        if self.taken < press:
+            _thread.interrupt_main()
+
+    def check(self, status: BuildStatus) -> None:
+        """Raise a press the engine has not taken (on its tick; not after the run)."""
+        if not self.presses or not status.row_groups_open:
+            return
+        if self.presses >= 2 or not status.interrupted:
+            self.taken = self.presses
+            raise KeyboardInterrupt
+
+    def close(self) -> None:
+        """The build is over: a press not taken by now is not acted on."""
+        self.taken = self.presses
+        for timer in self._timers:
+            timer.cancel()
+
+
+def _not_complete(result: BuildSummary) -> str:
+    if result.stopped:
+        return f"build stopped early: {result.stopped}"
+    return f"build came out short: {result.rows_written:,} of {result.records:,} rows"
+
+
+# -- --plan ---------------------------------------------------------------------------------------
+def plan_text(table: Table, plan: TablePlan, records: int | None) -> str:
+    """What ``--plan`` prints: the generators in topological order, the critical path, the
+    cells per generator in a row group (and, for ``records``, the row groups and tasks), and
+    the DAG as a Mermaid block."""
+    from conveyor.core.tablefrontier import group_span
+
+    size = table.row_group_size
+    samplers = {c.name for c in table.columns if c.sampler is not None}
+    lines = [
+        f"table {table.name}: {len(plan.nodes)} generators, {len(plan.fields)} columns;"
+        f" row groups of {size:,} rows, {table.in_flight} in flight, seed {table.seed}",
+        "",
+        "generators in topological order:",
+    ]
+    rows = [("#", "generator", "strategy", "depth", "deps", "fields", "endpoint")]
+    for i, n in enumerate(plan.nodes):
+        strategy = f"{n.strategy} (sampler)" if n.name in samplers else n.strategy
+        rows.append((str(i + 1), n.name, strategy, str(plan.depth[i]), ", ".join(n.deps) or "-",
+                     ", ".join(n.fields), n.endpoint or "-"))  # fmt: skip
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    lines.extend("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+                 for r in rows)  # fmt: skip
+    path = plan.critical_path()
+    lines += ["", f"critical path: {' -> '.join(path)} ({len(path)} generators)", ""]
+    per_group = plan.tasks_per_group(size)
+    cells = ", ".join(f"{n.name} {k:,}" for n, k in zip(plan.nodes, per_group, strict=True))
+    lines.append(f"cells per row group of {size:,} rows: {cells}; total {sum(per_group):,}")
+    if records is not None:
+        groups = -(-records // size)
+        tasks = sum(sum(plan.tasks_per_group(group_span(g, records, size).rows))
+                    for g in range(groups))  # fmt: skip
+        last = group_span(groups - 1, records, size).rows
+        short = f", the last of {last:,} rows" if last != size else ""
+        lines.append(f"{records:,} records: {groups:,} row groups{short}, {tasks:,} tasks"
+                     " (more when rows are dropped: more row groups make them up)")  # fmt: skip
+    lines += ["", "```mermaid", plan.mermaid(), "```"]
+    return "\n".join(lines)
