@@ -647,38 +647,3 @@ def test_sigkill_mid_build_then_resume_equals_an_uninterrupted_build(tmp_path: P
         assert read_group(out, g) == read_group(fresh, g)
         assert (out / name).read_bytes() == (fresh / name).read_bytes()
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in fresh.iterdir())
-
-
-def test_ctrl_c_is_raised_on_the_engines_tick_or_after_the_fallback() -> None:
-    """A press is raised where the engine can take it: on its tick (``check``), again while
-    the engine has not taken it, and a second one at once; with no tick, after the fallback."""
-    from conveyor.cli.build import CtrlC
-    from conveyor.table.build import BuildStatus
-
-    def status(*, interrupted: bool, open_groups: list[int]) -> BuildStatus:
-        return BuildStatus("t", 1.0, 10, 0, 0, open_groups, 1, [], [], interrupted=interrupted)
-
-    ctrl_c = CtrlC(quiet=True)
-    try:
-        ctrl_c.check(status(interrupted=False, open_groups=[0]))  # no press: nothing
-        ctrl_c.handler(signal.SIGINT, None)  # counted, raised nowhere yet
-        ctrl_c.check(status(interrupted=False, open_groups=[]))  # the run is over: nothing
-        with pytest.raises(KeyboardInterrupt):
-            ctrl_c.check(status(interrupted=False, open_groups=[0]))
-        with pytest.raises(KeyboardInterrupt):  # not taken (an exception can be dropped)
-            ctrl_c.check(status(interrupted=False, open_groups=[0]))
-        ctrl_c.check(status(interrupted=True, open_groups=[0]))  # taken: the engine drains
-        ctrl_c.handler(signal.SIGINT, None)
-        with pytest.raises(KeyboardInterrupt):  # a second press stops the drain
-            ctrl_c.check(status(interrupted=True, open_groups=[0]))
-    finally:
-        ctrl_c.close()
-
-    idle = CtrlC(quiet=True)
-    idle.FALLBACK_S = 0.05
-    deadline = time.monotonic() + 30
-    with pytest.raises(KeyboardInterrupt):
-        idle.handler(signal.SIGINT, None)  # no tick comes: the timer interrupts this thread
-        while time.monotonic() < deadline:
-            time.sleep(0.01)
-    assert time.monotonic() < deadline

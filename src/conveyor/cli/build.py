@@ -8,16 +8,10 @@ stay: the same command resumes).
 
 from __future__ import annotations
 
-import _thread
-import contextlib
 import copy
 import json
-import os
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -131,14 +125,18 @@ def _run(
     from conveyor.table.build import build as build_table
 
     display = make_display(quiet=quiet, records=records)
-    ctrl_c = CtrlC(quiet)
+    noticed: list[bool] = []
 
     def on_status(status: BuildStatus) -> None:
-        ctrl_c.check(status)
+        # The engine takes the first Ctrl-C between two of its steps and stops starting
+        # cells (a second one stops at once); say so once, on its next tick.
+        if status.interrupted and not noticed and not quiet:
+            noticed.append(True)
+            sys.stderr.write(INTERRUPTED_NOTICE.decode())
+            sys.stderr.flush()
         if display is not None:
             display.update(status)
 
-    previous = signal.signal(signal.SIGINT, ctrl_c.handler)
     with user_errors():
         try:
             result = build_table(
@@ -154,8 +152,6 @@ def _run(
                        " run the same command again to resume", err=True)  # fmt: skip
             exit_now(INTERRUPTED)  # a generator's thread cannot be stopped: do not wait
         finally:
-            ctrl_c.close()
-            signal.signal(signal.SIGINT, previous)
             if display is not None:
                 display.close()
         if summary_file is not None:
@@ -166,56 +162,6 @@ def _run(
     elif result.exit_code != 0:
         typer.echo(f"conveyor: error: {_not_complete(result)}", err=True)
     return result.exit_code
-
-
-class CtrlC:
-    """Ctrl-C during a build, delivered where the engine can take it.
-
-    Python raises ``KeyboardInterrupt`` wherever the main thread happens to be: between a
-    message leaving the engine's queue and its handling (the message is lost, and the engine
-    then waits for a cell that already finished), or inside a weakref callback (the exception
-    is dropped). So ``handler`` only counts the press (and at the first says what happens
-    next: nothing new starts, cells running in threads are waited for, a second press stops
-    waiting), and ``check``, which the build calls on the engine's tick, a point in its loop
-    where no message is in hand, raises it there. The tick comes every 0.1 s while cells run;
-    when the engine sleeps longer (only retries are left), a timer raises the press in the
-    main thread after ``FALLBACK_S`` if no tick took it."""
-
-    FALLBACK_S = 1.0
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.presses = 0
-        self.taken = 0
-        self._timers: list[threading.Timer] = []
-
-    def handler(self, signum: int, frame: FrameType | None) -> None:
-        self.presses += 1
-        if self.presses == 1 and not self.quiet:
-            with contextlib.suppress(OSError):  # os.write: a handler must not re-enter a stream
-                os.write(sys.stderr.fileno(), INTERRUPTED_NOTICE)
-        timer = threading.Timer(self.FALLBACK_S, self._fallback, (self.presses,))
-        timer.daemon = True
-        self._timers.append(timer)
-        timer.start()
-
-    def _fallback(self, press: int) -> None:
-        if self.taken < press:
-            _thread.interrupt_main()
-
-    def check(self, status: BuildStatus) -> None:
-        """Raise a press the engine has not taken (on its tick; not after the run)."""
-        if not self.presses or not status.row_groups_open:
-            return
-        if self.presses >= 2 or not status.interrupted:
-            self.taken = self.presses
-            raise KeyboardInterrupt
-
-    def close(self) -> None:
-        """The build is over: a press not taken by now is not acted on."""
-        self.taken = self.presses
-        for timer in self._timers:
-            timer.cancel()
 
 
 def _not_complete(result: BuildSummary) -> str:
