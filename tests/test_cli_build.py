@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.errors import UsageError
 from conveyor.table.output import load, read_group
 from sigint import interrupt_when
 
@@ -468,7 +469,7 @@ def test_summary_json(tmp_path: Path) -> None:
     assert s["time_to_first_row_group_s"] is not None and s["total_s"] > 0
     assert s["row_groups"] == len(parts(tmp_path / "out", "jsonl"))
     assert f"dropped {sevens + cursed} rows" in proc.stderr
-    assert f"first error, checked: error: ValueError: {first}" in proc.stderr
+    assert f"first error in checked: {first}" in proc.stderr
 
 
 ALWAYS_FAILING = """
@@ -647,3 +648,15 @@ def test_sigkill_mid_build_then_resume_equals_an_uninterrupted_build(tmp_path: P
         assert read_group(out, g) == read_group(fresh, g)
         assert (out / name).read_bytes() == (fresh / name).read_bytes()
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in fresh.iterdir())
+
+
+def test_spec_name_may_be_the_tables_own_name(tmp_path: Path) -> None:
+    """``spec.py:reviews`` finds ``table = Table("reviews")`` (what --plan's header shows)."""
+    from conveyor.table.load_spec import load_table
+
+    body = 'table = conveyor.Table("reviews")\ntable.sampler("n", conveyor.integers(1, 3))\n'
+    spec = write_spec(tmp_path, body)
+    assert load_table(f"{spec}:reviews").name == "reviews"
+    assert load_table(f"{spec}:table").name == "reviews"
+    with pytest.raises(UsageError, match="defines no 'other'"):
+        load_table(f"{spec}:other")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.errors import DropRow
+from conveyor.errors import DropRow, UsageError
 from conveyor.runtime.context import current
 from conveyor.runtime.engine import Engine
 from conveyor.table import output
@@ -1045,3 +1045,41 @@ def test_ctrl_c_from_inside_a_running_build_stops_it_cleanly(tmp_path: Path) -> 
         assert sent == [10]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
         assert len(output.scan(out)) < 5  # stopped mid-build
+
+
+def test_every_row_group_has_its_started_and_written_events(tmp_path: Path) -> None:
+    """The first groups open when the store is made: their ``row_group_started`` events were
+    lost when the event sink was attached after that."""
+    t = Table("ev", row_group_size=10, in_flight=3)
+    t.sampler("n", integers(0, 9))
+    t.add(lambda n: n, name="x")
+    events = tmp_path / "e.jsonl"
+    jsonl(t, 50, tmp_path / "o", events=str(events))
+    kinds = [json.loads(line) for line in events.read_text().splitlines()]
+    started = sorted(e["row_group"] for e in kinds if e["event"] == "row_group_started")
+    written = sorted(e["row_group"] for e in kinds if e["event"] == "row_group_written")
+    assert started == written == [0, 1, 2, 3, 4]
+    assert kinds[0]["event"] == "build_started" and kinds[-1]["event"] == "build_finished"
+
+
+def test_a_parameter_with_a_default_is_an_option_not_a_column(tmp_path: Path) -> None:
+    t = Table("opt")
+    t.sampler("n", integers(1, 3))
+
+    def b(n: int, extra: int = 5) -> int:
+        return n + extra
+
+    t.add(b)
+    assert [n.deps for n in t.plan().nodes] == [(), ("n",)]
+    rows = output.load(tmp_path / "o") if jsonl(t, 6, tmp_path / "o").complete else []
+    assert [r["b"] - r["n"] for r in rows] == [5] * 6
+
+
+def test_resuming_with_another_layout_says_which_options_to_repeat(tmp_path: Path) -> None:
+    t = Table("lay", row_group_size=4)
+    t.sampler("n", integers(1, 3))
+    jsonl(t, 10, tmp_path / "o")
+    with pytest.raises(UsageError, match="made with --row-group-size 4: pass the same"):
+        jsonl(t, 10, tmp_path / "o", row_group_size=5)
+    with pytest.raises(UsageError, match="made with --records 10: pass the same"):
+        jsonl(t, 12, tmp_path / "o")

@@ -145,9 +145,16 @@ def _run(
                 update=update, on_status=on_status,
                 status_every_s=0.25,
             )  # fmt: skip
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             if display is not None:
                 display.close()
+            got = getattr(stop, "summary", None)  # a BuildInterrupted carries the summary
+            if got is not None:
+                if summary_file is not None:
+                    summary_file.write_text(json.dumps(got.to_json(), indent=2) + "\n")
+                if not quiet:
+                    for line in summary_lines(got):
+                        typer.echo(line, err=True)
             typer.echo(f"conveyor: build interrupted; the row groups written stay in {out}:"
                        " run the same command again to resume", err=True)  # fmt: skip
             exit_now(INTERRUPTED)  # a generator's thread cannot be stopped: do not wait

@@ -173,8 +173,8 @@ def summary_lines(s: BuildSummary) -> list[str]:
             if reasons
         )
         lines.append(f"  dropped {s.rows_dropped:,} rows: {by}")
-    for key, message in s.errors.items():
-        lines.append(f"  first error, {key}: {_one_line(message)}")
+    for key, message in s.errors.items():  # key: "column: reason"; the message names the type
+        lines.append(f"  first error in {key.split(': ', 1)[0]}: {_one_line(message)}")
     for name, st in s.endpoints.items():
         calls, limited, limit = (st.get(k, 0) for k in ("calls", "rate_limited", "limit"))
         lines.append(f"  endpoint {name}: {calls:,} calls, {limited:,} 429s, limit {limit:,}")

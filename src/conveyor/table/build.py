@@ -26,7 +26,7 @@ from conveyor.errors import UsageError
 from conveyor.table.spec import Table
 from conveyor.table.store import GroupDone, TableStore
 
-__all__ = ["BuildStatus", "BuildSummary", "build", "default_format"]
+__all__ = ["BuildInterrupted", "BuildStatus", "BuildSummary", "build", "default_format"]
 
 FORMATS = ("parquet", "jsonl")
 
@@ -108,6 +108,15 @@ class BuildStatus:
     row_groups_resumed: int = 0
     #: the engine took a Ctrl-C: it starts nothing more and waits for the running cells
     interrupted: bool = False
+
+
+class BuildInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a build: a ``KeyboardInterrupt`` that carries the build's summary (what
+    was written before it stopped)."""
+
+    def __init__(self, summary: BuildSummary) -> None:
+        super().__init__()
+        self.summary = summary
 
 
 def default_format() -> str:
@@ -235,12 +244,11 @@ def build(
         if prior is not None:
             _add_drops(resumed_drops, prior)
 
-    store = TableStore(table, plan, records=records, on_group=on_group, done_groups=done,
-                       rebuild=rebuild)  # fmt: skip
-    store.emit = sink
     if sink is not None:
         sink({"ts": time.time(), "event": "build_started", "table": table.name,
               "records": records, "resumed": len(done), "updated": len(rebuild)})  # fmt: skip
+    store = TableStore(table, plan, records=records, on_group=on_group, done_groups=done,
+                       rebuild=rebuild, emit=sink)  # fmt: skip
     next_status = [0.0]
 
     def on_tick(engine: Engine) -> None:
@@ -307,7 +315,7 @@ def build(
             if sink is not None:
                 sink.close()
     if interrupted:
-        raise KeyboardInterrupt
+        raise BuildInterrupted(summary)
     return summary
 
 
@@ -415,6 +423,15 @@ def _check_directory(
                 f"{', '.join(f'{k}={old.get(k)}' for k in layout)}); use --replace"
             )
         return old
+    options = [k for k in moved if k in ("records", "row_group_size", "format")]
+    if options and not (changed or new or removed or "seed" in moved):
+        flags = {"records": "--records", "row_group_size": "--row-group-size",
+                 "format": "--format"}  # fmt: skip
+        again = " ".join(f"{flags[k]} {old.get(k)}" for k in options)
+        raise UsageError(
+            f"{outdir} holds a build of {name!r} made with {again}: pass the same to resume it,"
+            " or --replace to start over (the rows' layout depends on them)"
+        )
     if moved or changed or new or removed:
         what = (
             ", ".join(

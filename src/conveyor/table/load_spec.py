@@ -43,7 +43,10 @@ def load_table(spec: str) -> Table:
     namespace = _run(path)
     tables = {k: v for k, v in namespace.items() if isinstance(v, Table) and not k.startswith("__")}
     if name is not None:
-        if name not in namespace:
+        if name not in namespace:  # the table's own name (Table("reviews")) names it too
+            by_name = {id(t): t for t in tables.values() if t.name == name}
+            if len(by_name) == 1:
+                return next(iter(by_name.values()))
             raise UsageError(f"{path} defines no {name!r} (tables: {_names(tables)})")
         value = namespace[name]
         if not isinstance(value, Table):

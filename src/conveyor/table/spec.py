@@ -178,8 +178,9 @@ class Table:
                              f" not {wrong!r}")  # fmt: skip
         mapping: dict[str, str]
         wanted: list[str] = []
-        if deps is None:
-            mapping = {p: p for p in params}
+        if deps is None:  # a parameter with a default is an option, not a column to read
+            required = set(_required(fn))
+            mapping = {p: p for p in params if p in required}
         elif isinstance(deps, Mapping):
             unknown = [p for p in deps if p not in params]
             if unknown and not _takes_kwargs(fn):

@@ -125,12 +125,14 @@ class TableStore(Store):
         rebuild: Mapping[int, Callable[[], tuple[bytearray, dict[str, list[Any]], set[str]]]]
         | None = None,
         clock: Callable[[], float] = time.time,
+        emit: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """``done_groups``: row groups already written, with their kept rows (a resume);
         ``rebuild``: row groups to build again from values on disk (``--update``): per group,
         a loader of the rows it kept, the values by field, and the generators whose values
         stand (called when the group opens)."""
         self.url = "table:" + table.name
+        self.emit = emit  # before any group opens: its row_group_started is an event too
         self.table = table
         self.plan = plan
         self.records = records
