@@ -293,3 +293,22 @@ def test_events_into_a_closed_pipe_exit_zero_silently(tmp_path: Path) -> None:
     assert proc.wait(timeout=TIMEOUT_S) == 0, err
     assert json.loads(first)["event"] == "task_submitted"
     assert err == b""
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["run", "g.json", "--workers", "0"], "'--workers'"),
+        (["run", "g.json", "--wrkers", "3"], "No such option: --wrkers"),
+        (["build", "spec.py", "--records", "abc", "--out", "o"], "'--records'"),
+        (["build"], "Missing argument"),
+        (["frob"], "No such command 'frob'"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], says: str) -> None:
+    """Options out of range, unknown options and commands: one line, like any bad input (not
+    the parser's box)."""
+    proc = subprocess.run([*CLI, *argv], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("conveyor: error: ") and says in lines[0]

@@ -42,8 +42,25 @@ for _name, _command in (
 
 
 def main() -> None:
-    """The console script ``conveyor``."""
+    """The console script ``conveyor``. A usage error (an unknown option, a value out of its
+    range) is one line on stderr and exit 2, like every other bad input, not a box. (Typer
+    vendors click: its exceptions are told by what they have, not by importing them.)"""
     try:
-        app()
+        code = app(standalone_mode=False)
     except KeyboardInterrupt:
         sys.exit(INTERRUPTED)
+    except Exception as exc:
+        kind = type(exc).__name__
+        ctx = getattr(exc, "ctx", None)
+        if kind == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help())
+            sys.exit(getattr(exc, "exit_code", 2))
+        if kind == "Abort":
+            sys.exit(INTERRUPTED)
+        exit_code = getattr(exc, "exit_code", None)
+        if not (hasattr(exc, "format_message") and isinstance(exit_code, int)):
+            raise
+        hint = f" (see: conveyor {ctx.info_name} --help)" if ctx is not None and ctx.parent else ""
+        sys.stderr.write(f"conveyor: error: {exc.format_message()}{hint}\n")
+        sys.exit(exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
