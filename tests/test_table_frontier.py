@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -78,6 +79,8 @@ class GroupModel:
     span: GroupSpan
     alive: list[bool]
     preset: set[int]
+    #: per cell node, the rows preset done (``done_rows``)
+    preset_rows: dict[int, list[bool]] = field(default_factory=dict)
     #: successful completions per (cell node, row)
     computed: dict[tuple[int, int], int] = field(default_factory=dict)
     batch: dict[int, str] = field(default_factory=dict)
@@ -104,6 +107,8 @@ class Model:
 
     # readiness
     def cell_done(self, g: GroupModel, i: int, r: int) -> bool:
+        if i in g.preset_rows and g.preset_rows[i][r]:
+            return True
         return i in g.preset or g.computed.get((i, r), 0) > 0
 
     def batch_done(self, g: GroupModel, b: int) -> bool:
@@ -231,10 +236,16 @@ def simulate(b: Build) -> None:
                 for i in range(n):  # upstream-closed, as fingerprints make it
                     if all(u in preset for u in plan.up[i]) and rnd.random() < 0.5:
                         preset.add(i)
-                g = GroupModel(span, alive, preset)
+                rows: dict[int, list[bool]] = {}
+                if rnd.random() < 0.5:  # revived rows: the cells stand for some rows only
+                    known = [rnd.random() < 0.6 for _ in range(span.rows)]
+                    rows = {i: known for i in preset if m.cell[i]}
+                    preset -= set(rows)
+                g = GroupModel(span, alive, preset, rows)
                 g.batch = {i: WAIT for i in range(n) if not m.cell[i]}
                 m.groups[span.group] = g
-                f.open(span, done_nodes=preset, alive=bytearray(alive))
+                f.open(span, done_nodes=preset, alive=bytearray(alive),
+                       done_rows={i: bytearray(k) for i, k in rows.items()})  # fmt: skip
             else:
                 g = GroupModel(span, [True] * span.rows, set())
                 g.batch = {i: WAIT for i in range(n) if not m.cell[i]}
@@ -413,7 +424,9 @@ def simulate(b: Build) -> None:
             if m.cell[i]:
                 for r in range(g.span.rows):
                     got = g.computed.get((i, r), 0)
-                    if g.alive[r]:
+                    if i in g.preset_rows and g.preset_rows[i][r]:
+                        assert got == 0, f"preset cell {(gi, i, r)} computed {got} times"
+                    elif g.alive[r]:
                         assert got == 1, f"kept cell {(gi, i, r)} computed {got} times"
                     else:
                         assert got <= 1
@@ -522,3 +535,38 @@ def test_group_reopened_without_kept_rows_completes_at_once() -> None:
     f.open(GroupSpan(0, 0, 3), alive=bytearray(3))
     assert [g.span.group for g in f.take_completed()] == [0]
     assert f.pop() is None and not f.groups
+
+
+def test_done_rows_preset_some_rows_of_a_generator() -> None:
+    """``--update`` reviving rows: ``a`` and ``b`` stand for rows 1 and 3 only, ``c`` is
+    computed for every kept row, ``d`` (a full_column over ``c``) once they are all done.
+    Row 2 stays left out. Only the revived rows' ``a`` and ``b`` cells come out."""
+    plan = _plan(
+        NodeDecl("a", ("a",), ()), NodeDecl("b", ("b",), ("a",)),
+        NodeDecl("c", ("c",), ("b",)), NodeDecl("d", ("d",), ("c",), FULL_COLUMN),
+    )  # fmt: skip
+    f = TableFrontier(plan)
+    known = bytearray([0, 1, 0, 1])
+    f.open(GroupSpan(0, 0, 4), alive=bytearray([1, 1, 0, 1]), done_rows={0: known, 1: known})
+    g = f.groups[0]
+    assert g.remaining == 3 * 3 - 4 + 1  # 3 cell generators x 3 kept rows, 4 preset, 1 batch
+    got = _drain(f)
+    assert sorted(got) == [(0, 0, 0), (0, 2, 1), (0, 2, 3)]  # row 0's a; c where b stands
+    for t in got:
+        f.cell_done(f.key(*t))
+    assert _drain(f) == [(0, 1, 0)]
+    f.cell_done(f.key(0, 1, 0))
+    assert _drain(f) == [(0, 2, 0)]
+    f.cell_done(f.key(0, 2, 0))
+    assert _drain(f) == [(0, 3, 0)] and f.rows_of(0) == [0, 1, 3]
+    assert f.batch_done(f.key(0, 3, 0)) is True
+    assert [c.span.group for c in f.take_completed()] == [0]
+
+
+def test_done_rows_only_for_cell_generators() -> None:
+    plan = _plan(NodeDecl("a", ("a",), ()), NodeDecl("b", ("b",), ("a",), FULL_COLUMN))
+    f = TableFrontier(plan)
+    with pytest.raises(ValueError, match="is a batch"):
+        f.open(GroupSpan(0, 0, 2), done_rows={1: bytearray(2)})
+    with pytest.raises(ValueError, match="mask has 3 rows"):
+        f.open(GroupSpan(0, 0, 2), done_rows={0: bytearray(3)})

@@ -22,7 +22,7 @@ and memory stays bounded by the row groups in flight.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from conveyor.core.tableplan import TablePlan
@@ -111,15 +111,26 @@ class TableFrontier:
 
     # -- groups -------------------------------------------------------------------------------
     def open(self, span: GroupSpan, *, done_nodes: Container[int] = (),
-             alive: bytearray | None = None) -> None:  # fmt: skip
+             alive: bytearray | None = None,
+             done_rows: Mapping[int, bytearray] | None = None) -> None:  # fmt: skip
         """Open a row group. ``alive`` marks rows already left out (a group rebuilt by
         ``--update``); ``done_nodes`` are generators whose values the caller already has: they
-        count as done at once, and what they feed becomes ready."""
+        count as done at once, and what they feed becomes ready. ``done_rows``: per cell
+        generator, a mask (1 per row) of the rows whose value the caller already has (the
+        other rows of it are computed): done at once like ``done_nodes``, row by row. A
+        generator's preset rows must be preset for its upstream generators too."""
         if span.group in self.groups:
             raise ValueError(f"row group {span.group} is open already")
         if span.rows >= MAX_GROUP_ROWS:
             raise ValueError(f"a row group has fewer than {MAX_GROUP_ROWS} rows")
         rows = span.rows
+        done_rows = done_rows or {}
+        for i, mask in done_rows.items():
+            if not self.cell[i]:
+                raise ValueError(f"done_rows: generator {i} is a batch (use done_nodes)")
+            if len(mask) != rows:
+                raise ValueError(f"done_rows: generator {i}'s mask has {len(mask)} rows,"
+                                 f" not {rows}")  # fmt: skip
         live = bytearray(b"\x01" * rows) if alive is None else bytearray(alive)
         kept = sum(live)
         n = len(self.cell)
@@ -138,6 +149,10 @@ class TableFrontier:
         for i in range(n):
             if i in done_nodes:
                 self._preset(g, i)
+            elif i in done_rows:
+                self._preset_rows(g, i, done_rows[i])
+                if self._up_cells[i] + self._up_batches[i] == 0:
+                    self._push_rows(g, i)  # the rows not preset (pop skips the done ones)
             elif self.cell[i]:
                 if self._up_cells[i] + self._up_batches[i] == 0:
                     self._push_rows(g, i)
@@ -156,13 +171,22 @@ class TableFrontier:
             g.batch[i] = 1
             self._batch_finished(g, i)
 
+    def _preset_rows(self, g: GroupState, i: int, mask: bytearray) -> None:
+        d = g.done[i]
+        assert d is not None
+        for r in range(g.span.rows):
+            if mask[r] and g.alive[r] and not d[r]:
+                self._cell_finished(g, i, r)
+
     def _push_rows(self, g: GroupState, i: int) -> None:
         heap = self.heaps[self.bucket[i]]
         base = self.key(g.span.group, i, 0)
         alive = g.alive
+        d = g.done[i]
+        assert d is not None
         step = 1 << _NODE_BITS
         for r in range(g.span.rows):
-            if alive[r]:
+            if alive[r] and not d[r]:
                 _heappush(heap, base + r * step)
 
     def _push_batch(self, g: GroupState, i: int) -> None:
