@@ -453,3 +453,18 @@ except UsageError as e:
     res = run_python(code)
     assert res.returncode == 0, res.stderr
     assert "writing Parquet needs pyarrow" in res.stdout
+
+
+def test_group_meta_dropped_rows_stored_as_ranges_and_optional() -> None:
+    """Which column dropped which rows, as ranges; an older sidecar without it loads as
+    ``None`` (not known), and rows outside the group are refused."""
+    m = GroupMeta(0, 10, 10, [10, 11, 15], {"a": {"x": 4}, "b": {"y": 3}},
+                  {"a": "f"}, dropped_rows={"a": [12, 13, 14, 19], "b": [16, 17, 18]})  # fmt: skip
+    d = json.loads(m.to_json())
+    assert d["dropped_rows"] == {"a": [[12, 15], [19, 20]], "b": [[16, 19]]}
+    assert GroupMeta.from_json(m.to_json()) == m
+    del d["dropped_rows"]
+    assert GroupMeta.from_dict(d).dropped_rows is None
+    assert "dropped_rows" not in GroupMeta.from_dict(d).to_dict()
+    with pytest.raises(ValueError, match="dropped by 'a' is out of order or outside"):
+        GroupMeta(0, 10, 10, [], {}, {}, dropped_rows={"a": [20]}).to_json()

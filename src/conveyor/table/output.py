@@ -87,6 +87,9 @@ class GroupMeta:
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
     columns: dict[str, str] = field(default_factory=dict)
     trimmed: bool = False
+    #: per column, the global indices of the rows it dropped, ascending (``--update`` gives
+    #: them another chance when the column changes); ``None``: not recorded (an older sidecar)
+    dropped_rows: dict[str, list[int]] | None = None
 
     @property
     def kept(self) -> int:
@@ -104,6 +107,15 @@ class GroupMeta:
                     f" [{self.start}, {self.start + self.rows})"
                 )
             prev = r
+        for c, rows in (self.dropped_rows or {}).items():
+            prev = self.start - 1
+            for r in rows:
+                if not prev < r < self.start + self.rows:
+                    raise ValueError(
+                        f"row group {self.row_group}: row {r} dropped by {c!r} is out of order"
+                        f" or outside [{self.start}, {self.start + self.rows})"
+                    )
+                prev = r
 
     def to_dict(self) -> dict[str, Any]:
         self.check()
@@ -115,6 +127,11 @@ class GroupMeta:
             "dropped": self.dropped,
             "columns": self.columns,
             "trimmed": self.trimmed,
+            **(
+                {}
+                if self.dropped_rows is None
+                else {"dropped_rows": {c: _ranges(r) for c, r in self.dropped_rows.items()}}
+            ),
         }
 
     @classmethod
@@ -122,6 +139,15 @@ class GroupMeta:
         """Raise ``ValueError`` on anything malformed (extra keys are ignored)."""
         try:
             kept = [r for a, b in d["kept_rows"] for r in range(int(a), int(b))]
+            by = d.get("dropped_rows")
+            dropped_rows = (
+                None
+                if by is None
+                else {
+                    str(c): [r for a, b in runs for r in range(int(a), int(b))]
+                    for c, runs in by.items()
+                }
+            )
             meta = cls(
                 row_group=int(d["row_group"]),
                 start=int(d["start"]),
@@ -133,6 +159,7 @@ class GroupMeta:
                 },
                 columns={str(c): str(fp) for c, fp in d["columns"].items()},
                 trimmed=bool(d.get("trimmed", False)),
+                dropped_rows=dropped_rows,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"not a row group's metadata ({e!r})") from None
