@@ -949,8 +949,8 @@ def _columns_table(calls: Calls, names: list[str], drops: bool = True) -> Table:
 
 @pytest.mark.parametrize("drops", [True, False], ids=["it-dropped-rows", "it-dropped-none"])
 def test_update_removing_a_column(tmp_path: Path, drops: bool) -> None:
-    """The groups are written again without it; rows it dropped come back (their group is
-    built again whole), and otherwise no generator runs."""
+    """The groups are written again without it; rows it dropped come back (they compute
+    ``a``, the other rows nothing), and otherwise no generator runs."""
     out, fresh = tmp_path / "o", tmp_path / "fresh"
     jsonl(_columns_table(Calls(), ["a", "c"], drops), 6, out)
     calls = Calls()
@@ -959,6 +959,8 @@ def test_update_removing_a_column(tmp_path: Path, drops: bool) -> None:
     assert s.complete and output.load(out) == output.load(fresh) == [{"a": i} for i in range(6)]
     assert metas(out) == metas(fresh) and s.dropped == f.dropped == {}
     assert set(calls.by_column) == ({"a"} if drops else set())
+    if drops:  # rows 1 and 5 ``c`` had dropped, and the trimmed last group (rows 6-9) whole
+        assert sorted(i for (_, i) in calls.by_cell) == [1, 5, 6, 7, 8, 9]
 
 
 def test_refused_spec_names_new_removed_and_reordered_columns(tmp_path: Path) -> None:
@@ -1083,3 +1085,136 @@ def test_resuming_with_another_layout_says_which_options_to_repeat(tmp_path: Pat
         jsonl(t, 10, tmp_path / "o", row_group_size=5)
     with pytest.raises(UsageError, match="made with --records 10: pass the same"):
         jsonl(t, 12, tmp_path / "o")
+
+
+# -- --update of a group where a changed column had dropped rows ------------------------------
+
+
+#: the rows version 1 of ``chain``'s ``c`` drops (25 records)
+DROPPED_BY_C = {0, 6, 12, 18, 24, 30}
+
+
+def chain(calls: Calls, *, b: int = 1, c: int = 1, keep: int = 6) -> Table:
+    """``n -> a -> b -> c``: ``c`` drops the rows where ``row % keep == 0`` (``keep=6``: the
+    first row of every group of 6; 25 records are 6 groups, rows 0-30, none trimmed: rows
+    0-24 keep 20, then a group of rows 25-30 keeps 5); ``s`` is a ``full_column`` over ``a``
+    that no version changes. ``b`` and ``c`` come in versions."""
+    t = Table("chain", row_group_size=6, in_flight=2, seed=5)
+    t.sampler("n", integers(0, 99))
+
+    @t.column
+    def a(n: int, row_index: int) -> str:
+        calls("a", row_index)
+        return f"a{n}"
+
+    if b == 1:
+
+        @t.column
+        def b(a: str, row_index: int) -> str:
+            calls("b", row_index)
+            return a + "/b1"
+
+    else:
+
+        @t.column
+        def b(a: str, row_index: int) -> str:
+            calls("b", row_index)
+            return a + "/b2"
+
+    if c == 1:
+
+        @t.column
+        def c(b: str, row_index: int) -> str:
+            calls("c", row_index)
+            if row_index % 6 == 0:
+                raise DropRow("c1 drops")
+            return b + "/c1"
+
+    else:
+
+        @t.column
+        def c(b: str, row_index: int) -> str:
+            calls("c", row_index)
+            if row_index % keep == 0:
+                raise DropRow("c2 drops")
+            return b + "/c2"
+
+    @t.column(strategy="full_column")
+    def s(a: list[str]) -> list[str]:
+        calls("s")
+        return [v + "!" for v in a]
+
+    return t
+
+
+def _same_as_fresh(tmp_path: Path, out: Path, s: BuildSummary, table: Table) -> None:
+    """``out`` holds what a fresh build of ``table`` writes (rows, sidecars, drops)."""
+    fresh = tmp_path / "fresh"
+    f = jsonl(table, 25, fresh)
+    assert s.complete and s.rows_written == 25
+    assert output.load(out) == output.load(fresh)
+    assert metas(out) == metas(fresh)
+    assert s.dropped == f.dropped
+
+
+def test_update_of_the_last_column_that_drops_rows_reruns_only_it(tmp_path: Path) -> None:
+    """Only ``c`` changed (same rows dropped, other values): ``c`` runs for every row, ``a``
+    and ``b`` only for the rows ``c`` had dropped (they have no values on disk), ``s`` (a
+    standing full_column: its group's row set may change) once per group."""
+    out = tmp_path / "o"
+    jsonl(chain(Calls()), 25, out)
+    assert not any(m.trimmed for m in metas(out).values()) and len(metas(out)) == 6
+    calls = Calls()
+    s = jsonl(chain(calls, c=2), 25, out, update=True)
+    assert {i for (col, i) in calls.by_cell if col == "a"} == DROPPED_BY_C
+    assert {i for (col, i) in calls.by_cell if col == "b"} == DROPPED_BY_C
+    assert calls.by_column["a"] == calls.by_column["b"] == 6
+    assert calls.by_column["c"] == 31 and calls.by_column["s"] == 6
+    _same_as_fresh(tmp_path, out, s, chain(Calls(), c=2))
+    assert {g: m.dropped_rows for g, m in metas(out).items()} == {
+        g: {"c": [6 * g]} for g in range(5)
+    } | {5: {"c": [30]}}
+
+
+def test_update_of_a_filter_that_now_keeps_more_rows(tmp_path: Path) -> None:
+    """``c`` now drops every 12th row only: the rows it had dropped are revived and some kept,
+    so fewer groups are needed; ``a`` and ``b`` run for the revived rows only."""
+    out = tmp_path / "o"
+    jsonl(chain(Calls()), 25, out)
+    calls = Calls()
+    s = jsonl(chain(calls, c=2, keep=12), 25, out, update=True)
+    assert {i for (col, i) in calls.by_cell if col in "ab"} == DROPPED_BY_C
+    assert calls.by_column["a"] == calls.by_column["b"] == 6
+    assert calls.by_column["c"] == 31
+    _same_as_fresh(tmp_path, out, s, chain(Calls(), c=2, keep=12))
+
+
+def test_update_of_an_upstream_column_of_the_dropping_one(tmp_path: Path) -> None:
+    """``b`` changed, so ``c`` (its downstream) is stale too: ``b`` and ``c`` run for every
+    row, ``a`` only for the rows ``c`` had dropped."""
+    out = tmp_path / "o"
+    jsonl(chain(Calls()), 25, out)
+    calls = Calls()
+    s = jsonl(chain(calls, b=2), 25, out, update=True)
+    assert {i for (col, i) in calls.by_cell if col == "a"} == DROPPED_BY_C
+    assert calls.by_column["b"] == calls.by_column["c"] == 31
+    _same_as_fresh(tmp_path, out, s, chain(Calls(), b=2))
+
+
+def test_update_of_groups_whose_sidecars_do_not_say_who_dropped_which_rows(
+    tmp_path: Path,
+) -> None:
+    """Sidecars written before the rows dropped were recorded per column: a group where a
+    changed column dropped rows is built again whole (``a`` and ``b`` run for every row)."""
+    out = tmp_path / "o"
+    jsonl(chain(Calls()), 25, out)
+    for p in out.glob("part-*.meta.json"):
+        d = json.loads(p.read_text())
+        assert "dropped_rows" in d
+        del d["dropped_rows"]
+        p.write_text(json.dumps(d))
+    assert all(m.dropped_rows is None for m in metas(out).values())
+    calls = Calls()
+    s = jsonl(chain(calls, c=2), 25, out, update=True)
+    assert calls.by_column["a"] == calls.by_column["b"] == calls.by_column["c"] == 31
+    _same_as_fresh(tmp_path, out, s, chain(Calls(), c=2))

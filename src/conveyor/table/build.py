@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from conveyor.core.fingerprint import canonical, digest
 from conveyor.core.tablefrontier import group_span
@@ -25,6 +25,9 @@ from conveyor.core.tableplan import TablePlan
 from conveyor.errors import UsageError
 from conveyor.table.spec import Table
 from conveyor.table.store import GroupDone, TableStore
+
+if TYPE_CHECKING:
+    from conveyor.table.output import GroupMeta
 
 __all__ = ["BuildInterrupted", "BuildStatus", "BuildSummary", "build", "default_format"]
 
@@ -196,25 +199,45 @@ def build(
     done: dict[int, int] = {}  # row group -> rows kept: all a written group leaves in memory
     resumed_drops: dict[str, dict[str, int]] = {}
     rebuild: dict[int, Callable[[], RebuildInput]] = {}
-    #: drops counted by the earlier build, of the columns that stand
-    earlier: dict[int, dict[str, dict[str, int]]] = {}
+    #: drops counted by the earlier build, of the columns that stand, and the rows they
+    #: dropped (``None``: not recorded, an older sidecar)
+    earlier: dict[int, tuple[dict[str, dict[str, int]], dict[str, list[int]] | None]] = {}
+    samplers = {c.name for c in table.columns if c.sampler is not None}
     for g, meta in on_disk.items():
         # (without ``update``: a group of an older spec left by a crash of an earlier --update)
+        # (the fingerprints are Merkle: a changed column's downstream is stale too)
         stale = {n for n in fps if meta.columns.get(n) != fps[n]}
         gone = set(meta.columns) - set(fps)  # generators the spec no longer has
         if not stale and not gone:
             done[g] = meta.kept
             _add_drops(resumed_drops, meta.dropped)
-        elif meta.trimmed or any(sum(meta.dropped.get(n, {}).values()) for n in stale | gone):
+            continue
+        changed = stale | gone
+        revive: tuple[set[str], list[int]] | None = (changed, [])
+        if any(sum(meta.dropped.get(n, {}).values()) for n in changed):
             # Rows a stale or removed column dropped were written with none of their values
-            # (a fixed generator must see them again), and a trimmed group's cut rows are gone
-            # (an update that drops more rows needs them): such a group is built again whole,
-            # as a fresh build of this spec would. A group that only lost columns is written
-            # again without them, every generator left standing.
+            # (a fixed generator must see them again): they are revived and compute every
+            # generator, the other rows only the stale ones (``None``: which rows those are
+            # is not recorded, an older sidecar)
+            revive = _revive(plan, meta, changed, samplers)
+        if meta.trimmed or revive is None:
+            # A trimmed group's cut rows are gone (an update that drops more rows needs
+            # them; the trimmed last group is rebuilt whole, simplest), and a group whose
+            # revived rows are not known: built again whole, as a fresh build of this spec
+            # would. A group that only lost columns is written again without them, every
+            # generator left standing.
             rebuild[g] = _whole_group(group_span(g, records, table.row_group_size).rows)
         else:
-            rebuild[g] = _rebuild_loader(outdir, g, meta.kept_rows, plan, records, table, stale)
-            earlier[g] = {c: r for c, r in meta.dropped.items() if c not in stale}
+            redo, revived = revive
+            rebuild[g] = _rebuild_loader(
+                outdir, g, meta.kept_rows, plan, records, table, redo, revived
+            )
+            earlier[g] = (
+                {c: r for c, r in meta.dropped.items() if c not in redo},
+                None
+                if meta.dropped_rows is None
+                else {c: r for c, r in meta.dropped_rows.items() if c not in redo and r},
+            )
     del on_disk
     manifest: dict[str, Any] = {
         **identity, "spec_fingerprint": spec_fp, "columns": fps, "complete": False,
@@ -232,12 +255,20 @@ def build(
 
     def on_group(gd: GroupDone) -> None:
         drops = {c: dict(r) for c, r in gd.dropped.items()}
-        prior = earlier.pop(gd.span.group, None)
-        if prior is not None:  # drops of columns that stand were counted by the earlier build
-            _add_drops(drops, prior)
+        rows: dict[str, list[int]] | None = {c: list(r) for c, r in gd.dropped_rows.items()}
+        before = earlier.pop(gd.span.group, None)
+        prior = None if before is None else before[0]
+        if before is not None:  # drops of columns that stand were counted by the earlier build
+            _add_drops(drops, before[0])
+            if before[1] is None:  # which rows they dropped is not known
+                rows = None if any(any(r.values()) for r in before[0].values()) else rows
+            else:
+                assert rows is not None
+                for c, more in before[1].items():
+                    rows[c] = sorted([*rows.get(c, ()), *more])
         meta = output.GroupMeta(
             row_group=gd.span.group, start=gd.span.start, rows=gd.span.rows,
-            kept_rows=gd.kept_rows, dropped=drops, columns=dict(fps),
+            kept_rows=gd.kept_rows, dropped=drops, columns=dict(fps), dropped_rows=rows,
         )  # fmt: skip
         writer.write(meta, gd.columns)
         kept[gd.span.group] = meta.kept
@@ -451,30 +482,72 @@ def _check_directory(
     return old
 
 
-#: A written row group as ``--update`` reopens it: its kept rows (a mask over the group's
-#: rows), its values by field at their positions, and the generators whose values stand.
-RebuildInput = tuple[bytearray, dict[str, list[Any]], set[str]]
+#: A written row group as ``--update`` reopens it: the rows to compute or keep (a mask over
+#: the group's rows), its values by field at their positions, the generators whose values
+#: stand, and for which rows (``None``: every row; else a mask: the others are revived).
+RebuildInput = tuple[bytearray, dict[str, list[Any]], set[str], bytearray | None]
 
 
 def _whole_group(rows: int) -> Callable[[], RebuildInput]:
     """A group to build again from nothing: every row, no generator standing."""
-    return lambda: (bytearray(b"\x01") * rows, {}, set())
+    return lambda: (bytearray(b"\x01") * rows, {}, set(), None)
+
+
+def _revive(
+    plan: TablePlan, meta: GroupMeta, changed: set[str], samplers: set[str]
+) -> tuple[set[str], list[int]] | None:
+    """The generators to compute again in a written group whose ``changed`` generators
+    dropped rows, and the rows to revive (global indices: those the generators computed again
+    had dropped; they compute every generator). ``None`` when the sidecar does not say which
+    rows were dropped by whom (an older one), or says it inconsistently."""
+    by_rows = meta.dropped_rows
+    if by_rows is None:
+        return None
+    redo = set(changed)
+    while True:
+        for c in redo:
+            if len(by_rows.get(c, ())) != sum(meta.dropped.get(c, {}).values()):
+                return None
+        revived = sorted({r for c in redo for r in by_rows.get(c, ())})
+        if not revived:
+            return redo, revived
+        # A sampler is a batch too, a pure function of each row: it runs again (cheap) to
+        # give the revived rows their values, and what it feeds stands.
+        redo |= samplers
+        # Revived rows change the group's row set, and a full_column generator sees the
+        # kept rows: one that stands is computed again, and with it its downstream (and the
+        # rows it had dropped are revived in turn).
+        batches = [i for i, n in enumerate(plan.nodes) if not plan.is_cell(i)
+                   and n.name not in redo]  # fmt: skip
+        if not batches:
+            return redo, revived
+        todo = list(batches)
+        while todo:
+            i = todo.pop()
+            if plan.nodes[i].name not in redo:
+                redo.add(plan.nodes[i].name)
+                todo.extend(plan.down_cell[i])
+                todo.extend(plan.down_batch[i])
 
 
 def _rebuild_loader(
     outdir: Path, g: int, kept_rows: list[int], plan: TablePlan, records: int, table: Table,
-    stale: set[str],
+    stale: set[str], revived: list[int],
 ) -> Callable[[], RebuildInput]:  # fmt: skip
     """Reads group ``g`` back when the build reopens it (not before: one group in memory per
-    group in flight, not the table)."""
+    group in flight, not the table). ``revived``: rows it had dropped to compute again."""
     span = group_span(g, records, table.row_group_size)
     positions = [r - span.start for r in kept_rows]
+    again = [r - span.start for r in revived]
 
     def load() -> RebuildInput:
         from conveyor.table import output
 
         alive = bytearray(span.rows)
         for p in positions:
+            alive[p] = 1
+        known = bytearray(alive) if again else None
+        for p in again:
             alive[p] = 1
         stored = output.read_group(outdir, g)
         values: dict[str, list[Any]] = {}
@@ -487,6 +560,6 @@ def _rebuild_loader(
             values[f] = full
         standing = {n.name for n in plan.nodes if n.name not in stale
                     and all(f in stored for f in n.fields)}  # fmt: skip
-        return alive, values, standing
+        return alive, values, standing, known
 
     return load

@@ -59,6 +59,12 @@ class GroupDone:
     dropped: dict[str, dict[str, int]]  # column -> reason -> rows
     started: float
     finished: float
+    #: column -> the global indices of the rows it dropped in this run, ascending
+    dropped_rows: dict[str, list[int]] = field(default_factory=dict)
+
+
+#: A written row group as ``--update`` reopens it (see ``TableStore``'s ``rebuild``).
+Rebuild = tuple[bytearray, dict[str, list[Any]], set[str], bytearray | None]
 
 
 @dataclass(slots=True)
@@ -122,15 +128,16 @@ class TableStore(Store):
         records: int,
         on_group: Callable[[GroupDone], None],
         done_groups: Mapping[int, int] | None = None,
-        rebuild: Mapping[int, Callable[[], tuple[bytearray, dict[str, list[Any]], set[str]]]]
-        | None = None,
+        rebuild: Mapping[int, Callable[[], Rebuild]] | None = None,
         clock: Callable[[], float] = time.time,
         emit: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """``done_groups``: row groups already written, with their kept rows (a resume);
         ``rebuild``: row groups to build again from values on disk (``--update``): per group,
-        a loader of the rows it kept, the values by field, and the generators whose values
-        stand (called when the group opens)."""
+        a loader of the rows to keep computing, the values by field, the generators whose
+        values stand, and the rows whose values stand (``None``: every row kept; else a mask:
+        the other kept rows are revived, and compute every generator) — called when the group
+        opens."""
         self.url = "table:" + table.name
         self.emit = emit  # before any group opens: its row_group_started is an event too
         self.table = table
@@ -232,7 +239,7 @@ class TableStore(Store):
         while not self.stopping and len(self._open) < self.in_flight:
             if self._rebuild:
                 g = min(self._rebuild)
-                alive, values, standing = self._rebuild.pop(g)()  # read from disk now
+                alive, values, standing, known = self._rebuild.pop(g)()  # read from disk now
                 span = group_span(g, self.records, self.size)
                 keep = {i for i, c in enumerate(self.columns) if c.name in standing}
                 full = {f: [None] * span.rows for f in self.plan.fields}
@@ -240,8 +247,17 @@ class TableStore(Store):
                     if f in full:
                         full[f] = vals
                 self._start(span, full, now)
-                frontier.open(span, done_nodes=keep, alive=alive)
-                self._planned(span, alive, keep)
+                if known is None:
+                    frontier.open(span, done_nodes=keep, alive=alive)
+                    self._planned(span, alive, keep)
+                else:  # revived rows: the standing cells are done for the known rows only
+                    cells = {i for i in keep if self.plan.is_cell(i)}
+                    frontier.open(span, done_nodes=keep - cells, alive=alive,
+                                  done_rows=dict.fromkeys(cells, known))  # fmt: skip
+                    self._planned(span, alive, keep - cells)
+                    preset = sum(1 for r in range(span.rows) if known[r] and alive[r])
+                    for i in cells:
+                        self.counts_by_column[i].planned -= preset
                 continue
             if self._kept_so_far() >= self.records:
                 break
@@ -286,8 +302,12 @@ class TableStore(Store):
         columns = {f: [vals[r] for r in kept] for f, vals in og.values.items()}
         dropped = {c: dict(n) for c, n in og.dropped.items() if n}
         start = g.span.start
+        by_column: dict[str, list[int]] = {}
+        for r, node in g.dropped:
+            by_column.setdefault(self.columns[node].name, []).append(start + r)
         self.on_group(GroupDone(g.span, [start + r for r in kept], columns, dropped,
-                                og.started, now))  # fmt: skip
+                                og.started, now,
+                                {c: sorted(rows) for c, rows in by_column.items()}))  # fmt: skip
         self.groups_written += 1
         self.rows_written += len(kept)
         self._written_kept += len(kept)
