@@ -36,6 +36,8 @@ __all__ = [
     "choice",
     "current",
     "integers",
+    "llm_structured",
+    "llm_text",
     "load",
     "run",
     "run_iter",
@@ -61,6 +63,8 @@ _LAZY = {
     "integers": "conveyor.table.samplers",
     "seed_file": "conveyor.table.samplers",
     "uniform": "conveyor.table.samplers",
+    "llm_text": "conveyor.table.llm",
+    "llm_structured": "conveyor.table.llm",
 }
 
 

@@ -10,6 +10,7 @@ finishes a sync task asks ``thread_done`` instead, which may hand it the next ta
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import shlex
 import signal
@@ -17,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -63,6 +64,18 @@ class Launch:
 Post = Callable[[Finished], None]
 #: Called on a pool thread when its sync task ends; returns the next task for that thread.
 ThreadDone = Callable[[Running, bool, Any], Launch | None]
+
+
+#: Coroutine functions to await on an event loop before the engine stops it, by loop id.
+_LOOP_CLOSERS: dict[int, list[Callable[[], Awaitable[Any]]]] = {}
+
+
+def close_with_loop(closer: Callable[[], Awaitable[Any]]) -> None:
+    """From a task on the engine's event loop: await ``closer()`` on that loop before the
+    engine stops it (a client the task opened, whose connections belong to the loop)."""
+    import asyncio
+
+    _LOOP_CLOSERS.setdefault(id(asyncio.get_running_loop()), []).append(closer)
 
 
 def describe(exc: BaseException) -> str:
@@ -264,6 +277,17 @@ class Executors:
             self._processes.shutdown(wait=wait, cancel_futures=True)
         if self._loop is not None:
             loop, self._loop = self._loop, None
+            closers = _LOOP_CLOSERS.pop(id(loop), [])
+            if closers:
+                import asyncio
+
+                async def close_all() -> None:
+                    for closer in closers:
+                        with contextlib.suppress(Exception):
+                            await closer()
+
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout=5)
             loop.call_soon_threadsafe(loop.stop)
             thread = self._loop_thread
             if thread is not None:

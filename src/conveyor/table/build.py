@@ -23,6 +23,7 @@ from conveyor.core.fingerprint import canonical, digest
 from conveyor.core.tablefrontier import group_span
 from conveyor.core.tableplan import TablePlan
 from conveyor.errors import UsageError
+from conveyor.table.llm import LLMGenerator
 from conveyor.table.spec import Table
 from conveyor.table.store import GroupDone, TableStore
 
@@ -50,6 +51,8 @@ class BuildSummary:
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # "column: reason" -> first message
     endpoints: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: LLM columns: calls and tokens by column
+    tokens: dict[str, dict[str, int]] = field(default_factory=dict)
     time_to_first_row_group_s: float | None = None
     total_s: float = 0.0
     stopped: str | None = None  # why the build stopped early (early stop)
@@ -183,6 +186,10 @@ def build(
         raise UsageError("--format parquet needs pyarrow: pip install 'conveyor[parquet]'"
                          " (or use --format jsonl)")  # fmt: skip
     plan = table.plan()
+    for column in table.columns:  # LLM columns: their API keys are set (before anything runs)
+        check = getattr(column.fn, "check", None)
+        if callable(check):
+            check()
     fps = table.fingerprints(plan)
     outdir = Path(out)
     identity = {
@@ -325,6 +332,11 @@ def build(
                 None if store.first_group_at is None else store.first_group_at - _wall0(t0)
             )
             summary.total_s = elapsed
+            summary.tokens = {
+                col.name: {"calls": gen.calls, "prompt_tokens": gen.prompt_tokens,
+                           "completion_tokens": gen.completion_tokens}
+                for col in table.columns if isinstance(gen := col.fn, LLMGenerator)
+            }  # fmt: skip
             summary.stopped = store.stop_reason
             stalled = store.open_groups()
             if not interrupted and summary.stopped is None and stalled:

@@ -29,6 +29,7 @@ from conveyor.errors import UsageError
 
 if TYPE_CHECKING:
     from conveyor.table.build import BuildSummary
+    from conveyor.table.llm import LLMGenerator, Model
     from conveyor.table.samplers import Sampler
 
 __all__ = ["Column", "Table"]
@@ -66,7 +67,13 @@ class Column:
 
     @property
     def is_async(self) -> bool:
-        return self.fn is not None and inspect.iscoroutinefunction(self.fn)
+        fn = self.fn
+        if fn is None:
+            return False
+        return inspect.iscoroutinefunction(fn) or (
+            not inspect.isfunction(fn)
+            and inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+        )
 
     def decl(self) -> NodeDecl:
         return NodeDecl(self.name, self.fields, self.deps, self.strategy, self.endpoint)
@@ -107,6 +114,7 @@ class Table:
         self.early_stop = early_stop
         self.early_stop_window = early_stop_window
         self.columns: list[Column] = []
+        self.models: dict[str, Model] = {}
 
     def __repr__(self) -> str:
         return f"Table({self.name!r}, columns={[c.name for c in self.columns]})"
@@ -152,7 +160,15 @@ class Table:
         executor: str | None = None,
         timeout_s: float | None = None,
     ) -> Column:
-        """Add a column made by ``fn`` (``column`` without the decorator); see ``column``."""
+        """Add a column made by ``fn`` (``column`` without the decorator); see ``column``.
+        ``fn`` may be an LLM generator (``conveyor.llm_text``, ``llm_structured``): then
+        ``name`` is required, its dependencies are its prompt's variables and its endpoint is
+        its model alias's (declared first with ``model``)."""
+        from conveyor.table.llm import LLMGenerator
+
+        if isinstance(fn, LLMGenerator):
+            return self._add_llm(fn, name=name, retries=retries, timeout_s=timeout_s,
+                                 keep_when=keep_when, side_effects=side_effects)  # fmt: skip
         if not callable(fn):
             raise UsageError(f"a column's generator must be callable, got {type(fn).__name__}")
         col_name = name or getattr(fn, "__name__", None)
@@ -207,6 +223,42 @@ class Table:
         self.columns.append(col)
         return col
 
+    def model(self, alias: str, model: str, **options: Any) -> Model:
+        """Declare a model alias for LLM columns: ``model`` (the provider's model name) and
+        ``base_url``, ``api_key_env`` (the environment variable holding the key; default
+        ``OPENAI_API_KEY``), ``provider`` (default ``openai``), ``system`` (a default system
+        prompt), ``params`` (inference parameters: temperature, max_tokens, ...)."""
+        from conveyor.table.llm import Model
+
+        if alias in self.models:
+            raise UsageError(f"model alias {alias!r} is declared twice")
+        try:
+            m = Model(alias, model, **options)
+        except TypeError as exc:
+            raise UsageError(f"model {alias!r}: {exc}") from None
+        self.models[alias] = m
+        return m
+
+    def _add_llm(
+        self, gen: LLMGenerator, *, name: str | None, retries: int | None,
+        timeout_s: float | None, keep_when: Callable[[Any], bool] | None,
+        side_effects: Sequence[str],
+    ) -> Column:  # fmt: skip
+        if not name:
+            raise UsageError("an LLM column needs name=")
+        m = self.models.get(gen.alias)
+        if m is None:
+            known = ", ".join(self.models) or "none declared: table.model(alias, model=...)"
+            raise UsageError(f"column {name!r}: unknown model alias {gen.alias!r} ({known})")
+        gen.bind(m)
+        _check_fields(name, (name, *side_effects))
+        col = Column(
+            name=name, fn=gen, deps=gen.variables, keep_when=keep_when, endpoint=m.endpoint,
+            retries=retries, timeout_s=timeout_s, params={v: v for v in gen.variables},
+        )  # fmt: skip
+        self.columns.append(col)
+        return col
+
     def sampler(self, name: str, sampler: Sampler) -> Column:
         """Add a seed column (or, for a seed file, columns) filled by ``sampler``
         (``conveyor.category``, ``uniform``, ``integers``, ``choice``, ``seed_file``)."""
@@ -244,7 +296,8 @@ class Table:
             if c.sampler is not None:
                 own.append(c.sampler.fingerprint())
             if c.fn is not None:
-                own.append(code.of_callable(c.fn))
+                fp = getattr(c.fn, "fingerprint", None)  # an LLM column: prompt, model, params
+                own.append(fp() if callable(fp) else code.of_callable(c.fn))
             if c.keep_when is not None:
                 own.append(code.of_callable(c.keep_when))
             ups = [out[plan.nodes[u].name] for u in plan.up[i]]

@@ -1,0 +1,206 @@
+"""LLM columns: a Jinja prompt over other columns, sent to an OpenAI-compatible endpoint.
+
+``conveyor.llm_text(prompt, model="alias")`` and ``conveyor.llm_structured(prompt,
+schema=..., model="alias")`` make generators for ``Table.add``; the model alias is declared
+with ``Table.model``. The prompt's variables are the column's dependencies. Calls go through
+the ``openai`` SDK's async client with its own retries off, so every 429 reaches the
+endpoint's adaptive limiter (the column's endpoint is ``provider/model/chat``; aliases of one
+model share it) and the engine retries with backoff after it. The API key is read from an
+environment variable when the build starts and is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.errors import DropRow, UsageError
+
+__all__ = ["LLMGenerator", "Model", "llm_structured", "llm_text"]
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model alias: which model, where, with which key and default parameters."""
+
+    alias: str
+    model: str
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    provider: str = "openai"
+    system: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        """The adaptive limiter's key: every alias of one provider's model shares it."""
+        return f"{self.provider}/{self.model}/chat"
+
+
+class LLMGenerator:
+    """A column's generator that renders ``prompt`` with the row's values and asks a model."""
+
+    structured = False
+
+    def __init__(self, prompt: str, *, model: str, system: str | None = None,
+                 **params: Any) -> None:  # fmt: skip
+        try:
+            import jinja2
+            import jinja2.meta
+        except ImportError:  # pragma: no cover - the extra is missing
+            raise UsageError(
+                "LLM columns need the llm extra: pip install 'conveyor[llm]'"
+            ) from None
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+        try:
+            parsed = env.parse(prompt)
+        except jinja2.TemplateSyntaxError as exc:
+            raise UsageError(f"prompt template, line {exc.lineno}: {exc.message}") from None
+        self.prompt = prompt
+        self.alias = model
+        self.system = system
+        self.params = params
+        self.variables = tuple(sorted(jinja2.meta.find_undeclared_variables(parsed)))
+        self._template = env.from_string(prompt)
+        self.bound: Model | None = None
+        self._client: Any = None
+        self.calls = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.alias!r}, prompt={self.prompt[:40]!r})"
+
+    def bind(self, model: Model) -> None:
+        self.bound = model
+
+    def fingerprint(self) -> list[Any]:
+        """What the column's fingerprint covers: the prompt, the system prompt, the model
+        and every parameter (a changed prompt regenerates the column with ``--update``)."""
+        m = self.bound
+        return [type(self).__name__, self.prompt, self.system, sorted(self.params.items()),
+                None if m is None else [m.model, m.provider, m.system,
+                                        sorted(m.params.items())]]  # fmt: skip
+
+    def check(self) -> None:
+        """Before the build starts: the key's environment variable is set."""
+        m = self.bound
+        if m is None:
+            raise UsageError(f"model alias {self.alias!r} is not bound to a table")
+        if not os.environ.get(m.api_key_env):
+            raise UsageError(f"model {m.alias!r}: the environment variable {m.api_key_env}"
+                             " (its API key) is not set")  # fmt: skip
+
+    def _client_of(self, m: Model) -> Any:
+        """One client per event loop (its connections belong to the loop), closed on that
+        loop before the engine stops it."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client[0] is not loop:
+            import openai
+
+            from conveyor.runtime.executors import close_with_loop
+
+            client = openai.AsyncOpenAI(
+                base_url=m.base_url, api_key=os.environ.get(m.api_key_env, ""), max_retries=0
+            )
+            close_with_loop(client.close)
+            self._client = (loop, client)
+        return self._client[1]
+
+    def request(self, text: str) -> dict[str, Any]:
+        m = self.bound
+        assert m is not None
+        messages = []
+        system = self.system or m.system
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": text})
+        return {"model": m.model, "messages": messages, **m.params, **self.params}
+
+    async def __call__(self, **values: Any) -> Any:
+        m = self.bound
+        assert m is not None
+        text = self._template.render(**values)
+        reply = await self._client_of(m).chat.completions.create(**self.request(text))
+        self.calls += 1
+        usage = getattr(reply, "usage", None)
+        if usage is not None:
+            self.prompt_tokens += usage.prompt_tokens or 0
+            self.completion_tokens += usage.completion_tokens or 0
+        return self.parse(reply.choices[0].message.content or "")
+
+    def parse(self, content: str) -> Any:
+        return content
+
+
+class LLMStructured(LLMGenerator):
+    """Asks for JSON under ``schema`` (a pydantic model or a JSON schema dict) and returns the
+    parsed object (a dict). A reply that does not validate drops the row (``invalid_output``)
+    after ``invalid_retries`` more tries."""
+
+    structured = True
+
+    def __init__(self, prompt: str, *, schema: Any, model: str, system: str | None = None,
+                 invalid_retries: int = 2, **params: Any) -> None:  # fmt: skip
+        super().__init__(prompt, model=model, system=system, **params)
+        self.schema = schema
+        self.invalid_retries = invalid_retries
+        if isinstance(schema, Mapping):
+            self.json_schema: dict[str, Any] = dict(schema)
+        elif hasattr(schema, "model_json_schema"):
+            self.json_schema = schema.model_json_schema()
+        else:
+            raise UsageError(f"schema must be a pydantic model or a JSON schema dict, got"
+                             f" {type(schema).__name__}")  # fmt: skip
+
+    def fingerprint(self) -> list[Any]:
+        return [*super().fingerprint(), self.json_schema]
+
+    def request(self, text: str) -> dict[str, Any]:
+        out = super().request(text)
+        out["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": self.json_schema},
+        }
+        return out
+
+    async def __call__(self, **values: Any) -> Any:
+        for _ in range(self.invalid_retries + 1):
+            try:
+                return await super().__call__(**values)
+            except _Invalid:
+                continue
+        raise DropRow("invalid_output")
+
+    def parse(self, content: str) -> Any:
+        try:
+            if hasattr(self.schema, "model_validate_json"):
+                return self.schema.model_validate_json(content).model_dump()
+            value = json.loads(content)
+        except ValueError:  # pydantic's ValidationError is a ValueError
+            raise _Invalid from None
+        required = self.json_schema.get("required", ())
+        if not isinstance(value, dict) or any(k not in value for k in required):
+            raise _Invalid
+        return value
+
+
+class _Invalid(Exception):
+    """A reply that does not validate against the schema."""
+
+
+def llm_text(prompt: str, *, model: str, system: str | None = None, **params: Any) -> LLMGenerator:
+    """A column whose value is the model's reply to ``prompt`` (a Jinja template over other
+    columns); ``params`` (temperature, max_tokens, ...) go with each request."""
+    return LLMGenerator(prompt, model=model, system=system, **params)
+
+
+def llm_structured(prompt: str, *, schema: Any, model: str, system: str | None = None,
+                   **params: Any) -> LLMStructured:  # fmt: skip
+    """A column whose value is the model's JSON reply under ``schema``, parsed and validated."""
+    return LLMStructured(prompt, schema=schema, model=model, system=system, **params)
