@@ -111,3 +111,23 @@ def test_a_changed_prompt_is_a_changed_column(llm: FakeLLM) -> None:
     b.columns[-1].fn.bind(b.models["fast"])
     fa, fb = a.fingerprints(), b.fingerprints()
     assert [k for k in fa if fa[k] != fb[k]] == ["verdict"]
+
+
+class Never(BaseModel):
+    score: int
+
+    @classmethod
+    def model_validate_json(cls, *args: object, **kwargs: object) -> Never:  # type: ignore[override]
+        raise ValueError("never valid")
+
+
+def test_a_reply_that_never_validates_drops_the_row_as_invalid_output(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    t = conveyor.Table("inv", row_group_size=10)
+    t.model("fast", model="fake-model", base_url=llm.url, api_key_env="FAKE_KEY")
+    t.sampler("n", conveyor.integers(1, 9))
+    t.add(conveyor.llm_structured("Rate {{ n }}", schema=Never, model="fast"), name="v")
+    s = build(t, 5, tmp_path / "o", format="jsonl", in_flight=1)
+    assert s.dropped["v"]["invalid_output"] >= 5 and s.rows_written == 0
+    assert s.tokens["v"]["calls"] == 3 * s.dropped["v"]["invalid_output"]  # asked 3 times each
