@@ -75,8 +75,8 @@ class GroupState:
 
 class TableFrontier:
     """Open row groups' readiness and the ready heaps, one heap per ``bucket`` (the builder
-    gives generators that share a rate-limited endpoint one bucket, so a capped endpoint's
-    cells never block another's)."""
+    gives each generator its own: a capped endpoint's cells never block another's, and a run of
+    one generator's cells comes off one heap, ``pop_run``)."""
 
     def __init__(self, plan: TablePlan, buckets: Sequence[int] | None = None) -> None:
         n = len(plan.nodes)

@@ -439,8 +439,7 @@ class TableStore(Store):
             if frontier.completed:
                 self._collect(now)
             return True
-        if not frontier.live(key):
-            self.stale += 1
+        if self._stale(key):
             return False
         group, node, row = frontier.decode(key)
         og = self._open[group]
@@ -490,8 +489,7 @@ class TableStore(Store):
                     self._retry_cell(k, node, error, now)
             self._collect(now)
             return True
-        if not frontier.live(key):
-            self.stale += 1
+        if self._stale(key):
             return False
         group, node, row = frontier.decode(key)
         if retry_at is not None:
@@ -508,6 +506,13 @@ class TableStore(Store):
         else:
             self._fail_group(og, node, reason, now)
         self._collect(now)
+        return True
+
+    def _stale(self, key: int) -> bool:
+        """A late report (its row dropped, its group finished): counted, refused."""
+        if self.frontier.live(key):
+            return False
+        self.stale += 1
         return True
 
     def release(self, claim: Claim, now: float) -> bool:
