@@ -53,6 +53,8 @@ class BuildSummary:
     endpoints: dict[str, dict[str, int]] = field(default_factory=dict)
     #: LLM columns: calls and tokens by column
     tokens: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: by model alias: calls, prompt and completion tokens, tokens per second of the build
+    models: dict[str, dict[str, float]] = field(default_factory=dict)
     time_to_first_row_group_s: float | None = None
     total_s: float = 0.0
     stopped: str | None = None  # why the build stopped early (early stop)
@@ -86,6 +88,35 @@ class ColumnStatus:
 
 
 @dataclass
+class ModelStatus:
+    """One model alias's usage so far (LLM columns)."""
+
+    alias: str
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def model_usage(table: Table) -> list[ModelStatus]:
+    """Calls and tokens per model alias, summed over its LLM columns."""
+    from conveyor.table.llm import LLMGenerator
+
+    by: dict[str, ModelStatus] = {}
+    for col in table.columns:
+        gen = col.fn
+        if isinstance(gen, LLMGenerator):
+            m = by.setdefault(gen.alias, ModelStatus(gen.alias, 0, 0, 0))
+            m.calls += gen.calls
+            m.prompt_tokens += gen.prompt_tokens
+            m.completion_tokens += gen.completion_tokens
+    return list(by.values())
+
+
+@dataclass
 class EndpointStatus:
     name: str
     limit: int
@@ -108,6 +139,8 @@ class BuildStatus:
     running: int
     columns: list[ColumnStatus]
     endpoints: list[EndpointStatus]
+    #: usage per model alias (LLM columns)
+    models: list[ModelStatus] = field(default_factory=list)
     #: rows and row groups found done on disk when the build started (a resume); the
     #: ``rows_written`` and ``row_groups_written`` above count this run's only
     rows_resumed: int = 0
@@ -134,6 +167,35 @@ def default_format() -> str:
     return "parquet"
 
 
+#: Cells at once by default; a table that calls endpoints gets more, for its calls wait on
+#: the network and the endpoints' adaptive limits (up to ``AimdPolicy.max_limit``) cap them.
+DEFAULT_WORKERS = 32
+DEFAULT_WORKERS_WITH_ENDPOINTS = 512
+
+
+def default_workers(table: Table) -> int:
+    """32 cells at once, or 512 when a column calls an endpoint: an LLM endpoint's capacity
+    may be 64 or more requests in flight, and 32 slots would cap it below that."""
+    if any(c.endpoint is not None for c in table.columns):
+        return DEFAULT_WORKERS_WITH_ENDPOINTS
+    return DEFAULT_WORKERS
+
+
+def check_models(table: Table) -> None:
+    """Before anything runs: every LLM column's API key variable is set and each endpoint
+    answers once (an unreachable ``base_url`` or a refused key is a ``UsageError``)."""
+    from conveyor.table.llm import LLMGenerator, Model, probe
+
+    used: list[Model] = []
+    for column in table.columns:
+        if isinstance(column.fn, LLMGenerator):
+            column.fn.check()
+            assert column.fn.bound is not None
+            used.append(column.fn.bound)
+    if used:
+        probe(used)
+
+
 def build(
     table: Table,
     records: int,
@@ -142,7 +204,7 @@ def build(
     row_group_size: int | None = None,
     in_flight: int | None = None,
     format: str | None = None,
-    workers: int = 32,
+    workers: int | None = None,
     events: str | os.PathLike[str] | None = None,
     replace: bool = False,
     update: bool = False,
@@ -168,7 +230,7 @@ def build(
         raise UsageError(f"records must be >= 1, got {records}")
     if replace and update:
         raise UsageError("--replace and --update exclude each other")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise UsageError(f"workers must be >= 1, got {workers}")
     table = copy.copy(table)
     if row_group_size is not None:
@@ -186,10 +248,7 @@ def build(
         raise UsageError("--format parquet needs pyarrow: pip install 'conveyor[parquet]'"
                          " (or use --format jsonl)")  # fmt: skip
     plan = table.plan()
-    for column in table.columns:  # LLM columns: their API keys are set (before anything runs)
-        check = getattr(column.fn, "check", None)
-        if callable(check):
-            check()
+    check_models(table)
     fps = table.fingerprints(plan)
     outdir = Path(out)
     identity = {
@@ -295,7 +354,8 @@ def build(
             next_status[0] = now + status_every_s
             on_status(_status(store, engine, now - t0, done))
 
-    engine = Engine(store, workers=workers, on_tick=on_tick, emit=sink, tick_s=0.1)
+    slots = workers or default_workers(table)
+    engine = Engine(store, workers=slots, on_tick=on_tick, emit=sink, tick_s=0.1)
     interrupted = False
     try:
         engine.run()
@@ -336,6 +396,12 @@ def build(
                 col.name: {"calls": gen.calls, "prompt_tokens": gen.prompt_tokens,
                            "completion_tokens": gen.completion_tokens}
                 for col in table.columns if isinstance(gen := col.fn, LLMGenerator)
+            }  # fmt: skip
+            summary.models = {
+                m.alias: {"calls": m.calls, "prompt_tokens": m.prompt_tokens,
+                          "completion_tokens": m.completion_tokens,
+                          "tokens_per_s": round(m.tokens / elapsed, 1) if elapsed > 0 else 0.0}
+                for m in model_usage(table)
             }  # fmt: skip
             summary.stopped = store.stop_reason
             stalled = store.open_groups()
@@ -379,7 +445,8 @@ def _status(store: TableStore, engine: Any, elapsed: float, done: dict[int, int]
     return BuildStatus(
         store.table.name, elapsed, store.records, store.rows_written,
         store.groups_written, store.open_groups(), store.running, cols, eps,
-        rows_resumed=sum(done.values()), row_groups_resumed=len(done),
+        models=model_usage(store.table), rows_resumed=sum(done.values()),
+        row_groups_resumed=len(done),
         interrupted=engine.stats.interrupted,
     )  # fmt: skip
 

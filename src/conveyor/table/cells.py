@@ -105,8 +105,7 @@ def cell_function(col: Column, seed: int) -> Callable[[dict[str, Any], int], Any
                 _given(col, seed, row, kw)
             try:
                 if endpoint:
-                    async with current().acquire():
-                        value = await fn(**kw)
+                    value = await _through_limiter(fn, kw)
                 else:
                     value = await fn(**kw)
                 return _finish(col, value)
@@ -122,11 +121,7 @@ def cell_function(col: Column, seed: int) -> Callable[[dict[str, Any], int], Any
         if given:
             _given(col, seed, row, kw)
         try:
-            if endpoint:
-                with current().limiter.acquire_sync(col.endpoint or ""):
-                    value = fn(**kw)
-            else:
-                value = fn(**kw)
+            value = _through_limiter_sync(fn, kw) if endpoint else fn(**kw)
             return _finish(col, value)
         except Exception as exc:
             got = _caught(exc)
@@ -271,8 +266,7 @@ def batch_function(col: Column, seed: int) -> Callable[[dict[str, list[Any]], li
             given(kw, rows)
             try:
                 if col.endpoint is not None:
-                    async with current().acquire():
-                        values = await fn(**kw)
+                    values = await _through_limiter(fn, kw)
                 else:
                     values = await fn(**kw)
             except Exception as exc:
@@ -286,11 +280,7 @@ def batch_function(col: Column, seed: int) -> Callable[[dict[str, list[Any]], li
     def run(kw: dict[str, Any], rows: list[int]) -> BatchOut:
         given(kw, rows)
         try:
-            if col.endpoint is not None:
-                with current().limiter.acquire_sync(col.endpoint):
-                    values = fn(**kw)
-            else:
-                values = fn(**kw)
+            values = _through_limiter_sync(fn, kw) if col.endpoint is not None else fn(**kw)
         except Exception as exc:
             if _retryable(exc):
                 raise
@@ -304,3 +294,25 @@ def _wrong_count(col: Column, got: int | None, want: int) -> BatchOut:
     what = "something that is not a list" if got is None else f"{got} values"
     msg = f"column {col.name!r} (full_column) returned {what} for {want} rows"
     return BatchOut(failed=Dropped("error: wrong number of values", msg))
+
+
+async def _through_limiter(fn: Callable[..., Any], kw: dict[str, Any]) -> Any:
+    """Call ``fn`` in a slot of the cell's endpoint. A return is a success (it lets the
+    adaptive limit grow; an unreported slot would count as cancelled and hold it where it
+    started); an exception leaving the block is classified (a 429 cuts the limit)."""
+    from conveyor.limiter import Outcome
+
+    async with current().acquire() as slot:
+        value = await fn(**kw)
+        slot.report(Outcome.SUCCESS)
+    return value
+
+
+def _through_limiter_sync(fn: Callable[..., Any], kw: dict[str, Any]) -> Any:
+    """``_through_limiter`` for a sync generator, on its pool thread."""
+    from conveyor.limiter import Outcome
+
+    with current().acquire_sync() as slot:
+        value = fn(**kw)
+        slot.report(Outcome.SUCCESS)
+    return value
