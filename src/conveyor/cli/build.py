@@ -56,6 +56,30 @@ Update = Annotated[
         "--update", help="Regenerate only the changed columns (and their downstream) in --out."
     ),
 ]
+Preview = Annotated[
+    int | None,
+    typer.Option(
+        "--preview", min=1, help="Generate this many rows, print them as a table, write nothing."
+    ),
+]
+Models = Annotated[
+    Path | None,
+    typer.Option(
+        "--models",
+        help="A YAML file of providers and model aliases (replaces the"
+        " spec's aliases of the same name).",
+    ),
+]
+BuildWorkers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        "-w",
+        min=1,
+        help="Cells run at once (default 32; 512 when columns call endpoints, whose"
+        " adaptive limits cap their calls).",
+    ),
+]
 PlanOnly = Annotated[
     bool,
     typer.Option("--plan", help="Print the column DAG and the work per row group; run nothing."),
@@ -75,15 +99,18 @@ def build(
     row_group_size: RowGroupSize = None,
     in_flight: InFlight = None,
     format: Format = None,
-    workers: opt.Workers = 32,
+    workers: BuildWorkers = None,
     events: opt.Events = None,
     summary: SummaryFile = None,
     replace: Replace = False,
     update: Update = False,
     quiet: opt.Quiet = False,
     plan: PlanOnly = False,
+    preview: Preview = None,
+    models: Models = None,
 ) -> None:
-    """Build a table's rows into --out, row group by row group (or --plan: show its DAG)."""
+    """Build a table's rows into --out, row group by row group (or --plan: show its DAG;
+    --preview N: show N rows and write nothing)."""
     from conveyor.errors import UsageError
     from conveyor.table.load_spec import load_table
 
@@ -92,7 +119,21 @@ def build(
             raise UsageError("--replace and --update exclude each other")
         if format is not None and format not in FORMATS:
             raise UsageError(f"--format must be parquet or jsonl, not {format!r}")
-        if not plan:
+        if preview is not None:
+            given = [
+                f
+                for f, v in (
+                    ("--records", records),
+                    ("--out", out),
+                    ("--plan", plan),
+                    ("--replace", replace),
+                    ("--update", update),
+                )
+                if v
+            ]
+            if given:
+                raise UsageError(f"--preview writes nothing: it excludes {given[0]}")
+        elif not plan:
             if records is None:
                 raise UsageError("--records N is required (or --plan)")
             if out is None:
@@ -100,6 +141,8 @@ def build(
             if summary is not None and not summary.parent.is_dir():
                 raise UsageError(f"--summary {summary}: no directory {summary.parent}")
         table = load_table(spec)
+        if models is not None:
+            table.models_from(models)
         shown = copy.copy(table)
         if row_group_size is not None:
             shown.row_group_size = row_group_size
@@ -109,6 +152,8 @@ def build(
         if plan:
             typer.echo(plan_text(shown, table_plan, records))
             return
+    if preview is not None:
+        raise typer.Exit(_preview(table, preview, workers=workers, quiet=quiet))
     assert records is not None and out is not None
     code = _run(table, records, out, row_group_size=row_group_size, in_flight=in_flight,
                 format=format, workers=workers, events=events, summary_file=summary,
@@ -118,7 +163,7 @@ def build(
 
 def _run(
     table: Table, records: int, out: Path, *, row_group_size: int | None,
-    in_flight: int | None, format: str | None, workers: int, events: Path | None,
+    in_flight: int | None, format: str | None, workers: int | None, events: Path | None,
     summary_file: Path | None, replace: bool, update: bool, quiet: bool,
 ) -> int:  # fmt: skip
     from conveyor.cli.buildview import make_display, summary_lines
@@ -169,6 +214,66 @@ def _run(
     elif result.exit_code != 0:
         typer.echo(f"conveyor: error: {_not_complete(result)}", err=True)
     return result.exit_code
+
+
+def _preview(table: Table, rows: int, *, workers: int | None, quiet: bool) -> int:
+    """Build ``rows`` rows into a temporary directory (one row group), print them as a table
+    on stdout, and remove the directory."""
+    import shutil
+    import tempfile
+
+    from conveyor.cli.buildview import make_display, summary_lines
+    from conveyor.table.build import build as build_table
+    from conveyor.table.output import load
+
+    tmp = Path(tempfile.mkdtemp(prefix="conveyor-preview-"))
+    display = make_display(quiet=quiet, records=rows)
+    try:
+        with user_errors():
+            try:
+                result = build_table(table, rows, tmp, row_group_size=rows, in_flight=1,
+                                     format="jsonl", workers=workers,
+                                     on_status=None if display is None else display.update,
+                                     status_every_s=0.25)  # fmt: skip
+            finally:
+                if display is not None:
+                    display.close()
+            got = load(tmp)
+    except KeyboardInterrupt:
+        shutil.rmtree(tmp, ignore_errors=True)
+        exit_now(INTERRUPTED)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    typer.echo(preview_text(got, table.plan().fields))
+    if result.exit_code != 0 or not quiet:
+        lines = summary_lines(result)
+        lines[0] = lines[0].split(" written to ")[0] + " previewed, nothing written"
+        for line in lines:
+            typer.echo(line, err=True)
+    return result.exit_code
+
+
+def preview_text(rows: list[dict[str, object]], fields: list[str], width: int = 48) -> str:
+    """The rows as a table (rich, plain text), long values cut to ``width`` characters."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    grid = RichTable(show_lines=False, header_style="bold")
+    for f in fields:
+        grid.add_column(f, overflow="fold", max_width=width)
+    for r in rows:
+        cells = []
+        for f in fields:
+            v = r.get(f)
+            text = v if isinstance(v, str) else json.dumps(v, default=str)
+            cells.append(text if len(text) <= width * 3 else text[: width * 3 - 3] + "...")
+        grid.add_row(*cells)
+    buf = io.StringIO()
+    Console(file=buf, width=max(80, min(240, (width + 3) * len(fields))),
+            highlight=False, markup=False).print(grid)  # fmt: skip
+    return buf.getvalue().rstrip()
 
 
 def _not_complete(result: BuildSummary) -> str:

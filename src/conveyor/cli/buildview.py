@@ -53,7 +53,9 @@ def plain_line(status: BuildStatus) -> str:
         " rows/s"
     )
     dropped = sum(c.dropped for c in status.columns)
-    return line + (f", {dropped:,} dropped" if dropped else "")
+    line += f", {dropped:,} dropped" if dropped else ""
+    tokens = sum(m.tokens for m in status.models)
+    return line + (f", {rate(tokens, status.elapsed_s):,.0f} tokens/s" if tokens else "")
 
 
 class PlainDisplay:
@@ -146,6 +148,15 @@ def panel(status: BuildStatus) -> Any:
             eps.add_row(e.name, f"{e.limit:,}", f"{e.in_flight:,}", f"{e.waiting:,}",
                         f"{e.calls:,}", f"{e.rate_limited:,}")  # fmt: skip
         parts.append(eps)
+    if status.models:
+        models = Table(box=None, pad_edge=False, header_style="bold")
+        for name in ("model", "calls", "prompt tokens", "completion tokens", "tokens/s"):
+            models.add_column(name, justify="left" if name == "model" else "right")
+        for m in status.models:
+            models.add_row(m.alias, f"{m.calls:,}", f"{m.prompt_tokens:,}",
+                           f"{m.completion_tokens:,}",
+                           f"{rate(m.tokens, status.elapsed_s):,.0f}")  # fmt: skip
+        parts.append(models)
     return Panel(Group(*parts), title=f"conveyor build {status.table}", expand=False)
 
 
@@ -178,6 +189,10 @@ def summary_lines(s: BuildSummary) -> list[str]:
     for name, st in s.endpoints.items():
         calls, limited, limit = (st.get(k, 0) for k in ("calls", "rate_limited", "limit"))
         lines.append(f"  endpoint {name}: {calls:,} calls, {limited:,} 429s, limit {limit:,}")
+    for alias, m in s.models.items():
+        tokens = int(m["prompt_tokens"] + m["completion_tokens"])
+        lines.append(f"  model {alias}: {int(m['calls']):,} calls, {tokens:,} tokens"
+                     f" ({m['tokens_per_s']:,.0f} tokens/s)")  # fmt: skip
     if s.stopped:
         lines.append(f"conveyor: error: build stopped early: {s.stopped}")
     elif not s.complete:

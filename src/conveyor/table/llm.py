@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.errors import DropRow, UsageError
 
-__all__ = ["LLMGenerator", "Model", "llm_structured", "llm_text"]
+__all__ = ["LLMGenerator", "Model", "llm_structured", "llm_text", "probe"]
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+PROBE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,38 @@ class Model:
     params: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def url(self) -> str:
+        """Where requests go: ``base_url``, else the SDK's default (``OPENAI_BASE_URL``)."""
+        return self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+
+    @property
     def endpoint(self) -> str:
         """The adaptive limiter's key: every alias of one provider's model shares it."""
         return f"{self.provider}/{self.model}/chat"
+
+
+def probe(models: Iterable[Model], timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Before a build starts: ask each distinct endpoint once (``GET {base_url}/models``) so
+    an unreachable ``base_url`` or a refused key is one clear ``UsageError`` rather than a
+    row group of failed cells. Any other answer (even a 404: not every gateway lists its
+    models) counts as reachable."""
+    import httpx
+
+    seen: set[tuple[str, str]] = set()
+    for m in models:
+        if (m.url, m.api_key_env) in seen:
+            continue
+        seen.add((m.url, m.api_key_env))
+        key = os.environ.get(m.api_key_env, "")
+        try:
+            reply = httpx.get(m.url.rstrip("/") + "/models", timeout=timeout_s,
+                              headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+        except httpx.HTTPError as exc:
+            why = str(exc) or type(exc).__name__
+            raise UsageError(f"model {m.alias!r}: cannot reach {m.url}: {why}") from None
+        if reply.status_code in (401, 403):
+            raise UsageError(f"model {m.alias!r}: {m.url} refused the API key in"
+                             f" {m.api_key_env} (HTTP {reply.status_code})")  # fmt: skip
 
 
 class LLMGenerator:

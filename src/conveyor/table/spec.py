@@ -18,6 +18,7 @@ generator, which receives lists: the column slices of the row group's kept rows)
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
@@ -115,6 +116,8 @@ class Table:
         self.early_stop_window = early_stop_window
         self.columns: list[Column] = []
         self.models: dict[str, Model] = {}
+        #: provider name -> (base_url, api_key_env), the defaults of its models
+        self.providers: dict[str, tuple[str | None, str]] = {}
 
     def __repr__(self) -> str:
         return f"Table({self.name!r}, columns={[c.name for c in self.columns]})"
@@ -223,21 +226,52 @@ class Table:
         self.columns.append(col)
         return col
 
-    def model(self, alias: str, model: str, **options: Any) -> Model:
+    def provider(
+        self, name: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY"
+    ) -> None:
+        """Declare a provider: where its models live (``base_url``, an OpenAI-compatible
+        API; ``None`` is OpenAI's) and the environment variable that holds its API key.
+        Models declared with ``provider=name`` take these unless they give their own."""
+        self.providers[name] = (base_url, api_key_env)
+
+    def model(self, alias: str, model: str, *, replace: bool = False, **options: Any) -> Model:
         """Declare a model alias for LLM columns: ``model`` (the provider's model name) and
-        ``base_url``, ``api_key_env`` (the environment variable holding the key; default
-        ``OPENAI_API_KEY``), ``provider`` (default ``openai``), ``system`` (a default system
-        prompt), ``params`` (inference parameters: temperature, max_tokens, ...)."""
+        ``provider`` (default ``openai``; its ``base_url`` and ``api_key_env`` are the
+        defaults), ``base_url``, ``api_key_env`` (the environment variable holding the key;
+        default ``OPENAI_API_KEY``), ``system`` (a default system prompt), ``params``
+        (inference parameters: temperature, max_tokens, ...). The adaptive limiter's key is
+        ``provider/model``: aliases of one model share it. ``replace`` redeclares an alias."""
         from conveyor.table.llm import Model
 
-        if alias in self.models:
+        if alias in self.models and not replace:
             raise UsageError(f"model alias {alias!r} is declared twice")
+        provider = options.get("provider", "openai")
+        base_url, key_env = self.providers.get(provider, (None, "OPENAI_API_KEY"))
+        if options.get("base_url") is None:
+            options["base_url"] = base_url
+        if options.get("api_key_env") is None:
+            options["api_key_env"] = key_env
         try:
             m = Model(alias, model, **options)
-        except TypeError as exc:
+            check_key(m.endpoint)
+        except (TypeError, ValueError) as exc:
             raise UsageError(f"model {alias!r}: {exc}") from None
         self.models[alias] = m
         return m
+
+    def models_from(self, path: str | os.PathLike[str], *, replace: bool = True) -> None:
+        """Declare the providers and model aliases of a YAML file (``conveyor.table.models``
+        shows the format); its aliases replace ones already declared unless ``replace`` is
+        false. ``conveyor build --models FILE`` calls this after loading the spec."""
+        from conveyor.table.models import read_models
+
+        got = read_models(path)
+        for name, prov in got.providers.items():
+            self.provider(name, base_url=prov.base_url, api_key_env=prov.api_key_env)
+        for alias, spec in got.models.items():
+            self.model(alias, spec.model, replace=replace, provider=spec.provider,
+                       base_url=spec.base_url, api_key_env=spec.api_key_env,
+                       system=spec.system, params=spec.params)  # fmt: skip
 
     def _add_llm(
         self, gen: LLMGenerator, *, name: str | None, retries: int | None,
@@ -246,18 +280,23 @@ class Table:
     ) -> Column:  # fmt: skip
         if not name:
             raise UsageError("an LLM column needs name=")
+        _check_fields(name, (name, *side_effects))
+        col = Column(
+            name=name, fn=gen, deps=gen.variables, keep_when=keep_when,
+            retries=retries, timeout_s=timeout_s, params={v: v for v in gen.variables},
+        )  # fmt: skip
+        if gen.alias in self.models:  # else bound when planned: a models file may come later
+            self._bind(col, gen)
+        self.columns.append(col)
+        return col
+
+    def _bind(self, col: Column, gen: LLMGenerator) -> None:
         m = self.models.get(gen.alias)
         if m is None:
             known = ", ".join(self.models) or "none declared: table.model(alias, model=...)"
-            raise UsageError(f"column {name!r}: unknown model alias {gen.alias!r} ({known})")
+            raise UsageError(f"column {col.name!r}: unknown model alias {gen.alias!r} ({known})")
         gen.bind(m)
-        _check_fields(name, (name, *side_effects))
-        col = Column(
-            name=name, fn=gen, deps=gen.variables, keep_when=keep_when, endpoint=m.endpoint,
-            retries=retries, timeout_s=timeout_s, params={v: v for v in gen.variables},
-        )  # fmt: skip
-        self.columns.append(col)
-        return col
+        col.endpoint = m.endpoint
 
     def sampler(self, name: str, sampler: Sampler) -> Column:
         """Add a seed column (or, for a seed file, columns) filled by ``sampler``
@@ -276,7 +315,13 @@ class Table:
     # -- using --------------------------------------------------------------------------------
     def plan(self) -> TablePlan:
         """The checked column DAG (``GraphError`` naming the problem: a cycle, an unknown
-        dependency, a column filled twice)."""
+        dependency, a column filled twice; ``UsageError`` for an unknown model alias). LLM
+        columns are bound to their model aliases as they stand now."""
+        from conveyor.table.llm import LLMGenerator
+
+        for c in self.columns:
+            if isinstance(c.fn, LLMGenerator):
+                self._bind(c, c.fn)
         return plan_table([c.decl() for c in self.columns])
 
     def fingerprints(self, plan: TablePlan | None = None) -> dict[str, str]:
