@@ -138,7 +138,8 @@ class LLMGenerator:
             from conveyor.runtime.executors import close_with_loop
 
             client = openai.AsyncOpenAI(
-                base_url=m.base_url, api_key=os.environ.get(m.api_key_env, ""), max_retries=0
+                base_url=m.base_url, api_key=os.environ.get(m.api_key_env, ""), max_retries=0,
+                http_client=_http_client(openai),
             )
             close_with_loop(client.close)
             self._client = (loop, client)
@@ -168,6 +169,17 @@ class LLMGenerator:
 
     def parse(self, content: str) -> Any:
         return content
+
+
+def _http_client(openai: Any) -> Any:
+    """The SDK's aiohttp transport when aiohttp is installed (``conveyor[llm]`` has it): it
+    costs about a third less CPU per request than the default httpx one (2.5-3.3 ms against
+    3.8-5.0 ms measured here), and one process's CPU is what bounds a fast endpoint.
+    ``None`` (the SDK's default client) otherwise."""
+    try:
+        return openai.DefaultAioHttpClient()
+    except (AttributeError, RuntimeError):  # an older SDK, or aiohttp missing
+        return None
 
 
 class LLMStructured(LLMGenerator):
