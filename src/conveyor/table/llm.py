@@ -138,7 +138,9 @@ class LLMGenerator:
             from conveyor.runtime.executors import close_with_loop
 
             client = openai.AsyncOpenAI(
-                base_url=m.base_url, api_key=os.environ.get(m.api_key_env, ""), max_retries=0,
+                base_url=m.base_url,
+                api_key=os.environ.get(m.api_key_env, ""),
+                max_retries=0,
                 http_client=_http_client(openai),
             )
             close_with_loop(client.close)
