@@ -134,3 +134,36 @@ def test_a_reply_that_never_validates_drops_the_row_as_invalid_output(
     s = build(t, 5, tmp_path / "o", format="jsonl", in_flight=1)
     assert s.dropped["v"]["invalid_output"] >= 5 and s.rows_written == 0
     assert s.tokens["v"]["calls"] == 3 * s.dropped["v"]["invalid_output"]  # asked 3 times each
+
+
+def test_500s_and_timeouts_are_retried_as_the_limiter_classifies_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """500s (a share of the server's answers) are retried until the row comes through; a
+    request that times out (the alias's ``timeout`` shorter than the server's latency) is
+    retried too, then drops its row naming the SDK's timeout."""
+    monkeypatch.setenv("FAKE_KEY", "sk-test")
+    with FakeLLM(capacity=8, latency=0.2, fail_rate=0.3, seed=2) as server:
+        t = conveyor.Table("flaky", row_group_size=10, seed=1)
+        t.model("m", model="fake-model", base_url=server.url, api_key_env="FAKE_KEY")
+        t.sampler("n", conveyor.integers(1, 9))
+        t.add(conveyor.llm_text("Say {{ n }}.", model="m"), name="said", retries=20)
+        s = build(t, 30, tmp_path / "ok", format="jsonl")
+        st = server.stats()
+    assert s.exit_code == 0 and s.rows_written == 30
+    assert st.failed > 0 and st.served == 30  # every 500 was retried (served: 200s)
+
+    with FakeLLM(capacity=8, latency=0.5) as server:
+        t = conveyor.Table("late", row_group_size=5, seed=1, early_stop=1.0)
+        t.model("m", model="fake-model", base_url=server.url, api_key_env="FAKE_KEY",
+                params={"timeout": 0.05})  # fmt: skip
+        t.sampler("n", conveyor.integers(1, 9))
+        t.add(conveyor.llm_text("Say {{ n }}.", model="m"), name="said", retries=1)
+        s = build(t, 5, tmp_path / "late", format="jsonl")
+        st = server.stats()
+    assert s.rows_written == 0
+    assert set(s.dropped["said"]) == {"error: APITimeoutError"}
+    # timed-out requests were asked again (not retried: one request per dropped row; the
+    # row groups that make up the drops ask more rows, so count per dropped row; 429s are
+    # answered at once and asked again)
+    assert st.requests - st.rate_limited > s.rows_dropped, st
