@@ -510,9 +510,13 @@ def test_store_noops_finish_in_the_claim_transaction(store_url: str, store: Stor
 def test_store_workers_join_and_leave(store_url: str, store: Store) -> None:
     durable(store_url, "no worker rows")
     store.configure(WorkerProfile(labels={"zone": "a"}, lease_s=LEASE))
-    store.register_worker("host:1", T0, {"slots": 2})
+    store.register_worker("host:1", T0, {"slots": 2, "slurm_array_job": "7"})
     st = store.status(T0 + 1)
     assert [w["worker"] for w in st["workers"]] == ["host:1"] and st["workers_alive"] == 1
+    assert st["workers"][0]["info"]["slurm_array_job"] == "7" and st["workers"][0]["tasks"] == []
+    store.open_graph(graph("g", {"id": "a"}, {"id": "b"}), T0)
+    assert claim1(store, T0, worker="host:1") is not None
+    assert store.status(T0 + 1)["workers"][0]["tasks"] == ["a"]  # what it runs now
     assert store.status(T0 + LEASE + 1)["workers_alive"] == 0  # silent past its lease
     store.unregister_worker("host:1", T0 + 2)
     assert store.status(T0 + 2)["workers_alive"] == 0

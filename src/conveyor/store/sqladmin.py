@@ -30,11 +30,17 @@ def status(reads: Reads, now: float) -> dict[str, Any]:
         label = TaskState(state).label
         counts[label] += int(n)
         groups.setdefault(grp, {})[label] = int(n)
+    running: dict[str, list[str]] = {}
+    for worker, task in reads.rows("running_by_worker"):
+        running.setdefault(worker, []).append(task)
+    # ``info``: what the worker registered (slots, labels, its SLURM ids); ``tasks``: what it
+    # runs now.
     workers = [
-        {"worker": name, "host": host, "pid": pid, "last_seen": last_seen, "lease_s": lease_s}
-        for name, host, pid, last_seen, lease_s, _info in reads.rows("workers_alive")
+        {"worker": name, "host": host, "pid": pid, "last_seen": last_seen, "lease_s": lease_s,
+         "info": json.loads(info) if info else {}, "tasks": running.get(name, [])}
+        for name, host, pid, last_seen, lease_s, info in reads.rows("workers_alive")
         if last_seen + lease_s >= now
-    ]
+    ]  # fmt: skip
     n, first = reads.rows("done_since", since=now - 60.0)[0]
     rate = 0.0
     if n:

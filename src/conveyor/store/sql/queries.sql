@@ -371,6 +371,10 @@ UPDATE workers SET state = 'lost' WHERE name = :name AND state = 'alive';
 -- name: workers_alive
 SELECT name, host, pid, last_seen, lease_s, info FROM workers WHERE state = 'alive';
 
+-- The tasks each worker runs now (for status; a seek on the tasks_running index).
+-- name: running_by_worker
+SELECT worker, id FROM tasks WHERE state = {RUNNING} ORDER BY seq;
+
 -- The worker a process on a host is (SQLite: who holds the store's write lock).
 -- name: worker_by_pid
 SELECT name, lease_s FROM workers WHERE host = :host AND pid = :pid ORDER BY last_seen DESC LIMIT 1;
