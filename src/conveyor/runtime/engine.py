@@ -15,6 +15,7 @@ how it ended), ``children`` (children submitted at run time and parents waiting 
 
 from __future__ import annotations
 
+import os
 import queue
 import random
 import signal
@@ -49,7 +50,7 @@ from conveyor.runtime.messages import (
     Wake,
 )
 from conveyor.store.base import Claim, Store
-from conveyor.workerid import default_worker_id
+from conveyor.workerid import default_worker_id, slurm_info
 
 if TYPE_CHECKING:
     from conveyor.limiter import EndpointLimiter
@@ -187,7 +188,8 @@ class Engine:
         next_tick = next_report = 0.0
         out: list[TaskResult] = []
         if store.shared:
-            store.register_worker(self.worker_id, clock.wall(), {"slots": self.slots})
+            info = {"slots": self.slots, **slurm_info(os.environ)}
+            store.register_worker(self.worker_id, clock.wall(), info)
             self._heart = Heartbeat(store.url, self.worker_id, self.lease_s, clock,
                                     emit=store.emit).start()  # fmt: skip
         heart = self._heart
