@@ -48,6 +48,13 @@ class StoreUnreachableError(StoreError):
     """The database server cannot be reached or refuses the connection."""
 
 
+class ClusterError(ConveyorError):
+    """A batch system refuses or cannot be asked (no ``sbatch`` on PATH, an unknown partition,
+    a ``--time`` SLURM rejects): its own message as one line, exit 2."""
+
+    exit_code = 2
+
+
 class ResultError(ConveyorError):
     """A task's result cannot be stored as asked (e.g. not JSON with ``results=json``)."""
 

@@ -1,0 +1,1 @@
+"""Driving batch systems from outside, by their own commands (docs/slurm.md)."""
