@@ -183,7 +183,7 @@ def scale(
     elif cancelled:
         typer.echo(f"cancelled {len(cancelled)}: {' '.join(cancelled)}")
     else:
-        typer.echo(f"{workers} workers already")
+        typer.echo(f"{workers} already queued or running")
 
 
 def cancel(db: opt.DbRequired) -> None:

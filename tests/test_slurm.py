@@ -1,0 +1,298 @@
+"""`conveyor slurm` on a real SLURM cluster: pilot workers as job arrays on a SQLite store in
+``tmp_path`` (the cluster's jobs run on this machine, so they see it). Skipped, with the reason,
+where ``sbatch`` is missing or the cluster does not answer (``.ci/run`` starts one with
+scripts/slurm-up.sh when it runs as root with apt-get)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.cluster import pilots
+from conveyor.store.urls import open_store
+
+pytestmark = pytest.mark.slurm
+
+#: A task that holds its worker until the test opens the gate (a file), then naps briefly; each
+#: run appends its id to runs.log, so the test can count how often each task really ran.
+JOBS = """
+import os, time
+
+def held(tid, gate, log):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with open(log, "a") as f:
+        f.write(tid + "\\n")
+    time.sleep(0.2)
+    return tid
+"""
+
+#: Bound on waits for the cluster (job start, workers joining, a graph finishing).
+DEADLINE_S = 45.0
+
+
+def _cluster_answers() -> str | None:
+    """Why SLURM tests cannot run here, or ``None``."""
+    if shutil.which("sbatch") is None:
+        return "sbatch is not on PATH (no SLURM client; .ci/run starts scripts/slurm-up.sh)"
+    try:
+        probe = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sinfo failed: {exc}"
+    if probe.returncode != 0:
+        return f"the SLURM cluster does not answer: {probe.stderr.strip()}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster() -> None:
+    why = _cluster_answers()
+    if why is not None:
+        pytest.skip(why)
+
+
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "conveyor.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def ok(*args: str, cwd: Path) -> str:
+    out = cli(*args, cwd=cwd)
+    assert out.returncode == 0, f"{args}: exit {out.returncode}\n{out.stderr}"
+    return out.stdout
+
+
+def poll(what: str, check: Callable[[], Any]) -> Any:
+    """``check()``'s first truthy answer, asked every 0.2 s up to DEADLINE_S."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+class Run:
+    """A graph of held tasks in a SQLite store under ``tmp_path``, and what the test asks."""
+
+    def __init__(self, root: Path, n: int, name: str, chain: bool = False) -> None:
+        self.root = root
+        self.db = f"sqlite:///{root}/run.db"
+        self.gate = root / "gate"
+        self.log = root / "runs.log"
+        (root / "jobs.py").write_text(JOBS)
+        tasks: list[dict[str, Any]] = [
+            {"id": f"t{i}", "fn": "jobs:held", "args": [f"t{i}", str(self.gate), str(self.log)]}
+            for i in range(n)
+        ]
+        if chain:  # t1.. wait for t0: while t0 is held, the other workers have nothing to do
+            for t in tasks[1:]:
+                t["deps"] = ["t0"]
+        (root / "graph.json").write_text(json.dumps({"name": name, "tasks": tasks}))
+        ok("submit", "graph.json", "--db", self.db, cwd=root)
+
+    def rows(self) -> list[dict[str, Any]]:
+        store = open_store(self.db)
+        try:
+            return pilots.pilot_rows(store, time.time())
+        finally:
+            store.close()
+
+    def arrays(self) -> list[str]:
+        store = open_store(self.db)
+        try:
+            return [a.job for a in pilots.load_record(store)[1]]
+        finally:
+            store.close()
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(ok("status", "--db", self.db, "--json", cwd=self.root))  # type: ignore[no-any-return]
+
+    def finished_once(self, n: int) -> None:
+        """Every task done, each finished exactly once in the audit trail and run once."""
+        st = self.status()
+        assert st["counts"]["done"] == n and st["unfinished"] == 0
+        events = [
+            json.loads(ln) for ln in ok("events", "--db", self.db, cwd=self.root).splitlines()
+        ]
+        finished = Counter(e["task"] for e in events if e["event"] == "task_finished")
+        assert finished == Counter({f"t{i}": 1 for i in range(n)})
+        assert Counter(self.log.read_text().split()) == Counter({f"t{i}": 1 for i in range(n)})
+
+
+@pytest.fixture
+def make_run(cluster: None, tmp_path: Path) -> Iterator[Callable[..., Run]]:
+    made: list[Run] = []
+
+    def make(n: int, name: str, chain: bool = False) -> Run:
+        made.append(Run(tmp_path, n, name, chain))
+        return made[-1]
+
+    yield make
+    for run in made:  # never leave jobs on the cluster
+        run.gate.touch()
+        cli("slurm", "cancel", "--db", run.db, cwd=run.root)
+
+
+def rows_when(
+    run: Run, pred: Callable[[list[dict[str, Any]]], bool]
+) -> Callable[[], list[dict[str, Any]] | None]:
+    """For ``poll``: the status rows once ``pred`` holds for them."""
+
+    def check() -> list[dict[str, Any]] | None:
+        rows = run.rows()
+        return rows if pred(rows) else None
+
+    return check
+
+
+def active(run: Run) -> list[str]:
+    """The elements still in SLURM's queue (a killed worker's row stays, state ``-``, until
+    its lease runs out)."""
+    return [r["array"] for r in run.rows() if r["state"] != "-"]
+
+
+def test_slurm_submit_one_array_runs_every_task_once(make_run: Callable[..., Run]) -> None:
+    run = make_run(40, "forty")
+    out = ok("slurm", "submit", "--db", run.db, "--workers", "3", "--idle-exit", "600",
+             cwd=run.root)  # fmt: skip
+    assert "3 workers in 1 sbatch submission" in out
+    [job] = run.arrays()  # exactly one submission, recorded in the store
+    assert f"job {job}: workers 0-2" in out
+
+    def three_busy(rows: list[dict[str, Any]]) -> bool:
+        busy = [r for r in rows if r["state"] == "RUNNING" and r["worker"] and r["tasks"]]
+        return len(busy) == 3
+
+    rows = poll("3 workers each holding a task", rows_when(run, three_busy))
+    # each worker tied to its array element, with its number, node and task
+    assert [(r["index"], r["array"]) for r in rows] == [(i, f"{job}_{i}") for i in range(3)]
+    assert all(r["node"] and len(r["tasks"]) == 1 for r in rows)
+    shown = ok("slurm", "status", "--db", run.db, cwd=run.root)
+    assert "1 sbatch submission" in shown
+    for r in rows:
+        assert f"{r['array']}" in shown and r["worker"] in shown and r["tasks"][0] in shown
+    # the store's own worker rows carry the SLURM ids the workers registered
+    infos = {w["worker"]: w["info"] for w in run.status()["workers"]}
+    for r in rows:
+        info = infos[r["worker"]]
+        assert (info["slurm_array_job"], info["slurm_index"]) == (job, str(r["index"]))
+        assert info["slurm_array_task"] == r["array"].split("_")[1]
+
+    run.gate.touch()
+    poll("the graph to finish", lambda: run.status()["unfinished"] == 0)
+    run.finished_once(40)
+    # with the graph finished the workers exit by themselves (their idle exit is 600 s)
+    poll("the workers to leave the queue", lambda: run.rows() == [])
+    assert run.arrays() == [job]
+
+
+def test_slurm_scale_up_down_and_cancel(make_run: Callable[..., Run]) -> None:
+    run = make_run(8, "scaled", chain=True)
+    ok("slurm", "submit", "--db", run.db, "--workers", "1", "--max-parallel", "1",
+       "--idle-exit", "600", cwd=run.root)  # fmt: skip
+    [first] = run.arrays()
+    poll("worker 0 holding t0", rows_when(run, lambda rows: [r["tasks"] for r in rows] == [["t0"]]))
+
+    out = ok("slurm", "scale", "3", "--db", run.db, cwd=run.root)
+    assert "2 workers in 1 sbatch submission" in out
+    second = run.arrays()[1]
+    # the new array goes on from worker 1; its recorded throttle (1) keeps its second pending
+    want = [(f"{first}_0", "RUNNING", True), (f"{second}_0", "RUNNING", True),
+            (f"{second}_1", "PENDING", False)]  # fmt: skip
+    rows = poll("worker 1 joined, worker 2 pending", rows_when(run, lambda rows: [
+        (r["array"], r["state"], bool(r["worker"])) for r in rows] == want))  # fmt: skip
+    assert [r["index"] for r in rows] == [0, 1, 2] and rows[1]["tasks"] == []
+
+    # down to 2: the pending element goes first; down to 1: the idle one, not the busy one
+    assert ok("slurm", "scale", "2", "--db", run.db, cwd=run.root).split() == [
+        "cancelled", "1:", f"{second}_1"]  # fmt: skip
+    assert ok("slurm", "scale", "1", "--db", run.db, cwd=run.root).split() == [
+        "cancelled", "1:", f"{second}_0"]  # fmt: skip
+    poll("one element left", lambda: active(run) == [f"{first}_0"])
+    assert ok("slurm", "scale", "1", "--db", run.db, cwd=run.root).strip() == (
+        "1 already queued or running"
+    )
+
+    run.gate.touch()
+    poll("the graph to finish", lambda: run.status()["unfinished"] == 0)
+    run.finished_once(8)
+    out = ok("slurm", "cancel", "--db", run.db, cwd=run.root)
+    assert out.split() == ["cancelled", "2", "arrays:", first, second]
+
+
+def test_slurm_cancel_stops_every_array(make_run: Callable[..., Run]) -> None:
+    run = make_run(3, "cancelled")
+    out = ok("slurm", "submit", "--db", run.db, "--workers", "3", "--max-array-size", "2",
+             "--idle-exit", "600", cwd=run.root)  # fmt: skip
+    assert "3 workers in 2 sbatch submissions" in out  # split: indices stay below the limit
+    a, b = run.arrays()
+    rows = poll(
+        "3 workers each holding a task",
+        rows_when(run, lambda rows: sum(bool(r["tasks"]) for r in rows) == 3),
+    )
+    assert [(r["index"], r["array"]) for r in rows] == [(0, f"{a}_0"), (1, f"{a}_1"),
+                                                        (2, f"{b}_0")]  # fmt: skip
+    infos = {w["worker"]: w["info"] for w in run.status()["workers"]}
+    assert [infos[r["worker"]]["slurm_index"] for r in rows] == ["0", "1", "2"]
+
+    assert ok("slurm", "cancel", "--db", run.db, cwd=run.root).split() == [
+        "cancelled", "2", "arrays:", a, b]  # fmt: skip
+    poll("every element to leave the queue", lambda: active(run) == [])
+
+
+def _error_line(out: subprocess.CompletedProcess[str]) -> str:
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("conveyor: error: "), out.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--partition", "no-such-partition"], "unknown partition"),
+        (["--time", "soon"], "Invalid --time specification"),
+        (["--gpus", "1"], "sbatch refused the job"),
+        (["--time", "1:00", "--margin", "60"], "--margin 60: must be shorter than --time 1:00"),
+    ],
+)
+def test_slurm_submit_bad_input_one_line_exit_2_nothing_submitted(
+    make_run: Callable[..., Run], args: list[str], says: str
+) -> None:
+    run = make_run(1, "bad")
+    line = _error_line(cli("slurm", "submit", "--db", run.db, "--workers", "2", *args,
+                           cwd=run.root))  # fmt: skip
+    assert says in line
+    assert run.arrays() == []
+
+
+def test_slurm_submit_without_sbatch_or_store_one_line_exit_2(tmp_path: Path) -> None:
+    """No cluster needed: what is refused before SLURM is asked anything."""
+    (tmp_path / "graph.json").write_text(json.dumps({"name": "g", "tasks": [{"id": "a"}]}))
+    db = f"sqlite:///{tmp_path}/run.db"
+    line = _error_line(cli("slurm", "submit", "--db", f"sqlite:///{tmp_path}/nope.db",
+                           "--workers", "1", cwd=tmp_path))  # fmt: skip
+    assert "no store there" in line
+    assert not (tmp_path / "nope.db").exists()
+    ok("submit", "graph.json", "--db", db, cwd=tmp_path)
+    env = {**os.environ, "PATH": str(tmp_path / "empty-bin")}
+    line = _error_line(cli("slurm", "submit", "--db", db, "--workers", "1", cwd=tmp_path, env=env))
+    assert "sbatch not found on PATH" in line
+    line = _error_line(cli("slurm", "scale", "2", "--db", db, cwd=tmp_path))
+    assert "no pilot workers submitted here yet" in line
