@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # slurm-up.sh - bring up a real single-node Slurm cluster on Debian 12, as root.
-# Copied from the project's shared CI scripts; .ci/run calls it with WITH_ACCOUNTING=0 SLURM_CPUS=8.
+# Part of conveyor's CI: .ci/run calls it with WITH_ACCOUNTING=0 SLURM_CPUS=8 when no cluster answers.
 #
 # Idempotent: installs only missing packages, starts only daemons that are not
 # running, rewrites the configs and restarts the Slurm daemons only when the
