@@ -109,7 +109,7 @@ class Run:
     def rows(self) -> list[dict[str, Any]]:
         store = open_store(self.db)
         try:
-            return pilots.pilot_rows(store, time.time())
+            return [r.as_json() for r in pilots.pilot_rows(store, time.time())]
         finally:
             store.close()
 

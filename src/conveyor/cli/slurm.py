@@ -152,15 +152,16 @@ def status(db: opt.DbRequired, as_json: opt.AsJson = False) -> None:
         _opts, arrays = pilots.load_record(store)
         counts = store.counts()
     if as_json:
-        typer.echo(json.dumps({"arrays": [a.job for a in arrays], "elements": rows}))
+        elements = [r.as_json() for r in rows]
+        typer.echo(json.dumps({"arrays": [a.job for a in arrays], "elements": elements}))
         return
     typer.echo(f"{len(arrays)} sbatch submission{'s' * (len(arrays) != 1)}: "
                f"{', '.join(a.job for a in arrays) or '-'}")  # fmt: skip
     typer.echo(f"{'WORKER#':>7}  {'ARRAY':<12} {'STATE':<11} {'NODE':<12} {'CONVEYOR':<22} TASKS")
     for r in rows:
-        tasks = ",".join(r["tasks"]) or "-"
-        typer.echo(f"{r['index']:>7}  {r['array']:<12} {r['state']:<11} {r['node'] or '-':<12} "
-                   f"{r['worker'] or '-':<22} {tasks}")  # fmt: skip
+        tasks = ",".join(r.tasks) or "-"
+        typer.echo(f"{r.index:>7}  {r.array:<12} {r.state:<11} {r.node or '-':<12} "
+                   f"{r.worker or '-':<22} {tasks}")  # fmt: skip
     left = sum(v for k, v in counts.items() if k not in ("done", "failed", "skipped", "cancelled"))
     typer.echo(f"graph: {counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
                f"{left} left")  # fmt: skip

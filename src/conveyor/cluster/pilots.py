@@ -34,6 +34,7 @@ from conveyor.store.base import Store
 
 __all__ = [
     "PilotOptions",
+    "PilotRow",
     "Submitted",
     "absolute_url",
     "cancel_all",
@@ -229,17 +230,44 @@ def submit_pilots(
     return made
 
 
-def pilot_rows(store: Store, now: float) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class PilotRow:
+    """One array element of the store's, with the conveyor worker it runs (if it joined)."""
+
+    index: int  # the worker's number across the store's arrays
+    array_job: str
+    task: int
+    job_id: str  # the element's own job id ("" once it left the queue)
+    state: str  # squeue's state; "-": no longer in the queue, its worker not seen leaving
+    node: str
+    worker: str | None
+    tasks: tuple[str, ...]  # what its worker runs now
+
+    @property
+    def array(self) -> str:
+        return f"{self.array_job}_{self.task}"
+
+    def element(self) -> Element:
+        return Element(self.array_job, self.task, self.index, self.state, bool(self.tasks))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"index": self.index, "array": self.array, "job_id": self.job_id,
+                "state": self.state, "node": self.node, "worker": self.worker,
+                "tasks": list(self.tasks)}  # fmt: skip
+
+
+def pilot_rows(store: Store, now: float) -> list[PilotRow]:
     """The store's array elements still in SLURM's queue, each with its worker (if it
     registered) and the tasks it runs, by worker number; then workers of these arrays still
     alive in the store that the queue no longer lists (state ``-``). One ``squeue`` call."""
     _opts, arrays = load_record(store)
     offsets = {a.job: a.offset for a in arrays}
     queue = slurm.squeue(list(offsets))
-    workers = {}
-    for w in store.status(now)["workers"]:
+    workers: dict[tuple[str, int], Mapping[str, Any]] = {}
+    # A requeued element rejoins under its job id as a new process: the latest seen is it.
+    for w in sorted(store.status(now)["workers"], key=lambda w: w["last_seen"]):
         info = w.get("info") or {}
-        if "slurm_array_job" in info and "slurm_array_task" in info:
+        if str(info.get("slurm_array_job")) in offsets and "slurm_array_task" in info:
             workers[(str(info["slurm_array_job"]), int(info["slurm_array_task"]))] = w
     rows = []
     for r in queue:
@@ -249,19 +277,17 @@ def pilot_rows(store: Store, now: float) -> list[dict[str, Any]]:
         rows.append(_row(offsets[r.array_job] + r.task, r.array_job, r.task, r.job_id,
                          r.state, r.node, w))  # fmt: skip
     for (job, task), w in workers.items():
-        if job in offsets:
-            node = str((w.get("info") or {}).get("slurm_node", ""))
-            rows.append(_row(offsets[job] + task, job, task, "", "-", node, w))
-    return sorted(rows, key=lambda r: int(r["index"]))
+        node = str(w["info"].get("slurm_node", ""))
+        rows.append(_row(offsets[job] + task, job, task, "", "-", node, w))
+    return sorted(rows, key=lambda r: r.index)
 
 
 def _row(index: int, job: str, task: int, job_id: str, state: str, node: str,
-         worker: Mapping[str, Any] | None) -> dict[str, Any]:  # fmt: skip
-    return {
-        "index": index, "array": f"{job}_{task}", "job_id": job_id, "state": state,
-        "node": node, "worker": None if worker is None else worker["worker"],
-        "tasks": [] if worker is None else list(worker.get("tasks", [])),
-    }  # fmt: skip
+         worker: Mapping[str, Any] | None) -> PilotRow:  # fmt: skip
+    if worker is None:
+        return PilotRow(index, job, task, job_id, state, node, None, ())
+    return PilotRow(index, job, task, job_id, state, node, str(worker["worker"]),
+                    tuple(worker.get("tasks", ())))  # fmt: skip
 
 
 def scale_to(
@@ -274,12 +300,7 @@ def scale_to(
     if opts is None:
         raise UsageError(f"{store.url}: no pilot workers submitted here yet: "
                          "`conveyor slurm submit` first")  # fmt: skip
-    rows = pilot_rows(store, now)
-    elements = [
-        Element(r["array"].split("_")[0], int(r["array"].split("_")[1]), int(r["index"]),
-                r["state"], bool(r["tasks"]))
-        for r in rows
-    ]  # fmt: skip
+    elements = [r.element() for r in pilot_rows(store, now)]
     cancel = surplus(elements, target)
     if cancel:
         slurm.scancel([e.job_id for e in cancel])
