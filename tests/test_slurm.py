@@ -42,7 +42,7 @@ def held(tid, gate, log):
 DEADLINE_S = 45.0
 
 
-def _cluster_answers() -> str | None:
+def cluster_missing() -> str | None:
     """Why SLURM tests cannot run here, or ``None``."""
     if shutil.which("sbatch") is None:
         return "sbatch is not on PATH (no SLURM client; .ci/run starts scripts/slurm-up.sh)"
@@ -57,7 +57,7 @@ def _cluster_answers() -> str | None:
 
 @pytest.fixture(scope="module")
 def cluster() -> None:
-    why = _cluster_answers()
+    why = cluster_missing()
     if why is not None:
         pytest.skip(why)
 
