@@ -1,12 +1,11 @@
-"""What conveyor reads from SLURM's commands and the mount table, and the job script it writes:
-pure functions, tested on text (the real cluster is in test_slurm.py)."""
+"""What conveyor reads from SLURM's commands, and the job script it writes: pure functions,
+tested on text (the real cluster is in test_slurm.py)."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-from conveyor.cluster.fs import mount_type, unsafe_for_sqlite
 from conveyor.cluster.pilots import PilotOptions, job_script, sbatch_args
 from conveyor.cluster.slurm import QueueRow, parse_config_value, parse_squeue
 from conveyor.core.slurmplan import ArrayPart
@@ -27,14 +26,6 @@ def test_parse_squeue_reads_elements_pending_and_running() -> None:
     ]
 
 
-def test_mount_type_takes_the_longest_mount_point() -> None:
-    mounts = "/dev/sda1 / ext4 rw 0 0\nsrv:/home /home nfs4 rw 0 0\nx /home/a\\040b tmpfs rw 0 0\n"
-    assert mount_type(mounts, "/home/u/run.db") == "nfs4"
-    assert mount_type(mounts, "/home/a b/run.db") == "tmpfs"
-    assert mount_type(mounts, "/homework/run.db") == "ext4"
-    assert unsafe_for_sqlite("nfs4") and not unsafe_for_sqlite("ext4")
-
-
 def test_job_script_runs_one_worker_with_its_global_index() -> None:
     opts = PilotOptions(db="sqlite:////s p/run.db", slots=2, idle_exit=30, labels="gpu=a100",
                         env={"PYTHONPATH": "/src"}, python="/py", cwd="/w", max_parallel=4,
@@ -42,6 +33,16 @@ def test_job_script_runs_one_worker_with_its_global_index() -> None:
     script = job_script(opts, 1001)
     assert "export PYTHONPATH=/src\n" in script
     assert "export CONVEYOR_SLURM_INDEX=$(( 1001 + ${SLURM_ARRAY_TASK_ID:-0} ))" in script
+    assert "CONVEYOR_WORKER_END" not in script  # no --time: the end is not known
+    timed = job_script(PilotOptions(db="sqlite:////r.db", time="1-0:00:10"), 0)
+    assert "export CONVEYOR_WORKER_END=${SLURM_JOB_END_TIME:-$(( $(date +%s) + 86410 ))}" in timed
+    ends = subprocess.run(
+        ["bash", "-c", timed.split("\nexec")[0] + "\necho $CONVEYOR_WORKER_END"],
+        capture_output=True,
+        text=True,
+        env={"SLURM_JOB_END_TIME": "1234"},
+    )
+    assert ends.stdout.split()[-1] == "1234"
     assert script.endswith("exec /py -m conveyor.cli worker --db 'sqlite:////s p/run.db' "
                            "--workers 2 --idle-exit 30 --labels gpu=a100\n")  # fmt: skip
     out = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)

@@ -85,7 +85,6 @@ def submit(
                     f"{db}: the store holds no graph: `conveyor submit FILE --db` first"
                 )
             slurm.require("sbatch")
-            warn_shared_sqlite(db)
             options = pilots.PilotOptions(
                 db=pilots.absolute_url(db), slots=slots or cpus_per_task or 1,
                 idle_exit=idle_exit, labels=labels, resources=resources, partition=partition,
@@ -120,23 +119,6 @@ def _print_submitted(made: list[Any]) -> None:
         typer.echo(f"job {a.job}: workers {a.offset}-{a.offset + a.count - 1}")
     n = sum(a.count for a in made)
     typer.echo(f"{n} workers in {len(made)} sbatch submission{'s' * (len(made) != 1)}")
-
-
-def warn_shared_sqlite(db: str) -> None:
-    """Warn when a SQLite store lives where its locking is unsafe (NFS and the like)."""
-    from conveyor.cluster.fs import filesystem_type, unsafe_for_sqlite
-    from conveyor.cluster.pilots import sqlite_path
-
-    path = sqlite_path(db)
-    if path is None:
-        return
-    kind = filesystem_type(path)
-    if kind is not None and unsafe_for_sqlite(kind):
-        typer.echo(
-            f"conveyor: warning: {path} is on {kind}, where SQLite's locking is not safe "
-            "across machines: use a PostgreSQL store (--db postgresql://...) for SLURM workers",
-            err=True,
-        )
 
 
 def status(db: opt.DbRequired, as_json: opt.AsJson = False) -> None:

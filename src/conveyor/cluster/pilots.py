@@ -26,6 +26,7 @@ from conveyor.core.slurmplan import (
     ArrayPart,
     Element,
     next_offset,
+    parse_time_limit,
     plan_arrays,
     surplus,
 )
@@ -52,6 +53,9 @@ META_KEY = "slurm"
 #: Variables of the submitter a job script sets again for its worker (besides PYTHONPATH):
 #: a site may start jobs with a clean environment (``--export=NONE``).
 EXPORT_PREFIX = "CONVEYOR_"
+#: Variables the job script sets itself: the worker's number and its end (epoch seconds, read
+#: by ``conveyor worker``: it starts no task that cannot finish by then).
+OWN_VARS = ("CONVEYOR_SLURM_INDEX", "CONVEYOR_WORKER_END")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +112,8 @@ def exported_env(environ: Mapping[str, str]) -> dict[str, str]:
     """What of the submitter's environment a worker needs: PYTHONPATH (absolute paths) and
     ``CONVEYOR_*`` variables (not the index the job script sets itself)."""
     out = {k: v for k, v in environ.items() if k.startswith(EXPORT_PREFIX)}
-    out.pop("CONVEYOR_SLURM_INDEX", None)
+    for own in OWN_VARS:
+        out.pop(own, None)
     if environ.get("PYTHONPATH"):
         out["PYTHONPATH"] = os.pathsep.join(
             str(Path(p).resolve()) for p in environ["PYTHONPATH"].split(os.pathsep) if p
@@ -137,6 +142,10 @@ def job_script(opts: PilotOptions, offset: int) -> str:
     ]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(opts.env.items())]
     lines.append(f"export CONVEYOR_SLURM_INDEX=$(( {offset} + ${{SLURM_ARRAY_TASK_ID:-0}} ))")
+    limit_s = parse_time_limit(opts.time) if opts.time else None
+    if limit_s is not None:  # SLURM >= 23.02 says when the job ends; before, start + limit
+        lines.append("export CONVEYOR_WORKER_END="
+                     f"${{SLURM_JOB_END_TIME:-$(( $(date +%s) + {int(limit_s)} ))}}")  # fmt: skip
     if opts.cwd:
         lines.append(f"cd {shlex.quote(opts.cwd)}")
     lines.append("exec " + shlex.join(worker_command(opts)))
