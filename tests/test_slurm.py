@@ -5,6 +5,7 @@ scripts/slurm-up.sh when it runs as root with apt-get)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -296,3 +297,46 @@ def test_slurm_submit_without_sbatch_or_store_one_line_exit_2(tmp_path: Path) ->
     assert "sbatch not found on PATH" in line
     line = _error_line(cli("slurm", "scale", "2", "--db", db, cwd=tmp_path))
     assert "no pilot workers submitted here yet" in line
+
+
+def test_slurm_signalled_workers_hand_tasks_back_and_nothing_is_lost(
+    make_run: Callable[..., Run],
+) -> None:
+    """SIGUSR2 to the batch shell (what --signal=B:USR2@margin sends before the time limit; the
+    job script execs the worker, so it gets it) and scancel's SIGTERM (scale down of a busy
+    worker): each worker hands its task back (task_released, no failure); a later worker runs
+    every task exactly once."""
+    if importlib.util.find_spec("conveyor.runtime.signals") is None:
+        pytest.skip("this conveyor has no worker hand-back on signals (runtime/signals.py)")
+    run = make_run(4, "signalled")
+    ok("slurm", "submit", "--db", run.db, "--workers", "2", "--idle-exit", "600", cwd=run.root)
+    [first] = run.arrays()
+    rows = poll(
+        "2 workers each holding a task",
+        rows_when(run, lambda rows: sum(bool(r["tasks"]) for r in rows) == 2),
+    )
+    by_element = {r["array"]: r["tasks"][0] for r in rows}
+    subprocess.run(["scancel", "--signal=USR2", "--batch", f"{first}_0"], check=True)
+    poll("element 0 to leave", lambda: f"{first}_0" not in active(run))
+    out = ok("slurm", "scale", "0", "--db", run.db, cwd=run.root)
+    assert out.split() == ["cancelled", "1:", f"{first}_1"]  # busy, but the surplus
+    poll("element 1 to leave", lambda: active(run) == [])
+
+    st = run.status()
+    assert st["counts"]["failed"] == 0 and st["counts"]["done"] == 0
+    store = open_store(run.db)
+    try:
+        reasons = {
+            tid: [e.get("reason") for e in store.history(tid) if e["event"] == "task_released"]
+            for tid in by_element.values()
+        }
+    finally:
+        store.close()
+    assert reasons == {by_element[f"{first}_0"]: ["signal SIGUSR2"],
+                       by_element[f"{first}_1"]: ["signal SIGTERM"]}  # fmt: skip
+
+    run.gate.touch()
+    assert "1 workers in 1 sbatch submission" in ok("slurm", "scale", "1", "--db", run.db,
+                                                    cwd=run.root)  # fmt: skip
+    poll("the graph to finish", lambda: run.status()["unfinished"] == 0)
+    run.finished_once(4)
