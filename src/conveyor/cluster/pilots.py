@@ -226,17 +226,25 @@ def submit_pilots(
     plan = plan_arrays(workers, limit, first=next_offset(a.part for a in arrays),
                        max_parallel=opts.max_parallel)  # fmt: skip
     out_dir = script_dir(opts.db)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     made = []
     for part in plan:
         script = out_dir / f"pilots-{part.offset}.sh"
-        script.write_text(job_script(opts, part.offset))
-        script.chmod(0o700)  # it holds the store's URL (a PostgreSQL password, maybe)
+        _write_private(script, job_script(opts, part.offset))
         job = slurm.sbatch(sbatch_args(opts, part, out_dir), script)
         made.append(Submitted(job, part.offset, part.count, now))
         arrays.append(made[-1])
         _save_record(store, opts, arrays)
     return made
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` readable by its owner only from the start: a job script holds the
+    store's URL (with a PostgreSQL password, maybe)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o700)  # an older file keeps its mode through O_CREAT
 
 
 @dataclass(frozen=True, slots=True)
