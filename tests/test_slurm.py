@@ -175,6 +175,8 @@ def test_slurm_submit_one_array_runs_every_task_once(make_run: Callable[..., Run
     assert "3 workers in 1 sbatch submission" in out
     [job] = run.arrays()  # exactly one submission, recorded in the store
     assert f"job {job}: workers 0-2" in out
+    script = run.root / "run.db.slurm" / "pilots-0.sh"  # it holds the store's URL
+    assert script.stat().st_mode & 0o077 == 0 and script.parent.stat().st_mode & 0o077 == 0
 
     def three_busy(rows: list[dict[str, Any]]) -> bool:
         busy = [r for r in rows if r["state"] == "RUNNING" and r["worker"] and r["tasks"]]
