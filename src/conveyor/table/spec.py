@@ -17,6 +17,7 @@ generator, which receives lists: the column slices of the row group's kept rows)
 
 from __future__ import annotations
 
+import graphlib
 import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -334,7 +335,11 @@ class Table:
         by_name = {c.name: c for c in self.columns}
         code = CodeHashes()
         out: dict[str, str] = {}
-        for i, node in enumerate(plan.nodes):
+        # the generators a full_column one settles on decide which rows it sees: they count
+        # as its upstream here, so the order is topological over both kinds of edge
+        waits = {i: (*plan.up[i], *plan.settle[i]) for i in range(len(plan.nodes))}
+        for i in graphlib.TopologicalSorter(waits).static_order():
+            node = plan.nodes[i]
             c = by_name[node.name]
             own: list[Any] = [c.name, c.strategy, list(c.fields), sorted(c.params.items()),
                               list(c.given), c.endpoint, self.seed]  # fmt: skip
@@ -345,9 +350,9 @@ class Table:
                 own.append(fp() if callable(fp) else code.of_callable(c.fn))
             if c.keep_when is not None:
                 own.append(code.of_callable(c.keep_when))
-            ups = [out[plan.nodes[u].name] for u in plan.up[i]]
+            ups = [out[plan.nodes[u].name] for u in waits[i]]
             out[node.name] = digest(canonical([own, ups]))
-        return out
+        return {n.name: out[n.name] for n in plan.nodes}
 
     def build(self, records: int, out: str, **options: Any) -> BuildSummary:
         """Build ``records`` rows into directory ``out``; see ``conveyor.table.build.build``."""
