@@ -404,7 +404,6 @@ class TableFrontier:
         g.alive[r] = 0
         g.kept -= 1
         g.dropped.append((r, by))
-        plan = self.plan
         for i in self.cell_nodes:
             d = g.done[i]
             assert d is not None
