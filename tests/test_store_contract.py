@@ -266,6 +266,24 @@ def test_store_admission_switches_on_for_graphs_that_need_it(store_url: str, sto
         assert run_in_order(store) == ["c"]
 
 
+def test_store_claims_past_a_task_that_would_not_finish_before_the_workers_end(
+    store: Store,
+) -> None:
+    store.open_graph(
+        graph("g", {"id": "long", "expected_s": 3600}, {"id": "short", "expected_s": 1},
+              {"id": "plain"}),
+        T0,
+    )  # fmt: skip
+    assert store.admission  # expected_s switches admission on
+    near_end = Offer(3, time_left=30.0)
+    assert [c.id for c in store.claim("w1", 3, T0, LEASE, offer=near_end)] == ["short"]
+    assert [c.id for c in store.claim("w1", 3, T0, LEASE, offer=near_end)] == ["plain"]
+    assert store.claim("w1", 3, T0, LEASE, offer=near_end) == []
+    assert store.explain("long", T0, [near_end]).code == "would_not_finish"
+    got = store.claim("w2", 1, T0, LEASE, offer=Offer(1, time_left=7200.0))
+    assert [c.id for c in got] == ["long"]
+
+
 def test_store_meta_values_live_beside_the_graph(store: Store) -> None:
     assert store.meta_get("graph_dir") is None
     store.meta_set("graph_dir", "/data/run")
