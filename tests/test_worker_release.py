@@ -217,3 +217,56 @@ def test_worker_refuses_a_bad_end_in_one_line(project: Path) -> None:
     bad = subprocess.run(argv, cwd=project, capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 2 and "CONVEYOR_WORKER_END" in bad.stderr, bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_engine_hand_back_abandons_a_thread_task_whose_late_result_is_not_recorded(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    from conveyor.api import open_run
+    from conveyor.model import GraphSpec, TaskSpec
+
+    db = f"sqlite:///{tmp_path}/run.db"
+    gate, started, returned = threading.Event(), threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def body() -> str:
+        calls.append("run")
+        started.set()
+        if len(calls) == 1:  # the first run blocks until the test lets it return late
+            gate.wait(60)
+            returned.set()
+            return "late"
+        return "fresh"
+
+    graph = GraphSpec("g", [TaskSpec("t", fn=body)])
+    first = open_run(graph, db=db, workers=1)
+    runner = threading.Thread(target=first.run)
+    runner.start()
+    assert started.wait(60)
+    first.engine.hand_back("test")
+    runner.join(60)
+    assert not runner.is_alive()
+    assert first.engine.stats.released == 1 and first.engine.stuck  # abandoned, not waited for
+    first.close()
+    gate.set()  # the abandoned thread returns now, after its task was handed back
+    assert returned.wait(60)
+
+    store = open_store(db)
+    try:
+        assert store.result("t").state.label == "ready"  # the late "late" was not recorded
+        assert [e["reason"] for e in store.history("t") if e["event"] == "task_released"] == [
+            "test"
+        ]
+    finally:
+        store.close()
+    second = open_run(graph, db=db, workers=1)
+    assert second.run().counts["done"] == 1
+    second.close()
+    assert calls == ["run", "run"]
+    store = open_store(db)
+    try:
+        assert store.result("t").value == "fresh"
+    finally:
+        store.close()
