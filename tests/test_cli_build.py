@@ -291,8 +291,8 @@ def test_bad_spec_one_line_exit_two_no_generator_called(tmp_path: Path, case: st
     [
         (["missing.py", "--records", "5", "--out", "o"], "missing.py: no such file"),
         (["spec.py:", "--records", "5", "--out", "o"], "'' after ':' is not a name"),
-        (["spec.py", "--out", "o"], "--records N is required (or --plan)"),
-        (["spec.py", "--records", "5"], "--out DIR is required (or --plan)"),
+        (["spec.py", "--out", "o"], "--records N is required (or --plan, or --preview N)"),
+        (["spec.py", "--records", "5"], "--out DIR is required (or --plan, or --preview N)"),
         (["spec.py", "--records", "5", "--out", "o", "--replace", "--update"],
          "--replace and --update exclude each other"),
         (["spec.py", "--records", "5", "--out", "o", "--format", "csv"],

@@ -126,6 +126,35 @@ def test_store_release_keeps_key_and_attempt(store: Store) -> None:
     assert again is not None and again.id == "a" and again.attempt == 1
 
 
+def test_store_hand_back_frees_a_running_task_at_once_and_counts_no_failure(
+    store_url: str, store: Store
+) -> None:
+    store.open_graph(graph("g", {"id": "a"}, {"id": "b"}), T0)
+    now = T0
+    for _ in range(5):  # more than its retries (0) and the lost-lease budget (3)
+        a = claim1(store, now, "w1")
+        assert a is not None and a.id == "a" and a.attempt == 1
+        assert store.hand_back([a], now, "signal SIGUSR2") == [True]
+        assert store.result("a").state is TaskState.READY
+        # handed back once only; a late report under the old claim is refused
+        assert store.hand_back([a], now, "again") == [False]
+        assert not store.complete(a, "late", now)
+        assert not store.fail(a, "late", now, None)
+        now += 1
+    again = claim1(store, now, "w2")  # at once, by another worker: no lease to wait out
+    assert again is not None and again.id == "a" and again.attempt == 1
+    if not is_memory(store_url):  # memory: one process, whose engine drops a late result
+        assert not store.complete(a, "late", now)
+    assert store.complete(again, "fresh", now)
+    assert store.result("a").value == "fresh"
+    released = [e for e in store.history("a") if e["event"] == "task_released"]
+    assert [e["reason"] for e in released] == ["signal SIGUSR2"] * 5
+    assert all(e["worker"] == "w1" and e["attempt"] == 1 for e in released)
+    events = [e["event"] for e in store.history("a")]
+    assert "task_failed" not in events and "task_retrying" not in events
+    assert events.count("task_finished") == 1
+
+
 def test_store_results_reach_children(store_url: str, store: Store, open_url: Any) -> None:
     store.open_graph(graph("g", {"id": "a"}, {"id": "b"}, {"id": "c", "deps": ["a", "b"]}), T0)
     a, b = store.claim("w1", 2, T0, LEASE)
@@ -235,6 +264,24 @@ def test_store_admission_switches_on_for_graphs_that_need_it(store_url: str, sto
         store.open_graph(graph("plain again", {"id": "c"}), T0)
         assert not store.admission
         assert run_in_order(store) == ["c"]
+
+
+def test_store_claims_past_a_task_that_would_not_finish_before_the_workers_end(
+    store: Store,
+) -> None:
+    store.open_graph(
+        graph("g", {"id": "long", "expected_s": 3600}, {"id": "short", "expected_s": 1},
+              {"id": "plain"}),
+        T0,
+    )  # fmt: skip
+    assert store.admission  # expected_s switches admission on
+    near_end = Offer(3, time_left=30.0)
+    assert [c.id for c in store.claim("w1", 3, T0, LEASE, offer=near_end)] == ["short"]
+    assert [c.id for c in store.claim("w1", 3, T0, LEASE, offer=near_end)] == ["plain"]
+    assert store.claim("w1", 3, T0, LEASE, offer=near_end) == []
+    assert store.explain("long", T0, [near_end]).code == "would_not_finish"
+    got = store.claim("w2", 1, T0, LEASE, offer=Offer(1, time_left=7200.0))
+    assert [c.id for c in got] == ["long"]
 
 
 def test_store_meta_values_live_beside_the_graph(store: Store) -> None:

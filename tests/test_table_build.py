@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -1160,7 +1161,8 @@ def _same_as_fresh(tmp_path: Path, out: Path, s: BuildSummary, table: Table) -> 
 def test_update_of_the_last_column_that_drops_rows_reruns_only_it(tmp_path: Path) -> None:
     """Only ``c`` changed (same rows dropped, other values): ``c`` runs for every row, ``a``
     and ``b`` only for the rows ``c`` had dropped (they have no values on disk), ``s`` (a
-    standing full_column: its group's row set may change) once per group."""
+    full_column that settles on ``c``: which rows it sees depends on it) once per group with
+    kept rows."""
     out = tmp_path / "o"
     jsonl(chain(Calls()), 25, out)
     assert not any(m.trimmed for m in metas(out).values()) and len(metas(out)) == 6
@@ -1169,7 +1171,10 @@ def test_update_of_the_last_column_that_drops_rows_reruns_only_it(tmp_path: Path
     assert {i for (col, i) in calls.by_cell if col == "a"} == DROPPED_BY_C
     assert {i for (col, i) in calls.by_cell if col == "b"} == DROPPED_BY_C
     assert calls.by_column["a"] == calls.by_column["b"] == 6
-    assert calls.by_column["c"] == 31 and calls.by_column["s"] == 6
+    # ``s`` waits for ``c`` (it settles on it): group 4's only row is dropped by ``c``, so
+    # ``s`` has no row to see there and is not called (it was, over that row, before ``c``
+    # dropped it, when it did not wait)
+    assert calls.by_column["c"] == 31 and calls.by_column["s"] == 5
     _same_as_fresh(tmp_path, out, s, chain(Calls(), c=2))
     assert {g: m.dropped_rows for g, m in metas(out).items()} == {
         g: {"c": [6 * g]} for g in range(5)
@@ -1218,3 +1223,74 @@ def test_update_of_groups_whose_sidecars_do_not_say_who_dropped_which_rows(
     s = jsonl(chain(calls, c=2), 25, out, update=True)
     assert calls.by_column["a"] == calls.by_column["b"] == calls.by_column["c"] == 31
     _same_as_fresh(tmp_path, out, s, chain(Calls(), c=2))
+
+
+def _ranked(delay: bool) -> Table:
+    """``review`` feeds ``rank`` (a full_column over it) and ``verdict`` (a cell filter that
+    drops every 4th row, slowly when ``delay``): ``rank`` must see the rows ``verdict`` kept,
+    whatever finishes first."""
+    t = Table("ranked", row_group_size=12, in_flight=2, seed=3)
+    t.sampler("n", integers(0, 999))
+
+    @t.column
+    def review(n: int) -> str:
+        return "x" * (n % 17)
+
+    @t.column
+    def verdict(review: str, row_index: int) -> int:
+        if delay:
+            time.sleep(0.002 * (row_index % 3))
+        if row_index % 4 == 1:
+            raise DropRow("low score")
+        return len(review)
+
+    @t.column(strategy="full_column")
+    def rank(review: list[str]) -> list[int]:
+        order = sorted(range(len(review)), key=lambda i: (len(review[i]), i))
+        out = [0] * len(review)
+        for r, i in enumerate(order):
+            out[i] = r
+        return out
+
+    # two full_column generators unrelated to each other, each with a cell below it: they
+    # must not wait for each other's cells (that would never end)
+    @t.column(strategy="full_column")
+    def total_a(n: list[int]) -> list[int]:
+        return [sum(n)] * len(n)
+
+    @t.column
+    def below_a(total_a: int) -> int:
+        return total_a + 1
+
+    @t.column(strategy="full_column")
+    def total_b(review: list[str]) -> list[int]:
+        return [len(review)] * len(review)
+
+    @t.column
+    def below_b(total_b: int) -> int:
+        return total_b + 1
+
+    return t
+
+
+def test_a_full_column_sees_the_rows_a_sibling_filter_kept_whatever_the_timing(
+    tmp_path: Path,
+) -> None:
+    """``rank`` does not read ``verdict``, which drops rows; it waits for it (it settles on
+    it), so its input is the kept rows, and the build is the same with one worker and many,
+    fast or slow."""
+    plan = _ranked(False).plan()
+    settles = {n.name: sorted(plan.nodes[j].name for j in plan.settle[i])
+               for i, n in enumerate(plan.nodes) if plan.settle[i]}  # fmt: skip
+    # not the cells below the other full_column generators (they wait for their own)
+    assert settles == {"rank": ["verdict"], "total_a": ["review", "verdict"],
+                       "total_b": ["verdict"]}  # fmt: skip
+    a = jsonl(_ranked(False), 50, tmp_path / "a", workers=1)
+    b = jsonl(_ranked(True), 50, tmp_path / "b", workers=16)
+    assert a.exit_code == b.exit_code == 0
+    rows_a, rows_b = output.load(tmp_path / "a"), output.load(tmp_path / "b")
+    assert rows_a == rows_b
+    for g, meta in metas(tmp_path / "a").items():
+        if not meta.trimmed:  # (the last group is cut after it was ranked)
+            ranks = output.read_group(tmp_path / "a", g)["rank"]
+            assert sorted(ranks) == list(range(len(ranks)))  # a ranking of the kept rows

@@ -115,7 +115,8 @@ class Model:
         return b in g.preset or g.batch[b] == DONE
 
     def upstream_done(self, g: GroupModel, i: int, row: int | None) -> bool:
-        for u in self.plan.up[i]:
+        # a batch also waits for every kept row of the cell generators it settles on
+        for u in (*self.plan.up[i], *self.plan.settle[i]):
             if not self.cell[u]:
                 if not self.batch_done(g, u):
                     return False
@@ -234,7 +235,8 @@ def simulate(b: Build) -> None:
                 alive = [rnd.random() < 0.7 for _ in range(span.rows)]
                 preset: set[int] = set()
                 for i in range(n):  # upstream-closed, as fingerprints make it
-                    if all(u in preset for u in plan.up[i]) and rnd.random() < 0.5:
+                    if (all(u in preset for u in (*plan.up[i], *plan.settle[i]))
+                            and rnd.random() < 0.5):  # fmt: skip
                         preset.add(i)
                 rows: dict[int, list[bool]] = {}
                 if rnd.random() < 0.5:  # revived rows: the cells stand for some rows only

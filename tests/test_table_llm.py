@@ -153,7 +153,7 @@ def test_500s_and_timeouts_are_retried_as_the_limiter_classifies_them(
     assert s.exit_code == 0 and s.rows_written == 30
     assert st.failed > 0 and st.served == 30  # every 500 was retried (served: 200s)
 
-    with FakeLLM(capacity=8, latency=0.5) as server:
+    with FakeLLM(capacity=256, latency=0.5) as server:  # room for the abandoned requests
         t = conveyor.Table("late", row_group_size=5, seed=1, early_stop=1.0)
         t.model("m", model="fake-model", base_url=server.url, api_key_env="FAKE_KEY",
                 params={"timeout": 0.05})  # fmt: skip

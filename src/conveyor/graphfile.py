@@ -221,7 +221,7 @@ def _task(t: TaskFields, check_functions: bool) -> TaskSpec:
         resources=t.resources, retries=t.retries, timeout_s=t.timeout_s,
         gang=t.gang, gang_size=t.gang_size, endpoint=t.endpoint, cache=t.cache,
         version=t.version, inputs=t.inputs, outputs=t.outputs, runtime_s=t.runtime_s,
-        executor=t.executor, env=t.env, cwd=t.cwd, meta=t.meta,
+        executor=t.executor, env=t.env, cwd=t.cwd, meta=t.meta, expected_s=t.expected_s,
     )  # fmt: skip
 
 

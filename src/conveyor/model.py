@@ -90,6 +90,9 @@ class TaskSpec:
     env: dict[str, str] | None = None
     cwd: str | None = None
     meta: dict[str, Any] | None = None
+    #: Seconds the task is expected to run: a worker with an end (``--until``) does not start
+    #: it when it could not finish in time (``core/timelimit.py``).
+    expected_s: float | None = None
 
     def __init__(
         self,
@@ -116,6 +119,7 @@ class TaskSpec:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         meta: dict[str, Any] | None = None,
+        expected_s: float | None = None,
     ) -> None:
         self.id = id
         self.deps = deps
@@ -163,6 +167,8 @@ class TaskSpec:
             self.cwd = cwd
         if meta is not None:
             self.meta = meta
+        if expected_s is not None:
+            self.expected_s = expected_s
 
     @classmethod
     def bare(cls, id: str, deps: tuple[str, ...] = ()) -> TaskSpec:

@@ -89,6 +89,7 @@ class TaskFields(Struct, forbid_unknown_fields=True):
     env: dict[NonEmpty, str] | None = None
     cwd: NonEmpty | None = None
     meta: dict[str, Any] | None = None
+    expected_s: Seconds | None = None  # a worker near its end does not start what cannot finish
 
 
 class GroupFields(Struct, forbid_unknown_fields=True):

@@ -59,7 +59,10 @@ Update = Annotated[
 Preview = Annotated[
     int | None,
     typer.Option(
-        "--preview", min=1, help="Generate this many rows, print them as a table, write nothing."
+        "--preview",
+        min=1,
+        max=10_000,
+        help="Generate this many rows (at most 10,000), print them as a table, write nothing.",
     ),
 ]
 Models = Annotated[
@@ -128,6 +131,11 @@ def build(
                     ("--plan", plan),
                     ("--replace", replace),
                     ("--update", update),
+                    ("--summary", summary),
+                    ("--events", events),
+                    ("--format", format),
+                    ("--row-group-size", row_group_size),
+                    ("--in-flight", in_flight),
                 )
                 if v
             ]
@@ -135,9 +143,9 @@ def build(
                 raise UsageError(f"--preview writes nothing: it excludes {given[0]}")
         elif not plan:
             if records is None:
-                raise UsageError("--records N is required (or --plan)")
+                raise UsageError("--records N is required (or --plan, or --preview N)")
             if out is None:
-                raise UsageError("--out DIR is required (or --plan)")
+                raise UsageError("--out DIR is required (or --plan, or --preview N)")
             if summary is not None and not summary.parent.is_dir():
                 raise UsageError(f"--summary {summary}: no directory {summary.parent}")
         table = load_table(spec)

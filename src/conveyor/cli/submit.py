@@ -30,9 +30,13 @@ def submit(
     """Put a graph into a durable store for `conveyor worker`s to run. The same graph
     again resumes it: what changed and its downstream run again (docs/incremental.md)."""
     from conveyor.fingerprints import open_graph
+    from conveyor.store.sharedfs import sqlite_fs_warning
 
     with user_errors():
         spec = load_graph_file(file)
+        warning = sqlite_fs_warning(db)
+        if warning is not None:
+            typer.echo(warning, err=True)
         with durable_store(db, create=True) as store:
             opened = open_graph(
                 store, spec, time.time(), replace=replace, fingerprints=not no_fingerprints

@@ -1,7 +1,16 @@
-"""``conveyor worker``: join the graph in a durable store and run its tasks until it is finished."""
+"""``conveyor worker``: join the graph in a durable store and run its tasks until it is finished.
+
+A worker may be told its end (a SLURM job's time limit): ``--until EPOCH_SECONDS``,
+``--time-left SECONDS``, or the environment variable ``CONVEYOR_WORKER_END`` (epoch seconds; a
+job script sets it). It then starts no task whose ``expected_s`` could not finish before then
+(``core/timelimit.py``) and hands back what still runs at the end. ``SIGUSR2`` or ``SIGTERM``
+hand back the running tasks at once (``runtime/signals.py``); either way the worker exits 0.
+"""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +19,31 @@ import typer
 from conveyor.cli import options as opt
 from conveyor.cli.errors import exit_now, user_errors
 from conveyor.cli.inputs import durable, existing_store, import_from
+from conveyor.errors import UsageError
+
+#: Epoch seconds by which a worker must be done, when neither --until nor --time-left is given.
+END_ENV = "CONVEYOR_WORKER_END"
+
+
+def worker_end(
+    until: float | None, time_left: float | None, env: str | None, now: float
+) -> float | None:
+    """The worker's end in epoch seconds: ``--until``, else ``now + --time-left``, else the
+    environment's ``CONVEYOR_WORKER_END`` (``env``), else ``None``; ``UsageError`` for a bad
+    value or both options."""
+    if until is not None and time_left is not None:
+        raise UsageError("give --until or --time-left, not both")
+    if until is not None:
+        return float(opt.checked(until, "NonNegative", "--until"))
+    if time_left is not None:
+        return now + float(opt.checked(time_left, "NonNegative", "--time-left"))
+    if env is None or not env.strip():
+        return None
+    try:
+        end = float(env)
+    except ValueError:
+        raise UsageError(f"{END_ENV}: expected epoch seconds, got {env!r}") from None
+    return float(opt.checked(end, "NonNegative", END_ENV))
 
 
 def worker(
@@ -24,27 +58,48 @@ def worker(
         float | None,
         typer.Option("--idle-exit", help="Exit after this many seconds with nothing to do."),
     ] = None,
+    until: Annotated[
+        float | None,
+        typer.Option(
+            "--until",
+            help="Epoch seconds by which to be done: start no task whose expected_s cannot "
+            f"finish by then; hand back what runs then (default: ${END_ENV}).",
+        ),
+    ] = None,
+    time_left: Annotated[
+        float | None,
+        typer.Option("--time-left", help="Seconds from now by which to be done (as --until)."),
+    ] = None,
     lease: opt.Lease = 30.0,
     events: opt.Events = None,
     quiet: opt.Quiet = False,
     executor: opt.Executor = None,
 ) -> None:
-    """Run tasks of the graph in --db until it is finished (exit 0; 1 if tasks failed)."""
+    """Run tasks of the graph in --db until it is finished (exit 0; 1 if tasks failed).
+    SIGUSR2 or SIGTERM hand the running tasks back to the store at once; then exit 0."""
     from conveyor.api import open_run
     from conveyor.outcome import left
+    from conveyor.runtime.signals import HandBackOnSignals
+    from conveyor.store.sharedfs import sqlite_fs_warning
 
     opt.check_executor(executor)
-    with user_errors():
+    with HandBackOnSignals() as signals, user_errors():
         lease = opt.checked(lease, "Seconds", "--lease")
         if idle_exit is not None:
             idle_exit = opt.checked(idle_exit, "Wait", "--idle-exit")
+        end = worker_end(until, time_left, os.environ.get(END_ENV), time.time())
         existing_store(db)
+        warning = sqlite_fs_warning(db)
+        if warning is not None:
+            typer.echo(warning, err=True)
         offered = opt.parse_pairs(labels, "labels", number=False)
         has = opt.parse_pairs(resources, "resources", number=True) if resources else None
         with open_run(
             None, db=durable(db), events=events, lease_s=lease, labels=offered, resources=has,
             max_tasks=max_tasks, workers=workers, idle_exit=idle_exit, executor=executor,
+            until=end,
         ) as joined:  # fmt: skip
+            signals.attach(joined.engine)
             # The file's functions import from where the submitter found them.
             import_from(joined.store.meta_get("graph_dir"), Path.cwd())
             try:
@@ -55,9 +110,12 @@ def worker(
             code = result.exit_code
     st = result.stats
     if not quiet:
+        back = (
+            f", {st.released} handed back ({signals.reason or 'time limit'})" if st.released else ""
+        )
         typer.echo(
             f"conveyor: worker {joined.worker_id}: {st.done} done, {st.failed} failed, "
-            f"{st.retried} retried in {joined.elapsed:.2f}s; graph: "
+            f"{st.retried} retried{back} in {joined.elapsed:.2f}s; graph: "
             f"{counts['done']} done, {counts['failed']} failed, {left(counts)} left",
             err=True,
         )

@@ -22,6 +22,7 @@ from typing import Any
 
 from conveyor.core.constraints import Constraint, parse_constraints
 from conveyor.core.ordering import Key
+from conveyor.core.timelimit import fits_in
 from conveyor.errors import GraphError
 
 
@@ -33,6 +34,7 @@ class Shape:
     resources: tuple[tuple[str, float], ...] = ()
     constraints: tuple[Constraint, ...] = ()
     endpoint: str | None = None  # a rate-limited service its tasks call (see EndpointLimiter)
+    expected_s: float | None = None  # declared run time: fits a worker with the time left
 
     @classmethod
     def of(
@@ -41,9 +43,11 @@ class Shape:
         resources: Mapping[str, float],
         labels: Mapping[str, Any],
         endpoint: str | None = None,
+        expected_s: float | None = None,
     ) -> Shape:
         res = tuple(sorted((k, float(v)) for k, v in resources.items() if v))
-        return cls(group, res, parse_constraints(labels), endpoint)
+        exp = None if expected_s is None else float(expected_s)
+        return cls(group, res, parse_constraints(labels), endpoint, exp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +60,14 @@ class Offer:
     labels: Mapping[str, Any] = field(default_factory=dict)
     capacity: int | None = None  # total slots of the worker (None: same as ``slots``)
     total: Mapping[str, float] | None = None  # resources when idle (None: same as ``resources``)
+    #: Seconds until the worker's end (``None``: no end); see ``core/timelimit.py``.
+    time_left: float | None = None
 
     def fit_count(self, shape: Shape) -> int:
         """How many tasks of ``shape`` fit at once (0: none)."""
         if self.slots <= 0 or not all(c.matches(self.labels) for c in shape.constraints):
+            return 0
+        if not fits_in(shape.expected_s, self.time_left):
             return 0
         n = self.slots
         if self.resources:
@@ -75,7 +83,9 @@ class Offer:
         if res:
             for name, need in shape.resources:
                 res[name] = res.get(name, 0.0) - need * count
-        return Offer(self.slots - count, res, self.labels, self.capacity, self.total)
+        return Offer(
+            self.slots - count, res, self.labels, self.capacity, self.total, self.time_left
+        )
 
 
 @dataclass(slots=True)
@@ -102,8 +112,10 @@ def needs_admission(tasks: Iterable[Any], groups: Mapping[str, Any]) -> bool:
     than ``default``, resources, labels, a gang or an endpoint. Plain graphs keep the
     depth-first fast path."""
     return bool(groups) or any(
-        t.group != "default" or t.resources or t.labels or t.gang or t.endpoint for t in tasks
-    )
+        t.group != "default" or t.resources or t.labels or t.gang or t.endpoint
+        or t.expected_s is not None
+        for t in tasks
+    )  # fmt: skip
 
 
 def plan_admission(
@@ -122,11 +134,11 @@ def plan_admission(
     gang_shape: dict[str, tuple[Shape, str]] = {}
     for k, t in enumerate(tasks):
         sig = (t.group, tuple(sorted(t.resources.items())), repr(sorted(t.labels.items())),
-               t.endpoint)  # fmt: skip
+               t.endpoint, t.expected_s)  # fmt: skip
         shape = cache.get(sig)
         if shape is None:
             try:
-                shape = Shape.of(t.group, t.resources, t.labels, t.endpoint)
+                shape = Shape.of(t.group, t.resources, t.labels, t.endpoint, t.expected_s)
             except GraphError as exc:
                 raise GraphError(f"task {t.id!r}: {exc}") from None
             cache[sig] = shape

@@ -2,8 +2,9 @@
 
 Reason codes (the ``why`` contract): ``waiting_on_parents``, ``retry_backoff``, ``group_cap``,
 ``fair_share``, ``behind_higher_priority``, ``no_matching_worker``, ``insufficient_resources``,
-``gang_incomplete``, ``never_fits``, ``endpoint_limited``; and for tasks that are not pending:
-``running``, ``done``, ``failed``, ``skipped``, ``cancelled``.
+``gang_incomplete``, ``never_fits``, ``would_not_finish`` (its ``expected_s`` is more than any
+matching worker has left before its end), ``endpoint_limited``; and for tasks that are not
+pending: ``running``, ``done``, ``failed``, ``skipped``, ``cancelled``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from conveyor.core.admission import AdmissionQueue, GroupInfo, Offer, Shape
 from conveyor.core.frontier import Frontier
 from conveyor.core.ordering import Key, priority_key
+from conveyor.core.timelimit import fits_in
 from conveyor.model import TaskState
 
 
@@ -223,6 +225,17 @@ def _fit_reason(tid: str, shape: Shape, offers: Sequence[Offer]) -> Reason | Non
                 "closest_worker_labels": dict(closest.labels),
             },
         )
+    if shape.expected_s is not None:
+        timely = [o for o in label_ok if fits_in(shape.expected_s, o.time_left)]
+        if not timely:
+            most = max(o.time_left or 0.0 for o in label_ok)
+            return Reason(
+                "would_not_finish",
+                f"{tid} is expected to run {shape.expected_s:g} s; the workers that match have "
+                f"at most {most:.0f} s left before their end",
+                {"expected_s": shape.expected_s, "most_time_left_s": most},
+            )
+        label_ok = timely
     need = dict(shape.resources)
     if need:
 

@@ -7,7 +7,9 @@ a per-row generator, a *batch* task ``(group, node)`` for a ``full_column`` one.
 - A cell is ready when the same row's upstream cells are done and its upstream batches are.
 - A batch is ready when every kept row of its upstream cell generators is done and its upstream
   batches are (a counter of the (upstream, kept row) pairs still open: one cell's completion
-  never counts a whole column complete).
+  never counts a whole column complete), and so is every kept row of the cell generators it
+  settles on (``TablePlan.settle``: the cells not downstream of it, whose drops must land
+  before it sees the group's rows).
 - A completion touches only its downstream: a cell its row's downstream counters, a batch every
   kept row of its downstream cell generators (that is its fan-out). Nothing scans rows.
 - Dropping a row takes its unfinished cells out of every count at once; its cells still on the
@@ -94,6 +96,15 @@ class TableFrontier:
         # per node: how many upstream cell nodes / upstream batch nodes it waits on
         self._up_cells = [sum(1 for u in plan.up[i] if self.cell[u]) for i in range(n)]
         self._up_batches = [len(plan.up[i]) - self._up_cells[i] for i in range(n)]
+        # A full_column generator also waits for the cells it settles on (``plan.settle``):
+        # they count like its upstream cells, and each such cell tells it when it is done.
+        waits: list[list[int]] = [list(plan.down_batch[i]) for i in range(n)]
+        for b, cells in enumerate(plan.settle):
+            self._up_cells[b] += len(cells)
+            for j in cells:
+                waits[j].append(b)
+        #: per cell node: the batches its completion (or a row's drop) counts down
+        self._down_wait = [tuple(w) for w in waits]
         #: row groups completed since the caller last took them (``take_completed``)
         self.completed: list[GroupState] = []
 
@@ -363,7 +374,7 @@ class TableFrontier:
             w[r] = left
             if left == 0:
                 _heappush(self.heaps[self.bucket[c]], self.key(g.span.group, c, r))
-        for b in plan.down_batch[i]:
+        for b in self._down_wait[i]:
             g.pending[b] -= 1
             if g.pending[b] == 0:
                 self._push_batch(g, b)
@@ -393,14 +404,13 @@ class TableFrontier:
         g.alive[r] = 0
         g.kept -= 1
         g.dropped.append((r, by))
-        plan = self.plan
         for i in self.cell_nodes:
             d = g.done[i]
             assert d is not None
             if d[r]:
                 continue
             g.remaining -= 1
-            for b in plan.down_batch[i]:
+            for b in self._down_wait[i]:
                 g.pending[b] -= 1
                 if g.pending[b] == 0:
                     self._push_batch(g, b)

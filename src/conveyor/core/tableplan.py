@@ -53,6 +53,9 @@ class TablePlan:
     down_cell: list[tuple[int, ...]]
     down_batch: list[tuple[int, ...]]
     depth: list[int]
+    #: per node: the cell generators a ``full_column`` generator also waits for, beyond its
+    #: inputs, so that the rows it sees do not depend on timing (``settle_sets``)
+    settle: list[tuple[int, ...]] = field(default_factory=list)
     #: output fields in order: nodes in topological order, each node's fields in its order
     fields: list[str] = field(default_factory=list)
 
@@ -146,7 +149,43 @@ def plan_table(decls: Sequence[NodeDecl]) -> TablePlan:
         down_batch=[tuple(x) for x in down_batch],
         depth=depth,
         fields=[f for n in nodes for f in n.fields],
+        settle=settle_sets(nodes, up),
     )
+
+
+def settle_sets(nodes: Sequence[NodeDecl], up: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """For each ``full_column`` generator that reads columns, the cell generators it waits
+    for besides its inputs: every cell generator that is not downstream of it and whose
+    ``full_column`` ancestors are all its own ancestors.
+
+    Why: any cell generator may drop rows (a filter, an error), and a ``full_column``
+    generator is given the rows kept when it starts. Waiting for the cells that are not
+    downstream of it makes that row set the same whatever the timing (a sibling filter has
+    dropped its rows by then), so a build, a resume and a rebuild agree. The second condition
+    keeps the waits acyclic (two unrelated ``full_column`` generators with cells below them
+    would otherwise wait for each other's cells); drops by cells below an unrelated
+    ``full_column`` generator can still land after it started. Nodes in topological order."""
+    n = len(nodes)
+    anc: list[set[int]] = []
+    for i in range(n):
+        a: set[int] = set()
+        for u in up[i]:
+            a.add(u)
+            a |= anc[u]
+        anc.append(a)
+    batch = [d.strategy != CELL for d in nodes]
+    batch_anc = [{a for a in anc[i] if batch[a]} for i in range(n)]
+    out: list[tuple[int, ...]] = []
+    for b in range(n):
+        if not batch[b] or not up[b]:
+            out.append(())
+            continue
+        out.append(tuple(
+            j for j in range(n)
+            if not batch[j] and j not in anc[b] and b not in anc[j]
+            and batch_anc[j] <= anc[b]
+        ))  # fmt: skip
+    return out
 
 
 def _topological(decls: Sequence[NodeDecl], ups: list[set[int]]) -> list[int]:

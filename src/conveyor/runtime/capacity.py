@@ -31,12 +31,15 @@ class Capacity:
         self.labels = dict(labels or {})
         self._used: dict[str, float] = {}
 
-    def offer(self, busy: int, lent: int) -> Offer:
-        """What the worker can take now, with ``busy`` tasks running and ``lent`` slots lent."""
+    def offer(self, busy: int, lent: int, time_left: float | None = None) -> Offer:
+        """What the worker can take now, with ``busy`` tasks running, ``lent`` slots lent and
+        ``time_left`` seconds to its end (``None``: no end)."""
         res = self.resources
         if res and self._used:
             res = {k: v - self._used.get(k, 0.0) for k, v in res.items()}
-        return Offer(self.slots + lent - busy, res, self.labels, self.slots, self.resources)
+        return Offer(
+            self.slots + lent - busy, res, self.labels, self.slots, self.resources, time_left
+        )
 
     def take(self, spec: TaskSpec) -> None:
         """``spec`` starts: its resources are in use."""

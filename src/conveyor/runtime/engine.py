@@ -41,6 +41,7 @@ from conveyor.runtime.launch import Launcher
 from conveyor.runtime.messages import (
     AwaitChild,
     Finished,
+    HandBack,
     Interrupt,
     Message,
     Recorded,
@@ -99,6 +100,7 @@ class Engine:
         labels: dict[str, Any] | None = None,
         limiter: EndpointLimiter | None = None,
         endpoint_headroom: float = 0.5,
+        until: float | None = None,
     ) -> None:
         if workers < 1:
             raise ConveyorError("workers must be >= 1")
@@ -112,6 +114,9 @@ class Engine:
         self.on_result = on_result
         self.on_tick = on_tick
         self.tick_s = tick_s
+        #: Unix seconds by which this worker must be done (a SLURM job's end): it claims only
+        #: tasks whose ``expected_s`` fits before then, and at ``until`` hands back what runs.
+        self.until = until
         self._queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
         post = self._queue.put
         functions = functions if functions is not None else {}
@@ -137,6 +142,8 @@ class Engine:
         self._want = True  # results are collected (for run_iter or on_result)
         self._yield = True  # results are yielded (run_iter)
         self._sigint = False  # a first Ctrl-C was posted: act on it between steps
+        self._hand_back: str | None = None  # why to hand back what runs (set once)
+        self._handed_back = False
 
     @property
     def stuck(self) -> bool:
@@ -163,6 +170,12 @@ class Engine:
         """Stop starting new tasks; those running finish. Safe from any thread."""
         self._queue.put(Stop())
 
+    def hand_back(self, reason: str) -> None:
+        """Stop claiming, hand the running tasks back to the store at once (``task_released``
+        with ``reason``, not a failure) and end the run. Safe from any thread and from a signal
+        handler (it only posts a message; the loop acts on it between steps)."""
+        self._queue.put(HandBack(reason))
+
     def check_fit(self) -> None:
         """Refuse (``GraphError``) a task this engine could never run: its labels or resources
         exceed what the engine offers even when idle. For in-process runs, where the engine is
@@ -188,7 +201,9 @@ class Engine:
         next_tick = next_report = 0.0
         out: list[TaskResult] = []
         if store.shared:
-            info = {"slots": self.slots, **slurm_info(os.environ)}
+            info: dict[str, Any] = {"slots": self.slots, **slurm_info(os.environ)}
+            if self.until is not None:
+                info["until"] = self.until  # for `why`: would_not_finish
             store.register_worker(self.worker_id, clock.wall(), info)
             self._heart = Heartbeat(store.url, self.worker_id, self.lease_s, clock,
                                     emit=store.emit).start()  # fmt: skip
@@ -200,6 +215,10 @@ class Engine:
                 try:
                     with lock:
                         now = clock.wall()
+                        if self.until is not None and now >= self.until:
+                            self._hand_back = self._hand_back or "time limit"
+                        if self._hand_back is not None and not self._handed_back:
+                            self._release_running(now, out)
                         claimed = stats.started
                         self._fill(now, out)
                         if stats.started != claimed:
@@ -243,6 +262,8 @@ class Engine:
                             except queue.Empty:
                                 break
                         self._record(finished, now, out)
+                        if self._hand_back is not None and not self._handed_back:
+                            self._release_running(now, out)
                     if out:
                         yield from self._deliver(out, on_result)
                     if self._sigint:
@@ -306,6 +327,8 @@ class Engine:
         self, now: float, busy: bool, idle: IdleBackoff, next_tick: float
     ) -> float | None:
         """How long to wait for the next message; ``None`` when the run is over."""
+        if self.until is not None and not self._handed_back:
+            next_tick = min(next_tick, self.until)  # wake at the end to hand back
         if busy:  # (the idle spell was reset when these tasks were claimed)
             wait = self._inflight.deadlines.wait(now, max(0.0, next_tick - now))
             if self._inflight.parked:
@@ -313,6 +336,13 @@ class Engine:
             return wait
         if self._inflight.stopping:
             return None
+        timeout = self._idle_wait(now, idle)
+        if timeout is not None and self.until is not None:
+            timeout = min(timeout, max(0.0, self.until - now))  # wake at the end
+        return timeout
+
+    def _idle_wait(self, now: float, idle: IdleBackoff) -> float | None:
+        """How long to wait with nothing running; ``None`` when the run is over."""
         store = self.store
         wake = store.next_wakeup()
         if not store.shared:
@@ -484,6 +514,9 @@ class Engine:
                 out.extend(results)
             case StartInline(claim):
                 self._pending_starts -= 1
+                if self._handed_back:  # claimed by a pool thread just before the hand-back
+                    self.store.hand_back([claim], now, self._hand_back or "stopped")
+                    return
                 res = self._launcher.start(claim, now)
                 if res is not None and self._want:
                     out.append(res)
@@ -495,11 +528,22 @@ class Engine:
                 self._inflight.stopping = True
             case Interrupt():
                 self._sigint = True
+            case HandBack(reason):
+                self._hand_back = self._hand_back or reason
             case Wake():
                 pass
 
     def _offer(self) -> Offer:
-        return self._capacity.offer(len(self._running), self._children.lent)
+        left = None if self.until is None else self.until - self.clock.wall()
+        return self._capacity.offer(len(self._running), self._children.lent, left)
+
+    def _release_running(self, now: float, out: list[TaskResult]) -> None:
+        """Act on ``hand_back`` (or the end, ``until``): record what already finished, then
+        hand every running task back to the store and start nothing more."""
+        self._handed_back = True
+        self._inflight.stopping = True
+        self._flush(now, out)
+        self._inflight.hand_back(now, self._hand_back or "stopped")
 
     def _shared_limiter(self) -> EndpointLimiter:
         return self._endpoints.limiter

@@ -2,7 +2,8 @@
 
 ``InFlight`` registers a started task (it holds a slot and its resources, maybe a deadline) and
 records its end exactly once: done; failed, and retried after a backoff while attempts remain;
-given back unrun (shutdown, Ctrl-C, a gang retried together); or timed out. The engine calls it
+given back unrun (shutdown, Ctrl-C, a gang retried together); handed back while it runs (a
+signal, the worker's end: ``hand_back``); or timed out. The engine calls it
 with its lock held, from the engine thread or from a pool thread that chains.
 """
 
@@ -30,6 +31,7 @@ class RunStats:
     failed: int = 0
     retried: int = 0
     refused: int = 0  # completions the store refused (lease taken over)
+    released: int = 0  # running tasks handed back to the store (``hand_back``)
     interrupted: bool = False
 
 
@@ -167,6 +169,26 @@ class InFlight:
             if threads or run.kind != "thread":
                 self._executors.cancel(run)
                 self.release(run, now)
+
+    def hand_back(self, now: float, reason: str) -> int:
+        """Hand every run back to the store at once (``Store.hand_back``: ready again, not a
+        failure) and start nothing more; returns how many the store took back. Coroutines are
+        cancelled and commands killed; a thread (or a process-pool task) cannot be stopped: it
+        is abandoned -- its late result is dropped here and refused by the store -- and
+        ``stuck`` says not to wait for it."""
+        self.stopping = True
+        runs = list(self.running.values())
+        for run in runs:
+            self._executors.cancel(run)
+            if run.kind in ("thread", "process"):
+                self.stuck = True
+            del self.running[run.claim.handle]
+            self._capacity.give_back(run.claim.spec)
+        if not runs:
+            return 0
+        taken = sum(self.store.hand_back([r.claim for r in runs], now, reason))
+        self.stats.released += taken
+        return taken
 
     def _stop_gang(self, failed: TaskSpec, fatal: bool, now: float) -> None:
         """A gang member failed: its running siblings stop. After a fatal failure they fail

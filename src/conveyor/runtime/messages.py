@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AwaitChild",
     "Finished",
+    "HandBack",
     "Message",
     "Recorded",
     "Reply",
@@ -117,4 +118,15 @@ class Interrupt:
     steps, never in the middle of one)."""
 
 
-Message = Finished | Recorded | StartInline | SubmitChildren | AwaitChild | Stop | Wake | Interrupt
+@dataclass(frozen=True, slots=True, eq=False)
+class HandBack:
+    """Hand every running task back to the store and stop (``Engine.hand_back``: a signal
+    before a time limit or preemption); ``reason`` goes into each ``task_released`` event."""
+
+    reason: str
+
+
+Message = (
+    Finished | Recorded | StartInline | SubmitChildren | AwaitChild | Stop | Wake | Interrupt
+    | HandBack
+)  # fmt: skip

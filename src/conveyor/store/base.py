@@ -211,6 +211,16 @@ class Store(abc.ABC):
     def release(self, claim: Claim, now: float) -> bool:
         """Give a claimed task back unrun (shutdown); it keeps its key and attempt count."""
 
+    def hand_back(self, claims: Sequence[Claim], now: float, reason: str) -> list[bool]:
+        """Hand tasks this worker is running back at once (a signal, its time limit), one flag
+        per claim: each goes back to ready, claimable by any worker at once, with a
+        ``task_released`` event giving ``reason``. Not a failure: its attempt count, retries
+        and lost-lease budget are as before the claim. A completion or failure still to come
+        under one of these claims is refused (fencing); ``False`` for a claim whose lease was
+        taken over. This default (a store with no audit trail) gives them back as ``release``
+        does."""
+        return [self.release(c, now) for c in claims]
+
     def release_buffered(self, now: float) -> int:
         """Give back tasks claimed ahead in a batch and not yet handed out; returns how many."""
         return 0

@@ -7,6 +7,7 @@ clock: event times are the ``now`` each call is given.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from conveyor.bulk import paused_gc
@@ -299,6 +300,18 @@ class MemoryStore(Store):
         self.attempts[i] -= 1
         self.frontier.requeue(i)
         return True
+
+    def hand_back(self, claims: Sequence[Claim], now: float, reason: str) -> list[bool]:
+        out = []
+        for c in claims:
+            i = c.handle
+            ok = self.frontier.state[i] == RUNNING and self.attempts[i] == c.token
+            if ok:
+                self.release(c, now)
+                self._record(i, "task_released", now, worker=self._worker, attempt=c.attempt,
+                             reason=reason)  # fmt: skip
+            out.append(ok)
+        return out
 
     def cancel_unfinished(self, now: float, reason: str = "interrupted") -> int:
         """Cancel every task not yet started (after ``--fail-fast`` or Ctrl-C), each with a

@@ -309,12 +309,14 @@ class Claims:
         return self.atomic(op)
 
     def release(self, claim: Claim, now: float) -> bool:
-        self._claimed_at.pop(claim.handle, None)
-        try:
-            self._buffer.remove(claim)
-        except ValueError:
-            pass
-        return self._release_many([claim], now) == 1
+        self._forget([claim])
+        return sum(self._release_many([claim], now, "task_ready", "released")) == 1
+
+    def hand_back(self, claims: Sequence[Claim], now: float, reason: str) -> list[bool]:
+        """Running tasks back to ready at once, each with a ``task_released`` row giving
+        ``reason``; not a failed or lost attempt (``release_task`` takes the attempt back)."""
+        self._forget(claims)
+        return self._release_many(list(claims), now, "task_released", reason)
 
     def release_buffered(self, now: float) -> int:
         """Give back tasks claimed in a batch but not handed out (on shutdown)."""
@@ -322,20 +324,29 @@ class Claims:
         self._buffer.clear()
         for c in claims:
             self._claimed_at.pop(c.handle, None)
-        return self._release_many(claims, now)
+        return sum(self._release_many(claims, now, "task_ready", "released"))
 
-    def _release_many(self, claims: list[Claim], now: float) -> int:
+    def _forget(self, claims: Sequence[Claim]) -> None:
+        for c in claims:
+            self._claimed_at.pop(c.handle, None)
+            try:
+                self._buffer.remove(c)
+            except ValueError:
+                pass
+
+    def _release_many(self, claims: list[Claim], now: float, event: str, reason: str) -> list[bool]:
         worker = self.worker.name
 
-        def op(tx: Tx) -> int:
-            n = 0
+        def op(tx: Tx) -> list[bool]:
+            flags = []
             for c in claims:
-                if tx.count("release_task", seq=c.handle, token=c.token, now=now) == 1:
-                    n += 1
+                ok = tx.count("release_task", seq=c.handle, token=c.token, now=now) == 1
+                if ok:
                     left_running(tx, c.extra.get("grp"))
-                    tx.audit(now, "task_ready", c.id, RUNNING, READY, worker, c.attempt,
-                             reason="released")  # fmt: skip
-            tx.notify = n > 0
-            return n
+                    tx.audit(now, event, c.id, RUNNING, READY, worker, c.attempt,
+                             reason=reason)  # fmt: skip
+                flags.append(ok)
+            tx.notify = any(flags)
+            return flags
 
-        return self.atomic(op) if claims else 0
+        return self.atomic(op) if claims else []

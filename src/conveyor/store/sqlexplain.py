@@ -106,7 +106,7 @@ class Explainer:
         return ready_reason_of(reads, self.shapes, task_id, key, sid, offers, read_groups(reads))
 
     def offers(self, reads: Reads, now: float, admission: bool) -> list[Offer]:
-        """What each live worker offers now: its slots, labels and resources (from
+        """What each live worker offers now: its slots, labels, resources and time left (from
         ``workers.info``, written at register) less what its running tasks hold."""
         shapes = self.shapes.read(reads)[0] if admission else {}
         busy: dict[str, list[tuple[int, int]]] = {}
@@ -126,8 +126,10 @@ class Explainer:
                 for k, v in shapes[sid][0].resources if sid in shapes else ():
                     used[k] = used.get(k, 0.0) + v * n
             free = {k: v - used.get(k, 0.0) for k, v in total.items()}
+            until = d.get("until")  # the worker's end (``conveyor worker --until``)
+            left = None if until is None else float(until) - now
             offers.append(Offer(max(0, slots - running), free, dict(d.get("labels") or {}),
-                                slots, total or None))  # fmt: skip
+                                slots, total or None, left))  # fmt: skip
         return offers
 
     def summary(self, reads: Reads, now: float, admission: bool) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """What admission reads of a SQL store: its groups (weight, cap, running count) and its shapes
-(what a task asks of a slot: group, resources, label constraints; a gang has a shape of its own).
+(what a task asks of a slot: group, resources, label constraints, expected run time; a gang has
+a shape of its own).
 
 Shapes are only ever added, so each handle parses them once (``Shapes``); the gangs'
 reservation marks change and are read with every decision. Shared by admission claims
@@ -22,12 +23,13 @@ GangMark = tuple[float | None, bool]
 
 
 def shape_sig(t: TaskSpec, gang: str | None) -> str:
-    """The key a shape is stored under (one row per distinct signature)."""
-    return json.dumps(
-        {"group": t.group, "resources": dict(t.resources), "labels": dict(t.labels),
-         "gang": gang},
-        sort_keys=True, default=str,
-    )  # fmt: skip
+    """The key a shape is stored under (one row per distinct signature). ``expected_s`` is in
+    it only when declared: the signatures of stores written before it existed stay valid."""
+    d: dict[str, Any] = {"group": t.group, "resources": dict(t.resources),
+                         "labels": dict(t.labels), "gang": gang}  # fmt: skip
+    if t.expected_s is not None:
+        d["expected_s"] = float(t.expected_s)
+    return json.dumps(d, sort_keys=True, default=str)
 
 
 def read_groups(reads: Reads) -> dict[str, GroupInfo]:
@@ -60,7 +62,9 @@ class Shapes:
             row = cache.get(sid)
             if row is None:
                 d = json.loads(sig)
-                row = cache[sid] = (Shape.of(d["group"], d["resources"], d["labels"]), gang, size)
+                shape = Shape.of(d["group"], d["resources"], d["labels"],
+                                 expected_s=d.get("expected_s"))  # fmt: skip
+                row = cache[sid] = (shape, gang, size)
             shapes[sid] = row
             if gang is not None:
                 marks[sid] = (reserved, bool(released))

@@ -177,6 +177,9 @@ class SqlStore(Store):
     def release(self, claim: Claim, now: float) -> bool:
         return self.claims.release(claim, now)
 
+    def hand_back(self, claims: Sequence[Claim], now: float, reason: str) -> list[bool]:
+        return self.claims.hand_back(claims, now, reason)
+
     def release_buffered(self, now: float) -> int:
         return self.claims.release_buffered(now)
 

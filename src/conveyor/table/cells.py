@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from conveyor.core.limiter import Outcome
 from conveyor.errors import DropRow
 from conveyor.http import classify_exception
 from conveyor.runtime.context import current
@@ -33,14 +34,29 @@ class Dropped:
 
     reason: str
     error: str | None = None
+    #: the error says the endpoint refuses every call (a key it rejects, a model or URL it
+    #: does not have, a spent quota): the build stops rather than drop row after row
+    fatal: bool = False
+
+
+#: HTTP statuses that are about the endpoint or its configuration, not the row: 401, 403,
+#: 404 (a wrong key, no access, a wrong base_url or model name)
+_CONFIG_STATUSES = frozenset({401, 403, 404})
 
 
 def _retryable(exc: BaseException) -> bool:
     return classify_exception(exc, wall_now=time.time()).outcome.retryable
 
 
+def _stops_the_build(exc: BaseException) -> bool:
+    status = getattr(exc, "status_code", None)
+    if status in _CONFIG_STATUSES:
+        return True
+    return classify_exception(exc, wall_now=time.time()).outcome is Outcome.QUOTA_EXHAUSTED
+
+
 def _failed(exc: BaseException) -> Dropped:
-    return Dropped(f"error: {type(exc).__name__}", describe(exc))
+    return Dropped(f"error: {type(exc).__name__}", describe(exc), _stops_the_build(exc))
 
 
 def _split(col: Column, value: Any) -> Any:
@@ -300,8 +316,6 @@ async def _through_limiter(fn: Callable[..., Any], kw: dict[str, Any]) -> Any:
     """Call ``fn`` in a slot of the cell's endpoint. A return is a success (it lets the
     adaptive limit grow; an unreported slot would count as cancelled and hold it where it
     started); an exception leaving the block is classified (a 429 cuts the limit)."""
-    from conveyor.limiter import Outcome
-
     async with current().acquire() as slot:
         value = await fn(**kw)
         slot.report(Outcome.SUCCESS)
@@ -310,8 +324,6 @@ async def _through_limiter(fn: Callable[..., Any], kw: dict[str, Any]) -> Any:
 
 def _through_limiter_sync(fn: Callable[..., Any], kw: dict[str, Any]) -> Any:
     """``_through_limiter`` for a sync generator, on its pool thread."""
-    from conveyor.limiter import Outcome
-
     with current().acquire_sync() as slot:
         value = fn(**kw)
         slot.report(Outcome.SUCCESS)

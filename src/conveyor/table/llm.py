@@ -32,10 +32,16 @@ class Model:
     alias: str
     model: str
     base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
+    #: the environment variable holding the key (``None``: the provider's, else
+    #: ``OPENAI_API_KEY``; ``Table.resolved`` fills it in)
+    api_key_env: str | None = None
     provider: str = "openai"
     system: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key_env(self) -> str:
+        return self.api_key_env or "OPENAI_API_KEY"
 
     @property
     def url(self) -> str:
@@ -57,19 +63,19 @@ def probe(models: Iterable[Model], timeout_s: float = PROBE_TIMEOUT_S) -> None:
 
     seen: set[tuple[str, str]] = set()
     for m in models:
-        if (m.url, m.api_key_env) in seen:
+        if (m.url, m.key_env) in seen:
             continue
-        seen.add((m.url, m.api_key_env))
-        key = os.environ.get(m.api_key_env, "")
+        seen.add((m.url, m.key_env))
+        key = os.environ.get(m.key_env, "")
         try:
             reply = httpx.get(m.url.rstrip("/") + "/models", timeout=timeout_s,
                               headers={"Authorization": f"Bearer {key}"})  # fmt: skip
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
             why = str(exc) or type(exc).__name__
             raise UsageError(f"model {m.alias!r}: cannot reach {m.url}: {why}") from None
         if reply.status_code in (401, 403):
             raise UsageError(f"model {m.alias!r}: {m.url} refused the API key in"
-                             f" {m.api_key_env} (HTTP {reply.status_code})")  # fmt: skip
+                             f" {m.key_env} (HTTP {reply.status_code})")  # fmt: skip
 
 
 class LLMGenerator:
@@ -122,9 +128,10 @@ class LLMGenerator:
         m = self.bound
         if m is None:
             raise UsageError(f"model alias {self.alias!r} is not bound to a table")
-        if not os.environ.get(m.api_key_env):
-            raise UsageError(f"model {m.alias!r}: the environment variable {m.api_key_env}"
+        if not os.environ.get(m.key_env):
+            raise UsageError(f"model {m.alias!r}: the environment variable {m.key_env}"
                              " (its API key) is not set")  # fmt: skip
+        _check_params(m.alias, {**m.params, **self.params})
 
     def _client_of(self, m: Model) -> Any:
         """One client per event loop (its connections belong to the loop), closed on that
@@ -139,7 +146,7 @@ class LLMGenerator:
 
             client = openai.AsyncOpenAI(
                 base_url=m.base_url,
-                api_key=os.environ.get(m.api_key_env, ""),
+                api_key=os.environ.get(m.key_env, ""),
                 max_retries=0,
                 http_client=_http_client(openai),
             )
@@ -161,7 +168,11 @@ class LLMGenerator:
         m = self.bound
         assert m is not None
         text = self._template.render(**values)
-        reply = await self._client_of(m).chat.completions.create(**self.request(text))
+        try:
+            reply = await self._client_of(m).chat.completions.create(**self.request(text))
+        except Exception as exc:
+            _scrub(exc, os.environ.get(m.key_env, ""))
+            raise
         self.calls += 1
         usage = getattr(reply, "usage", None)
         if usage is not None:
@@ -171,6 +182,44 @@ class LLMGenerator:
 
     def parse(self, content: str) -> Any:
         return content
+
+
+def _scrub(exc: BaseException, secret: str) -> None:
+    """Take the API key out of an error's text (some gateways echo the Authorization header
+    in their error bodies), so that it reaches no summary, event or log."""
+    if len(secret) < 4:
+        return
+    exc.args = tuple(a.replace(secret, "***") if isinstance(a, str) else a for a in exc.args)
+    for attr in ("message", "body"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, str) and secret in value:
+            setattr(exc, attr, value.replace(secret, "***"))
+        elif isinstance(value, dict | list) and secret in json.dumps(value, default=str):
+            setattr(exc, attr, json.loads(json.dumps(value, default=str).replace(secret, "***")))
+
+
+#: Request fields conveyor sets itself: a parameter may not replace them.
+_OWN_FIELDS = frozenset({"messages", "model", "stream"})
+
+
+def _check_params(alias: str, params: Mapping[str, Any]) -> None:
+    """Every inference parameter is one the SDK's ``chat.completions.create`` takes (a typo
+    would otherwise fail every row); ``extra_body`` passes provider-specific ones."""
+    import difflib
+    import inspect
+
+    from openai.resources.chat.completions import AsyncCompletions
+
+    known = set(inspect.signature(AsyncCompletions.create).parameters) - {"self"}
+    for name in params:
+        if name in _OWN_FIELDS:
+            raise UsageError(f"model {alias!r}: parameter {name!r} is set by conveyor, not"
+                             " by params")  # fmt: skip
+        if name not in known:
+            near = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else " (extra_body={...} passes"
+            hint += "" if near else " provider-specific ones)"
+            raise UsageError(f"model {alias!r}: unknown inference parameter {name!r}{hint}")
 
 
 def _http_client(openai: Any) -> Any:
@@ -196,8 +245,10 @@ class LLMStructured(LLMGenerator):
         super().__init__(prompt, model=model, system=system, **params)
         self.schema = schema
         self.invalid_retries = invalid_retries
+        self._validator: Any = None
         if isinstance(schema, Mapping):
             self.json_schema: dict[str, Any] = dict(schema)
+            self._validator = _validator_for(self.json_schema)
         elif hasattr(schema, "model_json_schema"):
             self.json_schema = schema.model_json_schema()
         else:
@@ -230,10 +281,25 @@ class LLMStructured(LLMGenerator):
             value = json.loads(content)
         except ValueError:  # pydantic's ValidationError is a ValueError
             raise _Invalid from None
-        required = self.json_schema.get("required", ())
-        if not isinstance(value, dict) or any(k not in value for k in required):
+        if not self._validator.is_valid(value):
             raise _Invalid
         return value
+
+
+def _validator_for(schema: dict[str, Any]) -> Any:
+    """A ``jsonschema`` validator of ``schema`` (its draft from ``$schema``, else the
+    latest); a schema that is not one is a ``UsageError``."""
+    try:
+        import jsonschema
+    except ImportError:  # pragma: no cover - the extra is missing
+        raise UsageError("JSON-schema columns need the llm extra: pip install 'conveyor[llm]'"
+                         ) from None  # fmt: skip
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise UsageError(f"schema is not a valid JSON schema: {exc.message}") from None
+    return cls(schema)
 
 
 class _Invalid(Exception):

@@ -17,6 +17,7 @@ generator, which receives lists: the column slices of the row group's kept rows)
 
 from __future__ import annotations
 
+import graphlib
 import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -245,19 +246,42 @@ class Table:
 
         if alias in self.models and not replace:
             raise UsageError(f"model alias {alias!r} is declared twice")
-        provider = options.get("provider", "openai")
-        base_url, key_env = self.providers.get(provider, (None, "OPENAI_API_KEY"))
-        if options.get("base_url") is None:
-            options["base_url"] = base_url
-        if options.get("api_key_env") is None:
-            options["api_key_env"] = key_env
+        params = options.get("params", {})
+        if not isinstance(params, Mapping):
+            raise UsageError(f"model {alias!r}: params must be a mapping, got"
+                             f" {type(params).__name__}")  # fmt: skip
         try:
             m = Model(alias, model, **options)
+        except TypeError as exc:
+            raise UsageError(f"model {alias!r}: {exc}") from None
+        try:
             check_key(m.endpoint)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"model {alias!r}: {exc}") from None
         self.models[alias] = m
         return m
+
+    def resolved(self, alias: str) -> Model:
+        """Model ``alias`` with its provider's ``base_url`` and key variable filled in (as the
+        providers stand now: a provider may be declared after its models, or come from a
+        models file). ``UsageError`` for an unknown alias or provider."""
+        import dataclasses
+
+        m = self.models.get(alias)
+        if m is None:
+            known = ", ".join(self.models) or "none declared: table.model(alias, model=...)"
+            raise UsageError(f"unknown model alias {alias!r} ({known})")
+        if m.provider in self.providers:
+            base_url, key_env = self.providers[m.provider]
+        elif m.provider == "openai" or m.base_url is not None:
+            # (a model with its own base_url names its provider for the limiter's key only)
+            base_url, key_env = None, "OPENAI_API_KEY"
+        else:  # it would go to OpenAI's API, surely not what a misspelt provider meant
+            known = ", ".join(self.providers) or "none declared: table.provider(name, ...)"
+            raise UsageError(f"model {alias!r}: provider {m.provider!r} is not declared"
+                             f" ({known})")  # fmt: skip
+        return dataclasses.replace(m, base_url=m.base_url or base_url,
+                                   api_key_env=m.api_key_env or key_env)  # fmt: skip
 
     def models_from(self, path: str | os.PathLike[str], *, replace: bool = True) -> None:
         """Declare the providers and model aliases of a YAML file (``conveyor.table.models``
@@ -291,10 +315,10 @@ class Table:
         return col
 
     def _bind(self, col: Column, gen: LLMGenerator) -> None:
-        m = self.models.get(gen.alias)
-        if m is None:
-            known = ", ".join(self.models) or "none declared: table.model(alias, model=...)"
-            raise UsageError(f"column {col.name!r}: unknown model alias {gen.alias!r} ({known})")
+        try:
+            m = self.resolved(gen.alias)
+        except UsageError as exc:
+            raise UsageError(f"column {col.name!r}: {exc}") from None
         gen.bind(m)
         col.endpoint = m.endpoint
 
@@ -334,7 +358,11 @@ class Table:
         by_name = {c.name: c for c in self.columns}
         code = CodeHashes()
         out: dict[str, str] = {}
-        for i, node in enumerate(plan.nodes):
+        # the generators a full_column one settles on decide which rows it sees: they count
+        # as its upstream here, so the order is topological over both kinds of edge
+        waits = {i: (*plan.up[i], *plan.settle[i]) for i in range(len(plan.nodes))}
+        for i in graphlib.TopologicalSorter(waits).static_order():
+            node = plan.nodes[i]
             c = by_name[node.name]
             own: list[Any] = [c.name, c.strategy, list(c.fields), sorted(c.params.items()),
                               list(c.given), c.endpoint, self.seed]  # fmt: skip
@@ -345,9 +373,9 @@ class Table:
                 own.append(fp() if callable(fp) else code.of_callable(c.fn))
             if c.keep_when is not None:
                 own.append(code.of_callable(c.keep_when))
-            ups = [out[plan.nodes[u].name] for u in plan.up[i]]
+            ups = [out[plan.nodes[u].name] for u in waits[i]]
             out[node.name] = digest(canonical([own, ups]))
-        return out
+        return {n.name: out[n.name] for n in plan.nodes}
 
     def build(self, records: int, out: str, **options: Any) -> BuildSummary:
         """Build ``records`` rows into directory ``out``; see ``conveyor.table.build.build``."""

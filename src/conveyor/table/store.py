@@ -444,14 +444,16 @@ class TableStore(Store):
         group, node, row = frontier.decode(key)
         og = self._open[group]
         if frontier.cell[node]:
-            if isinstance(value, Dropped):
+            if isinstance(value, Dropped) and not self._halt(node, value):
                 self._outcome(value.error is None, node)
                 self._drop_row(og, row, node, value, now)
                 frontier.drop(group, row, node)
         else:
             assert isinstance(value, BatchOut)
             rows: list[int] = claim.extra["rows"]
-            if value.failed is not None:
+            if value.failed is not None and self._halt(node, value.failed):
+                pass
+            elif value.failed is not None:
                 self._outcome(False, node, len(rows))
                 self._fail_group(og, node, value.failed, now)
             else:
@@ -547,6 +549,8 @@ class TableStore(Store):
             if attempts:
                 attempts.pop(key, None)
             if isinstance(outcome, Dropped):
+                if self._halt(node, outcome):
+                    continue
                 self._outcome(outcome.error is None, node)
                 self._drop_row(og, row, node, outcome, now)
                 frontier.drop(group, row, node)
@@ -589,6 +593,23 @@ class TableStore(Store):
         per = per if old is None else 0.8 * old + 0.2 * per
         self._call_s[node] = per
         self._run_size[node] = max(1, min(_RUN_MAX, int(_RUN_S / per) if per > 0 else _RUN_MAX))
+
+    def _halt(self, node: int, why: Dropped) -> bool:
+        """An error that says the endpoint refuses every call (``Dropped.fatal``): stop the
+        build at once and drop nothing, so the rows are not recorded as lost and the same
+        command, once the cause is fixed, resumes them. ``False`` for an ordinary drop."""
+        if not why.fatal:
+            return False
+        col = self.columns[node].name
+        self.errors.setdefault((col, why.reason), why.error or why.reason)
+        if not self.stopping:
+            self.stopping = True
+            self.stop_reason = (
+                f"column {col!r}: the endpoint refuses its calls ({why.reason}); nothing of"
+                " the row groups in flight was written: fix the cause and run the same"
+                " command again"
+            )
+        return True
 
     def _fail_group(self, og: _Open, node: int, why: Dropped, now: float) -> None:
         frontier = self.frontier
