@@ -5,7 +5,6 @@ scripts/slurm-up.sh when it runs as root with apt-get)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -308,8 +307,6 @@ def test_slurm_signalled_workers_hand_tasks_back_and_nothing_is_lost(
     job script execs the worker, so it gets it) and scancel's SIGTERM (scale down of a busy
     worker): each worker hands its task back (task_released, no failure); a later worker runs
     every task exactly once."""
-    if importlib.util.find_spec("conveyor.runtime.signals") is None:
-        pytest.skip("this conveyor has no worker hand-back on signals (runtime/signals.py)")
     run = make_run(4, "signalled")
     ok("slurm", "submit", "--db", run.db, "--workers", "2", "--idle-exit", "600", cwd=run.root)
     [first] = run.arrays()
