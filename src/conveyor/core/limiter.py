@@ -31,6 +31,11 @@ The policy (see docs/limiter.md for the reasoning and the benchmark):
 - **Retry-After honoured exactly.** A 429/503/529 with ``retry_after`` closes the key until
   ``now + retry_after`` (capped at ``max_cooldown``); several answers keep the latest deadline,
   never more. Without Retry-After there is no key-wide pause: the decrease is the back-off.
+- **Several processes on one endpoint** (``share``, from what the others reported through a
+  shared store): the window is scaled so that together they step like one process, another's
+  429 makes one holding more than an equal part give back, its own 429 at an equal part steps
+  back one before it cuts. A 429 without Retry-After at ``min_limit`` pauses the key one round
+  trip, as the limit cannot go lower.
 - **Everything else leaves the limit alone**: timeouts, other 4xx and 5xx, errors raised by the
   caller, cancellations, and an ``insufficient_quota`` 429 (a billing stop, not congestion: the
   request is not retryable). Every outcome frees the slot.
