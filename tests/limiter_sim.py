@@ -16,6 +16,14 @@ second.
     python tests/limiter_sim.py            # the grid: C x L x Retry-After mode, as a table
     python tests/limiter_sim.py --compact  # the same as one C x L table per Retry-After mode
     python tests/limiter_sim.py --jitter 0.3 --duration 120
+    python tests/limiter_sim.py --compact --processes 2,4,8 [--share-every 1]
+
+Several processes (``processes``): each has its own limiter edge and its own callers (4 C + 64
+each) and they share only the endpoint, as ``conveyor worker`` processes on one store do. With
+``share_every`` each process, staggered, publishes its limit and 429 count and reads the
+others' last ones every that many seconds, and hands them to ``core.tally_peers`` and
+``core.share`` as ``runtime/endpoints.py`` does through the store; without it they know nothing
+of each other. The limit columns are then the processes' summed limit.
 
 Measured after the warm-up (``warmup_for``): throughput as a share of the ideal C / L, the share
 of 429s among all responses, and from the cold start: the time until the endpoint first has
@@ -65,7 +73,9 @@ class Scenario:
     retry_after: str | float = "next_slot"  # "next_slot", "ceil", "none", or fixed seconds
     jitter: float = 0.0  # service time uniform in latency * [1 - jitter, 1 + jitter]
     network: float = 0.002  # network round trip: part of L for a success; all a 429 takes
-    callers: int = 0  # 0: 4 C + 64 (plenty: some always queued)
+    callers: int = 0  # per process; 0: 4 C + 64 (plenty: some always queued)
+    processes: int = 1  # limiters (processes) sharing the endpoint, each with its own callers
+    share_every: float = 0.0  # > 0: each process reports to and reads its peers this often
     duration: float = 60.0  # measured seconds after the warm-up
     warmup: float | None = None  # None: warmup_for(latency)
     seed: int = 0
@@ -73,7 +83,8 @@ class Scenario:
     @property
     def label(self) -> str:
         ra = self.retry_after if isinstance(self.retry_after, str) else f"{self.retry_after:g} s"
-        return f"C={self.capacity}, L={self.latency * 1000:g} ms, Retry-After {ra}"
+        procs = f", {self.processes} processes" if self.processes > 1 else ""
+        return f"C={self.capacity}, L={self.latency * 1000:g} ms, Retry-After {ra}{procs}"
 
 
 @dataclass
@@ -113,8 +124,26 @@ class _Event:
     args: tuple[object, ...] = field(compare=False, default=())
 
 
+class _Client:
+    """One process's limiter edge (``conveyor.limiter.EndpointLimiter``, one key): its state,
+    its FIFO of waiting callers and its cooldown timer."""
+
+    __slots__ = ("policy", "rejected", "report", "seen", "state", "timer_at", "waiters")
+
+    def __init__(self, policy: AimdPolicy) -> None:
+        self.policy = policy
+        self.state = core.new_state(policy)
+        self.waiters: deque[int] = deque()
+        self.timer_at = -math.inf
+        self.rejected = 0  # 429s this process saw
+        self.report = (0, 0)  # (limit, 429s) as last published (the store's endpoint report)
+        self.seen: dict[str, int] = {}  # peer -> its 429 count at this process's last look
+
+
 class Simulation:
-    """One run: the endpoint, the limiter edge around the pure core, and the callers."""
+    """One run: the endpoint, ``scenario.processes`` limiter edges around the pure core (each a
+    process with its own callers and its own state, sharing nothing but the endpoint), and the
+    callers."""
 
     def __init__(self, scenario: Scenario, policy: AimdPolicy | None = None) -> None:
         self.sc = scenario
@@ -123,10 +152,9 @@ class Simulation:
         self.now = 0.0
         self._events: list[_Event] = []
         self._seq = itertools.count()
-        # the limiter edge (conveyor.limiter), one key
-        self.state = core.new_state(self.policy)
-        self.waiters: deque[int] = deque()
-        self.timer_at = -math.inf
+        # the limiter edges (conveyor.limiter), one key each
+        self.clients = [_Client(self.policy) for _ in range(scenario.processes)]
+        self.per_client = scenario.callers or 4 * scenario.capacity + 64
         # the endpoint
         self.busy_until: list[float] = []  # heap of the finish times of requests being served
         # measurements
@@ -144,9 +172,12 @@ class Simulation:
         heapq.heappush(self._events, _Event(when, next(self._seq), fn, args))
 
     def run(self) -> Result:
-        callers = self.sc.callers or 4 * self.sc.capacity + 64
-        for caller in range(callers):
+        for caller in range(self.per_client * len(self.clients)):
             self.at(0.0, self.acquire, caller, 1)
+        n, every = len(self.clients), self.sc.share_every
+        if n > 1 and every > 0:
+            for i in range(n):  # staggered, as workers' heartbeats are
+                self.at(every * (i + 1) / n, self.exchange, i)
         while self._events:
             event = heapq.heappop(self._events)
             if event.at >= self.end:
@@ -168,49 +199,72 @@ class Simulation:
 
     # -- the limiter edge: what EndpointLimiter does around the core ----------------------
 
+    def client_of(self, caller: int) -> _Client:
+        return self.clients[caller // self.per_client]
+
     def acquire(self, caller: int, attempt: int) -> None:
         """``limiter.acquire(key)``: admit at once if nobody waits and a slot is free."""
-        if not self.waiters and core.can_admit(self.policy, self.state, self.now):
-            self.state, ticket = core.admit(self.policy, self.state, self.now)
+        cl = self.client_of(caller)
+        if not cl.waiters and core.can_admit(cl.policy, cl.state, self.now):
+            cl.state, ticket = core.admit(cl.policy, cl.state, self.now)
             self.send(caller, attempt, ticket)
             return
-        self.waiters.append(caller * 1_000_000 + attempt)
-        self.dispatch()
+        cl.waiters.append(caller * 1_000_000 + attempt)
+        self.dispatch(cl)
 
-    def dispatch(self) -> None:
+    def dispatch(self, cl: _Client) -> None:
         """``_dispatch_locked``: hand free slots to the oldest waiters; arm the cooldown timer."""
         now = self.now
-        while self.waiters and core.can_admit(self.policy, self.state, now):
-            caller, attempt = divmod(self.waiters.popleft(), 1_000_000)
-            self.state, ticket = core.admit(self.policy, self.state, now, waiting=len(self.waiters))
+        while cl.waiters and core.can_admit(cl.policy, cl.state, now):
+            caller, attempt = divmod(cl.waiters.popleft(), 1_000_000)
+            cl.state, ticket = core.admit(cl.policy, cl.state, now, waiting=len(cl.waiters))
             self.send(caller, attempt, ticket)
-        until = self.state.cooldown_until
-        if self.waiters and until > now and self.timer_at != until:
-            self.timer_at = until
-            self.at(until, self.on_timer, until)
+        until = cl.state.cooldown_until
+        if cl.waiters and until > now and cl.timer_at != until:
+            cl.timer_at = until
+            self.at(until, self.on_timer, cl, until)
 
-    def on_timer(self, until: float) -> None:
-        if self.timer_at == until:
-            self.timer_at = -math.inf
-            self.dispatch()
+    def on_timer(self, cl: _Client, until: float) -> None:
+        if cl.timer_at == until:
+            cl.timer_at = -math.inf
+            self.dispatch(cl)
+
+    def exchange(self, i: int) -> None:
+        """Process ``i`` publishes its limit and 429 count, reads its peers' last reports and
+        hands them to ``core.share`` (what the engine does through the store)."""
+        cl = self.clients[i]
+        limit = core.effective_limit(cl.policy, cl.state)
+        cl.report = (limit, cl.rejected)
+        others = {  # every process always has work waiting: all are users of the endpoint
+            str(j): {"limit": peer.report[0], "rate_limited": peer.report[1], "waiting": 1}
+            for j, peer in enumerate(self.clients)
+            if j != i
+        }
+        peers, cl.seen = core.tally_peers(limit, others, cl.seen)
+        cl.state = core.share(cl.policy, cl.state, peers, self.now)
+        self.dispatch(cl)
+        self.at(self.now + self.sc.share_every, self.exchange, i)
+
+    def total_limit(self) -> int:
+        return sum(core.effective_limit(cl.policy, cl.state) for cl in self.clients)
 
     def release(self, caller: int, attempt: int, ticket: core.Ticket, report: Report) -> None:
         """The answer is back: report, release (then hand-off), and the caller's next step."""
         now = self.now
-        self.state = core.release(
-            self.policy, self.state, ticket, report, now, waiting=len(self.waiters)
-        )
-        self.dispatch()
+        cl = self.client_of(caller)
+        cl.state = core.release(cl.policy, cl.state, ticket, report, now, waiting=len(cl.waiters))
+        self.dispatch(cl)
         if now >= self.warm:
-            self.limit_seen.append(core.effective_limit(self.policy, self.state))
+            self.limit_seen.append(self.total_limit())
             self.responses_after += 1
         if report.outcome is Outcome.SUCCESS:
             self.acquire(caller, 1)  # plenty of work: the next request at once
             return
+        cl.rejected += 1
         if now >= self.warm:
             self.rejected_after += 1
         delay = core.retry_delay(
-            self.policy, self.state, report.outcome, attempt, now, self.rng.random()
+            cl.policy, cl.state, report.outcome, attempt, now, self.rng.random()
         )
         self.at(now + (delay or 0.0), self.acquire, caller, attempt + 1)
 
@@ -317,6 +371,31 @@ def matrix(results: list[Result]) -> str:
     return "\n".join(out)
 
 
+def summary(results: list[Result]) -> str:
+    """One row per number of processes: cells that meet the targets, the worst and the median
+    share of ideal and of 429s (after warm-up), and the range of the processes' summed limit."""
+    lines = [
+        "| processes | cells meeting targets | share of ideal: min / median "
+        "| 429s: median / max | summed limit after warm-up |",
+        "|---|---|---|---|---|",
+    ]
+    by_n: dict[int, list[Result]] = {}
+    for r in results:
+        by_n.setdefault(r.scenario.processes, []).append(r)
+    for n, rs in sorted(by_n.items()):
+        tp = sorted(r.throughput for r in rs)
+        rej = sorted(r.rejected_share for r in rs)
+        ok = sum(1 for r in rs if not r.misses())
+        over = [r.limit_max / r.scenario.capacity for r in rs]
+        under = [r.limit_min / r.scenario.capacity for r in rs]
+        lines.append(
+            f"| {n} | {ok} of {len(rs)} | {tp[0]:.1%} / {tp[len(tp) // 2]:.1%} "
+            f"| {rej[len(rej) // 2]:.2%} / {rej[-1]:.2%} "
+            f"| {min(under):.2f}-{max(over):.2f} x C |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0)
@@ -327,22 +406,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--capacities", default=",".join(map(str, CAPACITIES)))
     parser.add_argument("--latencies", default=",".join(f"{x:g}" for x in LATENCIES))
     parser.add_argument("--modes", default="next_slot,none,1", help="next_slot,ceil,none,<s>")
+    parser.add_argument("--processes", default="1", help="limiters sharing the endpoint: 1,2,4,8")
+    parser.add_argument("--share-every", type=float, default=0.0, help="s between peer looks")
     parser.add_argument("--compact", action="store_true", help="one C x L table per mode")
     args = parser.parse_args(argv)
     modes = [m if m in ("next_slot", "ceil", "none") else float(m) for m in args.modes.split(",")]
-    scenarios = grid(
-        capacities=[int(x) for x in args.capacities.split(",")],
-        latencies=[float(x) for x in args.latencies.split(",")],
-        modes=modes,
-        duration=args.duration,
-        jitter=args.jitter,
-        network=args.network,
-        seed=args.seed,
-        warmup=args.warmup,
-    )
-    results = [simulate(sc) for sc in scenarios]
-    print(matrix(results) if args.compact else table(results))
+    results: list[Result] = []
+    counts = [int(x) for x in args.processes.split(",")]
+    for n in counts:
+        scenarios = grid(
+            capacities=[int(x) for x in args.capacities.split(",")],
+            latencies=[float(x) for x in args.latencies.split(",")],
+            modes=modes,
+            duration=args.duration,
+            jitter=args.jitter,
+            network=args.network,
+            seed=args.seed,
+            warmup=args.warmup,
+            processes=n,
+            share_every=args.share_every,
+        )
+        part = [simulate(sc) for sc in scenarios]
+        if len(counts) > 1:
+            print(f"\n## {n} process{'es' if n > 1 else ''}\n")
+        print(matrix(part) if args.compact else table(part))
+        results += part
     failed = [r for r in results if r.misses()]
+    if len(counts) > 1:
+        print("\n" + summary(results))
     print(f"\n{len(results) - len(failed)} of {len(results)} cells meet the targets")
 
 

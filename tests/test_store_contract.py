@@ -350,6 +350,21 @@ def test_store_endpoints_are_capped_per_process(store_url: str, store: Store) ->
     assert [c.id for c in store.claim("w1", 1, T0, LEASE, offer=Offer(4))] == ["e1"]
 
 
+def test_store_endpoint_reports_are_each_workers_fresh_one(store_url: str, store: Store) -> None:
+    busy = {"api.x": {"limit": 3, "in_flight": 3, "waiting": 2, "rate_limited": 1}}
+    store.report_endpoints("w1", T0, busy)
+    store.report_endpoints("w2", T0 + 8, {"api.x": {"limit": 4, "in_flight": 0}})
+    if is_memory(store_url):  # one process: nobody to tell
+        assert store.endpoint_reports(T0 + 8, 5.0) == {}
+        return
+    assert store.endpoint_reports(T0 + 8, 5.0) == {"w2": {"api.x": {"limit": 4, "in_flight": 0}}}
+    assert store.endpoint_reports(T0 + 8, 10.0) == {
+        "w1": busy, "w2": {"api.x": {"limit": 4, "in_flight": 0}},
+    }  # fmt: skip
+    store.report_endpoints("w1", T0 + 9, {"api.x": {"limit": 5}})  # the latest one counts
+    assert store.endpoint_reports(T0 + 9, 5.0)["w1"] == {"api.x": {"limit": 5}}
+
+
 def test_store_status_has_every_documented_key(store_url: str, store: Store) -> None:
     store.open_graph(graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}), T0)
     a = claim1(store)

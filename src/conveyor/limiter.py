@@ -75,6 +75,7 @@ class EndpointStatistics:
     cancelled: int
     decreases: int
     increases: int
+    peers: int = 1  # processes using this endpoint as last told (``share``), this one included
 
 
 class _Waiter:
@@ -247,8 +248,9 @@ class EndpointLimiter:
     Knobs (keyword arguments) are those of ``conveyor.core.limiter.AimdPolicy``; ``aliases``
     maps other keys onto a canonical key (they share its limit, cooldown and hard cap);
     ``caps`` sets per-key hard caps; ``on_change(key, old, new, reason)`` is called outside the
-    lock whenever a key's effective limit changes (reason: ``slow_start``, ``increase`` or the
-    outcome that lowered it); ``clock`` and ``rng`` make it deterministic in tests.
+    lock whenever a key's effective limit changes (reason: ``slow_start``, ``increase``,
+    ``peers`` (another process's 429: ``share``) or the outcome that lowered it); ``clock`` and
+    ``rng`` make it deterministic in tests.
     """
 
     def __init__(
@@ -427,7 +429,26 @@ class EndpointLimiter:
             cancelled=n[Outcome.CANCELLED],
             decreases=ep.decreases,
             increases=ep.increases,
+            peers=s.peers,
         )
+
+    # -- other processes ----------------------------------------------------------------------
+
+    def share(self, key: str, peers: core.Peers) -> None:
+        """Take in what the other processes using ``key``'s endpoint reported (the engine
+        reads it from a shared store, ``runtime/endpoints.py``): they scale this process's
+        additive increase, and another's 429 makes one holding more than an equal part give
+        some back (``conveyor.core.limiter.share``). Nothing here waits on the store."""
+        with self._lock:
+            ep = self._endpoint(key)
+            before = ep.state
+            old = core.effective_limit(self.policy, before)
+            ep.state = core.share(self.policy, before, peers, self.clock.now())
+            new = core.effective_limit(self.policy, ep.state)
+            if ep.state.decrease_seq != before.decrease_seq:
+                ep.decreases += 1
+            self._dispatch_locked(ep)
+        self._notify(ep.key, old, new, "peers")
 
     # -- internals (callers hold self._lock where the name says _locked) -----------------------
 

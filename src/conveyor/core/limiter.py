@@ -31,6 +31,11 @@ The policy (see docs/limiter.md for the reasoning and the benchmark):
 - **Retry-After honoured exactly.** A 429/503/529 with ``retry_after`` closes the key until
   ``now + retry_after`` (capped at ``max_cooldown``); several answers keep the latest deadline,
   never more. Without Retry-After there is no key-wide pause: the decrease is the back-off.
+- **Several processes on one endpoint** (``share``, from what the others reported through a
+  shared store): the window is scaled so that together they step like one process, another's
+  429 makes one holding more than an equal part give back, its own 429 at an equal part steps
+  back one before it cuts. A 429 without Retry-After at ``min_limit`` pauses the key one round
+  trip, as the limit cannot go lower.
 - **Everything else leaves the limit alone**: timeouts, other 4xx and 5xx, errors raised by the
   caller, cancellations, and an ``insufficient_quota`` 429 (a billing stop, not congestion: the
   request is not retryable). Every outcome frees the slot.
@@ -44,6 +49,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
 
@@ -217,6 +223,9 @@ class KeyState:
     last_cooldown: float = 0.0  # the Retry-After that came with the last decrease
     exit_floor: float = 0.0  # > 0: the last cut ended slow start; its 429s trim down to this
     probe_seq: int = -1  # admission number at the last +1 since the last decrease (-1: none)
+    peers: int = 1  # processes using this endpoint, this one included (``share``)
+    peer_limit: int = 0  # their effective limits summed, as last seen (0: alone)
+    stepped_back: bool = False  # the last decrease was a step back for another's 429
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +313,7 @@ def release(
             limit=float(current + 1),
             window=0,
             probe_seq=state.next_seq,
+            stepped_back=False,
         )
     if not is_congestion(policy, outcome):
         return replace(state, in_flight=in_flight)
@@ -312,6 +322,12 @@ def release(
     if report.retry_after is not None:
         cooldown = min(report.retry_after, policy.max_cooldown)
         cooldown_until = max(cooldown_until, now + cooldown)
+    elif effective_limit(policy, state) <= policy.min_limit:
+        # At the lowest limit a decrease cannot be the back-off (several processes on one
+        # endpoint can hold it there): pause the key for a round trip instead, so a 429 that
+        # comes back at once is not followed by the next request at once.
+        pause = state.rtt if state.rtt > 0 else policy.retry.base
+        cooldown_until = max(cooldown_until, now + pause)
     if ticket.seq < state.decrease_seq:  # same congestion event: its decrease already happened
         if state.exit_floor > 0:  # ... except at the end of slow start, see below
             limit = max(state.exit_floor, state.limit - 1.0)
@@ -335,11 +351,18 @@ def release(
             exit_floor=max(float(policy.min_limit), state.limit * policy.slow_start_decrease),
         )
     current = effective_limit(policy, state)
+    stepped_back = False
     if 0 <= state.probe_seq <= ticket.seq < state.probe_seq + current:
         # The 429 answers the last +1: a request admitted in the first round at the new level,
         # after a whole window of the level below came back fine. That level still holds; the
         # step was one too many. Step back onto it instead of cutting (no sawtooth below C).
         limit = float(current - 1)
+    elif state.peers > 1 and not state.stepped_back and current * state.peers <= state.peer_limit:
+        # Other processes share the endpoint and this one holds no more than an equal part:
+        # the 429 most likely answers another's +1 (whoever meets the full endpoint gets it).
+        # Step back one; the ones above an equal part give back (``share``). A second event
+        # before this one grows again is an overload after all: it cuts, as below.
+        limit, stepped_back = float(current - 1), True
     else:  # a level that held before draws 429s now: the endpoint shrank
         limit = state.limit * policy.decrease_factor
     return replace(
@@ -354,11 +377,20 @@ def release(
         last_cooldown=cooldown,
         exit_floor=0.0,
         probe_seq=-1,
+        stepped_back=stepped_back,
     )
 
 
 def _window_size(policy: AimdPolicy, state: KeyState, current: int) -> int:
     size = max(current, policy.min_window)
+    if state.peers > 1 and state.peer_limit > 0:
+        # Several processes share the endpoint: the window is the one a lone process at their
+        # summed limit would have, weighted by this process's part of it against an equal part
+        # (count x limit / total). Together they then step about once per round trip of the
+        # endpoint, as one process would (N unscaled processes probe N times as often), and a
+        # process below its equal part grows faster than one above it: AIMD drifts to fair.
+        total = max(state.peer_limit, current)
+        size = max(1, math.ceil(max(total, policy.min_window) * current * state.peers / total))
     if current + 1 != state.ceiling:
         return size
     # Stepping back onto the level that drew the last 429: a probe. If that 429 froze the key
@@ -369,6 +401,71 @@ def _window_size(policy: AimdPolicy, state: KeyState, current: int) -> int:
         rounds = state.last_cooldown / state.rtt / policy.probe_budget
         size = max(size, math.ceil(min(rounds, 1e6) * current))
     return size
+
+
+@dataclass(frozen=True, slots=True)
+class Peers:
+    """What the processes using one endpoint told each other (through a shared store)."""
+
+    count: int  # processes using the endpoint, this one included
+    limit: int  # their effective limits summed, this one's included
+    congested: bool  # another process saw a 429 / overload since the last look
+
+
+def share(policy: AimdPolicy, state: KeyState, peers: Peers, now: float) -> KeyState:
+    """Take in what the other processes on this endpoint reported; returns the next state.
+
+    Each process keeps its own AIMD (no store round trip per request); this is how they stay
+    one controller's worth of load together. The count and summed limit scale the additive
+    increase (``_window_size``). A 429 goes to whichever request meets the full endpoint, often
+    not the one of the process that pushed it over (a process that holds its slots re-sends
+    into them first), so a process that holds more than an equal part of the summed limit
+    treats another's 429 as its own congestion event: one multiplicative decrease (not below
+    the equal part), once per look, unless it decreased itself since the last look. Pure.
+    """
+    count = max(1, peers.count)
+    state = replace(state, peers=count, peer_limit=max(0, peers.limit) if count > 1 else 0)
+    if count == 1 or not peers.congested:
+        return state
+    current = effective_limit(policy, state)
+    fair = peers.limit / count
+    recent = state.decrease_seq > 0 and state.next_seq - state.decrease_seq < current
+    if current <= fair + 1 or recent:
+        return state  # (about) an equal part or less, or decreased less than a round ago
+    limit = max(math.ceil(fair), current - max(1.0, (current - fair) / 2), float(policy.min_limit))
+    return replace(
+        state,
+        limit=limit,
+        slow_start=False,
+        window=0,
+        ceiling=current,
+        decrease_seq=state.next_seq,
+        exit_floor=0.0,
+        probe_seq=-1,
+    )
+
+
+def tally_peers(
+    own_limit: int, others: Mapping[str, Mapping[str, Any]], seen: Mapping[str, int]
+) -> tuple[Peers, dict[str, int]]:
+    """``Peers`` for one endpoint from the other processes' latest reports.
+
+    ``others``: worker -> its report for this endpoint (``limit``, ``in_flight``, ``waiting``,
+    ``rate_limited``), fresh ones only; ``seen``: worker -> its 429 count at the last look.
+    A process counts as a user while it has requests in flight or waiting; congestion is any
+    other process's 429 count grown since the last look (a process first seen sets its
+    baseline). Returns the peers and the counts to pass as ``seen`` next time. Pure.
+    """
+    count, limit, congested = 1, own_limit, False
+    counts: dict[str, int] = {}
+    for worker, st in others.items():
+        rejected = int(st.get("rate_limited", 0))
+        counts[worker] = rejected
+        congested |= rejected > seen.get(worker, rejected)
+        if int(st.get("in_flight", 0)) + int(st.get("waiting", 0)) > 0:
+            count += 1
+            limit += int(st.get("limit", 0))
+    return Peers(count=count, limit=limit, congested=congested), counts
 
 
 def retry_delay(

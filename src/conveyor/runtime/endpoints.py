@@ -4,7 +4,10 @@ Tasks that declare an ``endpoint`` share one ``EndpointLimiter`` per engine
 (``current().acquire()``). Every tick the engine caps the tasks it starts per endpoint at
 ``ceil(limit * (1 + headroom))``, so a 429-ing endpoint cannot hold slots that other endpoints'
 tasks could use; on shared stores it also publishes the limiter's statistics for
-``conveyor status``. The limiter module is imported only when a task names an endpoint.
+``conveyor status`` and for the other workers, and reads theirs (``exchange``): each process
+keeps its own limit, and what the others report keeps their sum near the endpoint's capacity
+(docs/architecture.md, "Endpoint limits across processes"). The limiter module is imported only
+when a task names an endpoint.
 """
 
 from __future__ import annotations
@@ -13,13 +16,22 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from conveyor.clock import Clock
+from conveyor.core.limiter import tally_peers
 from conveyor.events import EventSink
 from conveyor.store.base import Store
 
 if TYPE_CHECKING:
     from conveyor.limiter import EndpointLimiter, EndpointStatistics
 
-__all__ = ["EndpointFollower"]
+__all__ = ["SHARE_EVERY_S", "EndpointFollower"]
+
+#: Seconds between a worker's endpoint exchanges (its report written, the others' read) while
+#: it uses an endpoint: a round trip or a few of an LLM API, so another process's 429 reaches
+#: the ones holding more than their part within about a second; one small write and one read
+#: of a row per worker each time. Without an endpoint the report rides the lease beat.
+SHARE_EVERY_S = 1.0
+#: A report older than this many exchanges is from a worker that left or hangs: not a peer.
+STALE_AFTER = 5
 
 
 def _load(st: EndpointStatistics) -> dict[str, Any]:
@@ -47,6 +59,8 @@ class EndpointFollower:
         self.headroom = headroom
         self._limiter = limiter
         self._limits: dict[str, int] = {}  # the last limit seen per endpoint
+        self._seen: dict[str, dict[str, int]] = {}  # endpoint -> worker -> 429s at last look
+        self._exchanged = -math.inf  # when this worker last exchanged endpoint reports
 
     @property
     def limiter(self) -> EndpointLimiter:
@@ -76,11 +90,28 @@ class EndpointFollower:
                                 "old": old, "new": st.limit, "task_cap": cap,
                                 **_load(st)})  # fmt: skip
 
-    def report(self, worker: str, now: float) -> None:
-        """Publish this worker's endpoint statistics (shared stores, for ``conveyor status``)."""
+    def exchange_due(self, now: float, lease_s: float) -> bool:
+        """Whether to ``exchange`` now: every ``SHARE_EVERY_S`` once a task used an endpoint,
+        else every third of the lease (the report then only serves ``conveyor status``)."""
+        every = lease_s / 3 if self._limiter is None else min(lease_s / 3, SHARE_EVERY_S)
+        return now - self._exchanged >= every
+
+    def exchange(self, worker: str, now: float, *, learn: bool = True) -> None:
+        """Publish this worker's endpoint statistics (shared stores: for ``conveyor status``
+        and the other workers); with ``learn``, read the other workers' fresh reports and hand
+        each endpoint's ``Peers`` to the limiter. O(workers x endpoints) per call."""
+        self._exchanged = now
         if self._limiter is None:
             return
         seen = self._limiter.statistics()
-        stats = {k: {"limit": st.limit, **_load(st)} for k, st in seen.items()}
-        if stats:
-            self._store.report_endpoints(worker, now, stats)
+        stats = {k: {"limit": st.limit, "peers": st.peers, **_load(st)} for k, st in seen.items()}
+        if not stats:
+            return
+        self._store.report_endpoints(worker, now, stats)
+        if not learn:
+            return
+        reports = self._store.endpoint_reports(now, STALE_AFTER * SHARE_EVERY_S)
+        for key, st in seen.items():
+            others = {w: rep[key] for w, rep in reports.items() if w != worker and key in rep}
+            peers, self._seen[key] = tally_peers(st.limit, others, self._seen.get(key, {}))
+            self._limiter.share(key, peers)

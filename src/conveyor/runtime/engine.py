@@ -198,7 +198,7 @@ class Engine:
         on_result, get_nowait = self.on_result, self._queue.get_nowait
         batch = _RESULT_BATCH if yield_results else _NO_BATCH
         idle = IdleBackoff(self.idle_exit)
-        next_tick = next_report = 0.0
+        next_tick = 0.0
         out: list[TaskResult] = []
         if store.shared:
             info: dict[str, Any] = {"slots": self.slots, **slurm_info(os.environ)}
@@ -229,9 +229,8 @@ class Engine:
                         if now >= next_tick:
                             next_tick = now + self.tick_s
                             self._tick(now)
-                        if store.shared and now >= next_report:
-                            next_report = now + self.lease_s / 3
-                            self._endpoints.report(self.worker_id, now)
+                        if store.shared and self._endpoints.exchange_due(now, self.lease_s):
+                            self._endpoints.exchange(self.worker_id, now)
                         busy = bool(self._running) or self._pending_starts > 0
                     beat = False
                     if heart is not None and heart.pending:
@@ -566,5 +565,5 @@ class Engine:
         self._children.close()
         self._executors.shutdown(wait=not (stats.interrupted or inflight.stuck))
         if self.store.shared:
-            self._endpoints.report(self.worker_id, now)
+            self._endpoints.exchange(self.worker_id, now, learn=False)
             self.store.unregister_worker(self.worker_id, now)

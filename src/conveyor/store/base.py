@@ -277,7 +277,14 @@ class Store(abc.ABC):
         """Let at most ``cap`` tasks calling ``endpoint`` start (per worker)."""
 
     def report_endpoints(self, worker: str, now: float, stats: Mapping[str, Any]) -> None:
-        """Publish one worker's endpoint limiter statistics for ``status``."""
+        """Publish one worker's endpoint limiter statistics for ``status`` and for the other
+        workers (``endpoint_reports``)."""
+
+    def endpoint_reports(self, now: float, within: float) -> dict[str, dict[str, Any]]:
+        """Worker -> ``{endpoint key: statistics}`` as last reported, for the workers that
+        reported in the last ``within`` seconds: how processes sharing an endpoint learn of
+        each other (``runtime/endpoints.py``). A store no other process shares: ``{}``."""
+        return {}
 
     # -- queries ------------------------------------------------------------------------------
     @abc.abstractmethod

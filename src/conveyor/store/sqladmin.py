@@ -74,6 +74,18 @@ def merge_endpoints(reports: Iterable[Mapping[str, Any]]) -> dict[str, dict[str,
     return out
 
 
+def endpoint_reports(reads: Reads, now: float, within: float) -> dict[str, dict[str, Any]]:
+    """Worker -> its endpoint statistics, for the reports written in the last ``within``
+    seconds: what the processes sharing an endpoint tell each other. Reads one meta row per
+    worker that ever reported (a range of the meta table's key)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in reads.rows("endpoint_stats", lo=_ENDPOINTS, hi=_ENDPOINTS[:-1] + ";"):
+        rep = json.loads(value)
+        if float(rep.get("ts", 0.0)) >= now - within:
+            out[str(key)[len(_ENDPOINTS) :]] = dict(rep.get("endpoints", {}))
+    return out
+
+
 def report_endpoints(tx: Tx, worker: str, now: float, stats: Mapping[str, Any]) -> None:
     """Record one worker's endpoint limiter statistics for ``conveyor status``."""
     value = json.dumps({"ts": now, "endpoints": stats}, default=str)

@@ -216,6 +216,9 @@ class SqlStore(Store):
     def report_endpoints(self, worker: str, now: float, stats: Mapping[str, Any]) -> None:
         self._atomic(lambda tx: sqladmin.report_endpoints(tx, worker, now, stats))
 
+    def endpoint_reports(self, now: float, within: float) -> dict[str, dict[str, Any]]:
+        return sqladmin.endpoint_reports(self.db, now, within)
+
     # -- queries ----------------------------------------------------------------------------------
     def next_wakeup(self) -> float | None:
         v = self.db.scalar("next_wakeup")
