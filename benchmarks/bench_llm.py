@@ -27,11 +27,13 @@ Scenarios (``--scenario``):
   ra8           capacity 8 and every 429 says Retry-After: 1; Data Designer told 16
   two           two endpoints, capacities 16 and 4: ``title`` calls the first, ``review`` the
                 second (two servers, two model aliases in both tools). Data Designer runs twice:
-                told the true capacities (16 and 4: its best case) and at its defaults (4, 4)
+                told the true capacities (16 and 4: its best case) and at its defaults (4, 4;
+                4 happens to be the slow endpoint's capacity, which bounds the run)
 
 Conveyor is never told a capacity: each side runs as its users run it. Conveyor: a ``Table``
 with ``conveyor.llm_text`` columns and ``conveyor.table.build.build(table, records, out)``, every
-option at its default (``workers=32``, row groups of 1,000, 3 in flight, Parquet). Data
+option at its default (cells at once: 512 for a table that calls endpoints; row groups of 1,000,
+3 in flight; Parquet; one ``GET /models`` probe per endpoint before building). Data
 Designer (``benchmarks/peer_datadesigner.py``, in its own venv, made on first use under
 ``--venv``: ``python -m venv`` and ``pip install data-designer==0.9.7``): a ``ModelProvider``
 per server, a ``ModelConfig`` per alias, ``DataDesigner(...).create(builder,
@@ -45,12 +47,13 @@ warning at once and go on).
 
 Method. Each run is its own process per tool (``--only`` picks tools); imports are done before
 the timed window (each driver imports the libraries its tool loads lazily: conveyor openai,
-jinja2, pyarrow; Data Designer pandas, pyarrow, httpx). The window is the same for both: from the
-call of ``build()`` / ``create()`` to its return, measured inside the process (``wall``). The
-time to the first row group is the time from that call until the first row group's Parquet
-file appears in the output directory (conveyor: ``part-00000.parquet``, renamed into place;
-Data Designer: ``parquet-files/batch_*.parquet``), seen by this script polling every 20 ms;
-"last" likewise for the last one (Data Designer's statistics run after it, inside ``create()``).
+httpx, aiohttp, jinja2, pyarrow; Data Designer pandas, pyarrow, httpx, networkx). The window is
+the same for both: from the call of ``build()`` / ``create()`` to its return, measured inside
+the process (``wall``). The time to the first row group is the time from that call until the
+first row group's Parquet file appears in the output directory (conveyor:
+``part-00000.parquet``, renamed into place; Data Designer: ``parquet-files/batch_*.parquet``),
+seen by this script polling every 20 ms; "last" likewise for the last one (Data Designer's
+column statistics run after it, inside ``create()``).
 Tools run interleaved within each repetition (conveyor, then Data Designer, per scenario);
 figures are medians over ``--repeat``.
 
@@ -67,7 +70,9 @@ makes the first endpoint's work a prefix, which the bound ignores.)
 Targets (issue 12), for conveyor: >= 90 % of the ideal bound in every single-endpoint scenario
 without being told the capacity, >= 85 % with two endpoints, 429s <= 3 % of requests, and so
 >= 1.5x Data Designer's throughput where it is mis-configured (its default 4 at capacity 16, 32
-at 16, 16 at 8; with two endpoints at its defaults).
+at 16, 16 at 8). With two endpoints neither of its configurations is mis-configured where it
+counts: the run is bound by the capacity-4 endpoint, and both give it 4; the 16 + 4 endpoint
+column only shows how near each tool gets to the bound.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -159,7 +165,7 @@ SCENARIOS = {
                  (DDVariant("told 16", (16,), True),)),
         Scenario("two", "two endpoints, capacities 16 and 4", (Endpoint(16), Endpoint(4)),
                  (DDVariant("told 16 + 4 (true)", (16, 4), False),
-                  DDVariant("default (4 + 4)", (None, None), True))),
+                  DDVariant("default (4 + 4)", (None, None), False))),
     )
 }  # fmt: skip
 
@@ -321,7 +327,12 @@ def run_once(s: Scenario, tool: str, variant: DDVariant | None, *, records: int,
         with open(run_dir / "stdout.txt", "w+", encoding="utf-8") as so, \
                 open(run_dir / "stderr.txt", "w", encoding="utf-8") as se:  # fmt: skip
             proc = subprocess.Popen(cmd, stdout=so, stderr=se, env=env, cwd=run_dir)
-            first, last = _watch_groups(proc, *groups_dir(tool, out), expected)
+            try:
+                first, last = _watch_groups(proc, *groups_dir(tool, out), expected)
+            except BaseException:  # Ctrl-C, SIGTERM: leave no driver behind
+                proc.kill()
+                proc.wait()
+                raise
             so.seek(0)
             result = _result(so)
         if proc.returncode != 0 or result is None:
@@ -376,9 +387,15 @@ def _result(stdout: TextIO) -> dict[str, Any] | None:
 
 def conveyor_driver(cfg_path: str) -> None:
     """Build the workload with conveyor as a user would; print the timed window."""
-    import jinja2  # noqa: F401  - what conveyor imports lazily, imported before the window
+    import httpx  # noqa: F401  - what conveyor imports lazily, imported before the window
+    import jinja2  # noqa: F401
     import openai  # noqa: F401
     import pyarrow.parquet  # noqa: F401
+
+    try:
+        import aiohttp  # noqa: F401  - the openai SDK's transport when installed
+    except ImportError:
+        pass
 
     import conveyor
     from conveyor.table.build import build
@@ -519,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the conveyor source tree to run (default: this checkout's)")  # fmt: skip
     ap.add_argument("--driver", help=argparse.SUPPRESS)  # internal: conveyor's side of a run
     args = ap.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the fake servers and the driver are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.driver:
         conveyor_driver(args.driver)
         return 0

@@ -27,7 +27,13 @@ from typing import Any
 def main(path: str) -> None:
     with open(path, encoding="utf-8") as f:
         cfg: dict[str, Any] = json.load(f)
+    # what Data Designer imports lazily, imported before the timed window (as bench_llm.py
+    # does for conveyor's lazy imports)
     import data_designer.config as dd
+    import httpx  # noqa: F401
+    import networkx  # noqa: F401
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
     from data_designer.interface import DataDesigner
 
     providers = []
