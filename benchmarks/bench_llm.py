@@ -59,20 +59,25 @@ figures are medians over ``--repeat``.
 
 Reported per scenario and tool: wall time, calls served (the fake servers' ``/stats``, Data
 Designer's readiness calls included), the share of the ideal bound, 429s (count and share of
-all requests), the time to the first and last row group, and the throughput ratio conveyor /
-Data Designer (records per second). The ideal bound is the wall time no scheduler can beat:
-every call takes ``latency`` and an endpoint serves at most ``capacity`` at once, so with
-``calls_e`` calls of the workload to endpoint ``e`` (records per column that calls it) the
-wall time is at least ``max_e(calls_e x latency / capacity_e)``; "% of ideal" is that bound
-over the measured wall time. (With two endpoints the bound is the slower one's; the chain
-makes the first endpoint's work a prefix, which the bound ignores.)
+all requests), the time to the first and last row group, the tool's CPU per call served (its
+process's user + sys time inside the window; the fake servers are other processes), and the
+throughput ratio conveyor / Data Designer (records per second). Each run logs the machine's load
+average before and after it (in the JSON too): on a shared machine CPU contention shows up as
+lost throughput, most for the tool that needs the most calls per second.
+
+The ideal bound is the wall time no scheduler can beat: every call takes ``latency`` and an
+endpoint serves at most ``capacity`` at once, so with ``calls_e`` calls of the workload to
+endpoint ``e`` (records per column that calls it) the wall time is at least
+``max_e(calls_e x latency / capacity_e)``; "% of ideal" is that bound over the measured wall
+time. (With two endpoints the bound is the slower one's; the chain makes the first endpoint's
+work a prefix, which the bound ignores.)
 
 Targets (issue 12), for conveyor: >= 90 % of the ideal bound in every single-endpoint scenario
 without being told the capacity, >= 85 % with two endpoints, 429s <= 3 % of requests, and so
 >= 1.5x Data Designer's throughput where it is mis-configured (its default 4 at capacity 16, 32
 at 16, 16 at 8). With two endpoints neither of its configurations is mis-configured where it
-counts: the run is bound by the capacity-4 endpoint, and both give it 4; the 16 + 4 endpoint
-column only shows how near each tool gets to the bound.
+counts: the run is bound by the capacity-4 endpoint, and both give it 4; the two-endpoint rows
+show how near each tool gets to the bound.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -269,6 +275,8 @@ class Run:
     max_in_flight: list[int]
     first_group_s: float | None
     last_group_s: float | None
+    cpu_s: float  # the tool's process, user + sys, inside the window
+    load: tuple[float, float]  # the machine's 1-minute load average before and after the run
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -324,6 +332,7 @@ def run_once(s: Scenario, tool: str, variant: DDVariant | None, *, records: int,
             cmd = [str(dd_python), str(PEER), str(cfg_file)]
             env = dd_env(venv)
         expected = math.ceil(records / ROW_GROUP)
+        load0 = os.getloadavg()[0]
         with open(run_dir / "stdout.txt", "w+", encoding="utf-8") as so, \
                 open(run_dir / "stderr.txt", "w", encoding="utf-8") as se:  # fmt: skip
             proc = subprocess.Popen(cmd, stdout=so, stderr=se, env=env, cwd=run_dir)
@@ -339,6 +348,7 @@ def run_once(s: Scenario, tool: str, variant: DDVariant | None, *, records: int,
             err = (run_dir / "stderr.txt").read_text(encoding="utf-8")[-3000:]
             raise RuntimeError(f"{tool} failed in {s.name} (exit {proc.returncode}):\n{err}")
         stats = [srv.stats() for srv in servers]
+        load = (load0, os.getloadavg()[0])
     finally:
         for srv in servers:
             srv.stop()
@@ -351,7 +361,9 @@ def run_once(s: Scenario, tool: str, variant: DDVariant | None, *, records: int,
         max_in_flight=[st["max_in_flight"] for st in stats],
         first_group_s=None if first is None else first - started,
         last_group_s=None if last is None else last - started,
-        detail={k: v for k, v in result.items() if k not in ("started", "wall_s", "rows")},
+        cpu_s=result["cpu_s"], load=load,
+        detail={k: v for k, v in result.items()
+                if k not in ("started", "wall_s", "rows", "cpu_s")},
     )  # fmt: skip
 
 
@@ -411,12 +423,15 @@ def conveyor_driver(cfg_path: str) -> None:
         table.add(conveyor.llm_text(col["prompt"], model=col["model"]), name=col["name"])
 
     started = time.time()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     summary = build(table, cfg["records"], cfg["out"])
     wall = time.monotonic() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
 
     result = {
         "started": started, "wall_s": wall, "rows": summary.rows_written,
+        "cpu_s": r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime,
         "complete": summary.complete, "row_group_size": table.row_group_size,
         "row_groups_in_flight": table.in_flight, "endpoints": summary.endpoints,
         "own_first_group_s": summary.time_to_first_row_group_s, "dropped": summary.dropped,
@@ -446,6 +461,7 @@ class Row:
     first_group_s: float | None
     last_group_s: float | None
     rows_per_s: float
+    cpu_ms_per_call: float
     misconfigured: bool = False
     ratio: float | None = None  # conveyor's records/s over this Data Designer row's
 
@@ -469,7 +485,8 @@ def summarise(runs: list[Run], scenarios: list[Scenario]) -> list[Row]:
                 statistics.median(r.rate_limited for r in rs),
                 statistics.median(r.share_429 for r in rs),
                 median([r.first_group_s for r in rs]), median([r.last_group_s for r in rs]),
-                statistics.median(r.rows / r.wall_s for r in rs), misconfigured=mis,
+                statistics.median(r.rows / r.wall_s for r in rs),
+                statistics.median(1000 * r.cpu_s / r.served for r in rs), misconfigured=mis,
             )  # fmt: skip
             if tool == "conveyor":
                 conv = row
@@ -485,15 +502,15 @@ def _s(x: float | None) -> str:
 
 def table_md(rows: list[Row], scenarios: dict[str, Scenario]) -> str:
     out = ["| scenario | tool | capacity told | wall s | calls | % of ideal | 429s | "
-           "1st row group s | last row group s | conveyor/DD |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+           "1st row group s | last row group s | CPU ms/call | conveyor/DD |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:
         tool = "conveyor" if r.tool == "conveyor" else f"Data Designer {DD_VERSION}"
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}x"
         out.append(
             f"| {scenarios[r.scenario].title} | {tool} | {r.variant} | {r.wall_s:.1f} | "
             f"{r.calls:,.0f} | {r.of_ideal:.0%} | {r.rate_limited:,.0f} ({r.share_429:.1%}) | "
-            f"{_s(r.first_group_s)} | {_s(r.last_group_s)} | {ratio} |"
+            f"{_s(r.first_group_s)} | {_s(r.last_group_s)} | {r.cpu_ms_per_call:.1f} | {ratio} |"
         )
     return "\n".join(out)
 
@@ -571,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
                                  conveyor_src=args.conveyor_src.resolve())  # fmt: skip
                     log(f"    {r.wall_s:.1f} s, {r.of_ideal:.0%} of ideal, {r.served} served, "
                         f"{r.rate_limited} 429s, first row group "
-                        f"{_s(r.first_group_s)} s")  # fmt: skip
+                        f"{_s(r.first_group_s)} s, CPU {r.cpu_s:.1f} s, load "
+                        f"{r.load[0]:.1f} -> {r.load[1]:.1f}")  # fmt: skip
                     if r.rows != records:
                         raise RuntimeError(f"{tool} wrote {r.rows} rows, not {records}")
                     runs.append(r)

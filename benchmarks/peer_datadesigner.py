@@ -19,6 +19,7 @@ default)}]``, ``columns``: ``[{"name", "prompt", "model"}]`` (LLM text columns, 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from typing import Any
@@ -72,9 +73,11 @@ def main(path: str) -> None:
     parallel = {m.alias: m.inference_parameters.max_parallel_requests for m in models}
 
     started = time.time()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     result = designer.create(builder, num_records=cfg["records"], dataset_name=cfg["dataset"])
     wall = time.monotonic() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
 
     rows = len(result.load_dataset())  # after the window
     print(
@@ -83,6 +86,7 @@ def main(path: str) -> None:
             {
                 "started": started,
                 "wall_s": wall,
+                "cpu_s": r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime,
                 "rows": rows,
                 "row_group_size": defaults.buffer_size,
                 "row_groups_in_flight": defaults.max_concurrent_row_groups,
