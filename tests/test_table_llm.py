@@ -133,7 +133,9 @@ def test_a_reply_that_never_validates_drops_the_row_as_invalid_output(
     t.add(conveyor.llm_structured("Rate {{ n }}", schema=Never, model="fast"), name="v")
     s = build(t, 5, tmp_path / "o", format="jsonl", in_flight=1)
     assert s.dropped["v"]["invalid_output"] >= 5 and s.rows_written == 0
-    assert s.tokens["v"]["calls"] == 3 * s.dropped["v"]["invalid_output"]  # asked 3 times each
+    # asked 3 times each (a cell still asking when the build stopped adds its asks so far)
+    calls, dropped = s.tokens["v"]["calls"], s.dropped["v"]["invalid_output"]
+    assert 3 * dropped <= calls < 3 * dropped + 3 * 10  # (10: the cells of one row group)
 
 
 def test_500s_and_timeouts_are_retried_as_the_limiter_classifies_them(

@@ -112,7 +112,8 @@ def cell_function(col: Column, seed: int) -> Callable[[dict[str, Any], int], Any
     fn = col.fn
     assert fn is not None
     given = bool(col.given)
-    endpoint = col.endpoint is not None
+    # (a generator that takes its endpoint's slot itself, an LLM column, is called bare)
+    endpoint = col.endpoint is not None and not getattr(fn, "takes_slot", False)
 
     if col.is_async:
 
