@@ -195,7 +195,7 @@ def summary_lines(s: BuildSummary) -> list[str]:
                      f" ({m['tokens_per_s']:,.0f} tokens/s)")  # fmt: skip
     if s.stopped:
         lines.append(f"conveyor: error: build stopped early: {s.stopped}")
-    elif not s.complete:
+    elif not s.complete and not s.interrupted:  # (Ctrl-C says so itself, not as an error)
         lines.append(f"conveyor: error: build came out short: {s.rows_written:,} of"
                      f" {s.records:,} rows")  # fmt: skip
     return lines
