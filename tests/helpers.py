@@ -77,13 +77,17 @@ def expected_start_order(ids: Sequence[str], parents: Sequence[Sequence[str]]) -
     return order
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds (a bound, not a check)."""
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 30.0, what: str = "", every: float = 0.01
+) -> Any:
+    """Poll ``predicate`` every ``every`` seconds until it answers something truthy, and return
+    that; fail after ``timeout`` seconds (a bound, not a check)."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (got := predicate()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.01)
+        time.sleep(every)
+    return got
 
 
 # -- module-level functions: importable by graph files and by spawned worker processes -----------

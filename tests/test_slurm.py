@@ -20,6 +20,7 @@ import pytest
 
 from conveyor.cluster import pilots
 from conveyor.store.urls import open_store
+from helpers import wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -76,15 +77,9 @@ def ok(*args: str, cwd: Path) -> str:
 
 
 def poll(what: str, check: Callable[[], Any]) -> Any:
-    """``check()``'s first truthy answer, asked every 0.2 s up to DEADLINE_S."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    """``check()``'s first truthy answer, asked every 0.2 s (squeue is not to be hammered) up
+    to DEADLINE_S."""
+    return wait_until(check, DEADLINE_S, what, every=0.2)
 
 
 class Run:
