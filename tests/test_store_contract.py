@@ -365,6 +365,20 @@ def test_store_endpoint_reports_are_each_workers_fresh_one(store_url: str, store
     assert store.endpoint_reports(T0 + 9, 5.0)["w1"] == {"api.x": {"limit": 5}}
 
 
+def test_store_runtime_reports_keep_every_workers_last_one(store_url: str, store: Store) -> None:
+    store.report_runtimes("w1", {"cmd:sleep": [2, 6.0, 3.5]})
+    store.report_runtimes("w2", {"fn:jobs:f": [1, 0.5, 0.5]})
+    if is_memory(store_url):  # one process: the engine's own runs are all there is
+        assert store.runtime_reports() == {}
+        return
+    store.report_runtimes("w1", {"cmd:sleep": [3, 9.0, 3.5]})  # the latest one counts
+    assert store.runtime_reports() == {
+        "w1": {"cmd:sleep": [3, 9.0, 3.5]}, "w2": {"fn:jobs:f": [1, 0.5, 0.5]},
+    }  # fmt: skip
+    store.report_endpoints("w3", T0, {"api.x": {"limit": 3}})  # a neighbour in the meta table
+    assert set(store.runtime_reports()) == {"w1", "w2"}
+
+
 def test_store_status_has_every_documented_key(store_url: str, store: Store) -> None:
     store.open_graph(graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}), T0)
     a = claim1(store)

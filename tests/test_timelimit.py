@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 
 from conveyor.core.admission import Offer, Shape
 from conveyor.core.explain import GroupInfo, ready_reason
-from conveyor.core.timelimit import MARGIN_S, SLACK, fits_in, would_finish
+from conveyor.core.timelimit import (
+    MARGIN_S,
+    SLACK,
+    estimate,
+    fits_in,
+    merge_runtimes,
+    runtime_key,
+    would_finish,
+)
 from conveyor.graphfile import graph_from_dict
 from conveyor.store.memory import MemoryStore
 
@@ -58,3 +66,22 @@ def test_memory_store_claims_past_a_task_that_would_not_finish() -> None:
     assert [c.id for c in got] == ["short"]
     assert store.explain("long", T0, [Offer(1, time_left=30.0)]).code == "would_not_finish"
     assert [c.id for c in store.claim("w", 1, T0, 10, offer=Offer(1, time_left=7200.0))] == ["long"]
+
+
+def test_runtime_key_names_a_function_or_a_commands_program_or_script() -> None:
+    assert runtime_key("jobs:simulate", None) == "fn:jobs:simulate"
+    assert runtime_key(None, "sleep 3; echo done") == "cmd:sleep"
+    assert runtime_key(None, "python sim.py --seed 4") == "cmd:python sim.py"
+    assert (
+        runtime_key(None, "/usr/bin/python3 -u -m sim.run --x 1")
+        == "cmd:/usr/bin/python3 -u -m sim.run"
+    )
+    assert runtime_key(None, ["bash", "run.sh", "7"]) == "cmd:bash run.sh"
+    assert runtime_key(None, None) is None
+
+
+def test_estimate_is_the_mean_of_every_workers_runs() -> None:
+    merged = merge_runtimes([{"k": [2, 10.0, 6.0]}, {"k": [2, 2.0, 1.5], "j": [1, 4.0, 4.0]}])
+    assert merged == {"k": [4.0, 12.0, 6.0], "j": [1.0, 4.0, 4.0]}
+    assert estimate(merged["k"]) == 3.0
+    assert estimate(None) is None and estimate([0, 0.0, 0.0]) is None

@@ -207,6 +207,31 @@ def test_worker_with_an_end_starts_only_what_can_finish_and_why_says_so(project:
     assert sorted((project / "ran.txt").read_text().split()) == ["long", "short"]
 
 
+def test_worker_with_an_end_judges_undeclared_tasks_by_their_kinds_past_runs(
+    project: Path, db: str
+) -> None:
+    """No ``expected_s``: a worker with 8 s left does not start a ``sleep 3`` once another
+    worker's run of ``sleep 3`` took 3 s (3.3 s with slack + 5 s margin > 8 s). It hands the
+    claim back at once, reason ``would_not_finish``, and exits; a worker with time runs it."""
+    submit(project, db, [
+        {"id": f"s{i}", "cmd": f"sleep 3; echo s{i} >> ran.txt"} for i in (1, 2)
+    ])  # fmt: skip
+    first = cli("worker", "--db", db, "--max-tasks", "1", cwd=project)
+    assert first.returncode == 0, first.stderr
+    assert (project / "ran.txt").read_text().split() == ["s1"]
+
+    short = cli("worker", "--db", db, "--time-left", "8", cwd=project)
+    assert short.returncode == 0, short.stderr
+    assert (project / "ran.txt").read_text().split() == ["s1"]  # s2 never ran there
+    released = [e for e in history(db, "s2") if e["event"] == "task_released"]
+    assert [e["reason"] for e in released] == ["would_not_finish"]
+    assert counts(db).get("ready", 0) == 1
+
+    done = cli("worker", "--db", db, cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert (project / "ran.txt").read_text().split() == ["s1", "s2"]
+
+
 def test_worker_refuses_a_bad_end_in_one_line(project: Path) -> None:
     db = f"sqlite:///{project}/run.db"
     submit(project, db, [{"id": "a", "cmd": "true"}])

@@ -27,6 +27,7 @@ from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.core.admission import Offer
 from conveyor.core.explain import Reason
 from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
+from conveyor.core.timelimit import would_finish
 from conveyor.errors import ConveyorError
 from conveyor.events import EventSink
 from conveyor.model import TaskResult, TaskSpec, TaskState
@@ -50,6 +51,7 @@ from conveyor.runtime.messages import (
     SubmitChildren,
     Wake,
 )
+from conveyor.runtime.runtimes import Runtimes
 from conveyor.store.base import Claim, Store
 from conveyor.workerid import default_worker_id, slurm_info
 
@@ -133,6 +135,11 @@ class Engine:
             children=self._children, limiter=self._shared_limiter, worker_id=self.worker_id,
             clock=clock,
         )  # fmt: skip
+        #: Past runs per task kind: shared with the store's other workers, and what a worker
+        #: with an end judges tasks without ``expected_s`` by (``runtime/runtimes.py``).
+        self._runtimes = Runtimes(store, self.worker_id) if store.shared else None
+        self._inflight.runtimes = self._runtimes
+        self._out_of_time = False  # a task would not finish before ``until``: claim no more
         self.stats: RunStats = self._inflight.stats
         self._running = self._inflight.running
         self._lock = threading.Lock()  # guards the store and the bookkeeping below
@@ -231,6 +238,8 @@ class Engine:
                             self._tick(now)
                         if store.shared and self._endpoints.exchange_due(now, self.lease_s):
                             self._endpoints.exchange(self.worker_id, now)
+                            if self._runtimes is not None:
+                                self._runtimes.publish()
                         busy = bool(self._running) or self._pending_starts > 0
                     beat = False
                     if heart is not None and heart.pending:
@@ -333,7 +342,7 @@ class Engine:
             if self._inflight.parked:
                 wait = min(wait, max(0.0, self._inflight.parked_since + _GROUP_WAIT_S - now))
             return wait
-        if self._inflight.stopping:
+        if self._inflight.stopping or self._out_of_time:
             return None
         timeout = self._idle_wait(now, idle)
         if timeout is not None and self.until is not None:
@@ -386,7 +395,14 @@ class Engine:
         claim_one, complete, admission = store.claim_one, store.complete, store.admission
         mine: Launch | None = None
         batch: Sequence[Claim]
-        while not inflight.stopping and len(running) + self._pending_starts < slots + children.lent:
+        until, runtimes = self.until, self._runtimes
+        if until is not None and runtimes is not None:
+            runtimes.learn(now)
+        while (
+            not inflight.stopping
+            and not self._out_of_time
+            and len(running) + self._pending_starts < slots + children.lent
+        ):
             if self.max_tasks is not None and stats.started >= self.max_tasks:
                 inflight.stopping = True
                 break
@@ -404,8 +420,10 @@ class Engine:
                     break
                 batch = (claim,)
             for claim in batch:
-                stats.started += 1
                 spec = claim.spec
+                if until is not None and runtimes is not None and not self._fits_time(claim, now):
+                    continue
+                stats.started += 1
                 if spec.fn is None and spec.cmd is None:
                     # A no-op finishes where it is claimed: its children are ready before
                     # the next claim, which keeps the order depth-first.
@@ -501,6 +519,8 @@ class Engine:
         free = self.slots + self._children.lent - len(self._running) - self._pending_starts
         if self.max_tasks is not None:
             free = min(free, self.max_tasks - self.stats.started)
+        if self._out_of_time:
+            free = 0
         results = self._inflight.flush(now, max(0, free))
         if self._want:
             out.extend(results)
@@ -531,6 +551,17 @@ class Engine:
                 self._hand_back = self._hand_back or reason
             case Wake():
                 pass
+
+    def _fits_time(self, claim: Claim, now: float) -> bool:
+        """Whether ``claim`` can finish before ``until`` by what it declares or its kind's
+        past runs say; if not, it goes back to the store (``task_released``, reason
+        ``would_not_finish``) and this worker claims no more: what it has left only shrinks."""
+        assert self._runtimes is not None
+        if would_finish(now, self.until, self._runtimes.expected(claim.spec)):
+            return True
+        self._out_of_time = True
+        self.stats.released += sum(self.store.hand_back([claim], now, "would_not_finish"))
+        return False
 
     def _offer(self) -> Offer:
         left = None if self.until is None else self.until - self.clock.wall()
@@ -566,4 +597,6 @@ class Engine:
         self._executors.shutdown(wait=not (stats.interrupted or inflight.stuck))
         if self.store.shared:
             self._endpoints.exchange(self.worker_id, now, learn=False)
+            if self._runtimes is not None:
+                self._runtimes.publish()
             self.store.unregister_worker(self.worker_id, now)

@@ -19,6 +19,7 @@ from conveyor.runtime.capacity import Capacity
 from conveyor.runtime.children import Children
 from conveyor.runtime.deadlines import Deadlines
 from conveyor.runtime.executors import Executors, Kind, Running
+from conveyor.runtime.runtimes import Runtimes
 from conveyor.store.base import Claim, Store
 
 __all__ = ["InFlight", "RunStats"]
@@ -67,6 +68,8 @@ class InFlight:
         self._retry = retry
         self._rng = rng
         self._fail_fast = fail_fast
+        #: How long tasks ran, per kind (shared stores; ``runtime/runtimes.py``).
+        self.runtimes: Runtimes | None = None
 
     def register(self, claim: Claim, kind: Kind, now: float) -> Running:
         run = Running(claim, now, kind)
@@ -101,6 +104,8 @@ class InFlight:
                 if not self.parked:
                     self.parked_since = now
                 run.claim.extra["finished"] = now  # how long it ran, not how long it waited
+                if self.runtimes is not None:
+                    self.runtimes.record(run.claim.spec, now - run.started)
                 self.parked.append((run.claim, value))
             else:
                 res = self.record(run, ok, value, now)
@@ -134,6 +139,8 @@ class InFlight:
         del self.running[claim.handle]
         self._capacity.give_back(spec)
         if ok:
+            if self.runtimes is not None:
+                self.runtimes.record(spec, now - run.started)
             return self._done(claim, value, self.store.complete(claim, value, now))
         error = str(value)
         retry_at = None

@@ -286,6 +286,16 @@ class Store(abc.ABC):
         each other (``runtime/endpoints.py``). A store no other process shares: ``{}``."""
         return {}
 
+    def report_runtimes(self, worker: str, stats: Mapping[str, Sequence[float]]) -> None:
+        """Publish how long one worker's tasks ran, per task kind: ``{key: [runs, total
+        seconds, longest]}`` (``core/timelimit.py``), for workers near their end to judge
+        tasks that declare no ``expected_s`` (``runtime/runtimes.py``)."""
+
+    def runtime_reports(self) -> dict[str, dict[str, list[float]]]:
+        """Worker -> its last ``report_runtimes``, for every worker that ever reported (the
+        runs of a worker that left still tell). A store no other process shares: ``{}``."""
+        return {}
+
     # -- queries ------------------------------------------------------------------------------
     @abc.abstractmethod
     def next_wakeup(self) -> float | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from conveyor.store.sqltx import Reads, Tx
 
 READY, PENDING, SKIPPED = TaskState.READY, TaskState.PENDING, TaskState.SKIPPED
 _ENDPOINTS = "endpoints:"  # meta keys of the workers' endpoint reports
+_RUNTIMES = "runtimes:"  # meta keys of the workers' runtime reports
 #: The names ``ResultCodec.encode`` gives result files: ``<seq>-<token>.<kind>[.tmp<pid>]``.
 _RESULT_FILE = re.compile(r"(\d+)-(\d+)\.(?:json|pickle)(?:\.tmp\d+)?")
 
@@ -90,6 +91,18 @@ def report_endpoints(tx: Tx, worker: str, now: float, stats: Mapping[str, Any]) 
     """Record one worker's endpoint limiter statistics for ``conveyor status``."""
     value = json.dumps({"ts": now, "endpoints": stats}, default=str)
     tx.run("meta_set", key=_ENDPOINTS + worker, value=value)
+
+
+def report_runtimes(tx: Tx, worker: str, stats: Mapping[str, Sequence[float]]) -> None:
+    """Record how long one worker's tasks ran, per task kind (``Store.report_runtimes``)."""
+    tx.run("meta_set", key=_RUNTIMES + worker, value=json.dumps(stats))
+
+
+def runtime_reports(reads: Reads) -> dict[str, dict[str, list[float]]]:
+    """Worker -> its runtime report, for every worker that ever reported: one meta row each
+    (a range of the meta table's key)."""
+    rows = reads.rows("endpoint_stats", lo=_RUNTIMES, hi=_RUNTIMES[:-1] + ";")
+    return {str(key)[len(_RUNTIMES) :]: json.loads(value) for key, value in rows}
 
 
 def prune(tx: Tx, keep: int) -> int:

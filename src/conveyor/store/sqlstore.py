@@ -219,6 +219,12 @@ class SqlStore(Store):
     def endpoint_reports(self, now: float, within: float) -> dict[str, dict[str, Any]]:
         return sqladmin.endpoint_reports(self.db, now, within)
 
+    def report_runtimes(self, worker: str, stats: Mapping[str, Sequence[float]]) -> None:
+        self._atomic(lambda tx: sqladmin.report_runtimes(tx, worker, stats))
+
+    def runtime_reports(self) -> dict[str, dict[str, list[float]]]:
+        return sqladmin.runtime_reports(self.db)
+
     # -- queries ----------------------------------------------------------------------------------
     def next_wakeup(self) -> float | None:
         v = self.db.scalar("next_wakeup")

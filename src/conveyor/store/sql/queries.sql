@@ -553,5 +553,6 @@ SELECT shape, state, count(*) FROM tasks WHERE state IN ({PENDING}, {READY}, {RE
 GROUP BY shape, state;
 
 -- name: endpoint_stats
--- Each worker's EndpointLimiter statistics, written on its ticks (`conveyor status`).
+-- A range of meta keys: each worker's EndpointLimiter statistics, written on its ticks
+-- (`conveyor status`), or its runtime report (`runtime_reports`).
 SELECT key, value FROM meta WHERE key >= :lo AND key < :hi;
