@@ -334,3 +334,65 @@ def test_slurm_signalled_workers_hand_tasks_back_and_nothing_is_lost(
                                                     cwd=run.root)  # fmt: skip
     poll("the graph to finish", lambda: run.status()["unfinished"] == 0)
     run.finished_once(4)
+
+
+#: Spawners submit child tasks through the store from inside a SLURM worker's task.
+SPAWN = """
+import time
+import conveyor
+
+def leaf(tid, log):
+    time.sleep(0.1)
+    with open(log, "a") as f:
+        f.write(tid + "\\n")
+    return tid
+
+def spawn(n, log):
+    for i in range(n):
+        tid = f"{conveyor.current().task_id}/{i}"
+        conveyor.current().submit("jobs:leaf", tid, log, id=tid)
+    return n
+"""
+
+
+def test_slurm_children_submitted_on_a_worker_run_depth_first_across_the_cluster(
+    cluster: None, tmp_path: Path
+) -> None:
+    """Two spawners on two SLURM workers submit 4 children each through the store; 8 later
+    roots wait. Whatever worker claims next, no root starts while a child is ready (audit
+    order, stamped in each transaction), and every task runs once."""
+    (tmp_path / "jobs.py").write_text(SPAWN)
+    log = str(tmp_path / "runs.log")
+    tasks = [{"id": f"p{i}", "fn": "jobs:spawn", "args": [4, log]} for i in range(2)]
+    tasks += [{"id": f"r{i}", "fn": "jobs:leaf", "args": [f"r{i}", log]} for i in range(8)]
+    (tmp_path / "graph.json").write_text(json.dumps({"name": "spawners", "tasks": tasks}))
+    db = f"sqlite:///{tmp_path}/run.db"
+    ok("submit", "graph.json", "--db", db, cwd=tmp_path)
+    try:
+        ok("slurm", "submit", "--db", db, "--workers", "2", "--idle-exit", "5", cwd=tmp_path)
+
+        def status() -> dict[str, Any]:
+            return json.loads(ok("status", "--db", db, "--json", cwd=tmp_path))  # type: ignore[no-any-return]
+
+        poll("the graph and its children to finish",
+             lambda: status()["total"] == 18 and status()["unfinished"] == 0)  # fmt: skip
+    finally:
+        cli("slurm", "cancel", "--db", db, cwd=tmp_path)
+    events = [json.loads(ln) for ln in ok("events", "--db", db, cwd=tmp_path).splitlines()]
+    children = {f"p{p}/{i}" for p in range(2) for i in range(4)}
+    ran = Counter(Path(log).read_text().split())
+    assert ran == Counter(children | {f"r{i}" for i in range(8)})  # each once
+    workers = {e["worker"] for e in events if e["event"] == "task_started"}
+    assert len(workers) == 2  # both SLURM workers took part
+    ready: set[str] = set()
+    started: set[str] = set()
+    late = []
+    for e in events:
+        if e["event"] == "task_ready" and e["task"] in children:
+            ready.add(e["task"])
+        elif e["event"] == "task_started":
+            if e["task"].startswith("r") and ready - started:
+                late.append((e["task"], sorted(ready - started)))
+            started.add(e["task"])
+    assert ready == children
+    assert late == [], f"roots started while children were ready: {late}"
