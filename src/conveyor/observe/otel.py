@@ -67,7 +67,8 @@ def error_type(error: str | None) -> str:
 
 
 def function_name(spec: Any) -> str | None:
-    """What a task runs, for span names: ``module.qualname``, the import path, or ``"cmd"``."""
+    """The function a task runs, for span names: ``module.qualname`` or the import path;
+    ``None`` for commands and no-ops (their spans are named by task id)."""
     fn = spec.fn
     if isinstance(fn, str):
         return fn
@@ -76,7 +77,7 @@ def function_name(spec: Any) -> str | None:
         module, qual = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
         if qual:
             return f"{module}.{qual}" if module else str(qual)
-    return "cmd" if spec.cmd is not None else None
+    return None
 
 
 @dataclass(slots=True)
