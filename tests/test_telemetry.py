@@ -322,7 +322,7 @@ print(json.dumps({"names": sorted(spans),
                          text=True, timeout=60)  # fmt: skip
     assert got.returncode == 0, got.stderr
     answer = json.loads(got.stdout)
-    assert sorted(answer["names"]) == sorted(["app", "conveyor run", "__main__.one", "second"])
+    assert sorted(answer["names"]) == sorted(["app", "conveyor run", "__main__:one", "second"])
     assert answer["run_parent"]  # the run's span is a child of the span current at the call
 
 

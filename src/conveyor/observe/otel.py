@@ -67,7 +67,7 @@ def error_type(error: str | None) -> str:
 
 
 def function_name(spec: Any) -> str | None:
-    """The function a task runs, for span names: ``module.qualname`` or the import path;
+    """The function a task runs, for span names: its import path ``module:qualname``;
     ``None`` for commands and no-ops (their spans are named by task id)."""
     fn = spec.fn
     if isinstance(fn, str):
@@ -76,7 +76,7 @@ def function_name(spec: Any) -> str | None:
         fn = getattr(fn, "__wrapped_task__", fn)
         module, qual = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
         if qual:
-            return f"{module}.{qual}" if module else str(qual)
+            return f"{module}:{qual}" if module else str(qual)
     return None
 
 
