@@ -267,6 +267,33 @@ def test_telemetry_durable_worker_joins_sqlite_store_spans_and_metrics(
     assert point(m, "conveyor.tasks", **graph, state="running") == 0
 
 
+def test_telemetry_worker_loop_spans_cover_the_loop_body(otel: Otel, tmp_path: Path) -> None:
+    g = conveyor.Graph("otel-loop")
+    first = g.add(id="first", group="g1")
+    g.add(id="second", deps=[first], retries=1, group="g2")
+    db = f"sqlite:///{tmp_path}/loop.db"
+    body: dict[tuple[str, int], tuple[float, float]] = {}
+    with conveyor.worker(g, db=db, retry=FAST_RETRY, telemetry=otel.telemetry) as loop:
+        for task in loop:
+            entered = time.time()
+            body[(task.id, task.attempt)] = (entered, time.time())
+            if task.id == "second" and task.attempt == 1:
+                loop.fail("RuntimeError: not yet")
+    spans = otel.attempts()
+    assert set(spans) == {("first", 1), ("second", 1), ("second", 2)}
+    assert otel.root().name == "conveyor worker"
+    outcomes = {k: (s.attributes or {})["conveyor.outcome"] for k, s in spans.items()}
+    assert outcomes == {("first", 1): "done", ("second", 1): "retrying", ("second", 2): "done"}
+    assert (spans[("second", 1)].attributes or {})["error.type"] == "RuntimeError"
+    assert (spans[("second", 2)].attributes or {})["conveyor.group"] == "g2"
+    for key, (entered, left) in body.items():
+        s = spans[key]  # from the claim that handed the task out to the call that ended it
+        assert s.start_time <= int(entered * 1e9) and s.end_time >= int(left * 1e9)  # type: ignore[operator]
+    m = otel.metrics()
+    assert point(m, "conveyor.tasks", graph="otel-loop", state="done") == 2
+    assert point(m, "conveyor.tasks.finished", graph="otel-loop", group="g2", outcome="done") == 1
+
+
 def test_error_type_is_the_exception_class_the_error_starts_with() -> None:
     assert error_type("ValueError: boom (f.py:3 in g)") == "ValueError"
     assert error_type("pkg.errors.Bad: no") == "pkg.errors.Bad"

@@ -21,15 +21,16 @@ This module imports OpenTelemetry at its top: it is itself imported only when a 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor.clock import Clock
 from conveyor.errors import UsageError
-from conveyor.events import Event
+from conveyor.events import Event, combine
 
 try:
     from opentelemetry import metrics, trace
@@ -40,8 +41,17 @@ except ImportError:  # pragma: no cover - the extra is in `dev`
 
 if TYPE_CHECKING:
     from conveyor.limiter import EndpointStatistics
-    from conveyor.runtime.engine import Engine
-    from conveyor.store.base import Claim
+    from conveyor.store.base import Claim, Store
+
+
+class Ticking(Protocol):
+    """What ``on_tick`` reads of the engine (``conveyor.runtime.engine.Engine``)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    def endpoint_statistics(self) -> Mapping[str, EndpointStatistics]: ...
+
 
 __all__ = ["ATTEMPT_ENDS", "RunTelemetry", "Telemetry", "default_telemetry", "error_type"]
 
@@ -203,7 +213,9 @@ class RunTelemetry:
         self._open: dict[str, _Attempt] = {}  # task id -> its attempt running now
         self._tasks: dict[str, tuple[str, str | None]] = {}  # task id -> (group, function)
         self._next_counts = 0.0
-        self._engine: Engine | None = None
+        #: Where the gauges read from, on the run's thread: its store, its endpoint statistics.
+        self._store: Store | None = None
+        self._endpoints: Callable[[], Mapping[str, EndpointStatistics]] = dict
         self._closed = False
         self.span = telemetry.tracer.start_span(
             "conveyor worker" if joined else "conveyor run",
@@ -254,14 +266,22 @@ class RunTelemetry:
         with self._lock:
             self._tasks[spec.id] = (spec.group, function_name(spec))
 
-    def on_tick(self, engine: Engine) -> None:
-        """Every engine tick, on its thread: read the counts (at most every
-        ``counts_every_s``) and the endpoint statistics for the gauges."""
-        self._engine = engine
+    def on_tick(self, engine: Ticking) -> None:
+        """Every engine tick, on its thread (see ``tick``)."""
+        self.tick(engine.store, engine.endpoint_statistics)
+
+    def tick(
+        self,
+        store: Store,
+        endpoints: Callable[[], Mapping[str, EndpointStatistics]] = dict,
+    ) -> None:
+        """On the thread that owns ``store``: read its counts and ``endpoints()`` for the
+        gauges, at most every ``counts_every_s`` (and once more at ``close``)."""
+        self._store, self._endpoints = store, endpoints
         now = self.clock.wall()
         if now >= self._next_counts:
             self._next_counts = now + self.telemetry.counts_every_s
-            self._read(engine)
+            self._read()
 
     def close(self) -> None:
         """End the run's span (and attempts still open: ``conveyor.outcome`` ``unfinished``),
@@ -269,8 +289,9 @@ class RunTelemetry:
         if self._closed:
             return
         self._closed = True
-        if self._engine is not None:
-            self._read(self._engine)
+        if self._store is not None:
+            with contextlib.suppress(Exception):  # a store already closed: the last read stays
+                self._read()
         now = self.clock.wall()
         with self._lock:
             left, self._open = self._open, {}
@@ -284,8 +305,9 @@ class RunTelemetry:
     def _task(self, task: str) -> tuple[str, str | None]:
         return self._tasks.get(task, ("", None))
 
-    def _read(self, engine: Engine) -> None:
-        snap = _Snapshot(dict(engine.store.counts()), engine.endpoint_statistics())
+    def _read(self) -> None:
+        assert self._store is not None
+        snap = _Snapshot(dict(self._store.counts()), dict(self._endpoints()))
         self.telemetry.publish(self.graph, snap)
 
     def _span(
@@ -312,6 +334,18 @@ class RunTelemetry:
         if outcome in _FAILED:
             span.set_status(Status(StatusCode.ERROR, (error or outcome).splitlines()[0][:500]))
         span.end(end_time=_ns(max(began.start, end["ts"])))
+
+
+def observe_worker_loop(
+    telemetry: bool | Telemetry, store: Store, worker: str, clock: Clock
+) -> RunTelemetry:
+    """Telemetry for a ``conveyor.worker(...)`` loop: the store's events go to it (the loop
+    hands it its claims and ticks)."""
+    tel = default_telemetry() if telemetry is True else telemetry
+    assert isinstance(tel, Telemetry)
+    observer = tel.observe(graph=store.graph_name() or "", worker=worker, clock=clock, joined=True)
+    store.emit = combine([store.emit, observer])
+    return observer
 
 
 def _ns(seconds: float) -> int:
