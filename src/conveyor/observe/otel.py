@@ -249,7 +249,7 @@ class RunTelemetry:
     def __call__(self, event: Event) -> None:
         kind = event.get("event")
         task = event.get("task")
-        if task is None:
+        if task is None or self._closed:  # a store handed in stays: its later runs are not ours
             return
         if kind == "task_started":
             with self._lock:
