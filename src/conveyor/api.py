@@ -302,15 +302,12 @@ def _observe(
 ) -> RunTelemetry:
     """Hook OpenTelemetry into a run: its events (as the store emits them), its claims and
     its ticks (``conveyor.observe.otel``)."""
-    from conveyor.observe.otel import default_telemetry
+    from conveyor.observe.otel import observe_store
 
-    tel = default_telemetry() if telemetry is True else telemetry
-    assert not isinstance(tel, bool)
-    graph = spec.name if spec is not None else store.graph_name() or ""
-    observer = tel.observe(
-        graph=graph, worker=engine.worker_id, clock=engine.clock, joined=spec is None
-    )
-    store.emit = combine([store.emit, observer])
+    observer = observe_store(
+        telemetry, store, worker=engine.worker_id, clock=engine.clock,
+        graph=None if spec is None else spec.name, joined=spec is None,
+    )  # fmt: skip
     engine.on_claim = observer.on_claim
     user_tick = engine.on_tick
 

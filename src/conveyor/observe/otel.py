@@ -54,7 +54,9 @@ class Ticking(Protocol):
     def endpoint_statistics(self) -> Mapping[str, EndpointStatistics]: ...
 
 
-__all__ = ["ATTEMPT_ENDS", "RunTelemetry", "Telemetry", "default_telemetry", "error_type"]
+__all__ = [
+    "ATTEMPT_ENDS", "RunTelemetry", "Telemetry", "default_telemetry", "error_type", "observe_store",
+]  # fmt: skip
 
 #: The events that end an attempt, and the ``conveyor.outcome`` each gives its span.
 ATTEMPT_ENDS = {
@@ -356,14 +358,22 @@ def _labels(graph: str, group: str, outcome: str) -> dict[str, str]:
     return out
 
 
-def observe_worker_loop(
-    telemetry: bool | Telemetry, store: Store, worker: str, clock: Clock
+def observe_store(
+    telemetry: bool | Telemetry,
+    store: Store,
+    *,
+    worker: str,
+    clock: Clock,
+    graph: str | None = None,
+    joined: bool = True,
 ) -> RunTelemetry:
-    """Telemetry for a ``conveyor.worker(...)`` loop: the store's events go to it (the loop
-    hands it its claims and ticks)."""
+    """Start observing a run on ``store`` (``telemetry``: ``True`` for the global providers,
+    or a ``Telemetry``): the store's events go to it from now on. The caller hands it the
+    claims (``on_claim``) and ticks (``on_tick``/``tick``) and closes it before the store."""
     tel = default_telemetry() if telemetry is True else telemetry
     assert isinstance(tel, Telemetry)
-    observer = tel.observe(graph=store.graph_name() or "", worker=worker, clock=clock, joined=True)
+    name = graph if graph is not None else store.graph_name() or ""
+    observer = tel.observe(graph=name, worker=worker, clock=clock, joined=joined)
     store.emit = combine([store.emit, observer])
     return observer
 

@@ -112,9 +112,11 @@ class WorkerLoop:
         #: OpenTelemetry spans and metrics (``telemetry=``; ``conveyor.observe.otel``).
         self.telemetry: RunTelemetry | None = None
         if telemetry:
-            from conveyor.observe.otel import observe_worker_loop
+            from conveyor.observe.otel import observe_store
 
-            self.telemetry = observe_worker_loop(telemetry, self.store, self.worker_id, clock)
+            self.telemetry = observe_store(
+                telemetry, self.store, worker=self.worker_id, clock=clock
+            )
         self._stop = threading.Event()
         self._beat: Heartbeat | None = None
         if self.store.shared:
