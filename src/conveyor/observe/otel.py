@@ -161,8 +161,8 @@ class Telemetry:
     def observe(
         self, *, graph: str, worker: str, clock: Clock, joined: bool = False
     ) -> RunTelemetry:
-        """Start observing one run (its span starts now): hand the result to the store as its
-        ``emit`` and to the engine as ``on_claim``/``on_tick``; ``close()`` it at the end."""
+        """Start observing one run (its span starts now). ``observe_store`` calls this and
+        joins the store's ``emit``; the run hands it claims and ticks and closes it."""
         return RunTelemetry(self, graph, worker, clock, joined)
 
     def count(self, graph: str, group: str, outcome: str | None, final: str | None) -> None:
