@@ -18,6 +18,7 @@ from conveyor.store.base import Store
 from conveyor.store.urls import open_store
 
 if TYPE_CHECKING:
+    from conveyor.observe.otel import RunTelemetry, Telemetry
     from conveyor.runtime.engine import Engine, RunStats
     from conveyor.store.base import OpenedGraph
 
@@ -101,6 +102,7 @@ class Run:
         *,
         owns_store: bool,
         closers: list[JsonlSink],
+        telemetry: RunTelemetry | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -110,6 +112,8 @@ class Run:
         self.opened = opened
         self._owns_store = owns_store
         self._closers = closers
+        #: The run's OpenTelemetry spans and metrics (``telemetry=``), else ``None``.
+        self.telemetry = telemetry
         self._closed = False
         self._started: float | None = None
         self._ended: float | None = None
@@ -177,6 +181,8 @@ class Run:
             return
         self._closed = True
         try:
+            if self.telemetry is not None:
+                self.telemetry.close()  # reads the store's counts a last time: before it closes
             if self._owns_store and not keep_store:
                 self.store.close()
         finally:
@@ -204,6 +210,7 @@ def open_run(
     resources: Mapping[str, float] | None = None,
     max_tasks: int | None = None,
     worker_id: str | None = None,
+    telemetry: bool | Telemetry = False,
     **engine_options: Any,
 ) -> Run:
     """Open a run of ``graph``: open the store, submit (or resume) the graph, make the engine.
@@ -218,6 +225,9 @@ def open_run(
       ``True``: against a durable store, run again only what changed; docs/incremental.md);
     - what this worker offers: ``labels``, ``resources``, ``lease_s``, ``max_tasks``,
       ``worker_id`` (default ``host:pid``);
+    - ``telemetry``: ``True`` reports a span per task attempt and the run's metrics through
+      OpenTelemetry's global providers, or pass a ``conveyor.observe.otel.Telemetry`` naming
+      others (``conveyor[otel]``; docs/telemetry.md);
     - the engine's: ``workers`` (default 4), ``fail_fast``, ``executor``, ``retry``,
       ``seed``, ``idle_exit``, ``on_result``, ``on_tick`` (called with the engine), ...
 
@@ -239,6 +249,7 @@ def open_run(
     closers = [JsonlSink(events)] if events is not None else []
     emit = combine([emit, *closers])
     owns_store = store is None
+    observer: RunTelemetry | None = None
     try:
         if store is None:
             store = open_store(db, emit=emit, clock=engine_options.get("clock", SYSTEM_CLOCK))
@@ -271,13 +282,42 @@ def open_run(
         )  # fmt: skip
         if spec is not None and not store.shared:
             engine.check_fit()
+        if telemetry:
+            observer = _observe(telemetry, store, engine, spec)
     except BaseException:
+        if observer is not None:
+            observer.close()
         if owns_store and store is not None:
             store.close()
         for closer in closers:
             closer.close()
         raise
-    return Run(store, engine, spec, submitted, owns_store=owns_store, closers=closers)
+    return Run(
+        store, engine, spec, submitted, owns_store=owns_store, closers=closers, telemetry=observer
+    )
+
+
+def _observe(
+    telemetry: bool | Telemetry, store: Store, engine: Engine, spec: GraphSpec | None
+) -> RunTelemetry:
+    """Hook OpenTelemetry into a run: its events (as the store emits them), its claims and
+    its ticks (``conveyor.observe.otel``)."""
+    from conveyor.observe.otel import observe_store
+
+    observer = observe_store(
+        telemetry, store, worker=engine.worker_id, clock=engine.clock,
+        graph=None if spec is None else spec.name, joined=spec is None,
+    )  # fmt: skip
+    engine.on_claim = observer.on_claim
+    user_tick = engine.on_tick
+
+    def on_tick(eng: Engine) -> None:
+        observer.on_tick(eng)
+        if user_tick is not None:
+            user_tick(eng)
+
+    engine.on_tick = on_tick
+    return observer
 
 
 def run(graph: Any, **options: Any) -> RunResult:

@@ -23,6 +23,14 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Tasks run at once.")]
 Events = Annotated[Path | None, typer.Option("--events", help="Append JSONL events here.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+Otel = Annotated[
+    bool,
+    typer.Option(
+        "--otel",
+        help="Report a span per task attempt and the run's metrics through OpenTelemetry "
+        "(conveyor[otel]; exporters from OTEL_* variables, docs/telemetry.md).",
+    ),
+]
 Lease = Annotated[float, typer.Option("--lease", help="Lease seconds (durable stores).")]
 Labels = Annotated[
     str | None, typer.Option("--labels", help="Labels this worker offers: gpu=a100,zone=a")
@@ -87,3 +95,15 @@ def label_value(text: str) -> Any:
         except ValueError:
             return text
         return number if math.isfinite(number) else text
+
+
+def telemetry(otel: bool) -> Any:
+    """What ``--otel`` hands ``open_run(telemetry=...)``: OpenTelemetry set up from the
+    ``OTEL_*`` variables (``conveyor.observe.otelenv``), or ``False``."""
+    if not otel:
+        return False
+    import os
+
+    from conveyor.observe.otelenv import telemetry_from_env
+
+    return telemetry_from_env(os.environ)

@@ -41,6 +41,7 @@ def run(
             help="With --db: resume runs only unfinished tasks (no re-run of what changed).",
         ),
     ] = False,
+    otel: opt.Otel = False,
 ) -> None:
     """Run a graph file to the end, with a progress bar."""
     from conveyor.api import open_run
@@ -57,12 +58,13 @@ def run(
 
     with user_errors():
         lease = opt.checked(lease, "Seconds", "--lease")
+        telemetry = opt.telemetry(otel)
         with open_run(
             graph_file(file), db=db, events=events, replace=replace,
             fingerprints=not no_fingerprints, lease_s=lease, workers=workers,
             resources=opt.parse_pairs(resources, "resources", number=True),
             labels=opt.parse_pairs(labels, "labels", number=False),
-            fail_fast=fail_fast, executor=executor, seed=seed, on_tick=tick,
+            fail_fast=fail_fast, executor=executor, seed=seed, on_tick=tick, telemetry=telemetry,
         ) as opened:  # fmt: skip
             freeze_survivors()  # this process ends with the run: the loaded graph stays
             progress = make_progress(sum(opened.counts.values()), quiet=quiet)

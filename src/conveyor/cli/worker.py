@@ -74,6 +74,7 @@ def worker(
     events: opt.Events = None,
     quiet: opt.Quiet = False,
     executor: opt.Executor = None,
+    otel: opt.Otel = False,
 ) -> None:
     """Run tasks of the graph in --db until it is finished (exit 0; 1 if tasks failed).
     SIGUSR2 or SIGTERM hand the running tasks back to the store at once; then exit 0."""
@@ -94,10 +95,11 @@ def worker(
             typer.echo(warning, err=True)
         offered = opt.parse_pairs(labels, "labels", number=False)
         has = opt.parse_pairs(resources, "resources", number=True) if resources else None
+        telemetry = opt.telemetry(otel)
         with open_run(
             None, db=durable(db), events=events, lease_s=lease, labels=offered, resources=has,
             max_tasks=max_tasks, workers=workers, idle_exit=idle_exit, executor=executor,
-            until=end,
+            until=end, telemetry=telemetry,
         ) as joined:  # fmt: skip
             signals.attach(joined.engine)
             # The file's functions import from where the submitter found them.

@@ -71,6 +71,10 @@ class EndpointFollower:
             self._limiter = EndpointLimiter(clock=self._clock)
         return self._limiter
 
+    def statistics(self) -> dict[str, EndpointStatistics]:
+        """The limiter's statistics per endpoint, ``{}`` before any task made it. Thread-safe."""
+        return {} if self._limiter is None else self._limiter.statistics()
+
     def follow(self, now: float) -> None:
         """Cap each endpoint's tasks at its limit plus headroom; emit ``endpoint_limit_changed``
         when a limit moved. O(endpoints) per tick."""

@@ -56,7 +56,7 @@ from conveyor.store.base import Claim, Store
 from conveyor.workerid import default_worker_id, slurm_info
 
 if TYPE_CHECKING:
-    from conveyor.limiter import EndpointLimiter
+    from conveyor.limiter import EndpointLimiter, EndpointStatistics
 
 __all__ = ["Engine", "RunStats"]
 
@@ -97,6 +97,7 @@ class Engine:
         emit: EventSink | None = None,
         on_result: Callable[[TaskResult], None] | None = None,
         on_tick: Callable[[Engine], None] | None = None,
+        on_claim: Callable[[Claim], None] | None = None,
         tick_s: float = 0.2,
         resources: dict[str, float] | None = None,
         labels: dict[str, Any] | None = None,
@@ -115,6 +116,9 @@ class Engine:
         self.max_tasks = max_tasks
         self.on_result = on_result
         self.on_tick = on_tick
+        #: Called with each claim this engine takes, before it starts (``conveyor.observe``
+        #: learns a task's group and function there); on the thread that claimed it.
+        self.on_claim = on_claim
         self.tick_s = tick_s
         #: Unix seconds by which this worker must be done (a SLURM job's end): it claims only
         #: tasks whose ``expected_s`` fits before then, and at ``until`` hands back what runs.
@@ -182,6 +186,11 @@ class Engine:
         with ``reason``, not a failure) and end the run. Safe from any thread and from a signal
         handler (it only posts a message; the loop acts on it between steps)."""
         self._queue.put(HandBack(reason))
+
+    def endpoint_statistics(self) -> dict[str, EndpointStatistics]:
+        """The endpoint limiter's statistics per endpoint; ``{}`` while no task used one (no
+        limiter is made for asking). Thread-safe."""
+        return self._endpoints.statistics()
 
     def check_fit(self) -> None:
         """Refuse (``GraphError``) a task this engine could never run: its labels or resources
@@ -390,7 +399,7 @@ class Engine:
         """
         store, stats, running, children = self.store, self.stats, self._running, self._children
         worker, want, lease_s, slots = self.worker_id, self._want, self.lease_s, self.slots
-        inflight, heart = self._inflight, self._heart
+        inflight, heart, on_claim = self._inflight, self._heart, self.on_claim
         batch_limit = _RESULT_BATCH if self._yield and not from_thread else _NO_BATCH
         claim_one, complete, admission = store.claim_one, store.complete, store.admission
         mine: Launch | None = None
@@ -424,6 +433,8 @@ class Engine:
                 if until is not None and runtimes is not None and not self._fits_time(claim, now):
                     continue
                 stats.started += 1
+                if on_claim is not None:
+                    on_claim(claim)
                 if spec.fn is None and spec.cmd is None:
                     # A no-op finishes where it is claimed: its children are ready before
                     # the next claim, which keeps the order depth-first.

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
@@ -39,6 +39,9 @@ from conveyor.runtime.idle import IdleBackoff
 from conveyor.store.base import Claim, Store, WorkerProfile
 from conveyor.store.urls import open_store
 from conveyor.workerid import default_worker_id
+
+if TYPE_CHECKING:
+    from conveyor.observe.otel import RunTelemetry
 
 __all__ = ["WorkItem", "WorkerLoop", "worker"]
 
@@ -81,6 +84,7 @@ class WorkerLoop:
         retry: RetryPolicy = DEFAULT_RETRY,
         fingerprints: bool = True,
         clock: Clock = SYSTEM_CLOCK,
+        telemetry: Any = False,
     ) -> None:
         self.worker_id = worker_id or default_worker_id()
         self.lease_s = lease_s
@@ -105,6 +109,14 @@ class WorkerLoop:
             from conveyor.graph import as_graph
 
             open_graph(self.store, as_graph(graph), now, replace=replace, fingerprints=fingerprints)
+        #: OpenTelemetry spans and metrics (``telemetry=``; ``conveyor.observe.otel``).
+        self.telemetry: RunTelemetry | None = None
+        if telemetry:
+            from conveyor.observe.otel import observe_store
+
+            self.telemetry = observe_store(
+                telemetry, self.store, worker=self.worker_id, clock=clock
+            )
         self._stop = threading.Event()
         self._beat: Heartbeat | None = None
         if self.store.shared:
@@ -125,8 +137,12 @@ class WorkerLoop:
                 break
             now = self.clock.wall()
             got = store.claim(self.worker_id, 1, now, self.lease_s)
+            if self.telemetry is not None:
+                self.telemetry.tick(store)
             if got:
                 claim = got[0]
+                if self.telemetry is not None:
+                    self.telemetry.on_claim(claim)
                 self.started += 1
                 spec = claim.spec
                 parents = store.parent_values(claim) if claim.parents else {}
@@ -184,6 +200,8 @@ class WorkerLoop:
                 self._beat.stop()
             if self.store.shared:
                 self.store.unregister_worker(self.worker_id, self.clock.wall())
+            if self.telemetry is not None:
+                self.telemetry.close()
             self.store.close()
 
     def __enter__(self) -> WorkerLoop:
@@ -210,7 +228,8 @@ def worker(graph: Any = None, *, db: str, **options: Any) -> WorkerLoop:
     ``replace``, ``retry``, ``fingerprints`` (default ``True``: a graph the store holds is
     resumed incrementally, docs/incremental.md; every joining process resumes it, so a
     ``cache=False`` task re-runs per join unless joiners pass ``fingerprints=False``),
-    ``clock`` (a ``conveyor.clock.Clock``). What happens to the task in hand when the loop goes
-    on or ends: see ``conveyor.runtime.worker``.
+    ``clock`` (a ``conveyor.clock.Clock``), ``telemetry`` (``True`` or a
+    ``conveyor.observe.otel.Telemetry``: a span per task, docs/telemetry.md). What happens to
+    the task in hand when the loop goes on or ends: see ``conveyor.runtime.worker``.
     """
     return WorkerLoop(graph, db=db, **options)
