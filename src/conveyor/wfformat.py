@@ -202,17 +202,17 @@ def _assemble(
     if not declared:
         for tid in ids:
             for f in inputs[tid]:
-                p = producer.get(f)
-                if p is not None and p != tid:
-                    merged[tid].setdefault(p)
+                made_by = producer.get(f)
+                if made_by is not None and made_by != tid:
+                    merged[tid].setdefault(made_by)
     out = []
     for tid in ids:
         task: dict[str, Any] = {"id": tid, "parents": list(merged[tid])}
         r = runtime.get(tid)
         if r is not None:
             task["runtime_s"] = r
-        c = cores.get(tid)
-        if c is not None:
-            task["cores"] = c
+        used = cores.get(tid)
+        if used is not None:
+            task["cores"] = used
         out.append(task)
     return out
