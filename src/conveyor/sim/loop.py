@@ -52,6 +52,8 @@ from conveyor.errors import ConveyorError, UsageError
 class SimulationStuck(ConveyorError):
     """Tasks are left that can never start (a gang larger than a worker, a zero cap...)."""
 
+    exit_code = 2  # the graph cannot run on the workers asked for: bad input
+
 
 @dataclass
 class Batch:
