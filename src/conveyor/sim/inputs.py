@@ -6,6 +6,7 @@ A task's simulated duration is its ``expected_s`` when it declares one, else its
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
@@ -95,5 +96,7 @@ def layered(tasks: int, *, layers: int = 25, width: int = 4) -> Batch:
     jobs = max(1, tasks // per_job)
     n = jobs * per_job
     ids = list(map(str, range(n)))
-    durations = [0.5 + ((i * 2654435761) % 1000) / 1000.0 for i in range(n)]
+    durations = array("d", [0.0]) * n
+    for i in range(n):
+        durations[i] = 0.5 + ((i * 2654435761) % 1000) / 1000.0
     return Batch("layered", ids, LayeredParents(ids, jobs, layers, width), durations)

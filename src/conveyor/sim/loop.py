@@ -149,12 +149,16 @@ def simulate(
     wall0 = time.perf_counter()
     groups = dict(groups or {})
     speed = config.speed
-    dur = array("d")
-    for b in batches:
-        if speed == 1.0:
-            dur.extend(b.durations)
-        else:
-            dur.extend(d / speed for d in b.durations)
+    given = batches[0].durations if len(batches) == 1 else None
+    if isinstance(given, array) and given.typecode == "d" and speed == 1.0:
+        dur = given  # (read only: no copy of a large graph's durations)
+    else:
+        dur = array("d")
+        for b in batches:
+            if speed == 1.0:
+                dur.extend(b.durations)
+            else:
+                dur.extend(d / speed for d in b.durations)
     n = len(dur)
     use_queue = (
         config.policy != "depth_first"
@@ -178,7 +182,7 @@ def simulate(
         )
         f.enable_admission(q, q.shape_id(Shape("default")))
     root_of = array("i", [0]) * n
-    left = array("i", [0]) * n  # unfinished tasks of each root's tree (at the root's index)
+    left: dict[int, int] = {}  # unfinished tasks of each root's tree, by the root's index
     for k, b in enumerate(batches):
         shapes = None
         gangs: dict[int, str] = {}
@@ -203,7 +207,7 @@ def _run(
     q: AdmissionQueue | None,
     dur: array[float],
     root_of: array[int],
-    left: array[int],
+    left: dict[int, int],
     config: SimConfig,
     ranks: list[float] | None,
     on_progress: Callable[[int, int], None] | None,
@@ -220,7 +224,6 @@ def _run(
     ids = f.ids
     root_done: list[float] = []
     in_progress = peak = 0
-    busy = 0.0
     done = 0
     now = 0.0
     counts = f.counts
@@ -233,19 +236,14 @@ def _run(
         # Fill free slots: the engine's claim, one decision at a time.
         if free_total and counts[READY]:
             if q is None:
-                w = 0
+                # The fast path (no admission): which worker runs a task changes nothing.
                 while free_total:
                     i = pop()
                     if i is None:
                         break
-                    while not free[w]:
-                        w += 1
-                    free[w] -= 1
                     free_total -= 1
-                    d = dur[i]
-                    busy += d
-                    heappush(events, (now + d, i, w))
-                    if root_of[i] == i and left[i] == 1:
+                    heappush(events, (now + dur[i], i, -1))
+                    if root_of[i] == i:
                         in_progress += 1
                         if in_progress > peak:
                             peak = in_progress
@@ -260,10 +258,8 @@ def _run(
                         free[w] -= len(got)
                         free_total -= len(got)
                         for i in got:
-                            d = dur[i]
-                            busy += d
-                            heappush(events, (now + d, i, w))
-                            if root_of[i] == i and left[i] == 1:
+                            heappush(events, (now + dur[i], i, w))
+                            if root_of[i] == i:
                                 in_progress += 1
                                 if in_progress > peak:
                                     peak = in_progress
@@ -287,7 +283,8 @@ def _run(
         now = t
         while events and events[0][0] == t:
             _, i, w = heappop(events)
-            free[w] += 1
+            if w >= 0:
+                free[w] += 1
             free_total += 1
             r = root_of[i]
             kids = complete(i)
@@ -305,7 +302,7 @@ def _run(
     if on_progress is not None:
         on_progress(done, n)
     return SimResult(
-        policy=config.policy, tasks=n, workers=workers, slots=slots, makespan=now, busy=busy,
+        policy=config.policy, tasks=n, workers=workers, slots=slots, makespan=now, busy=sum(dur),
         root_done=root_done, peak_roots=peak, shares=shares.result(now), starts=starts,
         wall_s=time.perf_counter() - wall0,
     )  # fmt: skip
