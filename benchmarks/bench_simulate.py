@@ -23,6 +23,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 MAX_SECONDS_10M = 600.0
 MAX_FLAT = 1.3
@@ -77,7 +78,7 @@ def main() -> None:
         p = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True,
                            text=True, check=True)  # fmt: skip
         row = json.loads(p.stdout)
-        row["loadavg"] = open("/proc/loadavg").read().split()[0]
+        row["loadavg"] = Path("/proc/loadavg").read_text().split()[0]
         rows.append(row)
         print(f"{row['tasks']:>12,} tasks: build {row['build_s']:7.1f} s, simulate "
               f"{row['simulate_s']:7.1f} s, {row['us_per_task']:5.2f} us/task, "

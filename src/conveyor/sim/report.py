@@ -79,9 +79,10 @@ def text(
         if not r.shares:
             continue
         groups = list(r.shares[0][2])
+        width = min(max(8, *map(len, groups)) + 2, 40)
         lines += ["", f"group shares of the slots over time, {r.policy}:"]
-        lines.append(f"  {'window':<22}" + "".join(f"{g[:12]:>13}" for g in groups))
+        lines.append(f"  {'window':<16}" + "".join(f"{g[: width - 2]:>{width}}" for g in groups))
         for a, b, shares in r.shares:
             span = f"{a:,.0f}-{b:,.0f} s"
-            lines.append(f"  {span:<22}" + "".join(f"{shares[g]:>13.0%}" for g in groups))
+            lines.append(f"  {span:<16}" + "".join(f"{shares[g]:>{width}.0%}" for g in groups))
     return "\n".join(lines)
