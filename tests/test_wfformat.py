@@ -113,3 +113,17 @@ def test_cli_runs_graphs_and_refuses_a_bad_file_in_one_line(tmp_path: Path) -> N
         out = subprocess.run([*CLI, command, str(bad)], capture_output=True, text=True, timeout=60)
         assert out.returncode == 2, (command, out.stderr)
         assert out.stderr.count("\n") == 1 and "ghost" in out.stderr, out.stderr
+
+
+def test_speed_replays_runtimes_as_sleeps() -> None:
+    from conveyor.cli.run import sleeping
+
+    spec = sleeping(load_graph(WF / "helloworld-forkjoin-10-v1.5.json"), 4.0)
+    first = spec.tasks[0]
+    assert first.fn == "time:sleep"
+    assert first.args == (first.runtime_s / 4.0,)
+    assert not spec.structure_only
+    out = subprocess.run([*CLI, "run", str(WF / "helloworld-forkjoin-10-v1.5.json"), "--quiet",
+                          "--speed", "20000", "-w", "8"], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
