@@ -107,10 +107,15 @@ def test_cli_runs_graphs_and_refuses_a_bad_file_in_one_line(tmp_path: Path) -> N
     ok = subprocess.run([*CLI, "run", str(WF / "cycles-1l-1c-9p-v1.3.json"), "--quiet"],
                         capture_output=True, text=True, timeout=60)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
+    db = f"sqlite:///{tmp_path / 'wf.db'}"
+    sub = subprocess.run([*CLI, "submit", str(WF / "helloworld-forkjoin-10-v1.5.json"), "--db", db],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert sub.returncode == 0 and "10 new tasks" in sub.stderr + sub.stdout, sub.stderr
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(v15([{"id": "a", "parents": ["ghost"]}])))
-    for command in ("run", "graph", "simulate"):
-        out = subprocess.run([*CLI, command, str(bad)], capture_output=True, text=True, timeout=60)
+    for command in (["run"], ["graph"], ["simulate"], ["submit", "--db", db]):
+        out = subprocess.run([*CLI, *command, str(bad)], capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
         assert out.returncode == 2, (command, out.stderr)
         assert out.stderr.count("\n") == 1 and "ghost" in out.stderr, out.stderr
 
