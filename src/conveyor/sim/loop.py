@@ -41,6 +41,7 @@ from conveyor.core.frontier import READY, Frontier
 from conveyor.core.ordering import Key
 from conveyor.core.policies import (
     POLICIES,
+    breadth_first_key,
     critical_path_key,
     fifo_key,
     shortest_first_key,
@@ -115,19 +116,21 @@ class PolicyQueue(AdmissionQueue):
 
 
 def _key_function(
-    policy: str, durations: Sequence[float], ranks: Sequence[float] | None
+    policy: str, f: Frontier, durations: Sequence[float], ranks: Sequence[float] | None
 ) -> Callable[[int, Key], Key]:
-    """The key a task enters the queue with under ``policy`` (from ``core/policies.py``)."""
+    """The key a task enters the queue with under ``policy`` (from ``core/policies.py``). The
+    facts come from the frontier (``depth``, ``root_seq``), not from the engine's key, so a
+    change of that key's form leaves these policies as they are."""
     if policy == "depth_first":
         return lambda i, key: key
     if policy == "breadth_first":
-        return lambda i, key: (-key[0], key[1], i)
+        return lambda i, key: breadth_first_key(f.depth[i], f.root_seq[i], i)
     if policy == "fifo":
         counter = iter(range(1 << 62))
         return lambda i, key: fifo_key(next(counter), i)
     if policy == "critical_path":
         assert ranks is not None
-        return lambda i, key: critical_path_key(ranks[i], key[1], i)
+        return lambda i, key: critical_path_key(ranks[i], f.root_seq[i], i)
     if policy == "shortest_first":
         return lambda i, key: shortest_first_key(durations[i], i)
     raise UsageError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
@@ -178,7 +181,7 @@ def simulate(
     if use_queue:
         infos = {name: GroupInfo(weight, cap) for name, (weight, cap) in groups.items()}
         q = PolicyQueue(
-            infos, _key_function(config.policy, dur, ranks), gang_wait_s=config.gang_wait_s
+            infos, _key_function(config.policy, f, dur, ranks), gang_wait_s=config.gang_wait_s
         )
         f.enable_admission(q, q.shape_id(Shape("default")))
     root_of = array("i", [0]) * n
