@@ -9,7 +9,8 @@ file's ``family``, else its name up to the first ``-``) the largest file with at
 of ``core/policies.py``, with each task's traced runtime. Each cell: the makespan / the p95 of
 the root-completion times (the moment each root's tree of work is finished; all roots are
 submitted at 0), in seconds; the lower bound is max(critical path, work / workers); the last
-column is the most roots whose trees were in progress at once (the intermediate data alive).
+columns compare depth-first and FIFO on the median root-completion time and on the most roots
+whose trees were in progress at once (the intermediate data alive).
 A last row group is a synthetic graph of independent jobs (``--synthetic``), the case of many
 users' submissions. The simulation is deterministic: the table is the same on every machine.
 """
@@ -63,8 +64,8 @@ def main() -> None:
     args = ap.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
     head = "| workflow (tasks) | workers | lower bound | " + " | ".join(POLICIES)
-    head += " | peak roots in progress: depth_first / fifo |"
-    lines = [head, "|" + "---|" * (4 + len(POLICIES))]
+    head += " | root p50: depth_first / fifo | peak roots in progress: depth_first / fifo |"
+    lines = [head, "|" + "---|" * (5 + len(POLICIES))]
     wins = dict.fromkeys(POLICIES, 0)
     graphs = [(f"{(s := load_graph(p)).name} ({len(s.tasks):,})", batch_of(s))
               for p in pick(args.directory, args.min_tasks)]  # fmt: skip
@@ -84,9 +85,11 @@ def main() -> None:
                     cell = f"**{cell}**"
                     wins[r.policy] += 1
                 cells.append(cell)
-            peaks = f"{results[0].peak_roots:,} / {results[1].peak_roots:,}"
+            df, fifo = results[POLICIES.index("depth_first")], results[POLICIES.index("fifo")]
+            p50 = f"{percentile(df.root_done, 50):,.0f} / {percentile(fifo.root_done, 50):,.0f}"
+            peaks = f"{df.peak_roots:,} / {fifo.peak_roots:,}"
             lines.append(f"| {name} | {w} | {bound:,.0f} | " + " | ".join(cells)
-                         + f" | {peaks} |")  # fmt: skip
+                         + f" | {p50} | {peaks} |")  # fmt: skip
     table = "\n".join(lines)
     summary = ", ".join(f"{p} {n}" for p, n in wins.items())
     table += (
