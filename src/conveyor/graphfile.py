@@ -8,7 +8,8 @@ line that names the file (with line and column for a syntax error), the task and
 
 Structure-only graphs (ids and parents: no-ops and WfCommons traces, the large ones) decode
 into a struct of those fields alone and load column-wise; any other key sends the file to the
-full schema, whose error is the one reported.
+full schema, whose error is the one reported, unless the file is a WfCommons WfFormat instance
+(``wfformat.py``), which is converted to a structure-only graph first.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def _decode(data: Any) -> Any:
     is structure-only, else as ``GraphFields``. One ``GraphError`` line for what is wrong."""
     import msgspec
 
-    from conveyor import schema
+    from conveyor import schema, wfformat
 
     is_json = isinstance(data, bytes)
     try:
@@ -104,6 +105,8 @@ def _decode(data: Any) -> Any:
                 return msgspec.convert(data, schema.GraphFields)
     except msgspec.ValidationError as exc:
         raw = msgspec.json.decode(data) if is_json else data
+        if wfformat.is_wfformat(raw):  # a WfCommons WfFormat file: read as what it says
+            return _decode(wfformat.to_graph_dict(raw))
         raise GraphError(schema.explain(exc, raw)) from None
     except msgspec.DecodeError:
         # Python's parser, on this error path only: it places the error by line and column,

@@ -8,10 +8,12 @@ import typer
 
 from conveyor.cli import options as opt
 from conveyor.cli.errors import exit_now, user_errors
-from conveyor.cli.inputs import graph_file
+from conveyor.cli.inputs import graph_file, load_graph_file
+from conveyor.errors import UsageError
 
 if TYPE_CHECKING:
     from conveyor.api import RunResult
+    from conveyor.model import GraphSpec
 
 #: Failed tasks the summary names before it says "...".
 SHOWN_FAILURES = 10
@@ -42,6 +44,14 @@ def run(
         ),
     ] = False,
     otel: opt.Otel = False,
+    speed: Annotated[
+        float | None,
+        typer.Option(
+            "--speed",
+            help="Replay a trace: each task without fn or cmd sleeps its runtime_s / SPEED "
+            "(a no-op without --speed).",
+        ),
+    ] = None,
 ) -> None:
     """Run a graph file to the end, with a progress bar."""
     from conveyor.api import open_run
@@ -59,8 +69,11 @@ def run(
     with user_errors():
         lease = opt.checked(lease, "Seconds", "--lease")
         telemetry = opt.telemetry(otel)
+        graph: Any = graph_file(file)
+        if speed is not None:
+            graph = sleeping(load_graph_file(file), speed)
         with open_run(
-            graph_file(file), db=db, events=events, replace=replace,
+            graph, db=db, events=events, replace=replace,
             fingerprints=not no_fingerprints, lease_s=lease, workers=workers,
             resources=opt.parse_pairs(resources, "resources", number=True),
             labels=opt.parse_pairs(labels, "labels", number=False),
@@ -82,6 +95,20 @@ def run(
         if opened.stuck or opened.interrupted:
             exit_now(code)  # do not wait for a thread that cannot be stopped
     raise typer.Exit(code)
+
+
+def sleeping(spec: GraphSpec, speed: float) -> GraphSpec:
+    """``spec`` with each task that has no function or command but a traced ``runtime_s``
+    (WfFormat and WfCommons traces) made a ``time.sleep`` of ``runtime_s / speed`` seconds: a
+    trace replayed in real time (``speed`` 1) or faster. The traced command is not run."""
+    if not speed > 0 or speed == float("inf"):
+        raise UsageError(f"--speed must be a number > 0, got {speed}")
+    for t in spec.tasks:
+        if t.fn is None and t.cmd is None and t.runtime_s:
+            t.fn = "time:sleep"
+            t.args = (t.runtime_s / speed,)
+            spec.structure_only = False
+    return spec
 
 
 def summary(result: RunResult, counts: dict[str, int], elapsed: float, interrupted: bool) -> None:

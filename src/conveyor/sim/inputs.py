@@ -1,0 +1,102 @@
+"""What the simulator runs: graphs loaded as the engine loads them, or a synthetic layered one.
+
+A task's simulated duration is its ``expected_s`` when it declares one, else its traced
+``runtime_s`` (WfCommons traces, WfFormat files), else 0 (a no-op).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
+
+from conveyor.model import GraphSpec
+from conveyor.sim.loop import Batch
+
+
+def duration_of(task: Any) -> float:
+    expected = getattr(task, "expected_s", None)
+    if expected is not None:
+        return float(expected)
+    runtime = getattr(task, "runtime_s", None)
+    return 0.0 if runtime is None else float(runtime)
+
+
+def batch_of(spec: GraphSpec) -> Batch:
+    """A loaded graph as one batch. Structure-only graphs (no groups, resources, gangs: the
+    large traces) carry no task list: every task then has the default shape, as in the engine."""
+    tasks = spec.tasks
+    return Batch(
+        name=spec.name,
+        ids=[t.id for t in tasks],
+        parents=[t.deps for t in tasks],
+        durations=[duration_of(t) for t in tasks],
+        tasks=None if spec.structure_only else tasks,
+        layout=spec.layout,
+    )
+
+
+def group_per_graph(specs: Sequence[GraphSpec]) -> None:
+    """Several graphs simulated together: each task without a group joins its graph's own
+    group (named after the graph), so fair share splits the workers between the graphs."""
+    for spec in specs:
+        for t in spec.tasks:
+            if t.group == "default":
+                t.group = spec.name
+        spec.structure_only = False
+
+
+class LayeredParents(Sequence[tuple[str, ...]]):
+    """The parents of ``layered``'s tasks, made when asked (the graph's edges are never all in
+    memory at once): task ``i`` of a job at layer ``l > 0``, position ``p``, depends on
+    positions ``p`` and ``p + 1`` (mod width) of layer ``l - 1``; layer 0 is the job's root."""
+
+    def __init__(self, ids: Sequence[str], jobs: int, layers: int, width: int) -> None:
+        self.ids = ids
+        self.jobs, self.layers, self.width = jobs, layers, width
+        self.per_job = 1 + (layers - 1) * width
+
+    def __len__(self) -> int:
+        return self.jobs * self.per_job
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[str, ...]: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[tuple[str, ...]]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        return self._parents(i)
+
+    def _parents(self, i: int) -> tuple[str, ...]:
+        base, k = divmod(i, self.per_job)
+        base *= self.per_job
+        if k == 0:
+            return ()
+        ids = self.ids
+        if k <= self.width:
+            return (ids[base],)
+        w = self.width
+        layer, p = divmod(k - 1, w)
+        prev = base + 1 + (layer - 1) * w
+        if w == 1:
+            return (ids[prev],)
+        return (ids[prev + p], ids[prev + (p + 1) % w])
+
+    def __iter__(self) -> Iterator[tuple[str, ...]]:
+        for i in range(len(self)):
+            yield self._parents(i)
+
+
+def layered(tasks: int, *, layers: int = 25, width: int = 4) -> Batch:
+    """A synthetic graph of about ``tasks`` tasks: independent jobs of one root and ``layers - 1``
+    layers of ``width`` tasks, each on two tasks of the layer above. Durations 0.5-1.5 s, spread
+    by a fixed hash of the index (the same graph every time)."""
+    per_job = 1 + (layers - 1) * width
+    jobs = max(1, tasks // per_job)
+    n = jobs * per_job
+    ids = list(map(str, range(n)))
+    durations = array("d", [0.0]) * n
+    for i in range(n):
+        durations[i] = 0.5 + ((i * 2654435761) % 1000) / 1000.0
+    return Batch("layered", ids, LayeredParents(ids, jobs, layers, width), durations)
