@@ -62,8 +62,16 @@ class Graph:
     30
     """
 
-    def __init__(self, name: str = "graph", *, groups: dict[str, dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        name: str = "graph",
+        *,
+        groups: dict[str, dict[str, Any]] | None = None,
+        band: str | int | None = None,
+    ):
         self.name = name
+        #: The band of each task added without one (``None``: batch).
+        self.band = band
         self.tasks: list[TaskSpec] = []
         self._ids: set[str] = set()
         self._names: dict[str, int] = {}
@@ -79,6 +87,8 @@ class Graph:
         ``retries``, ``timeout_s``, ``group``, ``cmd`` ... (the fields of ``TaskSpec``)."""
         if "id" not in options:
             options["id"] = self._fresh_id(fn, options.get("cmd"))
+        if self.band is not None and options.get("band") is None:
+            options["band"] = self.band
         spec = spec_from_call(fn, args, options)
         return self.add_spec(spec)
 

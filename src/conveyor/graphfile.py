@@ -138,14 +138,25 @@ def _from_data(data: Any, default_name: str, check_functions: bool, share_ids: b
     }
     with paused_gc():
         if isinstance(g, schema.BareGraph) and g.tasks:
-            return _structure_only(name, g.tasks, groups, meta, share_ids)
-        try:
-            tasks = [_task(t, check_functions) for t in g.tasks]
-        except RecursionError:
-            raise GraphError("nested too deeply") from None
-        spec = GraphSpec(name, tasks, groups, meta)
-        _check_across(spec)
+            spec = _structure_only(name, g.tasks, groups, meta, share_ids)
+        else:
+            try:
+                tasks = [_task(t, check_functions) for t in g.tasks]
+            except RecursionError:
+                raise GraphError("nested too deeply") from None
+            spec = GraphSpec(name, tasks, groups, meta)
+            _check_across(spec)
+    if g.band is not UNSET:
+        _default_band(spec.tasks, g.band)
+        spec.structure_only = False  # (its tasks carry a band: no longer bare)
     return spec
+
+
+def _default_band(tasks: list[TaskSpec], band: str | int) -> None:
+    """The graph's ``band`` is the band of each of its tasks that names none."""
+    for t in tasks:
+        if t.band is None:
+            t.band = band
 
 
 _get_id = operator.attrgetter("id")
@@ -222,6 +233,7 @@ def _task(t: TaskFields, check_functions: bool) -> TaskSpec:
         gang=t.gang, gang_size=t.gang_size, endpoint=t.endpoint, cache=t.cache,
         version=t.version, inputs=t.inputs, outputs=t.outputs, runtime_s=t.runtime_s,
         executor=t.executor, env=t.env, cwd=t.cwd, meta=t.meta, expected_s=t.expected_s,
+        band=t.band,
     )  # fmt: skip
 
 

@@ -93,6 +93,10 @@ class TaskSpec:
     #: Seconds the task is expected to run: a worker with an end (``--until``) does not start
     #: it when it could not finish in time (``core/timelimit.py``).
     expected_s: float | None = None
+    #: Priority band: ``"interactive"``, ``"batch"``, ``"best_effort"`` or a number (lower runs
+    #: first; ``core/ordering.py``). ``None``: the graph's band, a run-time child its
+    #: submitter's, else ``batch``.
+    band: str | int | None = None
 
     def __init__(
         self,
@@ -120,6 +124,7 @@ class TaskSpec:
         cwd: str | None = None,
         meta: dict[str, Any] | None = None,
         expected_s: float | None = None,
+        band: str | int | None = None,
     ) -> None:
         self.id = id
         self.deps = deps
@@ -169,6 +174,8 @@ class TaskSpec:
             self.meta = meta
         if expected_s is not None:
             self.expected_s = expected_s
+        if band is not None:
+            self.band = band
 
     @classmethod
     def bare(cls, id: str, deps: tuple[str, ...] = ()) -> TaskSpec:

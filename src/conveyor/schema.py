@@ -56,6 +56,10 @@ NonNegative = Union[  # noqa: UP007
 #: A label a task asks for: a value (equals), or ``{"op": value}`` constraints whose operators
 #: ``core.constraints.parse_constraints`` checks.
 LabelSpec = Union[str, int, float, bool, dict[str, Any]]  # noqa: UP007
+#: A priority band: a name or a number (``core/ordering.py``: lower runs first).
+Band = Union[  # noqa: UP007
+    Literal["interactive", "batch", "best_effort"], Annotated[int, Meta(ge=0, le=99)]
+]
 Ids = tuple[NonEmpty, ...]
 Paths = tuple[NonEmpty, ...]
 
@@ -90,6 +94,7 @@ class TaskFields(Struct, forbid_unknown_fields=True):
     cwd: NonEmpty | None = None
     meta: dict[str, Any] | None = None
     expected_s: Seconds | None = None  # a worker near its end does not start what cannot finish
+    band: Band | None = None  # None: the graph's band (default batch)
 
 
 class GroupFields(Struct, forbid_unknown_fields=True):
@@ -106,6 +111,7 @@ class GraphFields(Struct, forbid_unknown_fields=True):
     tasks: list[TaskFields]
     name: NonEmpty | UnsetType = UNSET
     groups: dict[NonEmpty, GroupFields] | UnsetType = UNSET
+    band: Band | UnsetType = UNSET  # the band of every task that names none
     description: str | UnsetType = UNSET
     source: str | UnsetType = UNSET
     family: str | UnsetType = UNSET

@@ -3,10 +3,12 @@
 Order of decisions (docs/architecture.md, "Admission"):
 1. eligibility: parents done, backoff passed (the frontier), group below its cap, the task's
    shape fits the worker's offer (slots, resources, labels);
-2. group choice by weighted fair share: among groups with eligible work, the lowest
-   ``running / weight`` goes first (ties: the better depth-first head key). A group alone with
-   eligible work borrows idle capacity; it hands it back as its tasks finish (no preemption);
-3. within the group, the depth-first key.
+2. band: a task of a higher priority band goes before any of a lower one (``core/ordering.py``:
+   the band is the first part of the key's first field), whatever its group's share;
+3. group choice by weighted fair share (inside the band): among groups with eligible work,
+   the lowest ``running / weight`` goes first (ties: the better depth-first head key). A group
+   alone with eligible work borrows idle capacity; it hands it back as its tasks finish;
+4. within the group, the depth-first key.
 
 Tasks are bucketed by *shape* (group, resources, label constraints): every task of one shape fits
 a given offer or none does, so a task that does not fit never blocks smaller ones behind it, and a
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.core.constraints import Constraint, parse_constraints
-from conveyor.core.ordering import Key
+from conveyor.core.ordering import Key, band_from
 from conveyor.core.timelimit import fits_in
 from conveyor.errors import GraphError
 
@@ -244,7 +246,8 @@ class AdmissionQueue:
 
     # -- the decision ---------------------------------------------------------------------
     def candidates(self, offer: Offer, alive: Callable[[int], bool]) -> list[tuple[Any, ...]]:
-        """Fitting bucket heads as ``(share, key, shape, fit)``, fair order first.
+        """Fitting bucket heads as ``(band, share, key, shape, fit)``: the head's band, then
+        fair order.
 
         ``alive(i)`` says whether task ``i`` is still ready; dead heads are dropped here, lazily.
         O(shapes + dropped · log n).
@@ -269,7 +272,7 @@ class AdmissionQueue:
             while heap and not self._alive(heap[0], alive):
                 heapq.heappop(heap)
             if heap:
-                out.append((g.share(), heap[0][:3], sid, fit))
+                out.append((band_from(heap[0][0]), g.share(), heap[0][:3], sid, fit))
         out.sort()
         return out
 
@@ -293,7 +296,7 @@ class AdmissionQueue:
         aside: list[tuple[int, tuple[int, ...]]] = []
         try:
             while order:
-                share, _key, sid, fit = heapq.heappop(order)
+                _band, share, _key, sid, fit = heapq.heappop(order)
                 heap = self.heaps[sid]
                 entry = heap[0]
                 shape = self.shapes[sid]
@@ -323,7 +326,7 @@ class AdmissionQueue:
                 while heap and not self._alive(heap[0], alive):
                     heapq.heappop(heap)
                 if heap:
-                    heapq.heappush(order, (share, heap[0][:3], sid, fit))
+                    heapq.heappush(order, (band_from(heap[0][0]), share, heap[0][:3], sid, fit))
             return None
         finally:
             for sid, entry in aside:

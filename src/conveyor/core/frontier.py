@@ -18,7 +18,7 @@ from itertools import compress
 
 from conveyor.core.admission import AdmissionQueue, Offer
 from conveyor.core.dag import Layout, layout
-from conveyor.core.ordering import priority_key
+from conveyor.core.ordering import DEFAULT_BAND, band_offset, priority_key
 from conveyor.errors import GraphError
 from conveyor.model import TaskState
 
@@ -41,6 +41,8 @@ class Frontier:
     __slots__ = (
         "_delayed",
         "_heap",
+        "band",
+        "band_off",
         "children",
         "counts",
         "depth",
@@ -63,6 +65,11 @@ class Frontier:
         self.children: list[list[int] | None] = []
         self.depth: list[int] = []
         self.root_seq: list[int] = []
+        #: Each task's band and its rank offset (``ordering.band_offset``); ``None`` until a
+        #: task of a band other than the default arrives (then the key's first field is
+        #: ``band_off[i] - depth[i]``).
+        self.band: list[int] | None = None
+        self.band_off: list[int] | None = None
         self.roots_submitted = 0
         self.counts = [0] * len(TaskState)
         self._heap: list[tuple[int, int, int]] = []  # (-depth, root_seq, submit_seq == index)
@@ -83,6 +90,7 @@ class Frontier:
         shapes: Sequence[int] | None = None,
         gangs: dict[int, str] | None = None,
         known_layout: Layout | None = None,
+        bands: Sequence[int | None] | None = None,
     ) -> tuple[list[int], list[int]]:
         """Add a graph (``submitter is None``) or a run-time child job of task ``submitter``.
 
@@ -92,6 +100,8 @@ class Frontier:
         With an admission queue, ``shapes[k]`` is the shape id of the k-th new task and
         ``gangs`` maps batch positions to gang names. ``known_layout`` is this batch's layout
         when the caller already validated it (used only while the frontier is empty).
+        ``bands[k]`` is the band number of the k-th new task, ``None`` to inherit: a child job's
+        tasks take their submitter's band, a graph's the default (``ordering.band_number``).
         """
         index = self.index
         depth_of = self.depth
@@ -118,6 +128,7 @@ class Frontier:
         state = self.state
         state.extend(bytes(n))  # PENDING
         self.root_seq.extend([root] * n)
+        self._add_bands(n, bands, submitter)
         dead: list[int] = []
         if first == 0:
             # The first batch: the layout's lists become this frontier's own (no copies).
@@ -163,6 +174,22 @@ class Frontier:
             if state[i] == PENDING:
                 self.cascade_skip(i, include_self=True)
         return list(new), ready
+
+    def _add_bands(self, n: int, bands: Sequence[int | None] | None, submitter: int | None) -> None:
+        inherited = DEFAULT_BAND if submitter is None or self.band is None else self.band[submitter]
+        if self.band is None:
+            if inherited == DEFAULT_BAND and (bands is None or all(
+                b is None or b == DEFAULT_BAND for b in bands
+            )):  # fmt: skip
+                return  # every task so far is of the default band: keys as before bands
+            known = len(self.state) - n
+            self.band = [DEFAULT_BAND] * known
+            self.band_off = [0] * known
+        assert self.band_off is not None
+        new = [inherited] * n if bands is None else [inherited if b is None else b for b in bands]
+        offsets = {b: band_offset(b) for b in set(new)}  # one int object per band
+        self.band.extend(new)
+        self.band_off.extend([offsets[b] for b in new])
 
     # -- the hot path ---------------------------------------------------------------------------
     def pop(self) -> int | None:
@@ -242,7 +269,15 @@ class Frontier:
         root_seq = self.root_seq
         # The key is ``ordering.priority_key``, written inline in these two hot loops (a call
         # per push costs ~10% of a no-op run); tests/test_frontier_props.py checks they agree.
-        if q is None:
+        if self.band_off is not None:
+            for k in kids:
+                w = waiting[k] - 1
+                waiting[k] = w
+                if w == 0 and state[k] == PENDING:
+                    state[k] = READY
+                    self._push(k)
+                    ready.append(k)
+        elif q is None:
             heap = self._heap
             for k in kids:
                 w = waiting[k] - 1
@@ -318,7 +353,11 @@ class Frontier:
 
     # -- queries ------------------------------------------------------------------------------
     def key(self, i: int) -> tuple[int, int, int]:
-        return priority_key(self.depth[i], self.root_seq[i], i)
+        band = DEFAULT_BAND if self.band is None else self.band[i]
+        return priority_key(self.depth[i], self.root_seq[i], i, band)
+
+    def band_of(self, i: int) -> int:
+        return DEFAULT_BAND if self.band is None else self.band[i]
 
     def ready_count(self) -> int:
         return self.counts[READY]

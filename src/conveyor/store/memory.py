@@ -21,6 +21,7 @@ from conveyor.core.admission import (
 )
 from conveyor.core.explain import Reason, explain
 from conveyor.core.frontier import DONE, FAILED, READY, RUNNING, Frontier
+from conveyor.core.ordering import band_number
 from conveyor.core.transitions import SKIPPABLE, upstream_failed
 from conveyor.errors import GraphError, GraphMismatchError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
@@ -97,6 +98,7 @@ class MemoryStore(Store):
             new, ready = self.frontier.add(
                 [t.id for t in tasks], [t.deps for t in tasks], submitter=submitter,
                 shapes=shapes, gangs=gangs, known_layout=known,
+                bands=None if structure_only else _bands(tasks),
             )  # fmt: skip
         self.specs.extend(tasks)
         self.attempts.extend([0] * len(tasks))
@@ -401,3 +403,10 @@ class MemoryStore(Store):
             self._audit.setdefault(i, []).append(ev)
         if self.emit is not None:
             self.emit(ev)
+
+
+def _bands(tasks: list[TaskSpec]) -> list[int | None] | None:
+    """The band numbers the tasks name (``None``: inherit), or ``None`` when none names one."""
+    if all(t.band is None for t in tasks):
+        return None
+    return [None if t.band is None else band_number(t.band) for t in tasks]

@@ -10,8 +10,15 @@ import json
 from typing import Any
 
 from conveyor.core.admission import GroupInfo, Offer
-from conveyor.core.explain import GangView, Reason, behind_reason, not_ready_reason, ready_reason
-from conveyor.core.ordering import PriorityKey
+from conveyor.core.explain import (
+    GangView,
+    Reason,
+    band_reason,
+    behind_reason,
+    not_ready_reason,
+    ready_reason,
+)
+from conveyor.core.ordering import PriorityKey, band_floor
 from conveyor.errors import GraphError
 from conveyor.model import TaskState
 from conveyor.store.sqlshapes import Shapes, head, read_groups
@@ -44,13 +51,26 @@ def ready_reason_of(
         return seen[group]
 
     def behind() -> Reason:
-        ahead = int(reads.scalar("adm_ahead_in_shape", shape=sid, neg_depth=key.neg_depth,
+        ahead = int(reads.scalar("adm_ahead_in_shape", shape=sid, neg_depth=key.rank,
                                  root_seq=key.root_seq, seq=key.submit_seq))  # fmt: skip
         first = head(reads, sid) if ahead else []
         return behind_reason(tid, key, ahead, first[0][1] if first else None)
 
-    return ready_reason(tid, shape, groups, offers, gang=view, has_ready=has_ready,
-                        behind=behind)  # fmt: skip
+    return ready_reason(
+        tid, shape, groups, offers, gang=view, has_ready=has_ready, behind=behind,
+        higher_band=lambda: higher_band(reads, tid, key),
+    )  # fmt: skip
+
+
+def higher_band(reads: Reads, tid: str, key: PriorityKey) -> Reason | None:
+    """``core.explain.band_reason`` from the ready rows of higher bands (a range of the ready
+    index below the task's band)."""
+    rows = reads.rows("adm_higher_band", floor=band_floor(key.band))
+    ahead, best = (int(rows[0][0]), rows[0][1]) if rows else (0, None)
+    if not ahead or best is None:
+        return None
+    first = reads.scalar("adm_first_plain")
+    return band_reason(tid, key.rank, ahead, int(best), first)
 
 
 def best_head(reads: Reads, shapes: Shapes) -> tuple[int, str, PriorityKey] | None:
@@ -97,7 +117,10 @@ class Explainer:
             return early
         key = PriorityKey(int(neg_depth), int(root_seq), int(seq))
         if sid == 0:  # a plain graph: one depth-first queue
-            ahead = int(reads.scalar("adm_ahead_plain", neg_depth=key.neg_depth,
+            above = higher_band(reads, task_id, key)
+            if above is not None:
+                return above
+            ahead = int(reads.scalar("adm_ahead_plain", neg_depth=key.rank,
                                      root_seq=key.root_seq, seq=key.submit_seq))  # fmt: skip
             first = reads.scalar("adm_first_plain") if ahead else None
             return behind_reason(task_id, key, ahead, first)

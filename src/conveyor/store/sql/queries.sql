@@ -541,6 +541,11 @@ WHERE state = {READY} AND shape > 0 AND shape = :shape
 SELECT count(*) FROM tasks
 WHERE state = {READY} AND ({KEY}) < (:neg_depth, :root_seq, :seq);
 
+-- Ready tasks of higher bands than a task whose band's smallest rank is :floor (the key's
+-- first column packs band and depth: core/ordering.py).
+-- name: adm_higher_band
+SELECT count(*), min(neg_depth) FROM tasks WHERE state = {READY} AND neg_depth < :floor;
+
 -- name: adm_first_plain
 SELECT id FROM tasks WHERE state = {READY} ORDER BY {KEY} LIMIT 1;
 
