@@ -204,6 +204,7 @@ def open_run(
     resources: Mapping[str, float] | None = None,
     max_tasks: int | None = None,
     worker_id: str | None = None,
+    borrow: str | None = None,
     **engine_options: Any,
 ) -> Run:
     """Open a run of ``graph``: open the store, submit (or resume) the graph, make the engine.
@@ -218,6 +219,9 @@ def open_run(
       ``True``: against a durable store, run again only what changed; docs/incremental.md);
     - what this worker offers: ``labels``, ``resources``, ``lease_s``, ``max_tasks``,
       ``worker_id`` (default ``host:pid``);
+    - ``borrow``: how far a group may run beyond its fair share (``strict``, ``bounded``,
+      ``bounded:N``, ``bounded:P%``, ``work_conserving``; docs/fairness.md), for the graph
+      submitted here (it overrides the graph's own ``borrow``);
     - the engine's: ``workers`` (default 4), ``fail_fast``, ``executor``, ``retry``,
       ``seed``, ``idle_exit``, ``on_result``, ``on_tick`` (called with the engine), ...
 
@@ -232,6 +236,12 @@ def open_run(
     from conveyor.workerid import default_worker_id
 
     spec = None if graph is None else as_graph(graph)
+    if borrow is not None:
+        from conveyor.graph import check_borrow
+
+        check_borrow(borrow)
+        if spec is not None:
+            spec.borrow = borrow
     if engine_options.get("executor") == "process" or (
         spec is not None and any(t.executor == "process" for t in spec.tasks)
     ):

@@ -68,10 +68,15 @@ class Graph:
         *,
         groups: dict[str, dict[str, Any]] | None = None,
         band: str | int | None = None,
+        borrow: str | None = None,
     ):
         self.name = name
         #: The band of each task added without one (``None``: batch).
         self.band = band
+        #: How far a group may borrow beyond its fair share (``None``: ``bounded``).
+        self.borrow = borrow
+        if borrow is not None:
+            check_borrow(borrow)
         self.tasks: list[TaskSpec] = []
         self._ids: set[str] = set()
         self._names: dict[str, int] = {}
@@ -106,8 +111,12 @@ class Graph:
         self.tasks.append(spec)
         return TaskRef(spec.id)
 
-    def group(self, name: str, *, weight: float = 1.0, cap: int | None = None) -> None:
-        g = GroupSpec(name, weight, cap)
+    def group(
+        self, name: str, *, weight: float = 1.0, cap: int | None = None, borrow: str | None = None
+    ) -> None:
+        g = GroupSpec(name, weight, cap, borrow)
+        if borrow is not None:
+            check_borrow(borrow)
         g.validate()
         self.groups[name] = g
 
@@ -131,7 +140,7 @@ class Graph:
         return tid
 
     def spec(self) -> GraphSpec:
-        spec = GraphSpec(self.name, list(self.tasks), dict(self.groups))
+        spec = GraphSpec(self.name, list(self.tasks), dict(self.groups), borrow=self.borrow)
         validate_graph(spec)
         return spec
 
@@ -196,3 +205,13 @@ def as_graph(graph: Any) -> GraphSpec:
     if nx is not None and isinstance(graph, nx.DiGraph):
         return graph_from_networkx(graph)
     raise GraphError(f"cannot run a {type(graph).__name__}: give a Graph, a file or a DiGraph")
+
+
+def check_borrow(value: Any) -> None:
+    """A borrow policy (``core/borrow.py``) as the graph file takes it, else ``GraphError``."""
+    from conveyor.core.borrow import BorrowPolicy
+
+    try:
+        BorrowPolicy.parse(value)
+    except ValueError as exc:
+        raise GraphError(f"borrow: {exc}") from None

@@ -130,7 +130,8 @@ def _from_data(data: Any, default_name: str, check_functions: bool, share_ids: b
 
     g = _decode(data)
     name = default_name if g.name is UNSET else g.name
-    groups = {n: GroupSpec(n, f.weight, f.cap) for n, f in (g.groups or {}).items()}
+    groups = {n: GroupSpec(n, f.weight, f.cap, f.borrow) for n, f in (g.groups or {}).items()}
+    _check_borrows(g.borrow, groups)
     meta = {
         k: to_builtins(v)
         for k in schema.GRAPH_KEYS - {"tasks"}
@@ -146,10 +147,27 @@ def _from_data(data: Any, default_name: str, check_functions: bool, share_ids: b
                 raise GraphError("nested too deeply") from None
             spec = GraphSpec(name, tasks, groups, meta)
             _check_across(spec)
+    if g.borrow is not UNSET:
+        spec.borrow = g.borrow
     if g.band is not UNSET:
         _default_band(spec.tasks, g.band)
         spec.structure_only = False  # (its tasks carry a band: no longer bare)
     return spec
+
+
+def _check_borrows(run: Any, groups: dict[str, GroupSpec]) -> None:
+    """The graph's and the groups' borrow policies parse (``core/borrow.py``)."""
+    from msgspec import UNSET
+
+    from conveyor.core.borrow import BorrowPolicy
+
+    named = [("graph", run)] if run is not UNSET and run is not None else []
+    named += [(f"group {n!r}", g.borrow) for n, g in groups.items() if g.borrow is not None]
+    for where, text in named:
+        try:
+            BorrowPolicy.parse(text)
+        except ValueError as exc:
+            raise GraphError(f"{where}, field 'borrow': {exc}") from None
 
 
 def _default_band(tasks: list[TaskSpec], band: str | int) -> None:
@@ -254,6 +272,7 @@ def validate_graph(spec: GraphSpec) -> None:
     parents, cycles, groups. O(V + E)."""
     for t in spec.tasks:
         t.validate()
+    _check_borrows(spec.borrow, spec.groups)
     _check_across(spec)
 
 

@@ -254,12 +254,16 @@ class GroupSpec:
     name: str
     weight: float = 1.0
     cap: int | None = None
+    #: How far the group may borrow beyond its fair share (``core/borrow.py``); ``None``: the
+    #: graph's policy.
+    borrow: str | None = None
 
     def validate(self) -> None:
-        """Check the weight and cap against the graph-file schema; ``GraphError``."""
+        """Check the weight, cap and borrow policy against the graph-file schema;
+        ``GraphError``."""
         from conveyor import schema
 
-        error = schema.check_group(self.name, self.weight, self.cap)
+        error = schema.check_group(self.name, self.weight, self.cap, self.borrow)
         if error is not None:
             raise GraphError(error)
 
@@ -278,6 +282,8 @@ class GraphSpec:
     #: parents, at most ``runtime_s``): no function, command, group, resources, labels, gang or
     #: endpoint, so a store or engine may skip its per-task scans for those.
     structure_only: bool = field(default=False, repr=False, compare=False)
+    #: The run's borrow policy (``core/borrow.py``): ``None`` is the default, ``bounded``.
+    borrow: str | None = None
 
     def __len__(self) -> int:
         return len(self.tasks)

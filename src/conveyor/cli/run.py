@@ -41,6 +41,7 @@ def run(
             help="With --db: resume runs only unfinished tasks (no re-run of what changed).",
         ),
     ] = False,
+    borrow: opt.Borrow = None,
 ) -> None:
     """Run a graph file to the end, with a progress bar."""
     from conveyor.api import open_run
@@ -62,7 +63,7 @@ def run(
             fingerprints=not no_fingerprints, lease_s=lease, workers=workers,
             resources=opt.parse_pairs(resources, "resources", number=True),
             labels=opt.parse_pairs(labels, "labels", number=False),
-            fail_fast=fail_fast, executor=executor, seed=seed, on_tick=tick,
+            fail_fast=fail_fast, executor=executor, seed=seed, on_tick=tick, borrow=borrow,
         ) as opened:  # fmt: skip
             freeze_survivors()  # this process ends with the run: the loaded graph stays
             progress = make_progress(sum(opened.counts.values()), quiet=quiet)

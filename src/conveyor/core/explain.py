@@ -1,7 +1,9 @@
 """``explain``: the one dominant reason a task is not running, with numbers. Pure.
 
 Reason codes (the ``why`` contract): ``waiting_on_parents``, ``retry_backoff``, ``group_cap``,
-``behind_higher_band`` (ready tasks of a higher priority band go first), ``fair_share``,
+``borrow_limit`` (its group is beyond its fair share by all its borrow policy allows:
+``core/borrow.py``), ``behind_higher_band`` (ready tasks of a higher priority band go first),
+``fair_share``,
 ``behind_higher_priority``, ``no_matching_worker``, ``insufficient_resources``,
 ``gang_incomplete``, ``never_fits``, ``would_not_finish`` (its ``expected_s`` is more than any
 matching worker has left before its end), ``endpoint_limited``; and for tasks that are not
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.core.admission import AdmissionQueue, GroupInfo, Offer, Shape
+from conveyor.core.borrow import BorrowCheck
 from conveyor.core.frontier import Frontier
 from conveyor.core.ordering import Key, band_floor, band_from, band_label
 from conveyor.core.timelimit import fits_in
@@ -79,6 +82,7 @@ def explain(
         endpoint_running=0 if ep is None else q.endpoint_running.get(ep, 0),
         has_ready=lambda g: _has_ready(f, q, g),
         higher_band=higher_band,
+        borrow=lambda: q.borrow_refusal(shape.group, _capacity(offers)) if offers else None,
         behind=lambda: _behind(
             f, i, key, [e for e in q.heaps[f.shape[i]] if f.state[e[2]] == TaskState.READY]
         ),
@@ -139,11 +143,13 @@ def ready_reason(
     has_ready: Callable[[str], bool],
     behind: Callable[[], Reason],
     higher_band: Callable[[], Reason | None] = lambda: None,
+    borrow: Callable[[], BorrowCheck | None] = lambda: None,
 ) -> Reason:
-    """Why the ready task ``tid`` of ``shape`` has not started: fit, gang, endpoint, cap, a
-    higher band (``higher_band()``, from ``band_reason``), fair share, then key order
-    (``behind()``). Shared by the memory and the SQL stores: it sees only plain data.
-    ``has_ready(group)`` says whether a group has ready work."""
+    """Why the ready task ``tid`` of ``shape`` has not started: fit, gang, endpoint, cap, its
+    group's borrow limit (``borrow()``: ``AdmissionQueue.borrow_refusal``), a higher band
+    (``higher_band()``, from ``band_reason``), fair share, then key order (``behind()``).
+    Shared by the memory and the SQL stores: it sees only plain data. ``has_ready(group)``
+    says whether a group has ready work."""
     group = groups[shape.group]
     if offers:
         fit = _fit_reason(tid, shape, offers)
@@ -184,6 +190,9 @@ def ready_reason(
             f"group {shape.group} is at its cap: {group.running}/{group.cap}",
             {"group": shape.group, "running": group.running, "cap": group.cap},
         )
+    refused = borrow()
+    if refused is not None:
+        return borrow_reason(refused)
     above = higher_band()
     if above is not None:
         return above
@@ -220,6 +229,21 @@ def behind_reason(tid: str, key: Sequence[int], ahead: int, first: str | None) -
         f"{tid} is ready; {ahead} task(s) go first" + (f", the first {first}" if first else ""),
         {"ahead": ahead, "first": first, "key": list(key)},
     )
+
+
+def borrow_reason(c: BorrowCheck) -> Reason:
+    """``borrow_limit``: the group runs its fair share plus all its policy lets it borrow."""
+    return Reason(
+        "borrow_limit",
+        f"group {c.group} runs {c.running}; its fair share is {c.share:.1f} of {c.total} slots "
+        f"and borrow policy {c.policy} lets it borrow {c.bound:g} more",
+        {"group": c.group, "running": c.running, "share": c.share, "bound": c.bound,
+         "total": c.total, "policy": c.policy},
+    )  # fmt: skip
+
+
+def _capacity(offers: Sequence[Offer]) -> int:
+    return sum(o.capacity if o.capacity is not None else o.slots for o in offers)
 
 
 def band_reason(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import operator
+from collections import Counter
 from collections.abc import Sequence
 from itertools import compress
 
@@ -163,7 +164,10 @@ class Frontier:
                         ch.append(i)
             self.waiting.extend(waiting)
         if self.queue is not None:
-            self.shape.extend(shapes if shapes is not None else [0] * n)
+            new_shapes = shapes if shapes is not None else [0] * n
+            self.shape.extend(new_shapes)
+            for sid, count in Counter(new_shapes).items():
+                self.queue.add_unfinished(sid, count)
             if gangs:
                 self.gang_of.update({first + k: g for k, g in gangs.items()})
         self.counts[PENDING] += n
@@ -238,6 +242,7 @@ class Frontier:
             return
         self.queue = queue
         self.shape = [default_shape] * len(self.ids)
+        queue.add_unfinished(default_shape, self.unfinished())
         for entry in self._heap:
             if self.state[entry[2]] == READY:
                 queue.push(entry[2], entry, default_shape)
@@ -257,6 +262,7 @@ class Frontier:
         q = self.queue
         if q is not None:
             q.finished_shape(self.shape[i])
+            q.add_unfinished(self.shape[i], -1)
             gang = self.gang_of.get(i)
             if gang is not None:
                 q.gang_size[gang] -= 1  # a retried sibling re-forms a gang of those left
@@ -382,6 +388,8 @@ class Frontier:
                 q.finished_shape(self.shape[i])
             elif was == READY and i in self.gang_of:
                 q.drop_gang_member(self.gang_of[i], i)
+            if to in _DEAD and was not in _DEAD and was != DONE:
+                q.add_unfinished(self.shape[i], -1)
         c[self.state[i]] -= 1
         c[to] += 1
         self.state[i] = to

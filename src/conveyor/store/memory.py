@@ -19,6 +19,7 @@ from conveyor.core.admission import (
     needs_admission,
     plan_admission,
 )
+from conveyor.core.borrow import DEFAULT_POLICY, BorrowPolicy
 from conveyor.core.explain import Reason, explain
 from conveyor.core.frontier import DONE, FAILED, READY, RUNNING, Frontier
 from conveyor.core.ordering import band_number
@@ -42,6 +43,7 @@ class MemoryStore(Store):
         self.errors: dict[int, str] = {}
         self.graph_names: list[str] = []
         self.groups: dict[str, GroupInfo] = {}
+        self.borrow: BorrowPolicy = DEFAULT_POLICY  # the graph's (core/borrow.py)
         self._blocked = False
         self._reserved_seen: set[str] = set()
         self._audit: dict[int, list[dict[str, Any]]] | None = None
@@ -72,6 +74,11 @@ class MemoryStore(Store):
         for name, g in graph.groups.items():
             info = self.groups.setdefault(name, GroupInfo())
             info.weight, info.cap = g.weight, g.cap
+            info.borrow = None if g.borrow is None else BorrowPolicy.parse(g.borrow)
+        if graph.borrow is not None:
+            self.borrow = BorrowPolicy.parse(graph.borrow)
+            if self.frontier.queue is not None:
+                self.frontier.queue.borrow = self.borrow
         self._add(graph.tasks, None, now, graph.layout, graph.structure_only)
         self.graph_names.append(graph.name)
         return OpenedGraph(graph.name, len(graph.tasks), False, self.frontier.unfinished())
@@ -121,6 +128,7 @@ class MemoryStore(Store):
             if not needs_admission(tasks, self.groups):
                 return None, {}
             queue = AdmissionQueue(self.groups, gang_wait_s=self.gang_wait_s)
+            queue.borrow = self.borrow
             self.groups = queue.groups
             f.enable_admission(queue, queue.shape_id(Shape("default")))
         q = f.queue

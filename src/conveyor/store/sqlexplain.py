@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from conveyor.core.admission import GroupInfo, Offer
+from conveyor.core.admission import AdmissionQueue, GroupInfo, Offer
+from conveyor.core.borrow import BorrowCheck
 from conveyor.core.explain import (
     GangView,
     Reason,
@@ -21,6 +22,7 @@ from conveyor.core.explain import (
 from conveyor.core.ordering import PriorityKey, band_floor
 from conveyor.errors import GraphError
 from conveyor.model import TaskState
+from conveyor.store.sqlborrow import Borrowing
 from conveyor.store.sqlshapes import Shapes, head, read_groups
 from conveyor.store.sqltx import Reads
 
@@ -33,6 +35,7 @@ def ready_reason_of(
     sid: int,
     offers: list[Offer],
     groups: dict[str, GroupInfo],
+    now: float,
 ) -> Reason:
     """``ready_reason`` for the ready task ``tid`` (key ``key``) of shape ``sid``."""
     rows, marks = shapes.read(reads)
@@ -59,7 +62,30 @@ def ready_reason_of(
     return ready_reason(
         tid, shape, groups, offers, gang=view, has_ready=has_ready, behind=behind,
         higher_band=lambda: higher_band(reads, tid, key),
+        borrow=lambda: borrow_refusal(reads, rows, shape.group, groups, offers, now, has_ready),
     )  # fmt: skip
+
+
+def borrow_refusal(
+    reads: Reads,
+    rows: dict[int, Any],
+    group: str,
+    groups: dict[str, GroupInfo],
+    offers: list[Offer],
+    now: float,
+    has_ready: Any,
+) -> BorrowCheck | None:
+    """``AdmissionQueue.borrow_refusal`` on what the store holds (``sqlborrow.Borrowing``)."""
+    q = AdmissionQueue({n: GroupInfo(g.weight, g.cap, g.running) for n, g in groups.items()})
+    for shape, _gang, _size in rows.values():
+        q.groups.setdefault(shape.group, GroupInfo())
+    if not Borrowing().apply(reads, q, now):
+        return None
+    for name in q.groups:
+        if has_ready(name):
+            q.unfinished[name] = 1
+    capacity = sum(o.capacity if o.capacity is not None else o.slots for o in offers)
+    return q.borrow_refusal(group, capacity)
 
 
 def higher_band(reads: Reads, tid: str, key: PriorityKey) -> Reason | None:
@@ -126,7 +152,8 @@ class Explainer:
             return behind_reason(task_id, key, ahead, first)
         if offers is None:
             offers = self.offers(reads, now, admission)
-        return ready_reason_of(reads, self.shapes, task_id, key, sid, offers, read_groups(reads))
+        groups = read_groups(reads)
+        return ready_reason_of(reads, self.shapes, task_id, key, sid, offers, groups, now)
 
     def offers(self, reads: Reads, now: float, admission: bool) -> list[Offer]:
         """What each live worker offers now: its slots, labels, resources and time left (from
@@ -186,7 +213,7 @@ class Explainer:
                 continue
             seq, tid, neg_depth, root_seq, _noop = rows[0]
             key = PriorityKey(neg_depth, root_seq, seq)
-            why = ready_reason_of(reads, self.shapes, tid, key, sid, offers, dict(groups))
+            why = ready_reason_of(reads, self.shapes, tid, key, sid, offers, dict(groups), now)
             add(why.code, n)
         shares = {
             name: {"running": g.running, "cap": g.cap, "weight": g.weight}

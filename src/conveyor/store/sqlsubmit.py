@@ -76,7 +76,7 @@ class Submissions:
             else:
                 sqlremove.restore(tx, graph, now)
                 existing = {r[0]: (r[1], r[2], r[3]) for r in tx.rows("all_task_keys")}
-        self.admission.declare_groups(tx, graph.groups)
+        self.admission.declare_groups(tx, graph.groups, graph.borrow)
         new = [t for t in graph.tasks if t.id not in existing]
         if new:
             roots += 1

@@ -519,6 +519,12 @@ WHERE state = {READY} AND shape > 0 AND shape = :shape
 ORDER BY {KEY}
 LIMIT :limit;
 
+-- Borrowing (core/borrow.py): whether a group has work that is not ready yet (waiting on
+-- parents or a retry): its fair share then counts. Not a seek: a worker asks at most once per
+-- BORROW_TTL_S per group, and only when a policy other than work_conserving is in force.
+-- name: adm_group_waiting
+SELECT 1 FROM tasks WHERE grp = :grp AND state IN ({PENDING}, {RETRY_WAIT}) LIMIT 1;
+
 -- name: adm_group_of
 SELECT s.grp FROM tasks t JOIN task_shapes s ON s.id = t.shape WHERE t.seq = :seq;
 
