@@ -19,7 +19,7 @@ from itertools import compress
 
 from conveyor.core.admission import AdmissionQueue, Offer
 from conveyor.core.dag import Layout, layout
-from conveyor.core.ordering import DEFAULT_BAND, band_offset, priority_key
+from conveyor.core.ordering import BAND_STRIDE, DEFAULT_BAND, band_offset, priority_key
 from conveyor.errors import GraphError
 from conveyor.model import TaskState
 
@@ -33,6 +33,7 @@ RETRY_WAIT = TaskState.RETRY_WAIT.value
 CANCELLED = TaskState.CANCELLED.value
 _DEAD = frozenset({FAILED, SKIPPED, CANCELLED})
 _heappush = heapq.heappush
+_DEPTH_CAP = BAND_STRIDE - 1  # (ordering.rank_of caps depths here)
 _heappop = heapq.heappop
 
 
@@ -275,13 +276,20 @@ class Frontier:
         root_seq = self.root_seq
         # The key is ``ordering.priority_key``, written inline in these two hot loops (a call
         # per push costs ~10% of a no-op run); tests/test_frontier_props.py checks they agree.
-        if self.band_off is not None:
+        off = self.band_off
+        if off is not None:  # bands: the rank is ``ordering.rank_of``, inline as below
+            cap = _DEPTH_CAP
             for k in kids:
                 w = waiting[k] - 1
                 waiting[k] = w
                 if w == 0 and state[k] == PENDING:
                     state[k] = READY
-                    self._push(k)
+                    d = depth[k]
+                    key = (off[k] - (d if d < cap else cap), root_seq[k], k)
+                    if q is None:
+                        _heappush(self._heap, key)
+                    else:
+                        q.push(k, key, self.shape[k], self.gang_of.get(k))
                     ready.append(k)
         elif q is None:
             heap = self._heap
