@@ -4,8 +4,13 @@ its share while the first group's long tasks still run."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +24,7 @@ from conveyor.core.borrow import DEFAULT_BOUND_SHARE, BorrowPolicy, borrow_check
 from conveyor.errors import GraphError
 from conveyor.graphfile import graph_from_dict
 from conveyor.store.base import Store
+from conveyor.store.urls import open_store
 from conveyor.testing import EventLog
 from helpers import wait_until
 
@@ -33,6 +39,11 @@ policies = st.one_of(
 weights = st.dictionaries(
     st.sampled_from("abcde"), st.sampled_from([0.5, 1.0, 2.0, 3.0]), min_size=1, max_size=5
 )
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "conveyor.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
 # -- the pure rule ------------------------------------------------------------------------------
@@ -224,3 +235,31 @@ def test_late_group_gets_its_share_while_the_first_groups_long_tasks_run() -> No
         thread.join(60)
         run.close()
     assert done and done[0].exit_code == 0
+
+
+def test_cli_borrow_option_and_why_borrow_limit(tmp_path: Path) -> None:
+    """`conveyor submit --borrow` is what the workers apply; `why` says borrow_limit with the
+    numbers; a bad policy is one line and exit 2."""
+    spec = {"name": "g", "groups": {"a": {}, "b": {}},
+            "tasks": [{"id": f"a{i}", "cmd": "true", "group": "a"} for i in range(4)]
+            + [{"id": "b1", "cmd": "true", "group": "b", "deps": ["a0"]}]}  # fmt: skip
+    (tmp_path / "g.json").write_text(json.dumps(spec))
+    bad = cli("submit", "g.json", "--db", "sqlite:///p.db", "--borrow", "greedy", cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "unknown borrow policy 'greedy'" in bad.stderr
+    ok = cli("submit", "g.json", "--db", "sqlite:///p.db", "--borrow", "strict", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    store = open_store("sqlite:///" + str(tmp_path / "p.db"))
+    try:
+        now = time.time()  # `why` asks the live workers (registered now) what they offer
+        store.register_worker("w1", now, {"slots": 2})
+        got = []
+        while c := store.claim("w1", 1, now, LEASE, offer=Offer(2 - len(got), capacity=2)):
+            got += c
+        assert len(got) == 1  # a's share of 2 slots beside b (waiting on a0) is 1
+    finally:
+        store.close()
+    why = cli("why", "--db", "sqlite:///p.db", "a3", "--json", cwd=tmp_path)
+    assert why.returncode == 0, why.stderr
+    d = json.loads(why.stdout)
+    assert d["reason"] == "borrow_limit" and d["policy"] == "strict" and d["running"] == 1, d

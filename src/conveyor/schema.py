@@ -57,8 +57,9 @@ NonNegative = Union[  # noqa: UP007
 #: ``core.constraints.parse_constraints`` checks.
 LabelSpec = Union[str, int, float, bool, dict[str, Any]]  # noqa: UP007
 #: A priority band: a name or a number (``core/ordering.py``: lower runs first).
+BAND_NAMES = ("interactive", "batch", "best_effort")
 Band = Union[  # noqa: UP007
-    Literal["interactive", "batch", "best_effort"], Annotated[int, Meta(ge=0, le=99)]
+    Annotated[str, Meta(pattern=f"^({'|'.join(BAND_NAMES)})$")], Annotated[int, Meta(ge=0, le=99)]
 ]
 #: A borrow policy: ``strict``, ``work_conserving``, ``bounded``, ``bounded:N`` (slots) or
 #: ``bounded:P%`` (of all slots); its grammar is ``core/borrow.py``'s (checked by the loaders).
