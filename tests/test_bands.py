@@ -137,3 +137,39 @@ def test_run_one_worker_starts_in_band_then_depth_first_order(dag, groups: bool)
     assert result.exit_code == 0
     numbers = {t: band_number(given_bands.get(t)) for t in ids}
     assert log.tasks("task_started") == model_order(ids, parents, numbers)
+
+
+def test_run_children_inherit_their_submitters_band() -> None:
+    """A real run on one slot: the interactive task submits two children, one naming no band
+    (it inherits interactive: a ready batch task waits behind its band) and one best-effort
+    (it runs last)."""
+    import threading
+
+    from conveyor.api import open_run
+    from helpers import wait_until
+
+    release = threading.Event()
+
+    def boss() -> None:
+        ctx = conveyor.current()
+        ctx.submit(None, id="kid")
+        ctx.submit(None, id="low", band="best_effort")
+        release.wait(60)
+
+    g = conveyor.Graph("inherit")
+    g.add(boss, id="boss", band="interactive")
+    g.add(None, id="x")
+    log = EventLog()
+    run = open_run(g, workers=1, emit=log)
+    thread = threading.Thread(target=run.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: "low" in log.tasks("task_submitted"), 10, "boss's children")
+        why = run.engine.explain("x")
+        assert why.code == "behind_higher_band" and why.details["first"] == "kid", why
+        assert why.details["higher_band"] == 10
+    finally:
+        release.set()
+        thread.join(60)
+        run.close()
+    assert log.tasks("task_started") == ["boss", "kid", "x", "low"]
