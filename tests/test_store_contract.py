@@ -676,3 +676,63 @@ def test_store_plans_against_its_last_run_and_remembers_file_hashes(
     assert opened.resumed and opened.unfinished == 2
     assert run_in_order(store, T0 + 1) == ["a", "b"]
     assert [e["event"] for e in store.history("a")].count("task_invalidated") == 1
+
+
+# -- priority bands (core/ordering.py) ----------------------------------------------------------
+def test_store_bands_order_before_the_depth_first_key(store: Store) -> None:
+    store.open_graph(
+        graph("g", {"id": "b1"}, {"id": "b2", "deps": ["b1"]}, {"id": "e1", "band": "best_effort"},
+              {"id": "i1", "band": "interactive"}, {"id": "n15", "band": 15},
+              {"id": "i2", "deps": ["i1"], "band": "interactive"}),
+        T0,
+    )  # fmt: skip
+    # interactive (10) and its child first, then band 15, then batch depth-first, best-effort last
+    assert run_in_order(store) == ["i1", "i2", "n15", "b1", "b2", "e1"]
+
+
+def test_store_graph_band_and_children_inherit_their_submitters(store: Store) -> None:
+    spec = graph_from_dict(
+        {"name": "g", "band": "interactive",
+         "tasks": [{"id": "p", "cmd": "true"}, {"id": "q", "cmd": "true", "band": "batch"}]},
+        check_functions=False,
+    )  # fmt: skip
+    store.open_graph(spec, T0)
+    p = claim1(store)
+    assert p is not None and p.id == "p"
+    kids = [TaskSpec("k_inherit", cmd="true"), TaskSpec("k_low", cmd="true", band="best_effort")]
+    store.submit_children(p, kids, T0)
+    why = store.explain("q", T0)  # the inherited child is interactive: q waits behind its band
+    assert why.code == "behind_higher_band" and why.details["first"] == "k_inherit", why
+    assert run_in_order(store) == ["k_inherit", "q", "k_low"]
+
+
+@pytest.mark.parametrize("groups", [False, True])
+def test_store_why_behind_higher_band_with_the_bands(store: Store, groups: bool) -> None:
+    extra = {"group": "a"} if groups else {}
+    store.open_graph(
+        graph("g", {"id": "low", **extra}, {"id": "top", "band": "interactive", "group": "b"}
+              if groups else {"id": "top", "band": "interactive"}),
+        T0,
+    )  # fmt: skip
+    why = store.explain("low", T0)
+    assert why.code == "behind_higher_band", why
+    assert why.details["band"] == 20 and why.details["higher_band"] == 10
+    assert why.details["ahead"] == 1 and why.details["first"] == "top"
+    assert "interactive (10)" in why.message
+    assert store.explain("top", T0).code != "behind_higher_band"
+
+
+def test_store_band_beats_fair_share(store: Store) -> None:
+    """Group a runs one task and b none: fair share alone would pick b's next; a's interactive
+    task goes first because bands order before groups."""
+    store.open_graph(
+        graph("g", {"id": "a1", "group": "a"}, {"id": "a2", "group": "a"},
+              {"id": "a3", "group": "a", "band": "interactive", "deps": ["a1"]},
+              {"id": "b1", "group": "b", "deps": ["a1"]}),
+        T0,
+    )  # fmt: skip
+    c1, c2 = claim1(store), claim1(store)
+    assert c1 is not None and c2 is not None and {c1.id, c2.id} == {"a1", "a2"}
+    store.complete(c1 if c1.id == "a1" else c2, None, T0)
+    got = claim1(store)
+    assert got is not None and got.id == "a3"

@@ -211,6 +211,7 @@ def open_run(
     max_tasks: int | None = None,
     worker_id: str | None = None,
     telemetry: bool | Telemetry = False,
+    borrow: str | None = None,
     **engine_options: Any,
 ) -> Run:
     """Open a run of ``graph``: open the store, submit (or resume) the graph, make the engine.
@@ -228,6 +229,9 @@ def open_run(
     - ``telemetry``: ``True`` reports a span per task attempt and the run's metrics through
       OpenTelemetry's global providers, or pass a ``conveyor.observe.otel.Telemetry`` naming
       others (``conveyor[otel]``; docs/telemetry.md);
+    - ``borrow``: how far a group may run beyond its fair share (``strict``, ``bounded``,
+      ``bounded:N``, ``bounded:P%``, ``work_conserving``; docs/fairness.md), for the graph
+      submitted here (it overrides the graph's own ``borrow``);
     - the engine's: ``workers`` (default 4), ``fail_fast``, ``executor``, ``retry``,
       ``seed``, ``idle_exit``, ``on_result``, ``on_tick`` (called with the engine), ...
 
@@ -242,6 +246,12 @@ def open_run(
     from conveyor.workerid import default_worker_id
 
     spec = None if graph is None else as_graph(graph)
+    if borrow is not None:
+        from conveyor.graph import check_borrow
+
+        check_borrow(borrow)
+        if spec is not None:
+            spec.borrow = borrow
     if engine_options.get("executor") == "process" or (
         spec is not None and any(t.executor == "process" for t in spec.tasks)
     ):

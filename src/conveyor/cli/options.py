@@ -43,6 +43,15 @@ Executor = Annotated[
     typer.Option("--executor", help="Default for Python tasks: thread|inline|process"),
 ]
 
+Borrow = Annotated[
+    str | None,
+    typer.Option(
+        "--borrow",
+        help="How far a group may borrow beyond its fair share: strict, bounded (default: "
+        "25%% of the slots), bounded:N, bounded:P%%, work_conserving.",
+    ),
+]
+
 EXECUTORS = ("thread", "inline", "process")
 
 

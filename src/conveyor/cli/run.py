@@ -52,6 +52,7 @@ def run(
             "(a no-op without --speed).",
         ),
     ] = None,
+    borrow: opt.Borrow = None,
 ) -> None:
     """Run a graph file to the end, with a progress bar."""
     from conveyor.api import open_run
@@ -78,6 +79,7 @@ def run(
             resources=opt.parse_pairs(resources, "resources", number=True),
             labels=opt.parse_pairs(labels, "labels", number=False),
             fail_fast=fail_fast, executor=executor, seed=seed, on_tick=tick, telemetry=telemetry,
+            borrow=borrow,
         ) as opened:  # fmt: skip
             freeze_survivors()  # this process ends with the run: the loaded graph stays
             progress = make_progress(sum(opened.counts.values()), quiet=quiet)

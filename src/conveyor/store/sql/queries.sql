@@ -519,6 +519,12 @@ WHERE state = {READY} AND shape > 0 AND shape = :shape
 ORDER BY {KEY}
 LIMIT :limit;
 
+-- Borrowing (core/borrow.py): whether a group has work that is not ready yet (waiting on
+-- parents or a retry): its fair share then counts. Not a seek: a worker asks at most once per
+-- BORROW_TTL_S per group, and only when a policy other than work_conserving is in force.
+-- name: adm_group_waiting
+SELECT 1 FROM tasks WHERE grp = :grp AND state IN ({PENDING}, {RETRY_WAIT}) LIMIT 1;
+
 -- name: adm_group_of
 SELECT s.grp FROM tasks t JOIN task_shapes s ON s.id = t.shape WHERE t.seq = :seq;
 
@@ -540,6 +546,11 @@ WHERE state = {READY} AND shape > 0 AND shape = :shape
 -- name: adm_ahead_plain
 SELECT count(*) FROM tasks
 WHERE state = {READY} AND ({KEY}) < (:neg_depth, :root_seq, :seq);
+
+-- Ready tasks of higher bands than a task whose band's smallest rank is :floor (the key's
+-- first column packs band and depth: core/ordering.py).
+-- name: adm_higher_band
+SELECT count(*), min(neg_depth) FROM tasks WHERE state = {READY} AND neg_depth < :floor;
 
 -- name: adm_first_plain
 SELECT id FROM tasks WHERE state = {READY} ORDER BY {KEY} LIMIT 1;
