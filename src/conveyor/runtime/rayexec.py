@@ -33,7 +33,7 @@ from conveyor.core.raymap import cluster_offer, ray_options
 from conveyor.errors import UsageError
 from conveyor.runtime.executors import Running
 from conveyor.runtime.messages import Finished
-from conveyor.runtime.rayremote import TaskInfo, run_command, run_function
+from conveyor.runtime.rayremote import TaskInfo, function_task, run_command
 
 __all__ = ["CONNECT_TIMEOUT_S", "IN_FLIGHT_PER_CPU", "RayExecutor", "connect"]
 
@@ -61,9 +61,10 @@ class RayExecutor:
         self.address = address
         self._gcs = gcs
         self._owns = owns  # conveyor called ray.init: it calls ray.shutdown too
-        self._fn = ray.remote(max_retries=0, retry_exceptions=False)(run_function)
-        self._cmd = ray.remote(max_retries=0, retry_exceptions=False)(run_command)
-        self._variants: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self._cmd = self._remote_of(run_command)
+        #: Ray remote functions by (function, resources, labels): one per function and shape,
+        #: made (and exported to the cluster) once.
+        self._remotes: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
         self._out: dict[Any, Running] = {}  # ObjectRef -> its run
         self._wake = threading.Event()
@@ -96,15 +97,15 @@ class RayExecutor:
     def start_function(
         self, run: Running, fn: Callable[..., Any] | str, args: Any, kwargs: Any, info: TaskInfo
     ) -> None:
-        remote = self._remote(run, 0)
-        self._track(run, remote.remote(fn, args, kwargs, info))
+        remote = self._remote(run, fn)
+        self._track(run, remote.remote((args, kwargs, tuple(info))))
 
     def start_command(
         self, run: Running, cmd: str | list[str], env: dict[str, str] | None, cwd: str | None,
         timeout: float | None, info: TaskInfo,
     ) -> None:  # fmt: skip
-        remote = self._remote(run, 1)
-        self._track(run, remote.remote(cmd, env, cwd, timeout, info))
+        remote = self._remote(run, None)
+        self._track(run, remote.remote((cmd, env, cwd, timeout, tuple(info))))
 
     def cancel(self, run: Running) -> None:
         """Best effort: a function task's Ray worker is killed (``force``), a command gets
@@ -127,18 +128,29 @@ class RayExecutor:
                 self._ray.shutdown()
 
     # -- submitting -----------------------------------------------------------------------------
-    def _remote(self, run: Running, which: int) -> Any:
-        """The Ray remote function for this task's resources and labels (one per shape)."""
+    def _remote_of(self, body: Callable[..., Any]) -> Any:
+        return self._ray.remote(max_retries=0, retry_exceptions=False)(body)
+
+    def _remote(self, run: Running, fn: Callable[..., Any] | str | None) -> Any:
+        """The Ray remote function for ``fn`` (``None``: a command) with this task's
+        resources and label selector as options."""
         spec = run.claim.spec
-        if not spec.resources and not spec.labels:
-            return self._cmd if which else self._fn
-        key = (tuple(sorted(spec.resources.items())), repr(sorted(spec.labels.items())))
-        pair = self._variants.get(key)
-        if pair is None:
-            options = ray_options(spec.resources, spec.labels)
-            pair = self._variants[key] = (self._fn.options(**options),
-                                          self._cmd.options(**options))  # fmt: skip
-        return pair[which]
+        shaped = bool(spec.resources or spec.labels)
+        if fn is None and not shaped:
+            return self._cmd
+        shape = (tuple(sorted(spec.resources.items())), repr(sorted(spec.labels.items())))
+        try:
+            key: tuple[Any, ...] = (fn, *shape) if shaped else (fn,)
+            remote = self._remotes.get(key)
+        except TypeError:  # an unhashable callable: made for this task alone
+            key, remote = (), None
+        if remote is None:
+            remote = self._cmd if fn is None else self._remote_of(function_task(fn))
+            if shaped:
+                remote = remote.options(**ray_options(spec.resources, spec.labels))
+            if key:
+                self._remotes[key] = remote
+        return remote
 
     def _track(self, run: Running, ref: Any) -> None:
         run.ref = ref

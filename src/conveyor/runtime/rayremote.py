@@ -20,8 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from conveyor.errors import ConveyorError
 from conveyor.imports import resolve_callable
@@ -32,15 +31,16 @@ if TYPE_CHECKING:
     from conveyor.model import TaskResult, TaskSpec
     from conveyor.store.base import Claim, Store
 
-__all__ = ["TaskInfo", "run_command", "run_function"]
+__all__ = ["CommandCall", "FunctionCall", "TaskInfo", "function_task", "run_command"]
 
 #: What a task reports: ``(True, value)`` or ``(False, one-line error)``.
 Outcome = tuple[bool, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class TaskInfo:
-    """What a task on Ray knows about itself (``conveyor.current()``)."""
+class TaskInfo(NamedTuple):
+    """What a task on Ray knows about itself (``conveyor.current()``). Sent as a plain tuple
+    (``tuple(info)``; ``TaskInfo._make`` on the worker): Ray serializes it in a fraction of the
+    time a class instance takes."""
 
     task_id: str
     attempt: int
@@ -53,9 +53,33 @@ class TaskInfo:
     claim: Claim | None = None
 
 
-def run_function(fn: Callable[..., Any] | str, args: Any, kwargs: Any, info: TaskInfo) -> Outcome:
-    """Call ``fn`` (a callable, or an import path resolved here) with ``current()`` set."""
-    token = _current.set(_context(info))
+#: What the driver sends for one function task, as one argument (Ray serializes each argument
+#: on its own): ``(args, kwargs, tuple(info))``. The function itself is not sent per task: it is
+#: part of the Ray remote function made once for it (``function_task``).
+FunctionCall = tuple[tuple[Any, ...], Mapping[str, Any], tuple[Any, ...]]
+#: The same for a command: ``(cmd, env, cwd, timeout, tuple(info))``.
+CommandCall = tuple[
+    str | list[str], dict[str, str] | None, str | None, float | None, tuple[Any, ...]
+]
+
+
+def function_task(fn: Callable[..., Any] | str) -> Callable[[FunctionCall], Outcome]:
+    """The body of the Ray remote function for ``fn`` (a callable, or an import path resolved
+    on the worker), named after it (Ray shows tasks by this name)."""
+
+    def conveyor_task(call: FunctionCall) -> Outcome:
+        return run_function(fn, call)
+
+    name = fn.rpartition(":")[2] if isinstance(fn, str) else getattr(fn, "__name__", None)
+    if isinstance(name, str) and name.isidentifier():
+        conveyor_task.__name__ = conveyor_task.__qualname__ = name
+    return conveyor_task
+
+
+def run_function(fn: Callable[..., Any] | str, call: FunctionCall) -> Outcome:
+    """Call ``fn`` with ``current()`` set."""
+    args, kwargs, info = call
+    token = _current.set(_context(TaskInfo._make(info)))
     try:
         func = resolve_callable(fn) if isinstance(fn, str) else fn
         value = func(*args, **kwargs)
@@ -68,12 +92,11 @@ def run_function(fn: Callable[..., Any] | str, args: Any, kwargs: Any, info: Tas
         _current.reset(token)
 
 
-def run_command(
-    cmd: str | list[str], env: dict[str, str] | None, cwd: str | None, timeout: float | None,
-    info: TaskInfo,
-) -> Outcome:  # fmt: skip
+def run_command(call: CommandCall) -> Outcome:
     """Run a shell command to its exit on this Ray node (its timeout kills its process group;
     so does a cancellation, which Ray delivers as ``KeyboardInterrupt``)."""
+    cmd, env, cwd, timeout, packed = call
+    info = TaskInfo._make(packed)
     full_env = dict(os.environ)
     full_env["CONVEYOR_TASK_ID"] = info.task_id
     full_env["CONVEYOR_ATTEMPT"] = str(info.attempt)
