@@ -49,9 +49,9 @@ TARGET = 1.5
 # -- one measured run, in its own driver process -----------------------------------------------
 def measure(side: str, workload: str, address: str, args: argparse.Namespace) -> float:
     import ray
+    from ray_work import noop, work
 
     from conveyor.runtime.rayexec import worker_pythonpath
-    from ray_work import noop, work
 
     ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": worker_pythonpath()}},
              logging_level="warning", log_to_driver=False)  # fmt: skip
