@@ -224,7 +224,7 @@ def open_run(
     - ``executor="ray"`` runs every task (functions and commands) as a Ray task on the cluster
       at ``ray_address`` (``"auto"``, ``"host:port"``; default: the one ``ray start`` left on
       this machine, else a new local Ray; a driver's own ``ray.init`` is kept). Unless given,
-      ``workers`` is the cluster's CPUs x 4 and ``resources``/``labels`` are the cluster's
+      ``workers`` is the cluster's CPUs x 16 and ``resources``/``labels`` are the cluster's
       (docs/ray.md).
 
     Bad input raises before anything runs (``GraphError``; ``UsageError`` when ``graph`` is

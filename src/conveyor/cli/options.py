@@ -24,7 +24,7 @@ Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Tasks run 
 InFlight = Annotated[
     int | None,
     typer.Option(
-        "--workers", "-w", min=1, help="Tasks run at once [default: 4; Ray: cluster CPUs x 4]."
+        "--workers", "-w", min=1, help="Tasks run at once [default: 4; Ray: cluster CPUs x 16]."
     ),
 ]
 Events = Annotated[Path | None, typer.Option("--events", help="Append JSONL events here.")]
