@@ -158,14 +158,16 @@ def test_ray_timeout_fails_the_task_and_cancels_it_on_ray(driver: str) -> None:
 
 
 # -- through the CLI, as its own driver -------------------------------------------------------
-def test_cli_run_on_ray_with_address(head: RayHead, tmp_path: Path) -> None:
+def test_cli_worker_on_ray_runs_a_submitted_graph(head: RayHead, tmp_path: Path) -> None:
+    # (`conveyor run --executor ray --address` is run by test_ray_lost.py)
     (tmp_path / "g.json").write_text(
         '{"tasks": [{"id": "a", "fn": "ray_tasks:double", "args": [4]},'
         ' {"id": "b", "cmd": "echo $CONVEYOR_TASK_ID", "deps": ["a"]}]}'
     )
     db = f"sqlite:///{tmp_path / 'run.db'}"
-    proc = cli("run", "g.json", "--executor", "ray", "--address", head.address, "--db", db,
-               "-q", cwd=tmp_path)  # fmt: skip
+    assert cli("submit", "g.json", "--db", db, cwd=tmp_path).returncode == 0
+    proc = cli("worker", "--db", db, "--executor", "ray", "--address", head.address, "-q",
+               cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     shown = cli("status", "--db", db, cwd=tmp_path)
     assert "done 2" in shown.stdout
