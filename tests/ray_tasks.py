@@ -81,3 +81,9 @@ def note(log: str) -> str:
     with open(log, "a") as f:
         f.write(task + "\n")
     return task
+
+
+def wait_for_ray_child() -> Any:
+    """On a thread of the driver: submit a child (which runs on Ray) and wait for it."""
+    child = conveyor.current().submit("ray_tasks:whoami", id="kid")
+    return child.result()["pid"]

@@ -149,6 +149,13 @@ def test_ray_children_need_a_durable_store_and_cannot_be_waited_for(
     assert "cannot wait for child" in str(waited.failed["w"])
 
 
+def test_ray_parent_on_a_thread_waits_for_its_child_on_ray(driver: str) -> None:
+    graph = {"tasks": [{"id": "p", "fn": "ray_tasks:wait_for_ray_child", "executor": "thread"}]}
+    result = conveyor.run(graph, executor="ray", workers=1)  # one slot: the parent lends it
+    assert result.ok, result.failed
+    assert result["p"] != os.getpid()  # the child ran in a Ray worker
+
+
 def test_ray_timeout_fails_the_task_and_cancels_it_on_ray(driver: str) -> None:
     graph = {"tasks": [{"id": "slow", "fn": "ray_tasks:nap", "args": [60], "timeout_s": 0.5},
                        {"id": "fast", "fn": "ray_tasks:double", "args": [1]}]}  # fmt: skip

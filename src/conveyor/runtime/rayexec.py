@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -233,7 +234,8 @@ class RayExecutor:
 
 def _ray_error(exc: BaseException) -> str:
     """Ray's failure of a task (its worker died, it was cancelled) as one line."""
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Ray colours its messages
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     name = type(exc).__name__
     if name == "TaskCancelledError":
         return "cancelled"

@@ -147,8 +147,8 @@ def _make_submit(info: TaskInfo) -> Callable[[TaskContext, list[TaskSpec]], list
 def _refuse_wait(ctx: TaskContext, task_id: str, timeout: float | None) -> TaskResult:
     raise ConveyorError(
         f"task {ctx.task_id!r} runs on Ray and cannot wait for child {task_id!r} (it would hold "
-        "its Ray CPU while the child queues): return, and read the children's results in a "
-        "task that depends on them"
+        "its Ray CPU while the child queues): submit the children and return; they run on "
+        'their own (or run this task on threads: "executor": "thread")'
     )
 
 
