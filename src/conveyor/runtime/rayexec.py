@@ -262,7 +262,10 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> RayExecu
         try:
             socket.create_connection((host, port), timeout=timeout).close()
         except OSError as exc:
-            named = address if address not in (None, "auto") else f"{address or 'auto'} ({target})"
+            named = (
+                address if address not in (None, "auto")
+                else f"{target} (the cluster $RAY_ADDRESS or `ray start` named on this machine)"
+            )  # fmt: skip
             why = exc.strerror or type(exc).__name__
             raise UsageError(
                 f"no Ray cluster answers at {named}: {why}; start one with "
