@@ -113,6 +113,7 @@ def start_head(cpus: int, temp: str) -> tuple[subprocess.Popen[bytes], str]:
              f"--ray-client-server-port={free_port()}",
              f"--dashboard-agent-listen-port={free_port()}"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "RAY_AUTH_MODE": "disabled"},  # the drivers: a plain ray.init
         )  # fmt: skip
     deadline = time.monotonic() + 120
     while "block forever" not in log_path.read_text(errors="replace"):

@@ -87,3 +87,12 @@ def wait_for_ray_child() -> Any:
     """On a thread of the driver: submit a child (which runs on Ray) and wait for it."""
     child = conveyor.current().submit("ray_tasks:whoami", id="kid")
     return child.result()["pid"]
+
+
+def crash_once(marker: str) -> str:
+    """Kills its own Ray worker process on the first attempt; returns on the second."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("1")
+        os._exit(1)
+    return "survived"

@@ -57,7 +57,9 @@ class RayHead:
         log = open(self.temp / "head.log", "wb")  # noqa: SIM115 - the process keeps it
         self.proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            # no token authentication, whatever ~/.ray holds: the in-process driver connects
+            # with a plain ray.init
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"},
         )  # fmt: skip
         log.close()
         wait_until(self._up, timeout=90, what=f"ray head at {self.address}", every=0.2)

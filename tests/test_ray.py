@@ -98,6 +98,19 @@ def test_ray_failures_are_retried_by_conveyor_not_ray(driver: str, tmp_path: Pat
     assert result.failed["sh"].startswith("command exited 3")
 
 
+def test_ray_worker_that_dies_is_a_failed_attempt_conveyor_retries(
+    driver: str, tmp_path: Path
+) -> None:
+    events: list[dict[str, Any]] = []
+    graph = {"tasks": [{"id": "c", "fn": "ray_tasks:crash_once",
+                        "args": [str(tmp_path / "crashed")], "retries": 1}]}  # fmt: skip
+    result = conveyor.run(graph, executor="ray", retry=RetryPolicy(base=0.01), emit=events.append)
+    assert result["c"] == "survived"
+    assert result.result("c").attempt == 2  # Ray did not retry it on its own
+    retried = [e for e in events if e["event"] == "task_retrying"]
+    assert len(retried) == 1 and "ray: WorkerCrashedError" in retried[0]["error"]
+
+
 def test_ray_resources_and_labels_reach_ray(driver: str) -> None:
     graph = {"tasks": [
         {"id": "r", "fn": "ray_tasks:whoami", "resources": {"cpu": 1, "slot": 1},

@@ -276,6 +276,8 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> RayExecu
             "--address auto: no running Ray cluster found on this machine ($RAY_ADDRESS unset); "
             "start one with `ray start --head` or give --address host:port"
         )
+    if target is not None:
+        _token_auth_as_ray_start_does()
     local: dict[str, Any] = {} if target is not None else {"include_dashboard": False}
     try:
         ray.init(
@@ -287,6 +289,21 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> RayExecu
         where = address or "a new local Ray"
         raise UsageError(f"cannot connect to Ray at {where}: {first}") from None
     return RayExecutor(ray, address or target or "local", _gcs_address(ray), owns=True)
+
+
+def _token_auth_as_ray_start_does() -> None:
+    """Send this machine's Ray token (``~/.ray/auth_token``) when there is one and
+    ``$RAY_AUTH_MODE`` says nothing: the rule by which ``ray start`` turns token authentication
+    on (a driver does not apply it itself, and fails ~20 s later). A cluster without
+    authentication accepts such a driver too."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    with contextlib.suppress(Exception):
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _resolve(address: str | None) -> str | None:
