@@ -212,6 +212,7 @@ def open_run(
     worker_id: str | None = None,
     telemetry: bool | Telemetry = False,
     borrow: str | None = None,
+    ray_address: str | None = None,
     **engine_options: Any,
 ) -> Run:
     """Open a run of ``graph``: open the store, submit (or resume) the graph, make the engine.
@@ -234,6 +235,11 @@ def open_run(
       submitted here (it overrides the graph's own ``borrow``);
     - the engine's: ``workers`` (default 4), ``fail_fast``, ``executor``, ``retry``,
       ``seed``, ``idle_exit``, ``on_result``, ``on_tick`` (called with the engine), ...
+    - ``executor="ray"`` runs every task (functions and commands) as a Ray task on the cluster
+      at ``ray_address`` (``"auto"``, ``"host:port"``; default: the one ``ray start`` left on
+      this machine, else a new local Ray; a driver's own ``ray.init`` is kept). Unless given,
+      ``workers`` is the cluster's CPUs x 16 and ``resources``/``labels`` are the cluster's
+      (docs/ray.md).
 
     Bad input raises before anything runs (``GraphError``; ``UsageError`` when ``graph`` is
     ``None`` and the store holds no graph); a task no worker of this in-process run could ever
@@ -256,11 +262,22 @@ def open_run(
         spec is not None and any(t.executor == "process" for t in spec.tasks)
     ):
         check_main_guard()  # before anything runs: a spawned worker would run this call again
+    if ray_address is not None and engine_options.get("executor") != "ray":
+        raise UsageError("a Ray address needs executor='ray' (--address needs --executor ray)")
     closers = [JsonlSink(events)] if events is not None else []
     emit = combine([emit, *closers])
     owns_store = store is None
     observer: RunTelemetry | None = None
+    ray = None
     try:
+        if engine_options.get("executor") == "ray":
+            from conveyor.runtime.rayexec import connect
+
+            ray = engine_options["ray"] = connect(ray_address)
+            offered_resources, offered_labels = ray.offer()
+            resources = resources or offered_resources  # not given: what the cluster has
+            labels = labels or offered_labels
+            engine_options.setdefault("workers", ray.default_slots())
         if store is None:
             store = open_store(db, emit=emit, clock=engine_options.get("clock", SYSTEM_CLOCK))
         elif emit is not None:
@@ -297,6 +314,8 @@ def open_run(
     except BaseException:
         if observer is not None:
             observer.close()
+        if ray is not None:
+            ray.shutdown()
         if owns_store and store is not None:
             store.close()
         for closer in closers:
