@@ -718,3 +718,24 @@ def test_store_worker_rows_say_alive_left_lost(store: Store, store_url: str) -> 
     info = rows["h:1"]["info"]
     assert (info["slots"], info["slurm_job"], info["labels"]) == (2, "77", {"gpu": "a100"})
     assert info["resources"] == {"gpu": 2.0}
+
+
+def test_store_readonly_handle_reads_and_never_writes(
+    store: Store, store_url: str, tmp_path: Any
+) -> None:
+    durable(store_url, "there is nothing to open twice")
+    from conveyor.errors import StoreError
+    from conveyor.store.urls import open_store
+
+    store.open_graph(graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}), T0)
+    viewer = open_store(store.url if "***" not in store.url else store_url, readonly=True)
+    try:
+        assert viewer.counts()["ready"] == 1 and viewer.task_info("b")["parents"] == ["a"]
+        c = claim1(store)
+        assert c is not None and store.complete(c, 1, T0)
+        assert viewer.counts()["done"] == 1  # it sees the writers' commits
+        with pytest.raises(StoreError):
+            viewer.meta_set("x", "y")
+        assert store.meta_get("x") is None
+    finally:
+        viewer.close()

@@ -96,6 +96,11 @@ class SqlStore(Store):
         current = self.io.schema_version()
         if current == latest:
             return
+        if self.io.readonly and current < latest:
+            raise StoreError(
+                f"{self.url}: made by an older conveyor (schema v{current}, this one reads "
+                f"v{latest}); open it once with `conveyor status` to bring it forward"
+            )
         if current > latest:
             raise StoreError(
                 f"{self.url}: made by a newer conveyor (schema v{current}, this one knows "
