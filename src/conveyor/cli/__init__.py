@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from conveyor.cli import admin, build, graph, inspect, run, slurm, submit, worker
+from conveyor.cli import admin, build, dashboard, graph, inspect, run, slurm, submit, worker
 from conveyor.cli.errors import quiet_broken_pipe
 from conveyor.outcome import INTERRUPTED
 
@@ -37,6 +37,8 @@ for _name, _command in (
     ("prune", admin.prune),
     ("events", inspect.events),
     ("build", build.build),
+    ("dashboard", dashboard.dashboard),
+    ("report", dashboard.report),
 ):
     app.command(_name)(quiet_broken_pipe(_command))
 app.add_typer(slurm.app, name="slurm")

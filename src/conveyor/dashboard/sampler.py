@@ -1,0 +1,135 @@
+"""The dashboard's one reader of the store: every ``every`` seconds it reads the summary, the
+workers and the audit rows committed since its last read, folds them into the run's history
+and renders the live panels once, whatever the number of open pages. Reads only, on the
+read-only store handle it is given; nothing here runs on a worker's path."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.dashboard.history import RunHistory
+from conveyor.store.base import Store
+
+#: Audit rows read per page, and pages per step: a store with a long trail is caught up over
+#: several steps, so the first picture comes at once.
+PAGE = 5000
+PAGES_PER_STEP = 20
+#: Endpoint samples kept (one per step: an hour at the default pace).
+ENDPOINT_SAMPLES = 3600
+
+
+@dataclass
+class Readings:
+    """What one step read: the inputs of the panels."""
+
+    now: float
+    status: dict[str, Any]
+    workers: list[dict[str, Any]]
+    history: RunHistory
+    #: ``(ts, {endpoint: {limit, in_flight, waiting, rate_limited, ...}})``, oldest first.
+    endpoint_samples: deque[tuple[float, dict[str, dict[str, Any]]]]
+    caught_up: bool = True
+    build: dict[str, Any] | None = None
+
+
+@dataclass
+class Frame:
+    """One rendered picture of the run, pushed to every open page."""
+
+    version: int
+    html: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Sampler:
+    """Reads the store on a thread of its own; ``latest`` is the newest ``Frame``."""
+
+    def __init__(
+        self,
+        store: Store,
+        render: Callable[[Readings], tuple[str, dict[str, Any]]],
+        *,
+        every: float = 1.0,
+        window_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        build: Callable[[], dict[str, Any] | None] | None = None,
+    ) -> None:
+        self.store = store
+        self.render = render
+        self.every = every
+        self.clock = clock
+        self.build = build
+        self.feed = store.event_feed()
+        self.history = RunHistory(window_s=window_s)
+        self.endpoints: deque[tuple[float, dict[str, dict[str, Any]]]] = deque(
+            maxlen=ENDPOINT_SAMPLES
+        )
+        self.latest = Frame(0, "")
+        self.error: str | None = None
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def read(self) -> Readings:
+        """Read the store once and fold what is new into the history."""
+        caught_up = False
+        for _ in range(PAGES_PER_STEP):
+            events = self.feed.poll(PAGE)
+            started = [str(e["task"]) for e in events if e.get("event") == "task_started"]
+            self.history.add(events, self.store.task_groups(sorted(set(started))))
+            if len(events) < PAGE:
+                caught_up = True
+                break
+        now = self.clock()
+        status = self.store.status(now)
+        self.endpoints.append((now, status.get("endpoints", {})))
+        return Readings(
+            now,
+            status,
+            self.store.worker_rows(now),
+            self.history,
+            self.endpoints,
+            caught_up,
+            self.build() if self.build else None,
+        )
+
+    def step(self) -> Frame:
+        readings = self.read()
+        html, summary = self.render(readings)
+        with self._changed:
+            self.latest = Frame(self.latest.version + 1, html, summary)
+            self._changed.notify_all()
+        return self.latest
+
+    def wait_newer(self, version: int, timeout: float) -> Frame:
+        """The newest frame once it is newer than ``version`` (or at ``timeout``)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.latest.version > version, timeout)
+            return self.latest
+
+    def start(self) -> Sampler:
+        self._thread = threading.Thread(target=self._loop, name="dashboard-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                self.step()
+                self.error = None
+            except Exception as exc:  # a store that went away: say so on the page, keep trying
+                self.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self._stop.wait(max(0.05, self.every - (time.monotonic() - began)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
