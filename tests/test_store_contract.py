@@ -664,7 +664,7 @@ def test_store_plans_against_its_last_run_and_remembers_file_hashes(
     assert [e["event"] for e in store.history("a")].count("task_invalidated") == 1
 
 
-# -- reads for people (the dashboard) ---------------------------------------------------------------
+# -- reads for people (the dashboard) --------------------------------------------------------------
 def test_store_task_info_has_state_parents_children_and_spec(store: Store) -> None:
     store.open_graph(
         graph("g", {"id": "a", "group": "alice", "env": {"TOKEN": "s3cret"}},
