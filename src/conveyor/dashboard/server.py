@@ -207,5 +207,7 @@ def serve(app: Starlette, sock: socket.socket) -> None:
     """Serve ``app`` on the bound ``sock`` until Ctrl-C."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
+    )  # open event streams end then
     uvicorn.Server(config).run(sockets=[sock])
