@@ -105,3 +105,16 @@ def test_svg_charts_draw_points_and_escape_names() -> None:
     g = svg.gantt([("w #1", [("a/b c", "x", T, T + 1, "done")])], t0=T, t1=T + 2,
                   palette={"x": "#123456"})  # fmt: skip
     assert 'href="task/a%2Fb%20c"' in g and "#123456" in g
+
+
+def test_lanes_share_a_slot_at_one_instant_and_keep_to_the_workers_slots() -> None:
+    h = RunHistory()
+    # a claim batch of no-ops: each starts and ends at the same instant
+    h.add([e for t in ("a", "b", "c") for e in (ev(1, "task_started", t),
+                                               ev(1, "task_finished", t))], {})  # fmt: skip
+    assert [len(bars) for _, bars in lanes(h.recent_spans(T + 2), T + 2)] == [3]
+    h = RunHistory()
+    h.add([ev(0, "task_started", t) for t in "abc"], {})  # three at once on a 2-slot worker
+    got = lanes(h.recent_spans(T + 1), T + 1, {"w1": 2})
+    assert [label for label, _ in got] == ["w1 #1", "w1 #2"]
+    assert sum(len(bars) for _, bars in got) == 3

@@ -41,17 +41,20 @@ class RunHistory:
     """Folds events into per-second series and recent spans (``add``)."""
 
     window_s: float = 300.0
+    #: Finished spans kept at most (a fast run's window is its latest ``max_spans`` attempts).
+    max_spans: int = 3000
     #: Unix second -> tasks finished (done) / failed for good in it.
     done_per_s: dict[int, int] = field(default_factory=dict)
     failed_per_s: dict[int, int] = field(default_factory=dict)
     #: Unix second -> the most tasks of each group running at once in it (seconds where a
     #: count changed).
     running_per_s: dict[int, dict[str, int]] = field(default_factory=dict)
-    #: Unix second -> each group's running count at its end (the same seconds).
+    #: Unix second -> each group's running count at its end (the same seconds but the last).
     running_end_s: dict[int, dict[str, int]] = field(default_factory=dict)
     running: dict[str, int] = field(default_factory=dict)
     open_spans: dict[str, Span] = field(default_factory=dict)
     spans: list[Span] = field(default_factory=list)
+    _second: int | None = None  # the latest second in running_per_s
     first_ts: float | None = None
     last_ts: float | None = None
     events: int = 0
@@ -100,11 +103,17 @@ class RunHistory:
         self._count(span.group, -1, ts)
 
     def _count(self, group: str, delta: int, ts: float) -> None:
-        sec = self.running_per_s.setdefault(int(ts), dict(self.running))
+        second = int(ts)
+        most = self.running_per_s.get(second)
+        if most is None:  # a new second: the last one ended with the counts as they are
+            if self._second is not None:
+                self.running_end_s[self._second] = dict(self.running)
+            most = self.running_per_s[second] = dict(self.running)
+            self._second = second
         n = max(0, self.running.get(group, 0) + delta)
         self.running[group] = n
-        sec[group] = max(sec.get(group, 0), n)  # the most at once in that second
-        self.running_end_s[int(ts)] = dict(self.running)
+        if n > most.get(group, 0):
+            most[group] = n  # the most at once in that second
 
     def _trim(self) -> None:
         if self.last_ts is None:
@@ -112,13 +121,15 @@ class RunHistory:
         cut = self.last_ts - self.window_s
         if self.spans and self.spans[0].end is not None and self.spans[0].end < cut:
             self.spans = [s for s in self.spans if s.end is None or s.end >= cut]
+        if len(self.spans) > 2 * self.max_spans:  # a fast run: keep the latest ones
+            self.spans = self.spans[-self.max_spans :]
 
     # -- what the plots draw -----------------------------------------------------------------
     def recent_spans(self, now: float, window_s: float | None = None) -> list[Span]:
         """Spans that overlap the last ``window_s`` seconds before ``now``, oldest start first;
         running ones included (drawn up to ``now``)."""
         cut = now - (self.window_s if window_s is None else window_s)
-        out = [s for s in self.spans if s.end is None or s.end >= cut]
+        out = [s for s in self.spans[-self.max_spans :] if s.end is None or s.end >= cut]
         out += list(self.open_spans.values())
         return sorted(out, key=lambda s: (s.start, s.task))
 
@@ -149,7 +160,8 @@ class RunHistory:
         names = sorted({g for d in self.running_per_s.values() for g in d})
         out: dict[str, list[tuple[float, float]]] = {g: [] for g in names}
         for sec in sorted(self.running_per_s):
-            most, end = self.running_per_s[sec], self.running_end_s.get(sec, {})
+            most = self.running_per_s[sec]
+            end = self.running if sec == self._second else self.running_end_s.get(sec, {})
             for g in names:
                 out[g].append((float(sec), float(most.get(g, 0))))
                 if sec + 1 not in self.running_per_s:

@@ -305,6 +305,16 @@ def workers(r: Readings, links: bool) -> str:
     return section("Workers", summary + table(head, rows, {2}, 'id="workers"'), wide=True)
 
 
+def worker_slots(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Each worker's slots, as it registered them (for the timeline's rows)."""
+    out = {}
+    for w in rows:
+        n = (w.get("info") or {}).get("slots")
+        if isinstance(n, int) and n > 0:
+            out[str(w["worker"])] = n
+    return out
+
+
 def timeline(r: Readings, links: bool, window_s: float | None = None) -> str:
     h = r.history
     # The window ends now while tasks run, else at the last event (a finished run's end).
@@ -320,7 +330,11 @@ def timeline(r: Readings, links: bool, window_s: float | None = None) -> str:
         f'<span class="swatch" style="background:{pal[g]}"></span>{e(g)}' for g in names
     )
     chart = svg.gantt(
-        lanes(spans, end), t0=t0, t1=end, palette=pal, link="/task/" if links else None
+        lanes(spans, end, worker_slots(r.workers)),
+        t0=t0,
+        t1=end,
+        palette=pal,
+        link="/task/" if links else None,
     )
     title = f"Timeline (last {duration(end - t0)}, one row per worker slot)"
     return section(title, f"<p>{legend}</p>{chart}", wide=True, ident="timeline")

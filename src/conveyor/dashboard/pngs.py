@@ -9,7 +9,7 @@ from typing import Any
 
 from conveyor.dashboard import svg
 from conveyor.dashboard.history import bin_width
-from conveyor.dashboard.panels import per_minute
+from conveyor.dashboard.panels import per_minute, worker_slots
 from conveyor.dashboard.sampler import Readings
 from conveyor.dashboard.timeline import lanes
 from conveyor.errors import UsageError
@@ -69,7 +69,7 @@ def _gantt(plt: Any, path: Path, r: Readings) -> Path:
     h = r.history
     end = h.last_ts or r.now
     spans = h.recent_spans(end)
-    rows = lanes(spans, end)
+    rows = lanes(spans, end, worker_slots(r.workers))
     pal = svg.colours(sorted({s.group for s in spans}))
     fig, ax = plt.subplots(figsize=(10, max(2.0, 0.22 * len(rows) + 1)), dpi=110)
     t0 = min((s.start for s in spans), default=end)

@@ -178,8 +178,9 @@ def gantt(
     link: str | None = "task/",
 ) -> str:
     """A timeline: one row per lane label, each ``(task, group, start, end, outcome)`` a bar
-    coloured by group (a failed or lost attempt hatched in red). ``link``: bars link to
-    ``link + task``."""
+    coloured by group (a failed or lost attempt outlined in red). ``link``: bars link to
+    ``link + task``. Bars a few pixels wide or less that nearly touch are drawn as one (titled
+    with their count, unlinked): the markup stays as small as the picture, however fast the run."""
     left, top = 150, 18
     pw = width - left - 8
     height = top + lane_h * max(1, len(lanes)) + 20
@@ -203,18 +204,48 @@ def gantt(
             f'<text x="{left - 6}" y="{y + lane_h - 3}" text-anchor="end" '
             f'fill="#333">{escape(label)}</text>'
         )
-        for task, group, start, end, outcome in bars:
-            a = left + (max(start, t0) - t0) / span * pw
-            b = left + (min(end, t1) - t0) / span * pw
-            w = max(b - a, 1.0)
-            stroke = ' stroke="#D55E00" stroke-width="1.5"' if outcome in ("failed", "lost") else ""
-            rect = (
-                f'<rect x="{a:.1f}" y="{y + 1}" width="{w:.1f}" height="{lane_h - 2}" '
-                f'fill="{palette.get(group, "#999")}"{stroke}><title>{escape(task)} '
-                f"({escape(group)}, {escape(outcome)}, {end - start:.2f} s)</title></rect>"
-            )
-            if link is not None:
-                rect = f'<a href="{escape(link + quote(task, safe=""))}">{rect}</a>'
-            out.append(rect)
+        for piece in _merged(bars, t0, span, left, pw):
+            out.append(_bar(piece, y, lane_h, palette, link))
     out.append("</svg>")
     return "".join(out)
+
+
+#: Pixels: bars narrower than this, and as close to the one before, are drawn as one.
+_THIN = 4.0
+#: A bar as drawn: x from, x to, group, outcome, its tasks (first, count), seconds it ran.
+_Piece = tuple[float, float, str, str, str, int, float]
+
+
+def _merged(
+    bars: Sequence[tuple[str, str, float, float, str]],
+    t0: float,
+    span: float,
+    left: float,
+    pw: float,
+) -> list[_Piece]:
+    out: list[_Piece] = []
+    for task, group, start, end, outcome in bars:
+        a = left + (max(start, t0) - t0) / span * pw
+        b = max(left + (min(end, t0 + span) - t0) / span * pw, a + 1.0)
+        if out:
+            pa, pb, pg, po, first, n, secs = out[-1]
+            thin = b - a < _THIN and (n > 1 or pb - pa < _THIN)
+            if thin and pg == group and po == outcome and a - pb < _THIN:
+                out[-1] = (pa, max(pb, b), pg, po, first, n + 1, secs + (end - start))
+                continue
+        out.append((a, b, group, outcome, task, 1, end - start))
+    return out
+
+
+def _bar(p: _Piece, y: float, lane_h: int, palette: Mapping[str, str], link: str | None) -> str:
+    a, b, group, outcome, task, n, secs = p
+    stroke = ' stroke="#D55E00" stroke-width="1.5"' if outcome in ("failed", "lost") else ""
+    what = escape(task) if n == 1 else f"{n} tasks from {escape(task)}"
+    rect = (
+        f'<rect x="{a:.1f}" y="{y + 1}" width="{b - a:.1f}" height="{lane_h - 2}" '
+        f'fill="{palette.get(group, "#999")}"{stroke}><title>{what} '
+        f"({escape(group)}, {escape(outcome)}, {secs:.2f} s)</title></rect>"
+    )
+    if link is not None and n == 1:
+        rect = f'<a href="{escape(link + quote(task, safe=""))}">{rect}</a>'
+    return rect
