@@ -77,6 +77,15 @@ def start_dashboard(url: str, wd: Path, every: float) -> tuple[subprocess.Popen[
     return proc, m.group(1)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one_run(
     graph_file: Path, n: int, workers: int, watched: bool, every: float, timeout: float
 ) -> dict[str, Any]:
@@ -91,10 +100,12 @@ def one_run(
             dash, page = start_dashboard(url, wd, every)
             reader = EventReader(page)
         load = os.getloadavg()[0]
+        cpu0 = cpu_seconds(dash.pid) if dash is not None else 0.0
         cmd = [*durable.conveyor_cmd(), "worker", "--db", url, "--quiet"]
         secs, timed_out, codes, _outs, errs = durable.run_processes([cmd] * workers, wd, timeout)
-        frames = 0
+        frames, dash_cpu = 0, 0.0
         if dash is not None and reader is not None:
+            dash_cpu = cpu_seconds(dash.pid) - cpu0
             frames = reader.frames
             reader.close()
             dash.terminate()
@@ -111,6 +122,7 @@ def one_run(
             "seconds": secs,
             "rate": n / secs,
             "frames": frames,
+            "dashboard_cpu_s": dash_cpu,
             "load_before": load,
         }
 
@@ -135,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             side = "with dashboard" if watched else "without"
             durable.log(
                 f"  run {i + 1} {side:15s} {r['rate']:8,.0f} tasks/s "
-                f"({r['seconds']:.2f} s, {r['frames']} frames pushed, "
+                f"({r['seconds']:.2f} s, {r['frames']} frames pushed, dashboard CPU "
+                f"{r['dashboard_cpu_s']:.2f} s, "
                 f"load {r['load_before']:.2f})"
             )
     without = statistics.median(r["rate"] for r in runs if not r["watched"])

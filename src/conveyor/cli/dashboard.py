@@ -5,7 +5,9 @@ read-only connection; the server and the plotting library are imported only here
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import secrets
 import time
 from pathlib import Path
@@ -81,6 +83,10 @@ def dashboard(
         _serve(db, host, port, token, build, every, window)
 
 
+#: The dashboard's niceness: on a machine its workers keep busy, they come first.
+NICE = 10
+
+
 def _serve(
     db: str | None,
     host: str,
@@ -97,6 +103,8 @@ def _serve(
     from conveyor.dashboard.sampler import Sampler
     from conveyor.store.memory import MemoryStore
 
+    with contextlib.suppress(OSError):  # a viewer yields the CPU to the workers it watches
+        os.nice(NICE)
     opened = durable_store(db, readonly=True) if db is not None else nullcontext(MemoryStore())
     with opened as store:
         sock = server.bind(host, port)
