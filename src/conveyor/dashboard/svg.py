@@ -45,8 +45,10 @@ def colours(names: Sequence[str]) -> dict[str, str]:
     return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(sorted(names))}
 
 
-def _clock(t: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(t))
+def _clock(t: float, span: float = 60.0) -> str:
+    """UTC time of day; with tenths of a second when the axis spans under 10 s."""
+    text = time.strftime("%H:%M:%S", time.gmtime(t))
+    return f"{text}.{int(t * 10) % 10}" if span < 10 else text
 
 
 def _nice(v: float) -> str:
@@ -110,7 +112,7 @@ def line_chart(
     for x in _ticks(x0, x1, 3):
         out.append(
             f'<text x="{px(x):.1f}" y="{height - 6}" text-anchor="middle" '
-            f'fill="#555">{_clock(x)}</text>'
+            f'fill="#555">{_clock(x, x1 - x0)}</text>'
         )
     for label, y in (dashed or {}).items():
         out.append(
@@ -194,7 +196,7 @@ def gantt(
         out.append(
             f'<line x1="{gx:.1f}" x2="{gx:.1f}" y1="{top}" y2="{height - 18}" '
             f'stroke="#eee"/><text x="{gx:.1f}" y="{height - 5}" text-anchor="middle" '
-            f'fill="#555">{_clock(x)}</text>'
+            f'fill="#555">{_clock(x, span)}</text>'
         )
     if not lanes:
         out.append(f'<text x="{left}" y="{top + 11}" fill="#888">nothing ran in this window</text>')
