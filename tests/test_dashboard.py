@@ -149,3 +149,20 @@ def test_dashboard_shows_a_table_build(tmp_path: Path) -> None:
         assert b["complete"] and b["dropped"]["review"]  # the example drops some reviews
         page = get(url)[1]
         assert 'id="build-rows">2,000<' in page and "cheap and one star" in page
+
+
+@pytest.mark.postgres
+def test_dashboard_and_report_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    secret_graph(tmp_path / "g.json")
+    assert cli("submit", "g.json", "--db", pg_url, cwd=tmp_path).returncode == 0
+    with dashboard(pg_url, cwd=tmp_path) as url:
+        assert wait_until(lambda: summary(url)["total"], 30) == 7
+        done = cli("worker", "--db", pg_url, "--idle-exit", "0.5", "-q", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        # the page follows the run on its read-only PostgreSQL session
+        wait_until(lambda: summary(url)["counts"]["done"] == 7, 30, "all done on the page")
+        assert get(base(url) + "/task/secretive")[0] == 200
+    out = tmp_path / "run.html"
+    got = cli("report", "--db", pg_url, "-o", str(out), cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    assert 'id="done-count">7<' in out.read_text()
