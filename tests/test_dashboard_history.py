@@ -118,3 +118,23 @@ def test_lanes_share_a_slot_at_one_instant_and_keep_to_the_workers_slots() -> No
     got = lanes(h.recent_spans(T + 1), T + 1, {"w1": 2})
     assert [label for label, _ in got] == ["w1 #1", "w1 #2"]
     assert sum(len(bars) for _, bars in got) == 3
+
+
+def test_endpoint_panel_draws_limits_and_429s_per_minute() -> None:
+    from collections import deque
+
+    from conveyor.dashboard.panels import endpoints
+    from conveyor.dashboard.sampler import Readings
+
+    samples: deque[tuple[float, dict[str, dict[str, Any]]]] = deque()
+    for i in range(7):  # a 429 every 10 s: 6 per minute
+        st = {"limit": 8 + i, "in_flight": 4, "waiting": 2, "rate_limited": i}
+        samples.append((T + 10 * i, {"openai/gpt/api.x": st}))
+    now_eps = {"openai/gpt/api.x": {"limit": 14, "in_flight": 4, "waiting": 2, "rate_limited": 6,
+                                    "workers": 2, "cooldown_left": 0.0}}  # fmt: skip
+    r = Readings(T + 60, {"endpoints": now_eps}, [], RunHistory(), samples)
+    html = endpoints(r)
+    assert "<td>openai/gpt/api.x</td><td class=n>14</td>" in html
+    assert "<td class=n>6.0</td>" in html  # 429s/min over the trailing minute
+    assert html.count("<svg") == 3 and "429s per minute" in html
+    assert "no task calls an endpoint" in endpoints(Readings(T, {}, [], RunHistory(), deque()))

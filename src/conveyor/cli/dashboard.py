@@ -77,9 +77,9 @@ def dashboard(
             token = token or secrets.token_urlsafe(18)
         if build is not None and not build.is_dir():
             raise UsageError(f"--build {build}: no such directory")
-        from conveyor.dashboard.server import _import_starlette
+        from conveyor.dashboard.server import require_server
 
-        _import_starlette()
+        require_server()
         _serve(db, host, port, token, build, every, window)
 
 
@@ -122,6 +122,10 @@ def _serve(
             sock.close()
 
 
+def said(rows: int) -> None:
+    typer.echo(f"conveyor: report: {rows:,} audit rows read", err=True)
+
+
 def report(
     db: Annotated[
         str, typer.Option("--db", help="Store URL: sqlite:///run.db or postgresql://...")
@@ -145,7 +149,7 @@ def report(
             raise UsageError(f"-o {out}: directory {str(out.parent)!r} does not exist")
         began = time.monotonic()
         with durable_store(db, readonly=True) as store:
-            readings = read_all(store, window_s=window)
+            readings = read_all(store, window_s=window, progress=said)
             size = write_report(readings, store.url, out)
         typer.echo(
             f"conveyor: wrote {out} ({size / 1024:.0f} KiB, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from conveyor.dashboard import pages, panels
@@ -13,18 +14,28 @@ from conveyor.dashboard.sampler import Readings, Sampler
 from conveyor.store.base import Store
 from conveyor.store.urls import redact
 
+#: Seconds between progress lines while a long audit trail is read.
+PROGRESS_S = 5.0
 
-def read_all(store: Store, *, window_s: float = 300.0) -> Readings:
-    """The run's whole audit trail folded in, and its summary now."""
+
+def read_all(
+    store: Store, *, window_s: float = 300.0, progress: Callable[[int], None] | None = None
+) -> Readings:
+    """The run's whole audit trail folded in, and its summary now; ``progress`` is told the
+    rows read so far every ``PROGRESS_S`` seconds (a long trail takes a while)."""
 
     def no_render(_r: Readings) -> tuple[str, dict[str, object]]:
         return "", {}
 
     sampler = Sampler(store, no_render, window_s=window_s)
+    said = time.monotonic()
     while True:
         readings = sampler.read()
         if readings.caught_up:
             return readings
+        if progress is not None and time.monotonic() - said >= PROGRESS_S:
+            said = time.monotonic()
+            progress(readings.history.events)
 
 
 def write_report(readings: Readings, store_url: str, out: Path) -> int:

@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from html import escape
 from typing import Any
 
 from conveyor.dashboard.history import RunHistory
@@ -101,10 +102,7 @@ class Sampler:
     def step(self) -> Frame:
         readings = self.read()
         html, summary = self.render(readings)
-        with self._changed:
-            self.latest = Frame(self.latest.version + 1, html, summary)
-            self._changed.notify_all()
-        return self.latest
+        return self._publish(html, summary)
 
     def wait_newer(self, version: int, timeout: float) -> Frame:
         """The newest frame once it is newer than ``version`` (or at ``timeout``)."""
@@ -118,14 +116,26 @@ class Sampler:
         return self
 
     def _loop(self) -> None:
+        good = ""
         while not self._stop.is_set():
             began = time.monotonic()
             try:
-                self.step()
+                good = self.step().html
                 self.error = None
             except Exception as exc:  # a store that went away: say so on the page, keep trying
                 self.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self._publish(
+                    f'<p class="banner error">cannot read the store: '
+                    f"{escape(self.error)}; trying again</p>{good}",
+                    self.latest.summary,
+                )
             self._stop.wait(max(0.05, self.every - (time.monotonic() - began)))
+
+    def _publish(self, html: str, summary: dict[str, Any]) -> Frame:
+        with self._changed:
+            self.latest = Frame(self.latest.version + 1, html, summary)
+            self._changed.notify_all()
+            return self.latest
 
     def stop(self) -> None:
         self._stop.set()

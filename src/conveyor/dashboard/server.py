@@ -43,7 +43,8 @@ SECURITY_HEADERS = {
 }
 
 
-def _import_starlette() -> None:
+def require_server() -> None:
+    """Refuse, as one line, where ``conveyor[dashboard]`` is not installed."""
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
