@@ -50,7 +50,8 @@ def dashboard(
         typer.Option(
             "--token",
             envvar="CONVEYOR_DASHBOARD_TOKEN",
-            help="Token every request must carry [made up and printed with --allow-remote].",
+            help="Token every request must carry (with --allow-remote and none given: "
+            "one is made up and printed).",
         ),
     ] = None,
     build: Annotated[
