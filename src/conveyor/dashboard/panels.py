@@ -206,21 +206,28 @@ def per_minute(points: Sequence[tuple[float, float]]) -> list[tuple[float, float
     return out
 
 
+def endpoint_series(
+    samples: Iterable[tuple[float, Mapping[str, Mapping[str, Any]]]],
+) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Field (``limit``, ``in_flight``, ``waiting``, ``rate_limited``) -> endpoint -> its
+    values over time, from the samples of ``Store.status``'s ``endpoints``."""
+    fields = ("limit", "in_flight", "waiting", "rate_limited")
+    out: dict[str, dict[str, list[tuple[float, float]]]] = {f: {} for f in fields}
+    for ts, eps in samples:
+        for k, st in eps.items():
+            for f in fields:
+                out[f].setdefault(k, []).append((ts, float(st.get(f, 0))))
+    return out
+
+
 def endpoints(r: Readings) -> str:
     now_eps: Mapping[str, Mapping[str, Any]] = r.status.get("endpoints", {})
     if not now_eps and not any(eps for _, eps in r.endpoint_samples):
         return section("Endpoints", '<p class="muted">no task calls an endpoint</p>')
     names = sorted({k for _, eps in r.endpoint_samples for k in eps} | set(now_eps))
-    limit: dict[str, list[tuple[float, float]]] = {}
-    flight: dict[str, list[tuple[float, float]]] = {}
-    waiting: dict[str, list[tuple[float, float]]] = {}
-    limited: dict[str, list[tuple[float, float]]] = {}
-    for ts, eps in r.endpoint_samples:
-        for k, st in eps.items():
-            limit.setdefault(k, []).append((ts, float(st.get("limit", 0))))
-            flight.setdefault(k, []).append((ts, float(st.get("in_flight", 0))))
-            waiting.setdefault(k, []).append((ts, float(st.get("waiting", 0))))
-            limited.setdefault(k, []).append((ts, float(st.get("rate_limited", 0))))
+    series = endpoint_series(r.endpoint_samples)
+    limit, flight, waiting = series["limit"], series["in_flight"], series["waiting"]
+    limited = series["rate_limited"]
     pal = svg.colours(names)
     rows = [
         [

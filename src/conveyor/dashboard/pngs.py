@@ -9,7 +9,7 @@ from typing import Any
 
 from conveyor.dashboard import svg
 from conveyor.dashboard.history import bin_width
-from conveyor.dashboard.panels import per_minute, worker_slots
+from conveyor.dashboard.panels import endpoint_series, per_minute, worker_slots
 from conveyor.dashboard.sampler import Readings
 from conveyor.dashboard.timeline import lanes
 from conveyor.errors import UsageError
@@ -130,12 +130,8 @@ def write_pngs(r: Readings, out: Path) -> list[Path]:
         ),
         _gantt(plt, out / "timeline.png", r),
     ]
-    limited: dict[str, list[tuple[float, float]]] = {}
-    limits: dict[str, list[tuple[float, float]]] = {}
-    for ts, eps in r.endpoint_samples:
-        for k, st in eps.items():
-            limits.setdefault(k, []).append((ts, float(st.get("limit", 0))))
-            limited.setdefault(k, []).append((ts, float(st.get("rate_limited", 0))))
+    series = endpoint_series(r.endpoint_samples)
+    limits, limited = series["limit"], series["rate_limited"]
     if limits:
         made.append(_lines(plt, out / "endpoints.png", "Endpoint limits", limits, steps=True))
         made.append(
