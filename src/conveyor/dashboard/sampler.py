@@ -20,6 +20,8 @@ from conveyor.store.base import Store
 #: several steps, so the first picture comes at once.
 PAGE = 5000
 PAGES_PER_STEP = 20
+#: A read that took t seconds is followed by at least BUSY_FACTOR * t seconds of rest.
+BUSY_FACTOR = 4.0
 #: Endpoint samples kept (one per step: an hour at the default pace).
 ENDPOINT_SAMPLES = 3600
 
@@ -129,7 +131,9 @@ class Sampler:
                     f"{escape(self.error)}; trying again</p>{good}",
                     self.latest.summary,
                 )
-            self._stop.wait(max(0.05, self.every - (time.monotonic() - began)))
+            took = time.monotonic() - began
+            # A large store makes each read slow: reading stays under a fifth of the time.
+            self._stop.wait(max(0.05, self.every - took, BUSY_FACTOR * took))
 
     def _publish(self, html: str, summary: dict[str, Any]) -> Frame:
         with self._changed:
