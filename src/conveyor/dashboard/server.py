@@ -75,7 +75,7 @@ def make_app(store: Store, sampler: Sampler, *, token: str | None = None) -> Sta
 
     async def events(request: Request) -> Response:
         async def stream() -> AsyncIterator[str]:
-            version = -1
+            version = 0  # frame 0 is the empty one before the first read
             while not await request.is_disconnected():
                 frame = await run_in_threadpool(sampler.wait_newer, version, KEEPALIVE_S)
                 if frame.version == version:
