@@ -166,3 +166,56 @@ def test_dashboard_and_report_on_postgresql(pg_url: str, tmp_path: Path) -> None
     got = cli("report", "--db", pg_url, "-o", str(out), cwd=tmp_path)
     assert got.returncode == 0, got.stderr
     assert 'id="done-count">7<' in out.read_text()
+
+
+ENDPOINT_JOBS = """
+import asyncio
+
+import httpx
+
+import conveyor
+
+BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def call(url: str) -> None:
+    ctx = conveyor.current()
+    async with httpx.AsyncClient(timeout=30) as client:
+        for attempt in range(1, 1000):
+            async with ctx.acquire() as slot:
+                resp = await client.post(url + "/chat/completions", json=BODY)
+                slot.report(resp)
+            if resp.status_code == 200:
+                return
+            await asyncio.sleep(slot.retry_delay(attempt) or 0.0)
+"""
+
+
+def test_dashboard_follows_an_endpoints_limit_during_a_real_run(tmp_path: Path) -> None:
+    """Real workers call a real (fake) LLM server through their endpoint limiter; the page
+    shows the endpoint's limit, in flight and 429s, as the workers report them."""
+    from conveyor.testing.fake_llm import FakeLLM
+
+    key = "fake/fake-model/chat"
+    (tmp_path / "jobs.py").write_text(ENDPOINT_JOBS)
+    db = f"sqlite:///{tmp_path / 'run.db'}"
+    with FakeLLM(capacity=3, latency=0.05, retry_after=0.2) as llm:
+        tasks = [{"id": f"t{i}", "fn": "jobs:call", "args": [llm.url], "endpoint": key}
+                 for i in range(90)]  # fmt: skip
+        (tmp_path / "g.json").write_text(json.dumps({"name": "llm", "tasks": tasks}))
+        assert cli("submit", "g.json", "--db", db, cwd=tmp_path).returncode == 0
+        with dashboard(db, "--every", "0.3", cwd=tmp_path) as url:
+            done = cli("worker", "--db", db, "-q", "--workers", "8", "--lease", "3",
+                       cwd=tmp_path, timeout=120)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            ep = wait_until(lambda: summary(url)["endpoints"].get(key), 30, "the report")
+            assert ep["limit"] >= 1 and ep["workers"] == 1
+            assert 0 < ep["rate_limited"] <= llm.stats().rate_limited  # capacity 3 < 8 slots
+
+            def shown() -> str | None:  # the page's row agrees with the summary of its frame
+                limit = summary(url)["endpoints"][key]["limit"]
+                page = get(url)[1]
+                return page if f"<td>{key}</td><td class=n>{limit}</td>" in page else None
+
+            page = wait_until(shown, 30, "the endpoint's row on the page")
+            assert "Adaptive limit and in flight" in page and "429s per minute" in page

@@ -376,6 +376,7 @@ def render(r: Readings, *, links: bool = True) -> tuple[str, dict[str, Any]]:
         "eta_s": st.get("eta_s"),
         "workers_alive": st.get("workers_alive", 0),
         "reasons": st.get("reasons", {}),
+        "endpoints": st.get("endpoints", {}),
         "events": r.history.events,
         "ts": r.now,
     }
