@@ -32,6 +32,7 @@ def run_db(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_dashboard_serves_the_run_and_never_shows_secrets(run_db: str, tmp_path: Path) -> None:
     with dashboard(run_db, cwd=tmp_path) as url:
+        assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
         got = wait_until(lambda: (s := summary(url))["counts"].get("done") and s, 30)
         assert got["graph"] == "dash" and got["counts"]["done"] == 7 and got["total"] == 7
         code, page, headers = get(url)
