@@ -85,7 +85,7 @@ def dashboard(
 
 
 #: The dashboard's niceness: on a machine its workers keep busy, they come first.
-NICE = 10
+NICE = 19
 
 
 def _serve(
@@ -101,7 +101,7 @@ def _serve(
 
     from conveyor.dashboard import panels, server
     from conveyor.dashboard.buildpanel import read_build
-    from conveyor.dashboard.sampler import Sampler
+    from conveyor.dashboard.sampler import READ_SHARE, Sampler
     from conveyor.store.memory import MemoryStore
 
     with contextlib.suppress(OSError):  # a viewer yields the CPU to the workers it watches
@@ -110,7 +110,14 @@ def _serve(
     with opened as store:
         sock = server.bind(host, port)
         reader = (lambda: read_build(build)) if build is not None else None
-        sampler = Sampler(store, panels.render, every=every, window_s=window, build=reader)
+        sampler = Sampler(
+            store,
+            panels.render,
+            every=every,
+            window_s=window,
+            build=reader,
+            read_budget=READ_SHARE * every,
+        )
         sampler.start()
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host

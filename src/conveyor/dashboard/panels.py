@@ -352,7 +352,8 @@ def render(r: Readings, *, links: bool = True) -> tuple[str, dict[str, Any]]:
     parts = []
     if not r.caught_up:
         parts.append(
-            f'<p class="banner">reading the audit trail: {r.history.events:,} rows so far</p>'
+            f'<p class="banner">following the audit trail with a lag ({r.history.events:,} '
+            "rows read so far): the charts catch up; the counts above them are current</p>"
         )
     if r.build is not None and not r.status.get("graph") and not r.status.get("total"):
         from conveyor.dashboard.buildpanel import build_panel  # a build without a store

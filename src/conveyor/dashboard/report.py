@@ -27,7 +27,7 @@ def read_all(
     def no_render(_r: Readings) -> tuple[str, dict[str, object]]:
         return "", {}
 
-    sampler = Sampler(store, no_render, window_s=window_s)
+    sampler = Sampler(store, no_render, window_s=window_s, read_budget=PROGRESS_S)
     said = time.monotonic()
     while True:
         readings = sampler.read()

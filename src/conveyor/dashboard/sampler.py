@@ -16,10 +16,13 @@ from typing import Any
 from conveyor.dashboard.history import RunHistory
 from conveyor.store.base import Store
 
-#: Audit rows read per page, and pages per step: a store with a long trail is caught up over
-#: several steps, so the first picture comes at once.
-PAGE = 5000
-PAGES_PER_STEP = 20
+#: Audit rows read per page.
+PAGE = 2000
+#: The share of each step's time spent following the audit trail: a fast run (tens of
+#: thousands of rows a second) is followed with a lag, caught up when it slows or ends, so that
+#: the dashboard never takes more than a sliver of a core from the workers it watches. The
+#: headline numbers (``Store.status``) are current at every step regardless.
+READ_SHARE = 0.04
 #: A read that took t seconds is followed by at least BUSY_FACTOR * t seconds of rest.
 BUSY_FACTOR = 4.0
 #: Endpoint samples kept (one per step: an hour at the default pace).
@@ -59,12 +62,15 @@ class Sampler:
         *,
         every: float = 1.0,
         window_s: float = 300.0,
+        read_budget: float | None = None,
         clock: Callable[[], float] = time.time,
         build: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self.store = store
         self.render = render
         self.every = every
+        #: Seconds each read may spend on the audit trail (``None``: all of it, the report's).
+        self.read_budget = read_budget
         self.clock = clock
         self.build = build
         self.feed = store.event_feed()
@@ -81,7 +87,9 @@ class Sampler:
     def read(self) -> Readings:
         """Read the store once and fold what is new into the history."""
         caught_up = False
-        for _ in range(PAGES_PER_STEP):
+        budget = self.read_budget
+        until = None if budget is None else time.monotonic() + budget
+        while until is None or time.monotonic() < until:
             events = self.feed.poll(PAGE)
             started = [str(e["task"]) for e in events if e.get("event") == "task_started"]
             self.history.add(events, self.store.task_groups(sorted(set(started))))
