@@ -8,14 +8,16 @@ default settings, on a fresh SQLite store per run.
 - **without**: submit, then the workers.
 - **with**: submit, then ``conveyor dashboard --db URL --port 0`` (its defaults: it reads the
   store every ``--every`` seconds, default 1) and a client that holds the page's event stream
-  open (``/events``, what an open browser tab does) and reads every frame; then the workers.
+  open (``/events``, what an open browser tab does) and reads every frame; once the first frame
+  came (the page shows the run), the workers.
   The dashboard keeps reading and pushing frames until the last worker exits.
 
 The same rules for both: the same graph and settings; one timed window, from the start of the
-first worker to the exit of the last (submission and the dashboard's start are before it, for
-both); runs interleaved without, with, without, with ... (``--repeat`` each, default 3); the
-median rate of each side; every run checks that all N tasks are done. Prints the ratio
-with / without (the target: >= 0.95) and the load average beside it.
+first worker to the exit of the last (submission, and the dashboard's start up to its first
+frame, are before it; before it too, for both, ``os.sync()``: the last run's files are written
+back outside the window); runs interleaved without, with, without, with ... (``--repeat``
+each, default 3); the median rate of each side; every run checks that all N tasks are done.
+Prints the ratio with / without (the target: >= 0.95) and the load average beside it.
 
     flock /tmp/bench.lock python benchmarks/bench_dashboard.py [--n 20000] [--repeat 3]
 """
@@ -48,14 +50,20 @@ class EventReader:
     def __init__(self, url: str) -> None:
         self.frames = 0
         self._stream = urllib.request.urlopen(url.rstrip("/") + "/events", timeout=60)
+        self._first = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
+        # the page is open once it shows the run: the dashboard's start and first read of the
+        # store are behind us (as the submission is), not inside the timed window
+        if not self._first.wait(timeout=120):
+            raise RuntimeError("the dashboard pushed no frame in 120 s")
 
     def _read(self) -> None:
         try:
             for line in self._stream:
                 if line.startswith(b"data: "):
                     self.frames += 1
+                    self._first.set()
         except Exception:  # closed under us at the end, or the server went away
             return
 
@@ -99,6 +107,7 @@ def one_run(
         if watched:
             dash, page = start_dashboard(url, wd, every)
             reader = EventReader(page)
+        os.sync()  # the last run's files written back now, not inside this window
         load = os.getloadavg()[0]
         cpu0 = cpu_seconds(dash.pid) if dash is not None else 0.0
         cmd = [*durable.conveyor_cmd(), "worker", "--db", url, "--quiet"]
