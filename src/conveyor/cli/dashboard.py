@@ -85,7 +85,7 @@ def dashboard(
 
 
 #: The dashboard's niceness: on a machine its workers keep busy, they come first.
-NICE = 19
+NICE = 10
 
 
 def _serve(
