@@ -144,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=float, default=1.0, help="the dashboard's --every")
     ap.add_argument("--timeout", type=float, default=300.0, help="limit per run (seconds)")
     ap.add_argument("--json", type=Path, help="write every run here")
+    ap.add_argument(
+        "--control",
+        action="store_true",
+        help="an A/A control: the second side runs without a dashboard too (the "
+        "ratio is then the noise floor of this machine and order)",
+    )
     args = ap.parse_args(argv)
 
     gdir = Path(tempfile.mkdtemp(prefix="bench-dashboard-graph-"))
@@ -151,7 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     for i in range(args.repeat):
         for watched in (False, True):
-            r = one_run(graph_file, args.n, args.workers, watched, args.every, args.timeout)
+            r = one_run(
+                graph_file,
+                args.n,
+                args.workers,
+                watched and not args.control,
+                args.every,
+                args.timeout,
+            )
+            r["watched"] = watched  # the side it stands for (--control: both without)
             runs.append(r)
             side = "with dashboard" if watched else "without"
             durable.log(
@@ -172,11 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---|")
     for label, watched, med in (
         ("without a dashboard", False, without),
-        (f"with `conveyor dashboard --every {args.every:g}` open", True, with_),
+        (
+            "second side, control: without a dashboard too"
+            if args.control
+            else f"with `conveyor dashboard --every {args.every:g}` open",
+            True,
+            with_,
+        ),
     ):
         each = ", ".join(f"{r['rate']:,.0f}" for r in runs if r["watched"] == watched)
         print(f"| {label} | {med:,.0f} | {each} |")
     verdict = "PASS" if ratio >= 0.95 else "FAIL"
+    if args.control:
+        verdict = "not judged: an A/A control, no dashboard on either side"
     print(
         f"\nwith / without = {ratio:.3f} (target >= 0.95: {verdict}); "
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
