@@ -736,3 +736,80 @@ def test_store_band_beats_fair_share(store: Store) -> None:
     store.complete(c1 if c1.id == "a1" else c2, None, T0)
     got = claim1(store)
     assert got is not None and got.id == "a3"
+
+
+# -- reads for people (the dashboard) --------------------------------------------------------------
+def test_store_task_info_has_state_parents_children_and_spec(store: Store) -> None:
+    store.open_graph(
+        graph("g", {"id": "a", "group": "alice", "env": {"TOKEN": "s3cret"}},
+              {"id": "b"}, {"id": "c", "deps": ["a", "b"], "retries": 2}),
+        T0,
+    )  # fmt: skip
+    c = claim1(store)
+    assert c is not None and c.id == "a"
+    assert store.fail(c, "boom", T0, None)
+    a = store.task_info("a")
+    assert (a["state"], a["group"], a["attempt"], a["error"]) == ("failed", "alice", 1, "boom")
+    assert a["children"] == ["c"] and a["parents"] == []
+    assert a["spec"]["env"] == {"TOKEN": "s3cret"}  # the store shows all; the viewer hides
+    info = store.task_info("c")
+    assert info["parents"] == ["a", "b"] and info["spec"]["retries"] == 2
+    assert info["state"] == "skipped" and info["group"] == "default"
+    with pytest.raises(GraphError):
+        store.task_info("nope")
+
+
+def test_store_task_ids_and_groups(store: Store) -> None:
+    store.open_graph(
+        graph("g", {"id": "a", "group": "x"}, {"id": "b", "group": "y"},
+              {"id": "c", "deps": ["a"]}),
+        T0,
+    )  # fmt: skip
+    assert store.task_ids(["ready"], 10) == ["a", "b"]
+    assert store.task_ids(["ready", "pending"], 2) == ["a", "b"]
+    assert store.task_ids(["pending"], 10) == ["c"]
+    assert store.task_ids(["done"], 10) == []
+    assert store.task_groups(["a", "b", "c", "zz"]) == {"a": "x", "b": "y", "c": "default"}
+    with pytest.raises(ValueError):
+        store.task_ids(["sleeping"], 1)
+
+
+def test_store_worker_rows_say_alive_left_lost(store: Store, store_url: str) -> None:
+    durable(store_url, "it registers no workers")
+    store.open_graph(graph("g", {"id": "a"}), T0)
+    store.configure(WorkerProfile(labels={"gpu": "a100"}, resources={"gpu": 2.0}))
+    store.register_worker("h:1", T0, {"slots": 2, "slurm_job": "77"})
+    store.register_worker("h:2", T0, {"slots": 1})
+    store.register_worker("h:3", T0, {"slots": 1})
+    store.heartbeat("h:1", T0, LEASE)
+    c = claim1(store, worker="h:1")
+    assert c is not None
+    store.unregister_worker("h:2", T0 + 1)
+    store.heartbeat("h:1", T0 + 100, LEASE)  # h:3 registered with the default lease (30 s)
+    rows = {w["worker"]: w for w in store.worker_rows(T0 + 105)}
+    assert [rows[n]["state"] for n in ("h:1", "h:2", "h:3")] == ["alive", "left", "lost"]
+    assert rows["h:1"]["tasks"] == ["a"] and rows["h:3"]["tasks"] == []
+    info = rows["h:1"]["info"]
+    assert (info["slots"], info["slurm_job"], info["labels"]) == (2, "77", {"gpu": "a100"})
+    assert info["resources"] == {"gpu": 2.0}
+
+
+def test_store_readonly_handle_reads_and_never_writes(
+    store: Store, store_url: str, tmp_path: Any
+) -> None:
+    durable(store_url, "there is nothing to open twice")
+    from conveyor.errors import StoreError
+    from conveyor.store.urls import open_store
+
+    store.open_graph(graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}), T0)
+    viewer = open_store(store.url if "***" not in store.url else store_url, readonly=True)
+    try:
+        assert viewer.counts()["ready"] == 1 and viewer.task_info("b")["parents"] == ["a"]
+        c = claim1(store)
+        assert c is not None and store.complete(c, 1, T0)
+        assert viewer.counts()["done"] == 1  # it sees the writers' commits
+        with pytest.raises(StoreError):
+            viewer.meta_set("x", "y")
+        assert store.meta_get("x") is None
+    finally:
+        viewer.close()

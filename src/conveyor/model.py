@@ -40,6 +40,14 @@ class TaskState(enum.IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
+    @classmethod
+    def from_label(cls, label: str) -> TaskState:
+        """The state a label names (``"retry_wait"``); ``ValueError`` for another word."""
+        try:
+            return cls[label.upper()]
+        except KeyError:
+            raise ValueError(f"unknown task state {label!r}") from None
+
     @property
     def finished(self) -> bool:
         return self in _FINISHED

@@ -8,6 +8,7 @@ clock: event times are the ``now`` each call is given.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import islice
 from typing import Any
 
 from conveyor.bulk import paused_gc
@@ -27,6 +28,7 @@ from conveyor.core.transitions import SKIPPABLE, upstream_failed
 from conveyor.errors import GraphError, GraphMismatchError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
 from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph, Store, WorkerProfile
+from conveyor.store.codec import encode_spec, stored_spec
 
 _NO_VALUE = object()
 
@@ -367,6 +369,28 @@ class MemoryStore(Store):
         if self._audit is None:
             return []
         return list(self._audit.get(self.frontier.get(task_id), []))
+
+    def task_info(self, task_id: str) -> dict[str, Any]:
+        f = self.frontier
+        i = f.get(task_id)
+        spec = self.specs[i]
+        ids = f.ids
+        return {
+            "id": task_id, "state": TaskState(f.state[i]).label, "group": spec.group,
+            "attempt": self.attempts[i], "lost": 0, "worker": None, "error": self.errors.get(i),
+            "updated": None, "not_before": None, "fingerprint": None,
+            "parents": list(spec.deps), "children": [ids[c] for c in sorted(f.children[i] or ())],
+            "submitted_by": None, "spec": stored_spec(encode_spec(spec)),
+        }  # fmt: skip
+
+    def task_ids(self, states: Sequence[str], limit: int) -> list[str]:
+        want = {int(TaskState.from_label(s)) for s in states}
+        f = self.frontier
+        return list(islice((t for t, st in zip(f.ids, f.state, strict=True) if st in want), limit))
+
+    def task_groups(self, ids: Sequence[str]) -> dict[str, str]:
+        index = self.frontier.index
+        return {t: self.specs[index[t]].group for t in ids if t in index}
 
     def meta_get(self, key: str) -> str | None:
         return self._meta.get(key)

@@ -567,3 +567,32 @@ GROUP BY shape, state;
 -- A range of meta keys: each worker's EndpointLimiter statistics, written on its ticks
 -- (`conveyor status`), or its runtime report (`runtime_reports`).
 SELECT key, value FROM meta WHERE key >= :lo AND key < :hi;
+
+-- Reads for people (the dashboard, store/sqlviews.py): never on the claim/complete path.
+-- name: view_task
+SELECT t.seq, t.state, t.grp, t.attempt, t.lost, t.worker, t.lease_until, t.not_before,
+       t.error, t.updated, s.spec, f.fp
+FROM tasks t LEFT JOIN specs s ON s.seq = t.seq LEFT JOIN fingerprints f ON f.seq = t.seq
+WHERE t.id = :id;
+
+-- name: view_parents
+SELECT t.id FROM edges e JOIN tasks t ON t.seq = e.parent WHERE e.child = :seq ORDER BY t.seq;
+
+-- name: view_children
+SELECT t.id FROM edges e JOIN tasks t ON t.seq = e.child WHERE e.parent = :seq ORDER BY t.seq;
+
+-- name: view_workers
+SELECT name, host, pid, joined, last_seen, lease_s, state, info FROM workers ORDER BY joined, name;
+
+-- name: view_task_ids
+SELECT id FROM tasks WHERE state IN (SELECT value FROM json_each(:states)) ORDER BY seq
+LIMIT :limit;
+
+-- name: view_task_ids@postgres
+SELECT id FROM tasks WHERE state = ANY(:states) ORDER BY seq LIMIT :limit;
+
+-- name: view_groups_of
+SELECT id, grp FROM tasks WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: view_groups_of@postgres
+SELECT id, grp FROM tasks WHERE id = ANY(:ids);
