@@ -79,9 +79,11 @@ class Shares:
         if not self.on or self.q is None:
             return []
         names = self.names()
-        out = []
+        out: list[tuple[float, float, dict[str, float]]] = []
         for k, acc in enumerate(self.acc):
             start, end = k * self.width, min((k + 1) * self.width, makespan)
+            if start >= makespan and out:
+                break
             span = (end - start) * self.slots
             out.append((start, end, {g: acc.get(g, 0.0) / span if span > 0 else 0.0
                                      for g in names}))  # fmt: skip
