@@ -15,7 +15,7 @@ from conveyor.core.borrow import BorrowPolicy
 from conveyor.core.policies import POLICIES
 from conveyor.graphfile import graph_from_dict
 from conveyor.sim import SimConfig, simulate
-from conveyor.sim.inputs import batch_of
+from conveyor.sim.inputs import batch_of, group_per_graph
 from conveyor.sim.loop import SimGroup
 
 CLI = [sys.executable, "-m", "conveyor.cli"]
@@ -44,27 +44,29 @@ def late_run(policy: str) -> Any:
 
 
 @pytest.mark.parametrize(
-    ("policy", "time_to_share"),
+    ("policy", "time_to_share", "below_share"),
     [
         # b0 starts at 20 on the slot chain 3 frees. Chains 4, 5, 6 end at 21, 22, 23, chain 7
         # and b0 at 24, chain 0 at 25, chain 1 at 26. Fair share of each: 4 slots.
         # strict: a may hold 4: 21-23 idle; at 24 b takes 4 of the 5 free slots.
-        ("strict", 4.0),
+        ("strict", 4.0, 0.0),
         # bounded:1: a may hold 5: 21 and 22 idle, 23 refilled; at 24 b takes all 4 free.
-        ("bounded:1", 4.0),
+        ("bounded:1", 4.0, 0.0),
         # bounded (25% of 8 = 2): a may hold 6: 21 idle; at 24 b takes 3, its 4th at 25.
-        ("bounded", 5.0),
+        ("bounded", 5.0, 1.0),
         # work_conserving: a refills 21-23; at 24 b takes 2, then 25 and 26.
-        ("work_conserving", 6.0),
+        ("work_conserving", 6.0, 2.0),
     ],
 )
 def test_a_late_group_reaches_its_share_within_one_task_duration(
-    policy: str, time_to_share: float
+    policy: str, time_to_share: float, below_share: float
 ) -> None:
     r = late_run(policy)
     assert r.borrow == policy and r.arrivals == {"a": 0.0, "b": 20.0}
     assert r.time_to_share["b"] == time_to_share <= D
     assert r.time_to_share["a"] == 0.0  # alone at 0: the whole pool, at once
+    # b0 starts at once; b's 8 tasks wait below its share from 24 until it reaches it
+    assert r.below_share["b"] == below_share
 
 
 def test_group_borrow_policy_overrides_the_runs() -> None:
@@ -183,3 +185,22 @@ def test_cli_bad_borrow_and_arrival_are_one_line_exit_2(
                          timeout=60)  # fmt: skip
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+
+
+def test_a_late_graph_after_an_idle_gap_counts_its_latency_from_its_arrival() -> None:
+    # x (one 1-s task) at 0; y (a chain of two 5-s tasks and one 5-s task) at 100: the workers
+    # idle from 1 to 100; y's roots finish at 105 and 110, 5 and 10 s after it arrived.
+    x = graph_from_dict({"name": "x", "tasks": [{"id": "x0", "runtime_s": 1}]})
+    chain = [{"id": "y0", "runtime_s": 5}, {"id": "y1", "deps": ["y0"], "runtime_s": 5},
+             {"id": "y2", "runtime_s": 5}]  # fmt: skip
+    y = graph_from_dict({"name": "y", "tasks": chain})
+    group_per_graph([x, y])  # (as the CLI does with several files)
+    groups = {"x": SimGroup(), "y": SimGroup()}
+    for xy in ([x, y], [y, x]):  # (the order of the files does not matter, their arrival does)
+        batches = [batch_of(s, arrive=100.0 if s is y else 0.0) for s in xy]
+        r = simulate(batches, SimConfig(workers=2), groups)
+        assert r.makespan == 110 and r.root_done == [1, 105, 110]
+        assert r.root_latency == [1, 5, 10] and r.root_groups == ["x", "y", "y"]
+        assert r.utilisation == pytest.approx(16 / 220)
+        assert r.time_to_share == {"x": 0.0, "y": 0.0}
+        assert r.below_share == {"x": 0.0, "y": 0.0}

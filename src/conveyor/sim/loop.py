@@ -124,6 +124,8 @@ class SimResult:
     #: With two groups or more: each group's arrival and time to reach its fair share.
     arrivals: dict[str, float] = field(default_factory=dict)
     time_to_share: dict[str, float] = field(default_factory=dict)
+    #: Time each group had ready work waiting while it ran below its share (``sim/shares.py``).
+    below_share: dict[str, float] = field(default_factory=dict)
 
     @property
     def utilisation(self) -> float:
@@ -250,6 +252,7 @@ def simulate(
     if shares.on:
         result.arrivals = {g: arrivals.get(g, 0.0) for g in shares.names()}
         result.time_to_share = dict(shares.time_to_share)
+        result.below_share = {g: shares.below_share.get(g, 0.0) for g in shares.names()}
     return result
 
 

@@ -49,7 +49,8 @@ def group_rows(result: SimResult) -> dict[str, dict[str, Any]]:
             "root_p50_s": round(percentile(lat.get(g, []), 50), 6),
             "root_p95_s": round(percentile(lat.get(g, []), 95), 6),
             "time_to_share_s": (None if g not in result.time_to_share
-                                else round(result.time_to_share[g], 6))}
+                                else round(result.time_to_share[g], 6)),
+            "below_share_s": round(result.below_share.get(g, 0.0), 6)}
         for g in result.arrivals
     }  # fmt: skip
 
@@ -123,14 +124,15 @@ def _group_lines(r: SimResult) -> list[str]:
     lines = [
         f"groups, {r.policy} / {r.borrow}:",
         f"  {'group':<{name_w}} {'arrives':>10} {'root p50':>12} {'root p95':>12} "
-        f"{'time to share':>14}",
+        f"{'time to share':>14} {'below share':>12}",
     ]
     for g, row in rows.items():
         tts = row["time_to_share_s"]
         reach = "never" if tts is None else f"{tts:,.1f} s"
         lines.append(
             f"  {g[: name_w - 1]:<{name_w}} {row['arrive_s']:>8,.1f} s "
-            f"{row['root_p50_s']:>10,.1f} s {row['root_p95_s']:>10,.1f} s {reach:>14}"
+            f"{row['root_p50_s']:>10,.1f} s {row['root_p95_s']:>10,.1f} s {reach:>14} "
+            f"{row['below_share_s']:>10,.1f} s"
         )
     if r.shares:
         lines.append("  shares of the slots over time:")
