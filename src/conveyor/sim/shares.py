@@ -1,5 +1,5 @@
-"""Per-group figures of a simulation: each group's share of the slots over time, and how long a
-group took, after it arrived, to run its fair share.
+"""Per-group figures of a simulation: each group's share of the slots over time, how long a
+group took, after it arrived, to run its fair share, and how long it waited below it.
 
 Both read the admission queue's own counts (``GroupInfo.running``, ``AdmissionQueue.unfinished``)
 and the one fair-share rule (``core/borrow.py``: ``fair_share``), so what they report is what
@@ -16,12 +16,15 @@ from conveyor.core.borrow import fair_share
 
 
 class Shares:
-    """Each group's average share of the slots per time window, and its time to share.
+    """Each group's average share of the slots per time window, its time to share and the time
+    it waited below its share.
 
     A group *reaches its share* the first time, at or after its arrival, that it runs at least
     its fair share of the slots among the groups active then, rounded down (a group with fewer
     unfinished tasks than that: all of them). ``time_to_share[g]`` is that moment less the
-    group's arrival; a group that never does has none."""
+    group's arrival; a group that never does has none. ``below_share[g]`` adds up the time the
+    group had ready tasks waiting while it ran fewer than its share (rounded down): the time
+    it was owed slots that others held."""
 
     def __init__(
         self,
@@ -38,28 +41,37 @@ class Shares:
         self.acc: list[dict[str, float]] = []
         self.arrivals = dict(arrivals)
         self.time_to_share: dict[str, float] = {}
+        self.below_share: dict[str, float] = {}
         self._waiting = {g for g in self.arrivals if g != "default"} if self.on else set()
+        self._owed: list[str] = []
 
     def check(self, now: float) -> None:
-        """Record the groups that run their share now (called after each round of starts)."""
+        """Note which groups run their share now (called after each round of starts)."""
         q = self.q
-        if not self._waiting or q is None:
+        if q is None:
             return
         unfinished = q.unfinished
         active = [g for g, n in unfinished.items() if n > 0]
         weights = {g: info.weight for g, info in q.groups.items()}
-        for g in list(self._waiting):
-            if now < self.arrivals[g] or unfinished.get(g, 0) <= 0:
+        ready = {q.shapes[sid].group for sid, heap in enumerate(q.heaps) if heap}
+        self._owed = []
+        for g in active:
+            if g == "default" or now < self.arrivals.get(g, 0.0):
                 continue
-            share = fair_share(g, weights, active, self.slots)
-            target = min(math.floor(share + 1e-9), unfinished[g])
-            if q.groups[g].running >= target:
+            floor = math.floor(fair_share(g, weights, active, self.slots) + 1e-9)
+            running = q.groups[g].running
+            if g in self._waiting and running >= min(floor, unfinished[g]):
                 self.time_to_share[g] = now - self.arrivals[g]
                 self._waiting.discard(g)
+            if g in ready and running < floor:
+                self._owed.append(g)
 
     def advance(self, t0: float, t1: float) -> None:
-        """Add the running counts times the time from ``t0`` to ``t1`` to their windows."""
+        """Add the running counts times the time from ``t0`` to ``t1`` to their windows, and
+        that time to the groups owed slots."""
         assert self.q is not None
+        for g in self._owed:
+            self.below_share[g] = self.below_share.get(g, 0.0) + (t1 - t0)
         running = [(g, info.running) for g, info in self.q.groups.items() if info.running]
         width = self.width
         t = t0
