@@ -293,15 +293,17 @@ def _run(
     complete = f.complete
     batch = 0  # the next batch to arrive
 
+    batches = len(arrive)
+    ids = f.ids
     while True:
         # Graphs arriving now join the frontier; their ready tasks are roots.
-        while batch < len(arrive) and arrive[batch] <= now:
+        while batch < batches and arrive[batch] <= now:
             for root in submit(batch):
                 root_of[root] = root
                 left[root] = 1
                 born[root] = arrive[batch]
             batch += 1
-        ids = f.ids
+            ids = f.ids  # (the frontier adopts its first batch's list of ids)
         # Fill free slots: the engine's claim, one decision at a time.
         if free_total and counts[READY]:
             if q is None:
@@ -338,7 +340,7 @@ def _run(
             shares.check(now)
         # The next moment: a finish, a graph's arrival, or a gang's reservation running out.
         t = events[0][0] if events else math.inf
-        if batch < len(arrive):
+        if batch < batches:
             t = min(t, arrive[batch])
         if not events and f.unfinished():
             wake = _reservation_end(q, config.gang_wait_s)
