@@ -4,6 +4,7 @@ hand (each test says how), so a change to the core's borrowing or band rule show
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,12 @@ def test_a_late_graph_after_an_idle_gap_counts_its_latency_from_its_arrival() ->
         assert r.utilisation == pytest.approx(16 / 220)
         assert r.time_to_share == {"x": 0.0, "y": 0.0}
         assert r.below_share == {"x": 0.0, "y": 0.0}
+
+
+def test_cli_help_shows_the_syntax_of_groups_and_borrow() -> None:
+    # (rich reads [..] in help text as markup: unescaped, "[/CAP]" crashed --help)
+    out = subprocess.run([*CLI, "simulate", "--help"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "NAME=WEIGHT[/CAP][:BORROW]" in out.stdout
+    assert "bounded:P%," in out.stdout and "[default: the graph file's, else bounded]" in out.stdout

@@ -130,16 +130,16 @@ def simulate(
         typer.Option(
             "--groups",
             help="Group weights, caps and borrow policies: a=2,b=1/8:strict "
-            "(NAME=WEIGHT[/CAP][:BORROW]).",
+            "(NAME=WEIGHT\\[/CAP]\\[:BORROW]).",
         ),
     ] = None,
     borrow: Annotated[
         str | None,
         typer.Option(
             "--borrow",
-            help="How far a group may borrow beyond its fair share: strict, bounded (25%% of "
-            "the slots), bounded:N, bounded:P%%, work_conserving; several comma-separated, or "
-            "all [default: the graph file's, else bounded].",
+            help="How far a group may borrow beyond its fair share: strict, bounded (25% of "
+            "the slots), bounded:N, bounded:P%, work_conserving; several comma-separated, or "
+            "all \\[default: the graph file's, else bounded].",
         ),
     ] = None,
     slots_per_worker: Annotated[
@@ -155,7 +155,8 @@ def simulate(
 
     The engine's own scheduling core decides (the depth-first frontier, admission, fair share);
     each task takes its expected_s, else its traced runtime_s, else 0 seconds. Several files are
-    submitted together, each as its own group. Deterministic: the same input, the same output.
+    submitted together, each as its own group (FILE@SECONDS: that late); --borrow compares
+    borrow policies. Deterministic: the same input, the same output.
     """
     from conveyor.cli.inputs import load_graph_file
     from conveyor.core.borrow import BorrowPolicy
