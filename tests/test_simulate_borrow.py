@@ -214,3 +214,7 @@ def test_cli_help_shows_the_syntax_of_groups_and_borrow() -> None:
     assert out.returncode == 0, out.stderr
     assert "NAME=WEIGHT[/CAP][:BORROW]" in out.stdout
     assert "bounded:P%," in out.stdout and "[default: the graph file's, else bounded]" in out.stdout
+    # (typer's rich help prints a doubled %% as it is: the shared --borrow of run and submit)
+    run = subprocess.run([*CLI, "run", "--help"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    assert "bounded (default: 25% of the slots)" in run.stdout, run.stdout
