@@ -47,7 +47,8 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for early_name, late_name in PAIRS:
-        early, late = load_graph(args.directory / early_name), load_graph(args.directory / late_name)
+        early = load_graph(args.directory / early_name)
+        late = load_graph(args.directory / late_name)
         group_per_graph([early, late])
         batches = [batch_of(early), batch_of(late, arrive=args.arrive)]
         groups = {early.name: SimGroup(), late.name: SimGroup()}

@@ -218,3 +218,23 @@ def test_cli_help_shows_the_syntax_of_groups_and_borrow() -> None:
     run = subprocess.run([*CLI, "run", "--help"], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "COLUMNS": "200"})  # fmt: skip
     assert "bounded (default: 25% of the slots)" in run.stdout, run.stdout
+
+
+def test_a_graphs_own_band_orders_its_tasks_first(tmp_path: Path) -> None:
+    # Two files on one worker: "urgent" (graph-level band interactive) comes second on the
+    # command line and in fair share's tie order, yet each of its tasks starts first.
+    batch = {"name": "bulk", "tasks": [{"id": f"b{k}", "runtime_s": 1} for k in range(3)]}
+    chain = [{"id": "u0", "runtime_s": 1}, {"id": "u1", "deps": ["u0"], "runtime_s": 1}]
+    urgent = {"name": "urgent", "band": "interactive", "tasks": chain}
+    fb, fu = write(tmp_path, "bulk.json", batch), write(tmp_path, "urgent.json", urgent)
+    a, b = graph_from_dict(batch), graph_from_dict(urgent)
+    group_per_graph([a, b])
+    for policy in POLICIES:
+        r = simulate([batch_of(a), batch_of(b)],
+                     SimConfig(workers=1, policy=policy, record_starts=True),
+                     {"bulk": SimGroup(), "urgent": SimGroup()})  # fmt: skip
+        assert r.starts[:2] == ["u0", "u1"], policy
+    out = subprocess.run([*CLI, "simulate", str(fb), str(fu), "-w", "1", "--json"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    groups = json.loads(out.stdout)["policies"][0]["groups"]
+    assert groups["urgent"]["root_p95_s"] == 2.0 and groups["bulk"]["root_p95_s"] == 5.0
