@@ -16,6 +16,7 @@ the same table on every machine.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from conveyor.core.borrow import POLICIES, BorrowPolicy
@@ -25,7 +26,9 @@ from conveyor.sim.inputs import batch_of, group_per_graph
 from conveyor.sim.loop import SimGroup
 from conveyor.sim.report import group_rows
 
-START, END = "<!-- bench_borrow:start -->", "<!-- bench_borrow:end -->"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from readme_table import replace_table
+
 PAIRS = [
     ("srasearch-chameleon-50a-001.json", "epigenomics-chameleon-hep-6seq-50k-001.json"),
     ("montage-chameleon-dss-15d-001.json", "1000genome-chameleon-22ch-250k-001.json"),
@@ -70,12 +73,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.readme:
-        text = args.readme.read_text()
-        if START not in text or END not in text:
-            raise SystemExit(f"{args.readme}: no {START} ... {END} block to replace")
-        before, rest = text.split(START, 1)
-        _, after = rest.split(END, 1)
-        args.readme.write_text(f"{before}{START}\n{table}\n{END}{after}")
+        replace_table(args.readme, "bench_borrow", table)
 
 
 if __name__ == "__main__":
