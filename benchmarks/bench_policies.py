@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from conveyor.core.policies import POLICIES
@@ -27,7 +28,8 @@ from conveyor.sim import SimConfig, simulate
 from conveyor.sim.inputs import batch_of, layered
 from conveyor.sim.report import lower_bound, percentile
 
-START, END = "<!-- bench_policies:start -->", "<!-- bench_policies:end -->"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from readme_table import replace_table
 
 
 def family_of(path: Path) -> str:
@@ -97,12 +99,7 @@ def main() -> None:
     )
     print(table)
     if args.readme:
-        text = args.readme.read_text()
-        if START not in text or END not in text:
-            raise SystemExit(f"{args.readme}: no {START} ... {END} block to replace")
-        before, rest = text.split(START, 1)
-        _, after = rest.split(END, 1)
-        args.readme.write_text(f"{before}{START}\n{table}\n{END}{after}")
+        replace_table(args.readme, "bench_policies", table)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ Borrow = Annotated[
     typer.Option(
         "--borrow",
         help="How far a group may borrow beyond its fair share: strict, bounded (default: "
-        "25%% of the slots), bounded:N, bounded:P%%, work_conserving.",
+        "25% of the slots), bounded:N, bounded:P%, work_conserving.",
     ),
 ]
 

@@ -5,33 +5,93 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from conveyor.cli.errors import user_errors
 from conveyor.errors import UsageError
 
+if TYPE_CHECKING:
+    from conveyor.core.borrow import BorrowPolicy
+    from conveyor.model import GraphSpec
+    from conveyor.sim.loop import SimGroup
 
-def parse_groups(text: str | None) -> dict[str, tuple[float, int | None]]:
-    """``"a=2,b=1/8"``: group ``a`` of weight 2, group ``b`` of weight 1 capped at 8 running."""
-    out: dict[str, tuple[float, int | None]] = {}
+
+def parse_groups(text: str | None) -> dict[str, SimGroup]:
+    """``"a=2,b=1/8:strict"``: group ``a`` of weight 2, group ``b`` of weight 1 capped at 8
+    running, borrowing nothing beyond its fair share."""
+    from conveyor.core.borrow import BorrowPolicy
+    from conveyor.sim.loop import SimGroup
+
+    out: dict[str, SimGroup] = {}
     for part in filter(None, (p.strip() for p in (text or "").split(","))):
         name, eq, rest = part.partition("=")
-        weight_text, _, cap_text = rest.partition("/")
+        numbers, colon, borrow_text = rest.partition(":")
+        weight_text, _, cap_text = numbers.partition("/")
         try:
             weight = float(weight_text)
             cap = int(cap_text) if cap_text else None
+            borrow = BorrowPolicy.parse(borrow_text) if colon else None
         except ValueError:
             weight, cap = -1.0, None
         if not name or not eq or not weight > 0 or (cap is not None and cap < 1):
             raise UsageError(
-                f"--groups: {part!r} is not NAME=WEIGHT or NAME=WEIGHT/CAP "
-                "(a weight > 0, a cap >= 1), e.g. --groups a=2,b=1/8"
+                f"--groups: {part!r} is not NAME=WEIGHT[/CAP][:BORROW] (a weight > 0, a cap "
+                ">= 1, a borrow policy strict, bounded[:N|:P%] or work_conserving), "
+                "e.g. --groups a=2,b=1/8:strict"
             )
-        out[name] = (weight, cap)
+        out[name] = SimGroup(weight, cap, borrow)
     return out
+
+
+def parse_borrows(text: str | None) -> list[BorrowPolicy | None]:
+    """``--borrow strict,bounded:2,work_conserving`` (or ``all``); ``[None]`` without it (the
+    graph file's, else the default)."""
+    from conveyor.core.borrow import POLICIES, BorrowPolicy
+
+    if text is None:
+        return [None]
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if names == ["all"]:
+        names = list(POLICIES)
+    try:
+        if not names:
+            raise ValueError(f"unknown borrow policy {text!r}")
+        return [BorrowPolicy.parse(n) for n in names]
+    except ValueError as exc:
+        raise UsageError(f"--borrow: {exc} (several comma-separated, or all)") from None
+
+
+def parse_file(arg: Path) -> tuple[Path, float]:
+    """``FILE@SECONDS``: the graph in FILE, submitted SECONDS into the simulation."""
+    text = str(arg)
+    head, at, tail = text.rpartition("@")
+    if not at or Path(text).exists():
+        return arg, 0.0
+    try:
+        arrive = float(tail)
+    except ValueError:
+        return arg, 0.0
+    if not 0 <= arrive < float("inf"):
+        raise UsageError(f"{text}: the arrival after @ must be a number of seconds >= 0")
+    return Path(head), arrive
+
+
+def run_borrow(specs: Sequence[GraphSpec]) -> BorrowPolicy | None:
+    """The run's borrow policy the graph files name (``None``: none does); two that differ are
+    refused, since one simulated run has one."""
+    from conveyor.core.borrow import BorrowPolicy
+
+    named = {s.borrow for s in specs if s.borrow is not None}
+    if len(named) > 1:
+        raise UsageError(
+            f"the graph files name different borrow policies ({', '.join(sorted(named))}): "
+            "choose one with --borrow"
+        )
+    return BorrowPolicy.parse(named.pop()) if named else None
 
 
 def parse_policies(text: str) -> list[str]:
@@ -50,7 +110,12 @@ def parse_policies(text: str) -> list[str]:
 
 
 def simulate(
-    files: Annotated[list[Path], typer.Argument(help="Graph files (.json, .yaml, WfFormat).")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Graph files (.json, .yaml, WfFormat); FILE@SECONDS arrives that late."
+        ),
+    ],
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Workers.")] = 64,
     policy: Annotated[
         str,
@@ -62,7 +127,20 @@ def simulate(
     ] = "depth_first",
     groups: Annotated[
         str | None,
-        typer.Option("--groups", help="Group weights and caps: a=2,b=1/8 (NAME=WEIGHT[/CAP])."),
+        typer.Option(
+            "--groups",
+            help="Group weights, caps and borrow policies: a=2,b=1/8:strict "
+            "(NAME=WEIGHT\\[/CAP]\\[:BORROW]).",
+        ),
+    ] = None,
+    borrow: Annotated[
+        str | None,
+        typer.Option(
+            "--borrow",
+            help="How far a group may borrow beyond its fair share: strict, bounded (25% of "
+            "the slots), bounded:N, bounded:P%, work_conserving; several comma-separated, or "
+            "all \\[default: the graph file's, else bounded].",
+        ),
     ] = None,
     slots_per_worker: Annotated[
         int, typer.Option("--slots-per-worker", min=1, help="Tasks one worker runs at once.")
@@ -77,11 +155,13 @@ def simulate(
 
     The engine's own scheduling core decides (the depth-first frontier, admission, fair share);
     each task takes its expected_s, else its traced runtime_s, else 0 seconds. Several files are
-    submitted together, each as its own group. Deterministic: the same input, the same output.
+    submitted together, each as its own group (FILE@SECONDS: that late); --borrow compares
+    borrow policies. Deterministic: the same input, the same output.
     """
     from conveyor.cli.inputs import load_graph_file
+    from conveyor.core.borrow import BorrowPolicy
     from conveyor.sim.inputs import batch_of, group_per_graph
-    from conveyor.sim.loop import SimConfig, SimResult
+    from conveyor.sim.loop import SimConfig, SimGroup, SimResult
     from conveyor.sim.loop import simulate as run_simulation
     from conveyor.sim.report import as_dict, lower_bound, text
 
@@ -89,20 +169,30 @@ def simulate(
         if not speed > 0 or speed == float("inf"):
             raise UsageError(f"--speed must be a number > 0, got {speed}")
         policies = parse_policies(policy)
-        weights = parse_groups(groups)
-        specs = [load_graph_file(f) for f in files]
+        borrows = parse_borrows(borrow)
+        settings = parse_groups(groups)
+        arrivals = [parse_file(f) for f in files]
+        specs = [load_graph_file(f) for f, _ in arrivals]
         if len(specs) > 1:
             if len({s.name for s in specs}) < len(specs):
                 raise UsageError("two graph files have the same name: rename one")
             group_per_graph(specs)
         for s in specs:
             for name, g in s.groups.items():
-                weights.setdefault(name, (g.weight, g.cap))
+                own = None if g.borrow is None else BorrowPolicy.parse(g.borrow)
+                given = settings.get(name)
+                if given is None:
+                    settings[name] = SimGroup(g.weight, g.cap, own)
+                elif given.borrow is None:
+                    settings[name] = given._replace(borrow=own)
         if len(specs) > 1:
             for s in specs:
-                weights.setdefault(s.name, (1.0, None))
-        batches = [batch_of(s) for s in specs]
+                settings.setdefault(s.name, SimGroup())
+        if borrows == [None]:
+            borrows = [run_borrow(specs)]
+        batches = [batch_of(s, at) for s, (_, at) in zip(specs, arrivals, strict=True)]
         bound = lower_bound(batches, workers * slots_per_worker, speed)
+        combos = [(p, b) for p in policies for b in borrows]
         results: list[SimResult] = []
         last = [time.monotonic()]
 
@@ -110,15 +200,17 @@ def simulate(
             now = time.monotonic()
             if not quiet and now - last[0] >= 5:
                 last[0] = now
-                print(f"simulating {policies[len(results)]}: {done:,}/{total:,} tasks",
+                p, b = combos[len(results)]
+                print(f"simulating {p} / {b or 'bounded'}: {done:,}/{total:,} tasks",
                       file=sys.stderr)  # fmt: skip
 
-        for p in policies:
-            config = SimConfig(workers, slots_per_worker, p, speed)
-            results.append(run_simulation(batches, config, weights, progress))
+        for p, b in combos:
+            config = SimConfig(workers, slots_per_worker, p, speed, borrow=b)
+            results.append(run_simulation(batches, config, settings, progress))
     if as_json:
         out = {
-            "files": [str(f) for f in files],
+            "files": [str(f) for f, _ in arrivals],
+            "arrive_s": [at for _, at in arrivals],
             "tasks": results[0].tasks,
             "workers": workers,
             "slots_per_worker": slots_per_worker,

@@ -25,6 +25,7 @@ ranks as ``BAND_STRIDE - 1`` (the depth-first order then ties among such deep ta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 #: A key as a plain tuple (heap entries of ``AdmissionQueue`` may carry a fourth field).
@@ -114,6 +115,14 @@ def band_number(band: str | int | None, inherited: int = DEFAULT_BAND) -> int:
     if n is None:
         raise ValueError(f"unknown band {band!r}; expected one of {', '.join(BANDS)} or an integer")
     return n
+
+
+def band_numbers(bands: Sequence[str | int | None]) -> list[int | None] | None:
+    """The band numbers tasks name (``None``: inherit), or ``None`` when none names one (the
+    frontier then keeps the keys of the default band)."""
+    if all(b is None for b in bands):
+        return None
+    return [None if b is None else band_number(b) for b in bands]
 
 
 def band_label(band: int) -> str:

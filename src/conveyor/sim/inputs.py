@@ -10,6 +10,7 @@ from array import array
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
+from conveyor.core.ordering import band_numbers
 from conveyor.model import GraphSpec
 from conveyor.sim.loop import Batch
 
@@ -22,9 +23,10 @@ def duration_of(task: Any) -> float:
     return 0.0 if runtime is None else float(runtime)
 
 
-def batch_of(spec: GraphSpec) -> Batch:
-    """A loaded graph as one batch. Structure-only graphs (no groups, resources, gangs: the
-    large traces) carry no task list: every task then has the default shape, as in the engine."""
+def batch_of(spec: GraphSpec, arrive: float = 0.0) -> Batch:
+    """A loaded graph as one batch, submitted at ``arrive`` seconds. Structure-only graphs (no
+    groups, resources, gangs, bands: the large traces) carry no task list: every task then has
+    the default shape and band, as in the engine."""
     tasks = spec.tasks
     return Batch(
         name=spec.name,
@@ -33,6 +35,8 @@ def batch_of(spec: GraphSpec) -> Batch:
         durations=[duration_of(t) for t in tasks],
         tasks=None if spec.structure_only else tasks,
         layout=spec.layout,
+        bands=None if spec.structure_only else band_numbers([t.band for t in tasks]),
+        arrive=arrive,
     )
 
 

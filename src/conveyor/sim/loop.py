@@ -14,19 +14,24 @@ A policy other than ``depth_first`` replaces the key a task enters the admission
 Roots: a task without parents is a root. Every other task joins the root of the parent whose
 completion made it ready (the last of its parents to finish), so each root has a tree that
 grows as its tasks finish; the root is *in progress* from the start of its root task until its
-tree has no unfinished task left, and its *latency* is that moment (all graphs are submitted at
-0). The depth-first rule keeps few roots in progress, so little of their intermediate output is
+tree has no unfinished task left, and its *latency* is that moment less its graph's arrival.
+The depth-first rule keeps few roots in progress, so little of their intermediate output is
 alive at once; FIFO starts every root first.
+
+A graph may arrive later than 0 (``Batch.arrive``): it is added to the frontier at that moment,
+as a store adds a graph submitted while another runs. Borrowing (``core/borrow.py``) is the
+admission queue's: the run's policy (``SimConfig.borrow``) and each group's own.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from conveyor.core.admission import (
     AdmissionQueue,
@@ -36,6 +41,7 @@ from conveyor.core.admission import (
     needs_admission,
     plan_admission,
 )
+from conveyor.core.borrow import DEFAULT_POLICY, BorrowPolicy
 from conveyor.core.dag import Layout, layout
 from conveyor.core.frontier import READY, Frontier
 from conveyor.core.ordering import Key
@@ -48,6 +54,7 @@ from conveyor.core.policies import (
     upward_ranks,
 )
 from conveyor.errors import ConveyorError, UsageError
+from conveyor.sim.shares import Shares
 
 
 class SimulationStuck(ConveyorError):
@@ -58,9 +65,10 @@ class SimulationStuck(ConveyorError):
 
 @dataclass
 class Batch:
-    """One graph to submit at time 0: ids and parents in graph-file order, each task's
-    duration in seconds at speed 1, its ``TaskSpec`` when admission needs one (group,
-    resources, labels, gang), and the layout when the loader already made it."""
+    """One graph to submit at ``arrive`` seconds: ids and parents in graph-file order, each
+    task's duration in seconds at speed 1, its ``TaskSpec`` when admission needs one (group,
+    resources, labels, gang), the layout when the loader already made it, and each task's band
+    number (``None``: the default) when any names one."""
 
     name: str
     ids: Sequence[str]
@@ -68,6 +76,16 @@ class Batch:
     durations: Sequence[float]
     tasks: Sequence[Any] | None = None
     layout: Layout | None = None
+    bands: Sequence[int | None] | None = None
+    arrive: float = 0.0
+
+
+class SimGroup(NamedTuple):
+    """A group's weight, cap on running tasks and own borrow policy (``None``: the run's)."""
+
+    weight: float = 1.0
+    cap: int | None = None
+    borrow: BorrowPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,8 @@ class SimConfig:
     #: Windows of the per-group shares over time (when there are several groups).
     share_windows: int = 10
     gang_wait_s: float = 30.0
+    #: The run's borrow policy (``None``: ``core.borrow.DEFAULT_POLICY``, bounded).
+    borrow: BorrowPolicy | None = None
 
 
 @dataclass
@@ -96,6 +116,16 @@ class SimResult:
     shares: list[tuple[float, float, dict[str, float]]] = field(default_factory=list)
     starts: list[str] | None = None
     wall_s: float = 0.0
+    borrow: str = str(DEFAULT_POLICY)
+    #: Each root's latency (completion less its graph's arrival), parallel to ``root_done``.
+    root_latency: list[float] = field(default_factory=list)
+    #: Each root's group, parallel to ``root_done`` (with admission; else empty).
+    root_groups: list[str] = field(default_factory=list)
+    #: With two groups or more: each group's arrival and time to reach its fair share.
+    arrivals: dict[str, float] = field(default_factory=dict)
+    time_to_share: dict[str, float] = field(default_factory=dict)
+    #: Time each group had ready work waiting while it ran below its share (``sim/shares.py``).
+    below_share: dict[str, float] = field(default_factory=dict)
 
     @property
     def utilisation(self) -> float:
@@ -118,39 +148,44 @@ class PolicyQueue(AdmissionQueue):
 def _key_function(
     policy: str, f: Frontier, durations: Sequence[float], ranks: Sequence[float] | None
 ) -> Callable[[int, Key], Key]:
-    """The key a task enters the queue with under ``policy`` (from ``core/policies.py``). The
-    facts come from the frontier (``depth``, ``root_seq``), not from the engine's key, so a
-    change of that key's form leaves these policies as they are."""
+    """The key a task enters the queue with under ``policy`` (from ``core/policies.py``), its
+    band first. The facts come from the frontier (``depth``, ``band_of``), not from the
+    engine's key, so a change of that key's form leaves these policies as they are."""
+    band = f.band_of
     if policy == "depth_first":
         return lambda i, key: key
     if policy == "breadth_first":
-        return lambda i, key: breadth_first_key(f.depth[i], f.root_seq[i], i)
+        return lambda i, key: breadth_first_key(f.depth[i], i, band(i))
     if policy == "fifo":
         counter = iter(range(1 << 62))
-        return lambda i, key: fifo_key(next(counter), i)
+        return lambda i, key: fifo_key(next(counter), i, band(i))
     if policy == "critical_path":
         assert ranks is not None
-        return lambda i, key: critical_path_key(ranks[i], f.root_seq[i], i)
+        return lambda i, key: critical_path_key(ranks[i], i, band(i))
     if policy == "shortest_first":
-        return lambda i, key: shortest_first_key(durations[i], i)
+        return lambda i, key: shortest_first_key(durations[i], i, band(i))
     raise UsageError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
 
 
 def simulate(
     batches: Sequence[Batch],
     config: SimConfig,
-    groups: Mapping[str, tuple[float, int | None]] | None = None,
+    groups: Mapping[str, tuple[Any, ...]] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SimResult:
-    """Run ``batches`` (submitted together at 0) on ``config.workers`` simulated workers.
+    """Run ``batches`` (each submitted at its ``arrive``) on ``config.workers`` workers.
 
-    ``groups`` maps group names to ``(weight, cap)``. ``on_progress(done, total)`` is called
-    every 65,536 finished tasks.
+    ``groups`` maps group names to ``SimGroup`` (or a tuple of its fields: ``(weight, cap)``).
+    ``on_progress(done, total)`` is called every 65,536 finished tasks.
     """
     if config.policy not in POLICIES:
         raise UsageError(f"unknown policy {config.policy!r}; known: {', '.join(POLICIES)}")
+    for b in batches:
+        if not 0 <= b.arrive < math.inf:
+            raise UsageError(f"{b.name}: an arrival time must be a number >= 0, got {b.arrive}")
     wall0 = time.perf_counter()
-    groups = dict(groups or {})
+    batches = sorted(batches, key=lambda b: b.arrive)  # (stable) frontier order = arrival
+    settings = {name: SimGroup(*g) for name, g in (groups or {}).items()}
     speed = config.speed
     given = batches[0].durations if len(batches) == 1 else None
     if isinstance(given, array) and given.typecode == "d" and speed == 1.0:
@@ -162,15 +197,14 @@ def simulate(
                 dur.extend(b.durations)
             else:
                 dur.extend(d / speed for d in b.durations)
-    n = len(dur)
     use_queue = (
         config.policy != "depth_first"
-        or bool(groups)
-        or any(b.tasks is not None and needs_admission(b.tasks, groups) for b in batches)
+        or bool(settings)
+        or any(b.tasks is not None and needs_admission(b.tasks, settings) for b in batches)
     )
     layouts = [b.layout for b in batches]
     ranks: list[float] | None = None
-    if config.policy == "critical_path" or (use_queue and len(groups) > 1):
+    if config.policy == "critical_path" or (use_queue and len(settings) > 1):
         ranks = []
         for k, b in enumerate(batches):
             lay = layouts[k] = layouts[k] or layout(b.ids, b.parents)
@@ -179,43 +213,62 @@ def simulate(
     f = Frontier()
     q: AdmissionQueue | None = None
     if use_queue:
-        infos = {name: GroupInfo(weight, cap) for name, (weight, cap) in groups.items()}
+        infos = {n: GroupInfo(g.weight, g.cap, borrow=g.borrow) for n, g in settings.items()}
         q = PolicyQueue(
             infos, _key_function(config.policy, f, dur, ranks), gang_wait_s=config.gang_wait_s
         )
+        q.borrow = config.borrow or DEFAULT_POLICY
         q.total_slots = config.workers * config.slots_per_worker  # fair shares of the pool
         f.enable_admission(q, q.shape_id(Shape("default")))
-    root_of = array("i", [0]) * n
-    left: dict[int, int] = {}  # unfinished tasks of each root's tree, by the root's index
-    for k, b in enumerate(batches):
+
+    def submit(k: int) -> list[int]:
+        """Add batch ``k`` to the frontier, as ``MemoryStore._add`` does; its ready tasks."""
+        b = batches[k]
         shapes = None
         gangs: dict[int, str] = {}
         if q is not None and b.tasks is not None:
-            planned, gangs, sizes = plan_admission(b.tasks, lambda g: groups.get(g, (1.0, None))[1])
+            cap_of = lambda g: settings.get(g, SimGroup()).cap  # noqa: E731
+            planned, gangs, sizes = plan_admission(b.tasks, cap_of)
             shapes = [q.shape_id(s) for s in planned]
             for gang, size in sizes.items():
                 q.declare_gang(gang, size)
         # A frontier adopts its first batch's layout lists and extends them with the next
         # batches: a layout others read again (several batches) is not handed over.
         known = layouts[k] if len(batches) == 1 else None
-        _new, ready = f.add(b.ids, b.parents, shapes=shapes, gangs=gangs, known_layout=known)
-        for i in ready:
-            root_of[i] = i
-            left[i] = 1
-    del layouts
-    return _run(f, q, dur, root_of, left, config, ranks, on_progress, wall0)
+        _new, ready = f.add(
+            b.ids, b.parents, shapes=shapes, gangs=gangs, known_layout=known, bands=b.bands
+        )
+        return ready
+
+    arrivals: dict[str, float] = {}
+    for b in batches:
+        for g in {t.group for t in b.tasks} if b.tasks is not None else {"default"}:
+            arrivals.setdefault(g, b.arrive)
+    horizon = batches[-1].arrive + max(max(ranks or [0.0]), sum(dur) / max(1, _slots(config)))
+    shares = Shares(q, _slots(config), horizon, config.share_windows, arrivals)
+    result = _run(f, q, dur, submit, [b.arrive for b in batches], config, shares, on_progress)
+    result.wall_s = time.perf_counter() - wall0
+    result.borrow = str(config.borrow or DEFAULT_POLICY)
+    if shares.on:
+        result.arrivals = {g: arrivals.get(g, 0.0) for g in shares.names()}
+        result.time_to_share = dict(shares.time_to_share)
+        result.below_share = {g: shares.below_share.get(g, 0.0) for g in shares.names()}
+    return result
+
+
+def _slots(config: SimConfig) -> int:
+    return config.workers * config.slots_per_worker
 
 
 def _run(
     f: Frontier,
     q: AdmissionQueue | None,
     dur: array[float],
-    root_of: array[int],
-    left: dict[int, int],
+    submit: Callable[[int], list[int]],
+    arrive: list[float],
     config: SimConfig,
-    ranks: list[float] | None,
+    shares: Shares,
     on_progress: Callable[[int, int], None] | None,
-    wall0: float,
 ) -> SimResult:
     n = len(dur)
     workers, per = config.workers, config.slots_per_worker
@@ -225,18 +278,32 @@ def _run(
     free = [per] * workers
     free_total = slots
     starts: list[str] | None = [] if config.record_starts else None
-    ids = f.ids
+    root_of = array("i", [0]) * n
+    left: dict[int, int] = {}  # unfinished tasks of each root's tree, by the root's index
+    born: dict[int, float] = {}  # each root's arrival
     root_done: list[float] = []
+    latency: list[float] = []
+    root_groups: list[str] = []
     in_progress = peak = 0
     done = 0
     now = 0.0
     counts = f.counts
-    shares = _Shares(q, ranks, dur, slots, config.share_windows)
     next_report = 1 << 16
     pop = f.pop
     complete = f.complete
+    batch = 0  # the next batch to arrive
 
+    batches = len(arrive)
+    ids = f.ids
     while True:
+        # Graphs arriving now join the frontier; their ready tasks are roots.
+        while batch < batches and arrive[batch] <= now:
+            for root in submit(batch):
+                root_of[root] = root
+                left[root] = 1
+                born[root] = arrive[batch]
+            batch += 1
+            ids = f.ids  # (the frontier adopts its first batch's list of ids)
         # Fill free slots: the engine's claim, one decision at a time.
         if free_total and counts[READY]:
             if q is None:
@@ -269,22 +336,27 @@ def _run(
                                     peak = in_progress
                             if starts is not None:
                                 starts.append(ids[i])
-        if not events:
+        if shares.on:
+            shares.check(now)
+        # The next moment: a finish, a graph's arrival, or a gang's reservation running out.
+        t = events[0][0] if events else math.inf
+        if batch < batches:
+            t = min(t, arrive[batch])
+        if not events and f.unfinished():
+            wake = _reservation_end(q, config.gang_wait_s)
+            if wake is not None and wake > now:
+                t = min(t, wake)
+        if t == math.inf:
             if f.unfinished() == 0:
                 break
-            wake = _reservation_end(q, config.gang_wait_s)
-            if wake is None or wake <= now:
-                raise SimulationStuck(
-                    f"{f.unfinished()} task(s) can never start on {workers} worker(s) of "
-                    f"{per} slot(s) (a gang larger than a worker, or a group capped at 0?)"
-                )
-            now = wake
-            continue
-        # The next finish, and every other one at the same moment.
-        t = events[0][0]
+            raise SimulationStuck(
+                f"{f.unfinished()} task(s) can never start on {workers} worker(s) of "
+                f"{per} slot(s) (a gang larger than a worker, or a group capped at 0?)"
+            )
         if shares.on:
             shares.advance(now, t)
         now = t
+        # Every finish at this moment, before the next claim.
         while events and events[0][0] == t:
             _, i, w = heappop(events)
             if w >= 0:
@@ -298,6 +370,9 @@ def _run(
             left[r] = rest
             if rest == 0:
                 root_done.append(t)
+                latency.append(t - born[r])
+                if q is not None:
+                    root_groups.append(q.shapes[f.shape[r]].group)
                 in_progress -= 1
             done += 1
         if on_progress is not None and done >= next_report:
@@ -308,7 +383,7 @@ def _run(
     return SimResult(
         policy=config.policy, tasks=n, workers=workers, slots=slots, makespan=now, busy=sum(dur),
         root_done=root_done, peak_roots=peak, shares=shares.result(now), starts=starts,
-        wall_s=time.perf_counter() - wall0,
+        root_latency=latency, root_groups=root_groups,
     )  # fmt: skip
 
 
@@ -317,55 +392,3 @@ def _reservation_end(q: AdmissionQueue | None, wait_s: float) -> float | None:
     if q is None or not q.reservations:
         return None
     return min(q.reservations.values()) + wait_s
-
-
-class _Shares:
-    """Each group's average share of the slots per time window, from the admission queue's
-    own running counts (``GroupInfo.running``). On only with two groups or more."""
-
-    def __init__(
-        self,
-        q: AdmissionQueue | None,
-        ranks: list[float] | None,
-        dur: Sequence[float],
-        slots: int,
-        windows: int,
-    ) -> None:
-        self.on = q is not None and len([g for g in q.groups if g != "default"]) > 1
-        self.q = q
-        self.slots = slots
-        self.width = 1.0
-        self.acc: list[dict[str, float]] = []
-        if self.on and q is not None:
-            bound = max(max(ranks or [0.0]), sum(dur) / slots)
-            self.width = max(bound / max(windows, 1), 1e-9)
-
-    def advance(self, t0: float, t1: float) -> None:
-        """Add the running counts times the time from ``t0`` to ``t1`` to their windows."""
-        assert self.q is not None
-        running = [(g, info.running) for g, info in self.q.groups.items() if info.running]
-        width = self.width
-        t = t0
-        k = int(t0 // width)
-        while t < t1:
-            end = min(t1, (k + 1) * width)
-            if end > t:
-                while len(self.acc) <= k:
-                    self.acc.append({})
-                acc = self.acc[k]
-                for g, r in running:
-                    acc[g] = acc.get(g, 0.0) + r * (end - t)
-                t = end
-            k += 1
-
-    def result(self, makespan: float) -> list[tuple[float, float, dict[str, float]]]:
-        if not self.on or self.q is None:
-            return []
-        names = sorted(g for g in self.q.groups if g != "default")
-        out = []
-        for k, acc in enumerate(self.acc):
-            start, end = k * self.width, min((k + 1) * self.width, makespan)
-            span = (end - start) * self.slots
-            out.append((start, end, {g: acc.get(g, 0.0) / span if span > 0 else 0.0
-                                     for g in names}))  # fmt: skip
-        return out
