@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,27 +53,31 @@ def nx_depths(ids: Sequence[str], parents: Sequence[Sequence[str]]) -> dict[str,
     return depth
 
 
-def expected_start_order(ids: Sequence[str], parents: Sequence[Sequence[str]]) -> list[str]:
+def expected_start_order(
+    ids: Sequence[str], parents: Sequence[Sequence[str]], band: Mapping[str, int] | None = None
+) -> list[str]:
     """One worker, no-op tasks: repeatedly start the ready task with the smallest key
-    ``(-depth, root_seq, submit_seq)`` (one root graph, so root_seq is constant)."""
+    ``(band, -depth, root_seq, submit_seq)`` (one root graph, so root_seq is constant; no
+    ``band``: all in one band)."""
     depth = nx_depths(ids, parents)
     pos = {tid: i for i, tid in enumerate(ids)}
+    rank = {tid: 0 for tid in ids} if band is None else band
     children: dict[str, list[str]] = {tid: [] for tid in ids}
     waiting = {tid: len(set(ps)) for tid, ps in zip(ids, parents, strict=True)}
     for tid, ps in zip(ids, parents, strict=True):
         for p in set(ps):
             children[p].append(tid)
-    heap = [(-depth[t], pos[t]) for t in ids if waiting[t] == 0]
+    heap = [(rank[t], -depth[t], pos[t]) for t in ids if waiting[t] == 0]
     heapq.heapify(heap)
     order = []
     while heap:
-        _, i = heapq.heappop(heap)
+        *_, i = heapq.heappop(heap)
         tid = ids[i]
         order.append(tid)
         for c in children[tid]:
             waiting[c] -= 1
             if waiting[c] == 0:
-                heapq.heappush(heap, (-depth[c], pos[c]))
+                heapq.heappush(heap, (rank[c], -depth[c], pos[c]))
     return order
 
 

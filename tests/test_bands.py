@@ -3,9 +3,7 @@ and the start order of a real in-process run against an independent model."""
 
 from __future__ import annotations
 
-import heapq
 import typing
-from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -29,7 +27,7 @@ from conveyor.core.ordering import (
 from conveyor.errors import GraphError
 from conveyor.graphfile import graph_from_dict
 from conveyor.testing import EventLog
-from helpers import nx_depths
+from helpers import expected_start_order
 
 bands = st.integers(MIN_BAND, MAX_BAND)
 depths = st.integers(0, BAND_STRIDE + 10)
@@ -84,30 +82,6 @@ def test_graph_band_is_each_unbanded_tasks_band() -> None:
     assert [t.band for t in g.tasks] == ["interactive", "batch"]
 
 
-def model_order(
-    ids: Sequence[str], parents: Sequence[Sequence[str]], band: dict[str, int]
-) -> list[str]:
-    """One worker, no-op tasks: start the ready task of the smallest (band, -depth, position)."""
-    depth = nx_depths(ids, parents)
-    pos = {t: i for i, t in enumerate(ids)}
-    kids: dict[str, list[str]] = {t: [] for t in ids}
-    waiting = {t: len(set(ps)) for t, ps in zip(ids, parents, strict=True)}
-    for t, ps in zip(ids, parents, strict=True):
-        for p in set(ps):
-            kids[p].append(t)
-    heap = [(band[t], -depth[t], pos[t], t) for t in ids if waiting[t] == 0]
-    heapq.heapify(heap)
-    order = []
-    while heap:
-        *_, t = heapq.heappop(heap)
-        order.append(t)
-        for k in kids[t]:
-            waiting[k] -= 1
-            if waiting[k] == 0:
-                heapq.heappush(heap, (band[k], -depth[k], pos[k], k))
-    return order
-
-
 @st.composite
 def banded_dags(draw: st.DrawFn) -> tuple[list[str], list[list[str]], dict[str, int | str]]:
     n = draw(st.integers(1, 25))
@@ -136,7 +110,7 @@ def test_run_one_worker_starts_in_band_then_depth_first_order(dag, groups: bool)
     result = conveyor.run(spec, workers=1, emit=log)
     assert result.exit_code == 0
     numbers = {t: band_number(given_bands.get(t)) for t in ids}
-    assert log.tasks("task_started") == model_order(ids, parents, numbers)
+    assert log.tasks("task_started") == expected_start_order(ids, parents, numbers)
 
 
 def test_run_children_inherit_their_submitters_band() -> None:
