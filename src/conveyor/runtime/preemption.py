@@ -1,0 +1,64 @@
+"""Acting on preemption in one engine: when a ready task of a higher band waits and every slot
+is taken, the running tasks ``core/preempt.choose_preemptions`` names are taken back.
+
+The engine calls ``Preemption.check`` with its lock held, after a fill left no slot free. It is
+cheap when there is nothing to do: it asks the store for ready tasks of a band higher than the
+lowest band running (``Store.ready_heads``: one look at the heap head when there is none).
+A thread task asked to give its slot up (``conveyor.current().preempted``) still holds it until
+it returns: its slot counts as free for the next check, so no second task is preempted for the
+same waiting task meanwhile.
+"""
+
+from __future__ import annotations
+
+from conveyor.core.preempt import PreemptPolicy, RunningTask, WaitingTask, choose_preemptions
+from conveyor.runtime.context import PREEMPT_REQUEST
+from conveyor.runtime.executors import Running
+from conveyor.runtime.inflight import InFlight
+from conveyor.store.base import Store
+
+__all__ = ["Preemption"]
+
+
+class Preemption:
+    def __init__(
+        self, store: Store, inflight: InFlight, worker: str, policy: PreemptPolicy
+    ) -> None:
+        self.store = store
+        self.inflight = inflight
+        self.worker = worker
+        self.policy = policy
+
+    def check(self, now: float, free: int) -> int:
+        """Preempt what the pure choice names so that waiting higher-band tasks can start;
+        ``free`` slots are free now. Returns how many tasks went back to the store now (their
+        slots are free for the next fill)."""
+        runs = list(self.inflight.running.values())
+        asked = sum(1 for r in runs if PREEMPT_REQUEST in r.claim.extra)
+        candidates = [r for r in runs if PREEMPT_REQUEST not in r.claim.extra]
+        if not candidates:
+            return 0
+        lowest = max(r.claim.band for r in candidates)
+        heads = self.store.ready_heads(lowest, len(candidates) + asked + max(0, free))
+        if not heads:
+            return 0
+        me = frozenset({self.worker})
+        waiting = [WaitingTask(task, band, float(k), me) for k, (task, band) in enumerate(heads)]
+        by_id = {r.claim.id: r for r in candidates}
+        plan = choose_preemptions(
+            waiting, [self._running_task(r) for r in candidates],
+            {self.worker: max(0, free) + asked}, now, self.policy,
+        )  # fmt: skip
+        back = 0
+        for p in plan.preemptions:
+            victims: list[Running] = [by_id[v] for v in p.victims]
+            back += self.inflight.preempt(victims, p.waiting, now)
+        return back
+
+    def _running_task(self, run: Running) -> RunningTask:
+        claim = run.claim
+        times, last = claim.extra.get("preempted", (0, None))
+        return RunningTask(
+            claim.id, self.worker, claim.band, run.started, claim.spec.group, claim.spec.gang,
+            False, last, times,
+        )  # fmt: skip
