@@ -265,7 +265,7 @@ class Engine:
                             self._fill(now, out)
                         if now >= next_tick:
                             next_tick = now + self.tick_s
-                            self._tick(now)
+                            self._tick(now, out)
                         if store.shared and self._endpoints.exchange_due(now, self.lease_s):
                             self._endpoints.exchange(self.worker_id, now)
                             if self._runtimes is not None:
@@ -354,8 +354,16 @@ class Engine:
             if self._yield:
                 yield res
 
-    def _tick(self, now: float) -> None:
+    def _tick(self, now: float, out: list[TaskResult]) -> None:
         self._endpoints.follow(now)
+        preemption = self._preemption
+        if (
+            preemption is not None
+            and self.store.shared
+            and not self._inflight.stopping
+            and preemption.tick_shared(now)
+        ):
+            self._fill(now, out)  # the freed slots, to the waiting higher-band tasks
         if self.on_tick is not None:
             self.on_tick(self)
         if self._children.watchers and self.store.shared:
@@ -592,8 +600,8 @@ class Engine:
         if inflight.stopping or self._out_of_time or self._pending_starts:
             return 0
         free = self.slots + self._children.lent - len(self._running)
-        if free > 0 or not self._running:
-            return 0
+        if free > 0 or not self._running or self.store.shared:
+            return 0  # (shared stores: one decision for all workers, on the tick)
         return self._preemption.check(now, free)
 
     def _fits_time(self, claim: Claim, now: float) -> bool:

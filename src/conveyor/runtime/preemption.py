@@ -55,6 +55,24 @@ class Preemption:
             back += self.inflight.preempt(victims, p.waiting, now)
         return back
 
+    def tick_shared(self, now: float) -> int:
+        """A shared store (durable workers): act on the requests other workers' decisions
+        (or this one's) recorded for this worker's tasks, then take part in the global
+        decision (``Store.plan_preemptions``: one transaction, so two workers never both
+        preempt for one task). Returns how many tasks went back to the store now."""
+        store, inflight = self.store, self.inflight
+        back = 0
+        requests = store.preempt_requests(self.worker)
+        if requests:
+            by_handle = {r.claim.handle: r for r in inflight.running.values()}
+            for handle, (token, waiting) in requests.items():
+                run = by_handle.get(handle)
+                if run is None or run.claim.token != token or PREEMPT_REQUEST in run.claim.extra:
+                    continue  # ended meanwhile (the next decision drops the request), or asked
+                back += inflight.preempt([run], waiting, now)
+        store.plan_preemptions(now, self.policy)
+        return back
+
     def _running_task(self, run: Running) -> RunningTask:
         claim = run.claim
         times, last = claim.extra.get("preempted", (0, None))

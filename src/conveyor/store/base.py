@@ -23,6 +23,7 @@ from conveyor.core.admission import Offer
 from conveyor.core.explain import Reason
 from conveyor.core.fingerprint import Decision, Parts
 from conveyor.core.ordering import DEFAULT_BAND
+from conveyor.core.preempt import PreemptPolicy
 from conveyor.errors import StoreError
 from conveyor.events import EventSink
 from conveyor.model import EMPTY, GraphSpec, TaskResult, TaskSpec
@@ -239,6 +240,20 @@ class Store(abc.ABC):
         best key first, as ``(task id, band)``: what preemption may make room for. Cheap when
         there is none (O(1) for the memory store's heap). Default: none."""
         return []
+
+    def plan_preemptions(self, now: float, policy: PreemptPolicy) -> int:
+        """Shared stores: decide, for every worker at once and in one transaction, which
+        running tasks to take back for ready tasks of a higher band that fit a worker with no
+        free slot (``core/preempt.choose_preemptions``; requests already pending count as
+        freed slots), and record a request per victim for its worker; how many. A store with
+        one engine (memory) has nothing to record: that engine decides itself. Default: 0."""
+        return 0
+
+    def preempt_requests(self, worker: str) -> dict[int, tuple[int, str]]:
+        """The preemption requests for ``worker``'s running tasks, ``handle -> (token, the
+        waiting task)``: the worker cancels them and gives them back with ``preempt``, which
+        ends each request. Default: none."""
+        return {}
 
     def release_buffered(self, now: float) -> int:
         """Give back tasks claimed ahead in a batch and not yet handed out; returns how many."""
