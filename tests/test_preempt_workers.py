@@ -1,0 +1,118 @@
+"""Preemption across durable workers: real ``conveyor worker`` processes on SQLite and on
+PostgreSQL. Every slot of two one-slot workers is taken (an interactive task on one, a batch
+task on the other) when the interactive task submits an interactive child. The batch task runs
+until the test writes ``go``, which it does only once the child started: without preemption the
+child could not start before then. One global decision asks the batch task's worker to give it
+up; it is cancelled, handed back (``task_preempted``), the child takes the slot, and the batch
+task runs again later and finishes once, its retries (0) untouched."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.store.base import Store
+from conveyor.store.urls import open_store
+from helpers import wait_until
+
+BOUND = 60.0  # a bound on waits, not a check
+
+JOBS = """
+import asyncio
+import time
+from pathlib import Path
+
+import conveyor
+
+
+def spawner():
+    while not list(Path(".").glob("started-batch-*")):  # the batch task holds the other slot
+        time.sleep(0.02)
+    conveyor.current().submit("jobs:urgent", id="urgent")
+    while not Path("started-urgent").exists():  # keeps its own slot meanwhile
+        time.sleep(0.02)
+    return "spawned"
+
+
+def urgent():
+    Path("started-urgent").write_text("1")
+    return "urgent"
+
+
+async def batch():
+    n = len(list(Path(".").glob("started-batch-*")))
+    Path(f"started-batch-{n}").write_text("1")
+    while not Path("go").exists():
+        await asyncio.sleep(0.02)
+    return "batch"
+"""
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/run.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def _history(db: str, task: str) -> list[dict[str, Any]]:
+    store: Store = open_store(db)
+    try:
+        return store.history(task)
+    finally:
+        store.close()
+
+
+def _worker(cwd: Path, db: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "conveyor.cli", "worker", "--db", db, "--workers", "1"]
+    return subprocess.Popen(argv, cwd=cwd, stderr=subprocess.PIPE, text=True)
+
+
+def test_workers_preempt_a_batch_task_for_an_interactive_one(tmp_path: Path, db: str) -> None:
+    (tmp_path / "jobs.py").write_text(JOBS)
+    tasks = [
+        {"id": "spawner", "fn": "jobs:spawner", "band": "interactive"},
+        {"id": "batch", "fn": "jobs:batch", "retries": 0},
+    ]
+    (tmp_path / "graph.json").write_text(json.dumps({"name": "pre", "tasks": tasks}))
+    cli = [sys.executable, "-m", "conveyor.cli"]
+    out = subprocess.run([*cli, "submit", "graph.json", "--db", db], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    workers = [_worker(tmp_path, db), _worker(tmp_path, db)]
+    try:
+        wait_until((tmp_path / "started-urgent").exists, BOUND, "the interactive child to start")
+        assert not (tmp_path / "go").exists()  # the batch task could not have ended yet
+        (tmp_path / "go").write_text("1")
+        ends = []
+        for w in workers:
+            _, err = w.communicate(timeout=BOUND)
+            ends.append((w.returncode, err))
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.communicate()
+    assert [code for code, _ in ends] == [0, 0], ends
+    assert any("1 preempted" in err for _, err in ends), ends
+    hist = _history(db, "batch")
+    kinds = [e["event"] for e in hist]
+    assert kinds.count("task_preempted") == 1 and kinds.count("task_finished") == 1, kinds
+    assert "task_failed" not in kinds and "task_retrying" not in kinds
+    pre = next(e for e in hist if e["event"] == "task_preempted")
+    assert pre["by"] == "urgent" and pre["attempt"] == 1
+    finished = next(e for e in hist if e["event"] == "task_finished")
+    assert finished["attempt"] == 1, "the preempted attempt was given back"
+    assert len(list(tmp_path.glob("started-batch-*"))) == 2, "cancelled once, ran again once"
+    store = open_store(db)
+    try:
+        counts = store.counts()
+        assert counts["done"] == 3 and counts["failed"] == 0, counts
+        assert store.result("batch").value == "batch"
+    finally:
+        store.close()
