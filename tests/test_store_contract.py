@@ -810,3 +810,44 @@ def test_store_plan_preemptions_asks_the_victims_worker_once(store_url: str, sto
     got = claim1(store, T0 + 4, "w2")
     assert got is not None and got.id == "i", "the freed slot goes to the higher band"
     assert [ev["by"] for ev in store.history("e") if ev["event"] == "task_preempted"] == ["i"]
+
+
+def test_store_plan_preemptions_keeps_anti_thrash_and_aging(store_url: str, store: Store) -> None:
+    """A task preempted less than ``min_interval_s`` ago is not asked again; one preempted
+    ``max_preemptions`` times keeps its slot to the end (aging: best-effort work is never
+    starved forever)."""
+    durable(store_url, "one engine decides for itself (ready_heads)")
+    from conveyor.core.preempt import PreemptPolicy
+
+    store.open_graph(graph("g", {"id": "e", "band": "best_effort"},
+                           {"id": "i", "band": "interactive", "deps": ["gate"]},
+                           {"id": "gate"}), T0)  # fmt: skip
+    store.register_worker("w1", T0, {"slots": 1})
+    policy = PreemptPolicy(min_interval_s=60.0, max_preemptions=2)
+    gate = claim1(store, T0, "w1")
+    assert gate is not None and gate.id == "gate" and store.complete(gate, None, T0)
+    hold = claim1(store, T0, "w1")  # i, held aside so that e can be claimed and preempted
+    assert hold is not None and hold.id == "i"
+    now = T0
+    for times in range(2):
+        e = claim1(store, now, "w1")
+        assert e is not None and e.id == "e"
+        assert store.release(hold, now)  # i waits; e holds the only slot
+        assert store.plan_preemptions(now + 1, policy) == 1, f"preemption {times + 1}"
+        assert store.plan_preemptions(now + 1, policy) == 0, "one request at a time"
+        assert store.preempt([e], now + 2, "i") == [True]
+        hold = claim1(store, now + 2, "w1")
+        assert hold is not None and hold.id == "i"
+        e = claim1(store, now + 3, "w1")
+        assert e is not None and e.id == "e"
+        assert store.release(hold, now + 3)
+        thrash = store.plan_preemptions(now + 10, policy)
+        assert thrash == 0, "not again within min_interval_s"
+        assert store.release(e, now + 10)
+        hold = claim1(store, now + 10, "w1")
+        assert hold is not None and hold.id == "i"
+        now += 100
+    e = claim1(store, now, "w1")
+    assert e is not None and e.id == "e"
+    assert store.release(hold, now)
+    assert store.plan_preemptions(now + 1, policy) == 0, "aging: preempted twice, kept now"

@@ -11,6 +11,7 @@ same waiting task meanwhile.
 
 from __future__ import annotations
 
+from conveyor.core.ordering import MAX_BAND
 from conveyor.core.preempt import PreemptPolicy, RunningTask, WaitingTask, choose_preemptions
 from conveyor.runtime.context import PREEMPT_REQUEST
 from conveyor.runtime.executors import Running
@@ -33,13 +34,19 @@ class Preemption:
         """Preempt what the pure choice names so that waiting higher-band tasks can start;
         ``free`` slots are free now. Returns how many tasks went back to the store now (their
         slots are free for the next fill)."""
+        store = self.store
+        best = store.ready_heads(MAX_BAND + 1, 1)  # the best ready task (none: one band only)
+        if not best:
+            return 0
         runs = list(self.inflight.running.values())
         asked = sum(1 for r in runs if PREEMPT_REQUEST in r.claim.extra)
         candidates = [r for r in runs if PREEMPT_REQUEST not in r.claim.extra]
         if not candidates:
             return 0
         lowest = max(r.claim.band for r in candidates)
-        heads = self.store.ready_heads(lowest, len(candidates) + asked + max(0, free))
+        if best[0][1] >= lowest:
+            return 0
+        heads = store.ready_heads(lowest, len(candidates) + asked + max(0, free))
         if not heads:
             return 0
         me = frozenset({self.worker})
