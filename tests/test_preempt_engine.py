@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import conveyor
@@ -29,11 +30,12 @@ def _at(log: EventLog, event: str, task: str) -> int:
     return next(found)
 
 
-def _spawner(started: threading.Event, after: Path | None = None) -> str:
+def _spawner(started: threading.Event, ready: Callable[[], object] | None = None) -> str:
     """An interactive task that submits an interactive child (``urgent``) at run time while
-    it keeps its own slot (once ``after`` exists, if given), and ends once the child started."""
-    if after is not None:
-        wait_until(after.exists, BOUND, f"{after} to exist")
+    it keeps its own slot (once ``ready()`` says the batch task runs, if given), and ends once
+    the child started."""
+    if ready is not None:
+        wait_until(ready, BOUND, "the batch task to run")
     conveyor.current().submit(_urgent, started, id="urgent")
     assert started.wait(BOUND), "urgent never started"
     return "spawned"
@@ -44,10 +46,12 @@ def _urgent(started: threading.Event) -> str:
     return "urgent"
 
 
-def _graph(victim: object, *args: object, **options: object) -> conveyor.Graph:
+def _graph(
+    victim: object, started: threading.Event, ready: Callable[[], object] | None = None
+) -> conveyor.Graph:
     g = conveyor.Graph("preempt")
-    g.add(_spawner, *args[:1], id="spawner", band="interactive")
-    g.add(victim, *args, id="batch", band="batch", retries=2, **options)
+    g.add(_spawner, started, ready, id="spawner", band="interactive")
+    g.add(victim, started, id="batch", band="batch", retries=2)
     return g
 
 
@@ -63,7 +67,7 @@ def test_an_async_batch_task_is_cancelled_requeued_and_runs_again_once() -> None
         return "batch done"
 
     log = EventLog()
-    result = conveyor.run(_graph(batch, started), workers=2, emit=log)
+    result = conveyor.run(_graph(batch, started, lambda: runs), workers=2, emit=log)
     assert result.exit_code == 0, result
     assert result["batch"] == "batch done"
     assert runs == ["run", "run", "end"], "the first run was cancelled, the second finished"
@@ -111,7 +115,8 @@ def test_a_command_is_killed_and_run_again(tmp_path: Path) -> None:
         f'time.sleep({BOUND}) if n == 0 else None"'
     )
     g = conveyor.Graph("preempt-cmd")
-    g.add(_spawner, started, marker, id="spawner", band="interactive")
+    written = lambda: marker.exists() and marker.read_text()  # noqa: E731
+    g.add(_spawner, started, written, id="spawner", band="interactive")
     g.add(cmd=cmd, id="batch", band="batch", retries=0)
     log = EventLog()
     result = conveyor.run(g, workers=2, emit=log)

@@ -851,3 +851,20 @@ def test_store_plan_preemptions_keeps_anti_thrash_and_aging(store_url: str, stor
     assert e is not None and e.id == "e"
     assert store.release(hold, now)
     assert store.plan_preemptions(now + 1, policy) == 0, "aging: preempted twice, kept now"
+
+
+def test_store_borrowing_names_groups_beyond_their_fair_share(store: Store) -> None:
+    """What preemption takes back first: slots a group runs beyond its weighted fair share."""
+    g = graph_from_dict({
+        "name": "g", "groups": {"a": {"weight": 1}, "b": {"weight": 3}},
+        "tasks": [{"id": f"{grp}{k}", "cmd": "true", "group": grp}
+                  for grp in "ab" for k in range(4)],
+    }, check_functions=False)  # fmt: skip
+    store.open_graph(g, T0)
+    if store.borrowing({"a": 3, "b": 1}, 4) == frozenset() and type(store).borrowing is (
+        Store.borrowing
+    ):
+        pytest.skip("this store keeps no groups")
+    assert store.borrowing({"a": 3, "b": 1}, 4) == {"a"}  # a's share is 1 of 4
+    assert store.borrowing({"a": 1, "b": 3}, 4) == frozenset()
+    assert store.borrowing({"a": 2}, 8) == frozenset(), "within its share (2 of 8)"

@@ -156,7 +156,7 @@ class Engine:
         self._preemption = None
         if preempt is not False:
             policy = preempt if isinstance(preempt, PreemptPolicy) else PreemptPolicy()
-            self._preemption = Preemption(store, self._inflight, self.worker_id, policy)
+            self._preemption = Preemption(store, self._inflight, self.worker_id, policy, workers)
         self.stats: RunStats = self._inflight.stats
         self._running = self._inflight.running
         self._lock = threading.Lock()  # guards the store and the bookkeeping below

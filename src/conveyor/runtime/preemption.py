@@ -23,9 +23,11 @@ __all__ = ["Preemption"]
 
 class Preemption:
     def __init__(
-        self, store: Store, inflight: InFlight, worker: str, policy: PreemptPolicy
+        self, store: Store, inflight: InFlight, worker: str, policy: PreemptPolicy, slots: int
     ) -> None:
         self.store = store
+        self.slots = slots  # the engine's: what the fair shares divide
+        self._borrowed: frozenset[str] = frozenset()
         self.inflight = inflight
         self.worker = worker
         self.policy = policy
@@ -49,6 +51,10 @@ class Preemption:
         heads = store.ready_heads(lowest, len(candidates) + asked + max(0, free))
         if not heads:
             return 0
+        per_group: dict[str, int] = {}
+        for r in runs:
+            per_group[r.claim.spec.group] = per_group.get(r.claim.spec.group, 0) + 1
+        self._borrowed = store.borrowing(per_group, self.slots)
         me = frozenset({self.worker})
         waiting = [WaitingTask(task, band, float(k), me) for k, (task, band) in enumerate(heads)]
         by_id = {r.claim.id: r for r in candidates}
@@ -85,5 +91,5 @@ class Preemption:
         times, last = claim.extra.get("preempted", (0, None))
         return RunningTask(
             claim.id, self.worker, claim.band, run.started, claim.spec.group, claim.spec.gang,
-            False, last, times,
+            claim.spec.group in self._borrowed, last, times,
         )  # fmt: skip

@@ -241,6 +241,12 @@ class Store(abc.ABC):
         there is none (O(1) for the memory store's heap). Default: none."""
         return []
 
+    def borrowing(self, running: Mapping[str, int], total: int) -> frozenset[str]:
+        """The groups that run beyond their fair share of ``total`` slots, given how many tasks
+        each group runs (``core/borrow.borrowing``, with the store's group weights and which
+        groups have work): preemption takes their slots back first. Default: none."""
+        return frozenset()
+
     def plan_preemptions(self, now: float, policy: PreemptPolicy) -> int:
         """Shared stores: decide, for every worker at once and in one transaction, which
         running tasks to take back for ready tasks of a higher band that fit a worker with no

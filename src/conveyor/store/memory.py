@@ -7,7 +7,7 @@ clock: event times are the ``now`` each call is given.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conveyor.bulk import paused_gc
@@ -19,7 +19,7 @@ from conveyor.core.admission import (
     needs_admission,
     plan_admission,
 )
-from conveyor.core.borrow import DEFAULT_POLICY, BorrowPolicy
+from conveyor.core.borrow import DEFAULT_POLICY, BorrowPolicy, borrowing
 from conveyor.core.explain import Reason, explain
 from conveyor.core.frontier import DONE, FAILED, READY, RUNNING, Frontier
 from conveyor.core.ordering import band_number
@@ -351,6 +351,14 @@ class MemoryStore(Store):
                 self._record(i, event, now, worker=self._worker, attempt=c.attempt, **fields)
             out.append(ok)
         return out
+
+    def borrowing(self, running: Mapping[str, int], total: int) -> frozenset[str]:
+        q = self.frontier.queue
+        if q is None:
+            return frozenset()  # one group only
+        weights = {name: g.weight for name, g in self.groups.items()}
+        active = [name for name, n in q.unfinished.items() if n > 0]
+        return borrowing(running, weights, active, total)
 
     def ready_heads(self, below_band: int, limit: int) -> list[tuple[str, int]]:
         f = self.frontier

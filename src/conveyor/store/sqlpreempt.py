@@ -16,15 +16,16 @@ goes to the higher-band task, which is at the head of the ready queue.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from conveyor.core.admission import Offer, Shape
+from conveyor.core.borrow import borrowing as borrowing_groups
 from conveyor.core.ordering import band_floor, band_from
 from conveyor.core.preempt import PreemptPolicy, RunningTask, WaitingTask, choose_preemptions
-from conveyor.store.sqltx import Db, Tx
+from conveyor.store.sqltx import Db, Reads, Tx
 
-__all__ = ["plan_preemptions", "preempt_requests"]
+__all__ = ["borrowing", "plan_preemptions", "preempt_requests"]
 
 
 def plan_preemptions(
@@ -49,30 +50,33 @@ def _decide(tx: Tx, now: float, policy: PreemptPolicy) -> int:
     if not _worth_deciding(tx.rows("preempt_best_ready"), tx.rows("preempt_lowest_running")):
         return 0
     pending = {int(seq): worker for seq, worker in tx.rows("preempt_pending")}
+    rows = tx.rows("preempt_running")
+    offers = _offers(tx)
+    per_group: dict[str, int] = {}
+    for row in rows:
+        per_group[row[5]] = per_group.get(row[5], 0) + 1
+    borrowed = borrowing(tx, per_group, sum(o.slots for o in offers.values()))
     running: list[RunningTask] = []
     tokens: dict[str, tuple[int, int]] = {}
     busy: dict[str, int] = {}
     asked: dict[str, int] = {}
-    for seq, tid, rank, worker, started, grp, token, times, last, gang in tx.rows(
-        "preempt_running"
-    ):
+    for seq, tid, rank, worker, started, grp, token, times, last, gang in rows:
         busy[worker] = busy.get(worker, 0) + 1
         if int(seq) in pending:  # already asked: its slot counts as free
             asked[worker] = asked.get(worker, 0) + 1
             continue
         running.append(RunningTask(
-            tid, worker, band_from(int(rank)), float(started or 0.0), grp, gang, False,
-            None if last is None else float(last), int(times or 0),
+            tid, worker, band_from(int(rank)), float(started or 0.0), grp, gang,
+            grp in borrowed, None if last is None else float(last), int(times or 0),
         ))  # fmt: skip
         tokens[tid] = (int(seq), int(token))
     if not running:
         return 0
     lowest = max(t.band for t in running)
-    offers = _offers(tx)
     free = {w: max(0, o.slots - busy.get(w, 0)) + asked.get(w, 0) for w, o in offers.items()}
     waiting = []
-    rows = tx.rows("preempt_ready_heads", below=band_floor(lowest), n=len(running) + len(pending))
-    for k, (_seq, tid, rank, grp, labels, resources, gang) in enumerate(rows):
+    heads = tx.rows("preempt_ready_heads", below=band_floor(lowest), n=len(running) + len(pending))
+    for k, (_seq, tid, rank, grp, labels, resources, gang) in enumerate(heads):
         if gang is not None:
             continue  # a waiting gang does not preempt
         shape = Shape.of(grp, json.loads(resources or "{}"), json.loads(labels or "{}"))
@@ -102,6 +106,16 @@ def _offers(tx: Tx) -> dict[str, Offer]:
         res = dict(meta.get("resources") or {})
         out[name] = Offer(slots, res, dict(meta.get("labels") or {}), slots, res)
     return out
+
+
+def borrowing(reads: Reads, running: Mapping[str, int], total: int) -> frozenset[str]:
+    """The groups running beyond their fair share of ``total`` slots (``core/borrow.py``):
+    the weights of ``task_groups``; active are the groups running or with work waiting."""
+    weights = {str(name): float(w) for name, w, _cap, _n in reads.rows("adm_groups")}
+    if len(weights) < 2 and len(running) < 2:
+        return frozenset()
+    active = [g for g in weights if running.get(g) or reads.rows("preempt_group_waiting", grp=g)]
+    return borrowing_groups(running, weights, active, total)
 
 
 def preempt_requests(db: Db, worker: str) -> dict[int, tuple[int, str]]:

@@ -41,7 +41,7 @@ from conveyor.store.sqlclaim import Claims
 from conveyor.store.sqlexplain import Explainer
 from conveyor.store.sqlfeed import SqlEventFeed
 from conveyor.store.sqlleases import LOST_BUDGET, Leases
-from conveyor.store.sqlpreempt import plan_preemptions, preempt_requests
+from conveyor.store.sqlpreempt import borrowing, plan_preemptions, preempt_requests
 from conveyor.store.sqlqueries import load_migrations
 from conveyor.store.sqlshapes import Shapes
 from conveyor.store.sqlsteps import MAX_BATCH, Worker
@@ -184,6 +184,9 @@ class SqlStore(Store):
 
     def preempt(self, claims: Sequence[Claim], now: float, waiting: str) -> list[bool]:
         return self.claims.preempt(claims, now, waiting)
+
+    def borrowing(self, running: Mapping[str, int], total: int) -> frozenset[str]:
+        return borrowing(self.db, running, total)
 
     def plan_preemptions(self, now: float, policy: PreemptPolicy) -> int:
         return plan_preemptions(self.db, self._atomic, now, policy)

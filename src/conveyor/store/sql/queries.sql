@@ -611,3 +611,8 @@ UPDATE tasks SET preempted = preempted + 1, preempted_at = :now WHERE seq = :seq
 
 -- name: preempt_history
 SELECT preempted, preempted_at FROM tasks WHERE seq = :seq;
+
+-- Whether a group has work not running (ready, waiting on parents or a retry): its fair share
+-- counts for borrowing. Asked only inside a preemption decision, once per group.
+-- name: preempt_group_waiting
+SELECT 1 FROM tasks WHERE grp = :grp AND state IN ({READY}, {PENDING}, {RETRY_WAIT}) LIMIT 1;
