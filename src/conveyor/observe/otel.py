@@ -5,8 +5,9 @@ as ``--events`` files, for in-process runs and durable workers alike, and turns 
 ``task_started`` up to the event that ends it (``task_finished``, ``task_retrying``,
 ``task_failed``, ``task_released``, ``task_preempted``, ``lease_expired``, ``task_cancelled``)
 -- into one span whose start and end are those events' timestamps (the store's record of the
-transition, not when the sink heard of it). Spans are children of one span for the whole run (``conveyor run``
-or ``conveyor worker``), itself a child of whatever span is current where the run was opened.
+transition, not when the sink heard of it). Spans are children of one span for the whole run
+(``conveyor run`` or ``conveyor worker``), itself a child of whatever span is current where the
+run was opened.
 
 The engine hands it each claim (``on_claim``: the task's group and function, which events do
 not carry) and calls it every tick on its own thread (``on_tick``: the store's counts by state
