@@ -50,6 +50,16 @@ async def batch():
     while not Path("go").exists():
         await asyncio.sleep(0.02)
     return "batch"
+
+
+def batch_thread():
+    n = len(list(Path(".").glob("started-batch-*")))
+    Path(f"started-batch-{n}").write_text("1")
+    while not Path("go").exists():
+        if conveyor.current().preempted:
+            raise RuntimeError("preempted: giving the slot up")
+        time.sleep(0.02)
+    return "batch"
 """
 
 
@@ -73,11 +83,15 @@ def _worker(cwd: Path, db: str) -> subprocess.Popen[str]:
     return subprocess.Popen(argv, cwd=cwd, stderr=subprocess.PIPE, text=True)
 
 
-def test_workers_preempt_a_batch_task_for_an_interactive_one(tmp_path: Path, db: str) -> None:
+@pytest.mark.parametrize("fn", ["batch", "batch_thread"], ids=["async", "thread"])
+def test_workers_preempt_a_batch_task_for_an_interactive_one(
+    tmp_path: Path, db: str, fn: str
+) -> None:
+    """An async victim is cancelled; a thread victim sees ``current().preempted`` and raises."""
     (tmp_path / "jobs.py").write_text(JOBS)
     tasks = [
         {"id": "spawner", "fn": "jobs:spawner", "band": "interactive"},
-        {"id": "batch", "fn": "jobs:batch", "retries": 0},
+        {"id": "batch", "fn": f"jobs:{fn}", "retries": 0},
     ]
     (tmp_path / "graph.json").write_text(json.dumps({"name": "pre", "tasks": tasks}))
     cli = [sys.executable, "-m", "conveyor.cli"]
