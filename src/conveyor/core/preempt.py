@@ -175,7 +175,7 @@ def best_ready(
         entry, n, pos = heapq.heappop(todo)
         band = band_from(entry[0])
         if band >= below_band:
-            continue  # every entry below it in this heap is of this band or lower
+            break  # every entry left (in every heap) has a key at least this one's
         i = entry[2]
         if len(entry) == 3 and state[i] == ready and i not in seen:
             seen.add(i)
