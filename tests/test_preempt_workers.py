@@ -52,6 +52,14 @@ async def batch():
     return "batch"
 
 
+async def batch_until_urgent():
+    n = len(list(Path(".").glob("started-batch-*")))
+    Path(f"started-batch-{n}").write_text("1")
+    while not Path("started-urgent").exists():
+        await asyncio.sleep(0.02)
+    return "batch"
+
+
 def batch_thread():
     n = len(list(Path(".").glob("started-batch-*")))
     Path(f"started-batch-{n}").write_text("1")
@@ -130,3 +138,24 @@ def test_workers_preempt_a_batch_task_for_an_interactive_one(
         assert store.result("batch").value == "batch"
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("preempt", [True, False], ids=["default", "no-preempt"])
+def test_conveyor_run_preempts_unless_told_not_to(tmp_path: Path, preempt: bool) -> None:
+    """``conveyor run`` in one process: the batch task runs until the interactive child starts,
+    so the run ends only because the batch task was preempted; ``--no-preempt`` is wired (a
+    graph of one band: nothing to preempt, nothing preempted)."""
+    (tmp_path / "jobs.py").write_text(JOBS)
+    tasks = [{"id": "batch", "fn": "jobs:batch_until_urgent", "retries": 0}]
+    if preempt:
+        tasks.insert(0, {"id": "spawner", "fn": "jobs:spawner", "band": "interactive"})
+    (tmp_path / "graph.json").write_text(json.dumps({"name": "pre", "tasks": tasks}))
+    if not preempt:
+        (tmp_path / "started-urgent").write_text("1")
+    argv = [sys.executable, "-m", "conveyor.cli", "run", "graph.json", "--workers", "2", "-q",
+            "--events", "ev.jsonl", *([] if preempt else ["--no-preempt"])]  # fmt: skip
+    out = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=BOUND)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    preempted = [e["task"] for e in events if e["event"] == "task_preempted"]
+    assert preempted == (["batch"] if preempt else [])
