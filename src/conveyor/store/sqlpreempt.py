@@ -25,17 +25,34 @@ from conveyor.core.ordering import band_floor, band_from
 from conveyor.core.preempt import PreemptPolicy, RunningTask, WaitingTask, choose_preemptions
 from conveyor.store.sqltx import Db, Reads, Tx
 
-__all__ = ["borrowing", "plan_preemptions", "preempt_requests"]
+__all__ = ["DECIDE_BACKOFF_S", "Decisions", "borrowing", "preempt_requests"]
 
 
-def plan_preemptions(
-    db: Db, atomic: Callable[[Callable[[Tx], int]], int], now: float, policy: PreemptPolicy
-) -> int:
-    """Record the preemptions the waiting higher-band tasks need; how many victims were
-    asked. A read (no transaction) when there is nothing to do."""
-    if not _worth_deciding(db.rows("preempt_best_ready"), db.rows("preempt_lowest_running")):
-        return 0
-    return atomic(lambda tx: _decide(tx, now, policy))
+#: Seconds one store handle waits before deciding again after a decision that asked nobody
+#: (the waiting task fits no worker, every candidate is protected, a thread task has not given
+#: its slot up yet): not a write transaction per tick per worker meanwhile.
+DECIDE_BACKOFF_S = 1.0
+
+
+class Decisions:
+    """One store handle's part in the global decision, with its back-off."""
+
+    def __init__(self) -> None:
+        self._not_before = 0.0
+
+    def plan(
+        self, db: Db, atomic: Callable[[Callable[[Tx], int]], int], now: float,
+        policy: PreemptPolicy,
+    ) -> int:  # fmt: skip
+        """Record the preemptions the waiting higher-band tasks need; how many victims were
+        asked. A read (no transaction) when there is nothing to do."""
+        if now < self._not_before:
+            return 0
+        if not _worth_deciding(db.rows("preempt_best_ready"), db.rows("preempt_lowest_running")):
+            return 0
+        asked = atomic(lambda tx: _decide(tx, now, policy))
+        self._not_before = now if asked else now + DECIDE_BACKOFF_S
+        return asked
 
 
 def _worth_deciding(best: list[Any], lowest: list[Any]) -> bool:

@@ -41,7 +41,7 @@ from conveyor.store.sqlclaim import Claims
 from conveyor.store.sqlexplain import Explainer
 from conveyor.store.sqlfeed import SqlEventFeed
 from conveyor.store.sqlleases import LOST_BUDGET, Leases
-from conveyor.store.sqlpreempt import borrowing, plan_preemptions, preempt_requests
+from conveyor.store.sqlpreempt import Decisions, borrowing, preempt_requests
 from conveyor.store.sqlqueries import load_migrations
 from conveyor.store.sqlshapes import Shapes
 from conveyor.store.sqlsteps import MAX_BATCH, Worker
@@ -80,6 +80,7 @@ class SqlStore(Store):
         self.claims = Claims(self._atomic, self.worker, self.adm, self.codec,
                              rounds=io.claim_rounds)  # fmt: skip
         self.leases = Leases(self.worker, lost_budget)
+        self.preempts = Decisions()
         self.submissions = Submissions(io.url, self.adm)
         try:
             self.migrate()
@@ -189,7 +190,7 @@ class SqlStore(Store):
         return borrowing(self.db, running, total)
 
     def plan_preemptions(self, now: float, policy: PreemptPolicy) -> int:
-        return plan_preemptions(self.db, self._atomic, now, policy)
+        return self.preempts.plan(self.db, self._atomic, now, policy)
 
     def preempt_requests(self, worker: str) -> dict[int, tuple[int, str]]:
         return preempt_requests(self.db, worker)
