@@ -32,6 +32,9 @@ def emitted_kinds() -> set[str]:
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 is_audit = node.func.attr in ("audit", "_record") and len(node.args) >= 2
                 values = [node.args[1]] if is_audit else []
+                # a running task given back (memory and SQL stores): the kind is the 3rd arg
+                if node.func.attr in ("_give_back", "_release_many") and len(node.args) >= 3:
+                    values = [node.args[2]]
             kinds.update(
                 v.value for v in values if isinstance(v, ast.Constant) and isinstance(v.value, str)
             )

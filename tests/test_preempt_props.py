@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import heapq
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conveyor.core.ordering import band_from, rank_of
 from conveyor.core.preempt import (
     PreemptPolicy,
     RunningTask,
     WaitingTask,
+    best_ready,
     choose_preemptions,
     protected,
     victim_order,
@@ -144,3 +148,31 @@ def test_a_waiting_task_with_a_free_fitting_slot_preempts_nothing() -> None:
     assert placed.preemptions == [] and placed.placed == {"hi": "w1"}
     got = choose_preemptions(wait, run, {"w0": 0, "w1": 0}, NOW).preemptions
     assert [(p.waiting, p.victims, p.worker) for p in got] == [("hi", ("low",), "w0")]
+
+
+@st.composite
+def key_heaps(draw: st.DrawFn) -> tuple[list[list[tuple[int, ...]]], list[int]]:
+    """Heaps of keys ``(rank, root_seq, index[, gang])`` over one task table, with stale
+    entries (tasks no longer ready) and gang entries, as the frontier's heaps hold them."""
+    n = draw(st.integers(0, 30))
+    state = [draw(st.sampled_from([0, 1, 1, 1, 2])) for _ in range(n)]  # pending/ready/running
+    heaps: list[list[tuple[int, ...]]] = [[] for _ in range(draw(st.integers(1, 3)))]
+    for i in range(n):
+        band = draw(st.sampled_from([5, 10, 20, 30]))
+        key: tuple[int, ...] = (rank_of(draw(st.integers(0, 5)), band), 0, i)
+        if draw(st.integers(0, 9)) == 0:
+            key = (*key, 1)  # a gang's entry
+        heapq.heappush(heaps[draw(st.integers(0, len(heaps) - 1))], key)
+    return heaps, state
+
+
+@PROPS
+@given(data=key_heaps(), below=st.sampled_from([5, 10, 20, 30, 100]), limit=st.integers(0, 8))
+def test_best_ready_is_the_best_ready_single_tasks_of_higher_bands(data, below, limit) -> None:
+    heaps, state = data
+    want = sorted(
+        e for h in heaps for e in h
+        if len(e) == 3 and state[e[2]] == 1 and band_from(e[0]) < below
+    )[:limit]  # fmt: skip
+    got = best_ready(heaps, state, below, limit)
+    assert got == [(e[2], band_from(e[0])) for e in want]

@@ -813,3 +813,135 @@ def test_store_readonly_handle_reads_and_never_writes(
         assert store.meta_get("x") is None
     finally:
         viewer.close()
+
+
+def test_store_preempt_requeues_with_the_attempt_given_back(store_url: str, store: Store) -> None:
+    """``preempt``: back to ready at once, ``task_preempted`` naming the waiting task, not a
+    failure, the attempt given back; a late report under the old claim is refused."""
+    store.open_graph(graph("g", {"id": "low", "band": "best_effort"}, {"id": "x"}), T0)
+    low = claim1(store)
+    assert low is not None and low.id == "x" and low.band == 20
+    low = claim1(store)
+    assert low is not None and low.id == "low" and low.band == 30
+    assert store.preempt([low], T0 + 1, "hi") == [True]
+    assert store.preempt([low], T0 + 1, "hi") == [False], "taken back once"
+    assert not store.fail(low, "late", T0 + 1, None)
+    again = claim1(store, T0 + 2)
+    assert again is not None and again.id == "low" and again.attempt == 1
+    if is_memory(store_url):
+        assert again.extra["preempted"] == (1, T0 + 1), "anti-thrash: times, last"
+    assert store.complete(again, "v", T0 + 2)
+    trail = [e for e in store.history("low") if e["event"] == "task_preempted"]
+    assert [(e["by"], e["reason"], e["attempt"]) for e in trail] == [("hi", "higher_band", 1)]
+    events = [e["event"] for e in store.history("low")]
+    assert "task_failed" not in events and "task_retrying" not in events
+
+
+def test_store_ready_heads_are_higher_band_ready_tasks_best_first(store: Store) -> None:
+    store.open_graph(
+        graph("g", {"id": "b1"}, {"id": "i1", "band": "interactive"}, {"id": "e1", "band": 30},
+              {"id": "i2", "band": 10, "deps": ["b1"]}, {"id": "i0", "band": 5}),
+        T0,
+    )  # fmt: skip
+    heads = store.ready_heads(30, 10)
+    if not heads:
+        pytest.skip("this store leaves preemption to its shared decision (plan_preemptions)")
+    assert heads == [("i0", 5), ("i1", 10), ("b1", 20)]
+    assert store.ready_heads(10, 10) == [("i0", 5)]
+    assert store.ready_heads(30, 1) == [("i0", 5)]
+
+
+def test_store_plan_preemptions_asks_the_victims_worker_once(store_url: str, store: Store) -> None:
+    """One global decision: a ready interactive task, every slot of both workers taken by
+    batch and best-effort tasks: the best-effort one is asked (lowest band), once, on its
+    worker; a second decision counts the pending request and asks nobody more."""
+    durable(store_url, "one engine decides for itself (ready_heads)")
+    from conveyor.core.preempt import PreemptPolicy
+
+    store.open_graph(
+        graph("g", {"id": "b"}, {"id": "e", "band": "best_effort"},
+              {"id": "i", "band": "interactive", "deps": ["gate"]}, {"id": "gate"}),
+        T0,
+    )  # fmt: skip
+    store.register_worker("w1", T0, {"slots": 1})
+    store.register_worker("w2", T0, {"slots": 2})
+    b = claim1(store, T0, "w1")
+    gate = claim1(store, T0, "w2")
+    e = claim1(store, T0 + 1, "w2")
+    assert b is not None and gate is not None and e is not None
+    assert [b.id, gate.id, e.id] == ["b", "gate", "e"]
+    policy = PreemptPolicy()
+    assert store.plan_preemptions(T0 + 2, policy) == 0, "nothing of a higher band is ready"
+    assert store.complete(gate, None, T0 + 2)  # i is ready; w2 has a free slot: no preemption
+    assert store.plan_preemptions(T0 + 2, policy) == 0
+    x = claim1(store, T0 + 2, "w2")  # ... which the interactive task takes
+    assert x is not None and x.id == "i"
+    assert store.release(x, T0 + 3)  # and gives back: i waits, no slot is free
+    store.register_worker("w2", T0 + 3, {"slots": 1})  # w2 now offers one slot (e's)
+    assert store.plan_preemptions(T0 + 3, policy) == 1
+    assert store.preempt_requests("w1") == {}
+    assert store.preempt_requests("w2") == {e.handle: (e.token, "i")}
+    assert store.plan_preemptions(T0 + 3, policy) == 0, "the pending request counts"
+    assert store.preempt([e], T0 + 4, "i") == [True]
+    assert store.preempt_requests("w2") == {}
+    got = claim1(store, T0 + 4, "w2")
+    assert got is not None and got.id == "i", "the freed slot goes to the higher band"
+    assert [ev["by"] for ev in store.history("e") if ev["event"] == "task_preempted"] == ["i"]
+
+
+def test_store_plan_preemptions_keeps_anti_thrash_and_aging(store_url: str, store: Store) -> None:
+    """A task preempted less than ``min_interval_s`` ago is not asked again; one preempted
+    ``max_preemptions`` times keeps its slot to the end (aging: best-effort work is never
+    starved forever)."""
+    durable(store_url, "one engine decides for itself (ready_heads)")
+    from conveyor.core.preempt import PreemptPolicy
+
+    store.open_graph(graph("g", {"id": "e", "band": "best_effort"},
+                           {"id": "i", "band": "interactive", "deps": ["gate"]},
+                           {"id": "gate"}), T0)  # fmt: skip
+    store.register_worker("w1", T0, {"slots": 1})
+    policy = PreemptPolicy(min_interval_s=60.0, max_preemptions=2)
+    gate = claim1(store, T0, "w1")
+    assert gate is not None and gate.id == "gate" and store.complete(gate, None, T0)
+    hold = claim1(store, T0, "w1")  # i, held aside so that e can be claimed and preempted
+    assert hold is not None and hold.id == "i"
+    now = T0
+    for times in range(2):
+        e = claim1(store, now, "w1")
+        assert e is not None and e.id == "e"
+        assert store.release(hold, now)  # i waits; e holds the only slot
+        assert store.plan_preemptions(now + 1, policy) == 1, f"preemption {times + 1}"
+        assert store.plan_preemptions(now + 1, policy) == 0, "one request at a time"
+        assert store.preempt([e], now + 2, "i") == [True]
+        hold = claim1(store, now + 2, "w1")
+        assert hold is not None and hold.id == "i"
+        e = claim1(store, now + 3, "w1")
+        assert e is not None and e.id == "e"
+        assert store.release(hold, now + 3)
+        thrash = store.plan_preemptions(now + 10, policy)
+        assert thrash == 0, "not again within min_interval_s"
+        assert store.release(e, now + 10)
+        hold = claim1(store, now + 10, "w1")
+        assert hold is not None and hold.id == "i"
+        now += 100
+    e = claim1(store, now, "w1")
+    assert e is not None and e.id == "e"
+    assert store.release(hold, now)
+    assert store.plan_preemptions(now + 1, policy) == 0, "aging: preempted twice, kept now"
+
+
+def test_store_borrowing_names_groups_beyond_their_fair_share(store: Store) -> None:
+    """What preemption takes back first: slots a group runs beyond its weighted fair share."""
+    g = graph_from_dict({
+        "name": "g", "groups": {"a": {"weight": 1}, "b": {"weight": 3}},
+        "tasks": [{"id": f"{grp}{k}", "cmd": "true", "group": grp}
+                  for grp in "ab" for k in range(4)],
+    }, check_functions=False)  # fmt: skip
+    store.open_graph(g, T0)
+    if store.borrowing({"a": 3, "b": 1}, 4) == frozenset() and type(store).borrowing is (
+        Store.borrowing
+    ):
+        pytest.skip("this store keeps no groups")
+    assert store.borrowing({"a": 3, "b": 1}, 4) == {"a"}  # a's share is 1 of 4
+    assert store.borrowing({"a": 1, "b": 3}, 4) == frozenset()
+    assert store.borrowing({"a": 2}, 8) == frozenset(), "within its share (2 of 8)"

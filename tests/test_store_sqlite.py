@@ -77,6 +77,9 @@ def test_sqlite_store_of_schema_3_numbers_new_tasks_after_its_old_ones(tmp_path:
     conn = sqlite3.connect(tmp_path / "run.db")  # as the previous conveyor left it
     conn.execute("DELETE FROM meta WHERE key = 'last_seq'")
     conn.execute("UPDATE schema_version SET version = 3")
+    conn.execute("DROP TABLE preempt_requests")  # what migration 5 adds
+    conn.execute("ALTER TABLE tasks DROP COLUMN preempted")
+    conn.execute("ALTER TABLE tasks DROP COLUMN preempted_at")
     conn.commit()
     conn.close()
     store = SqliteStore(tmp_path / "run.db")  # migrates

@@ -234,7 +234,9 @@ def open_run(
       ``bounded:N``, ``bounded:P%``, ``work_conserving``; docs/fairness.md), for the graph
       submitted here (it overrides the graph's own ``borrow``);
     - the engine's: ``workers`` (default 4), ``fail_fast``, ``executor``, ``retry``,
-      ``seed``, ``idle_exit``, ``on_result``, ``on_tick`` (called with the engine), ...
+      ``seed``, ``idle_exit``, ``on_result``, ``on_tick`` (called with the engine), ``preempt``
+      (default ``True``: take running tasks of a lower band back for waiting tasks of a higher
+      one; ``False``, or a ``core.preempt.PreemptPolicy``; docs/fairness.md), ...
     - ``executor="ray"`` runs every task (functions and commands) as a Ray task on the cluster
       at ``ray_address`` (``"auto"``, ``"host:port"``; default: the one ``ray start`` left on
       this machine, else a new local Ray; a driver's own ``ray.init`` is kept). Unless given,

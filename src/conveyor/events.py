@@ -17,7 +17,7 @@ EVENT_NAMES = frozenset(
     {
         "task_submitted", "task_ready", "task_started", "task_finished", "task_failed",
         "task_retrying", "task_skipped", "task_cancelled", "task_invalidated", "task_removed",
-        "task_released", "lease_expired",
+        "task_released", "task_preempted", "lease_expired",
         "worker_joined", "worker_lost", "admission_blocked", "group_capped", "gang_reserved",
         "gang_started", "endpoint_limit_changed",
         "build_started", "row_group_started", "row_group_written", "row_dropped", "build_finished",

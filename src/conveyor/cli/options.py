@@ -60,6 +60,14 @@ RayAddress = Annotated[
     ),
 ]
 
+NoPreempt = Annotated[
+    bool,
+    typer.Option(
+        "--no-preempt",
+        help="Never take a running task back for a waiting task of a higher band (preemption "
+        "is on by default; it only acts when the graph uses more than one band).",
+    ),
+]
 Borrow = Annotated[
     str | None,
     typer.Option(

@@ -54,6 +54,7 @@ def run(
         ),
     ] = None,
     borrow: opt.Borrow = None,
+    no_preempt: opt.NoPreempt = False,
 ) -> None:
     """Run a graph file to the end, with a progress bar."""
     from conveyor.api import open_run
@@ -80,7 +81,8 @@ def run(
             resources=opt.parse_pairs(resources, "resources", number=True),
             labels=opt.parse_pairs(labels, "labels", number=False),
             fail_fast=fail_fast, executor=executor, seed=seed, on_tick=tick, telemetry=telemetry,
-            borrow=borrow, ray_address=address, **opt.in_flight(workers),
+            borrow=borrow, ray_address=address, preempt=not no_preempt,
+            **opt.in_flight(workers),
         ) as opened:  # fmt: skip
             freeze_survivors()  # this process ends with the run: the loaded graph stays
             progress = make_progress(sum(opened.counts.values()), quiet=quiet)

@@ -76,6 +76,7 @@ def worker(
     executor: opt.Executor = None,
     otel: opt.Otel = False,
     address: opt.RayAddress = None,
+    no_preempt: opt.NoPreempt = False,
 ) -> None:
     """Run tasks of the graph in --db until it is finished (exit 0; 1 if tasks failed).
     SIGUSR2 or SIGTERM hand the running tasks back to the store at once; then exit 0."""
@@ -104,7 +105,8 @@ def worker(
         with open_run(
             None, db=durable(db), events=events, lease_s=lease, labels=offered, resources=has,
             max_tasks=max_tasks, idle_exit=idle_exit, executor=executor, until=end,
-            telemetry=telemetry, ray_address=address, **opt.in_flight(workers),
+            telemetry=telemetry, ray_address=address, preempt=not no_preempt,
+            **opt.in_flight(workers),
         ) as joined:  # fmt: skip
             signals.attach(joined.engine)
             try:
@@ -124,6 +126,8 @@ def worker(
         back = (
             f", {st.released} handed back ({signals.reason or 'time limit'})" if st.released else ""
         )
+        if st.preempted:
+            back += f", {st.preempted} preempted"
         typer.echo(
             f"conveyor: worker {joined.worker_id}: {st.done} done, {st.failed} failed, "
             f"{st.retried} retried{back} in {joined.elapsed:.2f}s; graph: "

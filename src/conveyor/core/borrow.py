@@ -123,6 +123,20 @@ def borrow_check(
     return BorrowCheck(group, running, share, bound, total, str(policy))
 
 
+def borrowing(
+    running: Mapping[str, int], weights: Mapping[str, float], active: Iterable[str], total: int
+) -> frozenset[str]:
+    """The groups running more tasks than their fair share of ``total`` slots (their slots
+    beyond it are borrowed: preemption takes them back first, ``core/preempt.py``). A group
+    alone with work borrows nothing. O(groups)."""
+    names = set(active) | {g for g, n in running.items() if n > 0}
+    if len(names) < 2 or total <= 0:
+        return frozenset()
+    return frozenset(
+        g for g, n in running.items() if n > fair_share(g, weights, names, total) + 1e-9
+    )
+
+
 def policy_of(
     group: str, policies: Mapping[str, BorrowPolicy], default: BorrowPolicy = DEFAULT_POLICY
 ) -> BorrowPolicy:

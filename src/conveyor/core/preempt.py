@@ -1,5 +1,6 @@
 """Preemption: which running tasks to take back so that ready tasks of a higher band start.
-Pure: the state and ``now`` in, decisions out (not yet wired into the engine or the workers).
+Pure: the state and ``now`` in, decisions out. The in-process engine acts on them
+(``runtime/preemption.py``); docs/fairness.md states the rules for users.
 
 When a ready task of a higher band fits a worker by labels and resources (``fits``) and no such
 worker has a free slot, one running task on a fitting worker is chosen to make room:
@@ -21,8 +22,12 @@ tasks are); the plan says where the other waiting tasks go and which still wait.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+from conveyor.core.ordering import band_from
+from conveyor.model import TaskState
 
 #: A task is not preempted again within this many seconds of its last preemption.
 MIN_INTERVAL_S = 60.0
@@ -151,3 +156,32 @@ def _victim(
         if best is None or victim_order(t) > victim_order(best):
             best = t
     return best
+
+
+def best_ready(
+    heaps: Sequence[Sequence[tuple[int, ...]]], state: Sequence[int], below_band: int, limit: int
+) -> list[tuple[int, int]]:
+    """Up to ``limit`` ready single tasks of a band higher than ``below_band`` from key heaps
+    (entries ``(rank, root_seq, index[, gang])``, maybe stale), best key first, as
+    ``(index, band)``. Walks each heap's tree best first, so it costs O(k log k) for the k
+    entries it looks at, not O(heap): a heap whose head is of ``below_band`` or lower costs
+    one look. Gang entries are passed over (a waiting gang does not preempt)."""
+    ready = TaskState.READY.value
+    todo: list[tuple[tuple[int, ...], int, int]] = [(h[0], n, 0) for n, h in enumerate(heaps) if h]
+    heapq.heapify(todo)
+    out: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    while todo and len(out) < limit:
+        entry, n, pos = heapq.heappop(todo)
+        band = band_from(entry[0])
+        if band >= below_band:
+            break  # every entry left (in every heap) has a key at least this one's
+        i = entry[2]
+        if len(entry) == 3 and state[i] == ready and i not in seen:
+            seen.add(i)
+            out.append((i, band))
+        heap = heaps[n]
+        for kid in (2 * pos + 1, 2 * pos + 2):
+            if kid < len(heap):
+                heapq.heappush(todo, (heap[kid], n, kid))
+    return out

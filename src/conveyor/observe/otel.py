@@ -3,10 +3,11 @@
 ``RunTelemetry`` is an event sink (``conveyor.events``): it sees the same committed transitions
 as ``--events`` files, for in-process runs and durable workers alike, and turns each attempt --
 ``task_started`` up to the event that ends it (``task_finished``, ``task_retrying``,
-``task_failed``, ``task_released``, ``lease_expired``, ``task_cancelled``) -- into one span
-whose start and end are those events' timestamps (the store's record of the transition, not
-when the sink heard of it). Spans are children of one span for the whole run (``conveyor run``
-or ``conveyor worker``), itself a child of whatever span is current where the run was opened.
+``task_failed``, ``task_released``, ``task_preempted``, ``lease_expired``, ``task_cancelled``)
+-- into one span whose start and end are those events' timestamps (the store's record of the
+transition, not when the sink heard of it). Spans are children of one span for the whole run
+(``conveyor run`` or ``conveyor worker``), itself a child of whatever span is current where the
+run was opened.
 
 The engine hands it each claim (``on_claim``: the task's group and function, which events do
 not carry) and calls it every tick on its own thread (``on_tick``: the store's counts by state
@@ -61,7 +62,8 @@ __all__ = [
 #: The events that end an attempt, and the ``conveyor.outcome`` each gives its span.
 ATTEMPT_ENDS = {
     "task_finished": "done", "task_retrying": "retrying", "task_failed": "failed",
-    "task_released": "released", "lease_expired": "lease_expired", "task_cancelled": "cancelled",
+    "task_released": "released", "task_preempted": "preempted", "lease_expired": "lease_expired",
+    "task_cancelled": "cancelled",
 }  # fmt: skip
 #: Outcomes that end a task for good: what ``conveyor.tasks.finished`` counts.
 _FINAL = {"task_finished": "done", "task_failed": "failed"}

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from conveyor.graph import Graph
     from conveyor.limiter import Acquire, EndpointLimiter, Slot
 
+#: Set in ``Claim.extra`` (to the waiting task's id) when a running thread task is asked to
+#: give its slot up; ``TaskContext.preempted`` reads it.
+PREEMPT_REQUEST = "preempt_for"
+
 _current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
     "conveyor_current", default=None
 )
@@ -69,6 +73,14 @@ class TaskContext:
     endpoint: str | None = None  # the rate-limited service this task declared it calls
     _limiter: Callable[[], EndpointLimiter] | None = field(default=None, repr=False)
     _counter: int = 0
+
+    @property
+    def preempted(self) -> bool:
+        """Whether a task of a higher band asked for this task's slot (docs/fairness.md). A
+        thread task cannot be stopped from outside: it should look at this now and then and
+        return or raise; its slot frees when it does. Raising then is not a failure: the task
+        goes back to ready with its original key and runs again later (``task_preempted``)."""
+        return PREEMPT_REQUEST in self.claim.extra
 
     @property
     def limiter(self) -> EndpointLimiter:

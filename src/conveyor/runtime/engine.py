@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.core.admission import Offer
 from conveyor.core.explain import Reason
+from conveyor.core.preempt import PreemptPolicy
 from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
 from conveyor.core.timelimit import would_finish
 from conveyor.errors import ConveyorError
@@ -51,6 +52,7 @@ from conveyor.runtime.messages import (
     SubmitChildren,
     Wake,
 )
+from conveyor.runtime.preemption import Preemption
 from conveyor.runtime.runtimes import Runtimes
 from conveyor.store.base import Claim, Store
 from conveyor.workerid import default_worker_id, slurm_info
@@ -106,6 +108,7 @@ class Engine:
         endpoint_headroom: float = 0.5,
         until: float | None = None,
         ray: RayExecutor | None = None,
+        preempt: bool | PreemptPolicy = True,
     ) -> None:
         if workers < 1:
             raise ConveyorError("workers must be >= 1")
@@ -148,6 +151,12 @@ class Engine:
         self._runtimes = Runtimes(store, self.worker_id) if store.shared else None
         self._inflight.runtimes = self._runtimes
         self._out_of_time = False  # a task would not finish before ``until``: claim no more
+        #: Takes running tasks back for waiting tasks of a higher band (``preempt=False``: off;
+        #: it only ever acts when the run has more than one band).
+        self._preemption = None
+        if preempt is not False:
+            policy = preempt if isinstance(preempt, PreemptPolicy) else PreemptPolicy()
+            self._preemption = Preemption(store, self._inflight, self.worker_id, policy, workers)
         self.stats: RunStats = self._inflight.stats
         self._running = self._inflight.running
         self._lock = threading.Lock()  # guards the store and the bookkeeping below
@@ -247,6 +256,8 @@ class Engine:
                             self._release_running(now, out)
                         claimed = stats.started
                         self._fill(now, out)
+                        if self._preemption is not None and self._preempt(now):
+                            self._fill(now, out)  # the freed slots, to the waiting tasks
                         if stats.started != claimed:
                             idle.busy()
                         if self._inflight.parked and not (self._running or self._pending_starts):
@@ -254,7 +265,7 @@ class Engine:
                             self._fill(now, out)
                         if now >= next_tick:
                             next_tick = now + self.tick_s
-                            self._tick(now)
+                            self._tick(now, out)
                         if store.shared and self._endpoints.exchange_due(now, self.lease_s):
                             self._endpoints.exchange(self.worker_id, now)
                             if self._runtimes is not None:
@@ -343,8 +354,16 @@ class Engine:
             if self._yield:
                 yield res
 
-    def _tick(self, now: float) -> None:
+    def _tick(self, now: float, out: list[TaskResult]) -> None:
         self._endpoints.follow(now)
+        preemption = self._preemption
+        if (
+            preemption is not None
+            and self.store.shared
+            and not self._inflight.stopping
+            and preemption.tick_shared(now)
+        ):
+            self._fill(now, out)  # the freed slots, to the waiting higher-band tasks
         if self.on_tick is not None:
             self.on_tick(self)
         if self._children.watchers and self.store.shared:
@@ -572,6 +591,18 @@ class Engine:
                 self._hand_back = self._hand_back or reason
             case Wake():
                 pass
+
+    def _preempt(self, now: float) -> int:
+        """With no slot free, take running tasks of a lower band back for waiting tasks of a
+        higher one (``runtime/preemption.py``); how many slots that freed now."""
+        assert self._preemption is not None
+        inflight = self._inflight
+        if inflight.stopping or self._out_of_time or self._pending_starts:
+            return 0
+        free = self.slots + self._children.lent - len(self._running)
+        if free > 0 or not self._running or self.store.shared:
+            return 0  # (shared stores: one decision for all workers, on the tick)
+        return self._preemption.check(now, free)
 
     def _fits_time(self, claim: Claim, now: float) -> bool:
         """Whether ``claim`` can finish before ``until`` by what it declares or its kind's

@@ -17,6 +17,7 @@ from conveyor.core.retry import RetryPolicy
 from conveyor.model import TaskResult, TaskSpec, TaskState
 from conveyor.runtime.capacity import Capacity
 from conveyor.runtime.children import Children
+from conveyor.runtime.context import PREEMPT_REQUEST
 from conveyor.runtime.deadlines import Deadlines
 from conveyor.runtime.executors import Executors, Kind, Running
 from conveyor.runtime.runtimes import Runtimes
@@ -33,6 +34,7 @@ class RunStats:
     retried: int = 0
     refused: int = 0  # completions the store refused (lease taken over)
     released: int = 0  # running tasks handed back to the store (``hand_back``)
+    preempted: int = 0  # running tasks taken back for a higher band (``preempt``)
     interrupted: bool = False
 
 
@@ -90,7 +92,40 @@ class InFlight:
         if not ok and value == "cancelled" and self.stopping:
             self.release(run, now)
             return None
+        if not ok and PREEMPT_REQUEST in run.claim.extra:
+            self._give_up(run, now)  # a thread task asked to give its slot up did so
+            return None
         return self.finish(run, ok, value, now)
+
+    def preempt(self, runs: list[Running], waiting: str, now: float) -> int:
+        """Take ``runs`` back for the higher-band task ``waiting``: coroutines are cancelled,
+        commands killed, process-pool tasks cancelled (one already running in the pool is
+        abandoned: its late result is dropped) and each goes back to the store at once
+        (``Store.preempt``: ready again, not a failure). A thread cannot be stopped: it is
+        asked (``conveyor.current().preempted``) and keeps its slot until it returns or
+        raises; raising then gives it back the same way. Returns how many went back now."""
+        now_back = []
+        for run in runs:
+            run.claim.extra[PREEMPT_REQUEST] = waiting
+            if run.kind == "thread":
+                continue
+            self._executors.cancel(run)
+            if run.kind == "process" and run.future is not None and run.future.running():
+                self.stuck = True
+            del self.running[run.claim.handle]
+            self._capacity.give_back(run.claim.spec)
+            now_back.append(run)
+        if not now_back:
+            return 0
+        taken = sum(self.store.preempt([r.claim for r in now_back], now, waiting))
+        self.stats.preempted += taken
+        return taken
+
+    def _give_up(self, run: Running, now: float) -> None:
+        del self.running[run.claim.handle]
+        self._capacity.give_back(run.claim.spec)
+        waiting = str(run.claim.extra[PREEMPT_REQUEST])
+        self.stats.preempted += sum(self.store.preempt([run.claim], now, waiting))
 
     def park(self, reports: list[tuple[Running, bool, Any]], now: float) -> list[TaskResult]:
         """Take executors' reports: successes are parked (their slots are free at once; the

@@ -22,6 +22,8 @@ from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.core.admission import Offer
 from conveyor.core.explain import Reason
 from conveyor.core.fingerprint import Decision, Parts
+from conveyor.core.ordering import DEFAULT_BAND
+from conveyor.core.preempt import PreemptPolicy
 from conveyor.errors import StoreError
 from conveyor.events import EventSink
 from conveyor.model import EMPTY, GraphSpec, TaskResult, TaskSpec
@@ -38,8 +40,11 @@ class Claim:
     depth: int = 0
     parents: tuple[str, ...] = ()
     #: The store's notes on the claim; ``"finished"``: when the task ended, if it is recorded
-    #: later (group commit), so the store can tell how long tasks run.
+    #: later (group commit), so the store can tell how long tasks run; ``"preempted"``:
+    #: ``(times, last_at)`` when the task was preempted before (anti-thrash and aging).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The task's priority band (``core/ordering.py``; a lower number runs first).
+    band: int = DEFAULT_BAND
 
     @property
     def id(self) -> str:
@@ -220,6 +225,41 @@ class Store(abc.ABC):
         taken over. This default (a store with no audit trail) gives them back as ``release``
         does."""
         return [self.release(c, now) for c in claims]
+
+    def preempt(self, claims: Sequence[Claim], now: float, waiting: str) -> list[bool]:
+        """Take running tasks back so that the higher-band task ``waiting`` can start, one flag
+        per claim: as ``hand_back`` (ready again with their original key, the attempt given
+        back, not a failure; a later report under the claim is refused), recorded as
+        ``task_preempted`` (``by``: ``waiting``), and counted for anti-thrash and aging: the
+        task's next claims carry ``extra["preempted"] = (times, last_at)``. This default (a
+        store with no audit trail) gives them back as ``hand_back`` does."""
+        return self.hand_back(claims, now, "preempted")
+
+    def ready_heads(self, below_band: int, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` ready tasks of a band higher than ``below_band`` (a smaller number),
+        best key first, as ``(task id, band)``: what preemption may make room for. Cheap when
+        there is none (O(1) for the memory store's heap). Default: none."""
+        return []
+
+    def borrowing(self, running: Mapping[str, int], total: int) -> frozenset[str]:
+        """The groups that run beyond their fair share of ``total`` slots, given how many tasks
+        each group runs (``core/borrow.borrowing``, with the store's group weights and which
+        groups have work): preemption takes their slots back first. Default: none."""
+        return frozenset()
+
+    def plan_preemptions(self, now: float, policy: PreemptPolicy) -> int:
+        """Shared stores: decide, for every worker at once and in one transaction, which
+        running tasks to take back for ready tasks of a higher band that fit a worker with no
+        free slot (``core/preempt.choose_preemptions``; requests already pending count as
+        freed slots), and record a request per victim for its worker; how many. A store with
+        one engine (memory) has nothing to record: that engine decides itself. Default: 0."""
+        return 0
+
+    def preempt_requests(self, worker: str) -> dict[int, tuple[int, str]]:
+        """The preemption requests for ``worker``'s running tasks, ``handle -> (token, the
+        waiting task)``: the worker cancels them and gives them back with ``preempt``, which
+        ends each request. Default: none."""
+        return {}
 
     def release_buffered(self, now: float) -> int:
         """Give back tasks claimed ahead in a batch and not yet handed out; returns how many."""

@@ -7,7 +7,7 @@ clock: event times are the ``now`` each call is given.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -20,10 +20,11 @@ from conveyor.core.admission import (
     needs_admission,
     plan_admission,
 )
-from conveyor.core.borrow import DEFAULT_POLICY, BorrowPolicy
+from conveyor.core.borrow import DEFAULT_POLICY, BorrowPolicy, borrowing
 from conveyor.core.explain import Reason, explain
 from conveyor.core.frontier import DONE, FAILED, READY, RUNNING, Frontier
 from conveyor.core.ordering import band_number
+from conveyor.core.preempt import best_ready
 from conveyor.core.transitions import SKIPPABLE, upstream_failed
 from conveyor.errors import GraphError, GraphMismatchError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
@@ -52,6 +53,8 @@ class MemoryStore(Store):
         self._worker = ""  # the one engine's worker name, for the events after task_started
         self._profile = WorkerProfile()
         self._meta: dict[str, str] = {}
+        #: Tasks preempted so far: ``index -> (times, last_at)`` (``preempt``).
+        self._preempted: dict[int, tuple[int, float]] = {}
 
     def configure(self, profile: WorkerProfile) -> None:
         self._profile = profile
@@ -213,7 +216,10 @@ class MemoryStore(Store):
         spec = self.specs[i]
         if self.emit is not None:
             self._record(i, "task_started", now, worker=worker, attempt=attempt)
-        return Claim(spec, attempt, attempt, i, f.depth[i], spec.deps)
+        c = Claim(spec, attempt, attempt, i, f.depth[i], spec.deps)
+        if f.band is not None:
+            self._note_band(c, i)
+        return c
 
     def _claim_admitted(self, worker: str, now: float, offer: Offer) -> list[Claim]:
         """One admission decision: a task, a whole gang, or nothing."""
@@ -231,8 +237,19 @@ class MemoryStore(Store):
             spec = self.specs[i]
             if self.emit is not None:
                 self._record(i, "task_started", now, worker=worker, attempt=attempt)
-            out.append(Claim(spec, attempt, attempt, i, f.depth[i], spec.deps))
+            c = Claim(spec, attempt, attempt, i, f.depth[i], spec.deps)
+            if f.band is not None:
+                self._note_band(c, i)
+            out.append(c)
         return out
+
+    def _note_band(self, c: Claim, i: int) -> None:
+        """A claim's band, and its past preemptions (bands in use only: no cost otherwise)."""
+        assert self.frontier.band is not None
+        c.band = self.frontier.band[i]
+        seen = self._preempted.get(i)
+        if seen is not None:
+            c.extra["preempted"] = seen
 
     def _admission_events(self, picked: list[int], offer: Offer, now: float) -> None:
         """``gang_started``, ``group_capped``, ``gang_reserved`` and ``admission_blocked``,
@@ -314,16 +331,43 @@ class MemoryStore(Store):
         return True
 
     def hand_back(self, claims: Sequence[Claim], now: float, reason: str) -> list[bool]:
+        return self._give_back(claims, now, "task_released", reason=reason)
+
+    def preempt(self, claims: Sequence[Claim], now: float, waiting: str) -> list[bool]:
+        flags = self._give_back(claims, now, "task_preempted", reason="higher_band", by=waiting)
+        for c, ok in zip(claims, flags, strict=True):
+            if ok:
+                times, _ = self._preempted.get(c.handle, (0, now))
+                self._preempted[c.handle] = (times + 1, now)
+        return flags
+
+    def _give_back(
+        self, claims: Sequence[Claim], now: float, event: str, **fields: Any
+    ) -> list[bool]:
         out = []
         for c in claims:
             i = c.handle
             ok = self.frontier.state[i] == RUNNING and self.attempts[i] == c.token
             if ok:
                 self.release(c, now)
-                self._record(i, "task_released", now, worker=self._worker, attempt=c.attempt,
-                             reason=reason)  # fmt: skip
+                self._record(i, event, now, worker=self._worker, attempt=c.attempt, **fields)
             out.append(ok)
         return out
+
+    def borrowing(self, running: Mapping[str, int], total: int) -> frozenset[str]:
+        q = self.frontier.queue
+        if q is None:
+            return frozenset()  # one group only
+        weights = {name: g.weight for name, g in self.groups.items()}
+        active = [name for name, n in q.unfinished.items() if n > 0]
+        return borrowing(running, weights, active, total)
+
+    def ready_heads(self, below_band: int, limit: int) -> list[tuple[str, int]]:
+        f = self.frontier
+        if f.band is None or limit <= 0:
+            return []
+        heaps = [h for h in f.queue.heaps if h] if f.queue is not None else [f._heap]
+        return [(f.ids[i], band) for i, band in best_ready(heaps, f.state, below_band, limit)]
 
     def cancel_unfinished(self, now: float, reason: str = "interrupted") -> int:
         """Cancel every task not yet started (after ``--fail-fast`` or Ctrl-C), each with a

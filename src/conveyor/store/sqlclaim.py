@@ -318,6 +318,13 @@ class Claims:
         self._forget(claims)
         return self._release_many(list(claims), now, "task_released", reason)
 
+    def preempt(self, claims: Sequence[Claim], now: float, waiting: str) -> list[bool]:
+        """Running tasks back to ready for the higher-band task ``waiting``: as ``hand_back``,
+        with a ``task_preempted`` row; each task's preemptions are counted (anti-thrash and
+        aging) and its request (``preempt_requests``) is done."""
+        self._forget(claims)
+        return self._release_many(list(claims), now, "task_preempted", "higher_band", by=waiting)
+
     def release_buffered(self, now: float) -> int:
         """Give back tasks claimed in a batch but not handed out (on shutdown)."""
         claims = list(self._buffer)
@@ -334,8 +341,11 @@ class Claims:
             except ValueError:
                 pass
 
-    def _release_many(self, claims: list[Claim], now: float, event: str, reason: str) -> list[bool]:
+    def _release_many(
+        self, claims: list[Claim], now: float, event: str, reason: str, **fields: Any
+    ) -> list[bool]:
         worker = self.worker.name
+        preempted = event == "task_preempted"
 
         def op(tx: Tx) -> list[bool]:
             flags = []
@@ -344,7 +354,11 @@ class Claims:
                 if ok:
                     left_running(tx, c.extra.get("grp"))
                     tx.audit(now, event, c.id, RUNNING, READY, worker, c.attempt,
-                             reason=reason)  # fmt: skip
+                             reason=reason, **fields)  # fmt: skip
+                    if preempted:
+                        tx.run("preempt_count", seq=c.handle, now=now)
+                if preempted:
+                    tx.run("preempt_taken", seq=c.handle)
                 flags.append(ok)
             tx.notify = any(flags)
             return flags

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.core.ordering import PriorityKey
+from conveyor.core.ordering import PriorityKey, band_from
 from conveyor.core.transitions import skip_closure, upstream_failed
 from conveyor.model import TaskSpec, TaskState
 from conveyor.store.base import Claim, WorkerProfile
@@ -95,6 +95,7 @@ def start(
         else:
             spec = decode_spec(tid, specs[seq])
             claim = Claim(spec, attempt, token, seq, depth, spec.deps)
+            claim.band = band_from(neg_depth)
         out.append(claim)
     if done:
         listed = tx.as_list(done)

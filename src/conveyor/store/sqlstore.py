@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from conveyor.core.admission import Offer
 from conveyor.core.explain import Reason
 from conveyor.core.fingerprint import Decision
+from conveyor.core.preempt import PreemptPolicy
 from conveyor.errors import GraphError, StoreError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
 from conveyor.store import sqladmin, sqlfp, sqlviews
@@ -40,6 +41,7 @@ from conveyor.store.sqlclaim import Claims
 from conveyor.store.sqlexplain import Explainer
 from conveyor.store.sqlfeed import SqlEventFeed
 from conveyor.store.sqlleases import LOST_BUDGET, Leases
+from conveyor.store.sqlpreempt import Decisions, borrowing, preempt_requests
 from conveyor.store.sqlqueries import load_migrations
 from conveyor.store.sqlshapes import Shapes
 from conveyor.store.sqlsteps import MAX_BATCH, Worker
@@ -78,6 +80,7 @@ class SqlStore(Store):
         self.claims = Claims(self._atomic, self.worker, self.adm, self.codec,
                              rounds=io.claim_rounds)  # fmt: skip
         self.leases = Leases(self.worker, lost_budget)
+        self.preempts = Decisions()
         self.submissions = Submissions(io.url, self.adm)
         try:
             self.migrate()
@@ -184,6 +187,18 @@ class SqlStore(Store):
 
     def hand_back(self, claims: Sequence[Claim], now: float, reason: str) -> list[bool]:
         return self.claims.hand_back(claims, now, reason)
+
+    def preempt(self, claims: Sequence[Claim], now: float, waiting: str) -> list[bool]:
+        return self.claims.preempt(claims, now, waiting)
+
+    def borrowing(self, running: Mapping[str, int], total: int) -> frozenset[str]:
+        return borrowing(self.db, running, total)
+
+    def plan_preemptions(self, now: float, policy: PreemptPolicy) -> int:
+        return self.preempts.plan(self.db, self._atomic, now, policy)
+
+    def preempt_requests(self, worker: str) -> dict[int, tuple[int, str]]:
+        return preempt_requests(self.db, worker)
 
     def release_buffered(self, now: float) -> int:
         return self.claims.release_buffered(now)

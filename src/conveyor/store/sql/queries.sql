@@ -596,3 +596,52 @@ SELECT id, grp FROM tasks WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: view_groups_of@postgres
 SELECT id, grp FROM tasks WHERE id = ANY(:ids);
+
+-- Preemption (schema migration 5; sqlpreempt.py). The first two are the cheap look a worker
+-- takes on its tick (index seeks): only when the best ready task is of a higher band than the
+-- lowest band running does it take the decision, in one transaction.
+-- name: preempt_best_ready
+SELECT neg_depth FROM tasks WHERE state = {READY} ORDER BY {KEY} LIMIT 1;
+
+-- name: preempt_lowest_running
+SELECT max(neg_depth) FROM tasks WHERE state = {RUNNING};
+
+-- name: preempt_ready_heads
+SELECT t.seq, t.id, t.neg_depth, t.grp, t.labels, t.resources, s.gang
+FROM tasks t LEFT JOIN task_shapes s ON s.id = t.shape
+WHERE t.state = {READY} AND t.neg_depth < :below ORDER BY {KEY} LIMIT :n;
+
+-- name: preempt_running
+SELECT t.seq, t.id, t.neg_depth, t.worker, t.updated, t.grp, t.token, t.preempted,
+       t.preempted_at, s.gang
+FROM tasks t LEFT JOIN task_shapes s ON s.id = t.shape WHERE t.state = {RUNNING};
+
+-- name: preempt_stale
+DELETE FROM preempt_requests WHERE NOT EXISTS (
+    SELECT 1 FROM tasks t
+    WHERE t.seq = preempt_requests.seq AND t.state = {RUNNING} AND t.token = preempt_requests.token
+);
+
+-- name: preempt_pending
+SELECT seq, worker FROM preempt_requests;
+
+-- name: preempt_request
+INSERT INTO preempt_requests (seq, token, worker, waiting, at)
+VALUES (:seq, :token, :worker, :waiting, :now);
+
+-- name: preempt_requests_of
+SELECT seq, token, waiting FROM preempt_requests WHERE worker = :worker;
+
+-- name: preempt_taken
+DELETE FROM preempt_requests WHERE seq = :seq;
+
+-- name: preempt_count
+UPDATE tasks SET preempted = preempted + 1, preempted_at = :now WHERE seq = :seq;
+
+-- name: preempt_history
+SELECT preempted, preempted_at FROM tasks WHERE seq = :seq;
+
+-- Whether a group has work not running (ready, waiting on parents or a retry): its fair share
+-- counts for borrowing. Asked only inside a preemption decision, once per group.
+-- name: preempt_group_waiting
+SELECT 1 FROM tasks WHERE grp = :grp AND state IN ({READY}, {PENDING}, {RETRY_WAIT}) LIMIT 1;

@@ -149,3 +149,20 @@ CREATE INDEX tasks_shape_ready ON tasks (shape, {KEY})
 -- "last_seq" is the last seq handed out; every submission draws from it (draw_seqs), and a
 -- replacement, which empties the tasks, leaves it alone.
 INSERT INTO meta (key, value) SELECT 'last_seq', CAST(coalesce(max(seq), 0) AS TEXT) FROM tasks;
+
+-- migration: 5
+-- Preemption (issue 15, docs/fairness.md "Preemption"). Each task's preemptions so far and the
+-- last one's time (anti-thrash and aging), and the requests a worker's decision records for
+-- running tasks (on any worker): the victim's worker acts on its own at its next tick, cancels
+-- the task and hands it back (task_preempted). One row per victim; a row whose task no longer
+-- runs under the same lease generation is stale and removed by the next decision.
+ALTER TABLE tasks ADD COLUMN preempted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN preempted_at {REAL};
+CREATE TABLE preempt_requests (
+    seq     {SEQ},                      -- the victim (tasks.seq)
+    token   INTEGER NOT NULL,           -- its lease generation when asked
+    worker  TEXT NOT NULL,              -- the worker it runs on
+    waiting TEXT NOT NULL,              -- the higher-band task it makes room for
+    at      {REAL} NOT NULL
+);
+CREATE INDEX preempt_requests_worker ON preempt_requests (worker);
