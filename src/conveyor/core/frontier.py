@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from itertools import compress
 
 from conveyor.core.admission import AdmissionQueue, Offer
-from conveyor.core.dag import Layout, layout
+from conveyor.core.dag import Children, Layout, layout
 from conveyor.core.ordering import priority_key
 from conveyor.errors import GraphError
 from conveyor.model import TaskState
@@ -60,7 +60,7 @@ class Frontier:
         self.index: dict[str, int] = {}
         self.state = bytearray()
         self.waiting: list[int] = []  # unfinished parents
-        self.children: list[list[int] | None] = []
+        self.children = Children()
         self.depth: list[int] = []
         self.root_seq: list[int] = []
         self.roots_submitted = 0
@@ -132,9 +132,7 @@ class Frontier:
             self.ids.extend(ids)
             index.update(zip(ids, new, strict=True))
             self.depth.extend(lay.depth)
-            children.extend(
-                [None if ch is None else [first + c for c in ch] for ch in lay.children]
-            )
+            children.extend(lay.children, first)
             waiting = lay.waiting
             for k, ext in lay.external_parents.items():
                 i = first + k
@@ -145,11 +143,7 @@ class Frontier:
                     if s in _DEAD:
                         dead.append(i)
                     waiting[k] += 1
-                    ch = children[p]
-                    if ch is None:
-                        children[p] = [i]
-                    else:
-                        ch.append(i)
+                    children.add(p, i)
             self.waiting.extend(waiting)
         if self.queue is not None:
             self.shape.extend(shapes if shapes is not None else [0] * n)
