@@ -206,7 +206,7 @@ def _topological(ids: Sequence[str], parents: Sequence[Sequence[str]], base: int
     del out_degree
     flat = array(code, [0]) * edges
     # Backwards, each child goes just before its parent's current end: children stay in order.
-    for j, i in zip(reversed(src), reversed(dst)):
+    for j, i in zip(reversed(src), reversed(dst), strict=True):
         e = end[j] - 1
         end[j] = e
         flat[e] = i
