@@ -227,7 +227,8 @@ class Frontier:
             gang = self.gang_of.get(i)
             if gang is not None:
                 q.gang_size[gang] -= 1  # a retried sibling re-forms a gang of those left
-        kids = self.children[i]
+        ch = self.children  # ``ch[i]``, inlined: a call per completion costs ~3% of a no-op run
+        kids = ch[i] if ch.extra else ch.flat[ch.start[i] : ch.start[i + 1]]
         if not kids:
             return []
         ready = []
