@@ -174,9 +174,9 @@ def _topological(ids: Sequence[str], parents: Sequence[Sequence[str]], base: int
     """One pass when every parent comes before its child. Ids enter the index as they are
     passed, so a parent listed later (or a cycle, or an unknown id) is a ``KeyError``.
 
-    The edges are noted as two flat arrays (parent, child) while the pass runs and sorted by
-    parent afterwards (a counting sort): no per-task list or int object is made, so the peak
-    stays near what the layout keeps."""
+    The edges are noted as two lists (parent, child: the index's own int objects) while the
+    pass runs and sorted by parent afterwards (a counting sort into ``Children``): no list or
+    int object is made per task, so the peak stays near what the layout keeps."""
     n = len(ids)
     depth = [base] * n
     out_degree = [0] * n
@@ -185,6 +185,7 @@ def _topological(ids: Sequence[str], parents: Sequence[Sequence[str]], base: int
     src_append = src.append
     dst_append = dst.append
     local: dict[str, int] = {}
+    levels: dict[int, int] = {}
     for i, tid, ps in zip(range(n), ids, parents, strict=True):
         if ps:
             d = base
@@ -196,6 +197,8 @@ def _topological(ids: Sequence[str], parents: Sequence[Sequence[str]], base: int
                 out_degree[j] += 1
                 src_append(j)
                 dst_append(i)
+            if d > 256:  # past the small-int cache: one int object per level, not per task
+                d = levels.setdefault(d, d)
             depth[i] = d
         local[tid] = i
     if len(local) != n:
