@@ -401,13 +401,15 @@ def test_frontier_self_dependency_raises_cycle_error() -> None:
     assert info.value.cycle == ["b"]
 
 
-def test_ready_heap_entries_are_the_ordering_key() -> None:
-    """The hot loop writes the key inline: every entry it pushes equals ``priority_key``."""
+@pytest.mark.parametrize("bands", [None, [10, 30, None, 99, 20]])
+def test_ready_heap_entries_are_the_ordering_key(bands: list[int | None] | None) -> None:
+    """The hot loop writes the key inline: every entry it pushes equals ``priority_key`` (with
+    the task's band when bands are in use)."""
     from conveyor.core.ordering import priority_key
 
     f = Frontier()
     ids = ["a", "b", "c", "d", "e"]
-    f.add(ids, [(), ("a",), ("a",), ("b", "c"), ()])
+    f.add(ids, [(), ("a",), ("a",), ("b", "c"), ()], bands=bands)
     done = f.pop()  # "a" (the best key of the two roots): b and c become ready
     assert done is not None
     f.complete(done)
@@ -415,4 +417,4 @@ def test_ready_heap_entries_are_the_ordering_key() -> None:
     assert len(entries) >= 2
     for entry in entries:
         i = entry[2]
-        assert entry == priority_key(f.depth[i], f.root_seq[i], i)
+        assert entry == priority_key(f.depth[i], f.root_seq[i], i, f.band_of(i))

@@ -676,3 +676,140 @@ def test_store_plans_against_its_last_run_and_remembers_file_hashes(
     assert opened.resumed and opened.unfinished == 2
     assert run_in_order(store, T0 + 1) == ["a", "b"]
     assert [e["event"] for e in store.history("a")].count("task_invalidated") == 1
+
+
+# -- priority bands (core/ordering.py) ----------------------------------------------------------
+def test_store_bands_order_before_the_depth_first_key(store: Store) -> None:
+    store.open_graph(
+        graph("g", {"id": "b1"}, {"id": "b2", "deps": ["b1"]}, {"id": "e1", "band": "best_effort"},
+              {"id": "i1", "band": "interactive"}, {"id": "n15", "band": 15},
+              {"id": "i2", "deps": ["i1"], "band": "interactive"}),
+        T0,
+    )  # fmt: skip
+    # interactive (10) and its child first, then band 15, then batch depth-first, best-effort last
+    assert run_in_order(store) == ["i1", "i2", "n15", "b1", "b2", "e1"]
+
+
+def test_store_graph_band_and_children_inherit_their_submitters(store: Store) -> None:
+    spec = graph_from_dict(
+        {"name": "g", "band": "interactive",
+         "tasks": [{"id": "p", "cmd": "true"}, {"id": "q", "cmd": "true", "band": "batch"}]},
+        check_functions=False,
+    )  # fmt: skip
+    store.open_graph(spec, T0)
+    p = claim1(store)
+    assert p is not None and p.id == "p"
+    kids = [TaskSpec("k_inherit", cmd="true"), TaskSpec("k_low", cmd="true", band="best_effort")]
+    store.submit_children(p, kids, T0)
+    why = store.explain("q", T0)  # the inherited child is interactive: q waits behind its band
+    assert why.code == "behind_higher_band" and why.details["first"] == "k_inherit", why
+    assert run_in_order(store) == ["k_inherit", "q", "k_low"]
+
+
+@pytest.mark.parametrize("groups", [False, True])
+def test_store_why_behind_higher_band_with_the_bands(store: Store, groups: bool) -> None:
+    extra = {"group": "a"} if groups else {}
+    store.open_graph(
+        graph("g", {"id": "low", **extra}, {"id": "top", "band": "interactive", "group": "b"}
+              if groups else {"id": "top", "band": "interactive"}),
+        T0,
+    )  # fmt: skip
+    why = store.explain("low", T0)
+    assert why.code == "behind_higher_band", why
+    assert why.details["band"] == 20 and why.details["higher_band"] == 10
+    assert why.details["ahead"] == 1 and why.details["first"] == "top"
+    assert "interactive (10)" in why.message
+    assert store.explain("top", T0).code != "behind_higher_band"
+
+
+def test_store_band_beats_fair_share(store: Store) -> None:
+    """Group a runs one task and b none: fair share alone would pick b's next; a's interactive
+    task goes first because bands order before groups."""
+    store.open_graph(
+        graph("g", {"id": "a1", "group": "a"}, {"id": "a2", "group": "a"},
+              {"id": "a3", "group": "a", "band": "interactive", "deps": ["a1"]},
+              {"id": "b1", "group": "b", "deps": ["a1"]}),
+        T0,
+    )  # fmt: skip
+    c1, c2 = claim1(store), claim1(store)
+    assert c1 is not None and c2 is not None and {c1.id, c2.id} == {"a1", "a2"}
+    store.complete(c1 if c1.id == "a1" else c2, None, T0)
+    got = claim1(store)
+    assert got is not None and got.id == "a3"
+
+
+# -- reads for people (the dashboard) --------------------------------------------------------------
+def test_store_task_info_has_state_parents_children_and_spec(store: Store) -> None:
+    store.open_graph(
+        graph("g", {"id": "a", "group": "alice", "env": {"TOKEN": "s3cret"}},
+              {"id": "b"}, {"id": "c", "deps": ["a", "b"], "retries": 2}),
+        T0,
+    )  # fmt: skip
+    c = claim1(store)
+    assert c is not None and c.id == "a"
+    assert store.fail(c, "boom", T0, None)
+    a = store.task_info("a")
+    assert (a["state"], a["group"], a["attempt"], a["error"]) == ("failed", "alice", 1, "boom")
+    assert a["children"] == ["c"] and a["parents"] == []
+    assert a["spec"]["env"] == {"TOKEN": "s3cret"}  # the store shows all; the viewer hides
+    info = store.task_info("c")
+    assert info["parents"] == ["a", "b"] and info["spec"]["retries"] == 2
+    assert info["state"] == "skipped" and info["group"] == "default"
+    with pytest.raises(GraphError):
+        store.task_info("nope")
+
+
+def test_store_task_ids_and_groups(store: Store) -> None:
+    store.open_graph(
+        graph("g", {"id": "a", "group": "x"}, {"id": "b", "group": "y"},
+              {"id": "c", "deps": ["a"]}),
+        T0,
+    )  # fmt: skip
+    assert store.task_ids(["ready"], 10) == ["a", "b"]
+    assert store.task_ids(["ready", "pending"], 2) == ["a", "b"]
+    assert store.task_ids(["pending"], 10) == ["c"]
+    assert store.task_ids(["done"], 10) == []
+    assert store.task_groups(["a", "b", "c", "zz"]) == {"a": "x", "b": "y", "c": "default"}
+    with pytest.raises(ValueError):
+        store.task_ids(["sleeping"], 1)
+
+
+def test_store_worker_rows_say_alive_left_lost(store: Store, store_url: str) -> None:
+    durable(store_url, "it registers no workers")
+    store.open_graph(graph("g", {"id": "a"}), T0)
+    store.configure(WorkerProfile(labels={"gpu": "a100"}, resources={"gpu": 2.0}))
+    store.register_worker("h:1", T0, {"slots": 2, "slurm_job": "77"})
+    store.register_worker("h:2", T0, {"slots": 1})
+    store.register_worker("h:3", T0, {"slots": 1})
+    store.heartbeat("h:1", T0, LEASE)
+    c = claim1(store, worker="h:1")
+    assert c is not None
+    store.unregister_worker("h:2", T0 + 1)
+    store.heartbeat("h:1", T0 + 100, LEASE)  # h:3 registered with the default lease (30 s)
+    rows = {w["worker"]: w for w in store.worker_rows(T0 + 105)}
+    assert [rows[n]["state"] for n in ("h:1", "h:2", "h:3")] == ["alive", "left", "lost"]
+    assert rows["h:1"]["tasks"] == ["a"] and rows["h:3"]["tasks"] == []
+    info = rows["h:1"]["info"]
+    assert (info["slots"], info["slurm_job"], info["labels"]) == (2, "77", {"gpu": "a100"})
+    assert info["resources"] == {"gpu": 2.0}
+
+
+def test_store_readonly_handle_reads_and_never_writes(
+    store: Store, store_url: str, tmp_path: Any
+) -> None:
+    durable(store_url, "there is nothing to open twice")
+    from conveyor.errors import StoreError
+    from conveyor.store.urls import open_store
+
+    store.open_graph(graph("g", {"id": "a"}, {"id": "b", "deps": ["a"]}), T0)
+    viewer = open_store(store.url if "***" not in store.url else store_url, readonly=True)
+    try:
+        assert viewer.counts()["ready"] == 1 and viewer.task_info("b")["parents"] == ["a"]
+        c = claim1(store)
+        assert c is not None and store.complete(c, 1, T0)
+        assert viewer.counts()["done"] == 1  # it sees the writers' commits
+        with pytest.raises(StoreError):
+            viewer.meta_set("x", "y")
+        assert store.meta_get("x") is None
+    finally:
+        viewer.close()

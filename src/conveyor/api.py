@@ -211,6 +211,8 @@ def open_run(
     max_tasks: int | None = None,
     worker_id: str | None = None,
     telemetry: bool | Telemetry = False,
+    borrow: str | None = None,
+    ray_address: str | None = None,
     **engine_options: Any,
 ) -> Run:
     """Open a run of ``graph``: open the store, submit (or resume) the graph, make the engine.
@@ -228,8 +230,16 @@ def open_run(
     - ``telemetry``: ``True`` reports a span per task attempt and the run's metrics through
       OpenTelemetry's global providers, or pass a ``conveyor.observe.otel.Telemetry`` naming
       others (``conveyor[otel]``; docs/telemetry.md);
+    - ``borrow``: how far a group may run beyond its fair share (``strict``, ``bounded``,
+      ``bounded:N``, ``bounded:P%``, ``work_conserving``; docs/fairness.md), for the graph
+      submitted here (it overrides the graph's own ``borrow``);
     - the engine's: ``workers`` (default 4), ``fail_fast``, ``executor``, ``retry``,
       ``seed``, ``idle_exit``, ``on_result``, ``on_tick`` (called with the engine), ...
+    - ``executor="ray"`` runs every task (functions and commands) as a Ray task on the cluster
+      at ``ray_address`` (``"auto"``, ``"host:port"``; default: the one ``ray start`` left on
+      this machine, else a new local Ray; a driver's own ``ray.init`` is kept). Unless given,
+      ``workers`` is the cluster's CPUs x 16 and ``resources``/``labels`` are the cluster's
+      (docs/ray.md).
 
     Bad input raises before anything runs (``GraphError``; ``UsageError`` when ``graph`` is
     ``None`` and the store holds no graph); a task no worker of this in-process run could ever
@@ -242,15 +252,32 @@ def open_run(
     from conveyor.workerid import default_worker_id
 
     spec = None if graph is None else as_graph(graph)
+    if borrow is not None:
+        from conveyor.graph import check_borrow
+
+        check_borrow(borrow)
+        if spec is not None:
+            spec.borrow = borrow
     if engine_options.get("executor") == "process" or (
         spec is not None and any(t.executor == "process" for t in spec.tasks)
     ):
         check_main_guard()  # before anything runs: a spawned worker would run this call again
+    if ray_address is not None and engine_options.get("executor") != "ray":
+        raise UsageError("a Ray address needs executor='ray' (--address needs --executor ray)")
     closers = [JsonlSink(events)] if events is not None else []
     emit = combine([emit, *closers])
     owns_store = store is None
     observer: RunTelemetry | None = None
+    ray = None
     try:
+        if engine_options.get("executor") == "ray":
+            from conveyor.runtime.rayexec import connect
+
+            ray = engine_options["ray"] = connect(ray_address)
+            offered_resources, offered_labels = ray.offer()
+            resources = resources or offered_resources  # not given: what the cluster has
+            labels = labels or offered_labels
+            engine_options.setdefault("workers", ray.default_slots())
         if store is None:
             store = open_store(db, emit=emit, clock=engine_options.get("clock", SYSTEM_CLOCK))
         elif emit is not None:
@@ -287,6 +314,8 @@ def open_run(
     except BaseException:
         if observer is not None:
             observer.close()
+        if ray is not None:
+            ray.shutdown()
         if owns_store and store is not None:
             store.close()
         for closer in closers:

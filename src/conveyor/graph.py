@@ -62,8 +62,21 @@ class Graph:
     30
     """
 
-    def __init__(self, name: str = "graph", *, groups: dict[str, dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        name: str = "graph",
+        *,
+        groups: dict[str, dict[str, Any]] | None = None,
+        band: str | int | None = None,
+        borrow: str | None = None,
+    ):
         self.name = name
+        #: The band of each task added without one (``None``: batch).
+        self.band = band
+        #: How far a group may borrow beyond its fair share (``None``: ``bounded``).
+        self.borrow = borrow
+        if borrow is not None:
+            check_borrow(borrow)
         self.tasks: list[TaskSpec] = []
         self._ids: set[str] = set()
         self._names: dict[str, int] = {}
@@ -79,6 +92,8 @@ class Graph:
         ``retries``, ``timeout_s``, ``group``, ``cmd`` ... (the fields of ``TaskSpec``)."""
         if "id" not in options:
             options["id"] = self._fresh_id(fn, options.get("cmd"))
+        if self.band is not None and options.get("band") is None:
+            options["band"] = self.band
         spec = spec_from_call(fn, args, options)
         return self.add_spec(spec)
 
@@ -96,8 +111,12 @@ class Graph:
         self.tasks.append(spec)
         return TaskRef(spec.id)
 
-    def group(self, name: str, *, weight: float = 1.0, cap: int | None = None) -> None:
-        g = GroupSpec(name, weight, cap)
+    def group(
+        self, name: str, *, weight: float = 1.0, cap: int | None = None, borrow: str | None = None
+    ) -> None:
+        g = GroupSpec(name, weight, cap, borrow)
+        if borrow is not None:
+            check_borrow(borrow)
         g.validate()
         self.groups[name] = g
 
@@ -121,7 +140,7 @@ class Graph:
         return tid
 
     def spec(self) -> GraphSpec:
-        spec = GraphSpec(self.name, list(self.tasks), dict(self.groups))
+        spec = GraphSpec(self.name, list(self.tasks), dict(self.groups), borrow=self.borrow)
         validate_graph(spec)
         return spec
 
@@ -186,3 +205,13 @@ def as_graph(graph: Any) -> GraphSpec:
     if nx is not None and isinstance(graph, nx.DiGraph):
         return graph_from_networkx(graph)
     raise GraphError(f"cannot run a {type(graph).__name__}: give a Graph, a file or a DiGraph")
+
+
+def check_borrow(value: Any) -> None:
+    """A borrow policy (``core/borrow.py``) as the graph file takes it, else ``GraphError``."""
+    from conveyor.core.borrow import BorrowPolicy
+
+    try:
+        BorrowPolicy.parse(value)
+    except ValueError as exc:
+        raise GraphError(f"borrow: {exc}") from None

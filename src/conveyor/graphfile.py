@@ -133,7 +133,8 @@ def _from_data(data: Any, default_name: str, check_functions: bool, share_ids: b
 
     g = _decode(data)
     name = default_name if g.name is UNSET else g.name
-    groups = {n: GroupSpec(n, f.weight, f.cap) for n, f in (g.groups or {}).items()}
+    groups = {n: GroupSpec(n, f.weight, f.cap, f.borrow) for n, f in (g.groups or {}).items()}
+    _check_borrows(g.borrow, groups)
     meta = {
         k: to_builtins(v)
         for k in schema.GRAPH_KEYS - {"tasks"}
@@ -141,14 +142,42 @@ def _from_data(data: Any, default_name: str, check_functions: bool, share_ids: b
     }
     with paused_gc():
         if isinstance(g, schema.BareGraph) and g.tasks:
-            return _structure_only(name, g.tasks, groups, meta, share_ids)
-        try:
-            tasks = [_task(t, check_functions) for t in g.tasks]
-        except RecursionError:
-            raise GraphError("nested too deeply") from None
-        spec = GraphSpec(name, tasks, groups, meta)
-        _check_across(spec)
+            spec = _structure_only(name, g.tasks, groups, meta, share_ids)
+        else:
+            try:
+                tasks = [_task(t, check_functions) for t in g.tasks]
+            except RecursionError:
+                raise GraphError("nested too deeply") from None
+            spec = GraphSpec(name, tasks, groups, meta)
+            _check_across(spec)
+    if g.borrow is not UNSET:
+        spec.borrow = g.borrow
+    if g.band is not UNSET:
+        _default_band(spec.tasks, g.band)
+        spec.structure_only = False  # (its tasks carry a band: no longer bare)
     return spec
+
+
+def _check_borrows(run: Any, groups: dict[str, GroupSpec]) -> None:
+    """The graph's and the groups' borrow policies parse (``core/borrow.py``)."""
+    from msgspec import UNSET
+
+    from conveyor.core.borrow import BorrowPolicy
+
+    named = [("graph", run)] if run is not UNSET and run is not None else []
+    named += [(f"group {n!r}", g.borrow) for n, g in groups.items() if g.borrow is not None]
+    for where, text in named:
+        try:
+            BorrowPolicy.parse(text)
+        except ValueError as exc:
+            raise GraphError(f"{where}, field 'borrow': {exc}") from None
+
+
+def _default_band(tasks: list[TaskSpec], band: str | int) -> None:
+    """The graph's ``band`` is the band of each of its tasks that names none."""
+    for t in tasks:
+        if t.band is None:
+            t.band = band
 
 
 _get_id = operator.attrgetter("id")
@@ -225,6 +254,7 @@ def _task(t: TaskFields, check_functions: bool) -> TaskSpec:
         gang=t.gang, gang_size=t.gang_size, endpoint=t.endpoint, cache=t.cache,
         version=t.version, inputs=t.inputs, outputs=t.outputs, runtime_s=t.runtime_s,
         executor=t.executor, env=t.env, cwd=t.cwd, meta=t.meta, expected_s=t.expected_s,
+        band=t.band,
     )  # fmt: skip
 
 
@@ -245,6 +275,7 @@ def validate_graph(spec: GraphSpec) -> None:
     parents, cycles, groups. O(V + E)."""
     for t in spec.tasks:
         t.validate()
+    _check_borrows(spec.borrow, spec.groups)
     _check_across(spec)
 
 

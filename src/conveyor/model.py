@@ -40,6 +40,14 @@ class TaskState(enum.IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
+    @classmethod
+    def from_label(cls, label: str) -> TaskState:
+        """The state a label names (``"retry_wait"``); ``ValueError`` for another word."""
+        try:
+            return cls[label.upper()]
+        except KeyError:
+            raise ValueError(f"unknown task state {label!r}") from None
+
     @property
     def finished(self) -> bool:
         return self in _FINISHED
@@ -93,6 +101,10 @@ class TaskSpec:
     #: Seconds the task is expected to run: a worker with an end (``--until``) does not start
     #: it when it could not finish in time (``core/timelimit.py``).
     expected_s: float | None = None
+    #: Priority band: ``"interactive"``, ``"batch"``, ``"best_effort"`` or a number (lower runs
+    #: first; ``core/ordering.py``). ``None``: the graph's band, a run-time child its
+    #: submitter's, else ``batch``.
+    band: str | int | None = None
 
     def __init__(
         self,
@@ -120,6 +132,7 @@ class TaskSpec:
         cwd: str | None = None,
         meta: dict[str, Any] | None = None,
         expected_s: float | None = None,
+        band: str | int | None = None,
     ) -> None:
         self.id = id
         self.deps = deps
@@ -169,6 +182,8 @@ class TaskSpec:
             self.meta = meta
         if expected_s is not None:
             self.expected_s = expected_s
+        if band is not None:
+            self.band = band
 
     @classmethod
     def bare(cls, id: str, deps: tuple[str, ...] = ()) -> TaskSpec:
@@ -247,12 +262,16 @@ class GroupSpec:
     name: str
     weight: float = 1.0
     cap: int | None = None
+    #: How far the group may borrow beyond its fair share (``core/borrow.py``); ``None``: the
+    #: graph's policy.
+    borrow: str | None = None
 
     def validate(self) -> None:
-        """Check the weight and cap against the graph-file schema; ``GraphError``."""
+        """Check the weight, cap and borrow policy against the graph-file schema;
+        ``GraphError``."""
         from conveyor import schema
 
-        error = schema.check_group(self.name, self.weight, self.cap)
+        error = schema.check_group(self.name, self.weight, self.cap, self.borrow)
         if error is not None:
             raise GraphError(error)
 
@@ -271,6 +290,8 @@ class GraphSpec:
     #: parents, at most ``runtime_s``): no function, command, group, resources, labels, gang or
     #: endpoint, so a store or engine may skip its per-task scans for those.
     structure_only: bool = field(default=False, repr=False, compare=False)
+    #: The run's borrow policy (``core/borrow.py``): ``None`` is the default, ``bounded``.
+    borrow: str | None = None
 
     def __len__(self) -> int:
         return len(self.tasks)

@@ -56,6 +56,14 @@ NonNegative = Union[  # noqa: UP007
 #: A label a task asks for: a value (equals), or ``{"op": value}`` constraints whose operators
 #: ``core.constraints.parse_constraints`` checks.
 LabelSpec = Union[str, int, float, bool, dict[str, Any]]  # noqa: UP007
+#: A priority band: a name or a number (``core/ordering.py``: lower runs first).
+BAND_NAMES = ("interactive", "batch", "best_effort")
+Band = Union[  # noqa: UP007
+    Annotated[str, Meta(pattern=f"^({'|'.join(BAND_NAMES)})$")], Annotated[int, Meta(ge=0, le=99)]
+]
+#: A borrow policy: ``strict``, ``work_conserving``, ``bounded``, ``bounded:N`` (slots) or
+#: ``bounded:P%`` (of all slots); its grammar is ``core/borrow.py``'s (checked by the loaders).
+Borrow = NonEmpty
 Ids = tuple[NonEmpty, ...]
 Paths = tuple[NonEmpty, ...]
 
@@ -90,6 +98,7 @@ class TaskFields(Struct, forbid_unknown_fields=True):
     cwd: NonEmpty | None = None
     meta: dict[str, Any] | None = None
     expected_s: Seconds | None = None  # a worker near its end does not start what cannot finish
+    band: Band | None = None  # None: the graph's band (default batch)
 
 
 class GroupFields(Struct, forbid_unknown_fields=True):
@@ -97,6 +106,7 @@ class GroupFields(Struct, forbid_unknown_fields=True):
 
     weight: Weight = 1.0
     cap: PositiveCount | None = None
+    borrow: Borrow | None = None  # None: the graph's policy
 
 
 class GraphFields(Struct, forbid_unknown_fields=True):
@@ -106,6 +116,8 @@ class GraphFields(Struct, forbid_unknown_fields=True):
     tasks: list[TaskFields]
     name: NonEmpty | UnsetType = UNSET
     groups: dict[NonEmpty, GroupFields] | UnsetType = UNSET
+    band: Band | UnsetType = UNSET  # the band of every task that names none
+    borrow: Borrow | UnsetType = UNSET  # how far a group may borrow beyond its fair share
     description: str | UnsetType = UNSET
     source: str | UnsetType = UNSET
     family: str | UnsetType = UNSET
@@ -272,12 +284,12 @@ def check_task(fields: dict[str, Any]) -> str | None:
     return None
 
 
-def check_group(name: str, weight: Any, cap: Any) -> str | None:
+def check_group(name: str, weight: Any, cap: Any, borrow: Any = None) -> str | None:
     """The error of a group's fields, or ``None``."""
+    group = {"weight": weight, "cap": cap, "borrow": borrow}
     try:
-        msgspec.convert({"weight": weight, "cap": cap}, GroupFields)
+        msgspec.convert(group, GroupFields)
     except msgspec.ValidationError as exc:
-        group = {"weight": weight, "cap": cap}
         return explain(exc, {"groups": {name: group}}, root="$.groups[...]")
     return None
 

@@ -11,7 +11,18 @@ import sys
 
 import typer
 
-from conveyor.cli import admin, build, graph, inspect, run, simulate, slurm, submit, worker
+from conveyor.cli import (
+    admin,
+    build,
+    dashboard,
+    graph,
+    inspect,
+    run,
+    simulate,
+    slurm,
+    submit,
+    worker,
+)
 from conveyor.cli.errors import quiet_broken_pipe
 from conveyor.outcome import INTERRUPTED
 
@@ -38,6 +49,8 @@ for _name, _command in (
     ("events", inspect.events),
     ("build", build.build),
     ("simulate", simulate.simulate),
+    ("dashboard", dashboard.dashboard),
+    ("report", dashboard.report),
 ):
     app.command(_name)(quiet_broken_pipe(_command))
 app.add_typer(slurm.app, name="slurm")

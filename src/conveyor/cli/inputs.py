@@ -61,13 +61,14 @@ def existing_store(url: str) -> str:
 
 
 @contextmanager
-def durable_store(url: str, *, create: bool = False) -> Iterator[Store]:
+def durable_store(url: str, *, create: bool = False, readonly: bool = False) -> Iterator[Store]:
     """The durable store at ``url``, closed on the way out. Unless ``create`` (``submit``),
     it must exist already (``existing_store``): commands that read or change a run never
-    make an empty store of a mistyped path."""
+    make an empty store of a mistyped path. ``readonly``: on a connection that cannot write
+    (the dashboard, the report)."""
     from conveyor.store.urls import open_store
 
-    store = open_store(durable(url) if create else existing_store(url))
+    store = open_store(durable(url) if create else existing_store(url), readonly=readonly)
     try:
         yield store
     finally:

@@ -21,6 +21,12 @@ DbRequired = Annotated[
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Tasks run at once.")]
+InFlight = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", "-w", min=1, help="Tasks run at once [default: 4; Ray: cluster CPUs x 16]."
+    ),
+]
 Events = Annotated[Path | None, typer.Option("--events", help="Append JSONL events here.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 Otel = Annotated[
@@ -40,15 +46,42 @@ Resources = Annotated[
 ]
 Executor = Annotated[
     str | None,
-    typer.Option("--executor", help="Default for Python tasks: thread|inline|process"),
+    typer.Option(
+        "--executor",
+        help="Default for Python tasks: thread|inline|process; ray: every task on Ray",
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="With --executor ray: the Ray cluster, auto or host:port "
+        "[default: the one `ray start` left here, else a new local Ray].",
+    ),
 ]
 
-EXECUTORS = ("thread", "inline", "process")
+Borrow = Annotated[
+    str | None,
+    typer.Option(
+        "--borrow",
+        help="How far a group may borrow beyond its fair share: strict, bounded (default: "
+        "25%% of the slots), bounded:N, bounded:P%%, work_conserving.",
+    ),
+]
+
+EXECUTORS = ("thread", "inline", "process", "ray")
 
 
-def check_executor(executor: str | None) -> None:
+def check_executor(executor: str | None, address: str | None = None) -> None:
     if executor not in (None, *EXECUTORS):
-        fail("--executor must be thread, inline or process")
+        fail("--executor must be thread, inline, process or ray")
+    if address is not None and executor != "ray":
+        fail("--address names a Ray cluster: it needs --executor ray")
+
+
+def in_flight(workers: int | None) -> dict[str, Any]:
+    """``open_run``'s ``workers`` when ``--workers`` was given (else the executor's default)."""
+    return {} if workers is None else {"workers": workers}
 
 
 def checked(value: Any, kind: str, option: str) -> Any:

@@ -21,7 +21,7 @@ SHOWN_FAILURES = 10
 
 def run(
     file: opt.GraphFile,
-    workers: opt.Workers = 4,
+    workers: opt.InFlight = None,
     db: opt.Db = None,
     events: opt.Events = None,
     quiet: opt.Quiet = False,
@@ -32,6 +32,7 @@ def run(
         bool, typer.Option("--replace", help="Replace another graph's unfinished work in --db.")
     ] = False,
     executor: opt.Executor = None,
+    address: opt.RayAddress = None,
     lease: opt.Lease = 30.0,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for retry jitter.")] = None,
     resources: opt.Resources = None,
@@ -52,13 +53,14 @@ def run(
             "(a no-op without --speed).",
         ),
     ] = None,
+    borrow: opt.Borrow = None,
 ) -> None:
     """Run a graph file to the end, with a progress bar."""
     from conveyor.api import open_run
     from conveyor.bulk import freeze_survivors
     from conveyor.progress import make_progress
 
-    opt.check_executor(executor)
+    opt.check_executor(executor, address)
     progress: Any = None
 
     def tick(_engine: object) -> None:  # on the engine's thread, every 0.2 s
@@ -74,10 +76,11 @@ def run(
             graph = sleeping(load_graph_file(file), speed)
         with open_run(
             graph, db=db, events=events, replace=replace,
-            fingerprints=not no_fingerprints, lease_s=lease, workers=workers,
+            fingerprints=not no_fingerprints, lease_s=lease,
             resources=opt.parse_pairs(resources, "resources", number=True),
             labels=opt.parse_pairs(labels, "labels", number=False),
             fail_fast=fail_fast, executor=executor, seed=seed, on_tick=tick, telemetry=telemetry,
+            borrow=borrow, ray_address=address, **opt.in_flight(workers),
         ) as opened:  # fmt: skip
             freeze_survivors()  # this process ends with the run: the loaded graph stays
             progress = make_progress(sum(opened.counts.values()), quiet=quiet)
@@ -92,7 +95,10 @@ def run(
             code = result.exit_code
             if not quiet:
                 summary(result, counts, opened.elapsed, opened.interrupted)
-        if opened.stuck or opened.interrupted:
+            lost = opened.engine.lost
+            if lost is not None:
+                typer.echo(lost_line(lost, result.stats.released, db), err=True)
+        if opened.stuck or opened.interrupted or lost is not None:
             exit_now(code)  # do not wait for a thread that cannot be stopped
     raise typer.Exit(code)
 
@@ -109,6 +115,15 @@ def sleeping(spec: GraphSpec, speed: float) -> GraphSpec:
             t.args = (t.runtime_s / speed,)
             spec.structure_only = False
     return spec
+
+
+def lost_line(lost: str, released: int, db: str | None) -> str:
+    """What the user reads when the Ray cluster went away mid-run."""
+    if db is not None and not db.startswith("memory:"):
+        then = "finished work is kept: run the same command again to run the rest"
+    else:
+        then = "the run was in memory: give --db sqlite:///run.db to keep finished work"
+    return f"conveyor: error: {lost}; {released} running task(s) handed back; {then}"
 
 
 def summary(result: RunResult, counts: dict[str, int], elapsed: float, interrupted: bool) -> None:

@@ -26,6 +26,7 @@ def submit(
         bool,
         typer.Option("--no-fingerprints", help="Resume adds new tasks only (no re-runs)."),
     ] = False,
+    borrow: opt.Borrow = None,
 ) -> None:
     """Put a graph into a durable store for `conveyor worker`s to run. The same graph
     again resumes it: what changed and its downstream run again (docs/incremental.md)."""
@@ -34,6 +35,11 @@ def submit(
 
     with user_errors():
         spec = load_graph_file(file)
+        if borrow is not None:
+            from conveyor.graph import check_borrow
+
+            check_borrow(borrow)
+            spec.borrow = borrow
         warning = sqlite_fs_warning(db)
         if warning is not None:
             typer.echo(warning, err=True)

@@ -18,7 +18,7 @@ import typer
 
 from conveyor.cli import options as opt
 from conveyor.cli.errors import exit_now, user_errors
-from conveyor.cli.inputs import durable, existing_store, import_from
+from conveyor.cli.inputs import durable, durable_store, existing_store, import_from
 from conveyor.errors import UsageError
 
 #: Epoch seconds by which a worker must be done, when neither --until nor --time-left is given.
@@ -48,7 +48,7 @@ def worker_end(
 
 def worker(
     db: opt.DbRequired,
-    workers: opt.Workers = 4,
+    workers: opt.InFlight = None,
     labels: opt.Labels = None,
     resources: opt.Resources = None,
     max_tasks: Annotated[
@@ -75,6 +75,7 @@ def worker(
     quiet: opt.Quiet = False,
     executor: opt.Executor = None,
     otel: opt.Otel = False,
+    address: opt.RayAddress = None,
 ) -> None:
     """Run tasks of the graph in --db until it is finished (exit 0; 1 if tasks failed).
     SIGUSR2 or SIGTERM hand the running tasks back to the store at once; then exit 0."""
@@ -83,7 +84,7 @@ def worker(
     from conveyor.runtime.signals import HandBackOnSignals
     from conveyor.store.sharedfs import sqlite_fs_warning
 
-    opt.check_executor(executor)
+    opt.check_executor(executor, address)
     with HandBackOnSignals() as signals, user_errors():
         lease = opt.checked(lease, "Seconds", "--lease")
         if idle_exit is not None:
@@ -96,14 +97,16 @@ def worker(
         offered = opt.parse_pairs(labels, "labels", number=False)
         has = opt.parse_pairs(resources, "resources", number=True) if resources else None
         telemetry = opt.telemetry(otel)
+        # The file's functions import from where the submitter found them (before Ray starts
+        # its workers with this import path).
+        with durable_store(db) as store:
+            import_from(store.meta_get("graph_dir"), Path.cwd())
         with open_run(
             None, db=durable(db), events=events, lease_s=lease, labels=offered, resources=has,
-            max_tasks=max_tasks, workers=workers, idle_exit=idle_exit, executor=executor,
-            until=end, telemetry=telemetry,
+            max_tasks=max_tasks, idle_exit=idle_exit, executor=executor, until=end,
+            telemetry=telemetry, ray_address=address, **opt.in_flight(workers),
         ) as joined:  # fmt: skip
             signals.attach(joined.engine)
-            # The file's functions import from where the submitter found them.
-            import_from(joined.store.meta_get("graph_dir"), Path.cwd())
             try:
                 result = joined.run()
             except KeyboardInterrupt:
@@ -111,6 +114,12 @@ def worker(
             counts = result.counts
             code = result.exit_code
     st = result.stats
+    lost = joined.engine.lost
+    if lost is not None:
+        code = max(code, 1)  # this worker stopped short
+    if lost is not None:
+        typer.echo(f"conveyor: error: {lost}; {st.released} running task(s) handed back to "
+                   "the store (other workers, or this one again, run them)", err=True)  # fmt: skip
     if not quiet:
         back = (
             f", {st.released} handed back ({signals.reason or 'time limit'})" if st.released else ""
@@ -121,6 +130,6 @@ def worker(
             f"{counts['done']} done, {counts['failed']} failed, {left(counts)} left",
             err=True,
         )
-    if joined.stuck or joined.interrupted:
+    if joined.stuck or joined.interrupted or lost is not None:
         exit_now(code)  # do not wait for a thread that cannot be stopped
     raise typer.Exit(code)

@@ -3,10 +3,13 @@
 Order of decisions (docs/architecture.md, "Admission"):
 1. eligibility: parents done, backoff passed (the frontier), group below its cap, the task's
    shape fits the worker's offer (slots, resources, labels);
-2. group choice by weighted fair share: among groups with eligible work, the lowest
-   ``running / weight`` goes first (ties: the better depth-first head key). A group alone with
-   eligible work borrows idle capacity; it hands it back as its tasks finish (no preemption);
-3. within the group, the depth-first key.
+2. band: a task of a higher priority band goes before any of a lower one (``core/ordering.py``:
+   the band is the first part of the key's first field), whatever its group's share;
+3. group choice by weighted fair share (inside the band): among groups with eligible work,
+   the lowest ``running / weight`` goes first (ties: the better depth-first head key). A group
+   beyond its fair share borrows idle capacity as far as its borrow policy lets it
+   (``core/borrow.py``: strict, bounded, work_conserving); it hands it back as its tasks end;
+4. within the group, the depth-first key.
 
 Tasks are bucketed by *shape* (group, resources, label constraints): every task of one shape fits
 a given offer or none does, so a task that does not fit never blocks smaller ones behind it, and a
@@ -20,8 +23,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.core.borrow import DEFAULT_POLICY, BorrowCheck, BorrowPolicy, borrow_check
 from conveyor.core.constraints import Constraint, parse_constraints
-from conveyor.core.ordering import Key
+from conveyor.core.ordering import Key, band_from
 from conveyor.core.timelimit import fits_in
 from conveyor.errors import GraphError
 
@@ -93,6 +97,7 @@ class GroupInfo:
     weight: float = 1.0
     cap: int | None = None
     running: int = 0
+    borrow: BorrowPolicy | None = None  # None: the run's policy
 
     def share(self) -> float:
         return self.running / self.weight
@@ -193,6 +198,12 @@ class AdmissionQueue:
         self.reservations: dict[str, float] = {}  # gang -> since (now of the first hold)
         self.released: set[str] = set()  # gangs whose reservation timed out
         self._member_key: dict[int, Key] = {}  # key of each ready gang member
+        #: Borrowing (``core/borrow.py``): the run's policy, each group's unfinished tasks
+        #: (a group with any is active: its fair share counts) and the slots of all workers
+        #: (``None``: the offer's capacity).
+        self.borrow: BorrowPolicy = DEFAULT_POLICY
+        self.unfinished: dict[str, int] = {}
+        self.total_slots: int | None = None
 
     def shape_id(self, shape: Shape) -> int:
         sid = self.shape_ids.get(shape)
@@ -243,14 +254,35 @@ class AdmissionQueue:
         self._member_key.pop(i, None)
 
     # -- the decision ---------------------------------------------------------------------
+    def add_unfinished(self, sid: int, n: int) -> None:
+        """``n`` tasks of shape ``sid`` were submitted (or, negative, reached a final state)."""
+        group = self.shapes[sid].group
+        self.unfinished[group] = self.unfinished.get(group, 0) + n
+
+    def borrow_refusal(self, group: str, capacity: int) -> BorrowCheck | None:
+        """Why ``group`` may not start another task (beyond its fair share by more than its
+        policy lets it borrow), or ``None``. ``capacity``: the slots of this worker, used when
+        ``total_slots`` is unknown."""
+        g = self.groups.get(group) or GroupInfo()
+        policy = g.borrow or self.borrow
+        if policy.mode == "work_conserving":
+            return None
+        active = [name for name, n in self.unfinished.items() if n > 0]
+        weights = {name: info.weight for name, info in self.groups.items()}
+        total = self.total_slots if self.total_slots is not None else capacity
+        return borrow_check(group, g.running, weights, active, total, policy)
+
     def candidates(self, offer: Offer, alive: Callable[[int], bool]) -> list[tuple[Any, ...]]:
-        """Fitting bucket heads as ``(share, key, shape, fit)``, fair order first.
+        """Fitting bucket heads as ``(band, share, key, shape, fit)``: the head's band, then
+        fair order.
 
         ``alive(i)`` says whether task ``i`` is still ready; dead heads are dropped here, lazily.
         O(shapes + dropped · log n).
         """
         out = []
         groups = self.groups
+        capacity = offer.capacity if offer.capacity is not None else offer.slots
+        refused: dict[str, bool] = {}
         for sid, heap in enumerate(self.heaps):
             if not heap:
                 continue
@@ -258,6 +290,11 @@ class AdmissionQueue:
             g = groups[shape.group]
             if g.cap is not None and g.running >= g.cap:
                 continue
+            no = refused.get(shape.group)
+            if no is None:
+                no = refused[shape.group] = self.borrow_refusal(shape.group, capacity) is not None
+            if no:
+                continue  # beyond its fair share by all its policy lets it borrow
             ep = shape.endpoint
             if ep is not None and self.endpoint_running.get(ep, 0) >= self.endpoint_caps.get(
                 ep, 1 << 30
@@ -269,7 +306,7 @@ class AdmissionQueue:
             while heap and not self._alive(heap[0], alive):
                 heapq.heappop(heap)
             if heap:
-                out.append((g.share(), heap[0][:3], sid, fit))
+                out.append((band_from(heap[0][0]), g.share(), heap[0][:3], sid, fit))
         out.sort()
         return out
 
@@ -293,7 +330,7 @@ class AdmissionQueue:
         aside: list[tuple[int, tuple[int, ...]]] = []
         try:
             while order:
-                share, _key, sid, fit = heapq.heappop(order)
+                _band, share, _key, sid, fit = heapq.heappop(order)
                 heap = self.heaps[sid]
                 entry = heap[0]
                 shape = self.shapes[sid]
@@ -323,7 +360,7 @@ class AdmissionQueue:
                 while heap and not self._alive(heap[0], alive):
                     heapq.heappop(heap)
                 if heap:
-                    heapq.heappush(order, (share, heap[0][:3], sid, fit))
+                    heapq.heappush(order, (band_from(heap[0][0]), share, heap[0][:3], sid, fit))
             return None
         finally:
             for sid, entry in aside:

@@ -1,7 +1,10 @@
 """``explain``: the one dominant reason a task is not running, with numbers. Pure.
 
 Reason codes (the ``why`` contract): ``waiting_on_parents``, ``retry_backoff``, ``group_cap``,
-``fair_share``, ``behind_higher_priority``, ``no_matching_worker``, ``insufficient_resources``,
+``borrow_limit`` (its group is beyond its fair share by all its borrow policy allows:
+``core/borrow.py``), ``behind_higher_band`` (ready tasks of a higher priority band go first),
+``fair_share``,
+``behind_higher_priority``, ``no_matching_worker``, ``insufficient_resources``,
 ``gang_incomplete``, ``never_fits``, ``would_not_finish`` (its ``expected_s`` is more than any
 matching worker has left before its end), ``endpoint_limited``; and for tasks that are not
 pending: ``running``, ``done``, ``failed``, ``skipped``, ``cancelled``.
@@ -14,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.core.admission import AdmissionQueue, GroupInfo, Offer, Shape
+from conveyor.core.borrow import BorrowCheck
 from conveyor.core.frontier import Frontier
-from conveyor.core.ordering import Key, priority_key
+from conveyor.core.ordering import Key, band_floor, band_from, band_label
 from conveyor.core.timelimit import fits_in
 from conveyor.model import TaskState
 
@@ -55,9 +59,16 @@ def explain(
     if early is not None:
         return early
     q = f.queue
-    key = priority_key(f.depth[i], f.root_seq[i], i)
+    key = f.key(i)
+    heaps = [f._heap] if q is None else q.heaps
+
+    def higher_band() -> Reason | None:
+        return _higher_band(f, i, key, heaps)
+
     if q is None:
-        return _behind(f, i, key, [e for e in f._heap if f.state[e[2]] == TaskState.READY])
+        return higher_band() or _behind(
+            f, i, key, [e for e in f._heap if f.state[e[2]] == TaskState.READY]
+        )
     shape = q.shapes[f.shape[i]]
     gang = f.gang_of.get(i)
     view = None
@@ -70,6 +81,8 @@ def explain(
         endpoint_cap=None if ep is None else q.endpoint_caps.get(ep),
         endpoint_running=0 if ep is None else q.endpoint_running.get(ep, 0),
         has_ready=lambda g: _has_ready(f, q, g),
+        higher_band=higher_band,
+        borrow=lambda: q.borrow_refusal(shape.group, _capacity(offers)) if offers else None,
         behind=lambda: _behind(
             f, i, key, [e for e in q.heaps[f.shape[i]] if f.state[e[2]] == TaskState.READY]
         ),
@@ -129,10 +142,14 @@ def ready_reason(
     endpoint_running: int = 0,
     has_ready: Callable[[str], bool],
     behind: Callable[[], Reason],
+    higher_band: Callable[[], Reason | None] = lambda: None,
+    borrow: Callable[[], BorrowCheck | None] = lambda: None,
 ) -> Reason:
-    """Why the ready task ``tid`` of ``shape`` has not started: fit, gang, endpoint, cap, fair
-    share, then key order (``behind()``). Shared by the memory and the SQL stores: it sees only
-    plain data. ``has_ready(group)`` says whether a group has ready work."""
+    """Why the ready task ``tid`` of ``shape`` has not started: fit, gang, endpoint, cap, its
+    group's borrow limit (``borrow()``: ``AdmissionQueue.borrow_refusal``), a higher band
+    (``higher_band()``, from ``band_reason``), fair share, then key order (``behind()``).
+    Shared by the memory and the SQL stores: it sees only plain data. ``has_ready(group)``
+    says whether a group has ready work."""
     group = groups[shape.group]
     if offers:
         fit = _fit_reason(tid, shape, offers)
@@ -173,6 +190,12 @@ def ready_reason(
             f"group {shape.group} is at its cap: {group.running}/{group.cap}",
             {"group": shape.group, "running": group.running, "cap": group.cap},
         )
+    refused = borrow()
+    if refused is not None:
+        return borrow_reason(refused)
+    above = higher_band()
+    if above is not None:
+        return above
     me = group.share()
     ahead_groups = sorted(
         g for g, info in groups.items() if g != shape.group and info.share() < me and has_ready(g)
@@ -206,6 +229,48 @@ def behind_reason(tid: str, key: Sequence[int], ahead: int, first: str | None) -
         f"{tid} is ready; {ahead} task(s) go first" + (f", the first {first}" if first else ""),
         {"ahead": ahead, "first": first, "key": list(key)},
     )
+
+
+def borrow_reason(c: BorrowCheck) -> Reason:
+    """``borrow_limit``: the group runs its fair share plus all its policy lets it borrow."""
+    return Reason(
+        "borrow_limit",
+        f"group {c.group} runs {c.running}; its fair share is {c.share:.1f} of {c.total} slots "
+        f"and borrow policy {c.policy} lets it borrow {c.bound:g} more",
+        {"group": c.group, "running": c.running, "share": c.share, "bound": c.bound,
+         "total": c.total, "policy": c.policy},
+    )  # fmt: skip
+
+
+def _capacity(offers: Sequence[Offer]) -> int:
+    return sum(o.capacity if o.capacity is not None else o.slots for o in offers)
+
+
+def band_reason(
+    tid: str, rank: int, ahead: int, best_rank: int, first: str | None
+) -> Reason | None:
+    """``behind_higher_band``: ``ahead`` ready tasks of higher bands than the task's (whose key
+    starts with ``rank``) go first; ``best_rank`` is the best of their ranks, ``first`` the
+    task that heads them. ``None`` when no higher band has ready work. Bands order before
+    groups and depth (``core/ordering.py``), so this reason comes before ``fair_share``."""
+    if ahead <= 0:
+        return None
+    band, top = band_from(rank), band_from(best_rank)
+    return Reason(
+        "behind_higher_band",
+        f"{tid} is in {band_label(band)}; {ahead} ready task(s) of higher bands go first "
+        f"(the highest: {band_label(top)}" + (f", first {first})" if first else ")"),
+        {"band": band, "higher_band": top, "ahead": ahead, "first": first},
+    )
+
+
+def _higher_band(f: Frontier, i: int, key: Key, heaps: Sequence[list[Any]]) -> Reason | None:
+    floor = band_floor(band_from(key[0]))
+    above = [e[:3] for h in heaps for e in h if e[0] < floor and f.state[e[2]] == TaskState.READY]
+    if not above:
+        return None
+    best = min(above)
+    return band_reason(f.ids[i], key[0], len(above), best[0], f.ids[best[2]])
 
 
 def _behind(f: Frontier, i: int, key: Key, entries: list[Any]) -> Reason:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import heapq
 import operator
+from collections import Counter
 from collections.abc import Sequence
 from itertools import compress
 
 from conveyor.core.admission import AdmissionQueue, Offer
 from conveyor.core.dag import Children, Layout, layout
-from conveyor.core.ordering import priority_key
+from conveyor.core.ordering import BAND_STRIDE, DEFAULT_BAND, band_offset, priority_key
 from conveyor.errors import GraphError
 from conveyor.model import TaskState
 
@@ -32,6 +33,7 @@ RETRY_WAIT = TaskState.RETRY_WAIT.value
 CANCELLED = TaskState.CANCELLED.value
 _DEAD = frozenset({FAILED, SKIPPED, CANCELLED})
 _heappush = heapq.heappush
+_DEPTH_CAP = BAND_STRIDE - 1  # (ordering.rank_of caps depths here)
 _heappop = heapq.heappop
 
 
@@ -41,6 +43,8 @@ class Frontier:
     __slots__ = (
         "_delayed",
         "_heap",
+        "band",
+        "band_off",
         "children",
         "counts",
         "depth",
@@ -63,6 +67,11 @@ class Frontier:
         self.children = Children()
         self.depth: list[int] = []
         self.root_seq: list[int] = []
+        #: Each task's band and its rank offset (``ordering.band_offset``); ``None`` until a
+        #: task of a band other than the default arrives (then the key's first field is
+        #: ``band_off[i] - depth[i]``).
+        self.band: list[int] | None = None
+        self.band_off: list[int] | None = None
         self.roots_submitted = 0
         self.counts = [0] * len(TaskState)
         self._heap: list[tuple[int, int, int]] = []  # (-depth, root_seq, submit_seq == index)
@@ -83,6 +92,7 @@ class Frontier:
         shapes: Sequence[int] | None = None,
         gangs: dict[int, str] | None = None,
         known_layout: Layout | None = None,
+        bands: Sequence[int | None] | None = None,
     ) -> tuple[list[int], list[int]]:
         """Add a graph (``submitter is None``) or a run-time child job of task ``submitter``.
 
@@ -92,6 +102,8 @@ class Frontier:
         With an admission queue, ``shapes[k]`` is the shape id of the k-th new task and
         ``gangs`` maps batch positions to gang names. ``known_layout`` is this batch's layout
         when the caller already validated it (used only while the frontier is empty).
+        ``bands[k]`` is the band number of the k-th new task, ``None`` to inherit: a child job's
+        tasks take their submitter's band, a graph's the default (``ordering.band_number``).
         """
         index = self.index
         depth_of = self.depth
@@ -118,6 +130,7 @@ class Frontier:
         state = self.state
         state.extend(bytes(n))  # PENDING
         self.root_seq.extend([root] * n)
+        self._add_bands(n, bands, submitter)
         dead: list[int] = []
         if first == 0:
             # The first batch: the layout's lists become this frontier's own (no copies).
@@ -146,7 +159,10 @@ class Frontier:
                     children.add(p, i)
             self.waiting.extend(waiting)
         if self.queue is not None:
-            self.shape.extend(shapes if shapes is not None else [0] * n)
+            new_shapes = shapes if shapes is not None else [0] * n
+            self.shape.extend(new_shapes)
+            for sid, count in Counter(new_shapes).items():
+                self.queue.add_unfinished(sid, count)
             if gangs:
                 self.gang_of.update({first + k: g for k, g in gangs.items()})
         self.counts[PENDING] += n
@@ -157,6 +173,22 @@ class Frontier:
             if state[i] == PENDING:
                 self.cascade_skip(i, include_self=True)
         return list(new), ready
+
+    def _add_bands(self, n: int, bands: Sequence[int | None] | None, submitter: int | None) -> None:
+        inherited = DEFAULT_BAND if submitter is None or self.band is None else self.band[submitter]
+        if self.band is None:
+            if inherited == DEFAULT_BAND and (bands is None or all(
+                b is None or b == DEFAULT_BAND for b in bands
+            )):  # fmt: skip
+                return  # every task so far is of the default band: keys as before bands
+            known = len(self.state) - n
+            self.band = [DEFAULT_BAND] * known
+            self.band_off = [0] * known
+        assert self.band_off is not None
+        new = [inherited] * n if bands is None else [inherited if b is None else b for b in bands]
+        offsets = {b: band_offset(b) for b in set(new)}  # one int object per band
+        self.band.extend(new)
+        self.band_off.extend([offsets[b] for b in new])
 
     # -- the hot path ---------------------------------------------------------------------------
     def pop(self) -> int | None:
@@ -205,6 +237,7 @@ class Frontier:
             return
         self.queue = queue
         self.shape = [default_shape] * len(self.ids)
+        queue.add_unfinished(default_shape, self.unfinished())
         for entry in self._heap:
             if self.state[entry[2]] == READY:
                 queue.push(entry[2], entry, default_shape)
@@ -224,6 +257,7 @@ class Frontier:
         q = self.queue
         if q is not None:
             q.finished_shape(self.shape[i])
+            q.add_unfinished(self.shape[i], -1)
             gang = self.gang_of.get(i)
             if gang is not None:
                 q.gang_size[gang] -= 1  # a retried sibling re-forms a gang of those left
@@ -237,7 +271,22 @@ class Frontier:
         root_seq = self.root_seq
         # The key is ``ordering.priority_key``, written inline in these two hot loops (a call
         # per push costs ~10% of a no-op run); tests/test_frontier_props.py checks they agree.
-        if q is None:
+        off = self.band_off
+        if off is not None:  # bands: the rank is ``ordering.rank_of``, inline as below
+            cap = _DEPTH_CAP
+            for k in kids:
+                w = waiting[k] - 1
+                waiting[k] = w
+                if w == 0 and state[k] == PENDING:
+                    state[k] = READY
+                    d = depth[k]
+                    key = (off[k] - (d if d < cap else cap), root_seq[k], k)
+                    if q is None:
+                        _heappush(self._heap, key)
+                    else:
+                        q.push(k, key, self.shape[k], self.gang_of.get(k))
+                    ready.append(k)
+        elif q is None:
             heap = self._heap
             for k in kids:
                 w = waiting[k] - 1
@@ -313,7 +362,11 @@ class Frontier:
 
     # -- queries ------------------------------------------------------------------------------
     def key(self, i: int) -> tuple[int, int, int]:
-        return priority_key(self.depth[i], self.root_seq[i], i)
+        band = DEFAULT_BAND if self.band is None else self.band[i]
+        return priority_key(self.depth[i], self.root_seq[i], i, band)
+
+    def band_of(self, i: int) -> int:
+        return DEFAULT_BAND if self.band is None else self.band[i]
 
     def ready_count(self) -> int:
         return self.counts[READY]
@@ -338,6 +391,8 @@ class Frontier:
                 q.finished_shape(self.shape[i])
             elif was == READY and i in self.gang_of:
                 q.drop_gang_member(self.gang_of[i], i)
+            if to in _DEAD and was not in _DEAD and was != DONE:
+                q.add_unfinished(self.shape[i], -1)
         c[self.state[i]] -= 1
         c[to] += 1
         self.state[i] = to

@@ -57,6 +57,7 @@ from conveyor.workerid import default_worker_id, slurm_info
 
 if TYPE_CHECKING:
     from conveyor.limiter import EndpointLimiter, EndpointStatistics
+    from conveyor.runtime.rayexec import RayExecutor
 
 __all__ = ["Engine", "RunStats"]
 
@@ -104,6 +105,7 @@ class Engine:
         limiter: EndpointLimiter | None = None,
         endpoint_headroom: float = 0.5,
         until: float | None = None,
+        ray: RayExecutor | None = None,
     ) -> None:
         if workers < 1:
             raise ConveyorError("workers must be >= 1")
@@ -129,7 +131,9 @@ class Engine:
         self._children = Children(store, post, clock, functions)
         self._endpoints = EndpointFollower(store, clock, emit, endpoint_headroom, limiter)
         self._capacity = Capacity(workers, resources, labels)
-        self._executors = Executors(workers, post, self._thread_done)
+        self._executors = Executors(workers, post, self._thread_done, ray)
+        if ray is not None:  # a lost cluster: what ran there goes back to the store
+            ray.attach(post, self.hand_back)
         self._inflight = InFlight(
             store, self._executors, self._capacity, self._children, retry, random.Random(seed),
             fail_fast,
@@ -160,6 +164,12 @@ class Engine:
     def stuck(self) -> bool:
         """A timed-out thread or process task may still be running (it cannot be stopped)."""
         return self._inflight.stuck
+
+    @property
+    def lost(self) -> str | None:
+        """Why the run's Ray cluster was given up on (``None``: no Ray, or it answers)."""
+        ray = self._executors.ray
+        return None if ray is None else ray.lost
 
     @property
     def functions(self) -> dict[str, TaskSpec]:

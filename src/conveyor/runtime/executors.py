@@ -30,9 +30,11 @@ from conveyor.store.base import Claim
 if TYPE_CHECKING:
     import asyncio
 
+    from conveyor.runtime.rayexec import RayExecutor
+
 #: How a task runs: a shell command, a coroutine on the loop, on the engine thread, in a
 #: process of the pool, or on a pool thread.
-Kind = Literal["cmd", "async", "inline", "process", "thread"]
+Kind = Literal["cmd", "async", "inline", "process", "thread", "ray"]
 
 
 @dataclass(eq=False, slots=True)
@@ -47,6 +49,7 @@ class Running:
     task: asyncio.Task[None] | None = None  # an async task's, once started on the loop
     proc: subprocess.Popen[bytes] | None = None
     abandoned: bool = False  # timed out or cancelled: a late result is dropped
+    ref: Any = None  # a task on Ray: its ObjectRef
 
 
 @dataclass(eq=False, slots=True)
@@ -89,8 +92,13 @@ def describe(exc: BaseException) -> str:
 
 
 class Executors:
-    def __init__(self, slots: int, post: Post, thread_done: ThreadDone | None = None) -> None:
+    def __init__(
+        self, slots: int, post: Post, thread_done: ThreadDone | None = None,
+        ray: RayExecutor | None = None,
+    ) -> None:  # fmt: skip
         self.slots = max(1, slots)
+        #: Where tasks run when the run's executor is Ray (``rayexec.py``).
+        self.ray = ray
         self._post = post
         self._thread_done = thread_done or self._post_done
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
@@ -259,8 +267,12 @@ class Executors:
 
     # -- control -----------------------------------------------------------------------------------
     def cancel(self, run: Running) -> None:
-        """Best effort: cancel a coroutine, kill a command; a running thread cannot be stopped."""
+        """Best effort: cancel a coroutine, kill a command, cancel a Ray task; a running thread
+        cannot be stopped."""
         run.abandoned = True
+        if run.kind == "ray" and self.ray is not None:
+            self.ray.cancel(run)
+            return
         if run.proc is not None and run.proc.poll() is None:
             _kill(run.proc)
         fut = run.future
@@ -271,6 +283,8 @@ class Executors:
             loop.call_soon_threadsafe(task.cancel)  # an asyncio task is cancelled on its loop
 
     def shutdown(self, wait: bool = True) -> None:
+        if self.ray is not None:
+            self.ray.shutdown()
         if self._threads is not None:
             self._threads.shutdown(wait=wait, cancel_futures=True)
         if self._processes is not None:

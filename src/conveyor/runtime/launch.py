@@ -98,6 +98,8 @@ class Launcher:
         spec = claim.spec
         ex = self._executors
         inflight = self._inflight
+        if ex.ray is not None and spec.executor is None:
+            return self._start_on_ray(claim, now)
         if spec.cmd is not None:  # enforces its own timeout
             run = inflight.register(claim, "cmd", now)
             try:
@@ -121,6 +123,35 @@ class Launcher:
                 ex.start_sync(launch)
         except Exception as exc:  # the executor refused it: this task fails, not the worker
             return inflight.finish(launch.run, False, describe(exc), now)
+        return None
+
+    def _start_on_ray(self, claim: Claim, now: float) -> TaskResult | None:
+        """Submit a claimed task to Ray (``rayexec.py``): a command as it is, a function by its
+        import path when it has one (else the callable, pickled by Ray), with its arguments
+        and its parents' results read here."""
+        from conveyor.runtime.rayremote import TaskInfo
+
+        ray = self._executors.ray
+        assert ray is not None
+        inflight, store, spec = self._inflight, self._store, claim.spec
+        run = inflight.register(claim, "ray", now)
+        shared = store.shared
+        try:
+            if spec.cmd is not None:  # the command enforces its own timeout
+                info = TaskInfo(spec.id, claim.attempt, claim.depth, EMPTY, self._worker_id)
+                ray.start_command(run, spec.cmd, spec.env, spec.cwd, spec.timeout_s, info)
+                return None
+            fn = spec.fn if isinstance(spec.fn, str) else self.resolve(spec)
+            args, kwargs, parents = self.arguments(store, claim)
+            info = TaskInfo(
+                spec.id, claim.attempt, claim.depth, dict(parents), self._worker_id,
+                store.url if shared else None, claim if shared else None,
+            )  # fmt: skip
+            if spec.timeout_s is not None:
+                inflight.deadlines.add(run, now + spec.timeout_s)
+            ray.start_function(run, fn, args, kwargs, info)
+        except Exception as exc:  # the task cannot start (its arguments, Ray refused it)
+            return inflight.finish(run, False, describe(exc), now)
         return None
 
     def prepare(self, claim: Claim, kind: Kind, now: float) -> Launch | TaskResult:
@@ -171,7 +202,9 @@ class Launcher:
         return fn
 
     def kind(self, spec: TaskSpec) -> Kind:
-        """How a task runs: cmd, async, inline, process or thread."""
+        """How a task runs: ray, cmd, async, inline, process or thread."""
+        if self._executors.ray is not None and spec.executor is None:
+            return "ray"
         if spec.cmd is not None:
             return "cmd"
         fn = spec.fn

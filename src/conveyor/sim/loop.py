@@ -183,6 +183,7 @@ def simulate(
         q = PolicyQueue(
             infos, _key_function(config.policy, f, dur, ranks), gang_wait_s=config.gang_wait_s
         )
+        q.total_slots = config.workers * config.slots_per_worker  # fair shares of the pool
         f.enable_admission(q, q.shape_id(Shape("default")))
     root_of = array("i", [0]) * n
     left: dict[int, int] = {}  # unfinished tasks of each root's tree, by the root's index

@@ -346,6 +346,30 @@ class Store(abc.ABC):
             "group_shares": {},
         }  # fmt: skip
 
+    def task_info(self, task_id: str) -> dict[str, Any]:
+        """One task for people (the dashboard's task page): ``id``, ``state``, ``group``,
+        ``attempt``, ``lost``, ``worker``, ``error``, ``updated``, ``not_before``,
+        ``parents`` and ``children`` (ids, submit order), ``fingerprint`` (``None`` when the
+        task was submitted without one) and ``spec``: the fields set on the task as stored
+        (JSON, pickled arguments left out). Raises ``GraphError`` for an unknown id. Shows
+        everything, ``env`` values included: a viewer decides what to hide."""
+        raise StoreError(f"{self.url}: this store keeps no task details")
+
+    def task_ids(self, states: Sequence[str], limit: int) -> list[str]:
+        """Ids of up to ``limit`` tasks in these states (labels), in submit order."""
+        return []
+
+    def task_groups(self, ids: Sequence[str]) -> dict[str, str]:
+        """The group of each of ``ids`` that the store knows."""
+        return {}
+
+    def worker_rows(self, now: float) -> list[dict[str, Any]]:
+        """Every worker the store has seen, in joining order: ``worker``, ``host``, ``pid``,
+        ``joined``, ``last_seen``, ``lease_s``, ``state`` (``alive``, ``left`` or ``lost``: a
+        worker whose lease passed unrenewed is lost even before a reap says so), ``info``
+        (slots, labels, resources, SLURM ids) and ``tasks`` (what it runs now)."""
+        return []
+
     def events_after(self, after: int, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
         """Audit rows with an id above ``after``, oldest first, as ``(id, event)``."""
         return []

@@ -129,6 +129,15 @@ def encode_bare_spec(spec: TaskSpec) -> str:
     return json.dumps(d, separators=(",", ":"))
 
 
+def stored_spec(text: str | None) -> dict[str, Any]:
+    """A stored spec's JSON as shown: pickled arguments are never decoded (a store may come
+    from someone else), only said to be there."""
+    d: dict[str, Any] = json.loads(text) if text else {}
+    if d.pop("args_pickle", None) is not None:
+        d["args"] = "(pickled, not shown)"
+    return d
+
+
 def decode_spec(task_id: str, text: str) -> TaskSpec:
     d = json.loads(text)
     d.pop(SUBMITTED_BY, None)

@@ -8,6 +8,7 @@ clock: event times are the ``now`` each call is given.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import islice
 from typing import Any
 
 from conveyor.bulk import paused_gc
@@ -19,12 +20,15 @@ from conveyor.core.admission import (
     needs_admission,
     plan_admission,
 )
+from conveyor.core.borrow import DEFAULT_POLICY, BorrowPolicy
 from conveyor.core.explain import Reason, explain
 from conveyor.core.frontier import DONE, FAILED, READY, RUNNING, Frontier
+from conveyor.core.ordering import band_number
 from conveyor.core.transitions import SKIPPABLE, upstream_failed
 from conveyor.errors import GraphError, GraphMismatchError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
 from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph, Store, WorkerProfile
+from conveyor.store.codec import encode_spec, stored_spec
 
 _NO_VALUE = object()
 
@@ -41,6 +45,7 @@ class MemoryStore(Store):
         self.errors: dict[int, str] = {}
         self.graph_names: list[str] = []
         self.groups: dict[str, GroupInfo] = {}
+        self.borrow: BorrowPolicy = DEFAULT_POLICY  # the graph's (core/borrow.py)
         self._blocked = False
         self._reserved_seen: set[str] = set()
         self._audit: dict[int, list[dict[str, Any]]] | None = None
@@ -71,6 +76,11 @@ class MemoryStore(Store):
         for name, g in graph.groups.items():
             info = self.groups.setdefault(name, GroupInfo())
             info.weight, info.cap = g.weight, g.cap
+            info.borrow = None if g.borrow is None else BorrowPolicy.parse(g.borrow)
+        if graph.borrow is not None:
+            self.borrow = BorrowPolicy.parse(graph.borrow)
+            if self.frontier.queue is not None:
+                self.frontier.queue.borrow = self.borrow
         self._add(graph.tasks, None, now, graph.layout, graph.structure_only)
         self.graph_names.append(graph.name)
         return OpenedGraph(graph.name, len(graph.tasks), False, self.frontier.unfinished())
@@ -97,6 +107,7 @@ class MemoryStore(Store):
             new, ready = self.frontier.add(
                 [t.id for t in tasks], [t.deps for t in tasks], submitter=submitter,
                 shapes=shapes, gangs=gangs, known_layout=known,
+                bands=None if structure_only else _bands(tasks),
             )  # fmt: skip
         self.specs.extend(tasks)
         self.attempts.extend([0] * len(tasks))
@@ -119,6 +130,7 @@ class MemoryStore(Store):
             if not needs_admission(tasks, self.groups):
                 return None, {}
             queue = AdmissionQueue(self.groups, gang_wait_s=self.gang_wait_s)
+            queue.borrow = self.borrow
             self.groups = queue.groups
             f.enable_admission(queue, queue.shape_id(Shape("default")))
         q = f.queue
@@ -358,6 +370,28 @@ class MemoryStore(Store):
             return []
         return list(self._audit.get(self.frontier.get(task_id), []))
 
+    def task_info(self, task_id: str) -> dict[str, Any]:
+        f = self.frontier
+        i = f.get(task_id)
+        spec = self.specs[i]
+        ids = f.ids
+        return {
+            "id": task_id, "state": TaskState(f.state[i]).label, "group": spec.group,
+            "attempt": self.attempts[i], "lost": 0, "worker": None, "error": self.errors.get(i),
+            "updated": None, "not_before": None, "fingerprint": None,
+            "parents": list(spec.deps), "children": [ids[c] for c in sorted(f.children[i] or ())],
+            "submitted_by": None, "spec": stored_spec(encode_spec(spec)),
+        }  # fmt: skip
+
+    def task_ids(self, states: Sequence[str], limit: int) -> list[str]:
+        want = {int(TaskState.from_label(s)) for s in states}
+        f = self.frontier
+        return list(islice((t for t, st in zip(f.ids, f.state, strict=True) if st in want), limit))
+
+    def task_groups(self, ids: Sequence[str]) -> dict[str, str]:
+        index = self.frontier.index
+        return {t: self.specs[index[t]].group for t in ids if t in index}
+
     def meta_get(self, key: str) -> str | None:
         return self._meta.get(key)
 
@@ -401,3 +435,10 @@ class MemoryStore(Store):
             self._audit.setdefault(i, []).append(ev)
         if self.emit is not None:
             self.emit(ev)
+
+
+def _bands(tasks: list[TaskSpec]) -> list[int | None] | None:
+    """The band numbers the tasks name (``None``: inherit), or ``None`` when none names one."""
+    if all(t.band is None for t in tasks):
+        return None
+    return [None if t.band is None else band_number(t.band) for t in tasks]

@@ -65,8 +65,8 @@ class PostgresIo(SqlIo):
     claim_rounds = 1
     release_last = True
 
-    def __init__(self, conninfo: str, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, conninfo: str, url: str, *, readonly: bool = False) -> None:
+        super().__init__(url, readonly=readonly)
         self._psycopg = _import_psycopg()
         self.conninfo = conninfo
         self._lock = threading.RLock()
@@ -75,7 +75,10 @@ class PostgresIo(SqlIo):
 
     def _connect(self) -> Any:
         try:
-            return self._psycopg.connect(self.conninfo, autocommit=True)
+            conn = self._psycopg.connect(self.conninfo, autocommit=True)
+            if self.readonly:  # the server refuses every write on this session
+                conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            return conn
         except self._psycopg.Error as exc:
             raise StoreUnreachableError(
                 f"{self.url}: cannot connect to PostgreSQL: {_first_line(exc)}"
@@ -196,9 +199,9 @@ class PostgresStore(SqlStore):
             io.close()
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresStore:
+    def from_url(cls, url: str, *, readonly: bool = False) -> PostgresStore:
         conninfo, options = postgres_target(url)
-        return cls(conninfo, url=url, **options)
+        return cls(conninfo, url=url, readonly=readonly, **options)
 
     def __init__(
         self,
@@ -208,8 +211,9 @@ class PostgresStore(SqlStore):
         lease: float | None = None,
         batch: int = MAX_BATCH,
         lost_budget: int = LOST_BUDGET,
+        readonly: bool = False,
         **codec_options: Any,
     ) -> None:
-        io = PostgresIo(conninfo, redact(url or conninfo))
+        io = PostgresIo(conninfo, redact(url or conninfo), readonly=readonly)
         super().__init__(io, codec=codec_from(codec_options, None), lost_budget=lost_budget,
                          max_batch=batch, lease_s=lease)  # fmt: skip

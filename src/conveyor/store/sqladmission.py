@@ -15,6 +15,7 @@ and their claims stay on the plain depth-first path (``sqlclaim.py``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +30,7 @@ from conveyor.core.admission import (
 from conveyor.core.ordering import PriorityKey
 from conveyor.model import TaskSpec
 from conveyor.store.base import Claim
+from conveyor.store.sqlborrow import Borrowing
 from conveyor.store.sqlexplain import best_head, ready_reason_of
 from conveyor.store.sqlshapes import GangMark, ShapeRow, Shapes, head, read_groups, shape_sig
 from conveyor.store.sqlsteps import NOOP_BATCH, Worker, due_retries, start
@@ -47,6 +49,7 @@ class Admission:
         self.shapes = shapes
         self._on: bool | None = None
         self._blocked = False
+        self.borrowing = Borrowing()
 
     # -- mode -----------------------------------------------------------------------------------
     @property
@@ -64,12 +67,16 @@ class Admission:
         """The store was wiped (a graph replaced): nothing is known any more."""
         self._on = None
         self.shapes.forget()
+        self.borrowing = Borrowing()
 
     # -- submit -----------------------------------------------------------------------------------
-    def declare_groups(self, tx: Tx, groups: Mapping[str, Any]) -> None:
-        """The graph's declared groups (weight, cap); a resubmission may change them."""
+    def declare_groups(self, tx: Tx, groups: Mapping[str, Any], borrow: str | None = None) -> None:
+        """The graph's declared groups (weight, cap) and borrow policies (store meta
+        ``borrow``: the run's and each group's); a resubmission may change them."""
         for name, g in groups.items():
             tx.run("adm_upsert_group", name=name, weight=float(g.weight), cap=g.cap)
+        policies = {"run": borrow, "groups": {n: g.borrow for n, g in groups.items() if g.borrow}}
+        tx.run("meta_set", key="borrow", value=json.dumps(policies, sort_keys=True))
 
     def shape_ids(self, tx: Tx, tasks: list[TaskSpec]) -> list[int]:
         """Validate the admission fields of new tasks (the same checks as the memory store, by
@@ -139,14 +146,21 @@ class Admission:
         shapes, marks = self.shapes.read(tx)
         q = AdmissionQueue(groups, gang_wait_s=self.gang_wait_s)
         groups = q.groups
+        for shape, _gang, _size in shapes.values():
+            groups.setdefault(shape.group, GroupInfo())
+        limits = self.borrowing.apply(tx, q, now)
         bucket: list[int] = []  # local bucket -> shape id
         for sid, (shape, gang, size) in shapes.items():
-            g = groups.setdefault(shape.group, GroupInfo())
+            g = groups[shape.group]
             if g.cap is not None and g.running >= g.cap:
                 continue
-            if offer.fit_count(shape) <= 0:
+            if not limits and offer.fit_count(shape) <= 0:
                 continue
             rows = head(tx, sid, size or 1)
+            if rows:
+                q.unfinished[shape.group] = 1  # ready work: the group is active
+            if limits and offer.fit_count(shape) <= 0:
+                continue
             if not rows or (gang is not None and len(rows) < (size or 0)):
                 continue
             local = q.add_bucket(shape)
@@ -234,6 +248,6 @@ class Admission:
             return
         self._blocked = True
         sid, tid, key = best
-        why = ready_reason_of(tx, self.shapes, tid, key, sid, [offer], read_groups(tx))
+        why = ready_reason_of(tx, self.shapes, tid, key, sid, [offer], read_groups(tx), now)
         tx.audit(now, "admission_blocked", None, None, None, self.worker.name, first=tid,
                  free_slots=offer.slots, reason=why.code)  # fmt: skip

@@ -9,11 +9,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from conveyor.core.admission import GroupInfo, Offer
-from conveyor.core.explain import GangView, Reason, behind_reason, not_ready_reason, ready_reason
-from conveyor.core.ordering import PriorityKey
+from conveyor.core.admission import AdmissionQueue, GroupInfo, Offer
+from conveyor.core.borrow import BorrowCheck
+from conveyor.core.explain import (
+    GangView,
+    Reason,
+    band_reason,
+    behind_reason,
+    not_ready_reason,
+    ready_reason,
+)
+from conveyor.core.ordering import PriorityKey, band_floor
 from conveyor.errors import GraphError
 from conveyor.model import TaskState
+from conveyor.store.sqlborrow import Borrowing
 from conveyor.store.sqlshapes import Shapes, head, read_groups
 from conveyor.store.sqltx import Reads
 
@@ -26,6 +35,7 @@ def ready_reason_of(
     sid: int,
     offers: list[Offer],
     groups: dict[str, GroupInfo],
+    now: float,
 ) -> Reason:
     """``ready_reason`` for the ready task ``tid`` (key ``key``) of shape ``sid``."""
     rows, marks = shapes.read(reads)
@@ -44,13 +54,49 @@ def ready_reason_of(
         return seen[group]
 
     def behind() -> Reason:
-        ahead = int(reads.scalar("adm_ahead_in_shape", shape=sid, neg_depth=key.neg_depth,
+        ahead = int(reads.scalar("adm_ahead_in_shape", shape=sid, neg_depth=key.rank,
                                  root_seq=key.root_seq, seq=key.submit_seq))  # fmt: skip
         first = head(reads, sid) if ahead else []
         return behind_reason(tid, key, ahead, first[0][1] if first else None)
 
-    return ready_reason(tid, shape, groups, offers, gang=view, has_ready=has_ready,
-                        behind=behind)  # fmt: skip
+    return ready_reason(
+        tid, shape, groups, offers, gang=view, has_ready=has_ready, behind=behind,
+        higher_band=lambda: higher_band(reads, tid, key),
+        borrow=lambda: borrow_refusal(reads, rows, shape.group, groups, offers, now, has_ready),
+    )  # fmt: skip
+
+
+def borrow_refusal(
+    reads: Reads,
+    rows: dict[int, Any],
+    group: str,
+    groups: dict[str, GroupInfo],
+    offers: list[Offer],
+    now: float,
+    has_ready: Any,
+) -> BorrowCheck | None:
+    """``AdmissionQueue.borrow_refusal`` on what the store holds (``sqlborrow.Borrowing``)."""
+    q = AdmissionQueue({n: GroupInfo(g.weight, g.cap, g.running) for n, g in groups.items()})
+    for shape, _gang, _size in rows.values():
+        q.groups.setdefault(shape.group, GroupInfo())
+    if not Borrowing().apply(reads, q, now):
+        return None
+    for name in q.groups:
+        if has_ready(name):
+            q.unfinished[name] = 1
+    capacity = sum(o.capacity if o.capacity is not None else o.slots for o in offers)
+    return q.borrow_refusal(group, capacity)
+
+
+def higher_band(reads: Reads, tid: str, key: PriorityKey) -> Reason | None:
+    """``core.explain.band_reason`` from the ready rows of higher bands (a range of the ready
+    index below the task's band)."""
+    rows = reads.rows("adm_higher_band", floor=band_floor(key.band))
+    ahead, best = (int(rows[0][0]), rows[0][1]) if rows else (0, None)
+    if not ahead or best is None:
+        return None
+    first = reads.scalar("adm_first_plain")
+    return band_reason(tid, key.rank, ahead, int(best), first)
 
 
 def best_head(reads: Reads, shapes: Shapes) -> tuple[int, str, PriorityKey] | None:
@@ -97,13 +143,17 @@ class Explainer:
             return early
         key = PriorityKey(int(neg_depth), int(root_seq), int(seq))
         if sid == 0:  # a plain graph: one depth-first queue
-            ahead = int(reads.scalar("adm_ahead_plain", neg_depth=key.neg_depth,
+            above = higher_band(reads, task_id, key)
+            if above is not None:
+                return above
+            ahead = int(reads.scalar("adm_ahead_plain", neg_depth=key.rank,
                                      root_seq=key.root_seq, seq=key.submit_seq))  # fmt: skip
             first = reads.scalar("adm_first_plain") if ahead else None
             return behind_reason(task_id, key, ahead, first)
         if offers is None:
             offers = self.offers(reads, now, admission)
-        return ready_reason_of(reads, self.shapes, task_id, key, sid, offers, read_groups(reads))
+        groups = read_groups(reads)
+        return ready_reason_of(reads, self.shapes, task_id, key, sid, offers, groups, now)
 
     def offers(self, reads: Reads, now: float, admission: bool) -> list[Offer]:
         """What each live worker offers now: its slots, labels, resources and time left (from
@@ -163,7 +213,7 @@ class Explainer:
                 continue
             seq, tid, neg_depth, root_seq, _noop = rows[0]
             key = PriorityKey(neg_depth, root_seq, seq)
-            why = ready_reason_of(reads, self.shapes, tid, key, sid, offers, dict(groups))
+            why = ready_reason_of(reads, self.shapes, tid, key, sid, offers, dict(groups), now)
             add(why.code, n)
         shares = {
             name: {"running": g.running, "cap": g.cap, "weight": g.weight}

@@ -48,8 +48,8 @@ class SqliteIo(SqlIo):
     dialect = "sqlite"
     types = _TYPES
 
-    def __init__(self, path: Path, url: str, timeout: float) -> None:
-        super().__init__(url)
+    def __init__(self, path: Path, url: str, timeout: float, *, readonly: bool = False) -> None:
+        super().__init__(url, readonly=readonly)
         self.path = path
         self.timeout = timeout
         #: Seconds a write waits for the lock: ``timeout``, or a worker's lease when longer.
@@ -59,6 +59,10 @@ class SqliteIo(SqlIo):
         self._lock = threading.RLock()
         self._killed: list[tuple[str, Holder]] = []  # taken over, to record in the next write
         self.conn: sqlite3.Connection | None = None
+        self._wlock: WriteLock | None = None
+        if readonly:
+            self._open_readonly(path, url, timeout)
+            return
         if not path.parent.is_dir():
             raise StoreError(f"{url}: directory {str(path.parent)!r} does not exist")
         if path.is_dir():
@@ -86,6 +90,20 @@ class SqliteIo(SqlIo):
         except BaseException:
             self.close()
             raise
+
+    def _open_readonly(self, path: Path, url: str, timeout: float) -> None:
+        """A connection that cannot write (``mode=ro``) and takes no write lock: a viewer's.
+        It creates nothing; the store's WAL mode, set by its writers, persists in the file."""
+        from urllib.parse import quote
+
+        if not path.is_file():
+            raise StoreError(f"{url}: {str(path)!r} does not exist")
+        with self._errors():
+            uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
+                                   check_same_thread=False)  # fmt: skip
+            self.conn = conn
+            conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
 
     def _conn(self) -> sqlite3.Connection:
         conn = self.conn
@@ -118,8 +136,11 @@ class SqliteIo(SqlIo):
     @contextmanager
     def begin(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
+        wlock = self._wlock
+        if wlock is None:
+            raise StoreError(f"{self.url}: opened read-only")
         with self._lock:
-            self._killed += self._wlock.acquire(self.patience, self._lease_of,
+            self._killed += wlock.acquire(self.patience, self._lease_of,
                                                 while_running=self.is_worker)  # fmt: skip
             try:
                 with self._errors():
@@ -132,7 +153,7 @@ class SqliteIo(SqlIo):
                         raise
                     conn.execute("COMMIT")
             finally:
-                self._wlock.release()
+                wlock.release()
 
     def _lease_of(self, holder: Holder) -> tuple[str, float] | None:
         """The worker name and lease of the lock's holder, if it is a worker of this store
@@ -203,7 +224,7 @@ class SqliteIo(SqlIo):
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-        wlock = getattr(self, "_wlock", None)
+        wlock = getattr(self, "_wlock", None)  # None: read-only, or the open failed
         if wlock is not None:
             wlock.close()
 
@@ -214,9 +235,9 @@ class SqliteStore(SqlStore):
     io: SqliteIo
 
     @classmethod
-    def from_url(cls, url: str) -> SqliteStore:
+    def from_url(cls, url: str, *, readonly: bool = False) -> SqliteStore:
         path, options = sqlite_target(url)
-        return cls(path, url=url, **options)
+        return cls(path, url=url, readonly=readonly, **options)
 
     def __init__(
         self,
@@ -227,12 +248,14 @@ class SqliteStore(SqlStore):
         lease: float | None = None,
         batch: int = MAX_BATCH,
         lost_budget: int = LOST_BUDGET,
+        readonly: bool = False,
         **codec_options: Any,
     ) -> None:
         path = Path(path)
         url = url or f"sqlite:///{path}"
         codec = codec_from(codec_options, str(path) + ".results")
-        super().__init__(SqliteIo(path, url, timeout), codec=codec, lost_budget=lost_budget,
+        io = SqliteIo(path, url, timeout, readonly=readonly)
+        super().__init__(io, codec=codec, lost_budget=lost_budget,
                          max_batch=batch, lease_s=lease)  # fmt: skip
 
     def register_worker(self, worker: str, now: float, info: Mapping[str, Any]) -> None:

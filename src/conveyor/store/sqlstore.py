@@ -25,7 +25,7 @@ from conveyor.core.explain import Reason
 from conveyor.core.fingerprint import Decision
 from conveyor.errors import GraphError, StoreError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
-from conveyor.store import sqladmin, sqlfp
+from conveyor.store import sqladmin, sqlfp, sqlviews
 from conveyor.store.base import (
     Claim,
     EventFeed,
@@ -96,6 +96,11 @@ class SqlStore(Store):
         current = self.io.schema_version()
         if current == latest:
             return
+        if self.io.readonly and current < latest:
+            raise StoreError(
+                f"{self.url}: made by an older conveyor (schema v{current}, this one reads "
+                f"v{latest}); open it once with `conveyor status` to bring it forward"
+            )
         if current > latest:
             raise StoreError(
                 f"{self.url}: made by a newer conveyor (schema v{current}, this one knows "
@@ -268,6 +273,18 @@ class SqlStore(Store):
     def status(self, now: float) -> dict[str, Any]:
         return {**sqladmin.status(self.db, now),
                 **self.explainer.summary(self.db, now, self.adm.on)}  # fmt: skip
+
+    def task_info(self, task_id: str) -> dict[str, Any]:
+        return sqlviews.task_info(self.db, task_id)
+
+    def task_ids(self, states: Sequence[str], limit: int) -> list[str]:
+        return sqlviews.task_ids(self.db, states, limit)
+
+    def task_groups(self, ids: Sequence[str]) -> dict[str, str]:
+        return sqlviews.task_groups(self.db, ids)
+
+    def worker_rows(self, now: float) -> list[dict[str, Any]]:
+        return sqlviews.worker_rows(self.db, now)
 
     def events_after(self, after: int, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
         return list(self.db.events("audit_after", after=after, limit=limit))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from conveyor.core.dag import Layout, layout
-from conveyor.core.ordering import PriorityKey, depth_from
+from conveyor.core.ordering import DEFAULT_BAND, PriorityKey, band_from, band_number, depth_from
 from conveyor.core.transitions import DEAD, skip_closure, upstream_failed
 from conveyor.errors import GraphMismatchError, StaleLeaseError
 from conveyor.model import GraphSpec, TaskSpec, TaskState
@@ -76,7 +76,7 @@ class Submissions:
             else:
                 sqlremove.restore(tx, graph, now)
                 existing = {r[0]: (r[1], r[2], r[3]) for r in tx.rows("all_task_keys")}
-        self.admission.declare_groups(tx, graph.groups)
+        self.admission.declare_groups(tx, graph.groups, graph.borrow)
         new = [t for t in graph.tasks if t.id not in existing]
         if new:
             roots += 1
@@ -110,7 +110,16 @@ class Submissions:
             r = tx.rows("task_by_id", id=tid)
             return (r[0][0], r[0][1], r[0][2]) if r else None
 
-        self.insert(tx, tasks, lookup, depth_from(row[2]) + 1, row[3], now, parent.id)
+        self.insert(
+            tx,
+            tasks,
+            lookup,
+            depth_from(row[2]) + 1,
+            row[3],
+            now,
+            parent.id,
+            band=band_from(row[2]),
+        )  # (children inherit their submitter's band)
         tx.notify = True
         return [t.id for t in tasks]
 
@@ -126,12 +135,14 @@ class Submissions:
         *,
         lay: Layout | None = None,
         bare: bool = False,
+        band: int = DEFAULT_BAND,
     ) -> int:
         """Insert new tasks with their edges and audit rows; returns the first new seq.
         ``lookup(id)`` gives an existing task's ``(seq, state, neg_depth)``; ``submitted_by``:
         the running task that submits them (kept in their specs: they are not its graph
         file's); ``lay``: their layout when already known (a whole graph with no tasks in the
-        store); ``bare``: every task is an id, parents and maybe a runtime. O(V + E)."""
+        store); ``bare``: every task is an id, parents and maybe a runtime; ``band``: the band
+        of the tasks that name none. O(V + E)."""
         known: dict[str, Known] = {}  # lookups of existing parents, each made once
 
         def external(tid: str) -> Known | None:
@@ -185,10 +196,10 @@ class Submissions:
                 state, error = SKIPPED, upstream_failed(skipped[i])
             else:
                 state = READY if waiting[i] == 0 else PENDING
-            key = PriorityKey.of(lay.depth[i], root_seq, first + i)
+            key = PriorityKey.of(lay.depth[i], root_seq, first + i, band_number(t.band, band))
             rows.append({
                 "seq": key.submit_seq, "id": t.id, "state": state,
-                "neg_depth": key.neg_depth, "root_seq": key.root_seq, "grp": t.group,
+                "neg_depth": key.rank, "root_seq": key.root_seq, "grp": t.group,
                 "waiting": waiting[i], "noop": int(t.is_noop),
                 "labels": json.dumps(t.labels, sort_keys=True) if t.labels else None,
                 "resources": json.dumps(t.resources, sort_keys=True) if t.resources else None,

@@ -39,9 +39,12 @@ class SqlIo(abc.ABC):
     #: side, and one round keeps each transaction's row locks in one sorted batch.
     claim_rounds: ClassVar[int] = 1 << 30
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.url = url
         self.queries = load_queries(self.dialect)
+        #: Opened for reading only (``open_store(readonly=True)``: a viewer such as the
+        #: dashboard): every write transaction is refused.
+        self.readonly = readonly
 
     @abc.abstractmethod
     def begin(self) -> AbstractContextManager[Any]:

@@ -26,11 +26,17 @@ STORE_OPTIONS = frozenset({"results", "results_dir", "inline_max", "batch", "los
 
 
 def open_store(
-    url: str | None, *, emit: EventSink | None = None, clock: Clock = SYSTEM_CLOCK
+    url: str | None,
+    *,
+    emit: EventSink | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    readonly: bool = False,
 ) -> Store:
     """Open the store named by ``url``: ``None`` or ``memory://`` for an in-process store,
     ``sqlite:///path/run.db``, ``postgresql://...``. ``emit`` receives the events of committed
-    transitions; ``clock`` stamps them inside transactions (see ``Store``)."""
+    transitions; ``clock`` stamps them inside transactions (see ``Store``). ``readonly``: a
+    durable store on a connection that cannot write (a viewer's: it creates nothing and takes
+    no write lock), which must exist already."""
     if url is None or url in MEMORY_URLS:
         from conveyor.store.memory import MemoryStore
 
@@ -38,11 +44,11 @@ def open_store(
     elif url.startswith("sqlite://"):
         from conveyor.store.sqlite import SqliteStore
 
-        store = SqliteStore.from_url(url)
+        store = SqliteStore.from_url(url, readonly=readonly)
     elif url.startswith(("postgresql://", "postgres://")):
         from conveyor.store.postgres import PostgresStore
 
-        store = PostgresStore.from_url(url)
+        store = PostgresStore.from_url(url, readonly=readonly)
     else:
         raise StoreError(
             f"unknown store URL {url!r}: use memory://, sqlite:///path/run.db or postgresql://..."

@@ -519,6 +519,12 @@ WHERE state = {READY} AND shape > 0 AND shape = :shape
 ORDER BY {KEY}
 LIMIT :limit;
 
+-- Borrowing (core/borrow.py): whether a group has work that is not ready yet (waiting on
+-- parents or a retry): its fair share then counts. Not a seek: a worker asks at most once per
+-- BORROW_TTL_S per group, and only when a policy other than work_conserving is in force.
+-- name: adm_group_waiting
+SELECT 1 FROM tasks WHERE grp = :grp AND state IN ({PENDING}, {RETRY_WAIT}) LIMIT 1;
+
 -- name: adm_group_of
 SELECT s.grp FROM tasks t JOIN task_shapes s ON s.id = t.shape WHERE t.seq = :seq;
 
@@ -541,6 +547,11 @@ WHERE state = {READY} AND shape > 0 AND shape = :shape
 SELECT count(*) FROM tasks
 WHERE state = {READY} AND ({KEY}) < (:neg_depth, :root_seq, :seq);
 
+-- Ready tasks of higher bands than a task whose band's smallest rank is :floor (the key's
+-- first column packs band and depth: core/ordering.py).
+-- name: adm_higher_band
+SELECT count(*), min(neg_depth) FROM tasks WHERE state = {READY} AND neg_depth < :floor;
+
 -- name: adm_first_plain
 SELECT id FROM tasks WHERE state = {READY} ORDER BY {KEY} LIMIT 1;
 
@@ -556,3 +567,32 @@ GROUP BY shape, state;
 -- A range of meta keys: each worker's EndpointLimiter statistics, written on its ticks
 -- (`conveyor status`), or its runtime report (`runtime_reports`).
 SELECT key, value FROM meta WHERE key >= :lo AND key < :hi;
+
+-- Reads for people (the dashboard, store/sqlviews.py): never on the claim/complete path.
+-- name: view_task
+SELECT t.seq, t.state, t.grp, t.attempt, t.lost, t.worker, t.lease_until, t.not_before,
+       t.error, t.updated, s.spec, f.fp
+FROM tasks t LEFT JOIN specs s ON s.seq = t.seq LEFT JOIN fingerprints f ON f.seq = t.seq
+WHERE t.id = :id;
+
+-- name: view_parents
+SELECT t.id FROM edges e JOIN tasks t ON t.seq = e.parent WHERE e.child = :seq ORDER BY t.seq;
+
+-- name: view_children
+SELECT t.id FROM edges e JOIN tasks t ON t.seq = e.child WHERE e.parent = :seq ORDER BY t.seq;
+
+-- name: view_workers
+SELECT name, host, pid, joined, last_seen, lease_s, state, info FROM workers ORDER BY joined, name;
+
+-- name: view_task_ids
+SELECT id FROM tasks WHERE state IN (SELECT value FROM json_each(:states)) ORDER BY seq
+LIMIT :limit;
+
+-- name: view_task_ids@postgres
+SELECT id FROM tasks WHERE state = ANY(:states) ORDER BY seq LIMIT :limit;
+
+-- name: view_groups_of
+SELECT id, grp FROM tasks WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: view_groups_of@postgres
+SELECT id, grp FROM tasks WHERE id = ANY(:ids);

@@ -1,0 +1,153 @@
+"""Preemption: which running tasks to take back so that ready tasks of a higher band start.
+Pure: the state and ``now`` in, decisions out (not yet wired into the engine or the workers).
+
+When a ready task of a higher band fits a worker by labels and resources (``fits``) and no such
+worker has a free slot, one running task on a fitting worker is chosen to make room:
+
+1. only a task of a strictly lower band (a larger band number) than the waiting task;
+2. not one preempted within ``min_interval_s`` (anti-thrash), and not one already preempted
+   ``max_preemptions`` times (aging: after that it keeps its slot to the end, so best-effort
+   work that keeps being started is never starved forever);
+3. among those: **borrowed slots first** (a task of a group running beyond its fair share),
+   then the **lowest band**, then the **most recently started**;
+4. a gang is taken back whole: choosing one member takes every member (on any worker), and
+   its slots count for the waiting tasks in order.
+
+Waiting tasks are served best band first, then oldest ready. Each decision names the victims
+(to cancel cooperatively and requeue with their original key, not counted against their
+retries) and the waiting task they make room for. A waiting gang is not a trigger (only single
+tasks are); the plan says where the other waiting tasks go and which still wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+#: A task is not preempted again within this many seconds of its last preemption.
+MIN_INTERVAL_S = 60.0
+#: After this many preemptions a task is not preempted any more.
+MAX_PREEMPTIONS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class RunningTask:
+    task: str
+    worker: str
+    band: int
+    started: float
+    group: str = "default"
+    gang: str | None = None
+    borrowed: bool = False  # its group runs beyond its fair share (core/borrow.py)
+    preempted_at: float | None = None  # its last preemption
+    preemptions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingTask:
+    task: str
+    band: int
+    ready_since: float
+    fits: frozenset[str]  # the workers whose labels and resources it fits
+
+
+@dataclass(frozen=True, slots=True)
+class Preemption:
+    """Take back ``victims`` (a task, or a whole gang) so that ``waiting`` can start."""
+
+    waiting: str
+    victims: tuple[str, ...]
+    worker: str  # where the slot for ``waiting`` frees
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptPolicy:
+    min_interval_s: float = MIN_INTERVAL_S
+    max_preemptions: int = MAX_PREEMPTIONS
+
+
+def protected(t: RunningTask, now: float, policy: PreemptPolicy) -> bool:
+    """Whether ``t`` may not be preempted now (anti-thrash and aging)."""
+    if t.preemptions >= policy.max_preemptions:
+        return True
+    return t.preempted_at is not None and now - t.preempted_at < policy.min_interval_s
+
+
+def victim_order(t: RunningTask) -> tuple[bool, int, float]:
+    """Larger is taken first: borrowed, then lower band (larger number), then newer."""
+    return (t.borrowed, t.band, t.started)
+
+
+@dataclass(slots=True)
+class PreemptPlan:
+    """The decisions: ``preemptions`` in order, where each waiting task without one goes
+    (``placed``: on a free slot or one a gang's preemption freed) and who still waits."""
+
+    preemptions: list[Preemption]
+    placed: dict[str, str]
+    left: list[str]
+
+
+def choose_preemptions(
+    waiting: Sequence[WaitingTask],
+    running: Sequence[RunningTask],
+    free_slots: Mapping[str, int],
+    now: float,
+    policy: PreemptPolicy = PreemptPolicy(),
+) -> PreemptPlan:
+    """The preemptions that let the waiting tasks of higher bands start, in order. A waiting
+    task that fits a worker with a free slot needs none (admission places it). Slots a gang's
+    preemption frees beyond the one it was taken for go to the next waiting tasks that fit
+    them (an earlier one that fits would have taken the gang itself: its band is at least as
+    high). O(w · r) for ``w`` waiting and ``r`` running tasks."""
+    free = dict(free_slots)
+    taken: set[str] = set()
+    gangs: dict[str, list[RunningTask]] = {}
+    for t in running:
+        if t.gang is not None:
+            gangs.setdefault(t.gang, []).append(t)
+    plan = PreemptPlan([], {}, [])
+    left: list[WaitingTask] = []  # waiting, in order, with nothing found
+    for w in sorted(waiting, key=lambda w: (w.band, w.ready_since, w.task)):
+        spot = next((k for k in sorted(w.fits) if free.get(k, 0) > 0), None)
+        if spot is not None:
+            free[spot] -= 1
+            plan.placed[w.task] = spot
+            continue
+        best = _victim(w, running, taken, gangs, now, policy)
+        if best is None:
+            left.append(w)
+            continue
+        members = gangs[best.gang] if best.gang is not None else [best]
+        for m in members:
+            taken.add(m.task)
+            free[m.worker] = free.get(m.worker, 0) + 1
+        free[best.worker] -= 1  # the slot ``w`` takes
+        plan.preemptions.append(
+            Preemption(w.task, tuple(sorted(m.task for m in members)), best.worker)
+        )
+    plan.left = [w.task for w in left]
+    return plan
+
+
+def _victim(
+    w: WaitingTask,
+    running: Iterable[RunningTask],
+    taken: set[str],
+    gangs: Mapping[str, list[RunningTask]],
+    now: float,
+    policy: PreemptPolicy,
+) -> RunningTask | None:
+    best: RunningTask | None = None
+    for t in running:
+        if t.task in taken or t.worker not in w.fits or t.band <= w.band:
+            continue
+        if protected(t, now, policy):
+            continue
+        if t.gang is not None and any(
+            m.band <= w.band or protected(m, now, policy) for m in gangs[t.gang]
+        ):
+            continue  # a gang goes whole or not at all
+        if best is None or victim_order(t) > victim_order(best):
+            best = t
+    return best

@@ -1,0 +1,175 @@
+"""Priority bands (``core/ordering.py``): the packed key, the graph file and the Python API,
+and the start order of a real in-process run against an independent model."""
+
+from __future__ import annotations
+
+import heapq
+import typing
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import conveyor
+from conveyor import schema
+from conveyor.core.ordering import (
+    BAND_STRIDE,
+    BANDS,
+    DEFAULT_BAND,
+    MAX_BAND,
+    MIN_BAND,
+    PriorityKey,
+    band_floor,
+    band_from,
+    band_number,
+    depth_from,
+    rank_of,
+)
+from conveyor.errors import GraphError
+from conveyor.graphfile import graph_from_dict
+from conveyor.testing import EventLog
+from helpers import nx_depths
+
+bands = st.integers(MIN_BAND, MAX_BAND)
+depths = st.integers(0, BAND_STRIDE + 10)
+
+
+@given(b1=bands, d1=depths, b2=bands, d2=depths)
+def test_rank_orders_band_first_then_depth(b1: int, d1: int, b2: int, d2: int) -> None:
+    r1, r2 = rank_of(d1, b1), rank_of(d2, b2)
+    cap = BAND_STRIDE - 1
+    assert (r1 < r2) == ((b1, -min(d1, cap)) < (b2, -min(d2, cap)))
+    assert band_from(r1) == b1 and depth_from(r1) == min(d1, cap)
+    assert band_floor(b1) <= r1 and -(2**31) <= r1 < 2**31  # a 32-bit key column holds it
+    assert PriorityKey.of(d1, 1, 2, b1).band == b1
+
+
+def test_default_band_keeps_the_key_of_before_bands() -> None:
+    """Rows a store wrote before bands existed are batch rows: their rank is ``-depth``."""
+    assert BANDS["batch"] == DEFAULT_BAND
+    assert all(rank_of(d) == -d for d in (0, 1, 7, 10**6))
+
+
+def test_schema_band_is_the_ordering_bands() -> None:
+    _named, numbered = typing.get_args(schema.Band)
+    assert set(schema.BAND_NAMES) == set(BANDS)
+    meta = typing.get_args(numbered)[1]
+    assert (meta.ge, meta.le) == (MIN_BAND, MAX_BAND)
+
+
+def test_band_number_names_numbers_and_inheritance() -> None:
+    assert band_number("interactive") == 10 and band_number(15) == 15
+    assert band_number(None) == DEFAULT_BAND and band_number(None, inherited=30) == 30
+    for bad in ("urgent", 100, -1, True):
+        with pytest.raises(ValueError):
+            band_number(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("band", ["urgent", 100, -3, 2.5])
+def test_graph_file_refuses_a_bad_band_in_one_line(band: object) -> None:
+    with pytest.raises(GraphError) as info:
+        graph_from_dict({"tasks": [{"id": "a", "band": band}]}, check_functions=False)
+    assert "band" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(GraphError):
+        graph_from_dict({"band": band, "tasks": [{"id": "a"}]}, check_functions=False)
+
+
+def test_graph_band_is_each_unbanded_tasks_band() -> None:
+    spec = graph_from_dict({"band": "best_effort", "tasks": [{"id": "a"}, {"id": "b", "band": 5}]})
+    assert [t.band for t in spec.tasks] == ["best_effort", 5]
+    g = conveyor.Graph("g", band="interactive")
+    a = g.add(None, id="a")
+    g.add(None, id="b", band="batch", deps=[a])
+    assert [t.band for t in g.tasks] == ["interactive", "batch"]
+
+
+def model_order(
+    ids: Sequence[str], parents: Sequence[Sequence[str]], band: dict[str, int]
+) -> list[str]:
+    """One worker, no-op tasks: start the ready task of the smallest (band, -depth, position)."""
+    depth = nx_depths(ids, parents)
+    pos = {t: i for i, t in enumerate(ids)}
+    kids: dict[str, list[str]] = {t: [] for t in ids}
+    waiting = {t: len(set(ps)) for t, ps in zip(ids, parents, strict=True)}
+    for t, ps in zip(ids, parents, strict=True):
+        for p in set(ps):
+            kids[p].append(t)
+    heap = [(band[t], -depth[t], pos[t], t) for t in ids if waiting[t] == 0]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        *_, t = heapq.heappop(heap)
+        order.append(t)
+        for k in kids[t]:
+            waiting[k] -= 1
+            if waiting[k] == 0:
+                heapq.heappush(heap, (band[k], -depth[k], pos[k], k))
+    return order
+
+
+@st.composite
+def banded_dags(draw: st.DrawFn) -> tuple[list[str], list[list[str]], dict[str, int | str]]:
+    n = draw(st.integers(1, 25))
+    topo = [sorted(draw(st.sets(st.integers(0, i - 1), max_size=3))) if i else [] for i in range(n)]
+    ids = [f"t{k}" for k in range(n)]
+    choice = st.sampled_from([*BANDS, 0, 15, 99])
+    given_bands = {t: draw(choice) for t in ids if draw(st.booleans())}
+    return ids, [[f"t{p}" for p in topo[k]] for k in range(n)], given_bands
+
+
+@pytest.mark.parametrize("groups", [False, True])
+@settings(max_examples=30, deadline=None)
+@given(dag=banded_dags())
+def test_run_one_worker_starts_in_band_then_depth_first_order(dag, groups: bool) -> None:
+    ids, parents, given_bands = dag
+    tasks = []
+    for t, ps in zip(ids, parents, strict=True):
+        task: dict[str, object] = {"id": t, "deps": ps}
+        if t in given_bands:
+            task["band"] = given_bands[t]
+        tasks.append(task)
+    spec: dict[str, object] = {"tasks": tasks}
+    if groups:  # admission on: per-shape heaps, bands still first
+        spec["groups"] = {"default": {"weight": 1}}
+    log = EventLog()
+    result = conveyor.run(spec, workers=1, emit=log)
+    assert result.exit_code == 0
+    numbers = {t: band_number(given_bands.get(t)) for t in ids}
+    assert log.tasks("task_started") == model_order(ids, parents, numbers)
+
+
+def test_run_children_inherit_their_submitters_band() -> None:
+    """A real run on one slot: the interactive task submits two children, one naming no band
+    (it inherits interactive: a ready batch task waits behind its band) and one best-effort
+    (it runs last)."""
+    import threading
+
+    from conveyor.api import open_run
+    from helpers import wait_until
+
+    release = threading.Event()
+
+    def boss() -> None:
+        ctx = conveyor.current()
+        ctx.submit(None, id="kid")
+        ctx.submit(None, id="low", band="best_effort")
+        release.wait(60)
+
+    g = conveyor.Graph("inherit")
+    g.add(boss, id="boss", band="interactive")
+    g.add(None, id="x")
+    log = EventLog()
+    run = open_run(g, workers=1, emit=log)
+    thread = threading.Thread(target=run.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: "low" in log.tasks("task_submitted"), 10, "boss's children")
+        why = run.engine.explain("x")
+        assert why.code == "behind_higher_band" and why.details["first"] == "kid", why
+        assert why.details["higher_band"] == 10
+    finally:
+        release.set()
+        thread.join(60)
+        run.close()
+    assert log.tasks("task_started") == ["boss", "kid", "x", "low"]
