@@ -2,10 +2,83 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, chain
+from typing import Any, overload
 
 from conveyor.errors import CycleError, GraphError
+
+
+class Children(Sequence[Sequence[int]]):
+    """Each task's children, kept flat (compressed sparse rows): the children of ``i`` are
+    ``flat[start[i]:start[i + 1]]``, two 4-byte arrays for the whole graph instead of a list
+    and an int object per task (~100 bytes per task less at a million tasks). ``children[i]``
+    is that slice (an ``array``; empty, so falsy, for a leaf). Children added later to a task
+    already stored (a run-time child job on an existing parent) go to ``extra``.
+    """
+
+    __slots__ = ("extra", "flat", "start")
+
+    def __init__(self, start: array[int] | None = None, flat: array[int] | None = None) -> None:
+        self.start: array[int] = array("i", [0]) if start is None else start  # len n + 1
+        self.flat: array[int] = array("i") if flat is None else flat
+        self.extra: dict[int, list[int]] = {}
+
+    @classmethod
+    def from_lists(cls, lists: Sequence[Sequence[int] | None]) -> Children:
+        """The flat form of one list (or ``None``) of children per task."""
+        sizes = [len(ch) if ch else 0 for ch in lists]
+        start = array(_typecode(sum(sizes)), accumulate(sizes, initial=0))
+        flat = array(start.typecode, chain.from_iterable(ch for ch in lists if ch))
+        return cls(start, flat)
+
+    def __len__(self) -> int:
+        return len(self.start) - 1
+
+    @overload
+    def __getitem__(self, i: int) -> Sequence[int]: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Sequence[int]]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        start = self.start
+        kids = self.flat[start[i] : start[i + 1]]
+        if self.extra:
+            more = self.extra.get(i)
+            if more:
+                return [*kids, *more]
+        return kids
+
+    def __iter__(self) -> Iterator[Sequence[int]]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def add(self, parent: int, child: int) -> None:
+        """``child`` (a task stored after ``parent``) waits on ``parent`` too."""
+        more = self.extra.get(parent)
+        if more is None:
+            self.extra[parent] = [child]
+        else:
+            more.append(child)
+
+    def extend(self, other: Children, offset: int) -> None:
+        """Append ``other``'s tasks, whose positions start at ``offset`` here."""
+        base = len(self.flat)
+        if _typecode(base + len(other.flat)) != self.start.typecode:
+            self.start = array("q", self.start)
+            self.flat = array("q", self.flat)
+        self.start.extend(map(base.__add__, other.start[1:]))
+        self.flat.extend(map(offset.__add__, other.flat))
+        for k, more in other.extra.items():
+            self.extra[offset + k] = [offset + c for c in more]
+
+
+def _typecode(entries: int) -> str:
+    """4-byte positions while they fit, else 8-byte ones."""
+    return "i" if entries < 2**31 else "q"
 
 
 class Layout:
@@ -27,7 +100,7 @@ class Layout:
     def __init__(
         self,
         depth: list[int],
-        children: list[list[int] | None],
+        children: Children,
         waiting: list[int],
         external_parents: dict[int, list[str]],
         index: dict[str, int],
@@ -78,15 +151,15 @@ def layout(
     do) takes one pass that checks the order, counts parents and computes depths together;
     any other batch takes Kahn's algorithm, which also names a cycle.
     """
-    rng = list(range(len(ids)))  # one int object per position, shared by every list below
     if external_depth is not None:
         for tid in ids:
             if external_depth(tid) is not None:
                 raise GraphError(f"duplicate task id {tid!r}: a task of that id already exists")
     try:
-        return _topological(ids, parents, rng, base_depth)
+        return _topological(ids, parents, base_depth)
     except (KeyError, _NotTopological):
         pass  # a parent unknown, outside the batch or listed after its child; a repeated id
+    rng = list(range(len(ids)))  # one int object per position, shared by the lists below
     local = dict(zip(ids, rng, strict=True))
     if len(local) != len(ids):
         seen: set[str] = set()
@@ -97,16 +170,23 @@ def layout(
     return _general(ids, parents, rng, local, external_depth, base_depth)
 
 
-def _topological(
-    ids: Sequence[str], parents: Sequence[Sequence[str]], rng: list[int], base: int
-) -> Layout:
+def _topological(ids: Sequence[str], parents: Sequence[Sequence[str]], base: int) -> Layout:
     """One pass when every parent comes before its child. Ids enter the index as they are
-    passed, so a parent listed later (or a cycle, or an unknown id) is a ``KeyError``."""
-    n = len(rng)
+    passed, so a parent listed later (or a cycle, or an unknown id) is a ``KeyError``.
+
+    The edges are noted as two lists (parent, child: the index's own int objects) while the
+    pass runs and sorted by parent afterwards (a counting sort into ``Children``): no list or
+    int object is made per task, so the peak stays near what the layout keeps."""
+    n = len(ids)
     depth = [base] * n
-    children: list[list[int] | None] = [None] * n
+    out_degree = [0] * n
+    src: list[int] = []  # the edges, as the index's own int objects: no new ones
+    dst: list[int] = []
+    src_append = src.append
+    dst_append = dst.append
     local: dict[str, int] = {}
-    for i, tid, ps in zip(rng, ids, parents, strict=True):
+    levels: dict[int, int] = {}
+    for i, tid, ps in zip(range(n), ids, parents, strict=True):
         if ps:
             d = base
             for p in ps:
@@ -114,16 +194,28 @@ def _topological(
                 dj = depth[j]
                 if dj >= d:
                     d = dj + 1
-                ch = children[j]
-                if ch is None:
-                    children[j] = [i]
-                else:
-                    ch.append(i)
-            depth[i] = rng[d] if d < n else d  # rng's int object: no new one per task
+                out_degree[j] += 1
+                src_append(j)
+                dst_append(i)
+            if d > 256:  # past the small-int cache: one int object per level, not per task
+                d = levels.setdefault(d, d)
+            depth[i] = d
         local[tid] = i
     if len(local) != n:
         raise _NotTopological  # a repeated id: the general path names it
-    return Layout(depth, children, list(map(len, parents)), {}, local, parents)
+    edges = len(src)
+    code = _typecode(edges)
+    end = array(code, accumulate(out_degree))  # one past each task's last child
+    del out_degree
+    flat = array(code, [0]) * edges
+    # Backwards, each child goes just before its parent's current end: children stay in order.
+    for j, i in zip(reversed(src), reversed(dst), strict=True):
+        e = end[j] - 1
+        end[j] = e
+        flat[e] = i
+    del src, dst
+    end.append(edges)  # each task's end has moved back to its start
+    return Layout(depth, Children(end, flat), list(map(len, parents)), {}, local, parents)
 
 
 def _general(
@@ -177,7 +269,8 @@ def _general(
     if done != n:
         raise CycleError([ids[i] for i in _one_cycle(indegree, local_parents)])
     waiting = [len(lp) for lp in local_parents]
-    return Layout(depth, children, waiting, external, local, parents, local_parents)
+    flat = Children.from_lists(children)
+    return Layout(depth, flat, waiting, external, local, parents, local_parents)
 
 
 def _split_parents(

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from itertools import compress
 
 from conveyor.core.admission import AdmissionQueue, Offer
-from conveyor.core.dag import Layout, layout
+from conveyor.core.dag import Children, Layout, layout
 from conveyor.core.ordering import BAND_STRIDE, DEFAULT_BAND, band_offset, priority_key
 from conveyor.errors import GraphError
 from conveyor.model import TaskState
@@ -64,7 +64,7 @@ class Frontier:
         self.index: dict[str, int] = {}
         self.state = bytearray()
         self.waiting: list[int] = []  # unfinished parents
-        self.children: list[list[int] | None] = []
+        self.children = Children()
         self.depth: list[int] = []
         self.root_seq: list[int] = []
         #: Each task's band and its rank offset (``ordering.band_offset``); ``None`` until a
@@ -145,9 +145,7 @@ class Frontier:
             self.ids.extend(ids)
             index.update(zip(ids, new, strict=True))
             self.depth.extend(lay.depth)
-            children.extend(
-                [None if ch is None else [first + c for c in ch] for ch in lay.children]
-            )
+            children.extend(lay.children, first)
             waiting = lay.waiting
             for k, ext in lay.external_parents.items():
                 i = first + k
@@ -158,11 +156,7 @@ class Frontier:
                     if s in _DEAD:
                         dead.append(i)
                     waiting[k] += 1
-                    ch = children[p]
-                    if ch is None:
-                        children[p] = [i]
-                    else:
-                        ch.append(i)
+                    children.add(p, i)
             self.waiting.extend(waiting)
         if self.queue is not None:
             new_shapes = shapes if shapes is not None else [0] * n
@@ -267,7 +261,8 @@ class Frontier:
             gang = self.gang_of.get(i)
             if gang is not None:
                 q.gang_size[gang] -= 1  # a retried sibling re-forms a gang of those left
-        kids = self.children[i]
+        ch = self.children  # ``ch[i]``, inlined: a call per completion costs ~3% of a no-op run
+        kids = ch[i] if ch.extra else ch.flat[ch.start[i] : ch.start[i + 1]]
         if not kids:
             return []
         ready = []
