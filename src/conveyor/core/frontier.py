@@ -1,6 +1,7 @@
 """Event-driven readiness and the depth-first ready heap, for one process. Pure.
 
-A task is an index into parallel lists (cheap at a million tasks: ~150 bytes each). Each task
+A task is an index into parallel lists and flat arrays (children: one offset per task, one entry per
+edge; `core/dag.py` `Children`), cheap at a million tasks; the README gives the bytes. Each task
 keeps the number of its unfinished parents; finishing a task walks only its own children
 (O(fan-out)), and a child whose count reaches zero is pushed on the ready heap (O(log n)).
 No operation here visits tasks that its event does not concern.
