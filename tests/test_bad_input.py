@@ -66,6 +66,8 @@ GRAPH_CASES: list[tuple[str, Any, list[str]]] = [
     ("resources-bool", task(resources={"gpu": True}), ["'a'", "'resources.gpu'"]),
     ("endpoint-int", task(endpoint=5), ["'a'", "'endpoint'"]),
     ("endpoint-dict", task(endpoint={"x": 1}), ["'a'", "'endpoint'"]),
+    ("endpoint-malformed", task(cmd="true", endpoint="fake/ep"),
+     ["'a'", "'endpoint'", "provider/model/domain"]),
     ("gang-list", task(gang=["g"]), ["'a'", "'gang'"]),
     ("env-string", task(cmd="true", env="X=1"), ["'a'", "'env'"]),
     ("env-value-int", task(cmd="true", env={"X": 1}), ["'a'", "'env.X'"]),
@@ -312,3 +314,15 @@ def test_a_usage_error_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], s
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("conveyor: error: ") and says in lines[0]
+
+
+def test_python_graph_refuses_a_malformed_endpoint_when_the_task_is_added() -> None:
+    """``Graph.add`` checks the endpoint key (``core/limiter.check_key``), as a graph file's
+    loader does: before, each such task failed only when it ran."""
+    import conveyor
+    from conveyor.errors import GraphError
+
+    g = conveyor.Graph("e")
+    with pytest.raises(GraphError, match=r"task 'a', field 'endpoint': .*provider/model/domain"):
+        g.add(print, id="a", endpoint="fake/ep")
+    g.add(print, id="b", endpoint="openai/gpt-4o/api.openai.com")  # a well-formed key is fine
