@@ -310,6 +310,9 @@ def test_events_into_a_closed_pipe_exit_zero_silently(tmp_path: Path) -> None:
         (["build", "spec.py", "--records", "abc", "--out", "o"], "'--records'"),
         (["build"], "Missing argument"),
         (["frob"], "No such command 'frob'"),
+        (["slurm", "scale", "-1"], "(see: conveyor slurm scale --help)"),
+        (["slurm", "submit", "g.json", "--bogus"], "(see: conveyor slurm submit --help)"),
+        (["run", "g.json", "--wrkers", "3"], "(see: conveyor run --help)"),
     ],
 )
 def test_a_usage_error_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], says: str) -> None:
