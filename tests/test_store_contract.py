@@ -858,3 +858,21 @@ def test_store_why_no_worker_and_busy_workers_of_a_durable_store(
     assert store.explain("c", T0).details["ahead"] == 1
     assert store.status(T0)["reasons"] == {"no_free_slot": 2}
     assert store.explain("b", T0 + LEASE + 1).code == "no_worker"  # silent past its lease
+
+
+def test_store_status_has_no_eta_when_no_waiting_task_can_start(
+    store_url: str, store: Store
+) -> None:
+    """Tasks finished a moment ago give a rate, but the one left can never start on the live
+    workers (it would not finish before their end): ``eta_s`` is unknown, not a few seconds."""
+    durable(store_url, "it registers no workers")
+    store.configure(WorkerProfile(lease_s=LEASE))
+    store.open_graph(graph("g", {"id": "a"}, {"id": "long", "expected_s": 3600}), T0)
+    store.register_worker("h:1", T0, {"slots": 1, "until": T0 + 60})
+    a = claim1(store, T0, worker="h:1")
+    assert a is not None and a.id == "a" and store.complete(a, None, T0 + 1)
+    st = store.status(T0 + 2)
+    assert st["reasons"] == {"would_not_finish": 1} and st["tasks_per_s"] > 0, st
+    assert st["eta_s"] is None
+    store.register_worker("h:2", T0, {"slots": 1})  # a worker without an end: it can start
+    assert store.status(T0 + 2)["eta_s"] is not None

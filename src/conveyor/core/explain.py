@@ -93,6 +93,17 @@ def explain(
     )  # fmt: skip
 
 
+#: Reasons of a task that the live workers will never start as they are (another worker, more
+#: time or resources must come first).
+STUCK = frozenset({"no_matching_worker", "never_fits", "would_not_finish", "no_worker"})
+
+
+def none_can_start(running: int, reasons: Mapping[str, int]) -> bool:
+    """Nothing runs and every waiting task is stuck (``STUCK``) or waits on parents (that
+    cannot finish then): no rate of progress holds, so there is no ETA."""
+    return running == 0 and all(c in STUCK or c == "waiting_on_parents" for c in reasons)
+
+
 def not_ready_reason(
     tid: str,
     state: TaskState,
