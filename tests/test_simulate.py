@@ -216,3 +216,17 @@ def test_cli_groups_naming_an_unknown_group_is_refused_with_the_known_ones() -> 
     assert "cycles-1l-1c-9p-v1.4, helloworld-forkjoin-10-v1.5" in out.stderr
     ok = run_cli(*files, "--groups", "cycles-1l-1c-9p-v1.4=2,helloworld-forkjoin-10-v1.5=1/8")
     assert ok.returncode == 0, ok.stderr
+
+
+def test_cli_notes_once_that_resources_are_not_simulated(tmp_path: Path) -> None:
+    g = {"name": "r", "tasks": [{"id": f"t{i}", "runtime_s": 1, "resources": {"gpu": 1}}
+                                for i in range(3)] + [{"id": "plain", "runtime_s": 1}]}  # fmt: skip
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(g))
+    out = run_cli(path, "-w", "2")
+    assert out.returncode == 0, out.stderr
+    notes = [ln for ln in out.stderr.splitlines() if "not accounted" in ln]
+    assert len(notes) == 1 and "3 task(s)" in notes[0] and "(gpu)" in notes[0], out.stderr
+    plain = tmp_path / "p.json"
+    plain.write_text(json.dumps({"tasks": [{"id": "a", "runtime_s": 1}]}))
+    assert "not accounted" not in run_cli(plain).stderr

@@ -63,6 +63,19 @@ def check_group_names(settings: dict[str, SimGroup], specs: Sequence[GraphSpec])
         )
 
 
+def resources_note(specs: Sequence[GraphSpec]) -> str | None:
+    """The one line that says the simulation ignores the tasks' ``resources`` (simulated
+    workers offer slots only), when any task asks for some; else ``None``."""
+    asking = [t for s in specs for t in s.tasks if t.resources]
+    if not asking:
+        return None
+    names = sorted({k for t in asking for k in t.resources})
+    return (
+        f"conveyor: note: simulated workers offer slots only: the resources {len(asking)} "
+        f"task(s) ask for ({', '.join(names)}) are not accounted; each takes one slot"
+    )
+
+
 def parse_borrows(text: str | None) -> list[BorrowPolicy | None]:
     """``--borrow strict,bounded:2,work_conserving`` (or ``all``); ``[None]`` without it (the
     graph file's, else the default)."""
@@ -194,6 +207,9 @@ def simulate(
             keep_apart(specs, [str(f) for f, _ in arrivals])
             group_per_graph(specs)
         check_group_names(settings, specs)
+        note = resources_note(specs)
+        if note:
+            print(note, file=sys.stderr)
         for s in specs:
             for name, g in s.groups.items():
                 own = None if g.borrow is None else BorrowPolicy.parse(g.borrow)
