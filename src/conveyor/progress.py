@@ -9,7 +9,6 @@ import sys
 import time
 from typing import Any, TextIO
 
-
 #: The states of a task that will not change in this run.
 FINISHED = ("done", "failed", "skipped", "cancelled")
 
