@@ -66,6 +66,8 @@ GRAPH_CASES: list[tuple[str, Any, list[str]]] = [
     ("resources-bool", task(resources={"gpu": True}), ["'a'", "'resources.gpu'"]),
     ("endpoint-int", task(endpoint=5), ["'a'", "'endpoint'"]),
     ("endpoint-dict", task(endpoint={"x": 1}), ["'a'", "'endpoint'"]),
+    ("endpoint-malformed", task(cmd="true", endpoint="fake/ep"),
+     ["'a'", "'endpoint'", "provider/model/domain"]),
     ("gang-list", task(gang=["g"]), ["'a'", "'gang'"]),
     ("env-string", task(cmd="true", env="X=1"), ["'a'", "'env'"]),
     ("env-value-int", task(cmd="true", env={"X": 1}), ["'a'", "'env.X'"]),
@@ -89,7 +91,12 @@ GRAPH_CASES: list[tuple[str, Any, list[str]]] = [
     ("cmd-int", task(cmd=5), ["'a'", "'cmd'"]),
     ("cmd-list-with-int", task(cmd=["echo", 1]), ["'a'", "'cmd"]),
     ("cwd-int", task(cmd="true", cwd=5), ["'a'", "'cwd'"]),
-    ("executor-unknown", task(fn="os:getcwd", executor="gpu"), ["'a'", "'executor'"]),
+    ("executor-unknown", task(fn="os:getcwd", executor="gpu"),
+     ["'a'", "'executor'", "inline, thread, process", "got 'gpu'"]),
+    ("band-unknown", task(band="urgent"),
+     ["'a'", "'band'", "interactive, batch, best_effort or a number 0-99", "got 'urgent'"]),
+    ("band-too-high", task(band=150), ["'a'", "'band'", "a number 0-99", "got 150"]),
+    ("graph-band-unknown", {"band": "x", "tasks": [{"id": "a"}]}, ["'band'", "best_effort"]),
     ("gang-size-zero", task(gang="g", gang_size=0), ["'a'", "'gang_size'"]),
     ("fn-int", task(fn=5), ["'a'", "'fn'"]),
     ("fn-not-importable", task(fn="no_such_module_xyz:f"), ["'a'", "'fn'"]),
@@ -303,6 +310,9 @@ def test_events_into_a_closed_pipe_exit_zero_silently(tmp_path: Path) -> None:
         (["build", "spec.py", "--records", "abc", "--out", "o"], "'--records'"),
         (["build"], "Missing argument"),
         (["frob"], "No such command 'frob'"),
+        (["slurm", "scale", "-1"], "(see: conveyor slurm scale --help)"),
+        (["slurm", "submit", "g.json", "--bogus"], "(see: conveyor slurm submit --help)"),
+        (["run", "g.json", "--wrkers", "3"], "(see: conveyor run --help)"),
     ],
 )
 def test_a_usage_error_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], says: str) -> None:
@@ -312,3 +322,15 @@ def test_a_usage_error_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], s
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("conveyor: error: ") and says in lines[0]
+
+
+def test_python_graph_refuses_a_malformed_endpoint_when_the_task_is_added() -> None:
+    """``Graph.add`` checks the endpoint key (``core/limiter.check_key``), as a graph file's
+    loader does: before, each such task failed only when it ran."""
+    import conveyor
+    from conveyor.errors import GraphError
+
+    g = conveyor.Graph("e")
+    with pytest.raises(GraphError, match=r"task 'a', field 'endpoint': .*provider/model/domain"):
+        g.add(print, id="a", endpoint="fake/ep")
+    g.add(print, id="b", endpoint="openai/gpt-4o/api.openai.com")  # a well-formed key is fine

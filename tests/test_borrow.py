@@ -54,7 +54,9 @@ def test_policy_parse_and_default_bound() -> None:
     assert BorrowPolicy.parse("bounded").bound(2) == 1  # at least one slot
     assert BorrowPolicy.parse("strict").bound(100) == 0
     assert math.isinf(BorrowPolicy.parse("work_conserving").bound(100))
-    for bad in ("lenient", "bounded:", "bounded:-1", "bounded:x%", ""):
+    assert BorrowPolicy.parse("bounded:100%").bound(8) == 8
+    for bad in ("lenient", "bounded:", "bounded:-1", "bounded:x%", "", "bounded:150%",
+                "bounded:100.5%"):  # fmt: skip
         with pytest.raises(ValueError, match="borrow policy"):
             BorrowPolicy.parse(bad)
 

@@ -172,3 +172,61 @@ def test_cli_bad_options_are_one_line_exit_2(args: list[str], message: str) -> N
                          timeout=60)  # fmt: skip
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "simulate", *map(str, args), "--json"], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
+def test_cli_two_runs_of_one_workflow_family_keep_their_ids_apart(tmp_path: Path) -> None:
+    """Two traces of one family share task ids: each file stays its own graph and group (ids
+    as ``graph-name:id``); before, ``duplicate task id`` without a file named."""
+    src = DATA / "wfformat" / "cycles-1l-1c-9p-v1.4.json"
+    a, b = tmp_path / "runA.json", tmp_path / "runB.json"
+    a.write_bytes(src.read_bytes())
+    b.write_bytes(src.read_bytes())
+    out = run_cli(a, b, "-w", "4")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["tasks"] == 2 * 67
+    assert set(got["policies"][0]["groups"]) == {"runA", "runB"}
+    twice = run_cli(a, a, "-w", "4")  # the same file twice: two graphs, the second runA#2
+    assert twice.returncode == 0, twice.stderr
+    assert set(json.loads(twice.stdout)["policies"][0]["groups"]) == {"runA", "runA#2"}
+
+
+def test_cli_ids_that_clash_even_with_graph_names_name_both_files(tmp_path: Path) -> None:
+    one = {"name": "x", "tasks": [{"id": "y:z"}, {"id": "q"}]}
+    two = {"name": "x:y", "tasks": [{"id": "z"}, {"id": "q"}]}
+    a, b = tmp_path / "one.json", tmp_path / "two.json"
+    a.write_text(json.dumps(one))
+    b.write_text(json.dumps(two))
+    out = run_cli(a, b)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "one.json" in out.stderr and "two.json" in out.stderr and "'x:y:z'" in out.stderr
+
+
+def test_cli_groups_naming_an_unknown_group_is_refused_with_the_known_ones() -> None:
+    files = [DATA / "wfformat" / "cycles-1l-1c-9p-v1.4.json",
+             DATA / "wfformat" / "helloworld-forkjoin-10-v1.5.json"]  # fmt: skip
+    out = run_cli(*files, "--groups", "a=2,b=1/8")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "unknown group 'a', 'b'" in out.stderr
+    assert "cycles-1l-1c-9p-v1.4, helloworld-forkjoin-10-v1.5" in out.stderr
+    ok = run_cli(*files, "--groups", "cycles-1l-1c-9p-v1.4=2,helloworld-forkjoin-10-v1.5=1/8")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_cli_notes_once_that_resources_are_not_simulated(tmp_path: Path) -> None:
+    g = {"name": "r", "tasks": [{"id": f"t{i}", "runtime_s": 1, "resources": {"gpu": 1}}
+                                for i in range(3)] + [{"id": "plain", "runtime_s": 1}]}  # fmt: skip
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(g))
+    out = run_cli(path, "-w", "2")
+    assert out.returncode == 0, out.stderr
+    notes = [ln for ln in out.stderr.splitlines() if "not accounted" in ln]
+    assert len(notes) == 1 and "3 task(s)" in notes[0] and "(gpu)" in notes[0], out.stderr
+    plain = tmp_path / "p.json"
+    plain.write_text(json.dumps({"tasks": [{"id": "a", "runtime_s": 1}]}))
+    assert "not accounted" not in run_cli(plain).stderr

@@ -295,6 +295,25 @@ def test_slurm_submit_without_sbatch_or_store_one_line_exit_2(tmp_path: Path) ->
     assert "no pilot workers submitted here yet" in line
 
 
+def test_slurm_submit_on_a_finished_graph_submits_nothing_exit_0(tmp_path: Path) -> None:
+    """No cluster needed: a graph with nothing left to run gets no workers (they would start,
+    find nothing and exit), one line saying so, exit 0 (a rerun script goes on)."""
+    (tmp_path / "graph.json").write_text(json.dumps({"name": "g", "tasks": [{"id": "a"}]}))
+    db = f"sqlite:///{tmp_path}/run.db"
+    ok("run", "graph.json", "--db", db, "--quiet", cwd=tmp_path)
+    env = {**os.environ, "PATH": str(tmp_path / "empty-bin")}  # no sbatch: none is called
+    out = cli("slurm", "submit", "--db", db, "--workers", "4", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        f"conveyor: nothing to run: graph 'g' in {db} has no unfinished task; no workers submitted"
+    ]
+    store = open_store(db)
+    try:
+        assert pilots.load_record(store)[1] == []
+    finally:
+        store.close()
+
+
 def test_slurm_signalled_workers_hand_tasks_back_and_nothing_is_lost(
     make_run: Callable[..., Run],
 ) -> None:
@@ -330,7 +349,7 @@ def test_slurm_signalled_workers_hand_tasks_back_and_nothing_is_lost(
                        by_element[f"{first}_1"]: ["signal SIGTERM"]}  # fmt: skip
 
     run.gate.touch()
-    assert "1 workers in 1 sbatch submission" in ok("slurm", "scale", "1", "--db", run.db,
+    assert "1 worker in 1 sbatch submission" in ok("slurm", "scale", "1", "--db", run.db,
                                                     cwd=run.root)  # fmt: skip
     poll("the graph to finish", lambda: run.status()["unfinished"] == 0)
     run.finished_once(4)

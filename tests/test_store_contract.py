@@ -336,12 +336,14 @@ def test_store_explain_and_unfit_judge_a_task_no_worker_can_hold(
 
 
 def test_store_endpoints_are_capped_per_process(store_url: str, store: Store) -> None:
-    store.open_graph(graph("g", *({"id": f"e{i}", "endpoint": "api.x"} for i in range(3))), T0)
+    store.open_graph(
+        graph("g", *({"id": f"e{i}", "endpoint": "openai/m/api.x"} for i in range(3))), T0
+    )
     if not is_memory(store_url):
         assert store.endpoints() == []  # the durable stores ignore endpoints for admission
         return
-    assert store.endpoints() == ["api.x"]
-    store.set_endpoint_cap("api.x", 1)
+    assert store.endpoints() == ["openai/m/api.x"]
+    store.set_endpoint_cap("openai/m/api.x", 1)
     first = store.claim("w1", 1, T0, LEASE, offer=Offer(4))
     assert [c.id for c in first] == ["e0"]
     assert store.claim("w1", 1, T0, LEASE, offer=Offer(4)) == []
@@ -392,7 +394,7 @@ def test_store_status_has_every_documented_key(store_url: str, store: Store) -> 
     assert st["counts"]["done"] == 1 and st["counts"]["ready"] == 1
     if not is_memory(store_url):  # what workers of a shared store publish
         assert st["endpoints"]["api.x"]["limit"] == 3
-        assert st["reasons"] == {"behind_higher_priority": 1}
+        assert st["reasons"] == {"no_worker": 1}  # no worker registered: none is alive
 
 
 def test_store_cancel_unfinished_stops_an_interrupted_run(store_url: str, store: Store) -> None:
@@ -945,3 +947,64 @@ def test_store_borrowing_names_groups_beyond_their_fair_share(store: Store) -> N
     assert store.borrowing({"a": 3, "b": 1}, 4) == {"a"}  # a's share is 1 of 4
     assert store.borrowing({"a": 1, "b": 3}, 4) == frozenset()
     assert store.borrowing({"a": 2}, 8) == frozenset(), "within its share (2 of 8)"
+
+
+@pytest.mark.parametrize("groups", [False, True])
+def test_store_why_next_in_line_says_no_free_slot(store: Store, groups: bool) -> None:
+    """A ready task that is next in line while every slot is busy waits for a slot, not
+    "behind 0 tasks"; behind others it still says who goes first."""
+    extra = {"group": "g1"} if groups else {}
+    spec = graph("g", {"id": "a", **extra}, {"id": "b", **extra})
+    if groups:
+        spec = graph_from_dict(
+            {"name": "g", "groups": {"g1": {}},
+             "tasks": [{"id": t, "cmd": "true", "group": "g1"} for t in ("a", "b")]},
+            check_functions=False,
+        )  # fmt: skip
+    store.open_graph(spec, T0)
+    full = Offer(0, capacity=2)  # one worker, both slots busy
+    why = store.explain("a", T0, [full])
+    assert why.code == "no_free_slot", why
+    assert (why.details["workers"], why.details["slots"]) == (1, 2)
+    why = store.explain("b", T0, [full])
+    assert (why.code, why.details["ahead"], why.details["first"]) == (
+        "behind_higher_priority", 1, "a")  # fmt: skip
+    assert store.explain("a", T0, [full, Offer(1, capacity=1)]).code == "behind_higher_priority"
+
+
+def test_store_why_no_worker_and_busy_workers_of_a_durable_store(
+    store_url: str, store: Store
+) -> None:
+    """``conveyor why`` on a durable store reads its live workers: none alive is
+    ``no_worker``; the one worker busy is ``no_free_slot``; ``status`` tallies the same."""
+    durable(store_url, "it registers no workers")
+    store.configure(WorkerProfile(lease_s=LEASE))
+    store.open_graph(graph("g", {"id": "a"}, {"id": "b"}, {"id": "c"}), T0)
+    assert store.explain("a", T0).code == "no_worker"
+    assert store.status(T0)["reasons"] == {"no_worker": 3}
+    store.register_worker("h:1", T0, {"slots": 1})
+    assert store.explain("a", T0).code == "behind_higher_priority"  # a slot is free
+    assert claim1(store, T0, worker="h:1") is not None
+    why = store.explain("b", T0)
+    assert why.code == "no_free_slot" and why.details["slots"] == 1, why
+    assert store.explain("c", T0).details["ahead"] == 1
+    assert store.status(T0)["reasons"] == {"no_free_slot": 2}
+    assert store.explain("b", T0 + LEASE + 1).code == "no_worker"  # silent past its lease
+
+
+def test_store_status_has_no_eta_when_no_waiting_task_can_start(
+    store_url: str, store: Store
+) -> None:
+    """Tasks finished a moment ago give a rate, but the one left can never start on the live
+    workers (it would not finish before their end): ``eta_s`` is unknown, not a few seconds."""
+    durable(store_url, "it registers no workers")
+    store.configure(WorkerProfile(lease_s=LEASE))
+    store.open_graph(graph("g", {"id": "a"}, {"id": "long", "expected_s": 3600}), T0)
+    store.register_worker("h:1", T0, {"slots": 1, "until": T0 + 60})
+    a = claim1(store, T0, worker="h:1")
+    assert a is not None and a.id == "a" and store.complete(a, None, T0 + 1)
+    st = store.status(T0 + 2)
+    assert st["reasons"] == {"would_not_finish": 1} and st["tasks_per_s"] > 0, st
+    assert st["eta_s"] is None
+    store.register_worker("h:2", T0, {"slots": 1})  # a worker without an end: it can start
+    assert store.status(T0 + 2)["eta_s"] is not None

@@ -14,7 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from conveyor.errors import GraphError
-from conveyor.graphfile import graph_from_dict, graph_from_networkx, load_graph, validate_graph
+from conveyor.graphfile import (
+    check_endpoint,
+    graph_from_dict,
+    graph_from_networkx,
+    load_graph,
+    validate_graph,
+)
 from conveyor.model import GraphSpec, GroupSpec, TaskRef, TaskSpec, find_refs
 
 __all__ = ["Graph", "as_graph", "spec_from_call", "task"]
@@ -49,6 +55,8 @@ def spec_from_call(fn: Any, args: tuple[Any, ...], options: dict[str, Any]) -> T
             defaults[key] = tuple(defaults[key] or ())
     spec = TaskSpec(fn=fn, args=tuple(args), kwargs=kwargs, deps=tuple(deps), **defaults)
     spec.validate()
+    if spec.endpoint is not None:
+        check_endpoint(spec.id, spec.endpoint)
     return spec
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.bulk import paused_gc
 from conveyor.core.constraints import parse_constraints
 from conveyor.core.dag import layout
+from conveyor.core.limiter import check_key
 from conveyor.errors import GraphError
 from conveyor.imports import resolve_callable
 from conveyor.model import GraphSpec, GroupSpec, TaskSpec
@@ -244,6 +245,8 @@ def _task(t: TaskFields, check_functions: bool) -> TaskSpec:
             raise GraphError(f"{where}, field 'fn': {exc}") from None
     if t.labels:
         parse_constraints(t.labels, where=f"{where}, field 'labels'")
+    if t.endpoint is not None:
+        check_endpoint(t.id, t.endpoint)
     for i, path in enumerate(t.inputs):
         if os.path.isdir(path):  # inputs are hashed as files: a folder cannot be
             raise GraphError(f"{where}, field 'inputs[{i}]': {path!r} is a directory, not a file")
@@ -256,6 +259,15 @@ def _task(t: TaskFields, check_functions: bool) -> TaskSpec:
         executor=t.executor, env=t.env, cwd=t.cwd, meta=t.meta, expected_s=t.expected_s,
         band=t.band,
     )  # fmt: skip
+
+
+def check_endpoint(task_id: str, endpoint: str) -> None:
+    """A task's endpoint key reads ``provider/model/domain`` (``core/limiter.check_key``, the
+    one home of the rule): checked when the graph is built or loaded, not when the task runs."""
+    try:
+        check_key(endpoint)
+    except (TypeError, ValueError) as exc:
+        raise GraphError(f"task {task_id!r}, field 'endpoint': {exc}") from None
 
 
 def _check_across(spec: GraphSpec) -> None:
@@ -275,6 +287,8 @@ def validate_graph(spec: GraphSpec) -> None:
     parents, cycles, groups. O(V + E)."""
     for t in spec.tasks:
         t.validate()
+        if t.endpoint is not None:
+            check_endpoint(t.id, t.endpoint)
     _check_borrows(spec.borrow, spec.groups)
     _check_across(spec)
 

@@ -220,6 +220,7 @@ def explain(exc: msgspec.ValidationError, raw: Any, root: str = "$") -> str:
             field = step
         else:
             field += f".{step}"
+    what = _plain(what, schema)
     shown = ""
     if node is not _MISSING and "got" not in what and "field" not in what:
         value = repr(node)
@@ -230,6 +231,15 @@ def explain(exc: msgspec.ValidationError, raw: Any, root: str = "$") -> str:
 
 
 _MISSING: Any = object()
+
+
+def _plain(what: str, schema: Any) -> str:
+    """msgspec's words for a choice (an enum, the band's regex) as the values a user may give."""
+    if what.startswith("invalid enum value") and get_origin(_strip(schema)) is Literal:
+        return f"expected one of {', '.join(map(str, get_args(_strip(schema))))}"
+    if set(get_args(Band)) <= set(get_args(schema)):  # ``Band | None``: one flat union
+        return f"expected {', '.join(BAND_NAMES)} or a number 0-99"
+    return what
 
 
 def _hints(schema: Any) -> dict[str, Any]:

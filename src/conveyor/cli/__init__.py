@@ -8,6 +8,7 @@ Command modules import what is heavy (engine, stores, rich, yaml) inside their f
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -56,6 +57,16 @@ for _name, _command in (
 app.add_typer(slurm.app, name="slurm")
 
 
+def command_path(ctx: Any) -> str:
+    """``conveyor slurm submit``: the full command of a click context (the root's own name
+    may be ``__main__.py`` or a path: it is always ``conveyor``)."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["conveyor", *reversed(names)])
+
+
 def main() -> None:
     """The console script ``conveyor``. A usage error (an unknown option, a value out of its
     range) is one line on stderr and exit 2, like every other bad input, not a box. (Typer
@@ -75,7 +86,7 @@ def main() -> None:
         exit_code = getattr(exc, "exit_code", None)
         if not (hasattr(exc, "format_message") and isinstance(exit_code, int)):
             raise
-        hint = f" (see: conveyor {ctx.info_name} --help)" if ctx is not None and ctx.parent else ""
+        hint = f" (see: {command_path(ctx)} --help)" if ctx is not None and ctx.parent else ""
         sys.stderr.write(f"conveyor: error: {exc.format_message()}{hint}\n")
         sys.exit(exit_code)
     sys.exit(code if isinstance(code, int) else 0)

@@ -59,7 +59,7 @@ def run(
     """Run a graph file to the end, with a progress bar."""
     from conveyor.api import open_run
     from conveyor.bulk import freeze_survivors
-    from conveyor.progress import make_progress
+    from conveyor.progress import finished_of, make_progress
 
     opt.check_executor(executor, address)
     progress: Any = None
@@ -85,15 +85,15 @@ def run(
             **opt.in_flight(workers),
         ) as opened:  # fmt: skip
             freeze_survivors()  # this process ends with the run: the loaded graph stays
-            progress = make_progress(sum(opened.counts.values()), quiet=quiet)
+            start = opened.counts
+            progress = make_progress(sum(start.values()), quiet=quiet, already=finished_of(start))
             try:
                 result = opened.run()
             except KeyboardInterrupt:
                 result = opened.result()  # the run stopped and recorded what finished
             counts = result.counts
-            if progress is not None:
-                progress.update(counts, total=sum(counts.values()))
-                progress.close(counts)
+            if progress is not None:  # one final line (an update, then close, gave two)
+                progress.close(counts, total=sum(counts.values()))
             code = result.exit_code
             if not quiet:
                 summary(result, counts, opened.elapsed, opened.interrupted)

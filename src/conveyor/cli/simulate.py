@@ -47,6 +47,35 @@ def parse_groups(text: str | None) -> dict[str, SimGroup]:
     return out
 
 
+def check_group_names(settings: dict[str, SimGroup], specs: Sequence[GraphSpec]) -> None:
+    """``--groups`` names only groups the graphs have (their tasks' groups and the files'
+    ``groups``; with several files each file's graph is a group, named after it): a mistyped
+    name would otherwise change nothing, silently."""
+    if not settings:
+        return
+    known = {t.group for s in specs for t in s.tasks} | {g for s in specs for g in s.groups}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise UsageError(
+            f"--groups: unknown group {', '.join(map(repr, unknown))}; the groups are "
+            f"{', '.join(sorted(known))} (with several files, each file's graph is a group "
+            "named after it)"
+        )
+
+
+def resources_note(specs: Sequence[GraphSpec]) -> str | None:
+    """The one line that says the simulation ignores the tasks' ``resources`` (simulated
+    workers offer slots only), when any task asks for some; else ``None``."""
+    asking = [t for s in specs for t in s.tasks if t.resources]
+    if not asking:
+        return None
+    names = sorted({k for t in asking for k in t.resources})
+    return (
+        f"conveyor: note: simulated workers offer slots only: the resources {len(asking)} "
+        f"task(s) ask for ({', '.join(names)}) are not accounted; each takes one slot"
+    )
+
+
 def parse_borrows(text: str | None) -> list[BorrowPolicy | None]:
     """``--borrow strict,bounded:2,work_conserving`` (or ``all``); ``[None]`` without it (the
     graph file's, else the default)."""
@@ -160,7 +189,7 @@ def simulate(
     """
     from conveyor.cli.inputs import load_graph_file
     from conveyor.core.borrow import BorrowPolicy
-    from conveyor.sim.inputs import batch_of, group_per_graph
+    from conveyor.sim.inputs import batch_of, distinct_names, group_per_graph, keep_apart
     from conveyor.sim.loop import SimConfig, SimGroup, SimResult
     from conveyor.sim.loop import simulate as run_simulation
     from conveyor.sim.report import as_dict, lower_bound, text
@@ -173,10 +202,14 @@ def simulate(
         settings = parse_groups(groups)
         arrivals = [parse_file(f) for f in files]
         specs = [load_graph_file(f) for f, _ in arrivals]
-        if len(specs) > 1:
-            if len({s.name for s in specs}) < len(specs):
-                raise UsageError("two graph files have the same name: rename one")
+        if len(specs) > 1:  # each file is its own graph and group
+            distinct_names(specs)
+            keep_apart(specs, [str(f) for f, _ in arrivals])
             group_per_graph(specs)
+        check_group_names(settings, specs)
+        note = resources_note(specs)
+        if note:
+            print(note, file=sys.stderr)
         for s in specs:
             for name, g in s.groups.items():
                 own = None if g.borrow is None else BorrowPolicy.parse(g.borrow)

@@ -84,6 +84,10 @@ def submit(
                 raise UsageError(
                     f"{db}: the store holds no graph: `conveyor submit FILE --db` first"
                 )
+            if not store.has_unfinished():  # workers would start, find nothing and exit
+                typer.echo(f"conveyor: nothing to run: graph {graph!r} in {db} has no unfinished "
+                           "task; no workers submitted", err=True)  # fmt: skip
+                return
             slurm.require("sbatch")
             options = pilots.PilotOptions(
                 db=pilots.absolute_url(db), slots=slots or cpus_per_task or 1,
@@ -118,7 +122,8 @@ def _print_submitted(made: list[Any]) -> None:
     for a in made:
         typer.echo(f"job {a.job}: workers {a.offset}-{a.offset + a.count - 1}")
     n = sum(a.count for a in made)
-    typer.echo(f"{n} workers in {len(made)} sbatch submission{'s' * (len(made) != 1)}")
+    typer.echo(f"{n} worker{'s' * (n != 1)} in {len(made)} sbatch "
+               f"submission{'s' * (len(made) != 1)}")  # fmt: skip
 
 
 def status(db: opt.DbRequired, as_json: opt.AsJson = False) -> None:

@@ -55,7 +55,13 @@ class BorrowPolicy:
         if not amount:
             return cls(mode)
         if amount.endswith("%"):
-            return cls(mode, share=float(amount[:-1]) / 100.0)
+            percent = float(amount[:-1])
+            if percent > 100:  # a group cannot borrow more than all the slots there are
+                raise ValueError(
+                    f"borrow policy {text.strip()!r}: a share is at most 100% of all slots "
+                    "(bounded:100% or work_conserving lets a group borrow any idle slot)"
+                )
+            return cls(mode, share=percent / 100.0)
         return cls(mode, slots=int(amount))
 
     def bound(self, total: int) -> float:

@@ -6,7 +6,9 @@ Reason codes (the ``why`` contract): ``waiting_on_parents``, ``retry_backoff``, 
 ``fair_share``,
 ``behind_higher_priority``, ``no_matching_worker``, ``insufficient_resources``,
 ``gang_incomplete``, ``never_fits``, ``would_not_finish`` (its ``expected_s`` is more than any
-matching worker has left before its end), ``endpoint_limited``; and for tasks that are not
+matching worker has left before its end), ``endpoint_limited``, ``no_free_slot`` (it is next in
+line but every slot of the live workers is busy), ``no_worker`` (it is next in line but no
+worker is alive: a durable store, which knows its workers); and for tasks that are not
 pending: ``running``, ``done``, ``failed``, ``skipped``, ``cancelled``.
 """
 
@@ -66,8 +68,10 @@ def explain(
         return _higher_band(f, i, key, heaps)
 
     if q is None:
-        return higher_band() or _behind(
-            f, i, key, [e for e in f._heap if f.state[e[2]] == TaskState.READY]
+        return higher_band() or slot_reason(
+            tid,
+            offers,
+            _behind(f, i, key, [e for e in f._heap if f.state[e[2]] == TaskState.READY]),
         )
     shape = q.shapes[f.shape[i]]
     gang = f.gang_of.get(i)
@@ -87,6 +91,17 @@ def explain(
             f, i, key, [e for e in q.heaps[f.shape[i]] if f.state[e[2]] == TaskState.READY]
         ),
     )  # fmt: skip
+
+
+#: Reasons of a task that the live workers will never start as they are (another worker, more
+#: time or resources must come first).
+STUCK = frozenset({"no_matching_worker", "never_fits", "would_not_finish", "no_worker"})
+
+
+def none_can_start(running: int, reasons: Mapping[str, int]) -> bool:
+    """Nothing runs and every waiting task is stuck (``STUCK``) or waits on parents (that
+    cannot finish then): no rate of progress holds, so there is no ETA."""
+    return running == 0 and all(c in STUCK or c == "waiting_on_parents" for c in reasons)
 
 
 def not_ready_reason(
@@ -144,6 +159,7 @@ def ready_reason(
     behind: Callable[[], Reason],
     higher_band: Callable[[], Reason | None] = lambda: None,
     borrow: Callable[[], BorrowCheck | None] = lambda: None,
+    workers_known: bool = False,
 ) -> Reason:
     """Why the ready task ``tid`` of ``shape`` has not started: fit, gang, endpoint, cap, its
     group's borrow limit (``borrow()``: ``AdmissionQueue.borrow_refusal``), a higher band
@@ -219,7 +235,35 @@ def ready_reason(
                 "weights": weights,
             },
         )
-    return behind()
+    return slot_reason(tid, offers, behind(), workers_known=workers_known)
+
+
+def slot_reason(
+    tid: str, offers: Sequence[Offer], behind: Reason, *, workers_known: bool = False
+) -> Reason:
+    """The reason of a ready task that nothing else holds back: ``behind`` (key order) while
+    other tasks go first; once it is next in line, ``no_free_slot`` when every slot of the
+    ``offers`` is busy, or ``no_worker`` when ``workers_known`` (the offers are those of the
+    store's live workers, not "unknown") and there are none."""
+    if behind.details.get("ahead"):
+        return behind
+    if offers:
+        free = sum(max(0, o.slots) for o in offers)
+        if free > 0:
+            return behind
+        slots = _capacity(offers)
+        return Reason(
+            "no_free_slot",
+            f"{tid} is next; all {slots} slot(s) of {len(offers)} live worker(s) are busy",
+            {"workers": len(offers), "slots": slots, "busy": slots},
+        )
+    if workers_known:
+        return Reason(
+            "no_worker",
+            f"{tid} is next; no worker is alive (start: conveyor worker --db URL)",
+            {"workers": 0},
+        )
+    return behind
 
 
 def behind_reason(tid: str, key: Sequence[int], ahead: int, first: str | None) -> Reason:

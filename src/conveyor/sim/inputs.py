@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
 from conveyor.core.ordering import band_numbers
+from conveyor.errors import UsageError
 from conveyor.model import GraphSpec
 from conveyor.sim.loop import Batch
 
@@ -38,6 +39,44 @@ def batch_of(spec: GraphSpec, arrive: float = 0.0) -> Batch:
         bands=None if spec.structure_only else band_numbers([t.band for t in tasks]),
         arrive=arrive,
     )
+
+
+def distinct_names(specs: Sequence[GraphSpec]) -> None:
+    """Several graphs of one name (the same file twice, or two files that name their graph
+    alike) are told apart by a number: ``name``, ``name#2``, ``name#3`` ..."""
+    seen: dict[str, int] = {}
+    for spec in specs:
+        n = seen[spec.name] = seen.get(spec.name, 0) + 1
+        if n > 1:
+            spec.name = f"{spec.name}#{n}"
+
+
+def keep_apart(specs: Sequence[GraphSpec], files: Sequence[str]) -> None:
+    """Several graphs simulated together whose task ids clash (two runs of one workflow
+    family): every task id (and parent) becomes ``graph-name:id``, so each file stays its
+    own graph. Ids that still clash raise ``UsageError`` naming both files."""
+    owner: dict[str, int] = {}
+    clash = False
+    for k, spec in enumerate(specs):
+        for t in spec.tasks:
+            if owner.setdefault(t.id, k) != k:
+                clash = True
+                break
+    if not clash:
+        return
+    owner.clear()
+    for k, spec in enumerate(specs):
+        prefix = f"{spec.name}:"
+        for t in spec.tasks:
+            t.id = prefix + t.id
+            t.deps = tuple(prefix + d for d in t.deps)
+            first = owner.setdefault(t.id, k)
+            if first != k:
+                raise UsageError(
+                    f"{files[first]} and {files[k]}: both hold task {t.id!r} even with each "
+                    'file\'s graph name before its ids: rename a graph ("name" in the file)'
+                )
+        spec.layout = None  # (its index is by the old ids)
 
 
 def group_per_graph(specs: Sequence[GraphSpec]) -> None:

@@ -18,6 +18,7 @@ from conveyor.core.explain import (
     behind_reason,
     not_ready_reason,
     ready_reason,
+    slot_reason,
 )
 from conveyor.core.ordering import PriorityKey, band_floor
 from conveyor.errors import GraphError
@@ -36,8 +37,10 @@ def ready_reason_of(
     offers: list[Offer],
     groups: dict[str, GroupInfo],
     now: float,
+    workers_known: bool = False,
 ) -> Reason:
-    """``ready_reason`` for the ready task ``tid`` (key ``key``) of shape ``sid``."""
+    """``ready_reason`` for the ready task ``tid`` (key ``key``) of shape ``sid``;
+    ``workers_known``: ``offers`` are the store's live workers (none: ``no_worker``)."""
     rows, marks = shapes.read(reads)
     shape, gang, size = rows[sid]
     groups.setdefault(shape.group, GroupInfo())
@@ -63,6 +66,7 @@ def ready_reason_of(
         tid, shape, groups, offers, gang=view, has_ready=has_ready, behind=behind,
         higher_band=lambda: higher_band(reads, tid, key),
         borrow=lambda: borrow_refusal(reads, rows, shape.group, groups, offers, now, has_ready),
+        workers_known=workers_known,
     )  # fmt: skip
 
 
@@ -142,6 +146,7 @@ class Explainer:
         if early is not None:
             return early
         key = PriorityKey(int(neg_depth), int(root_seq), int(seq))
+        known = offers is None  # the live workers' offers, read here: none means no worker
         if sid == 0:  # a plain graph: one depth-first queue
             above = higher_band(reads, task_id, key)
             if above is not None:
@@ -149,11 +154,16 @@ class Explainer:
             ahead = int(reads.scalar("adm_ahead_plain", neg_depth=key.rank,
                                      root_seq=key.root_seq, seq=key.submit_seq))  # fmt: skip
             first = reads.scalar("adm_first_plain") if ahead else None
-            return behind_reason(task_id, key, ahead, first)
+            behind = behind_reason(task_id, key, ahead, first)
+            if ahead:
+                return behind
+            if offers is None:
+                offers = self.offers(reads, now, admission)
+            return slot_reason(task_id, offers, behind, workers_known=known)
         if offers is None:
             offers = self.offers(reads, now, admission)
         groups = read_groups(reads)
-        return ready_reason_of(reads, self.shapes, task_id, key, sid, offers, groups, now)
+        return ready_reason_of(reads, self.shapes, task_id, key, sid, offers, groups, now, known)
 
     def offers(self, reads: Reads, now: float, admission: bool) -> list[Offer]:
         """What each live worker offers now: its slots, labels, resources and time left (from
@@ -205,15 +215,17 @@ class Explainer:
         offers = self.offers(reads, now, admission)
         groups = read_groups(reads)
         for sid, n in sorted(ready.items()):
-            if sid == 0:
-                add(behind_reason("", (), 0, None).code, n)
+            if sid == 0:  # the head's reason stands for the queue (as a shape's below)
+                add(slot_reason("", offers, behind_reason("", (), 0, None),
+                                workers_known=True).code, n)  # fmt: skip
                 continue
             rows = head(reads, sid)
             if not rows:
                 continue
             seq, tid, neg_depth, root_seq, _noop = rows[0]
             key = PriorityKey(neg_depth, root_seq, seq)
-            why = ready_reason_of(reads, self.shapes, tid, key, sid, offers, dict(groups), now)
+            why = ready_reason_of(reads, self.shapes, tid, key, sid, offers, dict(groups), now,
+                                  workers_known=True)  # fmt: skip
             add(why.code, n)
         shares = {
             name: {"running": g.running, "cap": g.cap, "weight": g.weight}

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from conveyor.core.admission import Offer
-from conveyor.core.explain import Reason
+from conveyor.core.explain import Reason, none_can_start
 from conveyor.core.fingerprint import Decision
 from conveyor.core.preempt import PreemptPolicy
 from conveyor.errors import GraphError, StoreError
@@ -286,8 +286,10 @@ class SqlStore(Store):
         return [event for _id, event in self.db.events("history", task=task_id)]
 
     def status(self, now: float) -> dict[str, Any]:
-        return {**sqladmin.status(self.db, now),
-                **self.explainer.summary(self.db, now, self.adm.on)}  # fmt: skip
+        st = {**sqladmin.status(self.db, now), **self.explainer.summary(self.db, now, self.adm.on)}
+        if st["unfinished"] and none_can_start(st["counts"]["running"], st["reasons"]):
+            st["eta_s"] = None  # the last minute's rate says nothing of tasks that cannot start
+        return st
 
     def task_info(self, task_id: str) -> dict[str, Any]:
         return sqlviews.task_info(self.db, task_id)
