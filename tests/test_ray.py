@@ -5,6 +5,7 @@ conveyor still decides the order, retries and children; bad input is one line an
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 import conveyor
 from conveyor.core.retry import RetryPolicy
 from conveyor.errors import GraphError
+from helpers import wait_until
 from rayhelp import RayHead, free_port, ray_missing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,6 +202,34 @@ def test_cli_ray_address_that_does_not_answer_is_one_line_exit_2(tmp_path: Path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("conveyor: error: no Ray cluster answers at 127.0.0.1:")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_ray_address_of_a_web_server_is_one_line_exit_2(tmp_path: Path) -> None:
+    # something that accepts TCP but is no Ray cluster: ray.init would retry for minutes
+    (tmp_path / "g.json").write_text('{"tasks": [{"id": "a", "cmd": "true"}]}')
+    port = free_port()
+    # every interface, as `python -m http.server` does: Ray turns 127.0.0.1 into the node's IP
+    web = subprocess.Popen([sys.executable, "-m", "http.server", str(port)], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_until(lambda: _accepts(port), timeout=30, what="http.server")
+        proc = cli("run", "g.json", "--executor", "ray", "--address", f"127.0.0.1:{port}",
+                   cwd=tmp_path, timeout=60)  # fmt: skip
+    finally:
+        web.kill()
+        web.wait()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"conveyor: error: no Ray cluster answers at 127.0.0.1:{port}")
+    assert "does not speak Ray's protocol" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def test_cli_address_without_ray_executor_is_exit_2(tmp_path: Path) -> None:

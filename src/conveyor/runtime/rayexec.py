@@ -259,18 +259,16 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> RayExecu
     target = _resolve(address)
     if target is not None:
         host, port = _split(target, address)
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-        except OSError as exc:
+        why = _probe_gcs(host, port, timeout)
+        if why is not None:
             named = (
                 address if address not in (None, "auto")
                 else f"{target} (the cluster $RAY_ADDRESS or `ray start` named on this machine)"
             )  # fmt: skip
-            why = exc.strerror or type(exc).__name__
             raise UsageError(
                 f"no Ray cluster answers at {named}: {why}; start one with "
                 "`ray start --head` or check --address"
-            ) from None
+            )
     elif address == "auto":
         raise UsageError(
             "--address auto: no running Ray cluster found on this machine ($RAY_ADDRESS unset); "
@@ -289,6 +287,40 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> RayExecu
         where = address or "a new local Ray"
         raise UsageError(f"cannot connect to Ray at {where}: {first}") from None
     return RayExecutor(ray, address or target or "local", _gcs_address(ray), owns=True)
+
+
+def _probe_gcs(host: str, port: int, timeout: float) -> str | None:
+    """Why ``host:port`` is not a Ray cluster's GCS, or ``None`` when it answers as one.
+
+    A TCP connection is not enough: ``ray.init`` against anything else that accepts one (a web
+    server, another service) retries for minutes. So ask the GCS for its cluster id, the first
+    call ``ray.init`` makes, with a deadline of ``timeout`` seconds. Only "unreachable" and "no
+    answer in time" count as not a cluster: any other answer (even a refusal for want of a
+    token) comes from a GCS."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    try:
+        import grpc
+        from ray._private.gcs_utils import create_gcs_channel
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:  # a Ray laid out otherwise: the TCP check is all there is
+        return None
+    channel = create_gcs_channel(f"{host}:{port}")
+    try:
+        stubs: Any = gcs_service_pb2_grpc
+        request: Any = cast("Any", gcs_service_pb2).GetClusterIdRequest()
+        stubs.NodeInfoGcsServiceStub(channel).GetClusterId(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"it accepts connections but gave no Ray answer within {timeout:g} s"
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return "it accepts connections but does not speak Ray's protocol (gRPC)"
+    finally:
+        channel.close()
+    return None
 
 
 def _token_auth_as_ray_start_does() -> None:
