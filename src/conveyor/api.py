@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.clock import SYSTEM_CLOCK
 from conveyor.errors import TaskFailed, UsageError
 from conveyor.events import EventSink, JsonlSink, combine
+from conveyor.executorname import check_executor
 from conveyor.graph import Graph, as_graph, spec_from_call, task
 from conveyor.model import GraphSpec, TaskResult, TaskState
 from conveyor.runtime.context import current
@@ -262,8 +263,7 @@ def open_run(
         spec is not None and any(t.executor == "process" for t in spec.tasks)
     ):
         check_main_guard()  # before anything runs: a spawned worker would run this call again
-    if ray_address is not None and engine_options.get("executor") != "ray":
-        raise UsageError("a Ray address needs executor='ray' (--address needs --executor ray)")
+    check_executor(engine_options.get("executor"), ray_address)
     closers = [JsonlSink(events)] if events is not None else []
     emit = combine([emit, *closers])
     owns_store = store is None
