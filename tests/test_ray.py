@@ -129,6 +129,16 @@ def test_ray_task_the_cluster_cannot_hold_is_refused_up_front(driver: str) -> No
             conveyor.run(graph, executor="ray")
 
 
+def test_ray_task_the_cluster_cannot_hold_is_refused_though_resources_are_given(
+    driver: str,
+) -> None:
+    # the worker says slot=5 (--resources); the cluster has slot=1: Ray would wait for ever
+    graph = {"tasks": [{"id": "x", "fn": "ray_tasks:double", "args": [1],
+                        "resources": {"slot": 3}}]}  # fmt: skip
+    with pytest.raises(GraphError, match=r"'x' can never run on the Ray cluster.*'slot': 1"):
+        conveyor.run(graph, executor="ray", resources={"cpu": 2, "slot": 5})
+
+
 def test_ray_start_order_is_conveyors_depth_first_order(driver: str, tmp_path: Path) -> None:
     def graph(log: Path) -> dict[str, Any]:
         tasks = [("a", []), ("b", []), ("a1", ["a"]), ("a2", ["a"]), ("b1", ["b"]),

@@ -274,9 +274,9 @@ def open_run(
             from conveyor.runtime.rayexec import connect
 
             ray = engine_options["ray"] = connect(ray_address)
-            offered_resources, offered_labels = ray.offer()
-            resources = resources or offered_resources  # not given: what the cluster has
-            labels = labels or offered_labels
+            offered = ray.offer()
+            resources = resources or offered[0]  # not given: what the cluster has
+            labels = labels or offered[1]
             engine_options.setdefault("workers", ray.default_slots())
         if store is None:
             store = open_store(db, emit=emit, clock=engine_options.get("clock", SYSTEM_CLOCK))
@@ -309,6 +309,8 @@ def open_run(
         )  # fmt: skip
         if spec is not None and not store.shared:
             engine.check_fit()
+            if ray is not None:  # the cluster, too, when resources/labels were given
+                ray.check_fit(store, offered)
         if telemetry:
             observer = _observe(telemetry, store, engine, spec)
     except BaseException:

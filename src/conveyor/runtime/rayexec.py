@@ -28,13 +28,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
+from conveyor.core.admission import Offer
 from conveyor.core.raymap import cluster_offer, ray_options
-from conveyor.errors import UsageError
+from conveyor.errors import GraphError, UsageError
 from conveyor.runtime.executors import Running
 from conveyor.runtime.messages import Finished
 from conveyor.runtime.rayremote import TaskInfo, function_task, run_command
+
+if TYPE_CHECKING:
+    from conveyor.store.base import Store
 
 __all__ = ["CONNECT_TIMEOUT_S", "IN_FLIGHT_PER_CPU", "RayExecutor", "connect"]
 
@@ -84,6 +88,15 @@ class RayExecutor:
         ray = self._ray
         labels = [n.get("Labels") or {} for n in ray.nodes() if n.get("Alive")]
         return cluster_offer(ray.cluster_resources(), labels)
+
+    def check_fit(self, store: Store, offered: tuple[dict[str, float], dict[str, Any]]) -> None:
+        """Refuse (``GraphError``) a task the cluster could never hold although the worker's
+        own ``resources``/``labels`` (given by the user, not read from the cluster) would let
+        conveyor start it: Ray would keep it pending for ever."""
+        slots = self.default_slots()
+        message = store.unfit(Offer(slots, dict(offered[0]), offered[1], slots), time.time())
+        if message is not None:
+            raise GraphError(message.replace("on this worker", "on the Ray cluster", 1))
 
     def default_slots(self) -> int:
         """Tasks to keep out on Ray at once when the user sets no ``workers``."""
