@@ -370,8 +370,11 @@ def observe_store(
     """Start observing a run on ``store`` (``telemetry``: ``True`` for the global providers,
     or a ``Telemetry``): the store's events go to it from now on. The caller hands it the
     claims (``on_claim``) and ticks (``on_tick``/``tick``) and closes it before the store."""
+    if telemetry is not True and not isinstance(telemetry, Telemetry):
+        raise UsageError(
+            f"telemetry must be True, False or a conveyor.Telemetry, got {telemetry!r}"
+        )
     tel = default_telemetry() if telemetry is True else telemetry
-    assert isinstance(tel, Telemetry)
     name = graph if graph is not None else store.graph_name() or ""
     observer = tel.observe(graph=name, worker=worker, clock=clock, joined=joined)
     store.emit = combine([store.emit, observer])
