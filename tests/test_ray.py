@@ -264,7 +264,7 @@ def test_cli_ray_executor_without_ray_installed_is_exit_2(tmp_path: Path) -> Non
     assert proc.returncode == 2
     assert proc.stderr == (
         "conveyor: error: --executor ray needs Ray, which is not installed: "
-        "pip install 'conveyor[ray]'\n"
+        "pip install -e '.[ray]'\n"
     )
 
 

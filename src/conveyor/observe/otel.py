@@ -38,7 +38,7 @@ try:
     from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.trace import Status, StatusCode
 except ImportError:  # pragma: no cover - the extra is in `dev`
-    raise UsageError("telemetry needs OpenTelemetry: pip install 'conveyor[otel]'") from None
+    raise UsageError("telemetry needs OpenTelemetry: pip install -e '.[otel]'") from None
 
 if TYPE_CHECKING:
     from conveyor.limiter import EndpointStatistics

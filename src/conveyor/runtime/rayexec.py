@@ -265,7 +265,7 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> RayExecu
         import ray
     except ImportError:
         raise UsageError(
-            "--executor ray needs Ray, which is not installed: pip install 'conveyor[ray]'"
+            "--executor ray needs Ray, which is not installed: pip install -e '.[ray]'"
         ) from None
     if ray.is_initialized():
         return RayExecutor(ray, address or "(connected)", _gcs_address(ray), owns=False)
