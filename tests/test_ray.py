@@ -242,6 +242,19 @@ def _accepts(port: int) -> bool:
     return True
 
 
+@pytest.mark.parametrize("address", [["--address", "auto"], []])
+def test_cli_bad_ray_address_variable_is_named(tmp_path: Path, address: list[str]) -> None:
+    (tmp_path / "g.json").write_text('{"tasks": [{"id": "a", "cmd": "true"}]}')
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RAY_ADDRESS": "garbage"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "conveyor.cli", "run", "g.json", "--executor", "ray", *address],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (
+        2, "conveyor: error: $RAY_ADDRESS must be host:port or auto, got 'garbage'\n"
+    )  # fmt: skip
+
+
 def test_cli_address_without_ray_executor_is_exit_2(tmp_path: Path) -> None:
     (tmp_path / "g.json").write_text('{"tasks": [{"id": "a", "cmd": "true"}]}')
     proc = cli("run", "g.json", "--address", "auto", cwd=tmp_path)
@@ -263,7 +276,7 @@ def test_cli_ray_executor_without_ray_installed_is_exit_2(tmp_path: Path) -> Non
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr == (
-        "conveyor: error: --executor ray needs Ray, which is not installed: "
+        "conveyor: error: the ray executor needs Ray, which is not installed: "
         "pip install -e '.[ray]'\n"
     )
 

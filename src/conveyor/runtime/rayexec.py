@@ -265,7 +265,7 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> RayExecu
         import ray
     except ImportError:
         raise UsageError(
-            "--executor ray needs Ray, which is not installed: pip install -e '.[ray]'"
+            "the ray executor needs Ray, which is not installed: pip install -e '.[ray]'"
         ) from None
     if ray.is_initialized():
         return RayExecutor(ray, address or "(connected)", _gcs_address(ray), owns=False)
@@ -280,12 +280,12 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> RayExecu
             )  # fmt: skip
             raise UsageError(
                 f"no Ray cluster answers at {named}: {why}; start one with "
-                "`ray start --head` or check --address"
+                "`ray start --head` or check the address"
             )
     elif address == "auto":
         raise UsageError(
-            "--address auto: no running Ray cluster found on this machine ($RAY_ADDRESS unset); "
-            "start one with `ray start --head` or give --address host:port"
+            "Ray address auto: no running Ray cluster found on this machine ($RAY_ADDRESS "
+            "unset); start one with `ray start --head` or give the address as host:port"
         )
     if target is not None:
         _token_auth_as_ray_start_does()
@@ -369,7 +369,12 @@ def _split(target: str, given: str | None) -> tuple[str, int]:
     try:
         return (host or "127.0.0.1"), int(port)
     except ValueError:
-        raise UsageError(f"--address must be auto or host:port, got {given!r}") from None
+        pass
+    if given in (None, "auto") and os.environ.get("RAY_ADDRESS"):  # it came from there
+        raise UsageError(
+            f"$RAY_ADDRESS must be host:port or auto, got {os.environ['RAY_ADDRESS']!r}"
+        )
+    raise UsageError(f"the Ray address must be auto or host:port, got {given!r}")
 
 
 def _gcs_address(ray: Any) -> tuple[str, int] | None:
