@@ -113,6 +113,14 @@ def test_ray_worker_that_dies_is_a_failed_attempt_conveyor_retries(
     assert len(retried) == 1 and "ray: WorkerCrashedError" in retried[0]["error"]
 
 
+def test_ray_result_that_cannot_be_pickled_fails_with_the_cause(driver: str) -> None:
+    graph = {"tasks": [{"id": "u", "fn": "ray_tasks:unpicklable"}]}
+    result = conveyor.run(graph, executor="ray")
+    error = result.failed["u"]
+    assert "cannot pickle '_thread.lock' object" in error, error
+    assert len(error.splitlines()) == 1
+
+
 def test_ray_resources_and_labels_reach_ray(driver: str) -> None:
     graph = {"tasks": [
         {"id": "r", "fn": "ray_tasks:whoami", "resources": {"cpu": 1, "slot": 1},

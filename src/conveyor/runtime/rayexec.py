@@ -246,13 +246,21 @@ class RayExecutor:
 
 
 def _ray_error(exc: BaseException) -> str:
-    """Ray's failure of a task (its worker died, it was cancelled) as one line."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Ray colours its messages
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    """Ray's failure of a task (its worker died, it was cancelled, its result could not be
+    pickled) as one line: the cause's own message when Ray wraps one (a ``RayTaskError``'s
+    first line only says where it happened)."""
     name = type(exc).__name__
     if name == "TaskCancelledError":
         return "cancelled"
-    return f"ray: {name}: {first}"[:500]
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"ray: {name}: {type(cause).__name__}: {_first_line(cause)}"[:500]
+    return f"ray: {name}: {_first_line(exc)}"[:500]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Ray colours its messages
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 # -- connecting ------------------------------------------------------------------------------------
