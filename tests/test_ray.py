@@ -147,6 +147,17 @@ def test_ray_task_the_cluster_cannot_hold_is_refused_though_resources_are_given(
         conveyor.run(graph, executor="ray", resources={"cpu": 2, "slot": 5})
 
 
+def test_ray_task_no_node_can_hold_fails_clearly_on_a_shared_store(
+    driver: str, tmp_path: Path
+) -> None:
+    # a durable store's workers come and go (no refusal up front): the task fails at start
+    graph = {"tasks": [{"id": "x", "cmd": "true", "resources": {"slot": 3}}, {"id": "y"}]}
+    result = conveyor.run(graph, executor="ray", resources={"cpu": 2, "slot": 5},
+                          db=f"sqlite:///{tmp_path / 'run.db'}")  # fmt: skip
+    assert set(result.failed) == {"x"} and result["y"] is None
+    assert "can never run on the Ray cluster: it asks slot=3" in str(result.failed["x"])
+
+
 def test_ray_start_order_is_conveyors_depth_first_order(driver: str, tmp_path: Path) -> None:
     def graph(log: Path) -> dict[str, Any]:
         tasks = [("a", []), ("b", []), ("a1", ["a"]), ("a2", ["a"]), ("b1", ["b"]),

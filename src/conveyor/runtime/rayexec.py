@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from conveyor.core.admission import Offer
-from conveyor.core.raymap import cluster_offer, ray_options
+from conveyor.core.raymap import cluster_offer, node_shortfall, ray_options
 from conveyor.errors import GraphError, UsageError
 from conveyor.runtime.executors import Running
 from conveyor.runtime.messages import Finished
@@ -79,6 +79,7 @@ class RayExecutor:
         self._on_lost: Callable[[str], None] | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._nodes: list[dict[str, float]] | None = None  # each alive node's resources
         #: Why the cluster was given up on (``None`` while it answers).
         self.lost: str | None = None
 
@@ -154,6 +155,10 @@ class RayExecutor:
         shaped = bool(spec.resources or spec.labels)
         if fn is None and not shaped:
             return self._cmd
+        if spec.resources:
+            short = node_shortfall(spec.resources, self._node_resources())
+            if short is not None:  # a worker told it has more than the cluster has
+                raise GraphError(f"task {spec.id!r} can never run on the Ray cluster: {short}")
         shape = (tuple(sorted(spec.resources.items())), repr(sorted(spec.labels.items())))
         try:
             key: tuple[Any, ...] = (fn, *shape) if shaped else (fn,)
@@ -167,6 +172,13 @@ class RayExecutor:
             if key:
                 self._remotes[key] = remote
         return remote
+
+    def _node_resources(self) -> list[dict[str, float]]:
+        """Each alive node's resources in conveyor's names, read once."""
+        if self._nodes is None:
+            nodes = [n for n in self._ray.nodes() if n.get("Alive")]
+            self._nodes = [cluster_offer(n.get("Resources") or {}, ())[0] for n in nodes]
+        return self._nodes
 
     def _track(self, run: Running, ref: Any) -> None:
         run.ref = ref
