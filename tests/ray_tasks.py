@@ -96,3 +96,10 @@ def crash_once(marker: str) -> str:
         path.write_text("1")
         os._exit(1)
     return "survived"
+
+
+def unpicklable() -> Any:
+    """A result Ray cannot send back: a lock."""
+    import threading
+
+    return threading.Lock()

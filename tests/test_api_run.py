@@ -140,3 +140,19 @@ def test_conveyor_run_keeps_the_store_open_for_the_result(tmp_path: Path) -> Non
         assert result[ref.id] == 9 and result.counts["done"] == 1
     finally:
         result.store.close()
+
+
+def test_unknown_executor_is_refused_naming_the_valid_ones() -> None:
+    graph = {"tasks": [{"id": "a", "cmd": "true"}]}
+    for bogus in ("bogus", "Ray"):
+        with pytest.raises(UsageError) as caught:
+            conveyor.run(graph, executor=bogus)
+        assert str(caught.value) == (
+            f"executor must be thread, inline, process or ray, got {bogus!r}"
+        )
+
+
+def test_a_ray_address_without_the_ray_executor_is_worded_for_python() -> None:
+    with pytest.raises(UsageError) as caught:
+        conveyor.run({"tasks": [{"id": "a", "cmd": "true"}]}, ray_address="auto")
+    assert str(caught.value) == "ray_address names a Ray cluster: it needs executor='ray'"

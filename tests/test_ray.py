@@ -5,6 +5,7 @@ conveyor still decides the order, retries and children; bad input is one line an
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 import conveyor
 from conveyor.core.retry import RetryPolicy
 from conveyor.errors import GraphError
+from helpers import wait_until
 from rayhelp import RayHead, free_port, ray_missing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +113,14 @@ def test_ray_worker_that_dies_is_a_failed_attempt_conveyor_retries(
     assert len(retried) == 1 and "ray: WorkerCrashedError" in retried[0]["error"]
 
 
+def test_ray_result_that_cannot_be_pickled_fails_with_the_cause(driver: str) -> None:
+    graph = {"tasks": [{"id": "u", "fn": "ray_tasks:unpicklable"}]}
+    result = conveyor.run(graph, executor="ray")
+    error = result.failed["u"]
+    assert "cannot pickle '_thread.lock' object" in error, error
+    assert len(error.splitlines()) == 1
+
+
 def test_ray_resources_and_labels_reach_ray(driver: str) -> None:
     graph = {"tasks": [
         {"id": "r", "fn": "ray_tasks:whoami", "resources": {"cpu": 1, "slot": 1},
@@ -125,6 +135,27 @@ def test_ray_task_the_cluster_cannot_hold_is_refused_up_front(driver: str) -> No
         graph = {"tasks": [{"id": "x", "fn": "ray_tasks:double", "args": [1], **asks}]}
         with pytest.raises(GraphError, match="can never run"):
             conveyor.run(graph, executor="ray")
+
+
+def test_ray_task_the_cluster_cannot_hold_is_refused_though_resources_are_given(
+    driver: str,
+) -> None:
+    # the worker says slot=5 (--resources); the cluster has slot=1: Ray would wait for ever
+    graph = {"tasks": [{"id": "x", "fn": "ray_tasks:double", "args": [1],
+                        "resources": {"slot": 3}}]}  # fmt: skip
+    with pytest.raises(GraphError, match=r"'x' can never run on the Ray cluster.*'slot': 1"):
+        conveyor.run(graph, executor="ray", resources={"cpu": 2, "slot": 5})
+
+
+def test_ray_task_no_node_can_hold_fails_clearly_on_a_shared_store(
+    driver: str, tmp_path: Path
+) -> None:
+    # a durable store's workers come and go (no refusal up front): the task fails at start
+    graph = {"tasks": [{"id": "x", "cmd": "true", "resources": {"slot": 3}}, {"id": "y"}]}
+    result = conveyor.run(graph, executor="ray", resources={"cpu": 2, "slot": 5},
+                          db=f"sqlite:///{tmp_path / 'run.db'}")  # fmt: skip
+    assert set(result.failed) == {"x"} and result["y"] is None
+    assert "can never run on the Ray cluster: it asks slot=3" in str(result.failed["x"])
 
 
 def test_ray_start_order_is_conveyors_depth_first_order(driver: str, tmp_path: Path) -> None:
@@ -202,6 +233,47 @@ def test_cli_ray_address_that_does_not_answer_is_one_line_exit_2(tmp_path: Path)
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_cli_ray_address_of_a_web_server_is_one_line_exit_2(tmp_path: Path) -> None:
+    # something that accepts TCP but is no Ray cluster: ray.init would retry for minutes
+    (tmp_path / "g.json").write_text('{"tasks": [{"id": "a", "cmd": "true"}]}')
+    port = free_port()
+    # every interface, as `python -m http.server` does: Ray turns 127.0.0.1 into the node's IP
+    web = subprocess.Popen([sys.executable, "-m", "http.server", str(port)], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_until(lambda: _accepts(port), timeout=30, what="http.server")
+        proc = cli("run", "g.json", "--executor", "ray", "--address", f"127.0.0.1:{port}",
+                   cwd=tmp_path, timeout=60)  # fmt: skip
+    finally:
+        web.kill()
+        web.wait()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"conveyor: error: no Ray cluster answers at 127.0.0.1:{port}")
+    assert "does not speak Ray's protocol" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("address", [["--address", "auto"], []])
+def test_cli_bad_ray_address_variable_is_named(tmp_path: Path, address: list[str]) -> None:
+    (tmp_path / "g.json").write_text('{"tasks": [{"id": "a", "cmd": "true"}]}')
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RAY_ADDRESS": "garbage"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "conveyor.cli", "run", "g.json", "--executor", "ray", *address],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (
+        2, "conveyor: error: $RAY_ADDRESS must be host:port or auto, got 'garbage'\n"
+    )  # fmt: skip
+
+
 def test_cli_address_without_ray_executor_is_exit_2(tmp_path: Path) -> None:
     (tmp_path / "g.json").write_text('{"tasks": [{"id": "a", "cmd": "true"}]}')
     proc = cli("run", "g.json", "--address", "auto", cwd=tmp_path)
@@ -223,8 +295,8 @@ def test_cli_ray_executor_without_ray_installed_is_exit_2(tmp_path: Path) -> Non
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr == (
-        "conveyor: error: --executor ray needs Ray, which is not installed: "
-        "pip install 'conveyor[ray]'\n"
+        "conveyor: error: the ray executor needs Ray, which is not installed: "
+        "pip install -e '.[ray]'\n"
     )
 
 

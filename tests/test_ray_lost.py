@@ -24,12 +24,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(ray_missing() is not None,
                                                    reason=str(ray_missing()))]  # fmt: skip
 
 
-def run_cli(address: str, db: str, cwd: Path) -> subprocess.Popen[str]:
+def run_cli(address: str, db: str, cwd: Path, command: str = "run") -> subprocess.Popen[str]:
+    """``conveyor run g.json`` (quiet), or ``conveyor worker`` (with its summary) on the graph
+    submitted to ``db`` first."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(TESTS)])}
+    cli = [sys.executable, "-m", "conveyor.cli"]
+    if command == "worker":
+        subprocess.run([*cli, "submit", "g.json", "--db", db], cwd=cwd, env=env, check=True,
+                       capture_output=True, timeout=60)  # fmt: skip
+        args = ["worker", "--executor", "ray", "--address", address, "--db", db]
+    else:
+        args = ["run", "g.json", "--executor", "ray", "--address", address, "--db", db, "-q"]
     return subprocess.Popen(
-        [sys.executable, "-m", "conveyor.cli", "run", "g.json", "--executor", "ray",
-         "--address", address, "--db", db, "-q"],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [*cli, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
 
 
@@ -41,7 +49,8 @@ def done_ids(db: str) -> set[str]:
         store.close()
 
 
-def test_ray_cluster_killed_mid_run_loses_no_finished_work(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["run", "worker"])
+def test_ray_cluster_killed_mid_run_loses_no_finished_work(tmp_path: Path, command: str) -> None:
     log = tmp_path / "ran.log"
     tasks = [{"id": f"t{i}", "fn": "ray_tasks:log_then_nap", "args": [str(log), 0.3]}
              for i in range(TASKS)]  # fmt: skip
@@ -50,7 +59,7 @@ def test_ray_cluster_killed_mid_run_loses_no_finished_work(tmp_path: Path) -> No
 
     first = RayHead(cpus=2).start()
     try:
-        proc = run_cli(first.address, db, tmp_path)
+        proc = run_cli(first.address, db, tmp_path, command)
         wait_until(lambda: log.exists() and len(log.read_text().split()) >= 4, timeout=120,
                    what="4 tasks to finish on Ray", every=0.05)  # fmt: skip
         first.kill()  # every process of the cluster, at once
@@ -59,6 +68,8 @@ def test_ray_cluster_killed_mid_run_loses_no_finished_work(tmp_path: Path) -> No
         first.stop()
     assert proc.returncode == 1, err[-2000:]
     assert "stopped answering" in err and "running task(s) handed back" in err, err[-2000:]
+    if command == "worker":  # the summary gives the real reason
+        assert "handed back (the Ray cluster at" in err and "time limit" not in err, err[-2000:]
     before = done_ids(db)
     assert before and len(before) < TASKS
     store = open_store(db)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conveyor.core.raymap import cluster_offer, ray_options
+from conveyor.core.raymap import cluster_offer, node_shortfall, ray_options
 
 
 def test_ray_options_map_each_resource_to_its_ray_option() -> None:
@@ -34,3 +34,14 @@ def test_cluster_offer_in_conveyors_names_without_rays_bookkeeping() -> None:
     resources, labels = cluster_offer(total, nodes)
     assert resources == {"cpu": 8.0, "gpu": 2.0, "memory": 1e10, "slot": 3.0}
     assert labels == {"zone": "a", "ray.io/node-id": "n1", "gpu": "a100"}
+
+
+def test_node_shortfall_asks_one_node_for_everything() -> None:
+    nodes = [{"cpu": 2.0, "widget": 2.0}, {"cpu": 8.0}]
+    assert node_shortfall({"cpu": 2, "widget": 2}, nodes) is None
+    assert node_shortfall({}, nodes) is None and node_shortfall({"widget": 0}, nodes) is None
+    assert node_shortfall({"widget": 3}, nodes) == (
+        "it asks widget=3 and no node of the Ray cluster has that much (the most: widget=2)"
+    )
+    # 10 CPUs in all, but no node has 4 CPUs and a widget
+    assert node_shortfall({"cpu": 4, "widget": 1}, nodes) is not None

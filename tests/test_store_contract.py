@@ -392,6 +392,7 @@ def test_store_status_has_every_documented_key(store_url: str, store: Store) -> 
                        "group_shares"}  # fmt: skip
     assert (st["graph"], st["total"], st["unfinished"]) == ("g", 2, 1)
     assert st["counts"]["done"] == 1 and st["counts"]["ready"] == 1
+    assert st["groups"] == {"default": {"done": 1, "ready": 1}}
     if not is_memory(store_url):  # what workers of a shared store publish
         assert st["endpoints"]["api.x"]["limit"] == 3
         assert st["reasons"] == {"no_worker": 1}  # no worker registered: none is alive

@@ -38,6 +38,7 @@ from conveyor.store.urls import open_store
 pytestmark = pytest.mark.timeout(60)
 
 FAST_RETRY = RetryPolicy(base=0.01, jitter=0.0)
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 class Otel:
@@ -382,3 +383,24 @@ def test_cli_otel_bad_exporter_is_one_line_exit_2(tmp_path: Path) -> None:
     assert got.stderr.strip().splitlines() == [
         "conveyor: error: OTEL_TRACES_EXPORTER='jaeger': expected one of otlp, console, none"
     ]
+
+
+def test_telemetry_that_is_neither_a_flag_nor_a_telemetry_is_a_usage_error() -> None:
+    from conveyor.errors import UsageError
+
+    wanted = r"^telemetry must be True, False or a conveyor\.Telemetry, got 'yes'$"
+    with pytest.raises(UsageError, match=wanted):
+        conveyor.run({"tasks": [{"id": "a"}]}, telemetry="yes")
+
+
+def test_conveyor_telemetry_is_exported_without_importing_opentelemetry_on_import() -> None:
+    code = (
+        "import sys, conveyor\n"
+        "before = any(m.split('.')[0] == 'opentelemetry' for m in sys.modules)\n"
+        "from conveyor import Telemetry\n"
+        "from conveyor.observe.otel import Telemetry as T\n"
+        "print(before, Telemetry is T)"
+    )
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": SRC})  # fmt: skip
+    assert got.stdout.split() == ["False", "True"], got.stderr

@@ -31,6 +31,7 @@ __all__ = [
     "TaskResult",
     "TaskSpec",
     "TaskState",
+    "Telemetry",
     "WouldBlock",
     "category",
     "choice",
@@ -50,6 +51,7 @@ __all__ = [
 _LAZY = {
     "Graph": "conveyor.graph",
     "RunResult": "conveyor.api",
+    "Telemetry": "conveyor.observe.otel",
     "run": "conveyor.api",
     "run_iter": "conveyor.api",
     "task": "conveyor.graph",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.clock import SYSTEM_CLOCK
 from conveyor.errors import TaskFailed, UsageError
 from conveyor.events import EventSink, JsonlSink, combine
+from conveyor.executorname import check_executor
 from conveyor.graph import Graph, as_graph, spec_from_call, task
 from conveyor.model import GraphSpec, TaskResult, TaskState
 from conveyor.runtime.context import current
@@ -264,8 +265,7 @@ def open_run(
         spec is not None and any(t.executor == "process" for t in spec.tasks)
     ):
         check_main_guard()  # before anything runs: a spawned worker would run this call again
-    if ray_address is not None and engine_options.get("executor") != "ray":
-        raise UsageError("a Ray address needs executor='ray' (--address needs --executor ray)")
+    check_executor(engine_options.get("executor"), ray_address)
     closers = [JsonlSink(events)] if events is not None else []
     emit = combine([emit, *closers])
     owns_store = store is None
@@ -276,9 +276,9 @@ def open_run(
             from conveyor.runtime.rayexec import connect
 
             ray = engine_options["ray"] = connect(ray_address)
-            offered_resources, offered_labels = ray.offer()
-            resources = resources or offered_resources  # not given: what the cluster has
-            labels = labels or offered_labels
+            offered = ray.offer()
+            resources = resources or offered[0]  # not given: what the cluster has
+            labels = labels or offered[1]
             engine_options.setdefault("workers", ray.default_slots())
         if store is None:
             store = open_store(db, emit=emit, clock=engine_options.get("clock", SYSTEM_CLOCK))
@@ -311,6 +311,8 @@ def open_run(
         )  # fmt: skip
         if spec is not None and not store.shared:
             engine.check_fit()
+            if ray is not None:  # the cluster, too, when resources/labels were given
+                ray.check_fit(store, offered)
         if telemetry:
             observer = _observe(telemetry, store, engine, spec)
     except BaseException:

@@ -77,14 +77,15 @@ Borrow = Annotated[
     ),
 ]
 
-EXECUTORS = ("thread", "inline", "process", "ray")
-
 
 def check_executor(executor: str | None, address: str | None = None) -> None:
-    if executor not in (None, *EXECUTORS):
-        fail("--executor must be thread, inline, process or ray")
-    if address is not None and executor != "ray":
-        fail("--address names a Ray cluster: it needs --executor ray")
+    """``--executor`` and ``--address`` (the rule: ``conveyor.executorname``)."""
+    from conveyor.executorname import check_executor as check
+
+    try:
+        check(executor, address, flags=True)
+    except UsageError as exc:
+        fail(str(exc))
 
 
 def in_flight(workers: int | None) -> dict[str, Any]:

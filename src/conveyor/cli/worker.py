@@ -123,9 +123,8 @@ def worker(
         typer.echo(f"conveyor: error: {lost}; {st.released} running task(s) handed back to "
                    "the store (other workers, or this one again, run them)", err=True)  # fmt: skip
     if not quiet:
-        back = (
-            f", {st.released} handed back ({signals.reason or 'time limit'})" if st.released else ""
-        )
+        why = signals.reason or lost or "time limit"
+        back = f", {st.released} handed back ({why})" if st.released else ""
         if st.preempted:
             back += f", {st.preempted} preempted"
         typer.echo(

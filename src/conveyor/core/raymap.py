@@ -20,7 +20,7 @@ from typing import Any
 
 from conveyor.core.constraints import Constraint, parse_constraints
 
-__all__ = ["cluster_offer", "label_selector", "ray_options"]
+__all__ = ["cluster_offer", "label_selector", "node_shortfall", "ray_options"]
 
 #: conveyor resource name -> Ray option; every other name is a Ray custom resource.
 _RAY_OPTION = {"cpu": "num_cpus", "gpu": "num_gpus", "memory": "memory"}
@@ -92,3 +92,20 @@ def cluster_offer(
         for key, value in node.items():
             labels.setdefault(key, value)
     return resources, labels
+
+
+def node_shortfall(needs: Mapping[str, float], nodes: Iterable[Mapping[str, float]]) -> str | None:
+    """Why no node (its resources in conveyor's names) can ever hold a task asking ``needs``,
+    or ``None`` when one can: Ray would keep such a task pending for ever."""
+    asked = {k: float(v) for k, v in needs.items() if v}
+    if not asked:
+        return None
+    most: dict[str, float] = dict.fromkeys(asked, 0.0)
+    for node in nodes:
+        if all(node.get(k, 0.0) >= v for k, v in asked.items()):
+            return None
+        for k in asked:
+            most[k] = max(most[k], float(node.get(k, 0.0)))
+    want = ", ".join(f"{k}={v:g}" for k, v in sorted(asked.items()))
+    has = ", ".join(f"{k}={v:g}" for k, v in sorted(most.items()))
+    return f"it asks {want} and no node of the Ray cluster has that much (the most: {has})"

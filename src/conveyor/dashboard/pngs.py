@@ -21,7 +21,7 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise UsageError("--png needs matplotlib: pip install 'conveyor[dashboard]'") from None
+        raise UsageError("--png needs matplotlib: pip install -e '.[dashboard]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -50,7 +50,7 @@ def require_server() -> None:
         import uvicorn  # noqa: F401
     except ImportError:
         raise UsageError(
-            "the dashboard needs Starlette and uvicorn: pip install 'conveyor[dashboard]'"
+            "the dashboard needs Starlette and uvicorn: pip install -e '.[dashboard]'"
         ) from None
 
 

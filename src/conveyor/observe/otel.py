@@ -39,7 +39,7 @@ try:
     from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.trace import Status, StatusCode
 except ImportError:  # pragma: no cover - the extra is in `dev`
-    raise UsageError("telemetry needs OpenTelemetry: pip install 'conveyor[otel]'") from None
+    raise UsageError("telemetry needs OpenTelemetry: pip install -e '.[otel]'") from None
 
 if TYPE_CHECKING:
     from conveyor.limiter import EndpointStatistics
@@ -372,8 +372,11 @@ def observe_store(
     """Start observing a run on ``store`` (``telemetry``: ``True`` for the global providers,
     or a ``Telemetry``): the store's events go to it from now on. The caller hands it the
     claims (``on_claim``) and ticks (``on_tick``/``tick``) and closes it before the store."""
+    if telemetry is not True and not isinstance(telemetry, Telemetry):
+        raise UsageError(
+            f"telemetry must be True, False or a conveyor.Telemetry, got {telemetry!r}"
+        )
     tel = default_telemetry() if telemetry is True else telemetry
-    assert isinstance(tel, Telemetry)
     name = graph if graph is not None else store.graph_name() or ""
     observer = tel.observe(graph=name, worker=worker, clock=clock, joined=joined)
     store.emit = combine([store.emit, observer])

@@ -40,7 +40,7 @@ def telemetry_from_env(environ: Mapping[str, str]) -> Any:
     try:
         from opentelemetry import metrics, trace
     except ImportError:
-        raise UsageError("--otel needs OpenTelemetry: pip install 'conveyor[otel]'") from None
+        raise UsageError("--otel needs OpenTelemetry: pip install -e '.[otel]'") from None
     from conveyor.observe.otel import default_telemetry
 
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):

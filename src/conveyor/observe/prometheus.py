@@ -22,7 +22,7 @@ try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
     from prometheus_client.registry import Collector
 except ImportError:  # pragma: no cover - the extra is in `dev`
-    raise UsageError("/metrics needs prometheus-client: pip install 'conveyor[otel]'") from None
+    raise UsageError("/metrics needs prometheus-client: pip install -e '.[otel]'") from None
 
 __all__ = ["CONTENT_TYPE", "StoreCollector", "metrics_text"]
 

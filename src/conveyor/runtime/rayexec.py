@@ -28,13 +28,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from conveyor.core.raymap import cluster_offer, ray_options
-from conveyor.errors import UsageError
+from conveyor.core.admission import Offer
+from conveyor.core.raymap import cluster_offer, node_shortfall, ray_options
+from conveyor.errors import GraphError, UsageError
 from conveyor.runtime.executors import Running
 from conveyor.runtime.messages import Finished
 from conveyor.runtime.rayremote import TaskInfo, function_task, run_command
+
+if TYPE_CHECKING:
+    from conveyor.store.base import Store
 
 __all__ = ["CONNECT_TIMEOUT_S", "IN_FLIGHT_PER_CPU", "RayExecutor", "connect"]
 
@@ -75,6 +79,7 @@ class RayExecutor:
         self._on_lost: Callable[[str], None] | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._nodes: list[dict[str, float]] | None = None  # each alive node's resources
         #: Why the cluster was given up on (``None`` while it answers).
         self.lost: str | None = None
 
@@ -84,6 +89,15 @@ class RayExecutor:
         ray = self._ray
         labels = [n.get("Labels") or {} for n in ray.nodes() if n.get("Alive")]
         return cluster_offer(ray.cluster_resources(), labels)
+
+    def check_fit(self, store: Store, offered: tuple[dict[str, float], dict[str, Any]]) -> None:
+        """Refuse (``GraphError``) a task the cluster could never hold although the worker's
+        own ``resources``/``labels`` (given by the user, not read from the cluster) would let
+        conveyor start it: Ray would keep it pending for ever."""
+        slots = self.default_slots()
+        message = store.unfit(Offer(slots, dict(offered[0]), offered[1], slots), time.time())
+        if message is not None:
+            raise GraphError(message.replace("on this worker", "on the Ray cluster", 1))
 
     def default_slots(self) -> int:
         """Tasks to keep out on Ray at once when the user sets no ``workers``."""
@@ -141,6 +155,10 @@ class RayExecutor:
         shaped = bool(spec.resources or spec.labels)
         if fn is None and not shaped:
             return self._cmd
+        if spec.resources:
+            short = node_shortfall(spec.resources, self._node_resources())
+            if short is not None:  # a worker told it has more than the cluster has
+                raise GraphError(f"task {spec.id!r} can never run on the Ray cluster: {short}")
         shape = (tuple(sorted(spec.resources.items())), repr(sorted(spec.labels.items())))
         try:
             key: tuple[Any, ...] = (fn, *shape) if shaped else (fn,)
@@ -154,6 +172,13 @@ class RayExecutor:
             if key:
                 self._remotes[key] = remote
         return remote
+
+    def _node_resources(self) -> list[dict[str, float]]:
+        """Each alive node's resources in conveyor's names, read once."""
+        if self._nodes is None:
+            nodes = [n for n in self._ray.nodes() if n.get("Alive")]
+            self._nodes = [cluster_offer(n.get("Resources") or {}, ())[0] for n in nodes]
+        return self._nodes
 
     def _track(self, run: Running, ref: Any) -> None:
         run.ref = ref
@@ -233,13 +258,21 @@ class RayExecutor:
 
 
 def _ray_error(exc: BaseException) -> str:
-    """Ray's failure of a task (its worker died, it was cancelled) as one line."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Ray colours its messages
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    """Ray's failure of a task (its worker died, it was cancelled, its result could not be
+    pickled) as one line: the cause's own message when Ray wraps one (a ``RayTaskError``'s
+    first line only says where it happened)."""
     name = type(exc).__name__
     if name == "TaskCancelledError":
         return "cancelled"
-    return f"ray: {name}: {first}"[:500]
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"ray: {name}: {type(cause).__name__}: {_first_line(cause)}"[:500]
+    return f"ray: {name}: {_first_line(exc)}"[:500]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Ray colours its messages
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 # -- connecting ------------------------------------------------------------------------------------
@@ -252,29 +285,27 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> RayExecu
         import ray
     except ImportError:
         raise UsageError(
-            "--executor ray needs Ray, which is not installed: pip install 'conveyor[ray]'"
+            "the ray executor needs Ray, which is not installed: pip install -e '.[ray]'"
         ) from None
     if ray.is_initialized():
         return RayExecutor(ray, address or "(connected)", _gcs_address(ray), owns=False)
     target = _resolve(address)
     if target is not None:
         host, port = _split(target, address)
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-        except OSError as exc:
+        why = _probe_gcs(host, port, timeout)
+        if why is not None:
             named = (
                 address if address not in (None, "auto")
                 else f"{target} (the cluster $RAY_ADDRESS or `ray start` named on this machine)"
             )  # fmt: skip
-            why = exc.strerror or type(exc).__name__
             raise UsageError(
                 f"no Ray cluster answers at {named}: {why}; start one with "
-                "`ray start --head` or check --address"
-            ) from None
+                "`ray start --head` or check the address"
+            )
     elif address == "auto":
         raise UsageError(
-            "--address auto: no running Ray cluster found on this machine ($RAY_ADDRESS unset); "
-            "start one with `ray start --head` or give --address host:port"
+            "Ray address auto: no running Ray cluster found on this machine ($RAY_ADDRESS "
+            "unset); start one with `ray start --head` or give the address as host:port"
         )
     if target is not None:
         _token_auth_as_ray_start_does()
@@ -289,6 +320,40 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> RayExecu
         where = address or "a new local Ray"
         raise UsageError(f"cannot connect to Ray at {where}: {first}") from None
     return RayExecutor(ray, address or target or "local", _gcs_address(ray), owns=True)
+
+
+def _probe_gcs(host: str, port: int, timeout: float) -> str | None:
+    """Why ``host:port`` is not a Ray cluster's GCS, or ``None`` when it answers as one.
+
+    A TCP connection is not enough: ``ray.init`` against anything else that accepts one (a web
+    server, another service) retries for minutes. So ask the GCS for its cluster id, the first
+    call ``ray.init`` makes, with a deadline of ``timeout`` seconds. Only "unreachable" and "no
+    answer in time" count as not a cluster: any other answer (even a refusal for want of a
+    token) comes from a GCS."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    try:
+        import grpc
+        from ray._private.gcs_utils import create_gcs_channel
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:  # a Ray laid out otherwise: the TCP check is all there is
+        return None
+    channel = create_gcs_channel(f"{host}:{port}")
+    try:
+        stubs: Any = gcs_service_pb2_grpc
+        request: Any = cast("Any", gcs_service_pb2).GetClusterIdRequest()
+        stubs.NodeInfoGcsServiceStub(channel).GetClusterId(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"it accepts connections but gave no Ray answer within {timeout:g} s"
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return "it accepts connections but does not speak Ray's protocol (gRPC)"
+    finally:
+        channel.close()
+    return None
 
 
 def _token_auth_as_ray_start_does() -> None:
@@ -324,7 +389,12 @@ def _split(target: str, given: str | None) -> tuple[str, int]:
     try:
         return (host or "127.0.0.1"), int(port)
     except ValueError:
-        raise UsageError(f"--address must be auto or host:port, got {given!r}") from None
+        pass
+    if given in (None, "auto") and os.environ.get("RAY_ADDRESS"):  # it came from there
+        raise UsageError(
+            f"$RAY_ADDRESS must be host:port or auto, got {os.environ['RAY_ADDRESS']!r}"
+        )
+    raise UsageError(f"the Ray address must be auto or host:port, got {given!r}")
 
 
 def _gcs_address(ray: Any) -> tuple[str, int] | None:

@@ -414,6 +414,17 @@ class MemoryStore(Store):
             return []
         return list(self._audit.get(self.frontier.get(task_id), []))
 
+    def status(self, now: float) -> dict[str, Any]:
+        st = super().status(now)
+        groups: dict[str, dict[str, int]] = {}
+        labels = [s.label for s in TaskState]
+        for spec, state in zip(self.specs, self.frontier.state, strict=True):
+            by_state = groups.setdefault(spec.group, {})
+            label = labels[state]
+            by_state[label] = by_state.get(label, 0) + 1
+        st["groups"] = groups
+        return st
+
     def task_info(self, task_id: str) -> dict[str, Any]:
         f = self.frontier
         i = f.get(task_id)

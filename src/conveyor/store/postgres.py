@@ -47,9 +47,7 @@ def _import_psycopg() -> Any:
     try:
         import psycopg
     except ImportError:
-        raise StoreError(
-            "PostgreSQL stores need psycopg 3: pip install 'conveyor[postgres]'"
-        ) from None
+        raise StoreError("PostgreSQL stores need psycopg 3: pip install -e '.[postgres]'") from None
     return psycopg
 
 

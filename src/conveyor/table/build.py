@@ -245,7 +245,7 @@ def build(
     if fmt not in FORMATS:
         raise UsageError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     if fmt == "parquet" and default_format() != "parquet":
-        raise UsageError("--format parquet needs pyarrow: pip install 'conveyor[parquet]'"
+        raise UsageError("--format parquet needs pyarrow: pip install -e '.[parquet]'"
                          " (or use --format jsonl)")  # fmt: skip
     plan = table.plan()
     check_models(table)

@@ -94,9 +94,7 @@ class LLMGenerator:
             import jinja2
             import jinja2.meta
         except ImportError:  # pragma: no cover - the extra is missing
-            raise UsageError(
-                "LLM columns need the llm extra: pip install 'conveyor[llm]'"
-            ) from None
+            raise UsageError("LLM columns need the llm extra: pip install -e '.[llm]'") from None
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
         try:
             parsed = env.parse(prompt)
@@ -303,7 +301,7 @@ def _validator_for(schema: dict[str, Any]) -> Any:
     try:
         import jsonschema
     except ImportError:  # pragma: no cover - the extra is missing
-        raise UsageError("JSON-schema columns need the llm extra: pip install 'conveyor[llm]'"
+        raise UsageError("JSON-schema columns need the llm extra: pip install -e '.[llm]'"
                          ) from None  # fmt: skip
     cls = jsonschema.validators.validator_for(schema)
     try:

@@ -229,7 +229,7 @@ class PartWriter:
                 import pyarrow.parquet  # noqa: F401 -- fail at the start, not at the first write
             except ImportError:
                 raise UsageError(
-                    "writing Parquet needs pyarrow (pip install 'conveyor[parquet]')"
+                    "writing Parquet needs pyarrow (pip install -e '.[parquet]')"
                 ) from None
         self.out = Path(out)
         self.fmt: Format = fmt

@@ -111,7 +111,7 @@ def decode_part(path: Path, fields: list[str]) -> dict[str, list[Any]]:
             import pyarrow.parquet as pq
         except ImportError:
             raise UsageError(
-                f"{path}: reading Parquet needs pyarrow (pip install 'conveyor[parquet]')"
+                f"{path}: reading Parquet needs pyarrow (pip install -e '.[parquet]')"
             ) from None
         try:
             return _decoded(pq.read_table(path))

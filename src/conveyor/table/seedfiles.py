@@ -36,7 +36,7 @@ def _parse_parquet(path: Path, raw: bytes) -> dict[str, list[Any]]:
         import pyarrow.parquet as pq
     except ImportError:
         raise UsageError(
-            f"seed file {path}: reading Parquet needs pyarrow (pip install 'conveyor[parquet]')"
+            f"seed file {path}: reading Parquet needs pyarrow (pip install -e '.[parquet]')"
         ) from None
     try:
         table = pq.read_table(pa.BufferReader(raw))

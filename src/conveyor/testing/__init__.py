@@ -12,7 +12,7 @@ Nothing here sleeps: ``FakeClock.advance`` runs the timers that fall due, in tim
 calling thread.
 
 A fake OpenAI-compatible server for LLM columns lives in ``conveyor.testing.fake_llm`` (it needs
-aiohttp: ``pip install 'conveyor[llm]'``); importing this package does not load it.
+aiohttp: ``pip install -e '.[llm]'``); importing this package does not load it.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ It owns sockets, a thread and the clock; what it answers is decided in
   answer 500 ``server_error`` after their latency; they hold a slot like any other request.
 - ``GET /v1/models`` lists the one model; ``GET /stats`` returns ``FakeLLMStats`` as JSON.
 
-aiohttp (``pip install 'conveyor[llm]'``) is imported only when a server starts.
+aiohttp (``pip install -e '.[llm]'``) is imported only when a server starts.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ class FakeLLM:
             from aiohttp import web
         except ImportError as exc:
             raise ModuleNotFoundError(
-                "the fake LLM server needs aiohttp: pip install 'conveyor[llm]'"
+                "the fake LLM server needs aiohttp: pip install -e '.[llm]'"
             ) from exc
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
