@@ -147,3 +147,25 @@ def test_run_children_inherit_their_submitters_band() -> None:
         thread.join(60)
         run.close()
     assert log.tasks("task_started") == ["boss", "kid", "x", "low"]
+
+
+def test_frontier_ages_a_waiting_best_effort_task_into_batch_once() -> None:
+    """Aging (``ordering.AGE_AFTER_S``): a best-effort task ready that long orders as batch
+    at its depth; a child that becomes ready later waits its own time."""
+    from conveyor.core.frontier import Frontier
+    from conveyor.core.ordering import AGE_AFTER_S
+
+    f = Frontier()
+    f.add(["e", "b1", "b2", "e2"], [[], [], [], ["b2"]], bands=[30, None, None, 30])
+    assert f.age(0.0) == []
+    assert f.age(AGE_AFTER_S / 2) == [], "not waited long enough"
+    assert [f.ids[i] for i in f.age(AGE_AFTER_S * 1.5)] == ["e"]
+    assert f.age(AGE_AFTER_S * 1.5 + 1) == [], "aged once"
+    assert f.band_of(0) == 20 and f.band_of(3) == 30
+    order = [f.pop() for _ in range(3)]
+    assert [f.ids[i] for i in order if i is not None] == ["e", "b1", "b2"]
+    f.complete(2)  # b2 done: e2 ready now, at 1.5 x AGE_AFTER_S
+    assert f.pop() == 3  # (nothing else ready)
+    f.requeue(3)  # given back: it waits again, still best effort
+    assert f.age(AGE_AFTER_S * 2) == []
+    assert [f.ids[i] for i in f.age(AGE_AFTER_S * 3)] == ["e2"]

@@ -1009,3 +1009,27 @@ def test_store_status_has_no_eta_when_no_waiting_task_can_start(
     assert st["eta_s"] is None
     store.register_worker("h:2", T0, {"slots": 1})  # a worker without an end: it can start
     assert store.status(T0 + 2)["eta_s"] is not None
+
+
+def test_store_age_ready_moves_a_long_waiting_low_band_task_to_the_default_band(
+    store: Store,
+) -> None:
+    """Aging: a best-effort task ready for ``AGE_AFTER_S`` orders as batch from then on (same
+    depth), once; before that it waits behind every batch task."""
+    from conveyor.core.ordering import AGE_AFTER_S
+
+    store.open_graph(graph("g", {"id": "e", "band": "best_effort"}, {"id": "b1"}, {"id": "b2"}), T0)
+    assert store.age_ready(T0) == 0
+    assert store.age_ready(T0 + AGE_AFTER_S / 2) == 0, "not waited long enough"
+    later = T0 + AGE_AFTER_S * 1.5
+    assert store.age_ready(later) == 1
+    assert store.age_ready(later + 10) == 0, "aged once"
+    got = [claim1(store, later + 10) for _ in range(3)]
+    assert [c.id for c in got if c is not None] == ["e", "b1", "b2"]
+    assert got[0] is not None and got[0].band == 20
+
+
+def test_store_without_aging_a_best_effort_task_waits_behind_batch(store: Store) -> None:
+    store.open_graph(graph("g", {"id": "e", "band": "best_effort"}, {"id": "b1"}), T0)
+    got = [claim1(store, T0) for _ in range(2)]
+    assert [c.id for c in got if c is not None] == ["b1", "e"]

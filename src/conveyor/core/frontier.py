@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import heapq
 import operator
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from itertools import compress
 
 from conveyor.core.admission import AdmissionQueue, Offer
 from conveyor.core.dag import Children, Layout, layout
-from conveyor.core.ordering import BAND_STRIDE, DEFAULT_BAND, band_offset, priority_key
+from conveyor.core.ordering import (
+    AGE_AFTER_S,
+    BAND_STRIDE,
+    DEFAULT_BAND,
+    band_offset,
+    priority_key,
+)
 from conveyor.errors import GraphError
 from conveyor.model import TaskState
 
@@ -42,6 +48,7 @@ class Frontier:
     """Readiness counts, task states and the ready heap keyed ``(-depth, root_seq, submit_seq)``."""
 
     __slots__ = (
+        "_aging",
         "_delayed",
         "_heap",
         "band",
@@ -73,6 +80,8 @@ class Frontier:
         #: ``band_off[i] - depth[i]``).
         self.band: list[int] | None = None
         self.band_off: list[int] | None = None
+        #: Ready tasks of a band below the default, for aging (``age``); ``None`` without bands.
+        self._aging: Aging | None = None
         self.roots_submitted = 0
         self.counts = [0] * len(TaskState)
         self._heap: list[tuple[int, int, int]] = []  # (-depth, root_seq, submit_seq == index)
@@ -185,6 +194,7 @@ class Frontier:
             known = len(self.state) - n
             self.band = [DEFAULT_BAND] * known
             self.band_off = [0] * known
+            self._aging = Aging()
         assert self.band_off is not None
         new = [inherited] * n if bands is None else [inherited if b is None else b for b in bands]
         offsets = {b: band_offset(b) for b in set(new)}  # one int object per band
@@ -286,6 +296,8 @@ class Frontier:
                         _heappush(self._heap, key)
                     else:
                         q.push(k, key, self.shape[k], self.gang_of.get(k))
+                    if key[0] > 0:  # a band below the default: it ages
+                        self._note_aging(k)
                     ready.append(k)
         elif q is None:
             heap = self._heap
@@ -411,3 +423,52 @@ class Frontier:
             heapq.heappush(self._heap, key)
         else:
             self.queue.push(i, key, self.shape[i], self.gang_of.get(i))
+        if key[0] > 0:
+            self._note_aging(i)
+
+    def _note_aging(self, i: int) -> None:
+        if self._aging is not None and i not in self.gang_of:  # a gang moves as one: no aging
+            self._aging.current.append(i)
+
+    def age(self, now: float, after_s: float = AGE_AFTER_S) -> list[int]:
+        """Aging: the tasks of a band below the default that have been ready for ``after_s``
+        (to within an eighth of it) order as the default band from now on; returns them.
+        O(tasks aged) amortised: each ready task is looked at once."""
+        aging = self._aging
+        if aging is None:
+            return []
+        band, off, state = self.band, self.band_off, self.state
+        assert band is not None and off is not None
+        out = []
+        for i in aging.due(now, after_s):
+            if state[i] == READY and band[i] > DEFAULT_BAND:
+                band[i], off[i] = DEFAULT_BAND, 0
+                self._push(i)  # the old entry stays behind; it is dropped when reached
+                out.append(i)
+        return out
+
+
+class Aging:
+    """Ready tasks of a low band in generations, each stamped when it closed (so every task
+    in it was ready by then), about an eighth of the aging time long: no clock reading per
+    task (``Frontier.age`` brings ``now``), and a task ages after at least ``after_s``."""
+
+    __slots__ = ("current", "generations", "started")
+
+    def __init__(self) -> None:
+        self.current: list[int] = []
+        self.started: float | None = None
+        self.generations: deque[tuple[float, list[int]]] = deque()
+
+    def due(self, now: float, after_s: float) -> list[int]:
+        """The tasks of every generation that closed at least ``after_s`` before ``now``."""
+        if self.started is None:
+            self.started = now
+        if now - self.started >= after_s / 8:
+            self.generations.append((now, self.current))
+            self.current, self.started = [], now
+        out: list[int] = []
+        gens = self.generations
+        while gens and gens[0][0] <= now - after_s:
+            out.extend(gens.popleft()[1])
+        return out

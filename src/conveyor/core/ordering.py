@@ -87,6 +87,17 @@ def depth_from(rank: int) -> int:
     return band_offset(band_from(rank)) - rank
 
 
+#: A ready task of a band below batch (``best_effort``, 21-99) that waited this long orders as
+#: ``batch`` from then on (aging): a stream of higher-band work never starves it for ever.
+AGE_AFTER_S = 300.0
+
+
+def aged_rank(rank: int) -> int:
+    """The key's first field of an aged task: the same depth, in the default band (ranks of
+    the default band and above are unchanged). SQL: ``store/sql/queries.sql`` ``age_ready``."""
+    return rank if rank <= 0 else rank - band_offset(band_from(rank))
+
+
 def band_floor(band: int) -> int:
     """The smallest rank of ``band``: every rank below it is of a higher band."""
     return band_offset(band) - (BAND_STRIDE - 1)

@@ -356,6 +356,7 @@ class Engine:
 
     def _tick(self, now: float, out: list[TaskResult]) -> None:
         self._endpoints.follow(now)
+        self.store.age_ready(now)
         preemption = self._preemption
         if (
             preemption is not None

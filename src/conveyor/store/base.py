@@ -241,6 +241,13 @@ class Store(abc.ABC):
         there is none (O(1) for the memory store's heap). Default: none."""
         return []
 
+    def age_ready(self, now: float) -> int:
+        """Aging: ready tasks of a band below the default that waited ``ordering.AGE_AFTER_S``
+        order as the default band from now on (so higher-band work never starves them for
+        ever); returns how many. Called on every engine tick: cheap when there is nothing to
+        age, and rate-limited by the SQL stores. Default: none."""
+        return 0
+
     def borrowing(self, running: Mapping[str, int], total: int) -> frozenset[str]:
         """The groups that run beyond their fair share of ``total`` slots, given how many tasks
         each group runs (``core/borrow.borrowing``, with the store's group weights and which

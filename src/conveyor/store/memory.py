@@ -472,6 +472,9 @@ class MemoryStore(Store):
     def is_failed(self, i: int) -> bool:
         return self.frontier.state[i] == FAILED
 
+    def age_ready(self, now: float) -> int:
+        return len(self.frontier.age(now))
+
     # -- helpers --------------------------------------------------------------------------------
     def _release_due(self, now: float) -> None:
         for i in self.frontier.release_due(now):

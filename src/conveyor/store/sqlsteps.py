@@ -111,7 +111,7 @@ def release_children(tx: Tx, now: float, *, last: bool, **params: Any) -> None:
     name = "release_children_of" if "seqs" in params else "release_children"
 
     def step() -> None:
-        children_ready(tx, tx.rows(name, **params), now)
+        children_ready(tx, tx.rows(name, now=now, **params), now)
 
     if last and tx.io.release_last:
         tx.last.append(step)

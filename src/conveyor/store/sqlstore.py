@@ -37,6 +37,7 @@ from conveyor.store.base import (
 )
 from conveyor.store.codec import ResultCodec
 from conveyor.store.sqladmission import Admission
+from conveyor.store.sqlaging import Aging
 from conveyor.store.sqlclaim import Claims
 from conveyor.store.sqlexplain import Explainer
 from conveyor.store.sqlfeed import SqlEventFeed
@@ -81,6 +82,7 @@ class SqlStore(Store):
                              rounds=io.claim_rounds)  # fmt: skip
         self.leases = Leases(self.worker, lost_budget)
         self.preempts = Decisions()
+        self.aging = Aging()
         self.submissions = Submissions(io.url, self.adm)
         try:
             self.migrate()
@@ -193,6 +195,9 @@ class SqlStore(Store):
 
     def borrowing(self, running: Mapping[str, int], total: int) -> frozenset[str]:
         return borrowing(self.db, running, total)
+
+    def age_ready(self, now: float) -> int:
+        return self.aging.age(self.db, self._atomic, now)
 
     def plan_preemptions(self, now: float, policy: PreemptPolicy) -> int:
         return self.preempts.plan(self.db, self._atomic, now, policy)

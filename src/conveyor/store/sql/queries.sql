@@ -245,11 +245,13 @@ ON CONFLICT (seq) DO UPDATE SET kind = excluded.kind, data = excluded.data;
 DELETE FROM results WHERE seq = :seq;
 
 -- O(fan-out): the finished task's children lose one waiting parent; at zero they are ready
--- (pending ones, and invalidated ones: done before, waiting to run again).
+-- (pending ones, and invalidated ones: done before, waiting to run again), stamped ``updated``
+-- then (aging counts a ready task's wait from it: age_ready).
 -- name: release_children
 UPDATE tasks
 SET waiting = waiting - 1,
-    state = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END
+    state = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
+    updated = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
 WHERE seq IN (SELECT child FROM edges WHERE parent = :seq)
 RETURNING id, state, waiting;
 
@@ -262,7 +264,8 @@ WITH kids AS (
 )
 UPDATE tasks
 SET waiting = waiting - 1,
-    state = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END
+    state = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
+    updated = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
 WHERE seq IN (SELECT seq FROM kids)
 RETURNING id, state, waiting;
 
@@ -279,7 +282,8 @@ WHERE seq = ANY(:seqs) AND state = {RUNNING};
 -- name: release_children_of
 UPDATE tasks
 SET waiting = waiting - d.n,
-    state = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END
+    state = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
+    updated = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
 FROM (SELECT child, count(*) AS n FROM edges
       WHERE parent IN (SELECT value FROM json_each(:seqs)) GROUP BY child) AS d
 WHERE tasks.seq = d.child
@@ -290,7 +294,8 @@ WITH d AS (SELECT child, count(*) AS n FROM edges WHERE parent = ANY(:seqs) GROU
      kids AS (SELECT t.seq FROM tasks t JOIN d ON t.seq = d.child ORDER BY t.seq FOR UPDATE OF t)
 UPDATE tasks
 SET waiting = waiting - d.n,
-    state = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END
+    state = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
+    updated = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
 FROM d
 WHERE tasks.seq = d.child AND tasks.seq IN (SELECT seq FROM kids)
 RETURNING tasks.id, tasks.state, tasks.waiting;
@@ -645,3 +650,21 @@ SELECT preempted, preempted_at FROM tasks WHERE seq = :seq;
 -- counts for borrowing. Asked only inside a preemption decision, once per group.
 -- name: preempt_group_waiting
 SELECT 1 FROM tasks WHERE grp = :grp AND state IN ({READY}, {PENDING}, {RETRY_WAIT}) LIMIT 1;
+
+-- Aging (ordering.AGE_AFTER_S, store/sqlaging.py): of the first :n ready tasks of a band below
+-- the default (rank > 0), in key order, those ready since :cutoff or earlier move to the default
+-- band at the same depth (ordering.aged_rank: rank - ceil(rank / stride) * stride). Gang
+-- members do not age (a gang moves as one). An index seek and at most :n rows.
+-- name: age_due
+SELECT 1 FROM (SELECT updated, shape FROM tasks WHERE state = {READY} AND neg_depth > 0
+               ORDER BY {KEY} LIMIT :n) AS head
+WHERE updated <= :cutoff AND shape NOT IN (SELECT id FROM task_shapes WHERE gang IS NOT NULL)
+LIMIT 1;
+
+-- name: age_ready
+UPDATE tasks SET neg_depth = neg_depth - ((neg_depth + :stride - 1) / :stride) * :stride
+WHERE seq IN (
+    SELECT seq FROM (SELECT seq, updated, shape FROM tasks WHERE state = {READY} AND neg_depth > 0
+                     ORDER BY {KEY} LIMIT :n) AS head
+    WHERE updated <= :cutoff AND shape NOT IN (SELECT id FROM task_shapes WHERE gang IS NOT NULL)
+);
