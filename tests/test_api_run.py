@@ -156,3 +156,10 @@ def test_a_ray_address_without_the_ray_executor_is_worded_for_python() -> None:
     with pytest.raises(UsageError) as caught:
         conveyor.run({"tasks": [{"id": "a", "cmd": "true"}]}, ray_address="auto")
     assert str(caught.value) == "ray_address names a Ray cluster: it needs executor='ray'"
+
+
+def test_run_result_answers_in_for_its_task_ids() -> None:
+    g = conveyor.Graph("g")
+    g.add(print, id="hot")
+    r = conveyor.run(g, workers=1)
+    assert "hot" in r and "cold" not in r and 0 not in r

@@ -169,3 +169,8 @@ def test_frontier_ages_a_waiting_best_effort_task_into_batch_once() -> None:
     f.requeue(3)  # given back: it waits again, still best effort
     assert f.age(AGE_AFTER_S * 2) == []
     assert [f.ids[i] for i in f.age(AGE_AFTER_S * 3)] == ["e2"]
+
+
+def test_a_bad_graph_band_is_refused_naming_the_graph() -> None:
+    with pytest.raises(GraphError, match=r"graph 'y'.*out of range"):
+        conveyor.Graph("y", band=200)

@@ -33,7 +33,7 @@ def run_db(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_dashboard_serves_the_run_and_never_shows_secrets(run_db: str, tmp_path: Path) -> None:
     with dashboard(run_db, cwd=tmp_path) as url:
         assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
-        got = wait_until(lambda: (s := summary(url))["counts"].get("done") and s, 30)
+        got = wait_until(lambda: (s := summary(url)).get("counts", {}).get("done") and s, 30)
         assert got["graph"] == "dash" and got["counts"]["done"] == 7 and got["total"] == 7
         code, page, headers = get(url)
         assert code == 200 and 'id="done-count">7<' in page
@@ -76,7 +76,7 @@ def test_dashboard_reason_page_lists_the_waiting_tasks(tmp_path: Path) -> None:
     secret_graph(tmp_path / "g.json")
     assert cli("submit", "g.json", "--db", db, cwd=tmp_path).returncode == 0
     with dashboard(db, cwd=tmp_path) as url:
-        reasons = wait_until(lambda: summary(url)["reasons"], 30)
+        reasons = wait_until(lambda: summary(url).get("reasons"), 30)
         assert reasons.get("waiting_on_parents") == 1
         code, page, _ = get(base(url) + "/reason/waiting_on_parents")
         assert code == 200 and '<a href="/task/secretive">secretive</a>' in page
@@ -142,6 +142,22 @@ def test_report_is_one_self_contained_file_with_pngs(run_db: str, tmp_path: Path
     assert out.stat().st_mode & 0o077 == 0  # it names tasks and errors: owner only
 
 
+def test_report_bad_targets_are_one_line_and_leave_nothing_behind(
+    run_db: str, tmp_path: Path
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    before = set(tmp_path.iterdir())
+    for args, said in (
+        (["-o", str(tmp_path / "adir")], "is a directory"),
+        (["-o", str(tmp_path / "r.html"), "--png", str(tmp_path / "afile")], "not a directory"),
+    ):
+        got = cli("report", "--db", run_db, *args, cwd=tmp_path)
+        assert got.returncode == 2 and said in got.stderr, got.stderr
+        assert len(got.stderr.strip().splitlines()) == 1
+    assert set(tmp_path.iterdir()) == before  # no report, no temporary file
+
+
 def test_dashboard_shows_a_table_build(tmp_path: Path) -> None:
     spec = Path(__file__).resolve().parents[1] / "examples" / "table_reviews.py"
     out = tmp_path / "reviews"
@@ -162,11 +178,11 @@ def test_dashboard_and_report_on_postgresql(pg_url: str, tmp_path: Path) -> None
     secret_graph(tmp_path / "g.json")
     assert cli("submit", "g.json", "--db", pg_url, cwd=tmp_path).returncode == 0
     with dashboard(pg_url, cwd=tmp_path) as url:
-        assert wait_until(lambda: summary(url)["total"], 30) == 7
+        assert wait_until(lambda: summary(url).get("total"), 30) == 7  # after the first read
         done = cli("worker", "--db", pg_url, "--idle-exit", "0.5", "-q", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         # the page follows the run on its read-only PostgreSQL session
-        wait_until(lambda: summary(url)["counts"]["done"] == 7, 30, "all done on the page")
+        wait_until(lambda: summary(url).get("counts", {}).get("done") == 7, 30, "all done")
         assert get(base(url) + "/task/secretive")[0] == 200
     out = tmp_path / "run.html"
     got = cli("report", "--db", pg_url, "-o", str(out), cwd=tmp_path)
@@ -214,7 +230,7 @@ def test_dashboard_follows_an_endpoints_limit_during_a_real_run(tmp_path: Path) 
             done = cli("worker", "--db", db, "-q", "--workers", "8", "--lease", "3",
                        cwd=tmp_path, timeout=120)  # fmt: skip
             assert done.returncode == 0, done.stderr
-            ep = wait_until(lambda: summary(url)["endpoints"].get(key), 30, "the report")
+            ep = wait_until(lambda: summary(url).get("endpoints", {}).get(key), 30, "the report")
             assert ep["limit"] >= 1 and ep["workers"] == 1
             assert 0 < ep["rate_limited"] <= llm.stats().rate_limited  # capacity 3 < 8 slots
 

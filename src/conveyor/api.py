@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from conveyor.clock import SYSTEM_CLOCK
-from conveyor.errors import TaskFailed, UsageError
+from conveyor.errors import GraphError, TaskFailed, UsageError
 from conveyor.events import EventSink, JsonlSink, combine
 from conveyor.executorname import check_executor
 from conveyor.graph import Graph, as_graph, spec_from_call, task
@@ -51,6 +51,16 @@ class RunResult:
 
     def result(self, task_id: str) -> TaskResult:
         return self.store.result(task_id)
+
+    def __contains__(self, task_id: object) -> bool:
+        """Whether the run has a task ``task_id`` (whatever its state)."""
+        if not isinstance(task_id, str):
+            return False
+        try:
+            self.store.result(task_id)
+        except GraphError:
+            return False
+        return True
 
     @property
     def counts(self) -> dict[str, int]:

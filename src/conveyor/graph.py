@@ -81,6 +81,13 @@ class Graph:
         self.name = name
         #: The band of each task added without one (``None``: batch).
         self.band = band
+        if band is not None:
+            from conveyor.core.ordering import band_number
+
+            try:
+                band_number(band)
+            except ValueError as exc:
+                raise GraphError(f"graph {name!r}: {exc}") from None
         #: How far a group may borrow beyond its fair share (``None``: ``bounded``).
         self.borrow = borrow
         if borrow is not None:

@@ -124,7 +124,8 @@ def _serve(
         url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
         typer.echo(f"conveyor: dashboard on {url} (Ctrl-C stops it)", err=True)
         try:
-            server.serve(server.make_app(store, sampler, token=token), sock)
+            app = server.make_app(store, sampler, token=token)
+            server.serve(app, sock, on_exit=sampler.release_waiters)
         finally:
             sampler.stop()
             sock.close()
@@ -155,6 +156,10 @@ def report(
     with user_errors():
         if not out.parent.is_dir():
             raise UsageError(f"-o {out}: directory {str(out.parent)!r} does not exist")
+        if out.is_dir():
+            raise UsageError(f"-o {out}: is a directory; give the HTML file to write")
+        if png is not None and png.exists() and not png.is_dir():
+            raise UsageError(f"--png {png}: not a directory")
         began = time.monotonic()
         with durable_store(db, readonly=True) as store:
             readings = read_all(store, window_s=window, progress=said)

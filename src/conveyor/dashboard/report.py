@@ -48,7 +48,11 @@ def write_report(readings: Readings, store_url: str, out: Path) -> int:
     data = html.encode("utf-8")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with open(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, out)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # nothing half-written is left behind
+        raise
     return len(data)

@@ -115,10 +115,25 @@ class Sampler:
         return self._publish(html, summary)
 
     def wait_newer(self, version: int, timeout: float) -> Frame:
-        """The newest frame once it is newer than ``version`` (or at ``timeout``)."""
+        """The newest frame once it is newer than ``version`` (or at ``timeout``, or once the
+        sampler stops: ``stopped``)."""
         with self._changed:
-            self._changed.wait_for(lambda: self.latest.version > version, timeout)
+            self._changed.wait_for(
+                lambda: self.latest.version > version or self._stop.is_set(), timeout
+            )
             return self.latest
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def release_waiters(self) -> None:
+        """Wake every ``wait_newer`` and make it return at once from now on (the server is
+        shutting down: the event streams end instead of holding it up). Safe in a signal
+        handler: it waits for nothing but the condition's lock."""
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
 
     def start(self) -> Sampler:
         self._thread = threading.Thread(target=self._loop, name="dashboard-sampler", daemon=True)

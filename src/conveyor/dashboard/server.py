@@ -16,7 +16,8 @@ import hmac
 import json
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from conveyor.dashboard import pages, panels
@@ -76,8 +77,10 @@ def make_app(store: Store, sampler: Sampler, *, token: str | None = None) -> Sta
     async def events(request: Request) -> Response:
         async def stream() -> AsyncIterator[str]:
             version = 0  # frame 0 is the empty one before the first read
-            while not await request.is_disconnected():
+            while not sampler.stopped and not await request.is_disconnected():
                 frame = await run_in_threadpool(sampler.wait_newer, version, KEEPALIVE_S)
+                if sampler.stopped:
+                    return  # shutting down: end the stream (the client reconnects elsewhere)
                 if frame.version == version:
                     yield ": keep-alive\n\n"
                     continue
@@ -199,11 +202,18 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: Starlette, sock: socket.socket) -> None:
-    """Serve ``app`` on the bound ``sock`` until Ctrl-C."""
+def serve(app: Starlette, sock: socket.socket, on_exit: Callable[[], None]) -> None:
+    """Serve ``app`` on the bound ``sock`` until Ctrl-C (or SIGTERM); ``on_exit`` is called
+    on the signal, before the graceful shutdown waits for open requests (it ends the event
+    streams, which would otherwise hold the shutdown up to its time-out)."""
     import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            on_exit()
+            super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
-    )  # open event streams end then
-    uvicorn.Server(config).run(sockets=[sock])
+    )
+    Server(config).run(sockets=[sock])
