@@ -112,3 +112,14 @@ def noop(*args: Any, **kwargs: Any) -> None:
 
 
 NOT_CALLABLE = 42
+
+
+def store_history(db: str, task: str) -> list[dict[str, Any]]:
+    """``task``'s audit trail in the store at ``db`` (a handle of its own, closed after)."""
+    from conveyor.store.urls import open_store
+
+    store = open_store(db)
+    try:
+        return store.history(task)
+    finally:
+        store.close()

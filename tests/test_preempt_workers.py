@@ -12,13 +12,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from conveyor.store.base import Store
 from conveyor.store.urls import open_store
-from helpers import wait_until
+from helpers import store_history, wait_until
 
 BOUND = 60.0  # a bound on waits, not a check
 
@@ -78,14 +76,6 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("pg_url"))
 
 
-def _history(db: str, task: str) -> list[dict[str, Any]]:
-    store: Store = open_store(db)
-    try:
-        return store.history(task)
-    finally:
-        store.close()
-
-
 def _worker(cwd: Path, db: str) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "conveyor.cli", "worker", "--db", db, "--workers", "1"]
     return subprocess.Popen(argv, cwd=cwd, stderr=subprocess.PIPE, text=True)
@@ -122,7 +112,7 @@ def test_workers_preempt_a_batch_task_for_an_interactive_one(
                 w.communicate()
     assert [code for code, _ in ends] == [0, 0], ends
     assert any("1 preempted" in err for _, err in ends), ends
-    hist = _history(db, "batch")
+    hist = store_history(db, "batch")
     kinds = [e["event"] for e in hist]
     assert kinds.count("task_preempted") == 1 and kinds.count("task_finished") == 1, kinds
     assert "task_failed" not in kinds and "task_retrying" not in kinds

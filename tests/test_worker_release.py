@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from conveyor.store.base import Store
 from conveyor.store.sqlleases import pid_alive
 from conveyor.store.urls import open_store
-from helpers import wait_until
+from helpers import store_history, wait_until
 
 JOBS = """
 import asyncio
@@ -74,14 +73,6 @@ def counts(db: str) -> dict[str, int]:
     store = open_store(db)
     try:
         return store.counts()
-    finally:
-        store.close()
-
-
-def history(db: str, task: str) -> list[dict[str, Any]]:
-    store: Store = open_store(db)
-    try:
-        return store.history(task)
     finally:
         store.close()
 
@@ -142,7 +133,7 @@ def test_worker_signal_hands_running_tasks_back_and_a_second_worker_finishes_the
     c = counts(db)
     assert (c.get("ready", 0), c.get("running", 0), c.get("failed", 0)) == (3, 0, 0), c
     for t in TASKS:
-        trail = history(db, t)
+        trail = store_history(db, t)
         released = [e for e in trail if e["event"] == "task_released"]
         assert [e["reason"] for e in released] == [f"signal {sig.name}"], trail
         assert not {"task_failed", "task_retrying", "lease_expired"} & {e["event"] for e in trail}
@@ -156,9 +147,9 @@ def test_worker_signal_hands_running_tasks_back_and_a_second_worker_finishes_the
     assert counts(db).get("done", 0) == 3
     assert sorted((project / "ran.txt").read_text().split()) == sorted(TASKS)  # once each
     for t in TASKS:
-        events = [e["event"] for e in history(db, t)]
+        events = [e["event"] for e in store_history(db, t)]
         assert events.count("task_started") == 2 and events.count("task_finished") == 1, events
-        attempts = [e["attempt"] for e in history(db, t) if e["event"] == "task_started"]
+        attempts = [e["attempt"] for e in store_history(db, t) if e["event"] == "task_started"]
         assert attempts == [1, 1]  # the hand-back took its attempt back
 
 
@@ -169,7 +160,7 @@ def test_worker_hands_back_at_its_end_with_reason_time_limit(project: Path) -> N
     worker = start_worker(project, db, "--time-left", "3")
     code, err = wait_exit(worker)
     assert code == 0, err
-    released = [e for e in history(db, "py") if e["event"] == "task_released"]
+    released = [e for e in store_history(db, "py") if e["event"] == "task_released"]
     assert [e["reason"] for e in released] == ["time limit"]
     assert counts(db).get("ready", 0) == 1
 
@@ -197,7 +188,7 @@ def test_worker_with_an_end_starts_only_what_can_finish_and_why_says_so(project:
             worker.kill()
     assert code == 0, err
     assert (project / "ran.txt").read_text().split() == ["short"]
-    assert "task_started" not in [e["event"] for e in history(db, "long")]
+    assert "task_started" not in [e["event"] for e in store_history(db, "long")]
     assert counts(db).get("ready", 0) == 1
 
     # a worker with time enough (or no end) runs it
@@ -223,7 +214,7 @@ def test_worker_with_an_end_judges_undeclared_tasks_by_their_kinds_past_runs(
     short = cli("worker", "--db", db, "--time-left", "8", cwd=project)
     assert short.returncode == 0, short.stderr
     assert (project / "ran.txt").read_text().split() == ["s1"]  # s2 never ran there
-    released = [e for e in history(db, "s2") if e["event"] == "task_released"]
+    released = [e for e in store_history(db, "s2") if e["event"] == "task_released"]
     assert [e["reason"] for e in released] == ["would_not_finish"]
     assert counts(db).get("ready", 0) == 1
 
