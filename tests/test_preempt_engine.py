@@ -152,3 +152,36 @@ def test_a_task_of_the_same_band_preempts_nothing() -> None:
     log = EventLog()
     assert conveyor.run(g, workers=2, emit=log).exit_code == 0
     assert "task_preempted" not in [e["event"] for e in log.events]
+
+
+def test_a_thread_asked_for_a_task_that_then_started_elsewhere_is_left_to_finish() -> None:
+    """The spawner submits ``urgent`` and ends at once: the batch thread is asked for its slot
+    while both slots are busy, but ``urgent`` then starts on the spawner's freed slot. The ask
+    is withdrawn (``preempted`` reads False again): the batch task is not taken back for a
+    task that already ran."""
+    urgent_done = threading.Event()
+    seen: list[bool] = []
+
+    def urgent() -> str:
+        urgent_done.set()
+        return "urgent"
+
+    def spawner() -> str:
+        conveyor.current().submit(urgent, id="urgent")
+        return "spawned"
+
+    def batch() -> str:
+        assert urgent_done.wait(BOUND), "urgent never ran"
+        seen.append(conveyor.current().preempted)
+        if seen[-1]:
+            raise RuntimeError("preempted: giving my slot up")
+        return "batch done"
+
+    g = conveyor.Graph("withdrawn")
+    g.add(batch, id="batch", band="batch")
+    g.add(spawner, id="spawner", band="interactive")
+    log = EventLog()
+    result = conveyor.run(g, workers=2, emit=log)
+    assert result.exit_code == 0, result
+    assert seen == [False]
+    assert _history(log, "batch").count("task_preempted") == 0

@@ -150,6 +150,18 @@ def test_a_waiting_task_with_a_free_fitting_slot_preempts_nothing() -> None:
     assert [(p.waiting, p.victims, p.worker) for p in got] == [("hi", ("low",), "w0")]
 
 
+def test_of_one_band_a_task_that_can_be_stopped_goes_before_a_newer_thread_task() -> None:
+    """A thread task can only be asked (it keeps its slot until it looks): a coroutine or a
+    command of the same band is taken back first, even when it started earlier."""
+    run = [RunningTask("cmd", "w0", 20, 1.0), RunningTask("thread", "w0", 20, 2.0, stoppable=False)]
+    wait = [WaitingTask("hi", 10, 0.0, frozenset({"w0"}))]
+    got = choose_preemptions(wait, run, {"w0": 0}, NOW).preemptions
+    assert [p.victims for p in got] == [("cmd",)]
+    lower = [*run, RunningTask("be-thread", "w0", 30, 0.5, stoppable=False)]
+    got = choose_preemptions(wait, lower, {"w0": 0}, NOW).preemptions
+    assert [p.victims for p in got] == [("be-thread",)], "the band comes first"
+
+
 @st.composite
 def key_heaps(draw: st.DrawFn) -> tuple[list[list[tuple[int, ...]]], list[int]]:
     """Heaps of keys ``(rank, root_seq, index[, gang])`` over one task table, with stale

@@ -10,7 +10,8 @@ worker has a free slot, one running task on a fitting worker is chosen to make r
    ``max_preemptions`` times (aging: after that it keeps its slot to the end, so best-effort
    work that keeps being started is never starved forever);
 3. among those: **borrowed slots first** (a task of a group running beyond its fair share),
-   then the **lowest band**, then the **most recently started**;
+   then the **lowest band**, then one that **can be stopped** (a coroutine or a command, not a
+   thread task that can only be asked), then the **most recently started**;
 4. a gang is taken back whole: choosing one member takes every member (on any worker), and
    its slots count for the waiting tasks in order.
 
@@ -46,6 +47,9 @@ class RunningTask:
     borrowed: bool = False  # its group runs beyond its fair share (core/borrow.py)
     preempted_at: float | None = None  # its last preemption
     preemptions: int = 0
+    #: It can be stopped from outside (a coroutine, a command); a thread task can only be
+    #: asked, and keeps its slot until it returns.
+    stoppable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +82,11 @@ def protected(t: RunningTask, now: float, policy: PreemptPolicy) -> bool:
     return t.preempted_at is not None and now - t.preempted_at < policy.min_interval_s
 
 
-def victim_order(t: RunningTask) -> tuple[bool, int, float]:
-    """Larger is taken first: borrowed, then lower band (larger number), then newer."""
-    return (t.borrowed, t.band, t.started)
+def victim_order(t: RunningTask) -> tuple[bool, int, bool, float]:
+    """Larger is taken first: borrowed, then lower band (larger number), then one that can be
+    stopped (its slot frees now; a thread task may not look at its flag for long), then
+    newer."""
+    return (t.borrowed, t.band, t.stoppable, t.started)
 
 
 @dataclass(slots=True)

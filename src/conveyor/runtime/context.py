@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 #: Set in ``Claim.extra`` (to the waiting task's id) when a running thread task is asked to
 #: give its slot up; ``TaskContext.preempted`` reads it.
 PREEMPT_REQUEST = "preempt_for"
+#: Where the request moves when it is withdrawn (the waiting task started elsewhere before the
+#: thread gave up): ``preempted`` reads ``False`` again, and a thread that raised on seeing it
+#: is still given back, not failed.
+PREEMPT_WITHDRAWN = "preempt_withdrawn"
 
 _current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
     "conveyor_current", default=None

@@ -434,7 +434,7 @@ class Engine:
         claim_one, complete, admission = store.claim_one, store.complete, store.admission
         mine: Launch | None = None
         batch: Sequence[Claim]
-        until, runtimes = self.until, self._runtimes
+        until, runtimes, preemption = self.until, self._runtimes, self._preemption
         if until is not None and runtimes is not None:
             runtimes.learn(now)
         while (
@@ -465,6 +465,8 @@ class Engine:
                 stats.started += 1
                 if on_claim is not None:
                     on_claim(claim)
+                if preemption is not None and preemption.asked:
+                    preemption.started(spec.id)  # a thread asked for this slot: not any more
                 if spec.fn is None and spec.cmd is None:
                     # A no-op finishes where it is claimed: its children are ready before
                     # the next claim, which keeps the order depth-first.

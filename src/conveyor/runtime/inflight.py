@@ -17,7 +17,7 @@ from conveyor.core.retry import RetryPolicy
 from conveyor.model import TaskResult, TaskSpec, TaskState
 from conveyor.runtime.capacity import Capacity
 from conveyor.runtime.children import Children
-from conveyor.runtime.context import PREEMPT_REQUEST
+from conveyor.runtime.context import PREEMPT_REQUEST, PREEMPT_WITHDRAWN
 from conveyor.runtime.deadlines import Deadlines
 from conveyor.runtime.executors import Executors, Kind, Running
 from conveyor.runtime.runtimes import Runtimes
@@ -92,7 +92,8 @@ class InFlight:
         if not ok and value == "cancelled" and self.stopping:
             self.release(run, now)
             return None
-        if not ok and PREEMPT_REQUEST in run.claim.extra:
+        extra = run.claim.extra
+        if not ok and (PREEMPT_REQUEST in extra or PREEMPT_WITHDRAWN in extra):
             self._give_up(run, now)  # a thread task asked to give its slot up did so
             return None
         return self.finish(run, ok, value, now)
@@ -124,7 +125,8 @@ class InFlight:
     def _give_up(self, run: Running, now: float) -> None:
         del self.running[run.claim.handle]
         self._capacity.give_back(run.claim.spec)
-        waiting = str(run.claim.extra[PREEMPT_REQUEST])
+        extra = run.claim.extra
+        waiting = str(extra.get(PREEMPT_REQUEST) or extra.get(PREEMPT_WITHDRAWN))
         self.stats.preempted += sum(self.store.preempt([run.claim], now, waiting))
 
     def park(self, reports: list[tuple[Running, bool, Any]], now: float) -> list[TaskResult]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from conveyor.core.ordering import MAX_BAND
 from conveyor.core.preempt import PreemptPolicy, RunningTask, WaitingTask, choose_preemptions
-from conveyor.runtime.context import PREEMPT_REQUEST
+from conveyor.errors import GraphError
+from conveyor.model import TaskState
+from conveyor.runtime.context import PREEMPT_REQUEST, PREEMPT_WITHDRAWN
 from conveyor.runtime.executors import Running
 from conveyor.runtime.inflight import InFlight
 from conveyor.store.base import Store
@@ -31,12 +33,15 @@ class Preemption:
         self.inflight = inflight
         self.worker = worker
         self.policy = policy
+        self._asked: list[Running] = []  # thread tasks asked for their slot (``_withdraw``)
 
     def check(self, now: float, free: int) -> int:
         """Preempt what the pure choice names so that waiting higher-band tasks can start;
         ``free`` slots are free now. Returns how many tasks went back to the store now (their
         slots are free for the next fill)."""
         store = self.store
+        if self._asked:
+            self._withdraw()
         best = store.ready_heads(MAX_BAND + 1, 1)  # the best ready task (none: one band only)
         if not best:
             return 0
@@ -66,7 +71,36 @@ class Preemption:
         for p in plan.preemptions:
             victims: list[Running] = [by_id[v] for v in p.victims]
             back += self.inflight.preempt(victims, p.waiting, now)
+            self._asked.extend(v for v in victims if v.kind == "thread")
         return back
+
+    @property
+    def asked(self) -> bool:
+        """Whether a thread task was asked for its slot and may not have given it up yet."""
+        return bool(self._asked)
+
+    def started(self, task: str) -> None:
+        """``task`` starts now (on any slot): asks made for it are withdrawn."""
+        for r in self._asked:
+            extra = r.claim.extra
+            if extra.get(PREEMPT_REQUEST) == task:
+                extra[PREEMPT_WITHDRAWN] = extra.pop(PREEMPT_REQUEST)
+
+    def _withdraw(self) -> None:
+        """Thread tasks asked for a slot keep it until they look; once the task they were
+        asked for started elsewhere (or ended), the ask is withdrawn (``PREEMPT_WITHDRAWN``:
+        ``preempted`` reads False again), so no task is taken back for one that already ran."""
+        running = self.inflight.running
+        keep = []
+        for r in self._asked:
+            extra = r.claim.extra
+            if running.get(r.claim.handle) is not r or PREEMPT_REQUEST not in extra:
+                continue  # gave up or ended meanwhile
+            if self._still_waits(r):
+                keep.append(r)
+            else:
+                extra[PREEMPT_WITHDRAWN] = extra.pop(PREEMPT_REQUEST)
+        self._asked = keep
 
     def tick_shared(self, now: float) -> int:
         """A shared store (durable workers): act on the requests other workers' decisions
@@ -82,14 +116,27 @@ class Preemption:
                 run = by_handle.get(handle)
                 if run is None or run.claim.token != token or PREEMPT_REQUEST in run.claim.extra:
                     continue  # ended meanwhile (the next decision drops the request), or asked
+                if not self._ready(waiting):
+                    continue  # the waiting task started meanwhile (or ended): nothing to free
                 back += inflight.preempt([run], waiting, now)
         store.plan_preemptions(now, self.policy)
         return back
+
+    def _ready(self, task: str) -> bool:
+        try:
+            return self.store.result(task).state is TaskState.READY
+        except GraphError:
+            return False
+
+    def _still_waits(self, run: Running) -> bool:
+        """Whether the task ``run`` was asked to make room for is still ready (a thread task
+        that has not given its slot up yet is left alone once that task started)."""
+        return self._ready(str(run.claim.extra[PREEMPT_REQUEST]))
 
     def _running_task(self, run: Running) -> RunningTask:
         claim = run.claim
         times, last = claim.extra.get("preempted", (0, None))
         return RunningTask(
             claim.id, self.worker, claim.band, run.started, claim.spec.group, claim.spec.gang,
-            claim.spec.group in self._borrowed, last, times,
+            claim.spec.group in self._borrowed, last, times, run.kind not in ("thread", "process"),
         )  # fmt: skip
