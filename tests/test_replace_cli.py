@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from conveyor.store.urls import open_store
-from helpers import wait_until
+from helpers import store_history, wait_until
 
 GATES = """
 import pathlib
@@ -74,16 +74,8 @@ def procs() -> Iterator[list[subprocess.Popen[Any]]]:
             p.wait(30)
 
 
-def history(db: str, task: str) -> list[dict[str, Any]]:
-    store = open_store(db)
-    try:
-        return store.history(task)
-    finally:
-        store.close()
-
-
 def started_by(db: str, task: str) -> list[str]:
-    return [e["worker"] for e in history(db, task) if e["event"] == "task_started"]
+    return [e["worker"] for e in store_history(db, task) if e["event"] == "task_started"]
 
 
 def test_replace_refuses_what_the_replaced_graphs_worker_reports_late(
