@@ -881,12 +881,16 @@ def test_store_plan_preemptions_asks_the_victims_worker_once(store_url: str, sto
     assert x is not None and x.id == "i"
     assert store.release(x, T0 + 3)  # and gives back: i waits, no slot is free
     store.register_worker("w2", T0 + 3, {"slots": 1})  # w2 now offers one slot (e's)
+    assert "preempting" not in store.explain("i", T0 + 3).details
     assert store.plan_preemptions(T0 + 3, policy) == 1
     assert store.preempt_requests("w1") == {}
     assert store.preempt_requests("w2") == {e.handle: (e.token, "i")}
+    why = store.explain("i", T0 + 3)  # ``why``: what is being done for it
+    assert why.details["preempting"] == ["e"] and "preempting e for it" in why.message, why
     assert store.plan_preemptions(T0 + 3, policy) == 0, "the pending request counts"
     assert store.preempt([e], T0 + 4, "i") == [True]
     assert store.preempt_requests("w2") == {}
+    assert "preempting" not in store.explain("i", T0 + 4).details, "given back: no longer said"
     got = claim1(store, T0 + 4, "w2")
     assert got is not None and got.id == "i", "the freed slot goes to the higher band"
     assert [ev["by"] for ev in store.history("e") if ev["event"] == "task_preempted"] == ["i"]

@@ -266,6 +266,20 @@ def slot_reason(
     return behind
 
 
+def with_preemption(reason: Reason, victims: Sequence[str]) -> Reason:
+    """A ready task's ``reason``, told which running tasks are being preempted to make room
+    for it (``victims``: their ids, asked and not yet given back). The code stays: the task
+    still waits for what the code says until a victim's slot is free."""
+    if not victims:
+        return reason
+    names = ", ".join(victims[:3]) + (f" and {len(victims) - 3} more" if len(victims) > 3 else "")
+    return Reason(
+        reason.code,
+        f"{reason.message}; preempting {names} for it",
+        {**reason.details, "preempting": list(victims)},
+    )
+
+
 def behind_reason(tid: str, key: Sequence[int], ahead: int, first: str | None) -> Reason:
     """``behind_higher_priority``: ``ahead`` tasks of its queue go first, ``first`` heads it."""
     return Reason(

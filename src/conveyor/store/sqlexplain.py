@@ -19,6 +19,7 @@ from conveyor.core.explain import (
     not_ready_reason,
     ready_reason,
     slot_reason,
+    with_preemption,
 )
 from conveyor.core.ordering import PriorityKey, band_floor
 from conveyor.errors import GraphError
@@ -146,6 +147,15 @@ class Explainer:
         if early is not None:
             return early
         key = PriorityKey(int(neg_depth), int(root_seq), int(seq))
+        reason = self._ready(reads, task_id, key, int(sid), now, offers, admission)
+        victims = [str(r[0]) for r in reads.rows("preempting_for", id=task_id)]
+        return with_preemption(reason, victims)
+
+    def _ready(
+        self, reads: Reads, task_id: str, key: PriorityKey, sid: int, now: float,
+        offers: list[Offer] | None, admission: bool,
+    ) -> Reason:  # fmt: skip
+        """The reason of a ready task (``explain`` past its early reasons)."""
         known = offers is None  # the live workers' offers, read here: none means no worker
         if sid == 0:  # a plain graph: one depth-first queue
             above = higher_band(reads, task_id, key)

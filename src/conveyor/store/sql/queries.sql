@@ -637,6 +637,10 @@ VALUES (:seq, :token, :worker, :waiting, :now);
 -- name: preempt_requests_of
 SELECT seq, token, waiting FROM preempt_requests WHERE worker = :worker;
 
+-- name: preempting_for
+SELECT t.id FROM preempt_requests p JOIN tasks t ON t.seq = p.seq
+WHERE p.waiting = :id ORDER BY p.at, t.seq;
+
 -- name: preempt_taken
 DELETE FROM preempt_requests WHERE seq = :seq;
 
