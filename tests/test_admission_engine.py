@@ -463,3 +463,21 @@ def test_run_bad_admission_input_is_a_graph_error_at_submit(
 ) -> None:
     with pytest.raises(GraphError, match=match):
         conveyor.run({"name": "bad", **graph}, workers=4, labels={"gpu": "a100"})
+
+
+def test_every_reason_code_is_documented_and_known() -> None:
+    """One list of the ``why`` codes (``core.explain.CODES``): the table of docs/fairness.md and
+    the states it names are exactly those codes (the dashboard answers 404 for any other)."""
+    import re
+
+    from conveyor.core.explain import CODES
+
+    doc = (Path(__file__).parent.parent / "docs" / "fairness.md").read_text()
+    section = doc.split("## Why is my task not running?")[1].split("\n## ")[0]
+    table = set(re.findall(r"^\| `(\w+)` +\|", section, re.M))
+    states = re.search(
+        r"report their state \(([^)]*)\); a cell of a table build says `(\w+)`", section
+    )
+    assert states is not None
+    named = set(re.findall(r"`(\w+)`", states.group(1))) | {states.group(2)}
+    assert table | named == CODES, (table | named) ^ CODES

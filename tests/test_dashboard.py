@@ -80,6 +80,7 @@ def test_dashboard_reason_page_lists_the_waiting_tasks(tmp_path: Path) -> None:
         assert reasons.get("waiting_on_parents") == 1
         code, page, _ = get(base(url) + "/reason/waiting_on_parents")
         assert code == 200 and '<a href="/task/secretive">secretive</a>' in page
+        assert get(base(url) + "/reason/UNKNOWN")[0] == 404
         code, page, _ = get(url)
         assert '<a href="/reason/waiting_on_parents">' in page
 

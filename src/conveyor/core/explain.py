@@ -25,6 +25,15 @@ from conveyor.core.ordering import Key, band_floor, band_from, band_label
 from conveyor.core.timelimit import fits_in
 from conveyor.model import TaskState
 
+#: Every reason code ``explain`` gives (the ``why`` contract above, and ``table_cell``: a cell
+#: of a table build, whose store explains its own tasks).
+CODES = frozenset({
+    "waiting_on_parents", "retry_backoff", "group_cap", "borrow_limit", "behind_higher_band",
+    "fair_share", "behind_higher_priority", "no_matching_worker", "insufficient_resources",
+    "gang_incomplete", "never_fits", "would_not_finish", "endpoint_limited", "no_free_slot",
+    "no_worker", "running", "done", "failed", "skipped", "cancelled", "table_cell",
+})  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Reason:

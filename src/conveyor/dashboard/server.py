@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from conveyor.core.explain import CODES
 from conveyor.dashboard import pages, panels
 from conveyor.dashboard.sampler import Sampler
 from conveyor.errors import GraphError, UsageError
@@ -107,6 +108,10 @@ def make_app(store: Store, sampler: Sampler, *, token: str | None = None) -> Sta
 
     async def reason(request: Request) -> Response:
         code = request.path_params["code"]
+        if code not in CODES:
+            return page(
+                "unknown reason", f"<p>no reason is called {panels.e(code)}</p>", status=404
+            )
         body = await run_in_threadpool(pages.reason_page, store, code, time.time())
         return page(f"why pending: {code}", body)
 
