@@ -320,7 +320,7 @@ def test_admission_cli_why_and_status(tmp_path: Path, open_url: Any) -> None:
                              "group_cap": 1}  # fmt: skip
     assert st["group_shares"]["capped"] == {"running": 1, "cap": 1, "weight": 1.0}
     text = cli("status", "--db", db, cwd=tmp_path).stdout
-    assert "group_cap 1" in text and "(running 1, cap 1, weight 1)" in text
+    assert "group_cap 1" in text and "group capped: ready 1, running 1 (cap 1, weight 1)" in text
 
 
 @pytest.mark.parametrize(

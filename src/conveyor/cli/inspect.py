@@ -41,7 +41,7 @@ def status_lines(st: dict[str, Any]) -> list[str]:
         g = shares.get(grp)
         if g is not None:
             cap = "-" if g["cap"] is None else g["cap"]
-            line += f" (running {g['running']}, cap {cap}, weight {g['weight']:g})"
+            line += f" (cap {cap}, weight {g['weight']:g})"  # its running count is in counts
         lines.append(line)
     if st.get("reasons"):
         because = ", ".join(f"{k} {v}" for k, v in st["reasons"].items())
