@@ -57,6 +57,8 @@ def run(
     no_preempt: opt.NoPreempt = False,
 ) -> None:
     """Run a graph file to the end, with a progress bar."""
+    import gc
+
     from conveyor.api import open_run
     from conveyor.bulk import freeze_survivors
     from conveyor.progress import finished_of, make_progress
@@ -75,6 +77,7 @@ def run(
         graph: Any = graph_file(file)
         if speed is not None:
             graph = sleeping(load_graph_file(file), speed)
+        gc.disable()  # until freeze_survivors: no collection walks the graph being loaded
         with open_run(
             graph, db=db, events=events, replace=replace,
             fingerprints=not no_fingerprints, lease_s=lease,
