@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from conveyor.bulk import paused_gc
 from conveyor.core.constraints import parse_constraints
 from conveyor.core.dag import layout
-from conveyor.core.limiter import check_key
 from conveyor.errors import GraphError
 from conveyor.imports import resolve_callable
 from conveyor.model import GraphSpec, GroupSpec, TaskSpec
@@ -264,6 +263,8 @@ def _task(t: TaskFields, check_functions: bool) -> TaskSpec:
 def check_endpoint(task_id: str, endpoint: str) -> None:
     """A task's endpoint key reads ``provider/model/domain`` (``core/limiter.check_key``, the
     one home of the rule): checked when the graph is built or loaded, not when the task runs."""
+    from conveyor.core.limiter import check_key  # (imported for graphs with endpoints only)
+
     try:
         check_key(endpoint)
     except (TypeError, ValueError) as exc:
