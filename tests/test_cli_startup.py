@@ -62,3 +62,24 @@ def test_tasks_of_a_cli_run_have_the_collector_on(tmp_path: Path) -> None:
                        cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "2 done, 0 failed" in p.stderr
+
+
+def test_a_worker_with_default_options_does_not_import_the_schema(tmp_path: Path) -> None:
+    # Every worker pays its start: the options' defaults need no msgspec to be checked.
+    (tmp_path / "g.json").write_text(json.dumps({"tasks": [{"id": "a"}]}))
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    submitted = subprocess.run([sys.executable, "-m", "conveyor.cli", "submit", "g.json",
+                                "--db", db], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=60)  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    mods = modules_of("worker", "--db", db, "--quiet", cwd=tmp_path)
+    assert "conveyor.runtime.engine" in mods
+    for heavy in ("msgspec", "conveyor.schema", "rich", "typer.rich_utils", "yaml"):
+        assert heavy not in mods
+
+
+def test_the_lease_default_is_a_valid_lease() -> None:
+    from conveyor import schema
+    from conveyor.cli import options
+
+    assert schema.check_value(options.LEASE_S, schema.Seconds) is None

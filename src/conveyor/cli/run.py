@@ -33,7 +33,7 @@ def run(
     ] = False,
     executor: opt.Executor = None,
     address: opt.RayAddress = None,
-    lease: opt.Lease = 30.0,
+    lease: opt.Lease = opt.LEASE_S,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for retry jitter.")] = None,
     resources: opt.Resources = None,
     labels: opt.Labels = None,
@@ -72,7 +72,7 @@ def run(
             progress.update(counts, total=sum(counts.values()))
 
     with user_errors():
-        lease = opt.checked(lease, "Seconds", "--lease")
+        lease = opt.checked(lease, "Seconds", "--lease", default=opt.LEASE_S)
         telemetry = opt.telemetry(otel)
         graph: Any = graph_file(file)
         if speed is not None:
