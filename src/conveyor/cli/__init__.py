@@ -68,7 +68,7 @@ def make_app(only: str | None = None) -> typer.Typer:
 
 
 def _group() -> None:
-    """Run graphs of tasks across workers: depth-first, fair, adaptive, durable."""
+    """The callback of an app of one command: it does nothing (the app's help is its own)."""
 
 
 def __getattr__(name: str) -> Any:
