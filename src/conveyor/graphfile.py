@@ -90,7 +90,7 @@ def _decode(data: Any) -> Any:
     is structure-only, else as ``GraphFields``. One ``GraphError`` line for what is wrong."""
     import msgspec
 
-    from conveyor import schema, wfformat
+    from conveyor import schema
 
     is_json = isinstance(data, bytes)
     try:
@@ -104,6 +104,8 @@ def _decode(data: Any) -> Any:
                     return msgspec.json.decode(data, type=schema.GraphFields)
                 return msgspec.convert(data, schema.GraphFields)
     except msgspec.ValidationError as exc:
+        from conveyor import wfformat  # (a graph the schema refused may be a WfFormat file)
+
         raw = msgspec.json.decode(data) if is_json else data
         if wfformat.is_wfformat(raw):  # a WfCommons WfFormat file: read as what it says
             return _decode(wfformat.to_graph_dict(raw))
