@@ -3,6 +3,7 @@
     python benchmarks/bench_core.py                 # the full run (~5-10 min on 2 cores)
     python benchmarks/bench_core.py --quick         # small sizes, < 1 min (the smoke test)
     python benchmarks/bench_core.py --skip-distributed --json out.json
+    python benchmarks/bench_core.py --end-to-end    # the end-to-end row and the import time only
 
 All tasks are no-ops. Every system gets the graph already built in its own native form (a graph
 dict for conveyor, ``{key: (noop, *parents)}`` for Dask, id/parent lists for the floor); what is
@@ -428,6 +429,7 @@ class Bench:
                 dask.threaded.get(dsk, [k for k in dsk if k not in has_child])
             """)
             )
+            compile_conveyor()
             cmds = {"python -c pass": [sys.executable, "-c", "pass"], "conveyor run": conv}
             if have_dask:
                 cmds["dask.threaded script"] = [sys.executable, str(script), str(path)]
@@ -441,7 +443,7 @@ class Bench:
                     times[name].append(time.perf_counter() - t0)
                     if p.returncode != 0:
                         raise RuntimeError(f"{name} exited {p.returncode}: {p.stderr[-2000:]}")
-            res: dict[str, Any] = {"n": n, "runs": rep}
+            res: dict[str, Any] = {"n": n, "runs": rep, "load": os.getloadavg()[0]}
             for name, ts in times.items():
                 res[name] = statistics.median(ts)
                 self.log(f"  {name:<24} {res[name]:.3f} s (median of {rep})")
@@ -452,6 +454,31 @@ class Bench:
             self.results["end_to_end"] = res
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def end_to_end_only(self) -> int:
+        """``--end-to-end``: the end-to-end row and the import time, with their verdicts."""
+        try:
+            import dask  # noqa: F401
+
+            have_dask = True
+        except ImportError:
+            have_dask = False
+        self.end_to_end(3_000 if self.quick else 30_000, have_dask, 3)
+        self.import_time(5)
+        e2e, imp = self.results["end_to_end"], self.results.get("import_ms")
+        if "ratio" in e2e:
+            r = e2e["ratio"]
+            ok = "met" if r >= E2E_VS_DASK else "missed"
+            print(f"end to end, layered {fmt_n(e2e['n'])}: conveyor run {e2e['conveyor run']:.2f} s"
+                  f", dask.threaded script {e2e['dask.threaded script']:.2f} s, python -c pass "
+                  f"{e2e['python -c pass']:.2f} s: {r:.1f}x (target {E2E_VS_DASK:g}x: {ok}; "
+                  f"load {e2e['load']:.1f})")  # fmt: skip
+        if imp:
+            ok = "met" if imp["median"] <= IMPORT_MAX_MS else "missed"
+            print(
+                f"import conveyor.cli: {imp['median']:.0f} ms (target {IMPORT_MAX_MS:g} ms: {ok})"
+            )
+        return 0
 
     def import_time(self, rep: int) -> None:
         """``python -X importtime -c "import conveyor.cli"``: the cumulative time of
@@ -755,17 +782,33 @@ def memory_child(n: int, source: str) -> None:
     }))  # fmt: skip
 
 
+def compile_conveyor() -> None:
+    """Write conveyor's bytecode, as ``pip install`` does for the peers' packages: the first
+    run would write it, unless ``PYTHONDONTWRITEBYTECODE`` is set (then every run would compile
+    conveyor's modules afresh while Dask loads its compiled ones)."""
+    import compileall
+
+    import conveyor
+
+    compileall.compile_dir(Path(conveyor.__file__).parent, quiet=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (< 1 min): a smoke test")
     ap.add_argument("--skip-distributed", action="store_true", help="no dask.distributed rows")
     ap.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="only the end-to-end row (conveyor run vs a dask script) and the import "
+                    "time")  # fmt: skip
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--source", default="dict", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child:
         memory_child(args.memory_child, args.source)
         return 0
+    if args.end_to_end:
+        return Bench(args).end_to_end_only()
     return Bench(args).run()
 
 

@@ -4,7 +4,9 @@ and over (each pass walks every live object); none of them form cycles, so bulk 
 ``freeze_survivors()`` goes further for a process that conveyor owns whole (the CLI's
 ``conveyor run``): it moves what the load built out of the collector's sight for good. A
 library must not do that: it would also keep the caller's cyclic garbage from ever being
-collected (issue 16, point 18).
+collected (issue 16, point 18). The end of a pause costs a collection that walks every object
+made during it (they are all young); a process that pauses the collector itself until it
+freezes (``conveyor run``) never pays it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ def paused_gc() -> Iterator[None]:
 
 def freeze_survivors() -> None:
     """Move every object alive now to the permanent generation (``gc.freeze``): later
-    collections skip the task records, which live as long as the process. For the CLI's
-    short-lived run process only; never call it from library code."""
+    collections skip the task records, which live as long as the process. Then turn the
+    collector on (a caller may have paused it for the load, so that no collection walks the
+    loaded graph before it is frozen). For the CLI's short-lived run process only; never call
+    it from library code."""
     gc.freeze()
+    gc.enable()

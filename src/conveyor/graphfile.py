@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from conveyor.bulk import paused_gc
 from conveyor.core.constraints import parse_constraints
 from conveyor.core.dag import layout
-from conveyor.core.limiter import check_key
 from conveyor.errors import GraphError
 from conveyor.imports import resolve_callable
 from conveyor.model import GraphSpec, GroupSpec, TaskSpec
@@ -91,7 +90,7 @@ def _decode(data: Any) -> Any:
     is structure-only, else as ``GraphFields``. One ``GraphError`` line for what is wrong."""
     import msgspec
 
-    from conveyor import schema, wfformat
+    from conveyor import schema
 
     is_json = isinstance(data, bytes)
     try:
@@ -105,6 +104,8 @@ def _decode(data: Any) -> Any:
                     return msgspec.json.decode(data, type=schema.GraphFields)
                 return msgspec.convert(data, schema.GraphFields)
     except msgspec.ValidationError as exc:
+        from conveyor import wfformat  # (a graph the schema refused may be a WfFormat file)
+
         raw = msgspec.json.decode(data) if is_json else data
         if wfformat.is_wfformat(raw):  # a WfCommons WfFormat file: read as what it says
             return _decode(wfformat.to_graph_dict(raw))
@@ -264,6 +265,8 @@ def _task(t: TaskFields, check_functions: bool) -> TaskSpec:
 def check_endpoint(task_id: str, endpoint: str) -> None:
     """A task's endpoint key reads ``provider/model/domain`` (``core/limiter.check_key``, the
     one home of the rule): checked when the graph is built or loaded, not when the task runs."""
+    from conveyor.core.limiter import check_key  # (imported for graphs with endpoints only)
+
     try:
         check_key(endpoint)
     except (TypeError, ValueError) as exc:

@@ -8,6 +8,7 @@ and the field. Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import types
@@ -131,9 +132,9 @@ STRUCTURE_FIELDS = ("id", "deps", "parents", "runtime_s", "cores")
 def _substruct(name: str, base: type[Struct], keep: Any) -> Any:
     """A struct of some of ``base``'s fields, with their types and defaults (so that the
     rules stay in ``base``)."""
-    hints = get_type_hints(base, include_extras=True)
+    hints = _TASK_HINTS if base is TaskFields else get_type_hints(base, include_extras=True)
     fields: list[Any] = []
-    for f in msgspec.structs.fields(base):
+    for f in _TASK_FIELDS if base is TaskFields else msgspec.structs.fields(base):
         if not keep(f.name):
             continue
         if f.default is not msgspec.NODEFAULT:
@@ -146,6 +147,9 @@ def _substruct(name: str, base: type[Struct], keep: Any) -> Any:
     return msgspec.defstruct(name, fields, forbid_unknown_fields=True)
 
 
+_TASK_HINTS = get_type_hints(TaskFields, include_extras=True)
+_TASK_FIELDS = msgspec.structs.fields(TaskFields)
+
 #: A structure-only task and graph: decoded first, as most large files are such graphs (a
 #: fifth of the fields to fill); any other key makes the caller decode with ``GraphFields``.
 BareTask: Any = _substruct("BareTask", TaskFields, lambda n: n in STRUCTURE_FIELDS)
@@ -156,10 +160,8 @@ BareGraph: Any = msgspec.defstruct(
                                    if n != "tasks")],
     forbid_unknown_fields=True,
 )  # fmt: skip
-#: A task built in Python (``fn``, ``args``, ``kwargs`` are checked by ``model.TaskSpec``).
-PythonTask: Any = _substruct("PythonTask", TaskFields, lambda n: n not in PYTHON_ONLY)
 
-TASK_KEYS = frozenset(f.name for f in msgspec.structs.fields(TaskFields))
+TASK_KEYS = frozenset(f.name for f in _TASK_FIELDS)
 GRAPH_KEYS = frozenset(f.name for f in msgspec.structs.fields(GraphFields))
 
 
@@ -288,10 +290,17 @@ def check_task(fields: dict[str, Any]) -> str | None:
     """The first error of a task built in Python (its set fields but ``fn``, ``args`` and
     ``kwargs``), or ``None``."""
     try:
-        msgspec.convert(fields, PythonTask)
+        msgspec.convert(fields, _python_task())
     except msgspec.ValidationError as exc:
         return explain(exc, {"tasks": [fields]}, root="$.tasks[0]")
     return None
+
+
+@functools.cache
+def _python_task() -> Any:
+    """A task built in Python (``fn``, ``args``, ``kwargs`` are checked by ``model.TaskSpec``):
+    made when first needed (graph files never need it)."""
+    return _substruct("PythonTask", TaskFields, lambda n: n not in PYTHON_ONLY)
 
 
 def check_group(name: str, weight: Any, cap: Any, borrow: Any = None) -> str | None:

@@ -2,59 +2,82 @@
 
 Exit codes: 0 all done, 1 a task failed, 2 bad input (one line on stderr), 130 Ctrl-C.
 Command modules import what is heavy (engine, stores, rich, yaml) inside their functions, so
-``import conveyor.cli`` costs little more than typer.
+``import conveyor.cli`` costs little more than typer. ``main`` goes further: when the first
+argument names a command, only that command's module is imported and only its options are
+built (typer builds every command of an app before it parses a word; the help, the root's
+usage errors and anything else get the whole app).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
 import typer
 
-from conveyor.cli import (
-    admin,
-    build,
-    dashboard,
-    graph,
-    inspect,
-    run,
-    simulate,
-    slurm,
-    submit,
-    worker,
-)
 from conveyor.cli.errors import quiet_broken_pipe
 from conveyor.outcome import INTERRUPTED
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "make_app"]
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Run graphs of tasks across workers: depth-first, fair, adaptive, durable.",
-    pretty_exceptions_enable=False,
+#: Each command: its name, the module of ``conveyor.cli`` that holds it and the function (or,
+#: for a group of commands, the ``typer.Typer``), in the order the help lists them.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("run", "run", "run"),
+    ("graph", "graph", "graph"),
+    ("submit", "submit", "submit"),
+    ("plan", "submit", "plan"),
+    ("worker", "worker", "worker"),
+    ("status", "inspect", "status"),
+    ("why", "inspect", "why"),
+    ("history", "inspect", "history"),
+    ("retry", "admin", "retry"),
+    ("prune", "admin", "prune"),
+    ("events", "inspect", "events"),
+    ("build", "build", "build"),
+    ("simulate", "simulate", "simulate"),
+    ("dashboard", "dashboard", "dashboard"),
+    ("report", "dashboard", "report"),
+    ("slurm", "slurm", "app"),
 )
+_NAMES = frozenset(name for name, _, _ in COMMANDS)
 
-for _name, _command in (
-    ("run", run.run),
-    ("graph", graph.graph),
-    ("submit", submit.submit),
-    ("plan", submit.plan),
-    ("worker", worker.worker),
-    ("status", inspect.status),
-    ("why", inspect.why),
-    ("history", inspect.history),
-    ("retry", admin.retry),
-    ("prune", admin.prune),
-    ("events", inspect.events),
-    ("build", build.build),
-    ("simulate", simulate.simulate),
-    ("dashboard", dashboard.dashboard),
-    ("report", dashboard.report),
-):
-    app.command(_name)(quiet_broken_pipe(_command))
-app.add_typer(slurm.app, name="slurm")
+
+def make_app(only: str | None = None) -> typer.Typer:
+    """The ``conveyor`` app with every command, or with the command ``only`` alone (still a
+    group: ``conveyor run FILE`` parses as the whole app would parse it)."""
+    app = typer.Typer(
+        add_completion=False,
+        no_args_is_help=True,
+        help="Run graphs of tasks across workers: depth-first, fair, adaptive, durable.",
+        pretty_exceptions_enable=False,
+    )
+    for name, module, attr in COMMANDS:
+        if only is not None and name != only:
+            continue
+        command = getattr(importlib.import_module(f"conveyor.cli.{module}"), attr)
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=name)
+        else:
+            app.command(name)(quiet_broken_pipe(command))
+    if only is not None:
+        # A callback keeps an app of one command a group (typer's rule); it adds no option.
+        app.callback()(_group)
+    return app
+
+
+def _group() -> None:
+    """The callback of an app of one command: it does nothing (the app's help is its own)."""
+
+
+def __getattr__(name: str) -> Any:
+    """``conveyor.cli.app``: the whole app, made when first asked for."""
+    if name == "app":
+        app = make_app()
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def command_path(ctx: Any) -> str:
@@ -71,6 +94,8 @@ def main() -> None:
     """The console script ``conveyor``. A usage error (an unknown option, a value out of its
     range) is one line on stderr and exit 2, like every other bad input, not a box. (Typer
     vendors click: its exceptions are told by what they have, not by importing them.)"""
+    first = sys.argv[1] if len(sys.argv) > 1 else None
+    app = make_app(first if first in _NAMES else None)
     try:
         code = app(standalone_mode=False)
     except KeyboardInterrupt:

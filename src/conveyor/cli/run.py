@@ -33,7 +33,7 @@ def run(
     ] = False,
     executor: opt.Executor = None,
     address: opt.RayAddress = None,
-    lease: opt.Lease = 30.0,
+    lease: opt.Lease = opt.LEASE_S,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for retry jitter.")] = None,
     resources: opt.Resources = None,
     labels: opt.Labels = None,
@@ -57,6 +57,8 @@ def run(
     no_preempt: opt.NoPreempt = False,
 ) -> None:
     """Run a graph file to the end, with a progress bar."""
+    import gc
+
     from conveyor.api import open_run
     from conveyor.bulk import freeze_survivors
     from conveyor.progress import finished_of, make_progress
@@ -70,11 +72,12 @@ def run(
             progress.update(counts, total=sum(counts.values()))
 
     with user_errors():
-        lease = opt.checked(lease, "Seconds", "--lease")
+        lease = opt.checked(lease, "Seconds", "--lease", default=opt.LEASE_S)
         telemetry = opt.telemetry(otel)
         graph: Any = graph_file(file)
         if speed is not None:
             graph = sleeping(load_graph_file(file), speed)
+        gc.disable()  # until freeze_survivors: no collection walks the graph being loaded
         with open_run(
             graph, db=db, events=events, replace=replace,
             fingerprints=not no_fingerprints, lease_s=lease,

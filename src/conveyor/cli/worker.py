@@ -70,7 +70,7 @@ def worker(
         float | None,
         typer.Option("--time-left", help="Seconds from now by which to be done (as --until)."),
     ] = None,
-    lease: opt.Lease = 30.0,
+    lease: opt.Lease = opt.LEASE_S,
     events: opt.Events = None,
     quiet: opt.Quiet = False,
     executor: opt.Executor = None,
@@ -87,7 +87,7 @@ def worker(
 
     opt.check_executor(executor, address)
     with HandBackOnSignals() as signals, user_errors():
-        lease = opt.checked(lease, "Seconds", "--lease")
+        lease = opt.checked(lease, "Seconds", "--lease", default=opt.LEASE_S)
         if idle_exit is not None:
             idle_exit = opt.checked(idle_exit, "Wait", "--idle-exit")
         end = worker_end(until, time_left, os.environ.get(END_ENV), time.time())

@@ -16,7 +16,6 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from conveyor.clock import Clock
-from conveyor.core.limiter import tally_peers
 from conveyor.events import EventSink
 from conveyor.store.base import Store
 
@@ -114,6 +113,8 @@ class EndpointFollower:
         self._store.report_endpoints(worker, now, stats)
         if not learn:
             return
+        from conveyor.core.limiter import tally_peers  # (not imported by runs without endpoints)
+
         reports = self._store.endpoint_reports(now, STALE_AFTER * SHARE_EVERY_S)
         for key, st in seen.items():
             others = {w: rep[key] for w, rep in reports.items() if w != worker and key in rep}

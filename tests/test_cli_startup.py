@@ -1,0 +1,85 @@
+"""What a ``conveyor`` command pays before it starts: it imports and builds only itself, and
+``conveyor run`` turns the collector back on once the loaded graph is frozen (issue 10)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+#: ``main()`` as the console script runs it, printing at exit which modules were imported.
+SHOW_MODULES = """
+import atexit, sys
+atexit.register(lambda: print(" ".join(sorted(sys.modules))))
+sys.argv = ["conveyor", *sys.argv[1:]]
+from conveyor.cli import main
+main()
+"""
+
+
+def modules_of(*args: str, cwd: Path) -> set[str]:
+    p = subprocess.run([sys.executable, "-c", SHOW_MODULES, *args], cwd=cwd,
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    return set(p.stdout.split()[-1000:]) if p.stdout else set()
+
+
+def test_run_imports_its_own_command_alone_and_nothing_for_help_or_other_stores(
+    tmp_path: Path,
+) -> None:
+    graph = {"tasks": [{"id": "a"}, {"id": "b", "deps": ["a"]}]}
+    (tmp_path / "g.json").write_text(json.dumps(graph))
+    mods = modules_of("run", "g.json", "--workers", "1", "--quiet", cwd=tmp_path)
+    assert "conveyor.cli.run" in mods
+    commands = {m for m in mods if m.startswith("conveyor.cli.")}
+    helpers = {"conveyor.cli.errors", "conveyor.cli.options", "conveyor.cli.inputs"}
+    assert commands - helpers == {"conveyor.cli.run"}
+    # help rendering, YAML, durable stores and their drivers: not for an in-memory JSON run
+    for heavy in ("rich", "typer.rich_utils", "yaml", "sqlite3", "conveyor.store.sqlite"):
+        assert heavy not in mods
+
+
+def test_the_help_still_lists_every_command(tmp_path: Path) -> None:
+    from conveyor.cli import COMMANDS
+
+    p = subprocess.run([sys.executable, "-m", "conveyor.cli", "--help"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 0
+    listed = {line.split()[1] for line in p.stdout.splitlines() if line.startswith("│ ")}
+    assert {name for name, _, _ in COMMANDS} <= listed
+
+
+def test_tasks_of_a_cli_run_have_the_collector_on(tmp_path: Path) -> None:
+    # The CLI pauses the collector while it loads and freezes the graph: the tasks' own
+    # cyclic garbage must still be collected.
+    (tmp_path / "gcmod.py").write_text(
+        "import gc\n\n\ndef check():\n    assert gc.isenabled(), 'the collector is off'\n"
+    )
+    graph = {"tasks": [{"id": "a", "fn": "gcmod:check"}, {"id": "b", "deps": ["a"]}]}
+    (tmp_path / "g.json").write_text(json.dumps(graph))
+    p = subprocess.run([sys.executable, "-m", "conveyor.cli", "run", "g.json", "-w", "1"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "2 done, 0 failed" in p.stderr
+
+
+def test_a_worker_with_default_options_does_not_import_the_schema(tmp_path: Path) -> None:
+    # Every worker pays its start: the options' defaults need no msgspec to be checked.
+    (tmp_path / "g.json").write_text(json.dumps({"tasks": [{"id": "a"}]}))
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    submitted = subprocess.run([sys.executable, "-m", "conveyor.cli", "submit", "g.json",
+                                "--db", db], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=60)  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    mods = modules_of("worker", "--db", db, "--quiet", cwd=tmp_path)
+    assert "conveyor.runtime.engine" in mods
+    for heavy in ("msgspec", "conveyor.schema", "rich", "typer.rich_utils", "yaml"):
+        assert heavy not in mods
+
+
+def test_the_lease_default_is_a_valid_lease() -> None:
+    from conveyor import schema
+    from conveyor.cli import options
+
+    assert schema.check_value(options.LEASE_S, schema.Seconds) is None
