@@ -27,7 +27,9 @@ def test_bench_durable_quick(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     # issue 16's sections (fn rows, peers, Montage) have a test of their own below
     sections = "grid,big,pg,scaling"
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--skip-postgres", "--sections", sections]
+    # N = 40: laufband runs at ~10 tasks/s here; N only has to give every cell a few tasks
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--skip-postgres", "--sections", sections,
+           "--sizes", "40"]  # fmt: skip
     proc = subprocess.run(
         [*cmd, "--json", str(out)],
         cwd=tmp_path,
@@ -59,13 +61,13 @@ def test_bench_durable_quick(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(600)
 def test_bench_durable_fn_rows_and_peers_quick(tmp_path: Path) -> None:
-    """A tiny run of issue 16's rows: independent fn tasks (1 and 2 workers, default slots and
+    """A tiny run of issue 16's rows: independent fn tasks (2 workers, default slots and
     one slot) with Celery (Redis) and procrastinate beside them when installed, and the
     Montage-shaped graph. PostgreSQL when its server binaries are there."""
     out = tmp_path / "bench.json"
     has_pg = bool(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     cmd = [sys.executable, str(SCRIPT), "--quick", "--sections", "fn,montage", "--fn-n", "30",
-           "--fn-bodies", "fn", "--fn-workers", "1,2", "--montage-n", "300",
+           "--fn-bodies", "fn", "--fn-workers", "2", "--montage-n", "300",
            "--json", str(out)]  # fmt: skip
     if not has_pg:
         cmd.append("--skip-postgres")
