@@ -113,3 +113,26 @@ def test_bare_specs_of_structure_only_graphs_decode_as_the_full_encoding() -> No
                 assert getattr(bare, f.name) == getattr(full, f.name), (t.id, f.name)
             checked += 1
     assert checked > 500  # the vendored WfCommons graphs
+
+
+def test_sqlite_audit_rows_written_by_runs_come_back_as_given_in_order(tmp_path: Path) -> None:
+    # Runs of rows alike but for their task go in as one statement each (insert_audit_run):
+    # any field that differs (attempt, worker, extra, ts ...) must start a new run.
+    store = SqliteStore(tmp_path / "run.db")
+    base = {"ts": T0, "event": "task_started", "from_state": 1, "to_state": 2, "worker": "w",
+            "attempt": 1, "error": None, "extra": None}  # fmt: skip
+    rows = [{**base, "task": f"a{i}"} for i in range(5)]
+    rows += [{**base, "task": "b0", "attempt": 2}, {**base, "task": "b1", "worker": "v"}]
+    rows += [{**base, "task": f"c{i}", "attempt": 3 if i == 2 else 1} for i in range(6)]
+    rows += [{**base, "task": f"d{i}", "ts": T0 + 1, "extra": '{"k": 1}'} for i in range(4)]
+    rows += [{**base, "task": None, "event": "worker_lost", "worker": f"x{i}"} for i in range(4)]
+    store.db.atomic(lambda tx: tx.insert("insert_audit", [dict(r) for r in rows]))
+    conn = store.io.conn
+    assert conn is not None
+    got = conn.execute(
+        "SELECT ts, event, task, from_state, to_state, worker, attempt, error, extra FROM audit "
+        "WHERE event IN ('task_started', 'worker_lost') ORDER BY id"
+    ).fetchall()
+    keys = ["ts", "event", "task", "from_state", "to_state", "worker", "attempt", "error", "extra"]
+    assert got == [tuple(r[k] for k in keys) for r in rows]
+    store.close()

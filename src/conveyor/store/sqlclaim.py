@@ -151,31 +151,42 @@ class Claims:
             window = max(window, _FIT_WINDOW)
         chosen: list[int] = []
         inline = self.worker.profile.complete_noops
-        rows = tx.rows("ready_window", limit=window)
+        # The window is read lazily: it allows for ``noops`` no-ops ahead, but a graph of real
+        # tasks uses its first ``limit`` rows only (SQLite then reads just those; a fetch of
+        # all of them cost most of a claim).
+        name, after = "ready_window", dict[str, Any]()
         for _ in range(_FIT_PAGES):
-            for seq, _nd, _rs, noop, labels, resources in rows:
-                if noop and inline:
-                    if noops == 0:
-                        # Not handed out as a task to run: each would cost the engine a
-                        # transaction of its own to complete. The next claim completes it.
+            seen = 0
+            last = None
+            rows = tx.each(name, limit=window, **after)
+            try:
+                for row in rows:
+                    seen += 1
+                    last = row
+                    seq, _nd, _rs, noop, labels, resources = row
+                    if noop and inline:
+                        if noops == 0:
+                            # Not handed out as a task to run: each would cost the engine a
+                            # transaction of its own to complete. The next claim completes it.
+                            return chosen
+                        noops -= 1
+                    elif limit > 0:
+                        needs = labels is not None or resources is not None
+                        if needs and not self._fits(labels, resources):
+                            continue
+                        limit -= 1
+                    else:
+                        return chosen  # the next best key is not ours to take this time
+                    chosen.append(seq)
+                    if limit == 0 and noops == 0:
                         return chosen
-                    noops -= 1
-                elif limit > 0:
-                    needs = labels is not None or resources is not None
-                    if needs and not self._fits(labels, resources):
-                        continue
-                    limit -= 1
-                else:
-                    return chosen  # the next best key is not ours to take this time
-                chosen.append(seq)
-                if limit == 0 and noops == 0:
-                    return chosen
-            if len(rows) < window:
+            finally:
+                rows.close()
+            if seen < window or last is None:
                 break
-            last = rows[-1]
             window = max(window, _FIT_WINDOW)
-            rows = tx.rows("ready_window_after", neg_depth=last[1], root_seq=last[2],
-                           seq=last[0], limit=window)  # fmt: skip
+            name = "ready_window_after"
+            after = {"neg_depth": last[1], "root_seq": last[2], "seq": last[0]}
         return chosen
 
     def _fits(self, labels: str | None, resources: str | None) -> bool:

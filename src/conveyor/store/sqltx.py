@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
@@ -85,6 +85,13 @@ class SqlIo(abc.ABC):
         """Insert many rows with the named insert query (PostgreSQL: COPY)."""
         conn.executemany(self.queries[name], rows)
 
+    def each(self, conn: Any, sql: str, params: dict[str, Any]) -> Generator[Any, None, None]:
+        """``Tx.each``: the rows of ``sql`` one at a time (PostgreSQL has them all by now).
+        Not ``yield from``: closing this generator would close the cursor, which is the
+        transaction's own on PostgreSQL."""
+        for row in conn.execute(sql, params):  # noqa: UP028
+            yield row
+
     def after_bulk_load(self) -> None:
         """After many rows were added (PostgreSQL refreshes planner statistics)."""
 
@@ -132,6 +139,11 @@ class Tx:
 
     def rows(self, name: str, /, **params: Any) -> list[Any]:
         return list(self.conn.execute(self.q[name], params).fetchall())
+
+    def each(self, name: str, /, **params: Any) -> Generator[Any, None, None]:
+        """The rows of one named query, read as far as the caller iterates (a query whose
+        rows are mostly not needed reads only those); the caller closes the generator."""
+        return self.io.each(self.conn, self.q[name], params)
 
     def scalar(self, name: str, /, **params: Any) -> Any:
         row = self.conn.execute(self.q[name], params).fetchone()

@@ -72,6 +72,13 @@ VALUES (:ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :
 -- id after the old graph's last (SQLite would number an empty table from 1 again, and
 -- `events --follow` would wait above the new graph's rows). PostgreSQL's identity never
 -- restarts: its rows draw from it as always (and an explicit id would not move it on).
+-- A run of audit rows alike but for their task, in one statement (SQLite: ~10x cheaper per row
+-- than one INSERT per row). Rows go in in the order of :tasks (a JSON array), ids ascending.
+-- name: insert_audit_run@sqlite
+INSERT INTO audit (ts, event, task, from_state, to_state, worker, attempt, error, extra)
+SELECT :ts, :event, value, :from_state, :to_state, :worker, :attempt, :error, :extra
+FROM json_each(:tasks) ORDER BY key;
+
 -- name: insert_audit_at
 INSERT INTO audit (id, ts, event, task, from_state, to_state, worker, attempt, error, extra)
 VALUES (:id, :ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :extra);
@@ -225,8 +232,7 @@ WHERE seq = :seq AND state = {RUNNING} AND token = :token;
 -- name: complete_claims
 UPDATE tasks
 SET state = {DONE}, error = NULL, lease_until = NULL, updated = :now
-FROM (SELECT s.value AS seq, t.value AS token
-      FROM json_each(:seqs) AS s JOIN json_each(:tokens) AS t ON t.key = s.key) AS c
+FROM (SELECT s.value AS seq, json_extract(:tokens, '$[' || s.key || ']') AS token FROM json_each(:seqs) AS s) AS c
 WHERE tasks.seq = c.seq AND tasks.token = c.token AND tasks.state = {RUNNING}
 RETURNING tasks.seq;
 
