@@ -126,12 +126,20 @@ def test_sqlite_audit_rows_written_by_runs_come_back_as_given_in_order(tmp_path:
     rows += [{**base, "task": f"c{i}", "attempt": 3 if i == 2 else 1} for i in range(6)]
     rows += [{**base, "task": f"d{i}", "ts": T0 + 1, "extra": '{"k": 1}'} for i in range(4)]
     rows += [{**base, "task": None, "event": "worker_lost", "worker": f"x{i}"} for i in range(4)]
+    sub = {**base, "event": "task_submitted", "from_state": None, "to_state": 0, "attempt": None}
+    ready = {**sub, "event": "task_ready", "from_state": 0, "to_state": 1}
+    for i in range(5):  # pairs per task (a submission), the last pair's task differs within
+        rows += [{**sub, "task": f"p{i}"}, {**ready, "task": f"p{i}" if i < 4 else "q"}]
+    for i in range(3):  # pairs, then a row that would continue them but for its kind
+        rows += [{**sub, "task": f"r{i}"}, {**ready, "task": f"r{i}"}]
+    rows += [{**sub, "task": "s0", "error": "x"}, {**ready, "task": "s0"}]
     store.db.atomic(lambda tx: tx.insert("insert_audit", [dict(r) for r in rows]))
     conn = store.io.conn
     assert conn is not None
     got = conn.execute(
         "SELECT ts, event, task, from_state, to_state, worker, attempt, error, extra FROM audit "
-        "WHERE event IN ('task_started', 'worker_lost') ORDER BY id"
+        "WHERE ts >= ? ORDER BY id",
+        (T0,),
     ).fetchall()
     keys = ["ts", "event", "task", "from_state", "to_state", "worker", "attempt", "error", "extra"]
     assert got == [tuple(r[k] for k in keys) for r in rows]

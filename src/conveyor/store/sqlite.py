@@ -43,21 +43,39 @@ _TYPES = (
 )
 
 
-def audit_runs(rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
-    """``(first, count)`` of each run of consecutive audit rows that differ in their task
-    alone, in order."""
-    runs: list[tuple[int, int]] = []
-    key = None
-    for i, r in enumerate(rows):
-        k = (r["ts"], r["event"], r["from_state"], r["to_state"], r["worker"], r["attempt"],
-             r["error"], r["extra"])  # fmt: skip
-        if k == key:
-            first, count = runs[-1]
-            runs[-1] = (first, count + 1)
-        else:
-            runs.append((i, 1))
-            key = k
-    return runs
+def _audit_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["ts"], r["event"], r["from_state"], r["to_state"], r["worker"], r["attempt"],
+            r["error"], r["extra"])  # fmt: skip
+
+
+def audit_runs(rows: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
+    """``(first, groups, period)`` of each run of consecutive audit rows, in order: ``groups``
+    groups of ``period`` rows (1 or 2) where every group is about one task and its rows are
+    alike, but for that task, to the first group's (a claim's ``task_started`` rows: period 1;
+    a submission's ``task_submitted`` + ``task_ready`` per task: period 2)."""
+    keys = [_audit_key(r) for r in rows]
+    out: list[tuple[int, int, int]] = []
+    i, n = 0, len(rows)
+    while i < n:
+        j = i + 1
+        while j < n and keys[j] == keys[i]:
+            j += 1
+        if j - i == 1 and i + 1 < n:  # no run of one kind here: maybe one of pairs
+            k0, k1, a = keys[i], keys[i + 1], i
+            while (
+                a + 1 < n
+                and keys[a] == k0
+                and keys[a + 1] == k1
+                and rows[a]["task"] == rows[a + 1]["task"]
+            ):
+                a += 2
+            if a - i >= 4:
+                out.append((i, (a - i) // 2, 2))
+                i = a
+                continue
+        out.append((i, j - i, 1))
+        i = j
+    return out
 
 
 class SqliteIo(SqlIo):
@@ -205,26 +223,31 @@ class SqliteIo(SqlIo):
             cur.close()
 
     def insert_rows(self, conn: Any, name: str, rows: list[dict[str, Any]]) -> None:
-        """Audit rows go in by runs: consecutive rows alike but for their task (a claim's
-        ``task_started`` rows, a submission's ``task_submitted`` rows ...) are one statement
-        over a JSON array of the tasks (``insert_audit_run``), in their order; the rest one by
-        one. Per row that is several times cheaper than a statement each."""
+        """Audit rows go in by runs (``audit_runs``): a run is one statement over a JSON array
+        of its tasks (``insert_audit_run``, ``insert_audit_pairs``), in their order; the rest
+        go in one by one. Per row that is several times cheaper than a statement each."""
         if name != "insert_audit" or len(rows) < _RUN_MIN:
             conn.executemany(self.queries[name], rows)
             return
-        one, run = self.queries[name], self.queries["insert_audit_run"]
+        one = self.queries[name]
         single: list[dict[str, Any]] = []
-        for first, count in audit_runs(rows):
-            if count < _RUN_MIN:
-                single.extend(rows[first : first + count])
+        for first, groups, period in audit_runs(rows):
+            end = first + groups * period
+            if end - first < _RUN_MIN:
+                single.extend(rows[first:end])
                 continue
             if single:
                 conn.executemany(one, single)
                 single = []
-            params = dict(rows[first])
-            del params["task"]
-            params["tasks"] = json.dumps([r["task"] for r in rows[first : first + count]])
-            conn.execute(run, params)
+            tasks = json.dumps([r["task"] for r in rows[first:end:period]])
+            if period == 1:
+                params = dict(rows[first], tasks=tasks)
+                del params["task"]
+                conn.execute(self.queries["insert_audit_run"], params)
+                continue
+            params = {f"{k}{j}": v for j in (0, 1) for k, v in rows[first + j].items()}
+            del params["task0"], params["task1"]
+            conn.execute(self.queries["insert_audit_pairs"], dict(params, tasks=tasks))
         if single:
             conn.executemany(one, single)
 

@@ -79,6 +79,16 @@ INSERT INTO audit (ts, event, task, from_state, to_state, worker, attempt, error
 SELECT :ts, :event, value, :from_state, :to_state, :worker, :attempt, :error, :extra
 FROM json_each(:tasks) ORDER BY key;
 
+-- A run of pairs of rows, each pair about one task of :tasks, rows alike to the first pair's.
+-- name: insert_audit_pairs@sqlite
+INSERT INTO audit (ts, event, task, from_state, to_state, worker, attempt, error, extra)
+SELECT iif(p.k, :ts1, :ts0), iif(p.k, :event1, :event0), j.value,
+       iif(p.k, :from_state1, :from_state0), iif(p.k, :to_state1, :to_state0),
+       iif(p.k, :worker1, :worker0), iif(p.k, :attempt1, :attempt0),
+       iif(p.k, :error1, :error0), iif(p.k, :extra1, :extra0)
+FROM json_each(:tasks) AS j, (SELECT 0 AS k UNION ALL SELECT 1) AS p
+ORDER BY j.key, p.k;
+
 -- name: insert_audit_at
 INSERT INTO audit (id, ts, event, task, from_state, to_state, worker, attempt, error, extra)
 VALUES (:id, :ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :extra);
