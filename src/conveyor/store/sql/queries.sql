@@ -64,6 +64,10 @@ INSERT INTO specs (seq, spec) VALUES (:seq, :spec);
 -- name: insert_edge
 INSERT INTO edges (parent, child) VALUES (:parent, :child);
 
+-- Many edges in one statement (SQLite): :edges is a JSON array of parent << 32 | child.
+-- name: insert_edges_packed@sqlite
+INSERT INTO edges (parent, child) SELECT value >> 32, value & 4294967295 FROM json_each(:edges);
+
 -- name: insert_audit
 INSERT INTO audit (ts, event, task, from_state, to_state, worker, attempt, error, extra)
 VALUES (:ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :extra);
