@@ -115,7 +115,7 @@ class Reads(Protocol):
 class Tx:
     """One write transaction: runs named queries; collects audit rows, written at the end."""
 
-    __slots__ = ("audit_from", "audit_rows", "conn", "io", "last", "notify", "q")
+    __slots__ = ("after", "audit_from", "audit_rows", "conn", "io", "last", "notify", "q")
 
     def __init__(self, io: SqlIo, conn: Any) -> None:
         self.io = io
@@ -129,6 +129,9 @@ class Tx:
         #: Steps run after the audit rows are written, just before the commit (``SqlIo``'s
         #: ``release_last``): the row locks they take are held the shortest time.
         self.last: list[Callable[[], None]] = []
+        #: Steps run once this transaction committed, outside it (SQLite: after the writer
+        #: lock is released): work on what it returned that other writers need not wait for.
+        self.after: list[Callable[[], None]] = []
 
     def run(self, name: str, /, **params: Any) -> Any:
         return self.conn.execute(self.q[name], params)
@@ -225,6 +228,8 @@ class Db:
                 if attempt < _RETRIES - 1 and self.io.retryable(exc):
                     continue
                 raise
+        for step in tx.after:
+            step()
         if emit is not None:
             for r in tx.audit_rows:
                 emit(audit_event((None, *r.values())))
