@@ -144,3 +144,28 @@ def test_sqlite_audit_rows_written_by_runs_come_back_as_given_in_order(tmp_path:
     keys = ["ts", "event", "task", "from_state", "to_state", "worker", "attempt", "error", "extra"]
     assert got == [tuple(r[k] for k in keys) for r in rows]
     store.close()
+
+
+def test_sqlite_worker_claims_a_batch_after_a_few_fast_tasks_and_not_after_slow_ones(
+    tmp_path: Path,
+) -> None:
+    # Batches start once FAST_AFTER completions were fast (the smoothing starts from the
+    # first completion, not from a 1 s guess that took ~24 fast tasks to wear off); a slow
+    # first task keeps claims one at a time.
+    from conveyor.store.base import WorkerProfile
+    from conveyor.store.sqlclaim import FAST_AFTER
+
+    tasks = [{"id": f"t{i}", "cmd": "true"} for i in range(100)]
+    for took, batched in ((0.001, True), (1.0, False)):
+        store = SqliteStore(tmp_path / f"run{took}.db")
+        store.configure(WorkerProfile(lease_s=30.0))
+        store.open_graph(graph_from_dict({"name": "g", "tasks": tasks}), T0)
+        now = T0
+        for _ in range(FAST_AFTER):
+            claim = store.claim_one("w", now, 30.0)
+            assert claim is not None and store.claims_ahead() == 0
+            now += took
+            assert store.complete(claim, None, now)
+        assert store.claim_one("w", now, 30.0) is not None
+        assert (store.claims_ahead() > 0) is batched
+        store.close()
