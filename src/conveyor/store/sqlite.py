@@ -226,7 +226,8 @@ class SqliteIo(SqlIo):
     def insert_rows(self, conn: Any, name: str, rows: list[dict[str, Any]]) -> None:
         """Audit rows go in by runs (``audit_runs``): a run is one statement over a JSON array
         of its tasks (``insert_audit_run``, ``insert_audit_pairs``), in their order; the rest
-        go in one by one. Per row that is several times cheaper than a statement each."""
+        go in one by one. Per row that is several times cheaper than a statement each. Edges
+        go in packed (``_insert_edges``); other rows one statement each."""
         if name == "insert_edge" and len(rows) >= _RUN_MIN and self._insert_edges(conn, rows):
             return
         if name != "insert_audit" or len(rows) < _RUN_MIN:
