@@ -190,3 +190,56 @@ def test_sqlite_lock_held_on_another_host_times_out_naming_the_holder(tmp_path: 
     finally:
         holder.kill()
         holder.communicate()
+
+
+def test_sqlite_lock_waiter_sleeps_in_the_kernel_and_holds_the_lock_once_let_go(
+    tmp_path: Path,
+) -> None:
+    # A waiter that polled (tried, slept, tried again) took CPU from the holder on a busy
+    # machine and noticed a release up to a poll later: it must block until the release.
+    import threading
+
+    from conveyor.store.sqlitelock import WriteLock
+    from helpers import wait_until
+
+    path = str(tmp_path / "run.db.lock")
+    holder, waiter, third = (WriteLock(path, "sqlite:///run.db") for _ in range(3))
+    holder.acquire(5.0, lambda h: None)
+    tries = []
+    real_try = waiter._try
+    waiter._try = lambda: tries.append(1) or real_try()  # type: ignore[method-assign]
+    thread = threading.Thread(target=waiter.acquire, args=(30.0, lambda h: None))
+    thread.start()
+    wait_until(lambda: waiter._waiter is not None and waiter._waiter.busy,
+               what="the waiter blocked in flock")  # fmt: skip
+    assert len(tries) == 1  # its first try, and no polling since
+    holder.release()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert not third._try()  # the waiter holds it
+    waiter.release()
+    assert third._try()
+    for lock in (holder, waiter, third):
+        lock.close()
+
+
+def test_sqlite_lock_waiter_that_gives_up_leaves_the_lock_free(tmp_path: Path) -> None:
+    # Its thread still waits in flock when it gives up; once it gets the lock it must let go.
+    import pytest
+
+    from conveyor.errors import StoreLockedError
+    from conveyor.store.sqlitelock import WriteLock
+    from helpers import wait_until
+
+    path = str(tmp_path / "run.db.lock")
+    holder, waiter, third = (WriteLock(path, "sqlite:///run.db") for _ in range(3))
+    holder.acquire(5.0, lambda h: None)
+    with pytest.raises(StoreLockedError):
+        waiter.acquire(0.2, lambda h: None)
+    holder.release()
+    wait_until(third._try, what="the lock free again")
+    third.release()
+    wait_until(lambda: waiter._waiter is not None and not waiter._waiter.busy, what="idle")
+    assert third._try()  # nobody took it meanwhile
+    for lock in (holder, waiter, third):
+        lock.close()

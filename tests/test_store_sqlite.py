@@ -113,3 +113,59 @@ def test_bare_specs_of_structure_only_graphs_decode_as_the_full_encoding() -> No
                 assert getattr(bare, f.name) == getattr(full, f.name), (t.id, f.name)
             checked += 1
     assert checked > 500  # the vendored WfCommons graphs
+
+
+def test_sqlite_audit_rows_written_by_runs_come_back_as_given_in_order(tmp_path: Path) -> None:
+    # Runs of rows alike but for their task go in as one statement each (insert_audit_run):
+    # any field that differs (attempt, worker, extra, ts ...) must start a new run.
+    store = SqliteStore(tmp_path / "run.db")
+    base = {"ts": T0, "event": "task_started", "from_state": 1, "to_state": 2, "worker": "w",
+            "attempt": 1, "error": None, "extra": None}  # fmt: skip
+    rows = [{**base, "task": f"a{i}"} for i in range(5)]
+    rows += [{**base, "task": "b0", "attempt": 2}, {**base, "task": "b1", "worker": "v"}]
+    rows += [{**base, "task": f"c{i}", "attempt": 3 if i == 2 else 1} for i in range(6)]
+    rows += [{**base, "task": f"d{i}", "ts": T0 + 1, "extra": '{"k": 1}'} for i in range(4)]
+    rows += [{**base, "task": None, "event": "worker_lost", "worker": f"x{i}"} for i in range(4)]
+    sub = {**base, "event": "task_submitted", "from_state": None, "to_state": 0, "attempt": None}
+    ready = {**sub, "event": "task_ready", "from_state": 0, "to_state": 1}
+    for i in range(5):  # pairs per task (a submission), the last pair's task differs within
+        rows += [{**sub, "task": f"p{i}"}, {**ready, "task": f"p{i}" if i < 4 else "q"}]
+    for i in range(3):  # pairs, then a row that would continue them but for its kind
+        rows += [{**sub, "task": f"r{i}"}, {**ready, "task": f"r{i}"}]
+    rows += [{**sub, "task": "s0", "error": "x"}, {**ready, "task": "s0"}]
+    store.db.atomic(lambda tx: tx.insert("insert_audit", [dict(r) for r in rows]))
+    conn = store.io.conn
+    assert conn is not None
+    got = conn.execute(
+        "SELECT ts, event, task, from_state, to_state, worker, attempt, error, extra FROM audit "
+        "WHERE ts >= ? ORDER BY id",
+        (T0,),
+    ).fetchall()
+    keys = ["ts", "event", "task", "from_state", "to_state", "worker", "attempt", "error", "extra"]
+    assert got == [tuple(r[k] for k in keys) for r in rows]
+    store.close()
+
+
+def test_sqlite_worker_claims_a_batch_after_a_few_fast_tasks_and_not_after_slow_ones(
+    tmp_path: Path,
+) -> None:
+    # Batches start once FAST_AFTER completions were fast (the smoothing starts from the
+    # first completion, not from a 1 s guess that took ~24 fast tasks to wear off); a slow
+    # first task keeps claims one at a time.
+    from conveyor.store.base import WorkerProfile
+    from conveyor.store.sqlclaim import FAST_AFTER
+
+    tasks = [{"id": f"t{i}", "cmd": "true"} for i in range(100)]
+    for took, batched in ((0.001, True), (1.0, False)):
+        store = SqliteStore(tmp_path / f"run{took}.db")
+        store.configure(WorkerProfile(lease_s=30.0))
+        store.open_graph(graph_from_dict({"name": "g", "tasks": tasks}), T0)
+        now = T0
+        for _ in range(FAST_AFTER):
+            claim = store.claim_one("w", now, 30.0)
+            assert claim is not None and store.claims_ahead() == 0
+            now += took
+            assert store.complete(claim, None, now)
+        assert store.claim_one("w", now, 30.0) is not None
+        assert (store.claims_ahead() > 0) is batched
+        store.close()

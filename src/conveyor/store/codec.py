@@ -31,6 +31,12 @@ from conveyor.model import TaskRef, TaskSpec
 _FIELDS = [f for f in dataclasses.fields(TaskSpec) if f.name not in ("id", "fn", "args", "kwargs")]
 
 
+#: ``json.dumps(x, separators=(",", ":"))`` (and with ``default=str``) without making an
+#: encoder per call: a large submission encodes a spec per task.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":")).encode
+_SPEC_JSON = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 def _default(f: dataclasses.Field[Any]) -> Any:
     factory = f.default_factory
     return f.default if factory is dataclasses.MISSING else factory()
@@ -115,7 +121,7 @@ def encode_spec(spec: TaskSpec, submitted_by: str | None = None) -> str:
         v = getattr(spec, f.name)
         if v != _DEFAULTS[f.name]:
             d[f.name] = list(v) if f.name in _TUPLES else v
-    return json.dumps(d, separators=(",", ":"), default=str)
+    return _SPEC_JSON(d)
 
 
 def encode_bare_spec(spec: TaskSpec) -> str:
@@ -126,7 +132,7 @@ def encode_bare_spec(spec: TaskSpec) -> str:
         d["deps"] = list(spec.deps)
     if spec.runtime_s is not None:
         d["runtime_s"] = spec.runtime_s
-    return json.dumps(d, separators=(",", ":"))
+    return _COMPACT_JSON(d)
 
 
 def stored_spec(text: str | None) -> dict[str, Any]:
@@ -165,7 +171,7 @@ class ResultCodec:
         if value is None:
             return None, None
         if self.mode != "pickle" and _is_plain(value):
-            kind, data = "json", json.dumps(value, separators=(",", ":")).encode()
+            kind, data = "json", _COMPACT_JSON(value).encode()
         elif self.mode == "json":
             raise ResultError(
                 f"result of type {type(value).__name__} is not JSON; "

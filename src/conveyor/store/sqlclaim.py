@@ -37,6 +37,9 @@ FAILED, RETRY_WAIT = TaskState.FAILED, TaskState.RETRY_WAIT
 #: Tasks that finish faster than this (claim to completion, EWMA) are claimed in batches: the
 #: per-transaction cost then dominates, and a batch amortises it. Slower tasks: one at a time.
 FAST_TASK_S = 0.005
+#: Completions seen before tasks may count as fast: a few, so that one quick task does not make
+#: a worker take a batch of slow ones (the smoothing starts from the first, not from a guess).
+FAST_AFTER = 4
 #: Ready tasks a worker with labels/resources looks at per page when some do not fit it.
 _FIT_WINDOW = 64
 _FIT_PAGES = 16
@@ -69,7 +72,10 @@ class Claims:
         self.noop_batch = NOOP_BATCH
         self._buffer: deque[Claim] = deque()  # claimed in a batch, not yet handed out
         self._claimed_at: dict[int, float] = {}
-        self._ewma = 1.0  # seconds from claim to completion, smoothed
+        #: Seconds from claim to completion, smoothed from the first completion on; tasks
+        #: count as fast after ``FAST_AFTER`` completions (until then: one claim at a time).
+        self._ewma = 0.0
+        self._timed_n = 0
 
     @property
     def ahead(self) -> int:
@@ -105,7 +111,7 @@ class Claims:
                 got = self.claim(worker, 1, now, lease_s, None)
                 return got[0] if got else None
             self.worker.name = worker
-            limit = self.worker.max_batch if self._ewma < FAST_TASK_S else 1
+            limit = self.worker.max_batch if self._fast() else 1
             got = self.atomic(lambda tx: self._claim_in(tx, worker, limit, now, lease_s))
             if not got:
                 return None
@@ -151,31 +157,42 @@ class Claims:
             window = max(window, _FIT_WINDOW)
         chosen: list[int] = []
         inline = self.worker.profile.complete_noops
-        rows = tx.rows("ready_window", limit=window)
+        # The window is read lazily: it allows for ``noops`` no-ops ahead, but a graph of real
+        # tasks uses its first ``limit`` rows only (SQLite then reads just those; a fetch of
+        # all of them cost most of a claim).
+        name, after = "ready_window", dict[str, Any]()
         for _ in range(_FIT_PAGES):
-            for seq, _nd, _rs, noop, labels, resources in rows:
-                if noop and inline:
-                    if noops == 0:
-                        # Not handed out as a task to run: each would cost the engine a
-                        # transaction of its own to complete. The next claim completes it.
+            seen = 0
+            last = None
+            rows = tx.each(name, limit=window, **after)
+            try:
+                for row in rows:
+                    seen += 1
+                    last = row
+                    seq, _nd, _rs, noop, labels, resources = row
+                    if noop and inline:
+                        if noops == 0:
+                            # Not handed out as a task to run: each would cost the engine a
+                            # transaction of its own to complete. The next claim completes it.
+                            return chosen
+                        noops -= 1
+                    elif limit > 0:
+                        needs = labels is not None or resources is not None
+                        if needs and not self._fits(labels, resources):
+                            continue
+                        limit -= 1
+                    else:
+                        return chosen  # the next best key is not ours to take this time
+                    chosen.append(seq)
+                    if limit == 0 and noops == 0:
                         return chosen
-                    noops -= 1
-                elif limit > 0:
-                    needs = labels is not None or resources is not None
-                    if needs and not self._fits(labels, resources):
-                        continue
-                    limit -= 1
-                else:
-                    return chosen  # the next best key is not ours to take this time
-                chosen.append(seq)
-                if limit == 0 and noops == 0:
-                    return chosen
-            if len(rows) < window:
+            finally:
+                rows.close()
+            if seen < window or last is None:
                 break
-            last = rows[-1]
             window = max(window, _FIT_WINDOW)
-            rows = tx.rows("ready_window_after", neg_depth=last[1], root_seq=last[2],
-                           seq=last[0], limit=window)  # fmt: skip
+            name = "ready_window_after"
+            after = {"neg_depth": last[1], "root_seq": last[2], "seq": last[0]}
         return chosen
 
     def _fits(self, labels: str | None, resources: str | None) -> bool:
@@ -195,10 +212,19 @@ class Claims:
     def _timed(self, claim: Claim, now: float) -> None:
         """Fold the claim-to-completion time of ``claim`` into the EWMA (``FAST_TASK_S``): to
         when it finished (``extra["finished"]``, set by a caller that records it later, as
-        group commit does), else to ``now``."""
-        started = self._claimed_at.pop(claim.handle, now)
+        group commit does), else to ``now``. A claim this handle no longer times (handed
+        back, released, a late report) is no measurement."""
+        started = self._claimed_at.pop(claim.handle, None)
+        if started is None:
+            return
         ended = claim.extra.get("finished", now)
-        self._ewma = 0.8 * self._ewma + 0.2 * max(0.0, ended - started)
+        took = max(0.0, ended - started)
+        self._ewma = took if self._timed_n == 0 else 0.8 * self._ewma + 0.2 * took
+        self._timed_n += 1
+
+    def _fast(self) -> bool:
+        """Whether tasks here finish faster than ``FAST_TASK_S`` (claim them in batches)."""
+        return self._timed_n >= FAST_AFTER and self._ewma < FAST_TASK_S
 
     def complete_many(
         self, done: Sequence[tuple[Claim, Any]], now: float, refill: int
@@ -223,7 +249,7 @@ class Claims:
             flags.append(None)
         name = self.worker.name
         asked = refill > 0
-        if self._ewma < FAST_TASK_S:  # fast tasks: claim a batch ahead
+        if self._fast():  # fast tasks: claim a batch ahead
             refill = max(refill, self.worker.max_batch)
         refill = 0 if self.admission.on else max(0, refill - len(self._buffer))
         lease_s = self.worker.lease_s

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ from conveyor.workerid import default_worker_id
 
 _MMAP_BYTES = 1 << 30
 _IDLE_POLL_S = 0.001  # how often an idle worker looks for a commit by another process
+_RUN_MIN = 4  # audit rows alike but for their task that go in as one statement
+_SEQ_LIMIT = 1 << 31  # seqs that pack two to a JSON integer (``_insert_edges``)
 _TYPES = (
     ("SEQ", "INTEGER PRIMARY KEY"),
     ("AUTO", "INTEGER PRIMARY KEY"),
@@ -40,6 +42,41 @@ _TYPES = (
     ("BLOB", "BLOB"),
     ("NOROWID", "WITHOUT ROWID"),
 )
+
+
+def _audit_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["ts"], r["event"], r["from_state"], r["to_state"], r["worker"], r["attempt"],
+            r["error"], r["extra"])  # fmt: skip
+
+
+def audit_runs(rows: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
+    """``(first, groups, period)`` of each run of consecutive audit rows, in order: ``groups``
+    groups of ``period`` rows (1 or 2) where every group is about one task and its rows are
+    alike, but for that task, to the first group's (a claim's ``task_started`` rows: period 1;
+    a submission's ``task_submitted`` + ``task_ready`` per task: period 2)."""
+    keys = [_audit_key(r) for r in rows]
+    out: list[tuple[int, int, int]] = []
+    i, n = 0, len(rows)
+    while i < n:
+        j = i + 1
+        while j < n and keys[j] == keys[i]:
+            j += 1
+        if j - i == 1 and i + 1 < n:  # no run of one kind here: maybe one of pairs
+            k0, k1, a = keys[i], keys[i + 1], i
+            while (
+                a + 1 < n
+                and keys[a] == k0
+                and keys[a + 1] == k1
+                and rows[a]["task"] == rows[a + 1]["task"]
+            ):
+                a += 2
+            if a - i >= 4:
+                out.append((i, (a - i) // 2, 2))
+                i = a
+                continue
+        out.append((i, j - i, 1))
+        i = j
+    return out
 
 
 class SqliteIo(SqlIo):
@@ -177,6 +214,60 @@ class SqliteIo(SqlIo):
 
     def as_list(self, values: list[Any]) -> Any:
         return json.dumps(values)
+
+    def each(self, conn: Any, sql: str, params: dict[str, Any]) -> Generator[Any, None, None]:
+        """SQLite steps the statement as the caller reads; closing stops it there."""
+        cur = conn.execute(sql, params)
+        try:
+            yield from cur
+        finally:
+            cur.close()
+
+    def insert_rows(self, conn: Any, name: str, rows: list[dict[str, Any]]) -> None:
+        """Audit rows go in by runs (``audit_runs``): a run is one statement over a JSON array
+        of its tasks (``insert_audit_run``, ``insert_audit_pairs``), in their order; the rest
+        go in one by one. Per row that is several times cheaper than a statement each. Edges
+        go in packed (``_insert_edges``); other rows one statement each."""
+        if name == "insert_edge" and len(rows) >= _RUN_MIN and self._insert_edges(conn, rows):
+            return
+        if name != "insert_audit" or len(rows) < _RUN_MIN:
+            conn.executemany(self.queries[name], rows)
+            return
+        one = self.queries[name]
+        single: list[dict[str, Any]] = []
+        for first, groups, period in audit_runs(rows):
+            end = first + groups * period
+            if end - first < _RUN_MIN:
+                single.extend(rows[first:end])
+                continue
+            if single:
+                conn.executemany(one, single)
+                single = []
+            tasks = json.dumps([r["task"] for r in rows[first:end:period]])
+            if period == 1:
+                params = dict(rows[first], tasks=tasks)
+                del params["task"]
+                conn.execute(self.queries["insert_audit_run"], params)
+                continue
+            params = {f"{k}{j}": v for j in (0, 1) for k, v in rows[first + j].items()}
+            del params["task0"], params["task1"]
+            conn.execute(self.queries["insert_audit_pairs"], dict(params, tasks=tasks))
+        if single:
+            conn.executemany(one, single)
+
+    def _insert_edges(self, conn: Any, rows: list[dict[str, Any]]) -> bool:
+        """Edges as one statement over a JSON array of ``parent << 32 | child`` in key order
+        (``insert_edges_packed``: a submission of a large graph has ~6 per task); ``False``,
+        inserting nothing, when a seq does not fit in 31 bits."""
+        packed = []
+        for r in rows:
+            p, c = r["parent"], r["child"]
+            if not (0 <= p < _SEQ_LIMIT and 0 <= c < _SEQ_LIMIT):
+                return False
+            packed.append(p << 32 | c)
+        packed.sort()
+        conn.execute(self.queries["insert_edges_packed"], {"edges": json.dumps(packed)})
+        return True
 
     def wait_for_work(self, timeout: float) -> bool:
         """Poll ``PRAGMA data_version`` (it changes when another connection commits; ~2 us)

@@ -7,8 +7,12 @@ stopped (SIGSTOP, Ctrl-Z, a frozen VM) while it holds either lock blocks every w
 long as it stays stopped, and waiting differently cannot help: the holder must go. So:
 
 - the holder writes ``host:pid since`` into the lock file each time it takes the lock;
-- a waiter tries the lock without blocking, backing off from 50 us to 1 ms between tries
-  (a blocking ``flock`` cannot be given a deadline);
+- a waiter sleeps in the kernel until the lock is free: a thread of its lock (``_Waiter``)
+  blocks in ``flock`` on a duplicate of its descriptor (the same open file, so the lock it
+  gets is the waiter's), while the waiter itself waits for that thread with a deadline (a
+  blocking ``flock`` cannot be given one). So waiting processes take no CPU from the holder
+  (polling waiters did, on a busy machine: the holder was descheduled while it held the
+  lock), and the lock passes on as soon as it is released;
 - a holder on this host that is stopped (``/proc/<pid>/stat`` state ``T``) and has held the
   lock for longer than its worker lease is killed (SIGKILL; its leases have run out and its late
   completions would be refused anyway). The kernel then frees both this lock and SQLite's, and
@@ -27,6 +31,7 @@ import errno
 import fcntl
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,8 +42,6 @@ from conveyor.workerid import HOST
 
 #: Bytes of the holder record at the start of the lock file (space-padded).
 RECORD_BYTES = 128
-_BACKOFF_FIRST_S = 0.00005  # a transaction takes ~0.1-1 ms: look again soon at first ...
-_BACKOFF_MAX_S = 0.001  # ... and at least once a millisecond
 _LOOK_EVERY_S = 0.25  # how often a waiter looks at who holds the lock
 
 
@@ -69,6 +72,75 @@ def process_state(pid: int) -> str | None:
     return None if state in ("Z", "X") else state
 
 
+class _Waiter:
+    """A thread that takes one lock file's lock for its owner with a blocking ``flock``.
+
+    The owner sets ``wanted`` and waits for ``granted``; the thread blocks in ``flock`` on a
+    duplicate descriptor (locks belong to the open file, so the lock is the owner's) and, once
+    it has the lock, hands it over if it is still wanted, else lets it go again. An owner that
+    gives up waiting just withdraws its wish."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.wanted: int | None = None  # the descriptor to lock, while the owner waits
+        self.granted = False
+        #: In ``flock``: the owner must not take the lock itself meanwhile (the thread, once
+        #: it has it, lets it go when it is no longer wanted).
+        self.busy = False
+        self.closed = False
+        self._thread = threading.Thread(target=self._run, name="conveyor-sqlite-lock",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def _run(self) -> None:
+        cond = self.cond
+        while True:
+            with cond:
+                cond.wait_for(lambda: self.closed or (self.wanted is not None and not self.granted))
+                if self.closed:
+                    return
+                assert self.wanted is not None
+                try:
+                    fd = os.dup(self.wanted)
+                except OSError:
+                    self.wanted = None
+                    cond.notify_all()
+                    continue
+                self.busy = True
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # sleeps until the lock is free
+                got = True
+            except OSError:
+                got = False
+            with cond:  # handed over or let go, and no longer busy, in one step
+                try:
+                    if got:
+                        keep = self.wanted is not None and not self.closed
+                        if keep and _same_file(fd, self.wanted):
+                            self.granted = True
+                        else:  # no longer wanted (or another file)
+                            fcntl.flock(fd, fcntl.LOCK_UN)
+                finally:
+                    self.busy = False
+                    cond.notify_all()
+                    os.close(fd)  # the lock stays with the open file: the owner's descriptor
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+
+def _same_file(a: int, b: int | None) -> bool:
+    if b is None:
+        return False
+    try:
+        sa, sb = os.fstat(a), os.fstat(b)
+    except OSError:
+        return False
+    return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
+
+
 class WriteLock:
     """The turn to write, shared by the processes that open one SQLite store."""
 
@@ -76,6 +148,7 @@ class WriteLock:
         self.path = os.path.abspath(path)
         self.url = url
         self._fd: int | None = None
+        self._waiter: _Waiter | None = None  # started at the first wait
         self._open()
 
     def _open(self) -> None:
@@ -94,7 +167,8 @@ class WriteLock:
         return (st.st_ino, st.st_dev) == (own.st_ino, own.st_dev)
 
     def _try(self) -> bool:
-        """Take the lock without waiting; reopen the file if it was replaced."""
+        """Take the lock without waiting (held already: keep it); reopen the file if it was
+        replaced."""
         fd = self._fd
         if fd is None:
             raise StoreError(f"{self.url}: the store is closed")
@@ -131,29 +205,46 @@ class WriteLock:
         long as the holder is a running process on this host, which is making progress, e.g. a
         large submit); returns the stopped workers killed on the way (name, record) for the
         caller to record. Reads the clocks: the wait is real time."""
-        if self._try():
+        waiter = self._waiter
+        if (waiter is None or not waiter.busy) and self._try():
             return []
         killed: list[tuple[str, Holder]] = []
         start = time.monotonic()
-        look_at = start + _LOOK_EVERY_S
-        delay = _BACKOFF_FIRST_S
         while True:
-            time.sleep(delay)
-            delay = min(delay * 2, _BACKOFF_MAX_S)
-            if self._try():
-                return killed
+            if self._wait(min(_LOOK_EVERY_S, max(0.0, start + patience - time.monotonic()))):
+                if self._try():  # ours now (the same open file): record it; or a new file
+                    return killed
+                continue
             now = time.monotonic()
-            if now >= look_at:
-                look_at = now + _LOOK_EVERY_S
-                victim = self._stopped_past_lease(lease_of)
-                if victim is not None:
-                    killed.append(victim)
-                    continue
+            victim = self._stopped_past_lease(lease_of)
+            if victim is not None:
+                killed.append(victim)
+                continue
             if now - start >= patience:
                 if while_running and self._holder_running():
                     start = now
                     continue
                 raise StoreLockedError(self._locked_message(now - start, lease_of))
+
+    def _wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the waiter thread to take the lock for us; ``False``
+        (and the wish withdrawn) when it did not."""
+        fd = self._fd
+        if fd is None:
+            raise StoreError(f"{self.url}: the store is closed")
+        waiter = self._waiter
+        if waiter is None:
+            waiter = self._waiter = _Waiter()
+        cond = waiter.cond
+        with cond:
+            waiter.wanted, waiter.granted = fd, False
+            cond.notify_all()
+            cond.wait_for(
+                lambda: (waiter.granted and not waiter.busy) or waiter.wanted is None, timeout
+            )
+            got = waiter.granted and not waiter.busy
+            waiter.wanted, waiter.granted = None, False
+        return got
 
     def _stopped_past_lease(self, lease_of: LeaseOf) -> tuple[str, Holder] | None:
         """Kill the holder if it is a worker on this host, stopped, that has held the lock for
@@ -211,6 +302,9 @@ class WriteLock:
         if fd is None:
             return
         self._fd = None
+        if self._waiter is not None:
+            self._waiter.close()
+            self._waiter = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if self._current(fd):

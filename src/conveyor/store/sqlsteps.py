@@ -84,24 +84,34 @@ def start(
     specs = dict(tx.rows("specs_of", seqs=tx.as_list(need))) if need else {}
     out: list[Claim] = []
     done: list[int] = []
+    undecoded: list[tuple[Claim, str]] = []
     for (seq, tid, attempt, token, neg_depth, root_seq, _noop), i in zip(got, inline, strict=True):
         tx.audit(now, "task_started", tid, READY, RUNNING, worker, attempt)
         depth = PriorityKey(neg_depth, root_seq, seq).depth
+        claim = Claim(TaskSpec(tid), attempt, token, seq, depth)
         if i:
-            claim = Claim(TaskSpec(tid), attempt, token, seq, depth)
             claim.extra["committed"] = True
             tx.audit(now, "task_finished", tid, RUNNING, DONE, worker, attempt)
             done.append(seq)
         else:
-            spec = decode_spec(tid, specs[seq])
-            claim = Claim(spec, attempt, token, seq, depth, spec.deps)
             claim.band = band_from(neg_depth)
+            undecoded.append((claim, specs[seq]))
         out.append(claim)
+    if undecoded:
+        # The specs are decoded once the claim committed: other writers need not wait for it.
+        tx.after.append(lambda: _decode(undecoded))
     if done:
         listed = tx.as_list(done)
         tx.run("complete_seqs", seqs=listed, now=now)
         release_children(tx, now, last=last, seqs=listed)
     return out
+
+
+def _decode(claims: list[tuple[Claim, str]]) -> None:
+    """Give each claim its spec (and parents), decoded from the stored JSON."""
+    for claim, text in claims:
+        spec = claim.spec = decode_spec(claim.spec.id, text)
+        claim.parents = spec.deps
 
 
 def release_children(tx: Tx, now: float, *, last: bool, **params: Any) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
@@ -85,6 +85,13 @@ class SqlIo(abc.ABC):
         """Insert many rows with the named insert query (PostgreSQL: COPY)."""
         conn.executemany(self.queries[name], rows)
 
+    def each(self, conn: Any, sql: str, params: dict[str, Any]) -> Generator[Any, None, None]:
+        """``Tx.each``: the rows of ``sql`` one at a time (PostgreSQL has them all by now).
+        Not ``yield from``: closing this generator would close the cursor, which is the
+        transaction's own on PostgreSQL."""
+        for row in conn.execute(sql, params):  # noqa: UP028
+            yield row
+
     def after_bulk_load(self) -> None:
         """After many rows were added (PostgreSQL refreshes planner statistics)."""
 
@@ -108,7 +115,7 @@ class Reads(Protocol):
 class Tx:
     """One write transaction: runs named queries; collects audit rows, written at the end."""
 
-    __slots__ = ("audit_from", "audit_rows", "conn", "io", "last", "notify", "q")
+    __slots__ = ("after", "audit_from", "audit_rows", "conn", "io", "last", "notify", "q")
 
     def __init__(self, io: SqlIo, conn: Any) -> None:
         self.io = io
@@ -122,6 +129,9 @@ class Tx:
         #: Steps run after the audit rows are written, just before the commit (``SqlIo``'s
         #: ``release_last``): the row locks they take are held the shortest time.
         self.last: list[Callable[[], None]] = []
+        #: Steps run once this transaction committed, outside it (SQLite: after the writer
+        #: lock is released): work on what it returned that other writers need not wait for.
+        self.after: list[Callable[[], None]] = []
 
     def run(self, name: str, /, **params: Any) -> Any:
         return self.conn.execute(self.q[name], params)
@@ -132,6 +142,11 @@ class Tx:
 
     def rows(self, name: str, /, **params: Any) -> list[Any]:
         return list(self.conn.execute(self.q[name], params).fetchall())
+
+    def each(self, name: str, /, **params: Any) -> Generator[Any, None, None]:
+        """The rows of one named query, read as far as the caller iterates (a query whose
+        rows are mostly not needed reads only those); the caller closes the generator."""
+        return self.io.each(self.conn, self.q[name], params)
 
     def scalar(self, name: str, /, **params: Any) -> Any:
         row = self.conn.execute(self.q[name], params).fetchone()
@@ -213,6 +228,8 @@ class Db:
                 if attempt < _RETRIES - 1 and self.io.retryable(exc):
                     continue
                 raise
+        for step in tx.after:
+            step()
         if emit is not None:
             for r in tx.audit_rows:
                 emit(audit_event((None, *r.values())))

@@ -64,6 +64,10 @@ INSERT INTO specs (seq, spec) VALUES (:seq, :spec);
 -- name: insert_edge
 INSERT INTO edges (parent, child) VALUES (:parent, :child);
 
+-- Many edges in one statement (SQLite): :edges is a JSON array of parent << 32 | child.
+-- name: insert_edges_packed@sqlite
+INSERT INTO edges (parent, child) SELECT value >> 32, value & 4294967295 FROM json_each(:edges);
+
 -- name: insert_audit
 INSERT INTO audit (ts, event, task, from_state, to_state, worker, attempt, error, extra)
 VALUES (:ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :extra);
@@ -72,6 +76,23 @@ VALUES (:ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :
 -- id after the old graph's last (SQLite would number an empty table from 1 again, and
 -- `events --follow` would wait above the new graph's rows). PostgreSQL's identity never
 -- restarts: its rows draw from it as always (and an explicit id would not move it on).
+-- A run of audit rows alike but for their task, in one statement (SQLite: ~10x cheaper per row
+-- than one INSERT per row). Rows go in in the order of :tasks (a JSON array), ids ascending.
+-- name: insert_audit_run@sqlite
+INSERT INTO audit (ts, event, task, from_state, to_state, worker, attempt, error, extra)
+SELECT :ts, :event, value, :from_state, :to_state, :worker, :attempt, :error, :extra
+FROM json_each(:tasks) ORDER BY key;
+
+-- A run of pairs of rows, each pair about one task of :tasks, rows alike to the first pair's.
+-- name: insert_audit_pairs@sqlite
+INSERT INTO audit (ts, event, task, from_state, to_state, worker, attempt, error, extra)
+SELECT iif(p.k, :ts1, :ts0), iif(p.k, :event1, :event0), j.value,
+       iif(p.k, :from_state1, :from_state0), iif(p.k, :to_state1, :to_state0),
+       iif(p.k, :worker1, :worker0), iif(p.k, :attempt1, :attempt0),
+       iif(p.k, :error1, :error0), iif(p.k, :extra1, :extra0)
+FROM json_each(:tasks) AS j, (SELECT 0 AS k UNION ALL SELECT 1) AS p
+ORDER BY j.key, p.k;
+
 -- name: insert_audit_at
 INSERT INTO audit (id, ts, event, task, from_state, to_state, worker, attempt, error, extra)
 VALUES (:id, :ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :extra);
@@ -225,8 +246,7 @@ WHERE seq = :seq AND state = {RUNNING} AND token = :token;
 -- name: complete_claims
 UPDATE tasks
 SET state = {DONE}, error = NULL, lease_until = NULL, updated = :now
-FROM (SELECT s.value AS seq, t.value AS token
-      FROM json_each(:seqs) AS s JOIN json_each(:tokens) AS t ON t.key = s.key) AS c
+FROM (SELECT s.value AS seq, json_extract(:tokens, '$[' || s.key || ']') AS token FROM json_each(:seqs) AS s) AS c
 WHERE tasks.seq = c.seq AND tasks.token = c.token AND tasks.state = {RUNNING}
 RETURNING tasks.seq;
 
