@@ -55,6 +55,8 @@ class MemoryStore(Store):
         self._meta: dict[str, str] = {}
         #: Tasks preempted so far: ``index -> (times, last_at)`` (``preempt``).
         self._preempted: dict[int, tuple[int, float]] = {}
+        #: Every task added so far came from a structure-only graph: all are no-ops.
+        self._noop_only = True
 
     def configure(self, profile: WorkerProfile) -> None:
         self._profile = profile
@@ -113,6 +115,7 @@ class MemoryStore(Store):
                 bands=None if structure_only else _bands(tasks),
             )  # fmt: skip
         self.specs.extend(tasks)
+        self._noop_only = self._noop_only and structure_only
         self.attempts.extend([0] * len(tasks))
         self.values.extend([_NO_VALUE] * len(tasks))
         emit = self.emit
@@ -220,6 +223,28 @@ class MemoryStore(Store):
         if f.band is not None:
             self._note_band(c, i)
         return c
+
+    def finish_noops(self, worker: str, now: float, limit: int) -> int:
+        """The run of no-op tasks in one loop of the frontier's (``Frontier.finish_ready``);
+        0 while events or the audit trail are recorded (they are per task: ``claim_one``)."""
+        if self.emit is not None or self._audit is not None:
+            return 0
+        f = self.frontier
+        if f._delayed and f._delayed[0][0] <= now:
+            self._release_due(now)
+        done = f.finish_ready(limit, None if self._noop_only else self._is_real)
+        if done:
+            self._worker = worker
+            attempts, values = self.attempts, self.values
+            for i in done:
+                attempts[i] += 1
+                values[i] = None
+        return len(done)
+
+    def _is_real(self, i: int) -> bool:
+        """Whether task ``i`` runs something (a function or a command): not a no-op."""
+        spec = self.specs[i]
+        return spec.fn is not None or spec.cmd is not None
 
     def _claim_admitted(self, worker: str, now: float, offer: Offer) -> list[Claim]:
         """One admission decision: a task, a whole gang, or nothing."""
