@@ -341,13 +341,13 @@ class Frontier:
         finished = done.append
         released = 0
         while heap:
-            i = heap[0][2]
-            if state[i] != READY:  # skipped or cancelled while ready: drop the entry
-                _heappop(heap)
+            entry = _heappop(heap)
+            i = entry[2]
+            if state[i] != READY:  # skipped or cancelled while ready: the entry goes
                 continue
             if real is not None and real(i):
+                _heappush(heap, entry)  # back as it was: the caller claims it next
                 break
-            _heappop(heap)
             state[i] = DONE
             finished(i)
             # The release of ``complete`` (its plain branch: no bands, no admission), inline.

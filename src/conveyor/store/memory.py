@@ -7,6 +7,7 @@ clock: event times are the ``now`` each call is given.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from itertools import islice
 from typing import Any
@@ -32,6 +33,8 @@ from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph, Store, Wo
 from conveyor.store.codec import encode_spec, stored_spec
 
 _NO_VALUE = object()
+_get_id = operator.attrgetter("id")
+_get_deps = operator.attrgetter("deps")
 
 
 class MemoryStore(Store):
@@ -110,7 +113,7 @@ class MemoryStore(Store):
         skipped_before = self.frontier.counts[TaskState.SKIPPED]
         with paused_gc():
             new, ready = self.frontier.add(
-                [t.id for t in tasks], [t.deps for t in tasks], submitter=submitter,
+                list(map(_get_id, tasks)), list(map(_get_deps, tasks)), submitter=submitter,
                 shapes=shapes, gangs=gangs, known_layout=known,
                 bands=None if structure_only else _bands(tasks),
             )  # fmt: skip
