@@ -4,6 +4,7 @@
     python benchmarks/bench_core.py --quick         # small sizes, < 1 min (the smoke test)
     python benchmarks/bench_core.py --skip-distributed --json out.json
     python benchmarks/bench_core.py --end-to-end    # the end-to-end row and the import time only
+    python benchmarks/bench_core.py --whole 100000  # only the whole conveyor.run (~15 s)
 
 All tasks are no-ops. Every system gets the graph already built in its own native form (a graph
 dict for conveyor, ``{key: (noop, *parents)}`` for Dask, id/parent lists for the floor); what is
@@ -793,6 +794,46 @@ def compile_conveyor() -> None:
     compileall.compile_dir(Path(conveyor.__file__).parent, quiet=1)
 
 
+def whole(n: int, repeat: int = 3) -> dict[str, Any]:
+    """The whole ``conveyor.run`` at layered ``n`` from a dict and from a JSON file, and the
+    floor on the same graph, each the best of ``repeat`` runs in this process (one warm-up run
+    of a small graph first: imports are not timed), plus the dict run in its three phases (the
+    run whose total is the median). Prints one JSON line; ``--whole N`` on the command line."""
+    g = graphs.layered(n)
+    conveyor_run(graphs.layered(1000))  # imports and first-call costs, untimed
+
+    def best(fn: Callable[[], Any]) -> float:
+        times = []
+        for _ in range(repeat):
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    def floor_best() -> float:  # (its lists are dropped before conveyor runs)
+        ids, parents = graphs.ids_parents(g)
+        return best(lambda: floor_run(ids, parents))
+
+    floor_s = floor_best()
+    dict_s = best(lambda: conveyor_run(g))
+    path = graphs.write_graph(g)
+    try:
+        file_s = best(lambda: conveyor_run(str(path)))
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    phases = median_phases(lambda: conveyor_phases(g), repeat)
+    out = {
+        "n": n, "floor_s": floor_s, "dict_s": dict_s, "file_s": file_s,
+        "floor_rate": n / floor_s, "dict_rate": n / dict_s, "file_rate": n / file_s,
+        "dict_vs_floor": dict_s / floor_s, "file_vs_floor": file_s / floor_s,
+        "phases_s": {"build_validate": phases[0], "load": phases[1], "engine_run": phases[2]},
+        "load_avg": os.getloadavg()[0],
+    }  # fmt: skip
+    print(json.dumps(out))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (< 1 min): a smoke test")
@@ -801,6 +842,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--end-to-end", action="store_true",
                     help="only the end-to-end row (conveyor run vs a dask script) and the import "
                     "time")  # fmt: skip
+    ap.add_argument(
+        "--whole", type=int, metavar="N",
+        help="only the whole conveyor.run at layered N from a dict and a file, with the floor "
+        "(best of 3 each; one JSON line)",
+    )  # fmt: skip
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--source", default="dict", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -809,6 +855,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.end_to_end:
         return Bench(args).end_to_end_only()
+    if args.whole:
+        whole(args.whole)
+        return 0
     return Bench(args).run()
 
 

@@ -85,3 +85,20 @@ def test_graph_generators_are_deterministic_and_topological() -> None:
         depth[t] = 1 + max((depth[p] for p in ps), default=0)
     assert max(depth.values()) == 8
     assert 5.5 <= sum(map(len, parents)) / len(ids) <= 6.5
+
+
+def test_bench_core_whole_prints_the_whole_run_from_a_dict_and_a_file(tmp_path: Path) -> None:
+    """``--whole N``: one JSON line with the floor, the dict and the file runs (no timings
+    asserted) and the three phases of a dict run."""
+    p = subprocess.run(
+        [sys.executable, str(BENCH), "--whole", "2000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["n"] == 2000
+    assert {"floor_s", "dict_s", "file_s", "dict_vs_floor", "file_vs_floor"} <= out.keys()
+    assert set(out["phases_s"]) == {"build_validate", "load", "engine_run"}

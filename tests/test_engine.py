@@ -57,6 +57,40 @@ def test_run_one_worker_noop_tasks_start_order_is_key_order(dag) -> None:
     assert started(log) == expected_start_order(ids, parents)
 
 
+@settings(max_examples=40, deadline=None)
+@given(dag=small_dags(), data=st.data())
+def test_run_without_events_finishes_noops_in_key_order_around_real_tasks(dag, data) -> None:
+    """Without events no-ops finish inside the store, many per claim: still in key order,
+    stopping at each function task (which finds exactly the tasks before it done), each with
+    attempt 1 and the value ``None``."""
+    from conveyor.model import GraphSpec, TaskSpec
+
+    ids, parents = dag
+    real = data.draw(st.sets(st.sampled_from(ids), max_size=4), label="functions")
+    store = MemoryStore()
+    seen: list[tuple[str, int]] = []
+
+    def probe(tid: str) -> Any:
+        def fn() -> str:
+            seen.append((tid, store.counts()["done"]))
+            return tid
+
+        return fn
+
+    tasks = [
+        TaskSpec(id=t, fn=probe(t) if t in real else None, deps=tuple(ps))
+        for t, ps in zip(ids, parents, strict=True)
+    ]
+    result = conveyor.run(GraphSpec("mixed", tasks, {}), workers=1, executor="inline",
+                          store=store)  # fmt: skip
+    order = expected_start_order(ids, parents)
+    assert seen == [(t, k) for k, t in enumerate(order) if t in real]
+    assert result.stats.done == result.stats.started == len(ids)
+    for t in ids:
+        res = result.result(t)
+        assert (res.state, res.value, res.attempt) == (TaskState.DONE, t if t in real else None, 1)
+
+
 def test_engine_child_job_runs_before_shallower_work_of_newer_root() -> None:
     def spawn() -> str:
         ctx = conveyor.current()

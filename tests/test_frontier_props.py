@@ -418,3 +418,56 @@ def test_ready_heap_entries_are_the_ordering_key(bands: list[int | None] | None)
     for entry in entries:
         i = entry[2]
         assert entry == priority_key(f.depth[i], f.root_seq[i], i, f.band_of(i))
+
+
+# -- no-ops finished in one loop: the same order and states as pop + complete, one by one
+@PROPS
+@given(dag=dags(), data=st.data())
+def test_finish_ready_matches_pop_then_complete_step_by_step(dag, data) -> None:
+    """``finish_ready`` finishes tasks in the order ``pop``/``complete`` would, leaves the
+    frontier in the same state, and stops at the first ready task ``real`` names (leaving it
+    ready at the head) or after ``limit`` tasks; a child job's extra edges are followed."""
+    ids, parents = dag
+    real = set(data.draw(st.sets(st.integers(0, len(ids) - 1), max_size=3), label="real"))
+    fast, slow = Frontier(), Frontier()
+    fast.add(ids, parents)
+    slow.add(ids, parents)
+    if data.draw(st.booleans(), label="child job"):  # an edge outside the flat arrays
+        i = fast.pop()
+        assert i is not None and slow.pop() == i
+        kids = ([f"k{i}"], [[ids[-1]]])  # waits on the last task too
+        fast.add(*kids, submitter=i)
+        slow.add(*kids, submitter=i)
+        fast.complete(i)
+        slow.complete(i)
+    while fast.ready_count():
+        limit = data.draw(st.integers(1, len(ids) + 1), label="limit")
+        got = fast.finish_ready(limit, real.__contains__)
+        expected: list[int] = []
+        while len(expected) < limit:
+            head = slow.pop()
+            if head is None:
+                break
+            if head in real:
+                slow.requeue(head)
+                break
+            expected.append(head)
+            slow.complete(head)
+        assert got == expected
+        assert fast.state == slow.state and fast.counts == slow.counts
+        assert fast.waiting == slow.waiting
+        check_counts(fast)
+        if not got:  # a real task heads the ready order: it runs as usual
+            i = fast.pop()
+            assert i is not None and i in real and slow.pop() == i
+            fast.complete(i)
+            slow.complete(i)
+    assert fast.unfinished() == 0 and slow.unfinished() == 0
+
+
+def test_finish_ready_does_nothing_with_bands_or_admission() -> None:
+    """Bands and admission keep their own keys and queues: those runs claim one by one."""
+    f = Frontier()
+    f.add(["a", "b"], [(), ("a",)], bands=[10, 20])
+    assert f.finish_ready(10) == []
+    assert f.counts[TaskState.READY.value] == 1

@@ -233,6 +233,31 @@ def test_store_claim_one_follows_the_key_and_release_buffered_gives_back_the_res
     assert nxt is not None and nxt.id == "t31"  # what went back kept its key
 
 
+def test_store_finish_noops_takes_the_no_ops_at_the_head_in_key_order_or_none(
+    store_url: str, open_url: Any
+) -> None:
+    """``finish_noops`` finishes ready no-ops at the head of the ready order as claims and
+    completions would, up to its limit and never past a task that runs something; a store with
+    no cheaper way finishes none (the durable ones: a claim there completes no-ops itself)."""
+    s: Store = open_url(store_url)  # (no audit trail: the memory store's is per task)
+    s.open_graph(
+        graph("g", {"id": "n1", "cmd": None}, {"id": "n2", "cmd": None, "deps": ["n1"]},
+              {"id": "c", "deps": ["n2"]}, {"id": "n3", "cmd": None, "deps": ["c"]},
+              {"id": "n4", "cmd": None}),
+        T0,
+    )  # fmt: skip
+    before = s.counts()
+    first = s.finish_noops("w1", T0, 1)
+    done = first + s.finish_noops("w1", T0, 10)
+    if not is_memory(store_url):
+        assert (first, done) == (0, 0) and s.counts() == before
+        return
+    assert (first, done) == (1, 2)
+    assert s.counts()["done"] == 2 and s.counts()["ready"] == 2  # c and n4
+    assert [s.result(t).attempt for t in ("n1", "n2", "c")] == [1, 1, 0]
+    assert run_in_order(s) == ["c", "n3", "n4"]
+
+
 def test_store_claim_with_an_offer_on_a_plain_graph_takes_the_best_key(store: Store) -> None:
     store.open_graph(graph("g", {"id": "a"}, {"id": "b"}), T0)
     assert store.claim("w1", 2, T0, LEASE, offer=Offer(0)) == []  # no free slot

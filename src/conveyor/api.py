@@ -272,7 +272,9 @@ def open_run(
         if spec is not None:
             spec.borrow = borrow
     if engine_options.get("executor") == "process" or (
-        spec is not None and any(t.executor == "process" for t in spec.tasks)
+        spec is not None
+        and not spec.structure_only  # (no-ops only: no task names an executor)
+        and any(t.executor == "process" for t in spec.tasks)
     ):
         check_main_guard()  # before anything runs: a spawned worker would run this call again
     check_executor(engine_options.get("executor"), ray_address)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import operator
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import compress
 
 from conveyor.core.admission import AdmissionQueue, Offer
@@ -322,6 +322,49 @@ class Frontier:
             c[PENDING] -= len(ready)
             c[READY] += len(ready)
         return ready
+
+    def finish_ready(self, limit: int, real: Callable[[int], bool] | None = None) -> list[int]:
+        """Claim and complete at once the best ready tasks, in key order, as ``pop`` then
+        ``complete`` each would: for no-op tasks, which finish where they are claimed. Stops
+        after ``limit`` tasks, when none is ready, or at a ready task for which ``real(i)`` is
+        true (left ready, at the head: the caller claims it as usual). Returns those finished.
+
+        The run of a no-op graph, in one loop: no call, claim or list per task. Only without
+        admission or bands (else ``[]``: the caller takes ``pop``/``complete``).
+        """
+        if self.queue is not None or self.band_off is not None or limit <= 0:
+            return []
+        heap, state, waiting = self._heap, self.state, self.waiting
+        depth, root_seq, ch = self.depth, self.root_seq, self.children
+        start, flat, extra = ch.start, ch.flat, ch.extra
+        done: list[int] = []
+        finished = done.append
+        released = 0
+        while heap:
+            entry = _heappop(heap)
+            i = entry[2]
+            if state[i] != READY:  # skipped or cancelled while ready: the entry goes
+                continue
+            if real is not None and real(i):
+                _heappush(heap, entry)  # back as it was: the caller claims it next
+                break
+            state[i] = DONE
+            finished(i)
+            # The release of ``complete`` (its plain branch: no bands, no admission), inline.
+            for k in ch[i] if extra else flat[start[i] : start[i + 1]]:
+                w = waiting[k] - 1
+                waiting[k] = w
+                if w == 0 and state[k] == PENDING:
+                    state[k] = READY
+                    _heappush(heap, (-depth[k], root_seq[k], k))
+                    released += 1
+            if len(done) >= limit:
+                break
+        c = self.counts
+        c[READY] += released - len(done)
+        c[DONE] += len(done)
+        c[PENDING] -= released
+        return done
 
     def requeue(self, i: int) -> None:
         """Put a running task back on the heap with its original key (lost lease, release)."""

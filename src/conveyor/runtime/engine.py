@@ -437,6 +437,13 @@ class Engine:
         until, runtimes, preemption = self.until, self._runtimes, self._preemption
         if until is not None and runtimes is not None:
             runtimes.learn(now)
+        # No-ops nobody looks at one by one finish inside the store, many per call (what a
+        # claim and a completion each would do, without the Claim and the calls).
+        drain = (
+            not want and on_claim is None and self.max_tasks is None and until is None
+            and (preemption is None or not preemption.asked)
+        )  # fmt: skip
+        finish_noops = store.finish_noops
         while (
             not inflight.stopping
             and not self._out_of_time
@@ -454,6 +461,10 @@ class Engine:
             else:
                 if inflight.parked and not store.claims_ahead():
                     self._flush(now, out)  # one transaction: these completions, the next claims
+                if drain:
+                    finished = finish_noops(worker, now, _NO_BATCH)
+                    stats.started += finished
+                    stats.done += finished
                 claim = claim_one(worker, now, lease_s)
                 if claim is None:
                     break

@@ -187,6 +187,14 @@ class Store(abc.ABC):
         got = self.claim(worker, 1, now, lease_s)
         return got[0] if got else None
 
+    def finish_noops(self, worker: str, now: float, limit: int) -> int:
+        """Claim and complete at once up to ``limit`` ready no-op tasks (neither ``fn`` nor
+        ``cmd``) at the head of the ready order, as ``claim_one`` and then ``complete(claim,
+        None)`` would each; stop at the first ready task that is not a no-op (``claim_one``
+        hands it out next). Returns how many. A store with no cheaper way than that returns
+        0 (the default): the caller claims and completes them one by one."""
+        return 0
+
     @abc.abstractmethod
     def complete(self, claim: Claim, value: Any, now: float) -> bool:
         """Record success; children whose parents are all done become ready. ``False`` if the

@@ -7,6 +7,7 @@ clock: event times are the ``now`` each call is given.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from itertools import islice
 from typing import Any
@@ -32,6 +33,8 @@ from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph, Store, Wo
 from conveyor.store.codec import encode_spec, stored_spec
 
 _NO_VALUE = object()
+_get_id = operator.attrgetter("id")
+_get_deps = operator.attrgetter("deps")
 
 
 class MemoryStore(Store):
@@ -55,6 +58,8 @@ class MemoryStore(Store):
         self._meta: dict[str, str] = {}
         #: Tasks preempted so far: ``index -> (times, last_at)`` (``preempt``).
         self._preempted: dict[int, tuple[int, float]] = {}
+        #: Every task added so far came from a structure-only graph: all are no-ops.
+        self._noop_only = True
 
     def configure(self, profile: WorkerProfile) -> None:
         self._profile = profile
@@ -108,11 +113,12 @@ class MemoryStore(Store):
         skipped_before = self.frontier.counts[TaskState.SKIPPED]
         with paused_gc():
             new, ready = self.frontier.add(
-                [t.id for t in tasks], [t.deps for t in tasks], submitter=submitter,
+                list(map(_get_id, tasks)), list(map(_get_deps, tasks)), submitter=submitter,
                 shapes=shapes, gangs=gangs, known_layout=known,
                 bands=None if structure_only else _bands(tasks),
             )  # fmt: skip
         self.specs.extend(tasks)
+        self._noop_only = self._noop_only and structure_only
         self.attempts.extend([0] * len(tasks))
         self.values.extend([_NO_VALUE] * len(tasks))
         emit = self.emit
@@ -220,6 +226,28 @@ class MemoryStore(Store):
         if f.band is not None:
             self._note_band(c, i)
         return c
+
+    def finish_noops(self, worker: str, now: float, limit: int) -> int:
+        """The run of no-op tasks in one loop of the frontier's (``Frontier.finish_ready``);
+        0 while events or the audit trail are recorded (they are per task: ``claim_one``)."""
+        if self.emit is not None or self._audit is not None:
+            return 0
+        f = self.frontier
+        if f._delayed and f._delayed[0][0] <= now:
+            self._release_due(now)
+        done = f.finish_ready(limit, None if self._noop_only else self._is_real)
+        if done:
+            self._worker = worker
+            attempts, values = self.attempts, self.values
+            for i in done:
+                attempts[i] += 1
+                values[i] = None
+        return len(done)
+
+    def _is_real(self, i: int) -> bool:
+        """Whether task ``i`` runs something (a function or a command): not a no-op."""
+        spec = self.specs[i]
+        return spec.fn is not None or spec.cmd is not None
 
     def _claim_admitted(self, worker: str, now: float, offer: Offer) -> list[Claim]:
         """One admission decision: a task, a whole gang, or nothing."""
