@@ -193,3 +193,24 @@ def test_pg_event_feed_forgets_the_ids_of_rolled_back_transactions(
     events = [(e["event"], e.get("task")) for e in seen]
     assert events == [(e["event"], e.get("task")) for e in store.iter_events()]
     assert ("task_finished", "a") not in events and ("task_finished", "b") in events
+
+
+def test_pg_a_completion_that_readies_a_child_wakes_an_idle_worker(
+    stores: Callable[[], Store],
+) -> None:
+    """The NOTIFY goes out after the commit (its own transaction, see ``PostgresIo.begin``):
+    the idle worker it wakes finds the child claimable."""
+    from conveyor.graphfile import graph_from_dict
+
+    busy, idle = stores(), stores()
+    busy.open_graph(
+        graph_from_dict({"name": "g", "tasks": [{"id": "p", "cmd": "true"},
+                                                 {"id": "c", "cmd": "true", "deps": ["p"]}]}),
+        T0,
+    )  # fmt: skip
+    assert idle.wait_for_work(0.0)  # the first call listens and says: look once more
+    (p,) = busy.claim("w1", 1, T0, LEASE)
+    assert busy.complete(p, None, T0 + 1)
+    assert idle.wait_for_work(10.0)
+    (c,) = idle.claim("w2", 1, T0 + 2, LEASE)
+    assert c.id == "c"

@@ -289,15 +289,19 @@ FROM (SELECT child, count(*) AS n FROM edges
 WHERE tasks.seq = d.child
 RETURNING id, state, waiting;
 
+-- The children go through arrays (= ANY(ARRAY(...))): a seek per child on the primary key.
+-- Joined with d, the planner expects thousands of children from a batch of parents and reads
+-- every task instead (a scan of the whole table per completion batch: quadratic in N).
 -- name: release_children_of@postgres
 WITH d AS (SELECT child, count(*) AS n FROM edges WHERE parent = ANY(:seqs) GROUP BY child),
-     kids AS (SELECT t.seq FROM tasks t JOIN d ON t.seq = d.child ORDER BY t.seq FOR UPDATE OF t)
+     kids AS (SELECT seq FROM tasks WHERE seq = ANY(ARRAY(SELECT child FROM d))
+              ORDER BY seq FOR UPDATE)
 UPDATE tasks
 SET waiting = waiting - d.n,
     state = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
     updated = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
 FROM d
-WHERE tasks.seq = d.child AND tasks.seq IN (SELECT seq FROM kids)
+WHERE tasks.seq = d.child AND tasks.seq = ANY(ARRAY(SELECT seq FROM kids))
 RETURNING tasks.id, tasks.state, tasks.waiting;
 
 -- name: fail_retry
