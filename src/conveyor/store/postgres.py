@@ -62,6 +62,7 @@ class PostgresIo(SqlIo):
     dialect = "postgres"
     types = _TYPES
     claim_rounds = 1
+    locks_window = True
     release_last = True
 
     def __init__(self, conninfo: str, url: str, *, readonly: bool = False) -> None:
