@@ -230,12 +230,22 @@ FROM (SELECT s.value AS seq, t.value AS token
 WHERE tasks.seq = c.seq AND tasks.token = c.token AND tasks.state = {RUNNING}
 RETURNING tasks.seq;
 
+-- PostgreSQL: "state + 0" is no predicate of the partial index tasks_running, so the planner
+-- seeks each task by its primary key. With "state = running" it reads tasks_running whole
+-- (every worker's running tasks, and the entries of tasks that finished since its last
+-- vacuum) and filters: O(running + dead entries) per completion, growing with the workers.
 -- name: complete_claims@postgres
 UPDATE tasks
 SET state = {DONE}, error = NULL, lease_until = NULL, updated = :now
 FROM unnest(:seqs::bigint[], :tokens::bigint[]) AS c(seq, token)
-WHERE tasks.seq = c.seq AND tasks.token = c.token AND tasks.state = {RUNNING}
+WHERE tasks.seq = ANY(:seqs) AND tasks.seq = c.seq AND tasks.token = c.token
+  AND tasks.state + 0 = {RUNNING}
 RETURNING tasks.seq;
+
+-- name: complete_task@postgres
+UPDATE tasks
+SET state = {DONE}, error = NULL, lease_until = NULL, updated = :now
+WHERE seq = :seq AND state + 0 = {RUNNING} AND token = :token;
 
 -- name: store_result
 INSERT INTO results (seq, kind, data) VALUES (:seq, :kind, :data)
@@ -277,7 +287,7 @@ WHERE seq IN (SELECT value FROM json_each(:seqs)) AND state = {RUNNING};
 
 -- name: complete_seqs@postgres
 UPDATE tasks SET state = {DONE}, error = NULL, lease_until = NULL, updated = :now
-WHERE seq = ANY(:seqs) AND state = {RUNNING};
+WHERE seq = ANY(:seqs) AND state + 0 = {RUNNING};
 
 -- name: release_children_of
 UPDATE tasks
