@@ -193,3 +193,64 @@ def test_pg_event_feed_forgets_the_ids_of_rolled_back_transactions(
     events = [(e["event"], e.get("task")) for e in seen]
     assert events == [(e["event"], e.get("task")) for e in store.iter_events()]
     assert ("task_finished", "a") not in events and ("task_finished", "b") in events
+
+
+def test_pg_a_completion_that_readies_a_child_wakes_an_idle_worker(
+    stores: Callable[[], Store],
+) -> None:
+    """The NOTIFY goes out after the commit (its own transaction, see ``PostgresIo.begin``):
+    the idle worker it wakes finds the child claimable."""
+    from conveyor.graphfile import graph_from_dict
+
+    busy, idle = stores(), stores()
+    busy.open_graph(
+        graph_from_dict({"name": "g", "tasks": [{"id": "p", "cmd": "true"},
+                                                 {"id": "c", "cmd": "true", "deps": ["p"]}]}),
+        T0,
+    )  # fmt: skip
+    assert idle.wait_for_work(0.0)  # the first call listens and says: look once more
+    (p,) = busy.claim("w1", 1, T0, LEASE)
+    assert busy.complete(p, None, T0 + 1)
+    assert idle.wait_for_work(10.0)
+    (c,) = idle.claim("w2", 1, T0 + 2, LEASE)
+    assert c.id == "c"
+
+
+_HOLD_STARTS = """
+CREATE FUNCTION hold_starts() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.event = 'task_started' THEN
+        PERFORM pg_advisory_xact_lock_shared(4243);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER hold_starts AFTER INSERT ON audit FOR EACH ROW EXECUTE FUNCTION hold_starts();
+"""
+
+
+def test_pg_a_claim_of_tasks_to_run_locks_only_the_rows_it_takes(
+    pg_url: str, stores: Callable[[], Store]
+) -> None:
+    """Every row of a claim's ready window is locked (``FOR UPDATE SKIP LOCKED``) until its
+    commit: rows locked and not taken would be skipped by every other worker meanwhile."""
+    from conveyor.graphfile import graph_from_dict
+
+    first = stores()
+    tasks = [{"id": f"t{i}", "cmd": "true"} for i in range(50)]
+    first.open_graph(graph_from_dict({"name": "g", "tasks": tasks}), T0)
+    claimer = stores()
+    with psycopg.connect(pg_url, autocommit=True) as holder:
+        holder.execute(_HOLD_STARTS)  # the claim waits, its window locked, before it commits
+        holder.execute("SELECT pg_advisory_lock(4243)")
+        t, out = in_thread(lambda: claimer.claim("w", 2, T0, LEASE))
+        wait_until(lambda: waiting_on_locks(holder) >= 1, what="the claim waiting")
+        with holder.transaction():
+            free = holder.execute(
+                "SELECT count(*) FROM (SELECT seq FROM tasks WHERE state = %s "
+                "FOR UPDATE SKIP LOCKED) AS r",
+                (int(TaskState.READY),),
+            ).fetchone()
+        holder.execute("SELECT pg_advisory_unlock(4243)")
+        t.join(30)
+    assert len(out["value"]) == 2
+    assert free == (48,)

@@ -1,8 +1,9 @@
 """The many-machine store: PostgreSQL through psycopg 3.
 
 Claims lock their rows with ``FOR UPDATE SKIP LOCKED`` (workers never queue behind each other's
-claims); a transaction that makes work claimable sends ``NOTIFY conveyor_work``, and an idle
-worker waits for it on a second, listening connection (``wait_for_work``) instead of polling.
+claims); a transaction that makes work claimable is followed, once committed, by
+``NOTIFY conveyor_work`` (its own transaction: see ``begin``), and an idle worker waits for
+it on a second, listening connection (``wait_for_work``) instead of polling.
 Submissions and migrations hold an advisory lock, so many workers may start at once. A
 deadlock or serialization failure re-runs the transaction.
 
@@ -61,6 +62,7 @@ class PostgresIo(SqlIo):
     dialect = "postgres"
     types = _TYPES
     claim_rounds = 1
+    locks_window = True
     release_last = True
 
     def __init__(self, conninfo: str, url: str, *, readonly: bool = False) -> None:
@@ -69,6 +71,7 @@ class PostgresIo(SqlIo):
         self.conninfo = conninfo
         self._lock = threading.RLock()
         self._listener: Any = None
+        self._notify = False
         self.conn: Any = self._connect()
 
     def _connect(self) -> Any:
@@ -100,8 +103,15 @@ class PostgresIo(SqlIo):
 
     @contextmanager
     def begin(self) -> Iterator[Any]:
-        with self._lock, self._errors(), self.conn.transaction(), self.conn.cursor() as cur:
-            yield cur
+        with self._lock, self._errors():
+            self._notify = False
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                yield cur
+            if self._notify:
+                # Its own transaction, after the commit: a transaction that notifies holds a
+                # lock that serialises every notifying commit in the cluster until its commit
+                # record is flushed; one that only notifies writes no WAL and holds it briefly.
+                self.conn.execute(f"NOTIFY {_CHANNEL}")
 
     def retryable(self, exc: BaseException) -> bool:
         errors = self._psycopg.errors
@@ -115,7 +125,7 @@ class PostgresIo(SqlIo):
         return list(values)
 
     def notify(self, conn: Any) -> None:
-        conn.execute(f"NOTIFY {_CHANNEL}")
+        self._notify = True  # sent once the transaction committed (``begin``)
 
     def lock(self, conn: Any, what: Lock) -> None:
         if what == "tasks":

@@ -62,6 +62,7 @@ class Claims:
         codec: ResultCodec,
         *,
         rounds: int,
+        lean: bool = False,
     ) -> None:
         self.atomic = atomic
         self.worker = worker
@@ -69,6 +70,10 @@ class Claims:
         self.codec = codec
         #: Rounds of claim-and-complete-no-ops in one transaction (``SqlIo.claim_rounds``).
         self.rounds = rounds
+        #: Read no room for no-ops into the window while the last claim met none
+        #: (``SqlIo.locks_window``); ``_noops_seen``: whether it met one.
+        self.lean = lean
+        self._noops_seen = False
         self.noop_batch = NOOP_BATCH
         self._buffer: deque[Claim] = deque()  # claimed in a batch, not yet handed out
         self._claimed_at: dict[int, float] = {}
@@ -151,7 +156,21 @@ class Claims:
         """The seqs of the best ready tasks that fit this worker, in key order: up to ``limit``
         tasks that need running and up to ``noops`` no-op ones to complete on the spot when this
         worker completes no-ops (keyset pages over the ``tasks_ready`` index when some do not
-        fit). Stops at the first task it may not take, so that claims follow the key."""
+        fit). Stops at the first task it may not take, so that claims follow the key.
+
+        ``lean``: while the last claim met no no-op, the window holds ``limit`` rows, not
+        ``limit + noops``, and a no-op met ends it (the next claim makes room for no-ops)."""
+        lean = self.lean and not self._noops_seen and noops > 0
+        budget = noops
+        if lean:
+            noops = 0
+        self._noops_seen = False
+        chosen = self._choose_from(tx, limit, noops)
+        if lean and not chosen and self._noops_seen:
+            return self._choose_from(tx, limit, budget)  # a no-op heads the queue
+        return chosen
+
+    def _choose_from(self, tx: Tx, limit: int, noops: int) -> list[int]:
         window = limit + noops
         if self.worker.constrained:
             window = max(window, _FIT_WINDOW)
@@ -171,6 +190,7 @@ class Claims:
                     last = row
                     seq, _nd, _rs, noop, labels, resources = row
                     if noop and inline:
+                        self._noops_seen = True
                         if noops == 0:
                             # Not handed out as a task to run: each would cost the engine a
                             # transaction of its own to complete. The next claim completes it.

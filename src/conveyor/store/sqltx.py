@@ -38,6 +38,10 @@ class SqlIo(abc.ABC):
     #: time, so longer transactions mean fewer hand-offs; PostgreSQL lets workers run side by
     #: side, and one round keeps each transaction's row locks in one sorted batch.
     claim_rounds: ClassVar[int] = 1 << 30
+    #: Whether a claim locks every row of the ready window it reads (PostgreSQL: ``FOR UPDATE
+    #: SKIP LOCKED``). Then the window is kept to what the claim will take: a row locked and
+    #: not taken is written (its lock) and skipped by every other worker's claim.
+    locks_window: ClassVar[bool] = False
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.url = url

@@ -250,12 +250,22 @@ FROM (SELECT s.value AS seq, json_extract(:tokens, '$[' || s.key || ']') AS toke
 WHERE tasks.seq = c.seq AND tasks.token = c.token AND tasks.state = {RUNNING}
 RETURNING tasks.seq;
 
+-- PostgreSQL: "state + 0" is no predicate of the partial index tasks_running, so the planner
+-- seeks each task by its primary key. With "state = running" it reads tasks_running whole
+-- (every worker's running tasks, and the entries of tasks that finished since its last
+-- vacuum) and filters: O(running + dead entries) per completion, growing with the workers.
 -- name: complete_claims@postgres
 UPDATE tasks
 SET state = {DONE}, error = NULL, lease_until = NULL, updated = :now
 FROM unnest(:seqs::bigint[], :tokens::bigint[]) AS c(seq, token)
-WHERE tasks.seq = c.seq AND tasks.token = c.token AND tasks.state = {RUNNING}
+WHERE tasks.seq = ANY(:seqs) AND tasks.seq = c.seq AND tasks.token = c.token
+  AND tasks.state + 0 = {RUNNING}
 RETURNING tasks.seq;
+
+-- name: complete_task@postgres
+UPDATE tasks
+SET state = {DONE}, error = NULL, lease_until = NULL, updated = :now
+WHERE seq = :seq AND state + 0 = {RUNNING} AND token = :token;
 
 -- name: store_result
 INSERT INTO results (seq, kind, data) VALUES (:seq, :kind, :data)
@@ -297,7 +307,7 @@ WHERE seq IN (SELECT value FROM json_each(:seqs)) AND state = {RUNNING};
 
 -- name: complete_seqs@postgres
 UPDATE tasks SET state = {DONE}, error = NULL, lease_until = NULL, updated = :now
-WHERE seq = ANY(:seqs) AND state = {RUNNING};
+WHERE seq = ANY(:seqs) AND state + 0 = {RUNNING};
 
 -- name: release_children_of
 UPDATE tasks
@@ -309,15 +319,19 @@ FROM (SELECT child, count(*) AS n FROM edges
 WHERE tasks.seq = d.child
 RETURNING id, state, waiting;
 
+-- The children go through arrays (= ANY(ARRAY(...))): a seek per child on the primary key.
+-- Joined with d, the planner expects thousands of children from a batch of parents and reads
+-- every task instead (a scan of the whole table per completion batch: quadratic in N).
 -- name: release_children_of@postgres
 WITH d AS (SELECT child, count(*) AS n FROM edges WHERE parent = ANY(:seqs) GROUP BY child),
-     kids AS (SELECT t.seq FROM tasks t JOIN d ON t.seq = d.child ORDER BY t.seq FOR UPDATE OF t)
+     kids AS (SELECT seq FROM tasks WHERE seq = ANY(ARRAY(SELECT child FROM d))
+              ORDER BY seq FOR UPDATE)
 UPDATE tasks
 SET waiting = waiting - d.n,
     state = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
     updated = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
 FROM d
-WHERE tasks.seq = d.child AND tasks.seq IN (SELECT seq FROM kids)
+WHERE tasks.seq = d.child AND tasks.seq = ANY(ARRAY(SELECT seq FROM kids))
 RETURNING tasks.id, tasks.state, tasks.waiting;
 
 -- name: fail_retry
