@@ -247,7 +247,7 @@ class Bench:
     # The graphs of the issue; --quick shrinks them.
     def graph_list(self) -> list[tuple[str, dict[str, Any]]]:
         if self.quick:
-            sizes = {"chain": 1000, "fan": 1000, "small": 1000, "big": 10_000, "huge": 30_000}
+            sizes = {"chain": 1000, "fan": 1000, "small": 1000, "big": 5_000, "huge": 10_000}
         else:
             sizes = {"chain": 10_000, "fan": 10_000, "small": 10_000, "big": 100_000,
                      "huge": 1_000_000}  # fmt: skip
@@ -298,7 +298,7 @@ class Bench:
             "fan-out/in": (2 * k, graphs.fanout_fanin),
             "layered": (2 * k, graphs.layered),
         }
-        thread_max = 10_000 if self.quick else 100_000
+        thread_max = 5_000 if self.quick else 100_000
 
         self.tmp = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
         try:
@@ -720,7 +720,7 @@ class Bench:
             + (f" (cluster start {self.results['distributed_start_s']:.1f} s, not timed)"
                if "distributed_start_s" in self.results else "") + ".",
             f"conveyor fn rows: thread executor not run above "
-            f"{fmt_n(10_000 if self.quick else 100_000)} tasks (keeps the run short).",
+            f"{fmt_n(5_000 if self.quick else 100_000)} tasks (keeps the run short).",
             *self.notes,
             f"Total benchmark time {self.results['elapsed_s']:.0f} s.",
         ]  # fmt: skip
