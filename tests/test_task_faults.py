@@ -90,6 +90,35 @@ def test_worker_poison_task_fails_and_the_worker_goes_on(tmp_path: Path, case: s
         store.close()
 
 
+def test_worker_with_a_damaged_spec_row_fails_that_task_and_goes_on(tmp_path: Path) -> None:
+    """A spec row that no longer decodes (a damaged store file) fails its task with the error,
+    once, instead of crashing every worker that claims it (or passing for a no-op)."""
+    import sqlite3
+
+    path = tmp_path / "run.db"
+    store = open_store(f"sqlite:///{path}")
+    try:
+        tasks = [TaskSpec("bad", cmd="echo no"), TaskSpec("good", cmd="echo ok")]
+        store.open_graph(GraphSpec("damaged", tasks), 0.0)
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE specs SET spec = '{not json' WHERE seq = "
+                   "(SELECT seq FROM tasks WHERE id = 'bad')")  # fmt: skip
+    out = conveyor_cli("worker", "--db", f"sqlite:///{path}", "--idle-exit", "5", cwd=tmp_path)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 1, out.stderr  # a task failed; the worker did not
+    store = open_store(f"sqlite:///{path}")
+    try:
+        bad, good = store.result("bad"), store.result("good")
+        assert bad.state.label == "failed", bad
+        assert "its stored spec cannot be read (JSONDecodeError" in (bad.error or "")
+        assert good.state.label == "done" and good.value == "ok"
+        assert [e["event"] for e in store.history("bad")].count("task_started") == 1
+    finally:
+        store.close()
+
+
 # -- point 8: a task that outlives its outcome -------------------------------------------------
 def conveyor_cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "conveyor.cli", *args], cwd=cwd,

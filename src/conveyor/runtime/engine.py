@@ -478,6 +478,11 @@ class Engine:
                     on_claim(claim)
                 if preemption is not None and preemption.asked:
                     preemption.started(spec.id)  # a thread asked for this slot: not any more
+                if "unreadable" in claim.extra:  # a damaged spec row: it fails, nothing runs
+                    failed = self._launcher.start(claim, now)
+                    if failed is not None and want:
+                        out.append(failed)
+                    continue
                 if spec.fn is None and spec.cmd is None:
                     # A no-op finishes where it is claimed: its children are ready before
                     # the next claim, which keeps the order depth-first.

@@ -98,6 +98,9 @@ class Launcher:
         spec = claim.spec
         ex = self._executors
         inflight = self._inflight
+        unreadable = claim.extra.get("unreadable")
+        if unreadable is not None:  # the store could not decode its spec
+            return inflight.finish(inflight.register(claim, "inline", now), False, unreadable, now)
         if ex.ray is not None and spec.executor is None:
             return self._start_on_ray(claim, now)
         if spec.cmd is not None:  # enforces its own timeout

@@ -108,9 +108,16 @@ def start(
 
 
 def _decode(claims: list[tuple[Claim, str]]) -> None:
-    """Give each claim its spec (and parents), decoded from the stored JSON."""
+    """Give each claim its spec (and parents), decoded from the stored JSON. A spec that does
+    not decode (a damaged row) is said in ``extra["unreadable"]``: the task fails with it when
+    it is started, not the worker that claimed it, nor the other tasks of the claim."""
     for claim, text in claims:
-        spec = claim.spec = decode_spec(claim.spec.id, text)
+        try:
+            spec = claim.spec = decode_spec(claim.spec.id, text)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            claim.extra["unreadable"] = f"its stored spec cannot be read ({why})"
+            continue
         claim.parents = spec.deps
 
 
