@@ -81,3 +81,18 @@ def test_imports_point_down(module: str) -> None:
         if (layer_of(target, layers) or 0) > mine
     ]
     assert not upward, f"{module} imports upward: {upward}"
+
+
+#: A module longer than this says why in a ``Size:`` paragraph of its docstring.
+LONG_MODULE = 450
+
+
+def test_long_modules_say_why_they_are_long() -> None:
+    unexplained = []
+    for path in sorted(SRC.rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > LONG_MODULE:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if "\nSize: " not in doc:
+                unexplained.append(f"{path.relative_to(SRC)} ({text.count(chr(10))} lines)")
+    assert not unexplained, unexplained

@@ -20,6 +20,9 @@ waiter cancelled just as a slot was handed to it -- by the cancellation itself.
 
 (Over 400 lines on purpose: waiters, slots and the limiter read and change one state under that
 one lock; split apart, each would reach into the others' private state.)
+
+Size: async, sync and non-blocking acquisition share one waiter queue per endpoint and one wake-
+up rule, so they live together; the policy itself is the pure ``core/limiter.py``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ No operation here visits tasks that its event does not concern.
 
 The memory store is a thin shell around this class; the SQL stores keep the same counts and keys
 as indexed columns and follow the same rules in SQL.
+
+Size: the frontier's state is parallel arrays that every hot loop (pop, complete,
+``finish_ready``, release, aging) walks per task; they stay in one class so no call crosses a
+module per task.
 """
 
 from __future__ import annotations

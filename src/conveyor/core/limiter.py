@@ -39,6 +39,9 @@ The policy (see docs/limiter.md for the reasoning and the benchmark):
 - **Everything else leaves the limit alone**: timeouts, other 4xx and 5xx, errors raised by the
   caller, cancellations, and an ``insufficient_quota`` 429 (a billing stop, not congestion: the
   request is not retryable). Every outcome frees the slot.
+
+Size: the whole AIMD state machine (admission, the probe, Retry-After, cooldown, sharing among
+peers, classifying replies) as pure functions with their docstrings: the policy has one home.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ module: ``messages`` (what the queue carries), ``executors`` (where task code ru
 how it ended), ``children`` (children submitted at run time and parents waiting on them),
 ``endpoints`` (following adaptive endpoint limits), ``capacity`` (the worker's offer and fit),
 ``deadlines`` (timeouts) and ``idle`` (back-off on shared stores).
+
+Size: the loop's hot path (claiming, starting, group commit, a pool thread claiming its own next
+task) shares the engine's state under one lock and runs per task, so it stays in one class; the
+jobs that could leave did (``launch``, ``inflight``, ``children``, ``deadlines``,
+``preemption``, ``idle``, ``endpoints``, ``messages``).
 """
 
 from __future__ import annotations

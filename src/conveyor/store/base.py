@@ -9,6 +9,9 @@ Rules every store follows (checked by ``tests/test_store_contract.py`` on every 
 - ``complete``/``fail`` with a claim whose lease was taken over return ``False`` and change
   nothing (fencing by ``Claim.token``);
 - a completion touches only the task's children (no scans of all tasks).
+
+Size: it is the interface: most of its lines are the methods' contracts (docstrings) that every
+store and the contract suite follow, plus the records they return.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Used by ``conveyor run`` without ``--db``. One thread (the engine's) calls it; nothing here
 locks. Leases never expire: the engine that claims a task is the one that runs it. It reads no
 clock: event times are the ``now`` each call is given.
+
+Size: it implements the whole ``Store`` interface for one process; every rule it applies is a
+pure function of ``core`` (frontier, admission, explain, preempt).
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ columns' fingerprints. Building into a directory that holds the same build resum
 groups on disk are done); a changed spec is refused unless ``replace`` (start over) or
 ``update`` (regenerate the changed columns and their downstream in the groups on disk, keep
 the rest).
+
+Size: the build's lifecycle (checks of the directory and the models, resume and ``update``, the
+run, its status and summary types) in one place; the cells' state is ``table/store.py``, the
+files ``table/output.py``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ without data (ignored and removed by ``scan``). Rewriting a group first removes 
 file, so a crash can never pair a new sidecar with old data.
 
 pyarrow (``conveyor[parquet]``) is imported only inside the functions that need it.
+
+Size: writing, finding, checking and reading back row groups, in two formats, share the sidecar
+and naming rules here: the directory's format has one home.
 """
 
 from __future__ import annotations

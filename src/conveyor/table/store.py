@@ -7,6 +7,10 @@ endpoints from the adaptive limiter. This store hands it the table's cells from 
 values at claim time. A completion files the value (or the drop), touches only the cell's
 downstream, and, when a row group is complete, hands it to ``on_group`` (the writer) and opens
 the next. Nothing of a written row group stays in memory.
+
+Size: it implements the whole ``Store`` interface over cells (claims, completions, retries,
+explain, status), with the open row groups' window; readiness is the pure
+``core/tablefrontier.py``.
 """
 
 from __future__ import annotations
