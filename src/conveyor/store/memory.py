@@ -220,13 +220,17 @@ class MemoryStore(Store):
         if i is None:
             return None
         self._worker = worker
+        return self._started(i, worker, now)
+
+    def _started(self, i: int, worker: str, now: float) -> Claim:
+        """Task ``i``'s next attempt, started on ``worker``: its claim."""
         attempt = self.attempts[i] + 1
         self.attempts[i] = attempt
         spec = self.specs[i]
         if self.emit is not None:
             self._record(i, "task_started", now, worker=worker, attempt=attempt)
-        c = Claim(spec, attempt, attempt, i, f.depth[i], spec.deps)
-        if f.band is not None:
+        c = Claim(spec, attempt, attempt, i, self.frontier.depth[i], spec.deps)
+        if self.frontier.band is not None:
             self._note_band(c, i)
         return c
 
@@ -257,22 +261,11 @@ class MemoryStore(Store):
         f = self.frontier
         if f._delayed and f._delayed[0][0] <= now:
             self._release_due(now)
-        out = []
         self._worker = worker
         picked = f.pick(offer, now)
         if self.emit is not None:
             self._admission_events(picked, offer, now)
-        for i in picked:
-            attempt = self.attempts[i] + 1
-            self.attempts[i] = attempt
-            spec = self.specs[i]
-            if self.emit is not None:
-                self._record(i, "task_started", now, worker=worker, attempt=attempt)
-            c = Claim(spec, attempt, attempt, i, f.depth[i], spec.deps)
-            if f.band is not None:
-                self._note_band(c, i)
-            out.append(c)
-        return out
+        return [self._started(i, worker, now) for i in picked]
 
     def _note_band(self, c: Claim, i: int) -> None:
         """A claim's band, and its past preemptions (bands in use only: no cost otherwise)."""
