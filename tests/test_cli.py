@@ -284,3 +284,18 @@ def test_cli_run_sigint_exits_130_with_summary(tmp_path: Path) -> None:
     assert "0 done" in stderr
     evs = read_events(events)
     assert not [e for e in evs if e["event"] == "task_started" and e["task"] == "after"]
+
+
+def test_run_fail_fast_summary_counts_what_it_cancelled(tmp_path: Path) -> None:
+    tasks = [{"id": "bad", "cmd": "exit 3"},
+             {"id": "later", "cmd": "echo later", "deps": ["bad"]},
+             {"id": "other", "cmd": "echo other", "band": "batch"}]  # fmt: skip
+    graph = {"name": "ff", "tasks": tasks}
+    write_graph(tmp_path, graph)
+    out = conveyor("run", "graph.json", "--fail-fast", "--workers", "1", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    lines = out.stderr.splitlines()
+    summary = next(line for line in lines if line.startswith("conveyor: "))
+    assert summary.startswith("conveyor: 0 done, 1 failed, 1 skipped, 1 cancelled in "), summary
+    last_progress = [line for line in lines if line.startswith("[conveyor] ")][-1]
+    assert "failed 1, skipped 1, cancelled 1)" in last_progress, last_progress
