@@ -299,3 +299,40 @@ def test_run_fail_fast_summary_counts_what_it_cancelled(tmp_path: Path) -> None:
     assert summary.startswith("conveyor: 0 done, 1 failed, 1 skipped, 1 cancelled in "), summary
     last_progress = [line for line in lines if line.startswith("[conveyor] ")][-1]
     assert "failed 1, skipped 1, cancelled 1)" in last_progress, last_progress
+
+
+PARENT_MODULE = """
+import time
+
+import conveyor
+
+
+def parent(n):
+    handles = [conveyor.current().submit(child, i) for i in range(n)]
+    return sum(h.result() for h in handles)
+
+
+def child(i):
+    time.sleep(0.3)
+    return i
+"""
+
+
+def test_run_sigint_while_a_parent_waits_for_its_children_stops(tmp_path: Path) -> None:
+    (tmp_path / "kids.py").write_text(PARENT_MODULE)
+    graph = {"name": "kids", "tasks": [{"id": "p", "fn": "kids:parent", "args": [20]},
+                                       {"id": "z", "deps": ["p"]}]}  # fmt: skip
+    path = write_graph(tmp_path, graph)
+    events = tmp_path / "ev.jsonl"
+    code, _, stderr = interrupt_when(
+        [*CLI, "run", str(path), "--workers", "2", "--events", str(events)],
+        tmp_path,
+        lambda: any(
+            e["event"] == "task_finished" and e["task"] != "p" for e in read_events(events)
+        ),
+        what="a child finishing",
+    )  # a hang here (the parent waiting for children that never start) times out
+    assert code == 130, stderr
+    assert "(interrupted)" in stderr and "Traceback" not in stderr
+    cancelled = [e for e in read_events(events) if e["event"] == "task_cancelled"]
+    assert cancelled and all(e["reason"] == "interrupted" for e in cancelled)
