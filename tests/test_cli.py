@@ -284,3 +284,55 @@ def test_cli_run_sigint_exits_130_with_summary(tmp_path: Path) -> None:
     assert "0 done" in stderr
     evs = read_events(events)
     assert not [e for e in evs if e["event"] == "task_started" and e["task"] == "after"]
+
+
+def test_run_fail_fast_summary_counts_what_it_cancelled(tmp_path: Path) -> None:
+    tasks = [{"id": "bad", "cmd": "exit 3"},
+             {"id": "later", "cmd": "echo later", "deps": ["bad"]},
+             {"id": "other", "cmd": "echo other", "band": "batch"}]  # fmt: skip
+    graph = {"name": "ff", "tasks": tasks}
+    write_graph(tmp_path, graph)
+    out = conveyor("run", "graph.json", "--fail-fast", "--workers", "1", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    lines = out.stderr.splitlines()
+    summary = next(line for line in lines if line.startswith("conveyor: "))
+    assert summary.startswith("conveyor: 0 done, 1 failed, 1 skipped, 1 cancelled in "), summary
+    last_progress = [line for line in lines if line.startswith("[conveyor] ")][-1]
+    assert "failed 1, skipped 1, cancelled 1)" in last_progress, last_progress
+
+
+PARENT_MODULE = """
+import time
+
+import conveyor
+
+
+def parent(n):
+    handles = [conveyor.current().submit(child, i) for i in range(n)]
+    return sum(h.result() for h in handles)
+
+
+def child(i):
+    time.sleep(0.3)
+    return i
+"""
+
+
+def test_run_sigint_while_a_parent_waits_for_its_children_stops(tmp_path: Path) -> None:
+    (tmp_path / "kids.py").write_text(PARENT_MODULE)
+    graph = {"name": "kids", "tasks": [{"id": "p", "fn": "kids:parent", "args": [20]},
+                                       {"id": "z", "deps": ["p"]}]}  # fmt: skip
+    path = write_graph(tmp_path, graph)
+    events = tmp_path / "ev.jsonl"
+    code, _, stderr = interrupt_when(
+        [*CLI, "run", str(path), "--workers", "2", "--events", str(events)],
+        tmp_path,
+        lambda: any(
+            e["event"] == "task_finished" and e["task"] != "p" for e in read_events(events)
+        ),
+        what="a child finishing",
+    )  # a hang here (the parent waiting for children that never start) times out
+    assert code == 130, stderr
+    assert "(interrupted)" in stderr and "Traceback" not in stderr
+    cancelled = [e for e in read_events(events) if e["event"] == "task_cancelled"]
+    assert cancelled and all(e["reason"] == "interrupted" for e in cancelled)

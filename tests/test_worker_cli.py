@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import wait_until
 from sigint import interrupt_when
 
 MOD = """
@@ -197,3 +199,62 @@ def test_worker_cli_sigint_exits_130_and_gives_its_task_back(tmp_path: Path) -> 
     st = json.loads(cli("status", "--db", db, "--json", cwd=tmp_path, check=True).stdout)
     assert st["unfinished"] == 2 and st["counts"]["running"] == 0  # given back, not lost
     assert st["counts"]["cancelled"] == 0  # a durable store keeps the rest for the next worker
+
+
+def _blocked_in_flock(pid: int) -> bool:
+    """Whether ``pid`` waits for an ``flock`` (``/proc/locks`` lists waiters with ``->``)."""
+    return any(
+        line.split()[1] == "->" and line.split()[2] == "FLOCK" and line.split()[5] == str(pid)
+        for line in Path("/proc/locks").read_text().splitlines()
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+def test_worker_cli_sigint_while_waiting_for_the_write_lock_exits_130(tmp_path: Path) -> None:
+    import fcntl
+
+    (tmp_path / "graph.json").write_text(json.dumps({"name": "g", "tasks": [{"id": "a"}]}))
+    db_file = tmp_path / "run.db"
+    cli("submit", "graph.json", "--db", f"sqlite:///{db_file}", cwd=tmp_path, check=True)
+    fd = os.open(f"{db_file}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another writer holds the lock the whole time
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor.cli", "worker", "--db", f"sqlite:///{db_file}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _blocked_in_flock(proc.pid), what="the worker waiting for the lock")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        os.close(fd)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+def test_run_sigint_while_waiting_for_the_write_lock_says_so_in_one_line(tmp_path: Path) -> None:
+    import fcntl
+
+    (tmp_path / "graph.json").write_text(json.dumps({"name": "g", "tasks": [{"id": "a"}]}))
+    db_file = tmp_path / "run.db"
+    cli("submit", "graph.json", "--db", f"sqlite:///{db_file}", cwd=tmp_path, check=True)
+    fd = os.open(f"{db_file}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another writer holds the lock the whole time
+    argv = ["run", "graph.json", "--db", f"sqlite:///{db_file}"]
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli", *argv], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_until(lambda: _blocked_in_flock(proc.pid), what="the run waiting for the lock")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        os.close(fd)
+    assert proc.returncode == 130, stderr
+    assert stderr.splitlines() == ["conveyor: interrupted"], stderr

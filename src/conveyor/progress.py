@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 #: The states of a task that will not change in this run.
@@ -48,10 +49,18 @@ class PlainProgress:
         self.update(counts, total, force=True)
 
 
+def cancelled_part(counts: Mapping[str, int]) -> str:
+    """``", N cancelled"`` when a run cancelled tasks (fail-fast, Ctrl-C), else nothing: they
+    count as finished, so a summary without them would not add up."""
+    n = counts.get("cancelled", 0)
+    return f", {n} cancelled" if n else ""
+
+
 def line(counts: dict[str, int], total: int, elapsed: float, already: int = 0) -> str:
     done = counts.get("done", 0)
     failed = counts.get("failed", 0)
     skipped = counts.get("skipped", 0)
+    cancelled = f", cancelled {counts['cancelled']}" if counts.get("cancelled") else ""
     finished = finished_of(counts)
     total = max(total, finished)
     ran = max(0, finished - already)  # finished in this run
@@ -61,7 +70,8 @@ def line(counts: dict[str, int], total: int, elapsed: float, already: int = 0) -
     eta_s = f"{eta:.0f}s" if eta != float("inf") else "?"
     return (
         f"[conveyor] {finished}/{total} finished (done {done}, failed {failed}, skipped "
-        f"{skipped}), running {counts.get('running', 0)}, {rate:.0f} tasks/s, ETA {eta_s}"
+        f"{skipped}{cancelled}), running {counts.get('running', 0)}, {rate:.0f} tasks/s, "
+        f"ETA {eta_s}"
     )
 
 

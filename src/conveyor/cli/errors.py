@@ -1,5 +1,6 @@
 """How a command fails: one line on stderr and the error's exit code (2 for bad input), never a
-traceback; Ctrl-C outside a run's own handling exits 130."""
+traceback; Ctrl-C outside a run's own handling exits 130 with the one line
+``conveyor: interrupted`` (e.g. while waiting for a store's write lock)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def user_errors() -> Iterator[None]:
     except OSError as exc:
         fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
     except KeyboardInterrupt:
+        typer.echo("conveyor: interrupted", err=True)
         raise typer.Exit(INTERRUPTED) from None
 
 

@@ -134,10 +134,11 @@ def lost_line(lost: str, released: int, db: str | None) -> str:
 def summary(result: RunResult, counts: dict[str, int], elapsed: float, interrupted: bool) -> None:
     """One line of counts on stderr, then the first failed tasks with their errors."""
     from conveyor.model import TaskState
+    from conveyor.progress import cancelled_part
 
     msg = (
         f"conveyor: {counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
-        f"{counts.get('skipped', 0)} skipped in {elapsed:.2f}s"
+        f"{counts.get('skipped', 0)} skipped{cancelled_part(counts)} in {elapsed:.2f}s"
     )
     typer.echo(msg + (" (interrupted)" if interrupted else ""), err=True)
     if not counts.get("failed", 0) or result.graph is None:

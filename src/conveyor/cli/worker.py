@@ -81,7 +81,7 @@ def worker(
     """Run tasks of the graph in --db until it is finished (exit 0; 1 if tasks failed).
     SIGUSR2 or SIGTERM hand the running tasks back to the store at once; then exit 0."""
     from conveyor.api import open_run
-    from conveyor.outcome import left
+    from conveyor.outcome import INTERRUPTED, left
     from conveyor.runtime.signals import HandBackOnSignals
     from conveyor.store.sharedfs import sqlite_fs_warning
 
@@ -109,12 +109,16 @@ def worker(
             **opt.in_flight(workers),
         ) as joined:  # fmt: skip
             signals.attach(joined.engine)
+            interrupted = False
             try:
                 result = joined.run()
             except KeyboardInterrupt:
+                # Also when Ctrl-C lands before the engine's loop runs (e.g. waiting for the
+                # store's write lock to join): the engine never saw it, the exit code must.
+                interrupted = True
                 result = joined.result()  # what it held went back to the store
             counts = result.counts
-            code = result.exit_code
+            code = INTERRUPTED if interrupted else result.exit_code
     st = result.stats
     lost = joined.engine.lost
     if lost is not None:
@@ -133,6 +137,6 @@ def worker(
             f"{counts['done']} done, {counts['failed']} failed, {left(counts)} left",
             err=True,
         )
-    if joined.stuck or joined.interrupted or lost is not None:
+    if joined.stuck or interrupted or lost is not None:
         exit_now(code)  # do not wait for a thread that cannot be stopped
     raise typer.Exit(code)

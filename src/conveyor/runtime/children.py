@@ -41,6 +41,8 @@ class Children:
         self.lent = 0
         #: The engine thread's id: an inline task runs there and calls the store directly.
         self.engine_thread: int | None = None
+        #: Set by ``stop``: no child will start any more, so no parent may wait for one.
+        self.stopped: str | None = None
 
     # -- called by tasks (``TaskContext``), on their own threads ---------------------------------
     def submit(self, ctx: TaskContext, specs: list[TaskSpec]) -> list[str]:
@@ -75,6 +77,8 @@ class Children:
         res = self._store.result(msg.task_id)
         if res.state.finished:
             msg.reply.set(res)
+        elif self.stopped is not None:
+            msg.reply.fail(ConveyorError(self.stopped))
         else:
             self.lent += 1
             self.watchers.setdefault(msg.task_id, []).append(msg.reply)
@@ -103,6 +107,17 @@ class Children:
         for reply in replies:
             self.lent -= 1
             reply.set(res)
+
+    def stop(self, why: str) -> None:
+        """No child starts any more (Ctrl-C of an in-memory run): a parent waiting for one
+        would wait forever, and the run, draining its threads, for the parent. Each waiting
+        parent (and any that waits later) gets an error instead."""
+        self.stopped = why
+        for replies in self.watchers.values():
+            for reply in replies:
+                self.lent -= 1
+                reply.fail(ConveyorError(why))
+        self.watchers.clear()
 
     def close(self) -> None:
         """The run stopped: every waiting parent gets an error."""

@@ -422,6 +422,8 @@ class Engine:
         with self._lock:
             self._inflight.stopping = True
             self._inflight.cancel_all(self.clock.wall(), threads=False)
+            if not self.store.shared:  # a durable run gives its tasks back instead
+                self._children.stop("the run was interrupted before the child finished")
 
     def _fill(
         self, now: float, out: list[TaskResult], *, from_thread: bool = False
