@@ -177,6 +177,33 @@ def test_store_children_submitted_at_run_time_go_first(store: Store) -> None:
     assert run_in_order(store) == ["p/1", "p/2", "q"]
 
 
+def test_store_children_submitted_again_by_their_parent_are_the_same_tasks(store: Store) -> None:
+    """A parent that runs again (a crash, a lost lease, a retry) submits its children again:
+    those it submitted before are not added twice (their state and results stand), new ones
+    are added; another task submitting an id that exists is still refused."""
+    store.open_graph(graph("g", {"id": "p"}, {"id": "q"}), T0)
+    p = claim1(store)
+    assert p is not None and p.id == "p"
+    assert store.submit_children(p, [TaskSpec("p/1", cmd="true")], T0) == ["p/1"]
+    kid = claim1(store)
+    assert kid is not None and kid.id == "p/1" and store.complete(kid, "one", T0)
+    assert store.release(p, T0 + 1)  # its worker stops: p runs again
+    again = claim1(store, T0 + 2)
+    assert again is not None and again.id == "p"
+    kids = [TaskSpec("p/1", cmd="true"), TaskSpec("p/2", cmd="true", deps=("p/1",))]
+    assert store.submit_children(again, kids, T0 + 2) == ["p/1", "p/2"]
+    first = store.result("p/1")
+    assert first.state.label == "done" and first.value == "one", first
+    assert store.complete(again, None, T0 + 3)
+    two = claim1(store, T0 + 3)
+    assert two is not None and two.id == "p/2" and store.complete(two, None, T0 + 3)
+    q = claim1(store, T0 + 4)
+    assert q is not None and q.id == "q"
+    assert sum(store.counts().values()) == 4  # p, q, p/1 once, p/2
+    with pytest.raises(GraphError, match="p/1"):
+        store.submit_children(q, [TaskSpec("p/1", cmd="true")], T0 + 4)
+
+
 # -- every store: the rest of the interface -------------------------------------------------------
 def test_store_events_carry_the_time_each_call_was_given(store: Store) -> None:
     events: list[dict[str, Any]] = []

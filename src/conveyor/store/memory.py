@@ -61,6 +61,9 @@ class MemoryStore(Store):
         self._meta: dict[str, str] = {}
         #: Tasks preempted so far: ``index -> (times, last_at)`` (``preempt``).
         self._preempted: dict[int, tuple[int, float]] = {}
+        #: Run-time children: ``child index -> its submitter's`` (a parent that runs again
+        #: submits the same children again; they are the tasks it submitted before).
+        self._submitted_by: dict[int, int] = {}
         #: Every task added so far came from a structure-only graph: all are no-ops.
         self._noop_only = True
 
@@ -97,7 +100,12 @@ class MemoryStore(Store):
         return OpenedGraph(graph.name, len(graph.tasks), False, self.frontier.unfinished())
 
     def submit_children(self, parent: Claim, tasks: list[TaskSpec], now: float) -> list[str]:
-        self._add(tasks, parent.handle, now)
+        index, by = self.frontier.index, self._submitted_by
+        fresh = [t for t in tasks if by.get(index.get(t.id, -1)) != parent.handle]
+        if fresh:
+            first = len(self.specs)
+            self._add(fresh, parent.handle, now)
+            by.update(dict.fromkeys(range(first, len(self.specs)), parent.handle))
         return [t.id for t in tasks]
 
     def _add(

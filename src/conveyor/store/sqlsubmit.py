@@ -17,7 +17,7 @@ from conveyor.errors import GraphMismatchError, StaleLeaseError
 from conveyor.model import GraphSpec, TaskSpec, TaskState
 from conveyor.store import sqlfp, sqlremove
 from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph
-from conveyor.store.codec import encode_bare_spec, encode_spec
+from conveyor.store.codec import SUBMITTED_BY, encode_bare_spec, encode_spec
 from conveyor.store.sqladmission import Admission
 from conveyor.store.sqltx import Tx
 
@@ -110,17 +110,23 @@ class Submissions:
             r = tx.rows("task_by_id", id=tid)
             return (r[0][0], r[0][1], r[0][2]) if r else None
 
-        self.insert(
-            tx,
-            tasks,
-            lookup,
-            depth_from(row[2]) + 1,
-            row[3],
-            now,
-            parent.id,
-            band=band_from(row[2]),
-        )  # (children inherit their submitter's band)
-        tx.notify = True
+        # A child this parent submitted before (an earlier attempt, ended by a crash, a lost
+        # lease or a retry) is that task again: its state and result stand.
+        known = tx.rows("specs_by_ids", ids=tx.as_list([t.id for t in tasks]))
+        again = {tid for tid, text in known if json.loads(text).get(SUBMITTED_BY) == parent.id}
+        fresh = [t for t in tasks if t.id not in again] if again else tasks
+        if fresh:
+            self.insert(
+                tx,
+                fresh,
+                lookup,
+                depth_from(row[2]) + 1,
+                row[3],
+                now,
+                parent.id,
+                band=band_from(row[2]),
+            )  # (children inherit their submitter's band)
+            tx.notify = True
         return [t.id for t in tasks]
 
     def insert(

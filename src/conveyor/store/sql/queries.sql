@@ -571,6 +571,13 @@ SELECT s.grp FROM tasks t JOIN task_shapes s ON s.id = t.shape WHERE t.seq = :se
 -- name: adm_task
 SELECT seq, state, neg_depth, root_seq, shape, not_before FROM tasks WHERE id = :id;
 
+-- name: specs_by_ids
+SELECT t.id, s.spec FROM tasks t JOIN specs s ON s.seq = t.seq
+WHERE t.id IN (SELECT value FROM json_each(:ids));
+
+-- name: specs_by_ids@postgres
+SELECT t.id, s.spec FROM tasks t JOIN specs s ON s.seq = t.seq WHERE t.id = ANY(:ids);
+
 -- name: adm_deps_states
 SELECT id, state FROM tasks WHERE id IN (SELECT value FROM json_each(:ids));
 
