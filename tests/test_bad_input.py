@@ -334,3 +334,12 @@ def test_python_graph_refuses_a_malformed_endpoint_when_the_task_is_added() -> N
     with pytest.raises(GraphError, match=r"task 'a', field 'endpoint': .*provider/model/domain"):
         g.add(print, id="a", endpoint="fake/ep")
     g.add(print, id="b", endpoint="openai/gpt-4o/api.openai.com")  # a well-formed key is fine
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_events_file_that_cannot_be_written_is_named_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "g.json").write_text(json.dumps({"tasks": [{"id": "a"}, {"id": "b"}]}))
+    out = conveyor("run", "g.json", "--events", "/dev/full", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "/dev/full" in lines[0] and "No space left" in lines[0], lines

@@ -36,17 +36,24 @@ class JsonlSink:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._file: IO[str] = open(fd, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._path = os.fspath(path)
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
         line = json.dumps(event, default=str, separators=(",", ":"))
         with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
+            try:
+                self._file.write(line + "\n")
+                self._file.flush()
+            except OSError as exc:  # a full disk: say which file
+                raise OSError(exc.errno, exc.strerror, self._path) from None
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, self._path) from None
 
 
 class FanOut:
