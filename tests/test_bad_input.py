@@ -343,3 +343,28 @@ def test_events_file_that_cannot_be_written_is_named_in_one_line(tmp_path: Path)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "/dev/full" in lines[0] and "No space left" in lines[0], lines
+
+
+def test_worker_whose_store_file_is_removed_mid_run_stops_in_one_line(tmp_path: Path) -> None:
+    """Deleting the SQLite file under a running worker: it stops at its next write with one
+    line (exit 2) instead of finishing the graph into a file nobody can read again."""
+    from conveyor.store.urls import open_store
+    from helpers import wait_until
+
+    tasks = [{"id": f"t{i}", "cmd": "sleep 0.02"} for i in range(400)]
+    (tmp_path / "g.json").write_text(json.dumps({"tasks": tasks}))
+    db = f"sqlite:///{tmp_path / 'run.db'}"
+    assert conveyor("submit", "g.json", "--db", db, cwd=tmp_path).returncode == 0
+    worker = subprocess.Popen([*CLI, "worker", "--db", db, "--workers", "1"], cwd=tmp_path,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    store = open_store(db)
+    try:
+        wait_until(lambda: store.counts().get("done", 0) >= 5, timeout=TIMEOUT_S)
+    finally:
+        store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{tmp_path / 'run.db'}{suffix}").unlink(missing_ok=True)
+    _, err = worker.communicate(timeout=TIMEOUT_S)
+    assert worker.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "was removed or replaced while in use" in lines[0], lines

@@ -79,6 +79,15 @@ def audit_runs(rows: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
     return out
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file ``path`` names now (device, inode); ``None`` when it names none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class SqliteIo(SqlIo):
     """One SQLite connection, shared by the threads of a process under a lock."""
 
@@ -97,6 +106,7 @@ class SqliteIo(SqlIo):
         self._killed: list[tuple[str, Holder]] = []  # taken over, to record in the next write
         self.conn: sqlite3.Connection | None = None
         self._wlock: WriteLock | None = None
+        self._ident: tuple[int, int] | None = None  # the file opened (see ``begin``)
         if readonly:
             self._open_readonly(path, url, timeout)
             return
@@ -124,6 +134,7 @@ class SqliteIo(SqlIo):
                 # drops its page cache then); mapped, such a read is a memory copy.
                 conn.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
                 conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            self._ident = _identity(path)
         except BaseException:
             self.close()
             raise
@@ -182,6 +193,12 @@ class SqliteIo(SqlIo):
             try:
                 with self._errors():
                     conn.execute("BEGIN IMMEDIATE")
+                    if _identity(self.path) != self._ident:
+                        conn.execute("ROLLBACK")
+                        raise StoreCorruptError(
+                            f"{self.url}: the database file was removed or replaced while in "
+                            "use (what this process wrote since is not in it)"
+                        )
                     try:
                         yield conn
                     except BaseException:
