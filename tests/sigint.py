@@ -15,10 +15,17 @@ def interrupt_when(
 ) -> tuple[int, str, str]:
     """Run ``argv``, send SIGINT once ``ready()``; its exit code, stdout and stderr. The process
     is killed if it outlives the test."""
+    return interrupt_once(argv, cwd, lambda _pid: ready(), what)
+
+
+def interrupt_once(
+    argv: list[str], cwd: Path, ready: Callable[[int], bool], what: str
+) -> tuple[int, str, str]:
+    """``interrupt_when`` with ``ready`` given the process's pid."""
     proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
     try:
-        wait_until(ready, what=what)
+        wait_until(lambda: ready(proc.pid), what=what)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
     finally:

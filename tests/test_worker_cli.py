@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from helpers import wait_until
-from sigint import interrupt_when
+from sigint import interrupt_once, interrupt_when
 
 MOD = """
 def double(x):
@@ -209,52 +209,35 @@ def _blocked_in_flock(pid: int) -> bool:
     )
 
 
-@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
-def test_worker_cli_sigint_while_waiting_for_the_write_lock_exits_130(tmp_path: Path) -> None:
+@contextmanager
+def write_lock_held(tmp_path: Path) -> Iterator[str]:
+    """A store of one task whose write lock another process holds the whole time: its URL."""
     import fcntl
 
     (tmp_path / "graph.json").write_text(json.dumps({"name": "g", "tasks": [{"id": "a"}]}))
     db_file = tmp_path / "run.db"
     cli("submit", "graph.json", "--db", f"sqlite:///{db_file}", cwd=tmp_path, check=True)
     fd = os.open(f"{db_file}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # another writer holds the lock the whole time
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "conveyor.cli", "worker", "--db", f"sqlite:///{db_file}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        wait_until(lambda: _blocked_in_flock(proc.pid), what="the worker waiting for the lock")
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
+        yield f"sqlite:///{db_file}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
         os.close(fd)
-    assert proc.returncode == 130, stderr
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+@pytest.mark.parametrize("command", ["worker", "run"])
+def test_sigint_while_waiting_for_the_write_lock_exits_130_in_one_line(
+    tmp_path: Path, command: str
+) -> None:
+    """Ctrl-C of a worker (or a durable run) still waiting for the store's write lock: exit
+    130 (a worker used to exit 0, its run not yet started) and, for a run, one line."""
+    with write_lock_held(tmp_path) as db:
+        argv = [sys.executable, "-m", "conveyor.cli", command]
+        argv += ["--db", db] if command == "worker" else ["graph.json", "--db", db]
+        waiting = f"{command} waiting for the lock"
+        code, _, stderr = interrupt_once(argv, tmp_path, _blocked_in_flock, waiting)
+    assert code == 130, stderr
     assert "Traceback" not in stderr
-
-
-@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
-def test_run_sigint_while_waiting_for_the_write_lock_says_so_in_one_line(tmp_path: Path) -> None:
-    import fcntl
-
-    (tmp_path / "graph.json").write_text(json.dumps({"name": "g", "tasks": [{"id": "a"}]}))
-    db_file = tmp_path / "run.db"
-    cli("submit", "graph.json", "--db", f"sqlite:///{db_file}", cwd=tmp_path, check=True)
-    fd = os.open(f"{db_file}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # another writer holds the lock the whole time
-    argv = ["run", "graph.json", "--db", f"sqlite:///{db_file}"]
-    proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli", *argv], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        wait_until(lambda: _blocked_in_flock(proc.pid), what="the run waiting for the lock")
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        os.close(fd)
-    assert proc.returncode == 130, stderr
-    assert stderr.splitlines() == ["conveyor: interrupted"], stderr
+    if command == "run":
+        assert stderr.splitlines() == ["conveyor: interrupted"], stderr
