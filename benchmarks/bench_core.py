@@ -67,15 +67,20 @@ def noop(*args: Any) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def timed(fn: Callable[[], Any], repeat: int) -> float:
-    """Median wall time of ``repeat`` calls (collecting garbage between them)."""
+def wall_times(fn: Callable[[], Any], repeat: int) -> list[float]:
+    """Wall times of ``repeat`` calls (collecting garbage between them)."""
     times = []
     for _ in range(repeat):
         gc.collect()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> float:
+    """Median wall time of ``repeat`` calls."""
+    return statistics.median(wall_times(fn, repeat))
 
 
 def reps(n: int) -> int:
@@ -803,13 +808,7 @@ def whole(n: int, repeat: int = 3) -> dict[str, Any]:
     conveyor_run(graphs.layered(1000))  # imports and first-call costs, untimed
 
     def best(fn: Callable[[], Any]) -> float:
-        times = []
-        for _ in range(repeat):
-            gc.collect()
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+        return min(wall_times(fn, repeat))
 
     def floor_best() -> float:  # (its lists are dropped before conveyor runs)
         ids, parents = graphs.ids_parents(g)
