@@ -79,6 +79,22 @@ def audit_runs(rows: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
     return out
 
 
+def _use_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put the database in WAL mode (once per file: it persists). Processes that open a new
+    store at the same moment race to switch it, and SQLite answers the loser "database is
+    locked" at once, without waiting (the switch takes the file exclusively): try again until
+    ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     """The file ``path`` names now (device, inode); ``None`` when it names none."""
     try:
@@ -128,7 +144,7 @@ class SqliteIo(SqlIo):
                     check_same_thread=False, cached_statements=256,
                 )  # fmt: skip
                 self.conn = conn
-                conn.execute("PRAGMA journal_mode=WAL").fetchone()
+                _use_wal(conn, timeout)
                 conn.execute("PRAGMA synchronous=NORMAL")
                 # Pages another process wrote are re-read after each of its commits (SQLite
                 # drops its page cache then); mapped, such a read is a memory copy.
