@@ -23,7 +23,7 @@ PENDING, READY, RUNNING = TaskState.PENDING, TaskState.READY, TaskState.RUNNING
 DONE, SKIPPED, RETRY_WAIT = TaskState.DONE, TaskState.SKIPPED, TaskState.RETRY_WAIT
 
 #: Largest batch a worker claims at once under a backlog of fast tasks.
-MAX_BATCH = 64
+MAX_BATCH = 32
 #: No-op tasks one claim transaction may complete on the way (they cost no commit of their own;
 #: more per transaction means fewer lock hand-offs between worker processes).
 NOOP_BATCH = 256
