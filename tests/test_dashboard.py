@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,6 +123,23 @@ def test_dashboard_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert busy.returncode == 2 and f"port {port} on 127.0.0.1 is in use" in busy.stderr
     for bad in (missing, busy):
         assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_dashboard_ctrl_c_exits_130(run_db: str, tmp_path: Path) -> None:
+    """Ctrl-C stops the server like every other command: exit 130 with one line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor.cli", "dashboard", "--db", run_db, "--port", "0"],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    url = re.search(r"(http://\S+)", proc.stderr.readline())
+    assert url, "the dashboard did not start"
+    assert get(base(url.group(1)) + "/api/summary")[0] == 200  # serving: its handlers are set
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=30)
+    rest = proc.stderr.read()
+    proc.stderr.close()
+    assert rc == 130 and rest.strip() == "conveyor: interrupted", (rc, rest)
 
 
 def test_report_is_one_self_contained_file_with_pngs(run_db: str, tmp_path: Path) -> None:
