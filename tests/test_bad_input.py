@@ -345,6 +345,20 @@ def test_events_file_that_cannot_be_written_is_named_in_one_line(tmp_path: Path)
     assert len(lines) == 1 and "/dev/full" in lines[0] and "No space left" in lines[0], lines
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_output_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """``conveyor status > /dev/full`` printed a traceback (its output is written outside the
+    command's error handling): every command's own output failing is one line, exit 2."""
+    (tmp_path / "g.json").write_text(json.dumps({"tasks": [{"id": "a"}, {"id": "b"}]}))
+    db = f"sqlite:///{tmp_path / 'run.db'}"
+    assert conveyor("submit", "g.json", "--db", db, cwd=tmp_path).returncode == 0
+    for command in (["status"], ["events"], ["why", "a"]):
+        with open("/dev/full", "w") as full:
+            out = subprocess.run([*CLI, *command, "--db", db], cwd=tmp_path, stdout=full,
+                                 stderr=subprocess.PIPE, text=True, timeout=TIMEOUT_S)  # fmt: skip
+        one_line_error(out, "No space left")
+
+
 def test_worker_whose_store_file_is_removed_mid_run_stops_in_one_line(tmp_path: Path) -> None:
     """Deleting the SQLite file under a running worker: it stops at its next write with one
     line (exit 2) instead of finishing the graph into a file nobody can read again."""

@@ -38,10 +38,24 @@ def user_errors() -> Iterator[None]:
     except BrokenPipeError:
         raise  # the reader went away: quiet_broken_pipe ends the command
     except OSError as exc:
-        fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
+        fail(_os_error_line(exc))
     except KeyboardInterrupt:
         typer.echo("conveyor: interrupted", err=True)
         raise typer.Exit(INTERRUPTED) from None
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``FILE: reason`` when the error names its file, else the error as Python says it (a
+    write to standard output that fails, ``> /dev/full``, names no file)."""
+    if exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+def _stdout_to_devnull() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def exit_now(code: int) -> NoReturn:
@@ -69,17 +83,18 @@ def stored_data(what: str) -> Iterator[None]:
 
 def quiet_broken_pipe(command: Callable[..., None]) -> Callable[..., None]:
     """``command``, ending with exit 0 when the reader of its output goes away
-    (``conveyor events | head``): the rest of the output is not wanted, which is no error."""
+    (``conveyor events | head``): the rest of the output is not wanted, which is no error.
+    Output that cannot be written (``> /dev/full``) is one line and exit 2, as inside
+    ``user_errors``."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
             command(*args, **kwargs)
         except BrokenPipeError:
-            # Point stdout at /dev/null: the interpreter's final flush must not fail again.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+            _stdout_to_devnull()  # the interpreter's final flush must not fail again
             raise typer.Exit(0) from None
+        except OSError as exc:
+            fail(_os_error_line(exc))
 
     return wrapper
