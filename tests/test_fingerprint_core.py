@@ -213,3 +213,14 @@ def test_plan_code_change_detected_through_same_module_callee(tmp_path: Path):
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("fpmod", None)
+
+
+def test_an_int_version_is_a_version():
+    """``"version": 1`` in a graph file (the schema takes str or int) fingerprints."""
+    from conveyor.model import GraphSpec, TaskSpec
+
+    def fp(version: str | int) -> str:
+        return graph_parts(GraphSpec("g", [TaskSpec("a", version=version)]))["a"].fingerprint
+
+    assert fp(1) == fp(1) != fp(2)
+    assert fp(1) != fp("1")

@@ -73,7 +73,7 @@ class CodeHashes:
         return self.of_callable(target)
 
     def _of_data(self, kind: str, value: Any) -> str:
-        key = (kind, value if isinstance(value, str) else tuple(value))
+        key = (kind, type(value), tuple(value) if isinstance(value, list) else value)
         d = self._cache.get(key)
         if d is None:
             d = self._cache[key] = digest(canonical((kind, value)))
