@@ -25,7 +25,6 @@ one read of every task's (id, state, fingerprint) to compare.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from conveyor.core.fingerprint import Decision, Parts, Stored, decide, decide_all
@@ -123,12 +122,11 @@ def save_files(tx: Tx, rows: list[dict[str, Any]]) -> None:
     tx.many("fp_file_hash_set", rows)
 
 
-def insert(tx: Tx, seq_of: Mapping[str, int], parts: Mapping[str, Parts]) -> None:
-    """Fingerprint rows of newly inserted tasks."""
+def insert(tx: Tx, first: int, parts: list[Parts]) -> None:
+    """Fingerprint rows of newly inserted tasks: ``parts[i]`` of seq ``first + i``."""
     texts: dict[int, str] = {}  # by id(Parts): tasks alike share one (``graph_parts``)
     rows = []
-    for tid, seq in seq_of.items():
-        p = parts[tid]
+    for seq, p in enumerate(parts, first):
         text = texts.get(id(p))
         if text is None:
             text = texts[id(p)] = parts_json(p)
