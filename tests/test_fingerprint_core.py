@@ -213,3 +213,30 @@ def test_plan_code_change_detected_through_same_module_callee(tmp_path: Path):
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("fpmod", None)
+
+
+def test_graph_parts_of_tasks_alike_are_those_of_each_task_alone():
+    """Tasks without parents or input files share their parts (one per code and arguments):
+    each still has the fingerprint it has in a graph of its own."""
+    from conveyor.model import GraphSpec, TaskSpec
+
+    tasks = [TaskSpec("a", version="1", args=(1,)), TaskSpec("b", version="1", args=(2,)),
+             TaskSpec("c", version="1", args=(1,)), TaskSpec("d", version="2", args=(1,)),
+             TaskSpec("e", version="1", args=(1,), deps=("a",))]  # fmt: skip
+    parts = graph_parts(GraphSpec("g", tasks))
+    alone = {t.id: graph_parts(GraphSpec("one", [t]))[t.id] for t in tasks[:4]}
+    for tid, p in alone.items():
+        assert parts[tid].fingerprint == p.fingerprint, tid
+    assert parts["a"].fingerprint == parts["c"].fingerprint
+    assert len({parts[t].fingerprint for t in "abde"}) == 4
+
+
+def test_an_int_version_is_a_version():
+    """``"version": 1`` in a graph file (the schema takes str or int) fingerprints."""
+    from conveyor.model import GraphSpec, TaskSpec
+
+    def fp(version: str | int) -> str:
+        return graph_parts(GraphSpec("g", [TaskSpec("a", version=version)]))["a"].fingerprint
+
+    assert fp(1) == fp(1) != fp(2)
+    assert fp(1) != fp("1")

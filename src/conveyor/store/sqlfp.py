@@ -25,14 +25,13 @@ one read of every task's (id, state, fingerprint) to compare.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from conveyor.core.fingerprint import Decision, Parts, Stored, decide, decide_all
 from conveyor.core.transitions import DEAD
 from conveyor.model import GraphSpec, TaskState
 from conveyor.store.base import GraphFingerprints
-from conveyor.store.codec import encode_spec
+from conveyor.store.codec import encode_spec, plain_json
 from conveyor.store.sqlremove import removals
 from conveyor.store.sqlsteps import left_running_seq
 from conveyor.store.sqltx import Reads, Tx
@@ -44,11 +43,8 @@ REMOVED = TaskState.REMOVED
 Info = tuple[str, int, int, int, str | None]
 
 
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":")).encode  # one encoder for every row
-
-
 def parts_json(p: Parts) -> str:
-    return _COMPACT_JSON({"code": p.code, "args": p.args, "inputs": p.inputs, "parents": p.parents})
+    return plain_json({"code": p.code, "args": p.args, "inputs": p.inputs, "parents": p.parents})
 
 
 def parts_from_json(fp: str, text: str) -> Parts:
@@ -126,12 +122,16 @@ def save_files(tx: Tx, rows: list[dict[str, Any]]) -> None:
     tx.many("fp_file_hash_set", rows)
 
 
-def insert(tx: Tx, seq_of: Mapping[str, int], parts: Mapping[str, Parts]) -> None:
-    """Fingerprint rows of newly inserted tasks."""
-    tx.insert("fp_insert", [
-        {"seq": seq, "fp": parts[tid].fingerprint, "parts": parts_json(parts[tid])}
-        for tid, seq in seq_of.items()
-    ])  # fmt: skip
+def insert(tx: Tx, first: int, parts: list[Parts]) -> None:
+    """Fingerprint rows of newly inserted tasks: ``parts[i]`` of seq ``first + i``."""
+    texts: dict[int, str] = {}  # by id(Parts): tasks alike share one (``graph_parts``)
+    rows = []
+    for seq, p in enumerate(parts, first):
+        text = texts.get(id(p))
+        if text is None:
+            text = texts[id(p)] = parts_json(p)
+        rows.append({"seq": seq, "fp": p.fingerprint, "parts": text})
+    tx.insert("fp_insert", rows)
 
 
 def resume(
@@ -250,7 +250,8 @@ def resume(
     for tid, text in old_specs.items():
         t = spec_of[tid]
         new_text = encode_spec(t)
-        if text is not None and text != new_text:
+        # (Texts of equal specs may differ: see ``codec.to_json``.)
+        if text is not None and text != new_text and json.loads(text) != json.loads(new_text):
             tx.run("fp_update_spec", seq=info[tid][1], spec=new_text)
             old = set(json.loads(text).get("deps", []))
             if old != set(t.deps):

@@ -182,11 +182,7 @@ class Tx:
         error: str | None = None,
         **extra: Any,
     ) -> None:
-        self.audit_rows.append({
-            "ts": ts, "event": event, "task": task, "from_state": frm, "to_state": to,
-            "worker": worker, "attempt": attempt, "error": error,
-            "extra": json.dumps(extra) if extra else None,
-        })  # fmt: skip
+        self.audit_rows.append(audit_row(ts, event, task, frm, to, worker, attempt, error, extra))
 
 
 class Db:
@@ -253,6 +249,27 @@ class Db:
         """Audit rows of a named query as ``(id, event)``."""
         for r in self.io.read(name, params):
             yield r[0], audit_event(r)
+
+
+def audit_row(
+    ts: float,
+    event: str,
+    task: str | None,
+    frm: int | None,
+    to: int | None,
+    worker: str | None = None,
+    attempt: int | None = None,
+    error: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An audit row as ``Tx.audit_rows`` holds it (its keys in the ``audit`` table's column
+    order, which ``audit_event`` reads). ``{**row, "task": other}`` is the same row about
+    another task: what a submission appends for each of its tasks."""
+    return {
+        "ts": ts, "event": event, "task": task, "from_state": frm, "to_state": to,
+        "worker": worker, "attempt": attempt, "error": error,
+        "extra": json.dumps(extra) if extra else None,
+    }  # fmt: skip
 
 
 def _stamped(rows: list[dict[str, Any]], clock: Clock | None) -> list[dict[str, Any]]:
