@@ -112,3 +112,9 @@ def test_a_resume_leaves_a_spec_whose_text_differs_but_not_its_value(tmp_path: P
         assert text == old
     finally:
         store.close()
+
+
+def test_an_attribute_that_is_no_field_is_not_stored() -> None:
+    t = TaskSpec("x", fn="m:f")
+    t.note = "scratch"  # type: ignore[attr-defined]
+    assert json.loads(encode_spec(t)) == {"fn": "m:f"}

@@ -49,6 +49,7 @@ _NAMES = tuple(f.name for f in _FIELDS)  # in field order: the order of a spec's
 #: Fields ``encode_spec`` writes before the others (``TaskSpec``'s slots hold id and deps).
 _FIRST = frozenset({"fn", "args", "kwargs"})
 _ALL_DEFAULTS = {f.name: _default(f) for f in dataclasses.fields(TaskSpec)}
+_NOT_A_FIELD = object()  # an attribute set on a spec that is none of its fields: not stored
 _TUPLES = frozenset({"deps", "inputs", "outputs"})
 RESULT_MODES = ("auto", "json", "pickle")
 #: The spec key that marks a task submitted at run time, with the id of the task that did.
@@ -114,7 +115,7 @@ def encode_spec(spec: TaskSpec, submitted_by: str | None = None) -> str:
     own = spec.__dict__ if type(spec) is TaskSpec else None
     if own is not None and submitted_by is None and not spec.deps:
         for name, v in own.items():
-            if name != "fn" and v != _ALL_DEFAULTS[name]:
+            if name != "fn" and v != _ALL_DEFAULTS.get(name, _NOT_A_FIELD):
                 break
         else:
             return _fn_only(fn)
