@@ -276,3 +276,32 @@ def test_python_built_task_may_name_paths_by_pathlike() -> None:
     g = conveyor.Graph("g")
     g.add(print, id="t", inputs=[Path("in.txt")], cwd=Path("/"))
     assert g.spec().tasks[0].inputs == (Path("in.txt"),)
+
+
+# -- loading a large structure-only file: no collection walks what it decodes ---------------------
+def test_a_structure_only_file_loads_in_one_pause_of_the_collector(tmp_path: Path) -> None:
+    import gc
+
+    import msgspec
+
+    from conveyor import schema
+
+    text = b'{"tasks": [{"id": "a"}, {"id": "b", "deps": ["a"]}]}'
+    decoded = msgspec.json.decode(text, type=schema.BareGraph)
+    assert not gc.is_tracked(decoded) and not gc.is_tracked(decoded.tasks[1])
+    tasks = [{"id": f"t{i}", "deps": [f"t{i - 1}"] if i else []} for i in range(3000)]
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"tasks": tasks}))
+    collections: list[str] = []
+
+    def note(phase: str, info: dict[str, Any]) -> None:
+        collections.append(phase)
+
+    gc.collect()  # (what the test made so far is not the load's to collect)
+    gc.callbacks.append(note)
+    try:
+        spec = load_graph(path)
+    finally:
+        gc.callbacks.remove(note)
+    assert len(spec.tasks) == 3000 and spec.structure_only
+    assert collections.count("start") == 1  # the one the end of its pause costs
