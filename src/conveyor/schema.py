@@ -4,9 +4,10 @@ it, graph dicts converted to it, ``TaskSpec``s built in Python checked with it
 (``check_task``), and the CLI's numeric options checked with its number types
 (``check_value``). ``explain`` turns a msgspec error into one line that names the task (its id)
 and the field. Pure: no I/O.
-"""
 
-from __future__ import annotations
+(No ``from __future__ import annotations`` here: the structs' annotations are objects when the
+classes are made, so that reading their types at import compiles no annotation strings.)
+"""
 
 import functools
 import re
