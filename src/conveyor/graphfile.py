@@ -129,9 +129,9 @@ def _decode(data: Any) -> Any:
 
 
 def _from_data(data: Any, default_name: str, check_functions: bool, share_ids: bool) -> GraphSpec:
-    # One pause of the collector for decoding and building: the collection its end costs
-    # comes once, after the decoded structs are gone (they are not walked).
-    with paused_gc():
+    # One pause of the collector for decoding and building, the decoded structs gone before
+    # it ends; the graph it built is promoted, not walked, at its end.
+    with paused_gc(promote=True):
         return _build(data, default_name, check_functions, share_ids)
 
 
