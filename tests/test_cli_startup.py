@@ -8,10 +8,27 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: ``main()`` as the console script runs it, printing at exit which modules were imported.
+#: ``main()`` as the console script runs it, printing at exit which modules were imported
+#: (at the interpreter's exit, or at ``os._exit`` when the command left nothing to finalize).
 SHOW_MODULES = """
+import atexit, os, sys
+def show():
+    print(" ".join(sorted(sys.modules)), flush=True)
+atexit.register(show)
+_exit = os._exit
+def exit_now(code):
+    show()
+    _exit(code)
+os._exit = exit_now
+sys.argv = ["conveyor", *sys.argv[1:]]
+from conveyor.cli import main
+main()
+"""
+
+#: ``main()`` with an atexit hook of the user's: it says whether the interpreter's exit ran.
+ATEXIT_RUNS = """
 import atexit, sys
-atexit.register(lambda: print(" ".join(sorted(sys.modules))))
+atexit.register(lambda: sys.stderr.write("atexit ran\\n"))
 sys.argv = ["conveyor", *sys.argv[1:]]
 from conveyor.cli import main
 main()
@@ -35,9 +52,11 @@ def test_run_imports_its_own_command_alone_and_nothing_for_help_or_other_stores(
     commands = {m for m in mods if m.startswith("conveyor.cli.")}
     helpers = {"conveyor.cli.errors", "conveyor.cli.options", "conveyor.cli.inputs"}
     assert commands - helpers == {"conveyor.cli.run"}
-    # help rendering, YAML, durable stores and their drivers: not for an in-memory JSON run
-    for heavy in ("rich", "typer.rich_utils", "yaml", "sqlite3", "conveyor.store.sqlite"):
-        assert heavy not in mods
+    # help rendering, YAML, durable stores and their drivers, fingerprints (what a durable
+    # store resumes by) and sockets: not for an in-memory JSON run
+    heavy = {"rich", "typer.rich_utils", "yaml", "sqlite3", "conveyor.store.sqlite",
+             "conveyor.fingerprints", "conveyor.core.fingerprint", "hashlib", "socket"}  # fmt: skip
+    assert not heavy & mods, heavy & mods
 
 
 def test_the_help_still_lists_every_command(tmp_path: Path) -> None:
@@ -111,3 +130,32 @@ def test_a_worker_opens_its_store_once(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert "2 done" in p.stderr
     assert p.stdout.split()[-2:] == ["connects", "2"]
+
+
+def test_a_run_of_no_user_code_ends_at_once_keeping_its_code_output_and_events(
+    tmp_path: Path,
+) -> None:
+    # Nothing of the user's ran in the process: `main` skips the interpreter's teardown
+    # (os._exit), after the run closed its event file; the exit code and the summary stay.
+    graph = {"tasks": [{"id": "a"}, {"id": "b", "deps": ["a"], "cmd": "exit 3"},
+                       {"id": "c", "deps": ["b"]}]}  # fmt: skip
+    (tmp_path / "g.json").write_text(json.dumps(graph))
+    p = subprocess.run([sys.executable, "-c", ATEXIT_RUNS, "run", "g.json", "-w", "1",
+                        "--events", "ev.jsonl"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert p.returncode == 1, p.stderr
+    assert "1 done, 1 failed, 1 skipped" in p.stderr and "failed b: command exited 3" in p.stderr
+    assert "atexit ran" not in p.stderr
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert {(e["event"], e["task"]) for e in events} >= {
+        ("task_finished", "a"), ("task_failed", "b"), ("task_skipped", "c")}  # fmt: skip
+
+
+def test_a_run_of_user_functions_keeps_the_interpreters_exit(tmp_path: Path) -> None:
+    # A task function may have left atexit work: that process exits the usual way.
+    (tmp_path / "fnmod.py").write_text("def f():\n    return 1\n")
+    (tmp_path / "g.json").write_text(json.dumps({"tasks": [{"id": "a", "fn": "fnmod:f"}]}))
+    p = subprocess.run([sys.executable, "-c", ATEXIT_RUNS, "run", "g.json", "-w", "1"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "atexit ran" in p.stderr

@@ -276,3 +276,50 @@ def test_python_built_task_may_name_paths_by_pathlike() -> None:
     g = conveyor.Graph("g")
     g.add(print, id="t", inputs=[Path("in.txt")], cwd=Path("/"))
     assert g.spec().tasks[0].inputs == (Path("in.txt"),)
+
+
+# -- loading a large structure-only file: no collection walks what it decodes or builds ----------
+def test_a_structure_only_file_loads_without_a_collection(tmp_path: Path) -> None:
+    # One pause of the collector over decoding and building; the decoded structs are not
+    # tracked, and what the load built is promoted to the oldest generation, not walked.
+    import gc
+
+    import msgspec
+
+    from conveyor import schema
+
+    text = b'{"tasks": [{"id": "a"}, {"id": "b", "deps": ["a"]}]}'
+    decoded = msgspec.json.decode(text, type=schema.BareGraph)
+    assert not gc.is_tracked(decoded) and not gc.is_tracked(decoded.tasks[1])
+    tasks = [{"id": f"t{i}", "deps": [f"t{i - 1}"] if i else []} for i in range(3000)]
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"tasks": tasks}))
+    collections: list[int] = []
+
+    def note(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()  # (what the test made so far is not the load's to collect)
+    gc.callbacks.append(note)
+    try:
+        spec = load_graph(path)
+    finally:
+        gc.callbacks.remove(note)
+    assert len(spec.tasks) == 3000 and spec.structure_only and gc.isenabled()
+    assert collections == []
+    oldest = {id(o) for o in gc.get_objects(generation=2)}
+    assert id(spec.tasks[0]) in oldest and id(spec.tasks[-1]) in oldest
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_load_leaves_what_the_process_froze_frozen() -> None:
+    import gc
+
+    gc.freeze()  # (as a server that forks does)
+    try:
+        frozen = gc.get_freeze_count()
+        spec = graph_from_dict({"tasks": [{"id": "a"}, {"id": "b", "deps": ["a"]}]})
+        assert len(spec.tasks) == 2 and gc.get_freeze_count() >= frozen > 0
+    finally:
+        gc.unfreeze()

@@ -258,7 +258,6 @@ def open_run(
     ``None`` and the store holds no graph); a task no worker of this in-process run could ever
     run is refused here too. On any error what was opened is closed again.
     """
-    from conveyor.fingerprints import open_graph
     from conveyor.runtime.engine import Engine
     from conveyor.runtime.mainguard import check_main_guard
     from conveyor.store.base import WorkerProfile
@@ -301,7 +300,13 @@ def open_run(
                           else None, max_batch=max_tasks, lease_s=lease_s)
         )  # fmt: skip
         submitted = None
-        if spec is not None:
+        if spec is not None and not store.shared:
+            # (``fingerprints.open_graph`` computes nothing for an in-process store: it is
+            # opened directly, and a run in memory never imports the hashing)
+            submitted = store.open_graph(spec, time.time(), replace=replace)
+        elif spec is not None:
+            from conveyor.fingerprints import open_graph
+
             submitted = open_graph(
                 store, spec, time.time(), replace=replace, fingerprints=fingerprints
             )

@@ -129,6 +129,13 @@ def _decode(data: Any) -> Any:
 
 
 def _from_data(data: Any, default_name: str, check_functions: bool, share_ids: bool) -> GraphSpec:
+    # One pause of the collector for decoding and building, the decoded structs gone before
+    # it ends; the graph it built is promoted, not walked, at its end.
+    with paused_gc(promote=True):
+        return _build(data, default_name, check_functions, share_ids)
+
+
+def _build(data: Any, default_name: str, check_functions: bool, share_ids: bool) -> GraphSpec:
     from msgspec import UNSET, to_builtins
 
     from conveyor import schema
@@ -142,16 +149,15 @@ def _from_data(data: Any, default_name: str, check_functions: bool, share_ids: b
         for k in schema.GRAPH_KEYS - {"tasks"}
         if (v := getattr(g, k)) is not UNSET
     }
-    with paused_gc():
-        if isinstance(g, schema.BareGraph) and g.tasks:
-            spec = _structure_only(name, g.tasks, groups, meta, share_ids)
-        else:
-            try:
-                tasks = [_task(t, check_functions) for t in g.tasks]
-            except RecursionError:
-                raise GraphError("nested too deeply") from None
-            spec = GraphSpec(name, tasks, groups, meta)
-            _check_across(spec)
+    if isinstance(g, schema.BareGraph) and g.tasks:
+        spec = _structure_only(name, g.tasks, groups, meta, share_ids)
+    else:
+        try:
+            tasks = [_task(t, check_functions) for t in g.tasks]
+        except RecursionError:
+            raise GraphError("nested too deeply") from None
+        spec = GraphSpec(name, tasks, groups, meta)
+        _check_across(spec)
     if g.borrow is not UNSET:
         spec.borrow = g.borrow
     if g.band is not UNSET:

@@ -4,9 +4,10 @@ it, graph dicts converted to it, ``TaskSpec``s built in Python checked with it
 (``check_task``), and the CLI's numeric options checked with its number types
 (``check_value``). ``explain`` turns a msgspec error into one line that names the task (its id)
 and the field. Pure: no I/O.
-"""
 
-from __future__ import annotations
+(No ``from __future__ import annotations`` here: the structs' annotations are objects when the
+classes are made, so that reading their types at import compiles no annotation strings.)
+"""
 
 import functools
 import re
@@ -129,9 +130,9 @@ class GraphFields(Struct, forbid_unknown_fields=True):
 STRUCTURE_FIELDS = ("id", "deps", "parents", "runtime_s", "cores")
 
 
-def _substruct(name: str, base: type[Struct], keep: Any) -> Any:
+def _substruct(name: str, base: type[Struct], keep: Any, **options: Any) -> Any:
     """A struct of some of ``base``'s fields, with their types and defaults (so that the
-    rules stay in ``base``)."""
+    rules stay in ``base``); ``options`` are ``msgspec.defstruct``'s."""
     hints = _TASK_HINTS if base is TaskFields else get_type_hints(base, include_extras=True)
     fields: list[Any] = []
     for f in _TASK_FIELDS if base is TaskFields else msgspec.structs.fields(base):
@@ -144,7 +145,7 @@ def _substruct(name: str, base: type[Struct], keep: Any) -> Any:
             fields.append((f.name, hints[f.name], default))
         else:
             fields.append((f.name, hints[f.name]))
-    return msgspec.defstruct(name, fields, forbid_unknown_fields=True)
+    return msgspec.defstruct(name, fields, forbid_unknown_fields=True, **options)
 
 
 _TASK_HINTS = get_type_hints(TaskFields, include_extras=True)
@@ -152,13 +153,16 @@ _TASK_FIELDS = msgspec.structs.fields(TaskFields)
 
 #: A structure-only task and graph: decoded first, as most large files are such graphs (a
 #: fifth of the fields to fill); any other key makes the caller decode with ``GraphFields``.
-BareTask: Any = _substruct("BareTask", TaskFields, lambda n: n in STRUCTURE_FIELDS)
+#: Not tracked by the cyclic GC (``gc=False``: strings, numbers and tuples of strings hold no
+#: cycle), so no collection walks a large file's decoded tasks.
+BareTask: Any = _substruct("BareTask", TaskFields, lambda n: n in STRUCTURE_FIELDS, gc=False)
 BareGraph: Any = msgspec.defstruct(
     "BareGraph",
     [("tasks", list[BareTask]), *((n, t, UNSET) for n, t in
                                    get_type_hints(GraphFields, include_extras=True).items()
                                    if n != "tasks")],
     forbid_unknown_fields=True,
+    gc=False,
 )  # fmt: skip
 
 TASK_KEYS = frozenset(f.name for f in _TASK_FIELDS)

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping
 
-HOST = socket.gethostname()
+
+def _host() -> str:
+    """This machine's host name: ``socket.gethostname()``, read without importing ``socket``
+    where ``os.uname`` gives the same (POSIX: both read the kernel's node name)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket  # (Windows)
+
+    return socket.gethostname()
+
+
+HOST = _host()
 
 
 def default_worker_id() -> str:

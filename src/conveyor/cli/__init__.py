@@ -10,13 +10,14 @@ usage errors and anything else get the whole app).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from typing import Any
 
 import typer
 
-from conveyor.cli.errors import quiet_broken_pipe
+from conveyor.cli.errors import FAST_EXIT, exit_now, quiet_broken_pipe
 from conveyor.outcome import INTERRUPTED
 
 __all__ = ["app", "main", "make_app"]
@@ -114,4 +115,8 @@ def main() -> None:
         hint = f" (see: {command_path(ctx)} --help)" if ctx is not None and ctx.parent else ""
         sys.stderr.write(f"conveyor: error: {exc.format_message()}{hint}\n")
         sys.exit(exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if FAST_EXIT["allowed"]:  # (the command closed what it opened: nothing to tear down)
+        with contextlib.suppress(OSError):  # a reader gone: the interpreter's exit reports it
+            exit_now(code)
+    sys.exit(code)

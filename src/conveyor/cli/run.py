@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from conveyor.cli import options as opt
-from conveyor.cli.errors import exit_now, user_errors
+from conveyor.cli.errors import FAST_EXIT, exit_now, user_errors
 from conveyor.cli.inputs import graph_file, load_graph_file
 from conveyor.errors import UsageError
 
@@ -105,7 +105,15 @@ def run(
                 typer.echo(lost_line(lost, result.stats.released, db), err=True)
         if opened.stuck or opened.interrupted or lost is not None:
             exit_now(code)  # do not wait for a thread that cannot be stopped
+    # The store and the event file are closed: unless user code ran here (it may have left
+    # atexit work) or an exporter or cluster client may still flush, the process may end now.
+    FAST_EXIT["allowed"] = not telemetry and executor != "ray" and no_user_code(opened.graph)
     raise typer.Exit(code)
+
+
+def no_user_code(spec: GraphSpec | None) -> bool:
+    """No task of ``spec`` is a Python function run in this process (no-ops and commands)."""
+    return spec is not None and (spec.structure_only or all(t.fn is None for t in spec.tasks))
 
 
 def sleeping(spec: GraphSpec, speed: float) -> GraphSpec:

@@ -19,17 +19,19 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.core.admission import Offer
 from conveyor.core.explain import Reason
-from conveyor.core.fingerprint import Decision, Parts
 from conveyor.core.ordering import DEFAULT_BAND
 from conveyor.core.preempt import PreemptPolicy
 from conveyor.errors import StoreError
 from conveyor.events import EventSink
 from conveyor.model import EMPTY, GraphSpec, TaskResult, TaskSpec
+
+if TYPE_CHECKING:  # (fingerprints: for durable stores; not imported by an in-memory run)
+    from conveyor.core.fingerprint import Decision, Parts
 
 
 @dataclass(slots=True)
