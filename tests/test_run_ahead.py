@@ -6,6 +6,8 @@ async and command tasks, tasks with a deadline) still starts, once, on the engin
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 import conveyor
@@ -88,3 +90,34 @@ def test_what_a_pool_thread_does_not_run_itself_starts_once_on_the_engine(
     assert sorted(started) == sorted(expected)
     st = result.stats  # what this engine saw: each task done once, nothing refused or failed
     assert (st.started, st.done, st.failed, st.refused) == (len(expected), len(expected), 0, 0)
+
+
+_RUNNING = [0, 0]  # running now, most at once
+_COUNT = threading.Lock()
+
+
+def counted() -> None:
+    with _COUNT:
+        _RUNNING[0] += 1
+        _RUNNING[1] = max(_RUNNING[1], _RUNNING[0])
+    time.sleep(0.0005)  # long enough for the slots to overlap, short enough to claim ahead
+    with _COUNT:
+        _RUNNING[0] -= 1
+
+
+def test_tasks_run_ahead_never_take_more_slots_than_the_worker_has(tmp_path: Path) -> None:
+    """The group commit lets the engine's lock go while the store records it (pool threads
+    run what is claimed ahead meanwhile): it must not then start tasks for slots those
+    threads took."""
+    g = conveyor.Graph("counted")
+    for i in range(TASKS):
+        g.add(counted, id=f"t{i}")
+    _RUNNING[:] = [0, 0]
+    store = open_store(f"sqlite:///{tmp_path}/run.db")
+    try:
+        result = conveyor.run(g, store=store, workers=2)
+        assert result.ok and store.counts()["done"] == TASKS
+    finally:
+        store.close()
+    assert result.stats.ran_ahead > 0
+    assert _RUNNING[1] <= 2, f"{_RUNNING[1]} tasks ran at once on 2 slots"

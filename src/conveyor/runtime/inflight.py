@@ -10,6 +10,8 @@ with its lock held, from the engine thread or from a pool thread that chains.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,13 +155,26 @@ class InFlight:
                     out.append(res)
         return out
 
-    def flush(self, now: float, refill: int) -> list[TaskResult]:
+    def flush(
+        self,
+        now: float,
+        refill: int,
+        unlocked: Callable[[], AbstractContextManager[object]] | None = None,
+    ) -> list[TaskResult]:
         """Record the parked successes in one ``Store.complete_many`` call (one transaction on
-        a durable store), which may also claim ``refill`` tasks for the slots that are free."""
+        a durable store), which may also claim ``refill`` tasks for the slots that are free.
+        ``unlocked``: the caller's lock is let go for the store call (pool threads park and
+        run what is claimed ahead meanwhile, ``Engine._run_ahead``); what was taken here is
+        counted once it is held again."""
         if not self.parked:
             return []
         done, self.parked = self.parked, []
-        flags = self.store.complete_many(done, now, refill=0 if self.stopping else refill)
+        refill = 0 if self.stopping else refill
+        if unlocked is None:
+            flags = self.store.complete_many(done, now, refill=refill)
+        else:
+            with unlocked():
+                flags = self.store.complete_many(done, now, refill=refill)
         return [self._done(c, v, ok) for (c, v), ok in zip(done, flags, strict=True)]
 
     def _done(self, claim: Claim, value: Any, accepted: bool) -> TaskResult:
