@@ -106,9 +106,8 @@ def counted() -> None:
 
 
 def test_tasks_run_ahead_never_take_more_slots_than_the_worker_has(tmp_path: Path) -> None:
-    """The group commit lets the engine's lock go while the store records it (pool threads
-    run what is claimed ahead meanwhile): it must not then start tasks for slots those
-    threads took."""
+    """Pool threads take tasks claimed ahead while the engine thread claims and starts
+    tasks too: between them they never run more tasks than the worker has slots."""
     g = conveyor.Graph("counted")
     for i in range(TASKS):
         g.add(counted, id=f"t{i}")

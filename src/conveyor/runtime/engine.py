@@ -20,7 +20,6 @@ jobs that could leave did (``launch``, ``inflight``, ``children``, ``deadlines``
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import random
@@ -168,10 +167,6 @@ class Engine:
         self._running = self._inflight.running
         self._lock = threading.Lock()  # guards the store and the bookkeeping below
         self._chain = not store.shared  # pool threads may record and claim themselves
-        #: Group commit on a shared store: record the group once fewer tasks than this are
-        #: claimed ahead, so that the slots run what is left while the store records it and
-        #: claims the next batch (``_flush`` lets the lock go for it).
-        self._low_water = workers if store.shared else 1
         self._pending_starts = 0  # claims handed to the engine thread to start
         self._heart: Heartbeat | None = None  # shared stores: renews leases from its own thread
         self._want = True  # results are collected (for run_iter or on_result)
@@ -477,8 +472,6 @@ class Engine:
             else:
                 if inflight.parked and not store.claims_ahead():
                     self._flush(now, out)  # one transaction: these completions, the next claims
-                    if store.shared:
-                        continue  # pool threads may have taken slots while it was recorded
                 if drain:
                     finished = finish_noops(worker, now, _NO_BATCH)
                     stats.started += finished
@@ -584,7 +577,6 @@ class Engine:
                 mine is None
                 or len(inflight.parked) >= _GROUP_MAX
                 or now - inflight.parked_since >= _GROUP_WAIT_S
-                or self.store.claims_ahead() < self._low_water
             )
         if first or due:
             self._queue.put(Parked())
@@ -659,7 +651,7 @@ class Engine:
             or inflight.stopping
             or len(parked) >= _GROUP_MAX
             or now - inflight.parked_since >= _GROUP_WAIT_S
-            or self.store.claims_ahead() < self._low_water
+            or not self.store.claims_ahead()
         ):
             if self.store.claims_ahead():
                 self._fill(now, out)  # start what is claimed ahead first: it runs meanwhile
@@ -674,21 +666,9 @@ class Engine:
             free = min(free, self.max_tasks - self.stats.started)
         if self._out_of_time:
             free = 0
-        unlocked = self._unlocked if self.store.shared else None
-        results = self._inflight.flush(now, max(0, free), unlocked)
+        results = self._inflight.flush(now, max(0, free))
         if self._want:
             out.extend(results)
-
-    @contextlib.contextmanager
-    def _unlocked(self) -> Iterator[None]:
-        """Let ``_lock`` go for a store call of the engine thread (a group commit, which on
-        SQLite may wait for another process's write): pool threads go on parking what they
-        finish and running what is claimed ahead meanwhile (``_run_ahead``)."""
-        self._lock.release()
-        try:
-            yield
-        finally:
-            self._lock.acquire()
 
     def _handle(self, msg: Message, now: float, out: list[TaskResult]) -> None:
         match msg:

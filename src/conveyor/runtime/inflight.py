@@ -10,8 +10,6 @@ with its lock held, from the engine thread or from a pool thread that chains.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,26 +153,13 @@ class InFlight:
                     out.append(res)
         return out
 
-    def flush(
-        self,
-        now: float,
-        refill: int,
-        unlocked: Callable[[], AbstractContextManager[object]] | None = None,
-    ) -> list[TaskResult]:
+    def flush(self, now: float, refill: int) -> list[TaskResult]:
         """Record the parked successes in one ``Store.complete_many`` call (one transaction on
-        a durable store), which may also claim ``refill`` tasks for the slots that are free.
-        ``unlocked``: the caller's lock is let go for the store call (pool threads park and
-        run what is claimed ahead meanwhile, ``Engine._run_ahead``); what was taken here is
-        counted once it is held again."""
+        a durable store), which may also claim ``refill`` tasks for the slots that are free."""
         if not self.parked:
             return []
         done, self.parked = self.parked, []
-        refill = 0 if self.stopping else refill
-        if unlocked is None:
-            flags = self.store.complete_many(done, now, refill=refill)
-        else:
-            with unlocked():
-                flags = self.store.complete_many(done, now, refill=refill)
+        flags = self.store.complete_many(done, now, refill=0 if self.stopping else refill)
         return [self._done(c, v, ok) for (c, v), ok in zip(done, flags, strict=True)]
 
     def _done(self, claim: Claim, value: Any, accepted: bool) -> TaskResult:
