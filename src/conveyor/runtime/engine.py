@@ -51,6 +51,7 @@ from conveyor.runtime.messages import (
     HandBack,
     Interrupt,
     Message,
+    Parked,
     Recorded,
     StartInline,
     Stop,
@@ -295,16 +296,19 @@ class Engine:
                         now = clock.wall()
                         out.extend(self._inflight.expire(now))
                         finished: list[tuple[Running, bool, Any]] = []
+                        news = False  # a pool thread parked a success itself
                         while msg is not None:
                             if isinstance(msg, Finished):
                                 finished.append((msg.run, msg.ok, msg.value))
+                            elif isinstance(msg, Parked):
+                                news = True
                             else:
                                 self._handle(msg, now, out)
                             try:
                                 msg = get_nowait()
                             except queue.Empty:
                                 break
-                        self._record(finished, now, out)
+                        self._record(finished, now, out, news=news)
                         if self._hand_back is not None and not self._handed_back:
                             self._release_running(now, out)
                     if out:
@@ -438,7 +442,7 @@ class Engine:
         worker, want, lease_s, slots = self.worker_id, self._want, self.lease_s, self.slots
         inflight, heart, on_claim = self._inflight, self._heart, self.on_claim
         batch_limit = _RESULT_BATCH if self._yield and not from_thread else _NO_BATCH
-        claim_one, complete, admission = store.claim_one, store.complete, store.admission
+        claim_one, admission = store.claim_one, store.admission
         mine: Launch | None = None
         batch: Sequence[Claim]
         until, runtimes, preemption = self.until, self._runtimes, self._preemption
@@ -485,38 +489,21 @@ class Engine:
                     on_claim(claim)
                 if preemption is not None and preemption.asked:
                     preemption.started(spec.id)  # a thread asked for this slot: not any more
-                if "unreadable" in claim.extra:  # a damaged spec row: it fails, nothing runs
-                    failed = self._launcher.start(claim, now)
-                    if failed is not None and want:
-                        out.append(failed)
+                if not from_thread or "unreadable" in claim.extra or _noop(spec):
+                    self._start_claimed(claim, now, out)
                     continue
-                if spec.fn is None and spec.cmd is None:
-                    # A no-op finishes where it is claimed: its children are ready before
-                    # the next claim, which keeps the order depth-first.
-                    if complete(claim, None, now):
-                        stats.done += 1
-                        if want:
-                            out.append(
-                                TaskResult(spec.id, TaskState.DONE, None, None, claim.attempt)
-                            )
-                    else:
-                        stats.refused += 1
-                    continue
-                res: TaskResult | None
-                if from_thread:
-                    kind = self._launcher.kind(spec)
-                    if kind == "thread" and mine is None:
-                        prepared = self._launcher.prepare(claim, kind, now)
-                        if isinstance(prepared, Launch):
-                            mine = prepared
-                            continue
-                        res = prepared
-                    elif kind == "inline":  # inline tasks run on the engine thread only
-                        self._pending_starts += 1
-                        self._queue.put(StartInline(claim))
+                res: TaskResult | None  # a pool thread claiming its own next task:
+                kind = self._launcher.kind(spec)
+                if kind == "thread" and mine is None:
+                    prepared = self._launcher.prepare(claim, kind, now)
+                    if isinstance(prepared, Launch):
+                        mine = prepared
                         continue
-                    else:
-                        res = self._launcher.start(claim, now)
+                    res = prepared
+                elif kind == "inline":  # inline tasks run on the engine thread only
+                    self._pending_starts += 1
+                    self._queue.put(StartInline(claim))
+                    continue
                 else:
                     res = self._launcher.start(claim, now)
                 if res is not None and want:
@@ -526,6 +513,23 @@ class Engine:
         self._executors.kick()  # the coroutines this fill started, to the loop at once
         return mine
 
+    def _start_claimed(self, claim: Claim, now: float, out: list[TaskResult]) -> None:
+        """Start a claimed task on the engine thread. A damaged spec row fails (nothing
+        runs); a no-op finishes where it is claimed: its children are ready before the next
+        claim, which keeps the order depth-first."""
+        spec = claim.spec
+        if "unreadable" not in claim.extra and _noop(spec):
+            if self.store.complete(claim, None, now):
+                self.stats.done += 1
+                if self._want:
+                    out.append(TaskResult(spec.id, TaskState.DONE, None, None, claim.attempt))
+            else:
+                self.stats.refused += 1
+            return
+        res = self._launcher.start(claim, now)
+        if res is not None and self._want:
+            out.append(res)
+
     def _thread_done(self, run: Running, ok: bool, value: Any) -> Launch | None:
         """A pool thread finished ``run``: record it and claim what comes next right here.
 
@@ -534,6 +538,8 @@ class Engine:
         stay on the thread that made them; a consumer gets each result before the next start).
         """
         if not self._chain:
+            if ok and self.store.shared:
+                return self._run_ahead(run, value)
             self._queue.put(Finished(run, ok, value))
             return None
         out: list[TaskResult] = []
@@ -553,21 +559,94 @@ class Engine:
             self._queue.put(Wake())
         return mine
 
+    def _run_ahead(self, run: Running, value: Any) -> Launch | None:
+        """A pool thread's success on a shared store: park it for the group commit and return
+        the next task this worker claimed ahead, for this thread to run at once -- no hop to
+        the engine thread and no transaction (``Store.claims_ahead``). The engine thread
+        still records the group, when ``_record`` says so (``Parked`` makes it look), and
+        claims the next batch with it."""
+        inflight = self._inflight
+        with self._lock:
+            if not inflight.is_current(run):
+                return None  # timed out or cancelled meanwhile: the report no longer counts
+            now = self.clock.wall()
+            first = not inflight.parked
+            inflight.park([(run, True, value)], now)
+            mine = self._take_ahead(now)
+            due = (
+                mine is None
+                or len(inflight.parked) >= _GROUP_MAX
+                or now - inflight.parked_since >= _GROUP_WAIT_S
+            )
+        if first or due:
+            self._queue.put(Parked())
+        return mine
+
+    def _take_ahead(self, now: float) -> Launch | None:
+        """On a pool thread, with ``_lock`` held: the next task claimed ahead, prepared to run
+        here, when it is a sync function's with no deadline for the engine to watch (its
+        parents' results are read here, under the lock that serialises this engine's use of
+        the store); anything else taken is handed to the engine thread to start. ``None``
+        when nothing is claimed ahead or the engine's own rules for claiming (stopping,
+        limits, a time limit, admission, an observer) are in play: the engine thread claims
+        then."""
+        store, inflight = self.store, self._inflight
+        if (
+            not store.claims_ahead()
+            or inflight.stopping
+            or self._out_of_time
+            or self._hand_back is not None
+            or self.until is not None
+            or self.on_claim is not None
+            or self.max_tasks is not None
+            or store.admission
+            or (self._preemption is not None and self._preemption.asked)
+            or len(self._running) + self._pending_starts >= self.slots + self._children.lent
+        ):
+            return None
+        claim = store.claim_one(self.worker_id, now, self.lease_s)  # from the batch
+        if claim is None:
+            return None
+        self.stats.started += 1
+        spec = claim.spec
+        if (
+            "unreadable" in claim.extra
+            or _noop(spec)
+            or spec.timeout_s is not None
+            or self._launcher.kind(spec) != "thread"
+        ):
+            self._pending_starts += 1
+            self._queue.put(StartInline(claim))
+            return None
+        prepared = self._launcher.prepare(claim, "thread", now)
+        if isinstance(prepared, Launch):
+            self.stats.ran_ahead += 1
+            return prepared
+        if self._want:  # it could not start: recorded as failed
+            self._queue.put(Recorded([prepared]))
+        return None
+
     def _record(
-        self, finished: list[tuple[Running, bool, Any]], now: float, out: list[TaskResult]
+        self,
+        finished: list[tuple[Running, bool, Any]],
+        now: float,
+        out: list[TaskResult],
+        *,
+        news: bool = False,
     ) -> None:
         """Take the tasks that finished since the loop last looked. Successes are recorded
         together (group commit): at once on a private store; on a shared one when enough are
         parked, the oldest has waited long enough, or a claim needs a transaction anyway (no
         tasks claimed ahead are left) — then the successes and the claims for the slots they
-        free are one transaction."""
+        free are one transaction. ``news``: pool threads parked successes themselves
+        (``_run_ahead``)."""
         inflight = self._inflight
         results = inflight.park(finished, now) if finished else []
         if self._want:
             out.extend(results)
         parked = inflight.parked
         if parked and (
-            not finished  # a wait ended with no news: waiting longer gains nothing
+            not (finished or news)  # a wait ended with no news: waiting longer gains nothing
             or not self.store.shared
             or inflight.stopping
             or len(parked) >= _GROUP_MAX
@@ -602,9 +681,7 @@ class Engine:
                 if self._handed_back:  # claimed by a pool thread just before the hand-back
                     self.store.hand_back([claim], now, self._hand_back or "stopped")
                     return
-                res = self._launcher.start(claim, now)
-                if res is not None and self._want:
-                    out.append(res)
+                self._start_claimed(claim, now, out)
             case SubmitChildren():
                 self._children.on_submit(msg, now)
             case AwaitChild():
@@ -615,7 +692,7 @@ class Engine:
                 self._sigint = True
             case HandBack(reason):
                 self._hand_back = self._hand_back or reason
-            case Wake():
+            case Wake() | Parked():
                 pass
 
     def _preempt(self, now: float) -> int:
@@ -678,3 +755,9 @@ class Engine:
             if self._runtimes is not None:
                 self._runtimes.publish()
             self.store.unregister_worker(self.worker_id, now)
+
+
+def _noop(spec: TaskSpec) -> bool:
+    """A task with nothing to run (neither ``fn`` nor ``cmd``): it finishes where it is
+    claimed."""
+    return spec.fn is None and spec.cmd is None

@@ -35,6 +35,9 @@ class RunStats:
     refused: int = 0  # completions the store refused (lease taken over)
     released: int = 0  # running tasks handed back to the store (``hand_back``)
     preempted: int = 0  # running tasks taken back for a higher band (``preempt``)
+    #: Tasks a pool thread took from the claims ahead and ran itself, with no hop to the
+    #: engine thread (shared stores; ``Engine._run_ahead``).
+    ran_ahead: int = 0
     interrupted: bool = False
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "Finished",
     "HandBack",
     "Message",
+    "Parked",
     "Recorded",
     "Reply",
     "StartInline",
@@ -80,9 +81,17 @@ class Recorded:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class StartInline:
-    """A task a pool thread claimed that runs on the engine thread (``executor="inline"``)."""
+    """A task a pool thread claimed that it does not run itself: the engine thread starts it
+    (``executor="inline"``; on a shared store, any task but a sync function's that needs
+    nothing from the store to start)."""
 
     claim: Claim
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Parked:
+    """A pool thread parked a success itself (shared store, group commit): the engine looks
+    again at when to record the group."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -127,6 +136,6 @@ class HandBack:
 
 
 Message = (
-    Finished | Recorded | StartInline | SubmitChildren | AwaitChild | Stop | Wake | Interrupt
-    | HandBack
+    Finished | Recorded | StartInline | Parked | SubmitChildren | AwaitChild
+    | Stop | Wake | Interrupt | HandBack
 )  # fmt: skip
