@@ -104,34 +104,6 @@ def test_the_lease_default_is_a_valid_lease() -> None:
     assert schema.check_value(options.LEASE_S, schema.Seconds) is None
 
 
-COUNT_CONNECTS = """
-import atexit, sys
-opened = []
-sys.addaudithook(lambda event, args: opened.append(args[0]) if event == "sqlite3.connect" else None)
-atexit.register(lambda: print("connects", sum(str(a).endswith("p.db") for a in opened)))
-sys.argv = ["conveyor", *sys.argv[1:]]
-from conveyor.cli import main
-main()
-"""
-
-
-def test_a_worker_opens_its_store_once(tmp_path: Path) -> None:
-    # Every worker pays its start inside a durable run: one connection (a PostgreSQL backend,
-    # a SQLite file's schema check) serves the graph's directory, the run and the summary;
-    # the heartbeat thread keeps one of its own (runtime/heartbeat.py).
-    (tmp_path / "g.json").write_text(json.dumps({"tasks": [{"id": "a"}, {"id": "b"}]}))
-    db = f"sqlite:///{tmp_path / 'p.db'}"
-    submitted = subprocess.run([sys.executable, "-m", "conveyor.cli", "submit", "g.json",
-                                "--db", db], cwd=tmp_path, capture_output=True, text=True,
-                               timeout=60)  # fmt: skip
-    assert submitted.returncode == 0, submitted.stderr
-    p = subprocess.run([sys.executable, "-c", COUNT_CONNECTS, "worker", "--db", db],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert p.returncode == 0, p.stderr
-    assert "2 done" in p.stderr
-    assert p.stdout.split()[-2:] == ["connects", "2"]
-
-
 def test_a_run_of_no_user_code_ends_at_once_keeping_its_code_output_and_events(
     tmp_path: Path,
 ) -> None:

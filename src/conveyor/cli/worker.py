@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +18,7 @@ import typer
 
 from conveyor.cli import options as opt
 from conveyor.cli.errors import exit_now, user_errors
-from conveyor.cli.inputs import durable_store, import_from
+from conveyor.cli.inputs import durable, durable_store, existing_store, import_from
 from conveyor.errors import UsageError
 
 #: Epoch seconds by which a worker must be done, when neither --until nor --time-left is given.
@@ -87,14 +86,12 @@ def worker(
     from conveyor.store.sharedfs import sqlite_fs_warning
 
     opt.check_executor(executor, address)
-    with HandBackOnSignals() as signals, user_errors(), ExitStack() as stack:
+    with HandBackOnSignals() as signals, user_errors():
         lease = opt.checked(lease, "Seconds", "--lease", default=opt.LEASE_S)
         if idle_exit is not None:
             idle_exit = opt.checked(idle_exit, "Wait", "--idle-exit")
         end = worker_end(until, time_left, os.environ.get(END_ENV), time.time())
-        # One store for the whole worker (each open is a connection, a schema check ...);
-        # a store that does not exist is refused (``existing_store``) before anything else.
-        store = stack.enter_context(durable_store(db))
+        existing_store(db)
         warning = sqlite_fs_warning(db)
         if warning is not None:
             typer.echo(warning, err=True)
@@ -103,9 +100,10 @@ def worker(
         telemetry = opt.telemetry(otel)
         # The file's functions import from where the submitter found them (before Ray starts
         # its workers with this import path).
-        import_from(store.meta_get("graph_dir"), Path.cwd())
+        with durable_store(db) as store:
+            import_from(store.meta_get("graph_dir"), Path.cwd())
         with open_run(
-            None, store=store, events=events, lease_s=lease, labels=offered, resources=has,
+            None, db=durable(db), events=events, lease_s=lease, labels=offered, resources=has,
             max_tasks=max_tasks, idle_exit=idle_exit, executor=executor, until=end,
             telemetry=telemetry, ray_address=address, preempt=not no_preempt,
             **opt.in_flight(workers),
