@@ -246,7 +246,8 @@ class Engine:
             if self.until is not None:
                 info["until"] = self.until  # for `why`: would_not_finish
             store.register_worker(self.worker_id, clock.wall(), info)
-            self._heart = Heartbeat(store.url, self.worker_id, self.lease_s, clock,
+            reopen = store.open_url or store.url  # the shown url has no password
+            self._heart = Heartbeat(reopen, self.worker_id, self.lease_s, clock,
                                     emit=store.emit).start()  # fmt: skip
         heart = self._heart
         self._endpoints.follow(clock.wall())

@@ -135,7 +135,11 @@ class Store(abc.ABC):
     process (``endpoints``) and judge fit by ``explain`` (``unfit``).
     """
 
+    #: The store's name in messages (a password in it shown as ``***``).
     url: str = ""
+    #: The URL that opens this store again, secrets included (a heartbeat's own connection):
+    #: never printed. Empty when the store was not opened from a URL.
+    open_url: str = ""
     emit: EventSink | None = None
     #: Stamps audit rows inside transactions (shared stores; ``open_store(clock=...)``).
     clock: Clock = SYSTEM_CLOCK

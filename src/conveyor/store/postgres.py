@@ -225,3 +225,4 @@ class PostgresStore(SqlStore):
         io = PostgresIo(conninfo, redact(url or conninfo), readonly=readonly)
         super().__init__(io, codec=codec_from(codec_options, None), lost_budget=lost_budget,
                          max_batch=batch, lease_s=lease)  # fmt: skip
+        self.open_url = url or ""

@@ -381,6 +381,7 @@ class SqliteStore(SqlStore):
         io = SqliteIo(path, url, timeout, readonly=readonly)
         super().__init__(io, codec=codec, lost_budget=lost_budget,
                          max_batch=batch, lease_s=lease)  # fmt: skip
+        self.open_url = url
 
     def register_worker(self, worker: str, now: float, info: Mapping[str, Any]) -> None:
         # A worker waits for the write lock up to its lease (a stopped holder is taken over
