@@ -156,16 +156,25 @@ def test_pg_events_follow_prints_rows_committed_out_of_id_order(
         follower.wait(30)
 
 
-_FAIL_A = """
-CREATE FUNCTION fail_a() RETURNS trigger LANGUAGE plpgsql AS $$
+def _audit_trigger(name: str, when: str, then: str) -> str:
+    """SQL for a trigger on every audit row: ``then`` runs for the rows where ``when`` holds."""
+    return f"""
+CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.event = 'task_finished' AND NEW.task = 'a' THEN
-        RAISE EXCEPTION 'refused by the test';
+    IF {when} THEN
+        {then}
     END IF;
     RETURN NEW;
 END $$;
-CREATE TRIGGER fail_a AFTER INSERT ON audit FOR EACH ROW EXECUTE FUNCTION fail_a();
+CREATE TRIGGER {name} AFTER INSERT ON audit FOR EACH ROW EXECUTE FUNCTION {name}();
 """
+
+
+_FAIL_A = _audit_trigger(
+    "fail_a",
+    "NEW.event = 'task_finished' AND NEW.task = 'a'",
+    "RAISE EXCEPTION 'refused by the test';",
+)
 
 
 def test_pg_event_feed_forgets_the_ids_of_rolled_back_transactions(
@@ -216,16 +225,9 @@ def test_pg_a_completion_that_readies_a_child_wakes_an_idle_worker(
     assert c.id == "c"
 
 
-_HOLD_STARTS = """
-CREATE FUNCTION hold_starts() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.event = 'task_started' THEN
-        PERFORM pg_advisory_xact_lock_shared(4243);
-    END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER hold_starts AFTER INSERT ON audit FOR EACH ROW EXECUTE FUNCTION hold_starts();
-"""
+_HOLD_STARTS = _audit_trigger(
+    "hold_starts", "NEW.event = 'task_started'", "PERFORM pg_advisory_xact_lock_shared(4243);"
+)
 
 
 def test_pg_a_claim_of_tasks_to_run_locks_only_the_rows_it_takes(
