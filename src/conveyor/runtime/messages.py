@@ -4,15 +4,16 @@ Executors, pool threads and task threads post messages; only the engine thread r
 (``Engine._handle`` matches on the type). A task thread that needs an answer (its children's
 ids, a child's result) waits on the ``Reply`` its message carries.
 
-Messages compare by identity (``eq=False``): nothing compares them, and leaving out the
-generated ``__eq__``/``__hash__`` makes this module a third cheaper to import (each frozen
-slotted dataclass costs ~0.5 ms at import, and one is made per message).
+Messages are frozen, slotted and compare by identity (nothing compares them). They are
+written out rather than made by ``@dataclass``: a frozen slotted dataclass costs ~0.5-1 ms to
+create at import (it compiles its methods), ten of them ~7 ms of every ``conveyor run`` and
+``conveyor worker`` start; written out, their code comes from the bytecode cache.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -63,76 +64,137 @@ class Reply(Generic[T]):
         return self._value
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Finished:
+class _Message:
+    """A message's shared behaviour: frozen (assigning or deleting a field raises
+    ``dataclasses.FrozenInstanceError``, as for a frozen dataclass) and a ``repr`` that names
+    its fields. Subclasses list their fields in ``__slots__`` and, in order, in
+    ``__match_args__`` (for ``Engine._handle``'s ``match`` and the ``repr``), and set them in
+    ``__init__`` with ``_set``."""
+
+    __slots__ = ()
+    __match_args__: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__match_args__)
+        return f"{type(self).__qualname__}({fields})"
+
+
+_set = object.__setattr__
+
+
+class Finished(_Message):
     """An executor finished ``run``: ``ok`` with its value, or not with an error text."""
 
+    __slots__ = ("ok", "run", "value")
+    __match_args__ = ("run", "ok", "value")
     run: Running
     ok: bool
     value: Any
 
+    def __init__(self, run: Running, ok: bool, value: Any) -> None:
+        _set(self, "run", run)
+        _set(self, "ok", ok)
+        _set(self, "value", value)
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Recorded:
+
+class Recorded(_Message):
     """Results a pool thread recorded itself (it then ran its next task), to be handed out."""
 
+    __slots__ = ("results",)
+    __match_args__ = ("results",)
     results: list[TaskResult]
 
+    def __init__(self, results: list[TaskResult]) -> None:
+        _set(self, "results", results)
 
-@dataclass(frozen=True, slots=True, eq=False)
-class StartInline:
+
+class StartInline(_Message):
     """A task a pool thread claimed that it does not run itself: the engine thread starts it
     (``executor="inline"``; on a shared store, any task but a sync function's that needs
     nothing from the store to start)."""
 
+    __slots__ = ("claim",)
+    __match_args__ = ("claim",)
     claim: Claim
 
+    def __init__(self, claim: Claim) -> None:
+        _set(self, "claim", claim)
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Parked:
+
+class Parked(_Message):
     """A pool thread parked a success itself (shared store, group commit): the engine looks
     again at when to record the group."""
 
+    __slots__ = ()
+    __match_args__ = ()
 
-@dataclass(frozen=True, slots=True, eq=False)
-class SubmitChildren:
+
+class SubmitChildren(_Message):
     """A running task submits children; the reply is their ids."""
 
+    __slots__ = ("parent", "reply", "specs")
+    __match_args__ = ("parent", "specs", "reply")
     parent: Claim
     specs: list[TaskSpec]
     reply: Reply[list[str]]
 
+    def __init__(self, parent: Claim, specs: list[TaskSpec], reply: Reply[list[str]]) -> None:
+        _set(self, "parent", parent)
+        _set(self, "specs", specs)
+        _set(self, "reply", reply)
 
-@dataclass(frozen=True, slots=True, eq=False)
-class AwaitChild:
+
+class AwaitChild(_Message):
     """A running task waits for a child; the reply is the child's final result."""
 
+    __slots__ = ("reply", "task_id")
+    __match_args__ = ("task_id", "reply")
     task_id: str
     reply: Reply[TaskResult]
 
+    def __init__(self, task_id: str, reply: Reply[TaskResult]) -> None:
+        _set(self, "task_id", task_id)
+        _set(self, "reply", reply)
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Stop:
+
+class Stop(_Message):
     """Start no new tasks; those running finish (``Engine.stop``)."""
 
+    __slots__ = ()
+    __match_args__ = ()
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Wake:
+
+class Wake(_Message):
     """Look again: a pool thread left the engine with nothing running, or stopping."""
 
+    __slots__ = ()
+    __match_args__ = ()
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Interrupt:
+
+class Interrupt(_Message):
     """Ctrl-C arrived (the engine's SIGINT handler posts it; the loop acts on it between
     steps, never in the middle of one)."""
 
+    __slots__ = ()
+    __match_args__ = ()
 
-@dataclass(frozen=True, slots=True, eq=False)
-class HandBack:
+
+class HandBack(_Message):
     """Hand every running task back to the store and stop (``Engine.hand_back``: a signal
     before a time limit or preemption); ``reason`` goes into each ``task_released`` event."""
 
+    __slots__ = ("reason",)
+    __match_args__ = ("reason",)
     reason: str
+
+    def __init__(self, reason: str) -> None:
+        _set(self, "reason", reason)
 
 
 Message = (
