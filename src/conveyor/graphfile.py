@@ -170,10 +170,12 @@ def _check_borrows(run: Any, groups: dict[str, GroupSpec]) -> None:
     """The graph's and the groups' borrow policies parse (``core/borrow.py``)."""
     from msgspec import UNSET
 
-    from conveyor.core.borrow import BorrowPolicy
-
     named = [("graph", run)] if run is not UNSET and run is not None else []
     named += [(f"group {n!r}", g.borrow) for n, g in groups.items() if g.borrow is not None]
+    if not named:
+        return
+    from conveyor.core.borrow import BorrowPolicy
+
     for where, text in named:
         try:
             BorrowPolicy.parse(text)

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from conveyor.core.borrow import DEFAULT_POLICY, BorrowCheck, BorrowPolicy, borrow_check
 from conveyor.core.constraints import Constraint, parse_constraints
+from conveyor.core.offer import Offer as Offer  # (its home is core/offer.py)
 from conveyor.core.ordering import Key, band_from
-from conveyor.core.timelimit import fits_in
 from conveyor.errors import GraphError
 
 
@@ -52,44 +52,6 @@ class Shape:
         res = tuple(sorted((k, float(v)) for k, v in resources.items() if v))
         exp = None if expected_s is None else float(expected_s)
         return cls(group, res, parse_constraints(labels), endpoint, exp)
-
-
-@dataclass(frozen=True, slots=True)
-class Offer:
-    """What one worker has free right now. ``resources`` empty means resources are not
-    accounted on this worker (only slots are)."""
-
-    slots: int
-    resources: Mapping[str, float] = field(default_factory=dict)
-    labels: Mapping[str, Any] = field(default_factory=dict)
-    capacity: int | None = None  # total slots of the worker (None: same as ``slots``)
-    total: Mapping[str, float] | None = None  # resources when idle (None: same as ``resources``)
-    #: Seconds until the worker's end (``None``: no end); see ``core/timelimit.py``.
-    time_left: float | None = None
-
-    def fit_count(self, shape: Shape) -> int:
-        """How many tasks of ``shape`` fit at once (0: none)."""
-        if self.slots <= 0 or not all(c.matches(self.labels) for c in shape.constraints):
-            return 0
-        if not fits_in(shape.expected_s, self.time_left):
-            return 0
-        n = self.slots
-        if self.resources:
-            for name, need in shape.resources:
-                have = self.resources.get(name, 0.0)
-                n = min(n, int(have // need + 1e-9))
-                if n <= 0:
-                    return 0
-        return n
-
-    def take(self, shape: Shape, count: int = 1) -> Offer:
-        res = dict(self.resources)
-        if res:
-            for name, need in shape.resources:
-                res[name] = res.get(name, 0.0) - need * count
-        return Offer(
-            self.slots - count, res, self.labels, self.capacity, self.total, self.time_left
-        )
 
 
 @dataclass(slots=True)

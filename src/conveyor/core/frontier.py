@@ -21,9 +21,10 @@ import operator
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from itertools import compress
+from typing import TYPE_CHECKING
 
-from conveyor.core.admission import AdmissionQueue, Offer
 from conveyor.core.dag import Children, Layout, layout
+from conveyor.core.offer import Offer
 from conveyor.core.ordering import (
     AGE_AFTER_S,
     BAND_STRIDE,
@@ -33,6 +34,9 @@ from conveyor.core.ordering import (
 )
 from conveyor.errors import GraphError
 from conveyor.model import TaskState
+
+if TYPE_CHECKING:  # (admission is switched on, and imported, by graphs that need it)
+    from conveyor.core.admission import AdmissionQueue
 
 PENDING = TaskState.PENDING.value
 READY = TaskState.READY.value

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from conveyor.core.admission import Offer
+from conveyor.core.offer import Offer
 from conveyor.errors import GraphError
 from conveyor.model import TaskSpec
 from conveyor.store.base import Store

@@ -29,9 +29,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
-from conveyor.core.admission import Offer
-from conveyor.core.explain import Reason
-from conveyor.core.preempt import PreemptPolicy
 from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
 from conveyor.core.timelimit import would_finish
 from conveyor.errors import ConveyorError
@@ -64,6 +61,9 @@ from conveyor.store.base import Claim, Store
 from conveyor.workerid import default_worker_id, slurm_info
 
 if TYPE_CHECKING:
+    from conveyor.core.explain import Reason
+    from conveyor.core.offer import Offer
+    from conveyor.core.preempt import PreemptPolicy
     from conveyor.limiter import EndpointLimiter, EndpointStatistics
     from conveyor.runtime.rayexec import RayExecutor
 
@@ -161,7 +161,7 @@ class Engine:
         #: it only ever acts when the run has more than one band).
         self._preemption = None
         if preempt is not False:
-            policy = preempt if isinstance(preempt, PreemptPolicy) else PreemptPolicy()
+            policy = None if preempt is True else preempt  # (None: the default, made when needed)
             self._preemption = Preemption(store, self._inflight, self.worker_id, policy, workers)
         self.stats: RunStats = self._inflight.stats
         self._running = self._inflight.running

@@ -11,8 +11,9 @@ same waiting task meanwhile.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from conveyor.core.ordering import MAX_BAND
-from conveyor.core.preempt import PreemptPolicy, RunningTask, WaitingTask, choose_preemptions
 from conveyor.errors import GraphError
 from conveyor.model import TaskState
 from conveyor.runtime.context import PREEMPT_REQUEST, PREEMPT_WITHDRAWN
@@ -20,20 +21,38 @@ from conveyor.runtime.executors import Running
 from conveyor.runtime.inflight import InFlight
 from conveyor.store.base import Store
 
+if TYPE_CHECKING:  # (``core/preempt.py`` is imported when a decision is first needed)
+    from conveyor.core.preempt import PreemptPolicy, RunningTask
+
 __all__ = ["Preemption"]
 
 
 class Preemption:
     def __init__(
-        self, store: Store, inflight: InFlight, worker: str, policy: PreemptPolicy, slots: int
+        self,
+        store: Store,
+        inflight: InFlight,
+        worker: str,
+        policy: PreemptPolicy | None,
+        slots: int,
     ) -> None:
         self.store = store
         self.slots = slots  # the engine's: what the fair shares divide
         self._borrowed: frozenset[str] = frozenset()
         self.inflight = inflight
         self.worker = worker
-        self.policy = policy
+        self._policy = policy  # None: the default (``policy``)
         self._asked: list[Running] = []  # thread tasks asked for their slot (``_withdraw``)
+
+    @property
+    def policy(self) -> PreemptPolicy:
+        """The policy given, or the default one, made at first use: a run of one band never
+        decides anything and need not import ``core/preempt.py``."""
+        if self._policy is None:
+            from conveyor.core.preempt import PreemptPolicy
+
+            self._policy = PreemptPolicy()
+        return self._policy
 
     def check(self, now: float, free: int) -> int:
         """Preempt what the pure choice names so that waiting higher-band tasks can start;
@@ -56,6 +75,8 @@ class Preemption:
         heads = store.ready_heads(lowest, len(candidates) + asked + max(0, free))
         if not heads:
             return 0
+        from conveyor.core.preempt import WaitingTask, choose_preemptions
+
         per_group: dict[str, int] = {}
         for r in runs:
             per_group[r.claim.spec.group] = per_group.get(r.claim.spec.group, 0) + 1
@@ -134,6 +155,8 @@ class Preemption:
         return self._ready(str(run.claim.extra[PREEMPT_REQUEST]))
 
     def _running_task(self, run: Running) -> RunningTask:
+        from conveyor.core.preempt import RunningTask
+
         claim = run.claim
         times, last = claim.extra.get("preempted", (0, None))
         return RunningTask(

@@ -22,16 +22,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
-from conveyor.core.admission import Offer
-from conveyor.core.explain import Reason
+from conveyor.core.offer import Offer
 from conveyor.core.ordering import DEFAULT_BAND
-from conveyor.core.preempt import PreemptPolicy
 from conveyor.errors import StoreError
 from conveyor.events import EventSink
 from conveyor.model import EMPTY, GraphSpec, TaskResult, TaskSpec
 
-if TYPE_CHECKING:  # (fingerprints: for durable stores; not imported by an in-memory run)
+if TYPE_CHECKING:  # (not imported by a plain in-memory run: fingerprints are for durable
+    # stores, why-pending reasons and preemption for graphs and commands that ask for them)
+    from conveyor.core.explain import Reason
     from conveyor.core.fingerprint import Decision, Parts
+    from conveyor.core.preempt import PreemptPolicy
 
 
 @dataclass(slots=True)

@@ -13,27 +13,24 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping, Sequence
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.bulk import paused_gc
-from conveyor.core.admission import (
-    AdmissionQueue,
-    GroupInfo,
-    Offer,
-    Shape,
-    needs_admission,
-    plan_admission,
-)
-from conveyor.core.borrow import DEFAULT_POLICY, BorrowPolicy, borrowing
-from conveyor.core.explain import Reason, explain
 from conveyor.core.frontier import DONE, FAILED, READY, RUNNING, Frontier
 from conveyor.core.ordering import band_number
-from conveyor.core.preempt import best_ready
 from conveyor.core.transitions import SKIPPABLE, upstream_failed
 from conveyor.errors import GraphError, GraphMismatchError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
 from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph, Store, WorkerProfile
 from conveyor.store.codec import encode_spec, stored_spec
+
+if TYPE_CHECKING:
+    # Admission, borrowing, why-pending reasons and preemption are imported where first
+    # needed: a plain graph of one group and one band (most runs) never needs them.
+    from conveyor.core.admission import GroupInfo
+    from conveyor.core.borrow import BorrowPolicy
+    from conveyor.core.explain import Reason
+    from conveyor.core.offer import Offer
 
 _NO_VALUE = object()
 _get_id = operator.attrgetter("id")
@@ -52,7 +49,8 @@ class MemoryStore(Store):
         self.errors: dict[int, str] = {}
         self.graph_names: list[str] = []
         self.groups: dict[str, GroupInfo] = {}
-        self.borrow: BorrowPolicy = DEFAULT_POLICY  # the graph's (core/borrow.py)
+        #: The graph's (core/borrow.py); ``None``: ``DEFAULT_POLICY``, as an admission queue's.
+        self.borrow: BorrowPolicy | None = None
         self._blocked = False
         self._reserved_seen: set[str] = set()
         self._audit: dict[int, list[dict[str, Any]]] | None = None
@@ -87,6 +85,9 @@ class MemoryStore(Store):
         # One process, one run: nothing to resume, so fingerprints have nothing to compare.
         if graph.name in self.graph_names:
             raise GraphMismatchError(f"graph {graph.name!r} was already submitted to this store")
+        if graph.groups or graph.borrow is not None:
+            from conveyor.core.admission import GroupInfo
+            from conveyor.core.borrow import BorrowPolicy
         for name, g in graph.groups.items():
             info = self.groups.setdefault(name, GroupInfo())
             info.weight, info.cap = g.weight, g.cap
@@ -145,12 +146,21 @@ class MemoryStore(Store):
     def _admission_of(self, tasks: list[TaskSpec]) -> tuple[list[int] | None, dict[int, str]]:
         """Shapes and gangs of new tasks; switches admission on at the first task that needs it
         (a group other than default, resources, labels, a gang, or declared groups)."""
+        from conveyor.core.admission import (
+            AdmissionQueue,
+            GroupInfo,
+            Shape,
+            needs_admission,
+            plan_admission,
+        )
+
         f = self.frontier
         if f.queue is None:
             if not needs_admission(tasks, self.groups):
                 return None, {}
             queue = AdmissionQueue(self.groups, gang_wait_s=self.gang_wait_s)
-            queue.borrow = self.borrow
+            if self.borrow is not None:
+                queue.borrow = self.borrow
             self.groups = queue.groups
             f.enable_admission(queue, queue.shape_id(Shape("default")))
         q = f.queue
@@ -194,6 +204,8 @@ class MemoryStore(Store):
                         f"slots at once and this worker offers at most {fit}"
                     )
             return None
+        from conveyor.core.explain import explain
+
         for i, sid in enumerate(f.shape):
             if sid in bad and not TaskState(f.state[i]).finished:
                 why = explain(f, i, now, [offer], parents=[])
@@ -322,6 +334,8 @@ class MemoryStore(Store):
         if not heads:
             return "gang_incomplete"
         i = min(heads)[2]
+        from conveyor.core.explain import explain
+
         return explain(f, i, now, [offer], parents=[]).code
 
     def complete(self, claim: Claim, value: Any, now: float) -> bool:
@@ -390,6 +404,8 @@ class MemoryStore(Store):
         q = self.frontier.queue
         if q is None:
             return frozenset()  # one group only
+        from conveyor.core.borrow import borrowing
+
         weights = {name: g.weight for name, g in self.groups.items()}
         active = [name for name, n in q.unfinished.items() if n > 0]
         return borrowing(running, weights, active, total)
@@ -398,6 +414,8 @@ class MemoryStore(Store):
         f = self.frontier
         if f.band is None or limit <= 0:
             return []
+        from conveyor.core.preempt import best_ready
+
         heaps = [h for h in f.queue.heaps if h] if f.queue is not None else [f._heap]
         return [(f.ids[i], band) for i, band in best_ready(heaps, f.state, below_band, limit)]
 
@@ -493,6 +511,8 @@ class MemoryStore(Store):
         f = self.frontier
         i = f.get(task_id)
         parents = [f.index[p] for p in self.specs[i].deps]
+        from conveyor.core.explain import explain
+
         return explain(f, i, now, offers or [], parents=parents)
 
     def state_of(self, task_id: str) -> TaskState:
