@@ -9,7 +9,6 @@ finishes a sync task asks ``thread_done`` instead, which may hand it the next ta
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import os
 import shlex
@@ -29,6 +28,7 @@ from conveyor.store.base import Claim
 
 if TYPE_CHECKING:
     import asyncio
+    import concurrent.futures  # (imported when a pool is first made: no-op runs need none)
 
     from conveyor.runtime.rayexec import RayExecutor
 
@@ -112,6 +112,8 @@ class Executors:
     # -- sync callables ---------------------------------------------------------------------
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._threads is None:
+            import concurrent.futures
+
             # Extra threads beyond the slots: a parent waiting on its children lends its slot,
             # so up to twice as many threads may be busy while some of them only wait.
             self._threads = concurrent.futures.ThreadPoolExecutor(
@@ -244,6 +246,7 @@ class Executors:
     # -- processes -----------------------------------------------------------------------------
     def start_process(self, launch: Launch) -> None:
         if self._processes is None:
+            import concurrent.futures
             import multiprocessing
 
             check_main_guard()  # spawn imports the script again: refuse if that reruns us
