@@ -108,6 +108,9 @@ def test_a_worker_with_default_options_does_not_import_the_schema(tmp_path: Path
     assert "conveyor.runtime.engine" in mods
     for heavy in ("msgspec", "conveyor.schema", "rich", "typer.rich_utils", "yaml"):
         assert heavy not in mods
+    # nor fingerprinting: only a submit plans fingerprints (sqlfp.py, core/fingerprint.py and
+    # hashlib, ~6 ms); a worker joins the graph the store holds
+    assert not {"conveyor.store.sqlfp", "conveyor.core.fingerprint", "hashlib"} & mods
 
 
 def test_the_lease_default_is_a_valid_lease() -> None:

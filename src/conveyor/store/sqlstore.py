@@ -18,15 +18,14 @@ mutating method is one transaction; events are emitted after it commits, from it
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor.core.admission import Offer
 from conveyor.core.explain import Reason, none_can_start
-from conveyor.core.fingerprint import Decision
 from conveyor.core.preempt import PreemptPolicy
 from conveyor.errors import GraphError, StoreError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
-from conveyor.store import sqladmin, sqlfp, sqlviews
+from conveyor.store import sqladmin, sqlviews
 from conveyor.store.base import (
     Claim,
     EventFeed,
@@ -48,6 +47,12 @@ from conveyor.store.sqlshapes import Shapes
 from conveyor.store.sqlsteps import MAX_BATCH, Worker
 from conveyor.store.sqlsubmit import Submissions
 from conveyor.store.sqltx import Db, SqlIo, Tx
+
+if TYPE_CHECKING:
+    from conveyor.core.fingerprint import Decision
+
+#: ``sqlfp.py`` (fingerprint plans, with ``core/fingerprint.py`` and ``hashlib``) is imported by
+#: the methods that submit or plan a graph: a worker process never calls them.
 
 T = TypeVar("T")
 
@@ -140,6 +145,8 @@ class SqlStore(Store):
         replace: bool = False,
         fingerprints: GraphFingerprints | None = None,
     ) -> OpenedGraph:
+        from conveyor.store import sqlfp
+
         fps = fingerprints
         rows = [] if fps is None else sqlfp.file_rows(self.db, fps)
         opened = self._atomic(lambda tx: self.submissions.open(tx, graph, now, replace, fps, rows))
@@ -150,9 +157,13 @@ class SqlStore(Store):
         return opened
 
     def file_hashes(self) -> dict[str, tuple[int, int, str]]:
+        from conveyor.store import sqlfp
+
         return sqlfp.file_hashes(self.db)
 
     def plan_graph(self, graph: GraphSpec, fingerprints: GraphFingerprints) -> list[Decision]:
+        from conveyor.store import sqlfp
+
         return sqlfp.plan(self.db, graph, fingerprints)
 
     def graph_name(self) -> str | None:

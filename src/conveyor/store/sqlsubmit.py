@@ -22,7 +22,7 @@ from conveyor.core.ordering import (
 from conveyor.core.transitions import DEAD, skip_closure, upstream_failed
 from conveyor.errors import GraphMismatchError, StaleLeaseError
 from conveyor.model import GraphSpec, TaskSpec, TaskState
-from conveyor.store import sqlfp, sqlremove
+from conveyor.store import sqlremove
 from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph
 from conveyor.store.codec import SUBMITTED_BY, encode_bare_spec, encode_spec
 from conveyor.store.sqladmission import Admission
@@ -54,6 +54,8 @@ class Submissions:
     ) -> OpenedGraph:
         """Submit ``graph``, or resume it (with ``fps``: running again what changed), or
         replace another graph's finished work (``replace``: unfinished work too)."""
+        from conveyor.store import sqlfp  # (a worker, which submits nothing, never needs it)
+
         tx.lock("graph")
         name = tx.scalar("meta_get", key="graph")
         if name is not None and name != graph.name:
