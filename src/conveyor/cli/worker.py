@@ -99,26 +99,27 @@ def worker(
         has = opt.parse_pairs(resources, "resources", number=True) if resources else None
         telemetry = opt.telemetry(otel)
         # The file's functions import from where the submitter found them (before Ray starts
-        # its workers with this import path).
+        # its workers with this import path). One store handle serves that and the run: every
+        # open and close of a SQLite file is time a worker spends before its first claim.
         with durable_store(db) as store:
             import_from(store.meta_get("graph_dir"), Path.cwd())
-        with open_run(
-            None, db=durable(db), events=events, lease_s=lease, labels=offered, resources=has,
-            max_tasks=max_tasks, idle_exit=idle_exit, executor=executor, until=end,
-            telemetry=telemetry, ray_address=address, preempt=not no_preempt,
-            **opt.in_flight(workers),
-        ) as joined:  # fmt: skip
-            signals.attach(joined.engine)
-            interrupted = False
-            try:
-                result = joined.run()
-            except KeyboardInterrupt:
-                # Also when Ctrl-C lands before the engine's loop runs (e.g. waiting for the
-                # store's write lock to join): the engine never saw it, the exit code must.
-                interrupted = True
-                result = joined.result()  # what it held went back to the store
-            counts = result.counts
-            code = INTERRUPTED if interrupted else result.exit_code
+            with open_run(
+                None, db=durable(db), store=store, events=events, lease_s=lease,
+                labels=offered, resources=has, max_tasks=max_tasks, idle_exit=idle_exit,
+                executor=executor, until=end, telemetry=telemetry, ray_address=address,
+                preempt=not no_preempt, **opt.in_flight(workers),
+            ) as joined:  # fmt: skip
+                signals.attach(joined.engine)
+                interrupted = False
+                try:
+                    result = joined.run()
+                except KeyboardInterrupt:
+                    # Also when Ctrl-C lands before the engine's loop runs (e.g. waiting for the
+                    # store's write lock to join): the engine never saw it, the exit code must.
+                    interrupted = True
+                    result = joined.result()  # what it held went back to the store
+                counts = result.counts
+                code = INTERRUPTED if interrupted else result.exit_code
     st = result.stats
     lost = joined.engine.lost
     if lost is not None:
