@@ -62,13 +62,15 @@ def test_run_imports_its_own_command_alone_and_nothing_for_help_or_other_stores(
 def test_a_plain_run_imports_no_admission_borrowing_why_preemption_or_pool(tmp_path: Path) -> None:
     # Each of these modules makes dataclasses at import (~1 ms each): a graph of one group and
     # one band of no-ops asks nothing of them, so `conveyor run` leaves them unimported; nor
-    # does it need a thread pool (concurrent.futures, which imports logging).
+    # does it need a thread pool (concurrent.futures, which imports logging), the stored-spec
+    # codec (pickle) or, without --events, json.
     graph = {"tasks": [{"id": "a"}, {"id": "b", "deps": ["a"]}]}
     (tmp_path / "g.json").write_text(json.dumps(graph))
     mods = modules_of("run", "g.json", "--workers", "1", "--quiet", cwd=tmp_path)
     assert {"conveyor.store.memory", "conveyor.runtime.preemption", "conveyor.core.offer"} <= mods
     lazy = {"conveyor.core.admission", "conveyor.core.borrow", "conveyor.core.explain",
-            "conveyor.core.preempt", "concurrent.futures"}  # fmt: skip
+            "conveyor.core.preempt", "concurrent.futures", "conveyor.store.codec", "pickle",
+            "json"}  # fmt: skip
     assert not lazy & mods, lazy & mods
 
 

@@ -7,7 +7,6 @@ lists the same (``tests/test_events_contract.py`` checks both against the code).
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable
@@ -38,9 +37,12 @@ class JsonlSink:
         self._file: IO[str] = open(fd, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._path = os.fspath(path)
         self._lock = threading.Lock()
+        import json  # (here: a run that writes no event file need not import it)
+
+        self._dumps = json.dumps
 
     def __call__(self, event: Event) -> None:
-        line = json.dumps(event, default=str, separators=(",", ":"))
+        line = self._dumps(event, default=str, separators=(",", ":"))
         with self._lock:
             try:
                 self._file.write(line + "\n")

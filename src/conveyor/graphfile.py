@@ -14,7 +14,6 @@ full schema, whose error is the one reported, unless the file is a WfCommons WfF
 
 from __future__ import annotations
 
-import json
 import operator
 import os
 from pathlib import Path
@@ -114,6 +113,8 @@ def _decode(data: Any) -> Any:
         # Python's parser, on this error path only: it places the error by line and column,
         # and it reads NaN and Infinity (not JSON, but Python writes them): the schema then
         # names the field that holds one.
+        import json
+
         try:
             lenient = json.loads(data)
         except json.JSONDecodeError as exc:
@@ -241,6 +242,8 @@ def _task(t: TaskFields, check_functions: bool) -> TaskSpec:
             raise GraphError(f"{where}: give 'deps' or 'parents', not both")
         deps = t.parents
     if t.args or t.kwargs:  # (a file's are JSON already, but YAML has dates and .nan)
+        import json
+
         try:
             json.dumps([t.args, t.kwargs], allow_nan=False)
         except (TypeError, ValueError) as exc:

@@ -22,7 +22,6 @@ from conveyor.core.transitions import SKIPPABLE, upstream_failed
 from conveyor.errors import GraphError, GraphMismatchError
 from conveyor.model import GraphSpec, TaskResult, TaskSpec, TaskState
 from conveyor.store.base import Claim, GraphFingerprints, OpenedGraph, Store, WorkerProfile
-from conveyor.store.codec import encode_spec, stored_spec
 
 if TYPE_CHECKING:
     # Admission, borrowing, why-pending reasons and preemption are imported where first
@@ -476,6 +475,8 @@ class MemoryStore(Store):
         return st
 
     def task_info(self, task_id: str) -> dict[str, Any]:
+        from conveyor.store.codec import encode_spec, stored_spec  # (with pickle: not per run)
+
         f = self.frontier
         i = f.get(task_id)
         spec = self.specs[i]
