@@ -149,3 +149,14 @@ def test_a_run_of_user_functions_keeps_the_interpreters_exit(tmp_path: Path) -> 
                        cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "atexit ran" in p.stderr
+
+
+def test_run_and_worker_options_are_objects_not_strings_for_typer_to_evaluate() -> None:
+    # Every `conveyor run` and worker start builds its command from these annotations: from
+    # strings (`from __future__ import annotations`), typer compiles each one again.
+    from conveyor.cli.run import run
+    from conveyor.cli.worker import worker
+
+    for command in (run, worker):
+        strings = [k for k, v in command.__annotations__.items() if isinstance(v, str)]
+        assert not strings, f"{command.__name__}: {strings}"

@@ -5,9 +5,10 @@ A worker may be told its end (a SLURM job's time limit): ``--until EPOCH_SECONDS
 job script sets it). It then starts no task whose ``expected_s`` could not finish before then
 (``core/timelimit.py``) and hands back what still runs at the end. ``SIGUSR2`` or ``SIGTERM``
 hand back the running tasks at once (``runtime/signals.py``); either way the worker exits 0.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations``: typer would evaluate the option annotations from
+strings at every worker's start (a compile each); as objects they are ready at import.
+"""
 
 import os
 import time
