@@ -151,6 +151,19 @@ def test_a_run_of_user_functions_keeps_the_interpreters_exit(tmp_path: Path) -> 
     assert "atexit ran" in p.stderr
 
 
+def test_a_run_of_commands_imports_admission_only_for_a_graph_that_needs_it(
+    tmp_path: Path,
+) -> None:
+    # Commands in one group: whether the graph needs admission is asked (core/offer.py), the
+    # rest of admission is not imported; a task in another group switches it on.
+    plain = {"tasks": [{"id": "a", "cmd": "true"}, {"id": "b", "deps": ["a"], "cmd": "true"}]}
+    grouped = {"tasks": [{"id": "a", "cmd": "true", "group": "x"}]}
+    (tmp_path / "plain.json").write_text(json.dumps(plain))
+    (tmp_path / "grouped.json").write_text(json.dumps(grouped))
+    assert "conveyor.core.admission" not in modules_of("run", "plain.json", "-q", cwd=tmp_path)
+    assert "conveyor.core.admission" in modules_of("run", "grouped.json", "-q", cwd=tmp_path)
+
+
 def test_run_and_worker_options_are_objects_not_strings_for_typer_to_evaluate() -> None:
     # Every `conveyor run` and worker start builds its command from these annotations: from
     # strings (`from __future__ import annotations`), typer compiles each one again.

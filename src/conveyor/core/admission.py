@@ -25,7 +25,8 @@ from typing import Any
 
 from conveyor.core.borrow import DEFAULT_POLICY, BorrowCheck, BorrowPolicy, borrow_check
 from conveyor.core.constraints import Constraint, parse_constraints
-from conveyor.core.offer import Offer as Offer  # (its home is core/offer.py)
+from conveyor.core.offer import Offer as Offer  # (their home is core/offer.py)
+from conveyor.core.offer import needs_admission as needs_admission
 from conveyor.core.ordering import Key, band_from
 from conveyor.errors import GraphError
 
@@ -72,17 +73,6 @@ class Pick:
     shape: int
     members: tuple[int, ...]
     group: str
-
-
-def needs_admission(tasks: Iterable[Any], groups: Mapping[str, Any]) -> bool:
-    """Whether a graph needs admission at all: declared groups, or a task with a group other
-    than ``default``, resources, labels, a gang or an endpoint. Plain graphs keep the
-    depth-first fast path."""
-    return bool(groups) or any(
-        t.group != "default" or t.resources or t.labels or t.gang or t.endpoint
-        or t.expected_s is not None
-        for t in tasks
-    )  # fmt: skip
 
 
 def plan_admission(

@@ -1,11 +1,12 @@
-"""What one worker has free right now (``Offer``): what admission (``core/admission.py``) fits
-task shapes against. Its own small module: every in-process run makes one (the engine's fit
-check), while the rest of admission is needed only by graphs with groups, resources, labels,
-gangs or endpoints. Pure."""
+"""The two parts of admission (``core/admission.py``) every in-process run touches, in a module
+of their own: what one worker has free right now (``Offer``; the engine's fit check makes
+one), and whether a graph needs admission at all (``needs_admission``). The rest of admission
+(shapes, the queue, borrowing) is imported only for graphs with groups, resources, labels,
+gangs, endpoints or expected run times. Pure."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from conveyor.core.timelimit import fits_in
 if TYPE_CHECKING:
     from conveyor.core.admission import Shape
 
-__all__ = ["Offer"]
+__all__ = ["Offer", "needs_admission"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +54,14 @@ class Offer:
         return Offer(
             self.slots - count, res, self.labels, self.capacity, self.total, self.time_left
         )
+
+
+def needs_admission(tasks: Iterable[Any], groups: Mapping[str, Any]) -> bool:
+    """Whether a graph needs admission at all: declared groups, or a task with a group other
+    than ``default``, resources, labels, a gang or an endpoint. Plain graphs keep the
+    depth-first fast path."""
+    return bool(groups) or any(
+        t.group != "default" or t.resources or t.labels or t.gang or t.endpoint
+        or t.expected_s is not None
+        for t in tasks
+    )  # fmt: skip

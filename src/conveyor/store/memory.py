@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.bulk import paused_gc
 from conveyor.core.frontier import DONE, FAILED, READY, RUNNING, Frontier
+from conveyor.core.offer import needs_admission
 from conveyor.core.ordering import band_number
 from conveyor.core.transitions import SKIPPABLE, upstream_failed
 from conveyor.errors import GraphError, GraphMismatchError
@@ -145,18 +146,12 @@ class MemoryStore(Store):
     def _admission_of(self, tasks: list[TaskSpec]) -> tuple[list[int] | None, dict[int, str]]:
         """Shapes and gangs of new tasks; switches admission on at the first task that needs it
         (a group other than default, resources, labels, a gang, or declared groups)."""
-        from conveyor.core.admission import (
-            AdmissionQueue,
-            GroupInfo,
-            Shape,
-            needs_admission,
-            plan_admission,
-        )
-
         f = self.frontier
+        if f.queue is None and not needs_admission(tasks, self.groups):
+            return None, {}
+        from conveyor.core.admission import AdmissionQueue, GroupInfo, Shape, plan_admission
+
         if f.queue is None:
-            if not needs_admission(tasks, self.groups):
-                return None, {}
             queue = AdmissionQueue(self.groups, gang_wait_s=self.gang_wait_s)
             if self.borrow is not None:
                 queue.borrow = self.borrow
