@@ -46,11 +46,12 @@ class Preemption:
 
     @property
     def policy(self) -> PreemptPolicy:
-        """The policy given, or the default one, made at first use: a run of one band never
-        decides anything and need not import ``core/preempt.py``."""
-        if self._policy is None:
-            from conveyor.core.preempt import PreemptPolicy
+        """The policy given, or the default one (for ``None`` or anything else), made at first
+        use: a run of one band never decides anything and need not import
+        ``core/preempt.py``."""
+        from conveyor.core.preempt import PreemptPolicy
 
+        if not isinstance(self._policy, PreemptPolicy):
             self._policy = PreemptPolicy()
         return self._policy
 
