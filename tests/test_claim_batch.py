@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conveyor.clock import Clock
 from conveyor.graphfile import graph_from_dict
 from conveyor.store.sqlclaim import FAST_AFTER
 from conveyor.store.sqlite import SqliteStore
 from conveyor.store.sqlsteps import FAST_BATCH, MAX_BATCH
+from conveyor.testing import FakeClock
 
 T0 = 1_000_000.0
 N = 1200
 
 
-def store_with_tasks(path: Path, options: str = "") -> SqliteStore:
+def store_with_tasks(path: Path, options: str = "", clock: Clock | None = None) -> SqliteStore:
     store = SqliteStore.from_url(f"sqlite:///{path}/run.db{options}")
+    store.clock = clock or FakeClock(wall_offset=T0)  # still: the times below are all there is
     tasks = [{"id": f"t{i}", "cmd": "true"} for i in range(N)]
     store.open_graph(graph_from_dict({"name": "g", "tasks": tasks}), T0)
     return store
@@ -78,3 +81,32 @@ def test_the_url_caps_the_batch(tmp_path: Path) -> None:
     finally:
         store.close()
     assert max(ahead) == 8
+
+
+class SteppingClock(FakeClock):
+    """Every read of it is ``step`` seconds after the last: a transaction that reads it takes
+    time (as one that waits for another worker's lock does)."""
+
+    def __init__(self, step: float) -> None:
+        super().__init__(wall_offset=T0)
+        self.step = step
+
+    def wall(self) -> float:
+        self.advance(self.step)
+        return super().wall()
+
+
+def test_the_wait_for_a_claim_is_not_the_task_s_time(tmp_path: Path) -> None:
+    # claimed at `now`, the claim's transaction reads the clock (2 ms a read) before the task
+    # runs: timed from `now`, the tasks would take over FAST_TASK_S (5 ms) and never be batched
+    clock = SteppingClock(0.002)
+    store = store_with_tasks(tmp_path, clock=clock)
+    try:
+        ahead = []
+        while (claim := store.claim_one("w", clock.wall(), 30.0)) is not None:
+            assert store.complete(claim, None, clock.wall())
+            ahead.append(store.claims_ahead())
+    finally:
+        store.close()
+    assert len(ahead) == N
+    assert max(ahead) >= MAX_BATCH  # batched

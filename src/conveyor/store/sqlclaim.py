@@ -72,8 +72,11 @@ class Claims:
         *,
         rounds: int,
         lean: bool = False,
+        wall: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.atomic = atomic
+        #: Reads the store's clock (only differences of it are used: how long a claim took).
+        self.wall = wall
         self.worker = worker
         self.admission = admission
         self.codec = codec
@@ -127,10 +130,14 @@ class Claims:
                 return got[0] if got else None
             self.worker.name = worker
             limit = self._batch() if self._fast() else 1
+            began = self.wall()
             got = self.atomic(lambda tx: self._claim_in(tx, worker, limit, now, lease_s))
             if not got:
                 return None
             self._buffer.extend(got)
+            # Timed from when it was handed out: ``now`` plus the wait for the transaction (with
+            # several workers, for the lock), which is no part of how long the task takes.
+            now += max(0.0, self.wall() - began)
         c = self._buffer.popleft()
         self._claimed_at[c.handle] = now
         return c
