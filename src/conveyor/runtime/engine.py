@@ -269,6 +269,7 @@ class Engine:
                             idle.busy()
                         if self._inflight.parked and not (self._running or self._pending_starts):
                             self._flush(now, out)  # nothing else runs: record what finished
+                            now = clock.wall()  # the flush may have waited for the store
                             self._fill(now, out)
                         if now >= next_tick:
                             next_tick = now + self.tick_s
@@ -473,6 +474,7 @@ class Engine:
             else:
                 if inflight.parked and not store.claims_ahead():
                     self._flush(now, out)  # one transaction: these completions, the next claims
+                    now = self.clock.wall()  # (which may have waited for the store's lock)
                 if drain:
                     finished = finish_noops(worker, now, _NO_BATCH)
                     stats.started += finished
@@ -567,12 +569,13 @@ class Engine:
         still records the group, when ``_record`` says so (``Parked`` makes it look), and
         claims the next batch with it."""
         inflight = self._inflight
+        ended = self.clock.wall()  # before the lock: the engine thread may hold it for a while
         with self._lock:
             if not inflight.is_current(run):
                 return None  # timed out or cancelled meanwhile: the report no longer counts
             now = self.clock.wall()
             first = not inflight.parked
-            inflight.park([(run, True, value)], now)
+            inflight.park([(run, True, value)], ended)
             mine = self._take_ahead(now)
             due = (
                 mine is None

@@ -20,6 +20,7 @@ from conveyor.store.base import Claim
 from conveyor.store.codec import ResultCodec
 from conveyor.store.sqladmission import Admission
 from conveyor.store.sqlsteps import (
+    MAX_BATCH,
     NOOP_BATCH,
     Worker,
     due_retries,
@@ -37,6 +38,14 @@ FAILED, RETRY_WAIT = TaskState.FAILED, TaskState.RETRY_WAIT
 #: Tasks that finish faster than this (claim to completion, EWMA) are claimed in batches: the
 #: per-transaction cost then dominates, and a batch amortises it. Slower tasks: one at a time.
 FAST_TASK_S = 0.005
+#: A batch of tasks so fast that ``MAX_BATCH`` of them take less than this (seconds, claim to
+#: completion, one after another) grows to about this much, up to the store's
+#: ``max_batch`` (SQLite: ``FAST_BATCH``). Every claim transaction costs a fixed part (with
+#: several worker processes: the hand-off of the write lock and SQLite re-reading the pages
+#: another process changed, ~0.5-2 ms) that trivial tasks otherwise pay 32 at a time. What one
+#: worker holds that others could run stays below what 32 tasks of ``FAST_TASK_S`` make (on
+#: several slots a task's time counts its turns with the others, so a batch lasts less).
+BATCH_WORK_S = 0.1
 #: Completions seen before tasks may count as fast: a few, so that one quick task does not make
 #: a worker take a batch of slow ones (the smoothing starts from the first, not from a guess).
 FAST_AFTER = 4
@@ -63,8 +72,11 @@ class Claims:
         *,
         rounds: int,
         lean: bool = False,
+        wall: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.atomic = atomic
+        #: Reads the store's clock (only differences of it are used: how long a claim took).
+        self.wall = wall
         self.worker = worker
         self.admission = admission
         self.codec = codec
@@ -81,6 +93,7 @@ class Claims:
         #: count as fast after ``FAST_AFTER`` completions (until then: one claim at a time).
         self._ewma = 0.0
         self._timed_n = 0
+        self._quick = 0.0  # a task's usual time, for the size of a batch (``_batch``)
 
     @property
     def ahead(self) -> int:
@@ -116,11 +129,15 @@ class Claims:
                 got = self.claim(worker, 1, now, lease_s, None)
                 return got[0] if got else None
             self.worker.name = worker
-            limit = self.worker.max_batch if self._fast() else 1
+            limit = self._batch() if self._fast() else 1
+            began = self.wall()
             got = self.atomic(lambda tx: self._claim_in(tx, worker, limit, now, lease_s))
             if not got:
                 return None
             self._buffer.extend(got)
+            # Timed from when it was handed out: ``now`` plus the wait for the transaction (with
+            # several workers, for the lock), which is no part of how long the task takes.
+            now += max(0.0, self.wall() - began)
         c = self._buffer.popleft()
         self._claimed_at[c.handle] = now
         return c
@@ -239,12 +256,26 @@ class Claims:
             return
         ended = claim.extra.get("finished", now)
         took = max(0.0, ended - started)
-        self._ewma = took if self._timed_n == 0 else 0.8 * self._ewma + 0.2 * took
+        first = self._timed_n == 0
+        self._ewma = took if first else 0.8 * self._ewma + 0.2 * took
+        # The batch's size follows the usual time: down at once, up slowly. One task that
+        # waited for the engine (its slot's turn, a transaction) must not shrink the batch
+        # that hides such waits; whether to batch at all is ``_ewma``'s to say, quickly.
+        quick = self._quick
+        self._quick = took if first or took < quick else 0.95 * quick + 0.05 * took
         self._timed_n += 1
 
     def _fast(self) -> bool:
         """Whether tasks here finish faster than ``FAST_TASK_S`` (claim them in batches)."""
         return self._timed_n >= FAST_AFTER and self._ewma < FAST_TASK_S
+
+    def _batch(self) -> int:
+        """How many fast tasks to claim at once: ``MAX_BATCH``, or about ``BATCH_WORK_S`` of
+        tasks of their usual time when that is more; never more than the store's
+        ``max_batch`` (``?batch=N``)."""
+        quick = self._quick
+        grown = int(BATCH_WORK_S / quick) if quick > 0 else self.worker.max_batch
+        return min(self.worker.max_batch, max(MAX_BATCH, grown))
 
     def complete_many(
         self, done: Sequence[tuple[Claim, Any]], now: float, refill: int
@@ -270,7 +301,7 @@ class Claims:
         name = self.worker.name
         asked = refill > 0
         if self._fast():  # fast tasks: claim a batch ahead
-            refill = max(refill, self.worker.max_batch)
+            refill = max(refill, self._batch())
         refill = 0 if self.admission.on else max(0, refill - len(self._buffer))
         lease_s = self.worker.lease_s
 

@@ -26,7 +26,8 @@ from typing import Any
 
 from conveyor.errors import StoreCorruptError, StoreError, StoreLockedError
 from conveyor.store.sqlitelock import Holder, WriteLock
-from conveyor.store.sqlstore import LOST_BUDGET, MAX_BATCH, SqlStore
+from conveyor.store.sqlsteps import FAST_BATCH
+from conveyor.store.sqlstore import LOST_BUDGET, SqlStore
 from conveyor.store.sqltx import SqlIo, Tx
 from conveyor.store.urls import codec_from, sqlite_target
 from conveyor.workerid import default_worker_id
@@ -370,7 +371,7 @@ class SqliteStore(SqlStore):
         url: str | None = None,
         timeout: float = 5.0,
         lease: float | None = None,
-        batch: int = MAX_BATCH,
+        batch: int = FAST_BATCH,
         lost_budget: int = LOST_BUDGET,
         readonly: bool = False,
         **codec_options: Any,

@@ -22,8 +22,12 @@ from conveyor.store.sqltx import Tx
 PENDING, READY, RUNNING = TaskState.PENDING, TaskState.READY, TaskState.RUNNING
 DONE, SKIPPED, RETRY_WAIT = TaskState.DONE, TaskState.SKIPPED, TaskState.RETRY_WAIT
 
-#: Largest batch a worker claims at once under a backlog of fast tasks.
+#: Largest batch a worker claims at once under a backlog of fast tasks (a store's default
+#: ``?batch=``; ``sqlclaim.BATCH_WORK_S`` says when a store that allows more claims more).
 MAX_BATCH = 32
+#: SQLite's default ``?batch=``: one writer at a time, so each claim transaction's fixed cost
+#: is paid by every worker in turn; trivial tasks go up to this many per transaction.
+FAST_BATCH = 256
 #: No-op tasks one claim transaction may complete on the way (they cost no commit of their own;
 #: more per transaction means fewer lock hand-offs between worker processes).
 NOOP_BATCH = 256

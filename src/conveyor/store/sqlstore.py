@@ -84,7 +84,8 @@ class SqlStore(Store):
         self.adm = Admission(self.db, self.worker, shapes)
         self.explainer = Explainer(shapes)
         self.claims = Claims(self._atomic, self.worker, self.adm, self.codec,
-                             rounds=io.claim_rounds, lean=io.locks_window)  # fmt: skip
+                             rounds=io.claim_rounds, lean=io.locks_window,
+                             wall=lambda: self.clock.wall())  # fmt: skip
         self.leases = Leases(self.worker, lost_budget)
         self.preempts = Decisions()
         self.aging = Aging()
