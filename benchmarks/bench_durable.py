@@ -950,6 +950,10 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     ap.add_argument("--skip-peers", action="store_true", help="no Celery and procrastinate runs")
     ap.add_argument(
+        "--stores", default="sqlite,postgres",
+        help="conveyor stores of the fn and montage rows (default sqlite,postgres)",
+    )  # fmt: skip
+    ap.add_argument(
         "--montage-n", type=int, help="tasks in the Montage-shaped graph (50,000; quick 2,000)"
     )
     ap.add_argument(
@@ -987,6 +991,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat is not None:
         repeat = max(1, args.repeat)
     kinds = [k for k in args.kinds.split(",") if k]
+    store_names = {x for x in args.stores.split(",") if x}
+    if store_names - {"sqlite", "postgres"}:
+        ap.error(f"unknown stores {sorted(store_names - {'sqlite', 'postgres'})}: sqlite,postgres")
 
     laufband_ok = not args.skip_laufband and "grid" in sections
     if laufband_ok:
@@ -1160,6 +1167,7 @@ def main(argv: list[str] | None = None) -> int:
             indep: dict[tuple[str, str, int, int | None], Run] = {}  # (system, body, W, slots)
             pg_url = pg.new_db if pg is not None else None
             stores = [("sqlite", sqlite_url)] + ([("postgres", pg_url)] if pg_url else [])
+            stores = [(st, u) for st, u in stores if st in store_names]
             for body in bodies if "fn" in sections else []:
                 gf_ind = write_independent(fn_n, body, gdir)
                 for w in fn_workers:

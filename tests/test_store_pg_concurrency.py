@@ -225,6 +225,24 @@ def test_pg_a_completion_that_readies_a_child_wakes_an_idle_worker(
     assert c.id == "c"
 
 
+def test_pg_a_worker_leaving_wakes_the_idle_ones(stores: Callable[[], Store]) -> None:
+    """The last completion of a graph readies nothing, so it wakes no one; the worker that
+    finished it leaves, and its leaving wakes the idle workers, which then see the graph
+    finished at once (not at their next poll)."""
+    from conveyor.graphfile import graph_from_dict
+
+    last, idle = stores(), stores()
+    last.open_graph(graph_from_dict({"name": "g", "tasks": [{"id": "p", "cmd": "true"}]}), T0)
+    last.register_worker("w1", T0, {})
+    assert idle.wait_for_work(0.0)  # the first call listens and says: look once more
+    (p,) = last.claim("w1", 1, T0, LEASE)
+    assert last.complete(p, None, T0 + 1)
+    assert not idle.wait_for_work(0.0)  # the completion readied nothing: no signal
+    last.unregister_worker("w1", T0 + 1)
+    assert idle.wait_for_work(10.0)
+    assert not idle.has_unfinished()
+
+
 _HOLD_STARTS = _audit_trigger(
     "hold_starts", "NEW.event = 'task_started'", "PERFORM pg_advisory_xact_lock_shared(4243);"
 )

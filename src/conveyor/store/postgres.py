@@ -16,8 +16,9 @@ database), ``batch=N``, ``lost_budget=N``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from itertools import chain, islice
 from typing import Any
 
 from conveyor.errors import StoreCorruptError, StoreError, StoreUnreachableError
@@ -144,11 +145,29 @@ class PostgresIo(SqlIo):
             cur.execute("ANALYZE edges")
 
     def insert_rows(self, conn: Any, name: str, rows: list[dict[str, Any]]) -> None:
-        table = _COPY.get(name)
-        if table is None or len(rows) < _COPY_MIN:
+        if _COPY.get(name) is None or len(rows) < _COPY_MIN:
             conn.executemany(self.queries[name], rows)
             return
-        cols = list(rows[0])
+        self._copy(conn, name, rows[0], iter(rows))
+
+    def insert_stream(self, conn: Any, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        """COPY rows as the iterator makes them: the server parses and indexes what was sent
+        while the next rows are made (a 50,000-task submission makes its rows in ~0.4 s, which
+        the server's work on the earlier ones now hides)."""
+        it = iter(rows)
+        head = list(islice(it, _COPY_MIN))
+        if _COPY.get(name) is None or len(head) < _COPY_MIN:
+            head.extend(it)
+            if head:
+                conn.executemany(self.queries[name], head)
+            return
+        self._copy(conn, name, head[0], chain(head, it))
+
+    def _copy(
+        self, conn: Any, name: str, first: dict[str, Any], rows: Iterator[dict[str, Any]]
+    ) -> None:
+        table = _COPY[name]
+        cols = list(first)
         if name == "insert_task":
             cols = [c for c in cols if c != "now"] + ["now"]
         names = ", ".join("updated" if c == "now" else c for c in cols)

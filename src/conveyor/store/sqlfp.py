@@ -25,6 +25,7 @@ one read of every task's (id, state, fingerprint) to compare.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from conveyor.core.fingerprint import Decision, Parts, Stored, decide, decide_all
@@ -125,13 +126,15 @@ def save_files(tx: Tx, rows: list[dict[str, Any]]) -> None:
 def insert(tx: Tx, first: int, parts: list[Parts]) -> None:
     """Fingerprint rows of newly inserted tasks: ``parts[i]`` of seq ``first + i``."""
     texts: dict[int, str] = {}  # by id(Parts): tasks alike share one (``graph_parts``)
-    rows = []
-    for seq, p in enumerate(parts, first):
-        text = texts.get(id(p))
-        if text is None:
-            text = texts[id(p)] = parts_json(p)
-        rows.append({"seq": seq, "fp": p.fingerprint, "parts": text})
-    tx.insert("fp_insert", rows)
+
+    def rows() -> Iterator[dict[str, Any]]:  # made as they are sent (``Tx.stream``)
+        for seq, p in enumerate(parts, first):
+            text = texts.get(id(p))
+            if text is None:
+                text = texts[id(p)] = parts_json(p)
+            yield {"seq": seq, "fp": p.fingerprint, "parts": text}
+
+    tx.stream("fp_insert", rows())
 
 
 def resume(

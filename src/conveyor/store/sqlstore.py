@@ -228,7 +228,15 @@ class SqlStore(Store):
 
     def unregister_worker(self, worker: str, now: float) -> None:
         self.release_buffered(now)
-        self._atomic(lambda tx: tx.run("worker_left", name=worker, now=now))
+
+        def op(tx: Tx) -> None:
+            tx.run("worker_left", name=worker, now=now)
+            # Idle workers look again at once (PostgreSQL: NOTIFY): a worker leaves when the
+            # graph is finished, and the last completion readies nothing that would wake
+            # them; without this each waited out its poll (up to idle.MAX_POLL) to see it.
+            tx.notify = True
+
+        self._atomic(op)
 
     def heartbeat(self, worker: str, now: float, lease_s: float) -> int:
         self.worker.lease_s = lease_s

@@ -7,7 +7,7 @@ failure). O(V + E) for the batch; a resume with fingerprints applies the plan (`
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from conveyor.core.dag import Layout, layout
@@ -203,45 +203,48 @@ class Submissions:
             first_level = [(i, int(PENDING)) for i in under if i not in skipped]
             for i, _ in skip_closure(first_level, children):
                 skipped.setdefault(i, cause)
-        rows = []
-        specs = []
         # Per task: its rows as dicts made from templates (a 10,000-task submission makes
-        # 40,000 rows), its audit rows alike but for the task (``audit_row``).
+        # 40,000 rows), its audit rows alike but for the task (``audit_row``). Made as they
+        # are sent (``Tx.stream``): PostgreSQL stores the first while the rest are made.
         audit = tx.audit_rows.append
         submitted = audit_row(now, "task_submitted", None, None, PENDING)
         ready = audit_row(now, "task_ready", None, PENDING, READY)
         plain_rank = rank_of(0, band)  # rank_of(depth, band) == plain_rank - depth, uncapped
         depths = lay.depth
-        for i, t in enumerate(tasks):
-            tid = t.id
-            error = None
-            if i in skipped:
-                state, error = SKIPPED, upstream_failed(skipped[i])
-            else:
-                state = READY if waiting[i] == 0 else PENDING
-            depth = depths[i]
-            rank = (
-                plain_rank - depth
-                if t.band is None and depth < BAND_STRIDE
-                else rank_of(depth, band_number(t.band, band))
-            )
-            rows.append({
-                "seq": first + i, "id": tid, "state": state,
-                "neg_depth": rank, "root_seq": root_seq, "grp": t.group,
-                "waiting": waiting[i], "noop": int(t.is_noop),
-                "labels": json.dumps(t.labels, sort_keys=True) if t.labels else None,
-                "resources": json.dumps(t.resources, sort_keys=True) if t.resources else None,
-                "error": error, "shape": shapes[i], "now": now,
-            })  # fmt: skip
-            text = encode_bare_spec(t) if bare else encode_spec(t, submitted_by)
-            specs.append({"seq": first + i, "spec": text})
-            audit({**submitted, "task": tid})
-            if state == READY:
-                audit({**ready, "task": tid})
-            elif state == SKIPPED:
-                tx.audit(now, "task_skipped", tid, PENDING, SKIPPED, error=error,
-                         reason="upstream_failed", cause=skipped[i])  # fmt: skip
-        tx.insert("insert_task", rows)
-        tx.insert("insert_spec", specs)
-        tx.insert("insert_edge", [{"parent": p, "child": c} for p, c in edges])
+
+        def task_rows() -> Iterator[dict[str, Any]]:
+            for i, t in enumerate(tasks):
+                tid = t.id
+                error = None
+                if i in skipped:
+                    state, error = SKIPPED, upstream_failed(skipped[i])
+                else:
+                    state = READY if waiting[i] == 0 else PENDING
+                depth = depths[i]
+                rank = (
+                    plain_rank - depth
+                    if t.band is None and depth < BAND_STRIDE
+                    else rank_of(depth, band_number(t.band, band))
+                )
+                yield {
+                    "seq": first + i, "id": tid, "state": state,
+                    "neg_depth": rank, "root_seq": root_seq, "grp": t.group,
+                    "waiting": waiting[i], "noop": int(t.is_noop),
+                    "labels": json.dumps(t.labels, sort_keys=True) if t.labels else None,
+                    "resources": (json.dumps(t.resources, sort_keys=True)
+                                  if t.resources else None),
+                    "error": error, "shape": shapes[i], "now": now,
+                }  # fmt: skip
+                audit({**submitted, "task": tid})
+                if state == READY:
+                    audit({**ready, "task": tid})
+                elif state == SKIPPED:
+                    tx.audit(now, "task_skipped", tid, PENDING, SKIPPED, error=error,
+                             reason="upstream_failed", cause=skipped[i])  # fmt: skip
+
+        encode = encode_bare_spec if bare else lambda t: encode_spec(t, submitted_by)
+        tx.stream("insert_task", task_rows())
+        tx.stream("insert_spec", ({"seq": first + i, "spec": encode(t)}
+                                  for i, t in enumerate(tasks)))  # fmt: skip
+        tx.stream("insert_edge", ({"parent": p, "child": c} for p, c in edges))
         return first

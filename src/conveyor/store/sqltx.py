@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
@@ -89,6 +89,11 @@ class SqlIo(abc.ABC):
         """Insert many rows with the named insert query (PostgreSQL: COPY)."""
         conn.executemany(self.queries[name], rows)
 
+    def insert_stream(self, conn: Any, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        """``insert_rows`` of rows made as they are sent (PostgreSQL: the server stores the
+        first ones while the rest are made); here: made first, then inserted."""
+        self.insert_rows(conn, name, list(rows))
+
     def each(self, conn: Any, sql: str, params: dict[str, Any]) -> Generator[Any, None, None]:
         """``Tx.each``: the rows of ``sql`` one at a time (PostgreSQL has them all by now).
         Not ``yield from``: closing this generator would close the cursor, which is the
@@ -163,6 +168,10 @@ class Tx:
     def insert(self, name: str, rows: list[dict[str, Any]]) -> None:
         if rows:
             self.io.insert_rows(self.conn, name, rows)
+
+    def stream(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        """``insert`` of rows an iterator makes as they are sent (``SqlIo.insert_stream``)."""
+        self.io.insert_stream(self.conn, name, rows)
 
     def as_list(self, values: list[Any]) -> Any:
         return self.io.as_list(values)
