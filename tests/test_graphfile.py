@@ -197,6 +197,8 @@ def test_one_pass_layout_equals_kahn(g: tuple[list[str], list[list[str]]], base:
     kahn = dag._general(ids, parents, rng, dict(zip(ids, rng, strict=True)), None, base)
     assert fast.depth == kahn.depth
     assert fast.local_parents == kahn.local_parents
+    shared = layout(ids, parents, base_depth=base, share_ids=True)
+    assert shared.parents == [tuple(ps) for ps in parents] and shared.depth == fast.depth
     # Repeats: a child is listed once per naming, and waits for as many completions.
     for i, ps in enumerate(parents):
         assert fast.waiting[i] == len(ps)
@@ -251,6 +253,24 @@ def test_json_file_errors_as_for_a_dict(tmp_path: Path, tasks: list[Any], words:
     with pytest.raises(GraphError) as info:
         load_graph(path)
     assert all(w in str(info.value) for w in words), str(info.value)
+
+
+@pytest.mark.parametrize("order", ["parents first", "children first"])
+def test_a_file_names_parents_by_the_tasks_own_id_strings(tmp_path: Path, order: str) -> None:
+    # The parser makes a new string per mention of an id; the loaded tasks keep only the ids'
+    # own (memory), on the one-pass layout and on Kahn's path alike.
+    a, b, c = "task-a", "task-b", "task-c"  # (not one character: those are cached singletons)
+    tasks = [{"id": a}, {"id": b, "deps": [a]}, {"id": c, "deps": [a, b, a]}]
+    if order == "children first":
+        tasks.reverse()
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"tasks": tasks}))
+    spec = load_graph(path)
+    own = {t.id: t.id for t in spec.tasks}
+    deps = {t.id: t.deps for t in spec.tasks}
+    assert deps == {a: (), b: (a,), c: (a, b, a)}
+    assert all(p is own[p] for t in spec.tasks for p in t.deps)
+    assert spec.layout is not None and spec.layout.parents[-1] is spec.tasks[-1].deps
 
 
 # -- tasks built in Python: the same schema ------------------------------------------------------

@@ -211,15 +211,10 @@ def _structure_only(
                 deps[i] = p
     if deps.count(None):
         deps = [() if d is None else d for d in deps]
-    if share_ids:
-        canon = dict(zip(ids, ids, strict=True)).__getitem__
-        try:
-            deps = [tuple(map(canon, d)) if d else () for d in deps]
-        except KeyError:
-            pass  # an unknown parent: the layout names it
     # The layout checks parents (each a known id), repeated ids and cycles.
-    lay = layout(ids, deps)
-    tasks = list(map(TaskSpec.bare, ids, deps))
+    lay = layout(ids, deps, share_ids=share_ids)
+    # (shared: the tasks' own id strings, not the parser's copies)
+    tasks = list(map(TaskSpec.bare, ids, lay.parents if share_ids else deps))
     runtimes = list(map(_get_runtime, raw))
     if runtimes.count(None) != n:
         for t, r in zip(tasks, runtimes, strict=True):
