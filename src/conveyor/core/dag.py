@@ -203,7 +203,10 @@ def _topological(
     src_append = src.append
     dst_append = dst.append
     local: dict[str, int] = {}
-    levels: dict[int, int] = {}
+    # ``succ[d]`` is d + 1, one int object per level (past the small-int cache a sum would
+    # make one per edge, and the depths one per task); ``top`` is the deepest level so far.
+    succ = {base: base + 1}
+    top = base
     for i, tid, ps in zip(range(n), ids, parents, strict=True):
         if ps:
             d = base
@@ -211,14 +214,16 @@ def _topological(
                 j = local[p]
                 dj = depth[j]
                 if dj >= d:
-                    d = dj + 1
+                    d = succ[dj]
                 out_degree[j] += 1
                 src_append(j)
                 dst_append(i)
-            if d > 256:  # past the small-int cache: one int object per level, not per task
-                d = levels.setdefault(d, d)
+            if d > top:
+                top = d
+                succ[d] = d + 1
             depth[i] = d
         local[tid] = i
+    del succ
     if len(local) != n:
         raise _NotTopological  # a repeated id: the general path names it
     waiting = list(map(len, parents))
