@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,25 @@ def test_one_pass_layout_equals_kahn(g: tuple[list[str], list[list[str]]], base:
     assert sorted(order) == rng
     pos = {i: k for k, i in enumerate(order)}
     assert all(pos[ids.index(p)] < pos[i] for i, ps in enumerate(parents) for p in ps)
+
+
+@pytest.mark.parametrize("shape", ["layered", "mixed"])
+def test_shared_parents_are_cut_per_task(shape: str) -> None:
+    # Equal parent counts in runs (a layered graph: roots, then 3 parents each, with a task
+    # of 1 and one of 2 between) take the zip per run; varied counts an islice per task.
+    rnd = random.Random(7)
+    ids = [f"task-{i}" for i in range(400)]
+    parents: list[list[str]] = []
+    for i in range(400):
+        k = 0 if i < 20 else (1 if i == 200 else 2 if i == 201 else 3)
+        if shape == "mixed" and i >= 20:
+            k = rnd.randint(0, 4)
+        parents.append([ids[rnd.randrange(i)] for _ in range(k)] if i else [])
+    copies = [[str(p + " ")[:-1] for p in ps] for ps in parents]  # equal, not the same
+    lay = layout(ids, copies, share_ids=True)
+    assert lay.parents == [tuple(ps) for ps in parents]
+    own = {id(t) for t in ids}
+    assert all(id(p) in own for ps in lay.parents for p in ps)
 
 
 def test_layout_given_to_a_second_frontier_is_recomputed() -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import operator
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, chain, islice, repeat
+from itertools import accumulate, chain, groupby, islice, repeat
 from typing import Any, overload
 
 from conveyor.errors import CycleError, GraphError
@@ -228,7 +229,7 @@ def _topological(
         raise _NotTopological  # a repeated id: the general path names it
     waiting = list(map(len, parents))
     if share_ids:  # the edges' parents in declared order, as the ids' own strings, per task
-        parents = list(map(tuple, map(islice, repeat(map(ids.__getitem__, src)), waiting)))
+        parents = _cut(map(ids.__getitem__, src), waiting)
     edges = len(src)
     code = _typecode(edges)
     end = array(code, accumulate(out_degree))  # one past each task's last child
@@ -245,6 +246,27 @@ def _topological(
     del src, dst
     end.append(edges)  # each task's end has moved back to its start
     return Layout(depth, Children(end, flat), waiting, {}, local, parents)
+
+
+def _cut(items: Iterable[str], sizes: list[int]) -> list[tuple[str, ...]]:
+    """``items`` cut into consecutive tuples of ``sizes`` items. Where most tasks have as many
+    parents as the one before (a layered graph: all but the first layer), each run of equal
+    sizes is cut by one ``zip`` (tuples of the exact size); otherwise by an ``islice`` each."""
+    it = iter(items)
+    n = len(sizes)
+    if n < 2 or sum(map(operator.ne, sizes, islice(sizes, 1, None))) * 4 > n:
+        return list(map(tuple, map(islice, repeat(it), sizes)))
+    out: list[tuple[str, ...]] = []
+    extend = out.extend
+    for k, run in groupby(sizes):
+        r = len(list(run))
+        if k == 0:
+            extend(repeat((), r))
+        elif r == 1:
+            out.append(tuple(islice(it, k)))
+        else:
+            extend(islice(zip(*repeat(it, k), strict=False), r))  # (k next items each)
+    return out
 
 
 def _general(
