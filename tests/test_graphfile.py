@@ -84,6 +84,29 @@ def test_wfcommons_parents_runtime_and_cores_on_both_paths() -> None:
         assert all(t.resources == {} for t in spec.tasks)  # cores is informational
 
 
+@pytest.mark.parametrize("source", ["dict", "file"])
+def test_ids_and_deps_first_then_traced_then_full_schema(tmp_path: Path, source: str) -> None:
+    # Ids and deps alone decode first; a trace's key (here on a later task) takes the traced
+    # struct, still column-wise; any other key the full schema.
+    def load(g: dict[str, Any]) -> Any:
+        if source == "dict":
+            return graph_from_dict(g)
+        path = tmp_path / "g.json"
+        path.write_text(json.dumps(g))
+        return load_graph(path)
+
+    plain = [{"id": "a"}, {"id": "b", "deps": ["a"]}]
+    spec = load({"tasks": plain})
+    assert spec.structure_only and [t.deps for t in spec.tasks] == [(), ("a",)]
+    traced = load({"tasks": [*plain, {"id": "c", "parents": ["b"], "runtime_s": 2}]})
+    assert traced.structure_only
+    assert [(t.deps, t.runtime_s) for t in traced.tasks] == [((), None), (("a",), None),
+                                                             (("b",), 2)]  # fmt: skip
+    full = load({"tasks": [*plain, {"id": "c", "runtime_s": 2}, {"id": "d", "cmd": "true"}]})
+    assert not full.structure_only and full.tasks[2].runtime_s == 2
+    assert full.tasks[3].cmd == "true"
+
+
 def test_tasks_listed_children_first_are_accepted() -> None:
     g = {"tasks": [{"id": "c", "deps": ["b"]}, {"id": "b", "deps": ["a"]}, {"id": "a"}]}
     spec = graph_from_dict(g)
