@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,29 @@ def test_wfcommons_parents_runtime_and_cores_on_both_paths() -> None:
         assert [t.deps for t in spec.tasks] == [(), ("a",), ("b",)]
         assert [t.runtime_s for t in spec.tasks] == [1.5, 0, None]
         assert all(t.resources == {} for t in spec.tasks)  # cores is informational
+
+
+@pytest.mark.parametrize("source", ["dict", "file"])
+def test_ids_and_deps_first_then_traced_then_full_schema(tmp_path: Path, source: str) -> None:
+    # Ids and deps alone decode first; a trace's key (here on a later task) takes the traced
+    # struct, still column-wise; any other key the full schema.
+    def load(g: dict[str, Any]) -> Any:
+        if source == "dict":
+            return graph_from_dict(g)
+        path = tmp_path / "g.json"
+        path.write_text(json.dumps(g))
+        return load_graph(path)
+
+    plain = [{"id": "a"}, {"id": "b", "deps": ["a"]}]
+    spec = load({"tasks": plain})
+    assert spec.structure_only and [t.deps for t in spec.tasks] == [(), ("a",)]
+    traced = load({"tasks": [*plain, {"id": "c", "parents": ["b"], "runtime_s": 2}]})
+    assert traced.structure_only
+    assert [(t.deps, t.runtime_s) for t in traced.tasks] == [((), None), (("a",), None),
+                                                             (("b",), 2)]  # fmt: skip
+    full = load({"tasks": [*plain, {"id": "c", "runtime_s": 2}, {"id": "d", "cmd": "true"}]})
+    assert not full.structure_only and full.tasks[2].runtime_s == 2
+    assert full.tasks[3].cmd == "true"
 
 
 def test_tasks_listed_children_first_are_accepted() -> None:
@@ -197,6 +221,8 @@ def test_one_pass_layout_equals_kahn(g: tuple[list[str], list[list[str]]], base:
     kahn = dag._general(ids, parents, rng, dict(zip(ids, rng, strict=True)), None, base)
     assert fast.depth == kahn.depth
     assert fast.local_parents == kahn.local_parents
+    shared = layout(ids, parents, base_depth=base, share_ids=True)
+    assert shared.parents == [tuple(ps) for ps in parents] and shared.depth == fast.depth
     # Repeats: a child is listed once per naming, and waits for as many completions.
     for i, ps in enumerate(parents):
         assert fast.waiting[i] == len(ps)
@@ -214,6 +240,25 @@ def test_one_pass_layout_equals_kahn(g: tuple[list[str], list[list[str]]], base:
     assert sorted(order) == rng
     pos = {i: k for k, i in enumerate(order)}
     assert all(pos[ids.index(p)] < pos[i] for i, ps in enumerate(parents) for p in ps)
+
+
+@pytest.mark.parametrize("shape", ["layered", "mixed"])
+def test_shared_parents_are_cut_per_task(shape: str) -> None:
+    # Equal parent counts in runs (a layered graph: roots, then 3 parents each, with a task
+    # of 1 and one of 2 between) take the zip per run; varied counts an islice per task.
+    rnd = random.Random(7)
+    ids = [f"task-{i}" for i in range(400)]
+    parents: list[list[str]] = []
+    for i in range(400):
+        k = 0 if i < 20 else (1 if i == 200 else 2 if i == 201 else 3)
+        if shape == "mixed" and i >= 20:
+            k = rnd.randint(0, 4)
+        parents.append([ids[rnd.randrange(i)] for _ in range(k)] if i else [])
+    copies = [[str(p + " ")[:-1] for p in ps] for ps in parents]  # equal, not the same
+    lay = layout(ids, copies, share_ids=True)
+    assert lay.parents == [tuple(ps) for ps in parents]
+    own = {id(t) for t in ids}
+    assert all(id(p) in own for ps in lay.parents for p in ps)
 
 
 def test_layout_given_to_a_second_frontier_is_recomputed() -> None:
@@ -251,6 +296,24 @@ def test_json_file_errors_as_for_a_dict(tmp_path: Path, tasks: list[Any], words:
     with pytest.raises(GraphError) as info:
         load_graph(path)
     assert all(w in str(info.value) for w in words), str(info.value)
+
+
+@pytest.mark.parametrize("order", ["parents first", "children first"])
+def test_a_file_names_parents_by_the_tasks_own_id_strings(tmp_path: Path, order: str) -> None:
+    # The parser makes a new string per mention of an id; the loaded tasks keep only the ids'
+    # own (memory), on the one-pass layout and on Kahn's path alike.
+    a, b, c = "task-a", "task-b", "task-c"  # (not one character: those are cached singletons)
+    tasks = [{"id": a}, {"id": b, "deps": [a]}, {"id": c, "deps": [a, b, a]}]
+    if order == "children first":
+        tasks.reverse()
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"tasks": tasks}))
+    spec = load_graph(path)
+    own = {t.id: t.id for t in spec.tasks}
+    deps = {t.id: t.deps for t in spec.tasks}
+    assert deps == {a: (), b: (a,), c: (a, b, a)}
+    assert all(p is own[p] for t in spec.tasks for p in t.deps)
+    assert spec.layout is not None and spec.layout.parents[-1] is spec.tasks[-1].deps
 
 
 # -- tasks built in Python: the same schema ------------------------------------------------------

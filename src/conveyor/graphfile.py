@@ -85,23 +85,30 @@ def _parse_yaml(data: bytes, where: str) -> Any:
 
 
 def _decode(data: Any) -> Any:
-    """``data`` (JSON bytes, or what a YAML file or the caller gave) as a ``BareGraph`` when it
-    is structure-only, else as ``GraphFields``. One ``GraphError`` line for what is wrong."""
+    """``data`` (JSON bytes, or what a YAML file or the caller gave) as an ``IdGraph`` (ids and
+    deps) or a ``BareGraph`` (with traced fields) when it is structure-only, else as
+    ``GraphFields``. One ``GraphError`` line for what is wrong."""
     import msgspec
 
     from conveyor import schema
 
     is_json = isinstance(data, bytes)
+
+    def typed(kind: Any) -> Any:
+        return msgspec.json.decode(data, type=kind) if is_json else msgspec.convert(data, kind)
+
     try:
         with paused_gc():
             try:
-                if is_json:
-                    return msgspec.json.decode(data, type=schema.BareGraph)
-                return msgspec.convert(data, schema.BareGraph)
-            except msgspec.ValidationError:
-                if is_json:
-                    return msgspec.json.decode(data, type=schema.GraphFields)
-                return msgspec.convert(data, schema.GraphFields)
+                return typed(schema.IdGraph)
+            except msgspec.ValidationError as exc:
+                if _unknown_field(exc) in schema.TRACED_FIELDS:  # a trace: runtimes, cores
+                    try:
+                        return typed(schema.BareGraph)
+                    except msgspec.ValidationError:
+                        pass
+            # (any other error: a ``BareGraph`` would refuse it too)
+            return typed(schema.GraphFields)
     except msgspec.ValidationError as exc:
         from conveyor import wfformat  # (a graph the schema refused may be a WfFormat file)
 
@@ -129,6 +136,13 @@ def _decode(data: Any) -> Any:
         raise GraphError("nested too deeply") from None
 
 
+def _unknown_field(exc: Exception) -> str | None:
+    """The key msgspec's "Object contains unknown field `KEY`" error names, else ``None``."""
+    text = str(exc)
+    head = "Object contains unknown field `"
+    return text[len(head) : text.find("`", len(head))] if text.startswith(head) else None
+
+
 def _from_data(data: Any, default_name: str, check_functions: bool, share_ids: bool) -> GraphSpec:
     # One pause of the collector for decoding and building, the decoded structs gone before
     # it ends; the graph it built is promoted, not walked, at its end.
@@ -150,8 +164,9 @@ def _build(data: Any, default_name: str, check_functions: bool, share_ids: bool)
         for k in schema.GRAPH_KEYS - {"tasks"}
         if (v := getattr(g, k)) is not UNSET
     }
-    if isinstance(g, schema.BareGraph) and g.tasks:
-        spec = _structure_only(name, g.tasks, groups, meta, share_ids)
+    if isinstance(g, schema.IdGraph | schema.BareGraph) and g.tasks:
+        traced = isinstance(g, schema.BareGraph)
+        spec = _structure_only(name, g.tasks, groups, meta, share_ids, traced)
     else:
         try:
             tasks = [_task(t, check_functions) for t in g.tasks]
@@ -198,15 +213,20 @@ _get_runtime = operator.attrgetter("runtime_s")
 
 
 def _structure_only(
-    name: str, raw: list[Any], groups: dict[str, GroupSpec], meta: dict[str, Any], share_ids: bool
+    name: str,
+    raw: list[Any],
+    groups: dict[str, GroupSpec],
+    meta: dict[str, Any],
+    share_ids: bool,
+    traced: bool,
 ) -> GraphSpec:
-    """A graph of ``schema.BareTask``s (checked by the schema), built column-wise: a few
-    C-level passes instead of per-task work. Same ``GraphSpec`` as the per-task path."""
-    n = len(raw)
+    """A graph of ``schema.IdTask``s or (``traced``) ``schema.BareTask``s, checked by the
+    schema, built column-wise: a few C-level passes instead of per-task work. Same
+    ``GraphSpec`` as the per-task path."""
     ids = list(map(_get_id, raw))
     deps: list[Any] = list(map(_get_deps, raw))
-    parents = list(map(_get_parents, raw))
-    if parents.count(None) != n:
+    parents = list(map(_get_parents, raw)) if traced else [None]
+    if parents.count(None) != len(parents):
         for i, p in enumerate(parents):
             if p is not None:
                 if deps[i] is not None:
@@ -214,17 +234,12 @@ def _structure_only(
                 deps[i] = p
     if deps.count(None):
         deps = [() if d is None else d for d in deps]
-    if share_ids:
-        canon = dict(zip(ids, ids, strict=True)).__getitem__
-        try:
-            deps = [tuple(map(canon, d)) if d else () for d in deps]
-        except KeyError:
-            pass  # an unknown parent: the layout names it
     # The layout checks parents (each a known id), repeated ids and cycles.
-    lay = layout(ids, deps)
-    tasks = list(map(TaskSpec.bare, ids, deps))
-    runtimes = list(map(_get_runtime, raw))
-    if runtimes.count(None) != n:
+    lay = layout(ids, deps, share_ids=share_ids)
+    # (shared: the tasks' own id strings, not the parser's copies)
+    tasks = list(map(TaskSpec.bare, ids, lay.parents if share_ids else deps))
+    runtimes = list(map(_get_runtime, raw)) if traced else [None]
+    if runtimes.count(None) != len(runtimes):
         for t, r in zip(tasks, runtimes, strict=True):
             if r is not None:
                 t.runtime_s = r

@@ -151,19 +151,24 @@ def _substruct(name: str, base: type[Struct], keep: Any, **options: Any) -> Any:
 _TASK_HINTS = get_type_hints(TaskFields, include_extras=True)
 _TASK_FIELDS = msgspec.structs.fields(TaskFields)
 
-#: A structure-only task and graph: decoded first, as most large files are such graphs (a
-#: fifth of the fields to fill); any other key makes the caller decode with ``GraphFields``.
-#: Not tracked by the cyclic GC (``gc=False``: strings, numbers and tuples of strings hold no
-#: cycle), so no collection walks a large file's decoded tasks.
+#: A structure-only task and graph: most large files are such graphs (a fifth of the fields to
+#: fill); any other key makes the caller decode with ``GraphFields``. Not tracked by the
+#: cyclic GC (``gc=False``: strings, numbers and tuples of strings hold no cycle), so no
+#: collection walks a large file's decoded tasks.
 BareTask: Any = _substruct("BareTask", TaskFields, lambda n: n in STRUCTURE_FIELDS, gc=False)
+#: The plainest of them, decoded first: ids and ``deps`` alone (a graph whose tasks name
+#: ``parents``, ``runtime_s`` or ``cores`` is then decoded as a ``BareGraph``).
+IdTask: Any = _substruct("IdTask", TaskFields, lambda n: n in ("id", "deps"), gc=False)
+_GRAPH_REST = [(n, t, UNSET) for n, t in get_type_hints(GraphFields, include_extras=True).items()
+               if n != "tasks"]  # fmt: skip
 BareGraph: Any = msgspec.defstruct(
-    "BareGraph",
-    [("tasks", list[BareTask]), *((n, t, UNSET) for n, t in
-                                   get_type_hints(GraphFields, include_extras=True).items()
-                                   if n != "tasks")],
-    forbid_unknown_fields=True,
-    gc=False,
-)  # fmt: skip
+    "BareGraph", [("tasks", list[BareTask]), *_GRAPH_REST], forbid_unknown_fields=True, gc=False
+)
+IdGraph: Any = msgspec.defstruct(
+    "IdGraph", [("tasks", list[IdTask]), *_GRAPH_REST], forbid_unknown_fields=True, gc=False
+)
+#: What an ``IdGraph`` refuses that a ``BareGraph`` takes.
+TRACED_FIELDS = frozenset(STRUCTURE_FIELDS) - {"id", "deps"}
 
 TASK_KEYS = frozenset(f.name for f in _TASK_FIELDS)
 GRAPH_KEYS = frozenset(f.name for f in msgspec.structs.fields(GraphFields))

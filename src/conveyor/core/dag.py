@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import operator
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, chain
+from itertools import accumulate, chain, groupby, islice, repeat
 from typing import Any, overload
 
 from conveyor.errors import CycleError, GraphError
@@ -117,6 +118,12 @@ class Layout:
         self._local = local_parents
 
     @property
+    def parents(self) -> Sequence[Sequence[str]]:
+        """Each task's parents as given to :func:`layout` (with ``share_ids``: as tuples of the
+        batch's own id strings)."""
+        return self._parents
+
+    @property
     def local_parents(self) -> list[list[int]]:
         """Each task's distinct parents inside the batch (batch positions, declared order)."""
         if self._local is None:
@@ -140,6 +147,7 @@ def layout(
     *,
     external_depth: Callable[[str], int | None] | None = None,
     base_depth: int = 0,
+    share_ids: bool = False,
 ) -> Layout:
     """Validate a batch of tasks and compute each one's depth. O(V + E).
 
@@ -150,13 +158,18 @@ def layout(
     A batch that lists every parent before its children (as graph files and ``Graph`` objects
     do) takes one pass that checks the order, counts parents and computes depths together;
     any other batch takes Kahn's algorithm, which also names a cycle.
+
+    ``share_ids``: ``Layout.parents`` names each parent in the batch by the batch's own id
+    string (a tuple per task), not by the string it was given as: a parser makes a new string
+    for every mention of an id, and these copies cost ~190 B per task at three parents. The
+    positions the validation finds anyway give them, so no id is hashed twice.
     """
     if external_depth is not None:
         for tid in ids:
             if external_depth(tid) is not None:
                 raise GraphError(f"duplicate task id {tid!r}: a task of that id already exists")
     try:
-        return _topological(ids, parents, base_depth)
+        return _topological(ids, parents, base_depth, share_ids)
     except (KeyError, _NotTopological):
         pass  # a parent unknown, outside the batch or listed after its child; a repeated id
     rng = list(range(len(ids)))  # one int object per position, shared by the lists below
@@ -167,10 +180,16 @@ def layout(
             if tid in seen:
                 raise GraphError(f"duplicate task id {tid!r}")
             seen.add(tid)
-    return _general(ids, parents, rng, local, external_depth, base_depth)
+    lay = _general(ids, parents, rng, local, external_depth, base_depth)
+    if share_ids:  # (parents outside the batch keep their given strings)
+        own = dict(zip(ids, ids, strict=True))
+        lay._parents = [tuple([own.get(p, p) for p in ps]) if ps else () for ps in parents]
+    return lay
 
 
-def _topological(ids: Sequence[str], parents: Sequence[Sequence[str]], base: int) -> Layout:
+def _topological(
+    ids: Sequence[str], parents: Sequence[Sequence[str]], base: int, share_ids: bool = False
+) -> Layout:
     """One pass when every parent comes before its child. Ids enter the index as they are
     passed, so a parent listed later (or a cycle, or an unknown id) is a ``KeyError``.
 
@@ -185,7 +204,10 @@ def _topological(ids: Sequence[str], parents: Sequence[Sequence[str]], base: int
     src_append = src.append
     dst_append = dst.append
     local: dict[str, int] = {}
-    levels: dict[int, int] = {}
+    # ``succ[d]`` is d + 1, one int object per level (past the small-int cache a sum would
+    # make one per edge, and the depths one per task); ``top`` is the deepest level so far.
+    succ = {base: base + 1}
+    top = base
     for i, tid, ps in zip(range(n), ids, parents, strict=True):
         if ps:
             d = base
@@ -193,16 +215,21 @@ def _topological(ids: Sequence[str], parents: Sequence[Sequence[str]], base: int
                 j = local[p]
                 dj = depth[j]
                 if dj >= d:
-                    d = dj + 1
+                    d = succ[dj]
                 out_degree[j] += 1
                 src_append(j)
                 dst_append(i)
-            if d > 256:  # past the small-int cache: one int object per level, not per task
-                d = levels.setdefault(d, d)
+            if d > top:
+                top = d
+                succ[d] = d + 1
             depth[i] = d
         local[tid] = i
+    del succ
     if len(local) != n:
         raise _NotTopological  # a repeated id: the general path names it
+    waiting = list(map(len, parents))
+    if share_ids:  # the edges' parents in declared order, as the ids' own strings, per task
+        parents = _cut(map(ids.__getitem__, src), waiting)
     edges = len(src)
     code = _typecode(edges)
     end = array(code, accumulate(out_degree))  # one past each task's last child
@@ -218,7 +245,28 @@ def _topological(ids: Sequence[str], parents: Sequence[Sequence[str]], base: int
             out[e] = i
     del src, dst
     end.append(edges)  # each task's end has moved back to its start
-    return Layout(depth, Children(end, flat), list(map(len, parents)), {}, local, parents)
+    return Layout(depth, Children(end, flat), waiting, {}, local, parents)
+
+
+def _cut(items: Iterable[str], sizes: list[int]) -> list[tuple[str, ...]]:
+    """``items`` cut into consecutive tuples of ``sizes`` items. Where most tasks have as many
+    parents as the one before (a layered graph: all but the first layer), each run of equal
+    sizes is cut by one ``zip`` (tuples of the exact size); otherwise by an ``islice`` each."""
+    it = iter(items)
+    n = len(sizes)
+    if n < 2 or sum(map(operator.ne, sizes, islice(sizes, 1, None))) * 4 > n:
+        return list(map(tuple, map(islice, repeat(it), sizes)))
+    out: list[tuple[str, ...]] = []
+    extend = out.extend
+    for k, run in groupby(sizes):
+        r = len(list(run))
+        if k == 0:
+            extend(repeat((), r))
+        elif r == 1:
+            out.append(tuple(islice(it, k)))
+        else:
+            extend(islice(zip(*repeat(it, k), strict=False), r))  # (k next items each)
+    return out
 
 
 def _general(
