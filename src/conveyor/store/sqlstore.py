@@ -51,8 +51,8 @@ from conveyor.store.sqltx import Db, SqlIo, Tx
 if TYPE_CHECKING:
     from conveyor.core.fingerprint import Decision
 
-#: ``sqlfp.py`` (fingerprint plans, with ``core/fingerprint.py`` and ``hashlib``) is imported by
-#: the methods that submit or plan a graph: a worker process never calls them.
+# ``sqlfp.py`` (fingerprint plans, with ``core/fingerprint.py`` and ``hashlib``) is imported by
+# the methods that submit or plan a graph: a worker process never calls them.
 
 T = TypeVar("T")
 
