@@ -1,4 +1,9 @@
-"""Graph facts computed once per submission: validation, depths, critical paths. Pure, O(V + E)."""
+"""Graph facts computed once per submission: validation, depths, critical paths. Pure, O(V + E).
+
+Size: the compact children table, the layout (a topological order with depths) and the facts
+derived from it share one representation and run once per submission over every edge; split up,
+the hot loops would pass the same arrays across modules for no reader's gain.
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,9 @@ transition, not when the sink heard of it). Spans are children of one span for t
 (``conveyor run`` or ``conveyor worker``), itself a child of whatever span is current where the
 run was opened.
 
+Size: the instruments (``Telemetry``) and the run's event sink (``RunTelemetry``) that feeds them
+are one job, turning conveyor's transitions into OpenTelemetry, and share the snapshot types.
+
 The engine hands it each claim (``on_claim``: the task's group and function, which events do
 not carry) and calls it every tick on its own thread (``on_tick``: the store's counts by state
 and the endpoint limiter's statistics, read there because a store handle belongs to its

@@ -15,6 +15,9 @@ running tasks back to the store (``task_released``, not a failure) and ends the 
 finished is recorded already; a durable store runs the rest when the graph is run again.
 
 Importing this module does not import Ray; ``connect`` does.
+
+Size: the executor and ``connect``, which finds, probes and joins the cluster, stay together:
+``connect`` works out the GCS address that the executor's lost-cluster check then watches.
 """
 
 from __future__ import annotations
