@@ -124,6 +124,10 @@ GRAPH_CASES: list[tuple[str, Any, list[str]]] = [
      ["'a'", "'timeout_s'"]),
     ("deeply-nested", '{"tasks": [{"id": "a", "args": ' + "[" * DEEP + "]" * DEEP + "}]}",
      ["nested too deeply"]),
+    # deep in a field of the wrong type: the schema's error path decodes the file again
+    ("deeply-nested-tasks", '{"tasks": ' + "[" * DEEP + "]" * DEEP + "}", ["nested too deeply"]),
+    ("deeply-nested-meta-array", '{"tasks": [{"id": "a", "meta": ' + "[" * DEEP + "]" * DEEP
+     + "}]}", ["nested too deeply"]),
     # ids, parents, cycles, groups (one line before too; now they also name the file)
     ("id-missing", {"tasks": [{"deps": []}]}, ["task #1", "'id'"]),
     ("id-int", {"tasks": [{"id": 3}]}, ["task #1", "'id'"]),

@@ -112,7 +112,10 @@ def _decode(data: Any) -> Any:
     except msgspec.ValidationError as exc:
         from conveyor import wfformat  # (a graph the schema refused may be a WfFormat file)
 
-        raw = msgspec.json.decode(data) if is_json else data
+        try:
+            raw = msgspec.json.decode(data) if is_json else data
+        except RecursionError:  # (deep in a field of the wrong type: not caught below)
+            raise GraphError("nested too deeply") from None
         if wfformat.is_wfformat(raw):  # a WfCommons WfFormat file: read as what it says
             return _decode(wfformat.to_graph_dict(raw))
         raise GraphError(schema.explain(exc, raw)) from None
