@@ -181,6 +181,15 @@ def test_bad_graph_file_one_line_naming_task_and_field_exit_two_nothing_created(
     assert not (tmp_path / "run.db").exists()  # refused before a store was made
 
 
+def test_graph_file_that_is_a_device_is_refused_not_read(tmp_path: Path) -> None:
+    """``/dev/zero`` never ends: reading it filled the memory (and hung). A FIFO is still read
+    (``conveyor run <(generate)``); a device is refused before anything is read."""
+    (tmp_path / "graph.json").symlink_to("/dev/zero")
+    out = conveyor("run", "graph.json", "--db", "sqlite:///run.db", "--quiet", cwd=tmp_path)
+    one_line_error(out, "graph.json", "is a device")
+    assert not (tmp_path / "run.db").exists()
+
+
 #: YAML files: (case, text, words).
 YAML_CASES = [
     ("syntax-error", "tasks:\n  - id: a\n    deps: [b\n  - id: b\n", ["graph.yaml:4:"]),

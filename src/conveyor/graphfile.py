@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import operator
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,11 @@ def load_graph(path: str | os.PathLike[str], *, check_functions: bool = True) ->
     p = Path(path)
     where = str(p)
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            if stat.S_ISCHR(mode := os.fstat(f.fileno()).st_mode) or stat.S_ISBLK(mode):
+                # (/dev/zero never ends: reading it would fill the memory; a FIFO is read)
+                raise GraphError(f"{where}: is a device, not a graph file")
+            data = f.read()
     except FileNotFoundError:
         raise GraphError(f"graph file {where!r} does not exist") from None
     except IsADirectoryError:
