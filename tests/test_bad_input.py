@@ -124,6 +124,10 @@ GRAPH_CASES: list[tuple[str, Any, list[str]]] = [
      ["'a'", "'timeout_s'"]),
     ("deeply-nested", '{"tasks": [{"id": "a", "args": ' + "[" * DEEP + "]" * DEEP + "}]}",
      ["nested too deeply"]),
+    # deep in a field of the wrong type: the schema's error path decodes the file again
+    ("deeply-nested-tasks", '{"tasks": ' + "[" * DEEP + "]" * DEEP + "}", ["nested too deeply"]),
+    ("deeply-nested-meta-array", '{"tasks": [{"id": "a", "meta": ' + "[" * DEEP + "]" * DEEP
+     + "}]}", ["nested too deeply"]),
     # ids, parents, cycles, groups (one line before too; now they also name the file)
     ("id-missing", {"tasks": [{"deps": []}]}, ["task #1", "'id'"]),
     ("id-int", {"tasks": [{"id": 3}]}, ["task #1", "'id'"]),
@@ -175,6 +179,15 @@ def test_bad_graph_file_one_line_naming_task_and_field_exit_two_nothing_created(
                    stdin=open_stdin)  # fmt: skip
     one_line_error(out, "graph.json", *words)
     assert not (tmp_path / "run.db").exists()  # refused before a store was made
+
+
+def test_graph_file_that_is_a_device_is_refused_not_read(tmp_path: Path) -> None:
+    """``/dev/zero`` never ends: reading it filled the memory (and hung). A FIFO is still read
+    (``conveyor run <(generate)``); a device is refused before anything is read."""
+    (tmp_path / "graph.json").symlink_to("/dev/zero")
+    out = conveyor("run", "graph.json", "--db", "sqlite:///run.db", "--quiet", cwd=tmp_path)
+    one_line_error(out, "graph.json", "is a device")
+    assert not (tmp_path / "run.db").exists()
 
 
 #: YAML files: (case, text, words).

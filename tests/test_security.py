@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,8 +35,8 @@ class _Exploit:
         return os.system, (self.command,)
 
 
-def one_done_task(db: Path, value: object, **options: object) -> None:
-    store = SqliteStore(db, **options)  # type: ignore[arg-type]
+def one_done_task(db: Path, value: object, **options: Any) -> None:
+    store = SqliteStore(db, **options)
     store.open_graph(graph_from_dict({"name": "g", "tasks": [{"id": "t", "cmd": "true"}]}), T0)
     claims = store.claim("w", 1, T0, 30)
     for c in claims:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import operator
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,11 @@ def load_graph(path: str | os.PathLike[str], *, check_functions: bool = True) ->
     p = Path(path)
     where = str(p)
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            if stat.S_ISCHR(mode := os.fstat(f.fileno()).st_mode) or stat.S_ISBLK(mode):
+                # (/dev/zero never ends: reading it would fill the memory; a FIFO is read)
+                raise GraphError(f"{where}: is a device, not a graph file")
+            data = f.read()
     except FileNotFoundError:
         raise GraphError(f"graph file {where!r} does not exist") from None
     except IsADirectoryError:
@@ -112,7 +117,10 @@ def _decode(data: Any) -> Any:
     except msgspec.ValidationError as exc:
         from conveyor import wfformat  # (a graph the schema refused may be a WfFormat file)
 
-        raw = msgspec.json.decode(data) if is_json else data
+        try:
+            raw = msgspec.json.decode(data) if is_json else data
+        except RecursionError:  # (deep in a field of the wrong type: not caught below)
+            raise GraphError("nested too deeply") from None
         if wfformat.is_wfformat(raw):  # a WfCommons WfFormat file: read as what it says
             return _decode(wfformat.to_graph_dict(raw))
         raise GraphError(schema.explain(exc, raw)) from None
