@@ -136,11 +136,11 @@ def test_sqlite_commands_against_a_stopped_holder_fail_in_one_line_or_take_over(
     db = tmp_path / "run.db"
     url = f"sqlite:///{db}"
     submit(tmp_path, url)
-    victim = spawn(["worker", "--db", url, "--lease", "3", "--quiet"], tmp_path)
+    victim = spawn(["worker", "--db", url, "--lease", "10", "--quiet"], tmp_path)
     try:
         wait_for(lambda: started(url))
         stop_while_holding(victim, tmp_path / "run.db.lock")
-        # Patience (1 s) shorter than the holder's lease: one line naming the holder.
+        # Patience (1 s) shorter than half the holder's lease: one line naming the holder.
         out = subprocess.run([*CLI, "prune", "--db", url + "?timeout=1", "--keep", "5"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=30)  # fmt: skip
         assert out.returncode == 2
@@ -148,7 +148,7 @@ def test_sqlite_commands_against_a_stopped_holder_fail_in_one_line_or_take_over(
         assert len(lines) == 1, out.stderr
         assert f"{HOST}:{victim.pid}" in lines[0] and "stopped" in lines[0]
         assert victim.poll() is None and lock_is_held(tmp_path / "run.db.lock")
-        # Patience (5 s) longer than its lease: the holder is taken over and retry succeeds.
+        # Patience (5 s) reaching half its lease: the holder is taken over, retry succeeds.
         out = subprocess.run([*CLI, "retry", "--failed", "--db", url], cwd=tmp_path,
                              capture_output=True, text=True, timeout=30)  # fmt: skip
         assert out.returncode == 0, out.stderr
@@ -243,3 +243,41 @@ def test_sqlite_lock_waiter_that_gives_up_leaves_the_lock_free(tmp_path: Path) -
     assert third._try()  # nobody took it meanwhile
     for lock in (holder, waiter, third):
         lock.close()
+
+
+STOPPED_HOLDER = """
+import fcntl, os, signal, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.pwrite(fd, f"{sys.argv[2]}:{os.getpid()} {sys.argv[3]}".encode().ljust(128), 0)
+print("held", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+def test_sqlite_lock_stopped_worker_is_taken_over_after_half_its_lease(tmp_path: Path) -> None:
+    # Every waiter's heartbeat waits for this lock too: taken over only after a whole lease,
+    # the stopped worker left every other worker silent for a lease, and the first reap after
+    # the take-over recorded a healthy worker `worker_lost` (seen with 3 real workers).
+    from conveyor.store.sqlitelock import WriteLock
+    from helpers import wait_until
+
+    lease = 20.0
+    since = time.time() - 0.6 * lease  # it has held the lock for 12 s of its 20 s lease
+    path = str(tmp_path / "run.db.lock")
+    holder = subprocess.Popen([sys.executable, "-c", STOPPED_HOLDER, path, HOST, f"{since:.3f}"],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    waiter = WriteLock(path, "sqlite:///run.db")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        wait_until(lambda: proc_state(holder.pid) == "T", what="the holder stopped")
+        killed = waiter.acquire(
+            1.0, lambda h: ("w-stopped", lease) if h.pid == holder.pid else None
+        )
+        assert [(name, h.pid) for name, h in killed] == [("w-stopped", holder.pid)]
+        assert holder.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.communicate()
+        waiter.close()

@@ -14,10 +14,13 @@ long as it stays stopped, and waiting differently cannot help: the holder must g
   (polling waiters did, on a busy machine: the holder was descheduled while it held the
   lock), and the lock passes on as soon as it is released;
 - a holder on this host that is stopped (``/proc/<pid>/stat`` state ``T``) and has held the
-  lock for longer than its worker lease is killed (SIGKILL; its leases have run out and its late
-  completions would be refused anyway). The kernel then frees both this lock and SQLite's, and
-  its open transaction rolls back. A holder that is not a worker (no lease), is running, or is on
-  another host is never killed;
+  lock for longer than half its worker lease (``TAKEOVER_AFTER``) is killed (SIGKILL; a dead
+  process completes nothing, and its leases are reaped as they run out). Not a whole lease:
+  every waiter's
+  heartbeat waits for this lock too, so by then every other worker of the store would be
+  judged silent (``worker_lost``) and its leases taken as well. The kernel then frees both this
+  lock and SQLite's, and its open transaction rolls back. A holder that is not a worker (no
+  lease), is running, or is on another host is never killed;
 - a waiter that has waited ``patience`` seconds raises ``StoreLockedError`` naming the holder
   and what it is doing (a worker goes on waiting while the holder runs on this host).
 
@@ -43,6 +46,10 @@ from conveyor.workerid import HOST
 #: Bytes of the holder record at the start of the lock file (space-padded).
 RECORD_BYTES = 128
 _LOOK_EVERY_S = 0.25  # how often a waiter looks at who holds the lock
+#: A stopped worker is killed once it has held the lock for this part of its lease: a waiter's
+#: last beat is up to a third of a lease old when the holder stops, so at half a lease no one
+#: who only waited is past its own lease when the beats resume.
+TAKEOVER_AFTER = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,14 +255,14 @@ class WriteLock:
 
     def _stopped_past_lease(self, lease_of: LeaseOf) -> tuple[str, Holder] | None:
         """Kill the holder if it is a worker on this host, stopped, that has held the lock for
-        longer than its lease; returns it."""
+        longer than ``TAKEOVER_AFTER`` of its lease; returns it."""
         h = self.holder()
         if h is None or h.host != HOST or h.pid == os.getpid():
             return None
         if process_state(h.pid) != "T":
             return None
         lease = lease_of(h)
-        if lease is None or time.time() - h.since < lease[1]:
+        if lease is None or time.time() - h.since < lease[1] * TAKEOVER_AFTER:
             return None
         if self.holder() != h:  # it changed hands while we looked
             return None
@@ -288,8 +295,8 @@ class WriteLock:
             return (f"{head}, {held}, which is stopped and is not a worker (never taken over): "
                     f"resume it (kill -CONT {h.pid}) or end it")  # fmt: skip
         return (f"{head}, {held}, which is stopped: a writer takes over once it has held the "
-                f"lock for its lease ({lease[1]:g} s); {advice}, or resume it "
-                f"(kill -CONT {h.pid})")  # fmt: skip
+                f"lock for half its lease ({lease[1] * TAKEOVER_AFTER:g} s); {advice}, or resume "
+                f"it (kill -CONT {h.pid})")  # fmt: skip
 
     def release(self) -> None:
         if self._fd is not None:
