@@ -24,7 +24,10 @@ Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Tasks run 
 InFlight = Annotated[
     int | None,
     typer.Option(
-        "--workers", "-w", min=1, help="Tasks run at once [default: 4; Ray: cluster CPUs x 16]."
+        "--workers",
+        "-w",
+        min=1,
+        help="Tasks run at once (default 4; with Ray, the cluster's CPUs x 16).",
     ),
 ]
 Events = Annotated[Path | None, typer.Option("--events", help="Append JSONL events here.")]
@@ -34,7 +37,7 @@ Otel = Annotated[
     typer.Option(
         "--otel",
         help="Report a span per task attempt and the run's metrics through OpenTelemetry "
-        "(conveyor[otel]; exporters from OTEL_* variables, docs/telemetry.md).",
+        "(conveyor\\[otel]; exporters from OTEL_* variables, docs/telemetry.md).",
     ),
 ]
 Lease = Annotated[float, typer.Option("--lease", help="Lease seconds (durable stores).")]
@@ -58,7 +61,7 @@ RayAddress = Annotated[
     typer.Option(
         "--address",
         help="With --executor ray: the Ray cluster, auto or host:port "
-        "[default: the one `ray start` left here, else a new local Ray].",
+        "(default: the one `ray start` left here, else a new local Ray).",
     ),
 ]
 

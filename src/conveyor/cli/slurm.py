@@ -39,7 +39,9 @@ def submit(
     resources: opt.Resources = None,
     slots: Annotated[
         int | None,
-        typer.Option("--slots", min=1, help="Tasks one worker runs at once [--cpus-per-task or 1]"),
+        typer.Option(
+            "--slots", min=1, help="Tasks one worker runs at once (default: --cpus-per-task, or 1)"
+        ),
     ] = None,
     max_parallel: Annotated[
         int | None, typer.Option("--max-parallel", min=1, help="Workers running at once.")
