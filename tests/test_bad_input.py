@@ -358,6 +358,15 @@ def test_events_file_that_cannot_be_written_is_named_in_one_line(tmp_path: Path)
     assert len(lines) == 1 and "/dev/full" in lines[0] and "No space left" in lines[0], lines
 
 
+@pytest.mark.skipif(not Path("/proc/version").exists(), reason="needs /proc (Linux)")
+def test_events_file_that_cannot_be_appended_to_is_named_in_one_line(tmp_path: Path) -> None:
+    """A file that opens for writing but cannot be appended to (``/proc/version`` refuses the
+    seek to its end) was one line without its name: ``[Errno 22] Invalid argument``."""
+    (tmp_path / "g.json").write_text(json.dumps({"tasks": [{"id": "a"}]}))
+    out = conveyor("run", "g.json", "--events", "/proc/version", cwd=tmp_path)
+    one_line_error(out, "/proc/version")
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 def test_output_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
     """``conveyor status > /dev/full`` printed a traceback (its output is written outside the

@@ -34,7 +34,11 @@ class JsonlSink:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._file: IO[str] = open(fd, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        try:
+            self._file: IO[str] = open(fd, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        except OSError as exc:  # a file that cannot be appended to (/proc/version): say which
+            os.close(fd)
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
         self._path = os.fspath(path)
         self._lock = threading.Lock()
         import json  # (here: a run that writes no event file need not import it)
