@@ -349,6 +349,24 @@ def test_python_graph_refuses_a_malformed_endpoint_when_the_task_is_added() -> N
     g.add(print, id="b", endpoint="openai/gpt-4o/api.openai.com")  # a well-formed key is fine
 
 
+def test_python_graph_refuses_resources_and_inputs_of_the_wrong_shape() -> None:
+    """``resources="cpu"`` gave dict()'s ``dictionary update sequence element #0`` (also as the
+    error of a parent whose ``ctx.submit`` passed it), and ``inputs="a.txt"`` became the inputs
+    ``a``, ``.``, ``t``, ``x``, ``t``: both are the field's one-line error now."""
+    import conveyor
+    from conveyor.errors import GraphError
+
+    g = conveyor.Graph("e")
+    with pytest.raises(GraphError, match=r"task 'a', field 'resources': expected a mapping"):
+        g.add(print, id="a", resources="cpu")
+    with pytest.raises(GraphError, match=r"task 'b', field 'labels': expected a mapping"):
+        g.add(print, id="b", labels=["gpu"])
+    with pytest.raises(GraphError, match=r"task 'c', field 'inputs': expected a list of paths"):
+        g.add(print, id="c", inputs="a.txt")
+    ok = g.add(print, id="d", resources={"cpu": 1}, inputs=["a.txt"], labels=None)
+    assert g.spec().tasks[-1].id == ok.id and g.spec().tasks[-1].inputs == ("a.txt",)
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 def test_events_file_that_cannot_be_written_is_named_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "g.json").write_text(json.dumps({"tasks": [{"id": "a"}, {"id": "b"}]}))

@@ -10,7 +10,7 @@ import contextvars
 import dataclasses
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from conveyor.errors import GraphError
@@ -49,10 +49,18 @@ def spec_from_call(fn: Any, args: tuple[Any, ...], options: dict[str, Any]) -> T
         raise GraphError(f"task {defaults.get('id')!r}: {fn!r} is not callable")
     for key in ("labels", "resources"):
         if key in defaults:
-            defaults[key] = dict(defaults[key] or {})
+            value = defaults[key] or {}
+            if not isinstance(value, Mapping):
+                raise GraphError(f"task {defaults.get('id')!r}, field {key!r}: expected a "
+                                 f"mapping such as {{'cpu': 2}}, got {value!r}")  # fmt: skip
+            defaults[key] = dict(value)
     for key in ("inputs", "outputs"):
         if key in defaults:
-            defaults[key] = tuple(defaults[key] or ())
+            value = defaults[key] or ()
+            if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+                raise GraphError(f"task {defaults.get('id')!r}, field {key!r}: expected a "
+                                 f"list of paths, got {value!r}")  # fmt: skip
+            defaults[key] = tuple(value)
     spec = TaskSpec(fn=fn, args=tuple(args), kwargs=kwargs, deps=tuple(deps), **defaults)
     spec.validate()
     if spec.endpoint is not None:
