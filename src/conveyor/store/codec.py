@@ -203,8 +203,9 @@ def decode_spec(task_id: str, text: str) -> TaskSpec:
     if "args_pickle" in d:
         args, kwargs = pickle.loads(base64.b64decode(d.pop("args_pickle")))
     else:
-        args = tuple(_refs_in(d.pop("args", [])))
-        kwargs = _refs_in(d.pop("kwargs", {}))
+        # (most specs have neither: a claim decodes one per task)
+        args = tuple(_refs_in(d.pop("args"))) if "args" in d else ()
+        kwargs = _refs_in(d.pop("kwargs")) if "kwargs" in d else {}
     for name in _TUPLES:
         if name in d:
             d[name] = tuple(d[name])

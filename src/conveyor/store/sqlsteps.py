@@ -77,15 +77,24 @@ def start(
     completed right here (a claim marked ``committed``): the engine would complete each the
     moment it is claimed, and here that costs no commit of its own. ``last``: no claim
     follows in this transaction (see ``release_children``). O(len(seqs) · log n)."""
-    got = tx.rows("claim_seqs", seqs=tx.as_list(seqs), worker=worker,
-                  lease_until=now + lease_s, now=now)  # fmt: skip
+    specs: dict[int, str] = {}
+    params = {"seqs": tx.as_list(seqs), "worker": worker, "lease_until": now + lease_s, "now": now}
+    if tx.io.specs_in_claim:
+        got = []
+        for *row, spec in tx.rows("claim_seqs_specs", **params):
+            got.append(tuple(row))
+            if spec is not None:
+                specs[row[0]] = spec
+    else:
+        got = tx.rows("claim_seqs", **params)
     got.sort(key=lambda r: PriorityKey(r[4], r[5], r[0]))
     inline: list[bool] = []
     for r in got:
         inline.append(bool(r[6]) and noops > 0)
         noops -= inline[-1]
-    need = [r[0] for r, i in zip(got, inline, strict=True) if not i]
-    specs = dict(tx.rows("specs_of", seqs=tx.as_list(need))) if need else {}
+    need = [r[0] for r, i in zip(got, inline, strict=True) if not i and r[0] not in specs]
+    if need:
+        specs.update(tx.rows("specs_of", seqs=tx.as_list(need)))
     out: list[Claim] = []
     done: list[int] = []
     undecoded: list[tuple[Claim, str]] = []

@@ -58,6 +58,10 @@ class SqlIo(abc.ABC):
     def read(self, name: str, params: dict[str, Any]) -> list[Any]:
         """Rows of one named read-only query, outside any write transaction."""
 
+    #: Whether a claim reads its tasks' specs in the statement that claims them
+    #: (``claim_seqs_specs``: one round trip fewer per claim on PostgreSQL).
+    specs_in_claim: ClassVar[bool] = False
+
     #: Whether a completion's children are released last in its transaction (PostgreSQL: a
     #: child's row lock is held to the commit, and a child with hundreds of parents is
     #: contended by every worker; SQLite's one writer lock makes the order moot).

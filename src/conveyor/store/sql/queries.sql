@@ -93,6 +93,16 @@ SELECT iif(p.k, :ts1, :ts0), iif(p.k, :event1, :event0), j.value,
 FROM json_each(:tasks) AS j, (SELECT 0 AS k UNION ALL SELECT 1) AS p
 ORDER BY j.key, p.k;
 
+-- PostgreSQL: the audit rows of a claim/complete transaction in one statement, as a JSON array
+-- of rows keyed by column (COPY takes two round trips); ids follow the array's order (a
+-- function scan feeding the insert: nothing reorders it).
+-- name: insert_audit_json@postgres
+INSERT INTO audit (ts, event, task, from_state, to_state, worker, attempt, error, extra)
+SELECT ts, event, task, from_state, to_state, worker, attempt, error, extra
+FROM json_to_recordset(:rows::json) AS r(ts float8, event text, task text, from_state int2,
+                                         to_state int2, worker text, attempt int4, error text,
+                                         extra text);
+
 -- name: insert_audit_at
 INSERT INTO audit (id, ts, event, task, from_state, to_state, worker, attempt, error, extra)
 VALUES (:id, :ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :extra);
@@ -229,6 +239,15 @@ SET state = {RUNNING}, attempt = attempt + 1, token = token + 1, worker = :worke
     lease_until = :lease_until, updated = :now
 WHERE seq = ANY(:seqs) AND state = {READY}
 RETURNING seq, id, attempt, token, neg_depth, root_seq, noop;
+
+-- PostgreSQL: the claim with the specs of its tasks that are not no-ops, in one round trip.
+-- name: claim_seqs_specs@postgres
+UPDATE tasks
+SET state = {RUNNING}, attempt = attempt + 1, token = token + 1, worker = :worker,
+    lease_until = :lease_until, updated = :now
+WHERE seq = ANY(:seqs) AND state = {READY}
+RETURNING seq, id, attempt, token, neg_depth, root_seq, noop,
+          CASE WHEN noop = 0 THEN (SELECT spec FROM specs WHERE specs.seq = tasks.seq) END;
 
 -- name: specs_of
 SELECT seq, spec FROM specs WHERE seq IN (SELECT value FROM json_each(:seqs));
