@@ -181,10 +181,15 @@ def encode_bare_spec(spec: TaskSpec) -> str:
     """``encode_spec`` of a task that has only an id, parents and maybe ``runtime_s`` (every
     task of a graph loaded ``structure_only``), without looking at every field."""
     d: dict[str, Any] = {}
-    if spec.deps:
-        d["deps"] = list(spec.deps)
-    if spec.runtime_s is not None:
-        d["runtime_s"] = spec.runtime_s
+    deps = spec.deps
+    if deps:
+        d["deps"] = list(deps)
+    runtime = spec.runtime_s
+    if runtime is not None:
+        d["runtime_s"] = runtime
+    # Ids are strings: told by one pass in C, not ``_is_plain``'s call per parent.
+    if (runtime is None or _is_plain(runtime)) and set(map(type, deps)) <= {str}:
+        return plain_json(d)
     return to_json(d)
 
 
@@ -203,8 +208,9 @@ def decode_spec(task_id: str, text: str) -> TaskSpec:
     if "args_pickle" in d:
         args, kwargs = pickle.loads(base64.b64decode(d.pop("args_pickle")))
     else:
-        args = tuple(_refs_in(d.pop("args", [])))
-        kwargs = _refs_in(d.pop("kwargs", {}))
+        # (most specs have neither: a claim decodes one per task)
+        args = tuple(_refs_in(d.pop("args"))) if "args" in d else ()
+        kwargs = _refs_in(d.pop("kwargs")) if "kwargs" in d else {}
     for name in _TUPLES:
         if name in d:
             d[name] = tuple(d[name])

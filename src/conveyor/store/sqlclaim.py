@@ -86,6 +86,8 @@ class Claims:
         #: (``SqlIo.locks_window``); ``_noops_seen``: whether it met one.
         self.lean = lean
         self._noops_seen = False
+        #: The no-ops among the seqs the last ``_choose_from`` chose, in key order.
+        self._chosen_noops: list[int] = []
         self.noop_batch = NOOP_BATCH
         self._buffer: deque[Claim] = deque()  # claimed in a batch, not yet handed out
         self._claimed_at: dict[int, float] = {}
@@ -160,7 +162,8 @@ class Claims:
             chosen = self._choose(tx, limit - real, noops)
             if not chosen:
                 break
-            got = start(tx, chosen, worker, now, lease_s, noops, last=round_ == self.rounds - 1)
+            got = start(tx, chosen, worker, now, lease_s, noops, last=round_ == self.rounds - 1,
+                        noop_seqs=self._chosen_noops)  # fmt: skip
             out.extend(got)
             inlined = sum(1 for c in got if c.extra.get("committed"))
             noops -= inlined
@@ -189,6 +192,7 @@ class Claims:
 
     def _choose_from(self, tx: Tx, limit: int, noops: int) -> list[int]:
         window = limit + noops
+        self._chosen_noops = noop_seqs = list[int]()
         if self.worker.constrained:
             window = max(window, _FIT_WINDOW)
         chosen: list[int] = []
@@ -213,6 +217,7 @@ class Claims:
                             # transaction of its own to complete. The next claim completes it.
                             return chosen
                         noops -= 1
+                        noop_seqs.append(seq)
                     elif limit > 0:
                         needs = labels is not None or resources is not None
                         if needs and not self._fits(labels, resources):

@@ -17,7 +17,7 @@ from conveyor.core.transitions import skip_closure, upstream_failed
 from conveyor.model import TaskSpec, TaskState
 from conveyor.store.base import Claim, WorkerProfile
 from conveyor.store.codec import decode_spec
-from conveyor.store.sqltx import Tx
+from conveyor.store.sqltx import Tx, audit_row
 
 PENDING, READY, RUNNING = TaskState.PENDING, TaskState.READY, TaskState.RUNNING
 DONE, SKIPPED, RETRY_WAIT = TaskState.DONE, TaskState.SKIPPED, TaskState.RETRY_WAIT
@@ -71,21 +71,42 @@ def start(
     noops: int,
     *,
     last: bool = False,
+    noop_seqs: list[int] | None = None,
 ) -> list[Claim]:
     """Claim the ready tasks ``seqs`` for ``worker`` in key order, each with a new lease
     generation; tasks no longer ready are left out. Up to ``noops`` no-op tasks among them are
     completed right here (a claim marked ``committed``): the engine would complete each the
     moment it is claimed, and here that costs no commit of its own. ``last``: no claim
-    follows in this transaction (see ``release_children``). O(len(seqs) · log n)."""
-    got = tx.rows("claim_seqs", seqs=tx.as_list(seqs), worker=worker,
-                  lease_until=now + lease_s, now=now)  # fmt: skip
+    follows in this transaction (see ``release_children``). O(len(seqs) · log n).
+
+    ``noop_seqs``: which of ``seqs`` are no-ops, in key order, when the caller read it (rows
+    it locked: they are all still ready). A backend with ``specs_in_claim`` then claims and
+    completes those in one update of each row, not two (each rewrote every index entry of
+    the row: most of what a no-op cost the server)."""
+    specs: dict[int, str] = {}
+    params = {"seqs": tx.as_list(seqs), "worker": worker, "lease_until": now + lease_s, "now": now}
+    finished: set[int] = set()
+    if tx.io.specs_in_claim:
+        if noop_seqs is not None:
+            finished = set(noop_seqs[: max(0, noops)])
+        got = []
+        for *row, spec in tx.rows("claim_seqs_specs", done=tx.as_list(sorted(finished)), **params):
+            got.append(tuple(row))
+            if spec is not None:
+                specs[row[0]] = spec
+    else:
+        got = tx.rows("claim_seqs", **params)
     got.sort(key=lambda r: PriorityKey(r[4], r[5], r[0]))
     inline: list[bool] = []
     for r in got:
-        inline.append(bool(r[6]) and noops > 0)
+        if finished:
+            inline.append(r[0] in finished)
+        else:
+            inline.append(bool(r[6]) and noops > 0)
         noops -= inline[-1]
-    need = [r[0] for r, i in zip(got, inline, strict=True) if not i]
-    specs = dict(tx.rows("specs_of", seqs=tx.as_list(need))) if need else {}
+    need = [r[0] for r, i in zip(got, inline, strict=True) if not i and r[0] not in specs]
+    if need:
+        specs.update(tx.rows("specs_of", seqs=tx.as_list(need)))
     out: list[Claim] = []
     done: list[int] = []
     undecoded: list[tuple[Claim, str]] = []
@@ -106,7 +127,8 @@ def start(
         tx.after.append(lambda: _decode(undecoded))
     if done:
         listed = tx.as_list(done)
-        tx.run("complete_seqs", seqs=listed, now=now)
+        if not finished:
+            tx.run("complete_seqs", seqs=listed, now=now)
         release_children(tx, now, last=last, seqs=listed)
     return out
 
@@ -134,18 +156,30 @@ def release_children(tx: Tx, now: float, *, last: bool, **params: Any) -> None:
     def step() -> None:
         children_ready(tx, tx.rows(name, now=now, **params), now)
 
+    def step_audited() -> None:
+        # The statement writes the task_ready rows itself: the commit follows it at once.
+        ts = tx.stamp(now)
+        rows = tx.rows(name + "_audit", now=now, ts=ts, **params)
+        children_ready(tx, rows, ts, written=True)
+
     if last and tx.io.release_last:
-        tx.last.append(step)
+        tx.last.append(step_audited)
     else:
         step()
 
 
-def children_ready(tx: Tx, rows: list[tuple[str, int, int]], now: float) -> None:
+def children_ready(
+    tx: Tx, rows: list[tuple[str, int, int]], now: float, *, written: bool = False
+) -> None:
     """Audit the children a completion made ready (rows ``(id, state, waiting)`` of a
-    ``release_children*`` query) and signal idle workers."""
+    ``release_children*`` query) and signal idle workers. ``written``: the query wrote their
+    audit rows (stamped ``now``); they are only emitted."""
     for tid, state, waiting in rows:
         if state == READY and waiting == 0:
-            tx.audit(now, "task_ready", tid, PENDING, READY)
+            if written:
+                tx.written.append(audit_row(now, "task_ready", tid, PENDING, READY))
+            else:
+                tx.audit(now, "task_ready", tid, PENDING, READY)
             tx.notify = True
 
 

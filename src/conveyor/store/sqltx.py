@@ -14,6 +14,7 @@ import abc
 import json
 from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
+from itertools import chain
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from conveyor.clock import Clock
@@ -57,6 +58,10 @@ class SqlIo(abc.ABC):
     @abc.abstractmethod
     def read(self, name: str, params: dict[str, Any]) -> list[Any]:
         """Rows of one named read-only query, outside any write transaction."""
+
+    #: Whether a claim reads its tasks' specs in the statement that claims them
+    #: (``claim_seqs_specs``: one round trip fewer per claim on PostgreSQL).
+    specs_in_claim: ClassVar[bool] = False
 
     #: Whether a completion's children are released last in its transaction (PostgreSQL: a
     #: child's row lock is held to the commit, and a child with hundreds of parents is
@@ -124,13 +129,18 @@ class Reads(Protocol):
 class Tx:
     """One write transaction: runs named queries; collects audit rows, written at the end."""
 
-    __slots__ = ("after", "audit_from", "audit_rows", "conn", "io", "last", "notify", "q")
+    __slots__ = ("after", "audit_from", "audit_rows", "clock", "conn", "io", "last", "notify",
+                 "q", "written")  # fmt: skip
 
-    def __init__(self, io: SqlIo, conn: Any) -> None:
+    def __init__(self, io: SqlIo, conn: Any, clock: Clock | None = None) -> None:
         self.io = io
         self.conn = conn
         self.q = io.queries
+        #: Stamps audit rows no earlier than it reads (``Db.atomic``); ``stamp``.
+        self.clock = clock
         self.audit_rows: list[dict[str, Any]] = []
+        #: Audit rows a statement wrote itself (after ``audit_rows``), to be emitted only.
+        self.written: list[dict[str, Any]] = []
         self.notify = False  # PostgreSQL: tell idle workers that work may be claimable
         #: The id of the first audit row, when it must not be the database's choice (after a
         #: replacement emptied the audit table: see ``insert_audit_at``).
@@ -141,6 +151,11 @@ class Tx:
         #: Steps run once this transaction committed, outside it (SQLite: after the writer
         #: lock is released): work on what it returned that other writers need not wait for.
         self.after: list[Callable[[], None]] = []
+
+    def stamp(self, ts: float) -> float:
+        """The time to stamp an audit row of ``ts`` with that a statement writes itself: no
+        earlier than the clock now (as ``Db.atomic`` stamps ``audit_rows``)."""
+        return ts if self.clock is None else max(ts, self.clock.wall())
 
     def run(self, name: str, /, **params: Any) -> Any:
         return self.conn.execute(self.q[name], params)
@@ -216,7 +231,7 @@ class Db:
         for attempt in range(_RETRIES):
             try:
                 with self.io.begin() as conn:
-                    tx = Tx(self.io, conn)
+                    tx = Tx(self.io, conn, clock)
                     self.io.on_begin(tx)
                     value = op(tx)
                     rows = _stamped(tx.audit_rows, clock)
@@ -240,7 +255,7 @@ class Db:
         for step in tx.after:
             step()
         if emit is not None:
-            for r in tx.audit_rows:
+            for r in chain(tx.audit_rows, tx.written):
                 emit(audit_event((None, *r.values())))
         return value
 

@@ -93,6 +93,16 @@ SELECT iif(p.k, :ts1, :ts0), iif(p.k, :event1, :event0), j.value,
 FROM json_each(:tasks) AS j, (SELECT 0 AS k UNION ALL SELECT 1) AS p
 ORDER BY j.key, p.k;
 
+-- PostgreSQL: the audit rows of a claim/complete transaction in one statement, as a JSON array
+-- of rows keyed by column (COPY takes two round trips); ids follow the array's order (a
+-- function scan feeding the insert: nothing reorders it).
+-- name: insert_audit_json@postgres
+INSERT INTO audit (ts, event, task, from_state, to_state, worker, attempt, error, extra)
+SELECT ts, event, task, from_state, to_state, worker, attempt, error, extra
+FROM json_to_recordset(:rows::json) AS r(ts float8, event text, task text, from_state int2,
+                                         to_state int2, worker text, attempt int4, error text,
+                                         extra text);
+
 -- name: insert_audit_at
 INSERT INTO audit (id, ts, event, task, from_state, to_state, worker, attempt, error, extra)
 VALUES (:id, :ts, :event, :task, :from_state, :to_state, :worker, :attempt, :error, :extra);
@@ -230,6 +240,19 @@ SET state = {RUNNING}, attempt = attempt + 1, token = token + 1, worker = :worke
 WHERE seq = ANY(:seqs) AND state = {READY}
 RETURNING seq, id, attempt, token, neg_depth, root_seq, noop;
 
+-- PostgreSQL: the claim with the specs of its tasks that are not no-ops, in one round trip.
+-- The no-ops :done (completed in this transaction: sqlsteps.start) go straight to done: one
+-- new version of each row, not two.
+-- name: claim_seqs_specs@postgres
+UPDATE tasks
+SET state = CASE WHEN seq = ANY(:done) THEN {DONE} ELSE {RUNNING} END,
+    attempt = attempt + 1, token = token + 1, worker = :worker,
+    lease_until = CASE WHEN seq = ANY(:done) THEN NULL ELSE :lease_until END,
+    error = CASE WHEN seq = ANY(:done) THEN NULL ELSE error END, updated = :now
+WHERE seq = ANY(:seqs) AND state = {READY}
+RETURNING seq, id, attempt, token, neg_depth, root_seq, noop,
+          CASE WHEN noop = 0 THEN (SELECT spec FROM specs WHERE specs.seq = tasks.seq) END;
+
 -- name: specs_of
 SELECT seq, spec FROM specs WHERE seq IN (SELECT value FROM json_each(:seqs));
 
@@ -333,6 +356,46 @@ SET waiting = waiting - d.n,
 FROM d
 WHERE tasks.seq = d.child AND tasks.seq = ANY(ARRAY(SELECT seq FROM kids))
 RETURNING tasks.id, tasks.state, tasks.waiting;
+
+-- PostgreSQL, the two above as the last statement before the commit: the task_ready audit rows
+-- of the children made ready are written by the statement itself (stamped :ts), so the
+-- children's row locks are held for this statement and the commit only.
+-- name: release_children_audit@postgres
+WITH kids AS (
+    SELECT t.seq FROM edges e JOIN tasks t ON t.seq = e.child
+    WHERE e.parent = :seq ORDER BY t.seq FOR UPDATE OF t
+), r AS (
+    UPDATE tasks
+    SET waiting = waiting - 1,
+        state = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
+        updated = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
+    WHERE seq IN (SELECT seq FROM kids)
+    RETURNING seq, id, state, waiting
+), a AS (
+    INSERT INTO audit (ts, event, task, from_state, to_state)
+    SELECT :ts, 'task_ready', id, {PENDING}, {READY} FROM r
+    WHERE state = {READY} AND waiting = 0 ORDER BY seq
+)
+SELECT id, state, waiting FROM r;
+
+-- name: release_children_of_audit@postgres
+WITH d AS (SELECT child, count(*) AS n FROM edges WHERE parent = ANY(:seqs) GROUP BY child),
+     kids AS (SELECT seq FROM tasks WHERE seq = ANY(ARRAY(SELECT child FROM d))
+              ORDER BY seq FOR UPDATE),
+     r AS (
+    UPDATE tasks
+    SET waiting = waiting - d.n,
+        state = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
+        updated = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
+    FROM d
+    WHERE tasks.seq = d.child AND tasks.seq = ANY(ARRAY(SELECT seq FROM kids))
+    RETURNING tasks.seq, tasks.id, tasks.state, tasks.waiting
+), a AS (
+    INSERT INTO audit (ts, event, task, from_state, to_state)
+    SELECT :ts, 'task_ready', id, {PENDING}, {READY} FROM r
+    WHERE state = {READY} AND waiting = 0 ORDER BY seq
+)
+SELECT id, state, waiting FROM r ORDER BY seq;
 
 -- name: fail_retry
 UPDATE tasks
