@@ -19,7 +19,7 @@ import typer
 
 from conveyor.cli import options as opt
 from conveyor.cli.errors import exit_now, user_errors
-from conveyor.cli.inputs import durable, durable_store, existing_store, import_from
+from conveyor.cli.inputs import durable, durable_store, import_from
 from conveyor.errors import UsageError
 
 #: Epoch seconds by which a worker must be done, when neither --until nor --time-left is given.
@@ -92,17 +92,16 @@ def worker(
         if idle_exit is not None:
             idle_exit = opt.checked(idle_exit, "Wait", "--idle-exit")
         end = worker_end(until, time_left, os.environ.get(END_ENV), time.time())
-        existing_store(db)
-        warning = sqlite_fs_warning(db)
-        if warning is not None:
-            typer.echo(warning, err=True)
         offered = opt.parse_pairs(labels, "labels", number=False)
         has = opt.parse_pairs(resources, "resources", number=True) if resources else None
         telemetry = opt.telemetry(otel)
         # The file's functions import from where the submitter found them (before Ray starts
         # its workers with this import path). One store handle serves that and the run: every
         # open and close of a SQLite file is time a worker spends before its first claim.
-        with durable_store(db) as store:
+        with durable_store(db) as store:  # (refuses a store that does not exist)
+            warning = sqlite_fs_warning(db)
+            if warning is not None:
+                typer.echo(warning, err=True)
             import_from(store.meta_get("graph_dir"), Path.cwd())
             with open_run(
                 None, db=durable(db), store=store, events=events, lease_s=lease,
