@@ -45,7 +45,12 @@ class Bench:
         self.ran: list[tuple[str, int]] = []
         self.started = {n: threading.Event() for n in "abcd"}
         self.hold = {n: threading.Event() for n in "abcd"}
-        self.runners = Runners(lambda: self.pool, self.body, self.clock)
+        self.wakes = 0
+        self.runners = Runners(lambda: self.pool, self.body, self.clock, self.wake)
+        self.runners.looker = threading.get_ident()  # the test plays the engine's loop
+
+    def wake(self) -> None:
+        self.wakes += 1
 
     def body(self, first: Launch | None, runner: Runner) -> None:
         item = first
@@ -55,6 +60,7 @@ class Bench:
             self.started[name].set()
             if not self.hold[name].wait(WAIT):
                 raise AssertionError(f"{name} was never let go")
+            runner.since = None  # as Executors does: recording the task
             item = self.runners.next_for(runner, None)
 
     def close(self) -> None:
@@ -93,12 +99,50 @@ def test_a_stuck_runner_gets_company(bench: Bench) -> None:
     assert bench.started["a"].wait(WAIT)
     bench.runners.start(launch("b"))
     assert bench.runners.waiting == 1
+    assert bench.runners.look(bench.clock()) is not None  # a is fresh: b waits
+    assert bench.runners.threads_started == 1
     bench.clock.t += 2 * bench.runners.spread_s  # a's task is no longer fresh: a is stuck
+    assert bench.runners.look(bench.clock()) is None  # b got a thread: nothing waits
     assert bench.started["b"].wait(WAIT)  # while a still runs
     assert not bench.hold["a"].is_set()
     assert bench.runners.threads_started == 2
     a_thread, b_thread = (t for _, t in bench.ran)
     assert a_thread != b_thread
+
+
+def test_a_runner_recording_its_task_is_not_stuck(bench: Bench) -> None:
+    """A runner between tasks (recording one, waiting for the engine's lock) keeps the tasks
+    that wait for it. Fails when such a runner counts as stuck."""
+    runner = Runner(None)
+    bench.runners._runners.append(runner)  # a runner in the engine's bookkeeping
+    bench.runners.start(launch("a"))
+    assert bench.runners.waiting == 1
+    bench.clock.t += 10 * bench.runners.spread_s
+    assert bench.runners.look(bench.clock()) == bench.runners.spread_s  # look again later
+    assert bench.runners.threads_started == 0
+    bench.hold["a"].set()
+    assert bench.runners.next_for(runner, None) is not None  # it takes a itself
+    assert bench.runners.next_for(runner, None) is None  # and then ends
+    assert bench.runners.runners == 0
+
+
+def test_a_task_waiting_off_the_engine_thread_wakes_the_engine(bench: Bench) -> None:
+    """The engine's loop only looks when it wakes: a task that starts waiting from a pool
+    thread asks it to. Fails without the wake."""
+    bench.runners.start(launch("a"))
+    assert bench.started["a"].wait(WAIT)
+    bench.runners.start(launch("b"))  # from the looker's own thread: no wake needed
+    assert bench.wakes == 0
+    bench.hold["a"].set()
+    bench.hold["b"].set()
+    wait_until(lambda: bench.runners.runners == 0, WAIT, "the runner ended")
+    bench.runners.start(launch("c"))
+    assert bench.started["c"].wait(WAIT)
+    other = threading.Thread(target=bench.runners.start, args=(launch("d"),))
+    other.start()
+    other.join(WAIT)
+    assert bench.runners.waiting == 1
+    assert bench.wakes == 1
 
 
 def test_a_task_cancelled_while_it_waits_never_runs(bench: Bench) -> None:

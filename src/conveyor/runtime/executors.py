@@ -97,7 +97,7 @@ def describe(exc: BaseException) -> str:
 class Executors:
     def __init__(
         self, slots: int, post: Post, thread_done: ThreadDone | None = None,
-        ray: RayExecutor | None = None,
+        ray: RayExecutor | None = None, wake: Callable[[], None] = lambda: None,
     ) -> None:  # fmt: skip
         self.slots = max(1, slots)
         #: Where tasks run when the run's executor is Ray (``rayexec.py``).
@@ -113,7 +113,8 @@ class Executors:
         self._kicked = False  # the loop was asked to start the pending coroutines
         #: Sync tasks on as few pool threads as keep them moving (``runners.py``); real time
         #: always (a fake clock that stood still would keep a stuck runner's company away).
-        self.sync = Runners(self._pool, self._thread_main, time.monotonic)
+        #: The engine's loop looks at them (``Runners.look``); ``wake`` asks it to.
+        self.sync = Runners(self._pool, self._thread_main, time.monotonic, wake)
 
     # -- sync callables ---------------------------------------------------------------------
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -146,6 +147,7 @@ class Executors:
                 value, ok = describe(exc), False
             finally:
                 _current.reset(token)
+            runner.since = None  # recording it, claiming the next: not stuck in a task
             run = launch.run
             try:
                 launch = done(run, ok, value)
