@@ -298,14 +298,17 @@ class Engine:
                     if timeout is None:
                         break
                     look = sync.look(monotonic())  # sync tasks waiting for a stuck thread
-                    if look is not None:
-                        timeout = min(timeout, look)
+                    looking = False
+                    if look is not None and look < timeout:
+                        timeout, looking = look, True
                     msg = self._next_message(timeout)
                     with lock:
                         now = clock.wall()
                         out.extend(self._inflight.expire(now))
                         finished: list[tuple[Running, bool, Any]] = []
-                        news = False  # a pool thread parked a success itself
+                        # a pool thread parked a success itself; or the wait ended early only
+                        # to look at the runners: no reason to record the group before it is due
+                        news = looking and msg is None
                         while msg is not None:
                             if isinstance(msg, Finished):
                                 finished.append((msg.run, msg.ok, msg.value))
