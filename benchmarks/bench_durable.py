@@ -47,7 +47,9 @@ the graph file) or ``durable_tasks:sleep_1ms``; 1 and 4 ``conveyor worker`` proc
 conveyor's default slots (``--workers`` 4) or one slot (``--workers 1``); SQLite and PostgreSQL
 (fsync and synchronous_commit on: the server's defaults). Beside every ``fn`` cell, the peers run
 the same function 10,000 times with the same worker processes and slots per process, interleaved
-with conveyor's runs, same time limit (``--fn-timeout``) and repetitions:
+with conveyor's runs, same time limit (``--fn-timeout``) and repetitions. Both slot settings of
+one (body, W) cell run interleaved too (default, one slot, default, ...), so "more slots never
+slower" compares runs made under the same load:
 
 - **Celery** (``peer_celery.py``): Redis as broker and result backend, a redis-server started
   here on a free port in a temp dir with Redis's defaults (no AOF: a stored result is not
@@ -1168,32 +1170,42 @@ def main(argv: list[str] | None = None) -> int:
             pg_url = pg.new_db if pg is not None else None
             stores = [("sqlite", sqlite_url)] + ([("postgres", pg_url)] if pg_url else [])
             stores = [(st, u) for st, u in stores if st in store_names]
+            names = {"sqlite": "conveyor SQLite", "postgres": "conveyor PG",
+                     "celery": "Celery", "procrastinate": "procrastinate"}  # fmt: skip
             for body in bodies if "fn" in sections else []:
                 gf_ind = write_independent(fn_n, body, gdir)
                 for w in fn_workers:
+                    # Both slot settings in one cell, interleaved run by run (default, one,
+                    # default, one, ...): the slot ratio compares runs made under the same load.
+                    log(f"[{time.perf_counter() - t_start:6.1f}s] independent {body} "
+                        f"N={fn_n} W={w} slots=default and 1")  # fmt: skip
+                    slot_systems: dict[str, Callable[[], Run]] = {}
+                    slot_show: dict[str, str] = {}
                     for slots in (None, 1):
-                        log(f"[{time.perf_counter() - t_start:6.1f}s] independent {body} "
-                            f"N={fn_n} W={w} slots={slots or 'default'}")  # fmt: skip
-                        systems = {
-                            st: partial(run_conveyor, "cli", st, f"independent-{body}", fn_n, w,
-                                        gf_ind, url_for, fn_timeout, slots)
-                            for st, url_for in stores
-                        }  # fmt: skip
+                        tag = f"{slots or 'default'} slot{'s' if slots != 1 else ''}"
+                        for st, url_for in stores:
+                            slot_systems[f"{st}/{slots}"] = partial(
+                                run_conveyor, "cli", st, f"independent-{body}", fn_n, w, gf_ind,
+                                url_for, fn_timeout, slots,
+                            )  # fmt: skip
                         peer_slots = slots or CONVEYOR_DEFAULT_SLOTS
                         if body == "fn" and celery_ok and redis_server is not None:
-                            systems["celery"] = partial(run_celery, fn_n, w, peer_slots, body,
-                                                        redis_server, fn_timeout)  # fmt: skip
+                            slot_systems[f"celery/{slots}"] = partial(
+                                run_celery, fn_n, w, peer_slots, body, redis_server, fn_timeout
+                            )
                         if body == "fn" and procrastinate_ok and pg is not None:
-                            systems["procrastinate"] = partial(
+                            slot_systems[f"procrastinate/{slots}"] = partial(
                                 run_procrastinate, fn_n, w, peer_slots, body, pg, fn_timeout
                             )
-                        names = {"sqlite": "conveyor SQLite", "postgres": "conveyor PG",
-                                 "celery": "Celery", "procrastinate": "procrastinate"}  # fmt: skip
-                        cell = repeated(systems, repeat, runs, names)
-                        for key, r in cell.items():
-                            indep[(key, body, w, slots)] = r
-                            r.extra["purpose"] = "independent"
-                        medians.extend(cell.values())
+                        for key in slot_systems:
+                            slot_show.setdefault(key, f"{names[key.split('/')[0]]}, {tag}")
+                    cell = repeated(slot_systems, repeat, runs, slot_show)
+                    for key, r in cell.items():
+                        system, _, slot_text = key.partition("/")
+                        slots_of = None if slot_text == "None" else int(slot_text)
+                        indep[(system, body, w, slots_of)] = r
+                        r.extra["purpose"] = "independent"
+                    medians.extend(cell.values())
 
             # 6. the Montage-shaped graph (issue point 9): 1 and 4 workers, PostgreSQL and SQLite
             montage_runs: dict[tuple[str, int], Run] = {}

@@ -26,6 +26,7 @@ import random
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
@@ -140,7 +141,8 @@ class Engine:
         self._children = Children(store, post, clock, functions)
         self._endpoints = EndpointFollower(store, clock, emit, endpoint_headroom, limiter)
         self._capacity = Capacity(workers, resources, labels)
-        self._executors = Executors(workers, post, self._thread_done, ray)
+        self._executors = Executors(workers, post, self._thread_done, ray,
+                                    wake=lambda: post(Wake()))  # fmt: skip
         if ray is not None:  # a lost cluster: what ran there goes back to the store
             ray.attach(post, self.hand_back)
         self._inflight = InFlight(
@@ -230,6 +232,8 @@ class Engine:
     def run_iter(self, *, yield_results: bool = True) -> Iterator[TaskResult]:
         """Run, yielding each task's result as soon as it finishes."""
         self._children.engine_thread = threading.get_ident()
+        sync = self._executors.sync
+        sync.looker = threading.get_ident()
         self._want = yield_results or self.on_result is not None
         self._yield = yield_results
         # Pool threads chain into their next task only when nobody consumes results one by one:
@@ -293,12 +297,18 @@ class Engine:
                     timeout = self._wait_time(now, busy, idle, next_tick)
                     if timeout is None:
                         break
+                    look = sync.look(monotonic())  # sync tasks waiting for a stuck thread
+                    looking = False
+                    if look is not None and look < timeout:
+                        timeout, looking = look, True
                     msg = self._next_message(timeout)
                     with lock:
                         now = clock.wall()
                         out.extend(self._inflight.expire(now))
                         finished: list[tuple[Running, bool, Any]] = []
-                        news = False  # a pool thread parked a success itself
+                        # a pool thread parked a success itself; or the wait ended early only
+                        # to look at the runners: no reason to record the group before it is due
+                        news = looking and msg is None
                         while msg is not None:
                             if isinstance(msg, Finished):
                                 finished.append((msg.run, msg.ok, msg.value))

@@ -4,7 +4,8 @@ subprocesses for shell commands, an optional process pool for CPU-bound work.
 Every executor reports back by posting ``Finished(run, ok, value_or_error)`` from whatever thread
 finished the work; the engine's loop is the only reader of those messages. A pool thread that
 finishes a sync task asks ``thread_done`` instead, which may hand it the next task to run
-(a ``Launch``) so that a chain of small tasks never changes threads.
+(a ``Launch``) so that a chain of small tasks never changes threads; which thread a sync task
+starts on (one already running quick tasks, or a new one) is ``runners.py``'s rule.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from conveyor.runtime.context import TaskContext, _current
 from conveyor.runtime.mainguard import check_main_guard
 from conveyor.runtime.messages import Finished
+from conveyor.runtime.runners import Runner, Runners
 from conveyor.store.base import Claim
 
 if TYPE_CHECKING:
@@ -94,7 +97,7 @@ def describe(exc: BaseException) -> str:
 class Executors:
     def __init__(
         self, slots: int, post: Post, thread_done: ThreadDone | None = None,
-        ray: RayExecutor | None = None,
+        ray: RayExecutor | None = None, wake: Callable[[], None] = lambda: None,
     ) -> None:  # fmt: skip
         self.slots = max(1, slots)
         #: Where tasks run when the run's executor is Ray (``rayexec.py``).
@@ -108,6 +111,10 @@ class Executors:
         self._lock = threading.Lock()
         self._async_pending: list[tuple[Launch, float | None]] = []
         self._kicked = False  # the loop was asked to start the pending coroutines
+        #: Sync tasks on as few pool threads as keep them moving (``runners.py``); real time
+        #: always (a fake clock that stood still would keep a stuck runner's company away).
+        #: The engine's loop looks at them (``Runners.look``); ``wake`` asks it to.
+        self.sync = Runners(self._pool, self._thread_main, time.monotonic, wake)
 
     # -- sync callables ---------------------------------------------------------------------
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -125,11 +132,12 @@ class Executors:
         self._post(Finished(run, ok, value))
 
     def start_sync(self, launch: Launch) -> None:
-        launch.run.future = self._pool().submit(self._thread_main, launch)
+        self.sync.start(launch)
 
-    def _thread_main(self, launch: Launch | None) -> None:
-        """Run a sync task, then whatever the engine hands back to run next in this thread."""
-        done = self._thread_done
+    def _thread_main(self, launch: Launch | None, runner: Runner) -> None:
+        """Run a sync task, then whatever waits for this thread or the engine hands back to
+        run next in it (``Runners.next_for``)."""
+        done, next_for = self._thread_done, self.sync.next_for
         while launch is not None:
             token = _current.set(launch.ctx)
             try:
@@ -139,14 +147,16 @@ class Executors:
                 value, ok = describe(exc), False
             finally:
                 _current.reset(token)
+            runner.since = None  # recording it, claiming the next: not stuck in a task
             run = launch.run
             try:
                 launch = done(run, ok, value)
             except BaseException as exc:  # recording it went wrong: the engine records that
                 self._post(Finished(run, False, describe(exc)))
-                return
+                launch = None
             if launch is not None:
                 launch.run.kind = "thread"
+            launch = next_for(runner, launch)
 
     # -- async def ----------------------------------------------------------------------------
     def _event_loop(self) -> asyncio.AbstractEventLoop:
@@ -288,6 +298,7 @@ class Executors:
     def shutdown(self, wait: bool = True) -> None:
         if self.ray is not None:
             self.ray.shutdown()
+        self.sync.close()
         if self._threads is not None:
             self._threads.shutdown(wait=wait, cancel_futures=True)
         if self._processes is not None:
