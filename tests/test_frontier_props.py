@@ -442,7 +442,8 @@ def test_finish_ready_matches_pop_then_complete_step_by_step(dag, data) -> None:
         slow.complete(i)
     while fast.ready_count():
         limit = data.draw(st.integers(1, len(ids) + 1), label="limit")
-        got = fast.finish_ready(limit, real.__contains__)
+        # (no real task: ``None``, which takes the int-keyed loop when the limit allows)
+        got = fast.finish_ready(limit, real.__contains__ if real else None)
         expected: list[int] = []
         while len(expected) < limit:
             head = slow.pop()
@@ -471,3 +472,14 @@ def test_finish_ready_does_nothing_with_bands_or_admission() -> None:
     f.add(["a", "b"], [(), ("a",)], bands=[10, 20])
     assert f.finish_ready(10) == []
     assert f.counts[TaskState.READY.value] == 1
+
+
+def test_finish_ready_of_no_ops_leaves_a_task_cancelled_while_ready() -> None:
+    """The int-keyed loop (no ``real``, one graph) drops the heap entries of tasks cancelled
+    or skipped while ready, as ``pop`` does, and finishes the rest in key order."""
+    f = Frontier()
+    f.add(["a", "b", "c", "d"], [(), (), ("a",), ("b",)])
+    f.cancel(1)  # b: ready, cancelled before it ran (its entry stays in the heap)
+    assert f.finish_ready(100) == [0, 2]  # a, then its child c (deeper) before anything else
+    assert f.state[1] == TaskState.CANCELLED.value and f.state[3] == TaskState.PENDING.value
+    check_counts(f)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import operator
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -245,12 +246,14 @@ def _structure_only(
     # The layout checks parents (each a known id), repeated ids and cycles.
     lay = layout(ids, deps, share_ids=share_ids)
     # (shared: the tasks' own id strings, not the parser's copies)
-    tasks = list(map(TaskSpec.bare, ids, lay.parents if share_ids else deps))
+    own: Sequence[Any] = lay.parents if share_ids else deps
     runtimes = list(map(_get_runtime, raw)) if traced else [None]
-    if runtimes.count(None) != len(runtimes):
-        for t, r in zip(tasks, runtimes, strict=True):
-            if r is not None:
-                t.runtime_s = r
+    if runtimes.count(None) == len(runtimes):  # no-ops: their specs are made when read
+        return GraphSpec.from_columns(name, ids, own, groups, meta, lay)
+    tasks = list(map(TaskSpec.bare, ids, own))
+    for t, r in zip(tasks, runtimes, strict=True):
+        if r is not None:
+            t.runtime_s = r
     return GraphSpec(name, tasks, groups, meta, lay, structure_only=True)
 
 

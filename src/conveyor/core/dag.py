@@ -11,6 +11,7 @@ import operator
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import accumulate, chain, groupby, islice, repeat
 from typing import Any, overload
 
@@ -199,8 +200,8 @@ def _topological(
     passed, so a parent listed later (or a cycle, or an unknown id) is a ``KeyError``.
 
     The edges are noted as two lists (parent, child: the index's own int objects) while the
-    pass runs and sorted by parent afterwards (a counting sort into ``Children``): no list or
-    int object is made per task, so the peak stays near what the layout keeps."""
+    pass runs and sorted by parent afterwards (in place, into ``Children``): no list or int
+    object is made per task, so the peak stays near what the layout keeps."""
     n = len(ids)
     depth = [base] * n
     out_degree = [0] * n
@@ -235,22 +236,17 @@ def _topological(
     waiting = list(map(len, parents))
     if share_ids:  # the edges' parents in declared order, as the ids' own strings, per task
         parents = _cut(map(ids.__getitem__, src), waiting)
-    edges = len(src)
-    code = _typecode(edges)
-    end = array(code, accumulate(out_degree))  # one past each task's last child
+    code = _typecode(len(src))
+    start = array(code, accumulate(out_degree, initial=0))  # each task's first child
     del out_degree
-    flat = array(code, [0]) * edges
-    # Backwards, each child goes just before its parent's current end: children stay in order.
-    # (Through memoryviews: an array's own item assignment parses its argument as a call's
-    # arguments are parsed; this loop took ~20% longer so.)
-    with memoryview(end) as ends, memoryview(flat) as out:
-        for j, i in zip(reversed(src), reversed(dst), strict=True):
-            e = ends[j] - 1
-            ends[j] = e
-            out[e] = i
-    del src, dst
-    end.append(edges)  # each task's end has moved back to its start
-    return Layout(depth, Children(end, flat), waiting, {}, local, parents)
+    # The children sorted by parent, in place, by a stable sort (each parent's children stay
+    # in order): each edge's key is its parent, ``next(parents_in_turn, edge)``. The C sort
+    # took ~40% fewer instructions than the counting sort in Python it replaced.
+    dst.sort(key=partial(next, iter(src)))
+    del src
+    flat = array(code, dst)
+    del dst
+    return Layout(depth, Children(start, flat), waiting, {}, local, parents)
 
 
 def _cut(items: Iterable[str], sizes: list[int]) -> list[tuple[str, ...]]:

@@ -43,7 +43,8 @@ class MemoryStore(Store):
     def __init__(self, *, gang_wait_s: float = 30.0) -> None:
         self.gang_wait_s = gang_wait_s
         self.frontier = Frontier()
-        self.specs: list[TaskSpec] = []
+        #: Each task's spec; a bare no-op's parents until its spec is made (``_spec``).
+        self.specs: list[TaskSpec | Sequence[str]] = []
         self.attempts: list[int] = []
         self.values: list[Any] = []
         self.errors: dict[int, str] = {}
@@ -96,43 +97,56 @@ class MemoryStore(Store):
             self.borrow = BorrowPolicy.parse(graph.borrow)
             if self.frontier.queue is not None:
                 self.frontier.queue.borrow = self.borrow
-        self._add(graph.tasks, None, now, graph.layout, graph.structure_only)
+        columns = graph.columns
+        if columns is not None and self.frontier.queue is None and not self.groups:
+            # Bare no-ops (ids and parents): each one's spec is made if it is claimed alone.
+            self._add(None, *columns, None, now, graph.layout, True)
+        else:
+            tasks = graph.tasks
+            ids, deps = list(map(_get_id, tasks)), list(map(_get_deps, tasks))
+            self._add(tasks, ids, deps, None, now, graph.layout, graph.structure_only)
         self.graph_names.append(graph.name)
-        return OpenedGraph(graph.name, len(graph.tasks), False, self.frontier.unfinished())
+        return OpenedGraph(graph.name, len(graph), False, self.frontier.unfinished())
 
     def submit_children(self, parent: Claim, tasks: list[TaskSpec], now: float) -> list[str]:
         index, by = self.frontier.index, self._submitted_by
         fresh = [t for t in tasks if by.get(index.get(t.id, -1)) != parent.handle]
         if fresh:
             first = len(self.specs)
-            self._add(fresh, parent.handle, now)
+            ids, deps = list(map(_get_id, fresh)), list(map(_get_deps, fresh))
+            self._add(fresh, ids, deps, parent.handle, now)
             by.update(dict.fromkeys(range(first, len(self.specs)), parent.handle))
         return [t.id for t in tasks]
 
     def _add(
         self,
-        tasks: list[TaskSpec],
+        tasks: list[TaskSpec] | None,
+        ids: list[str],
+        deps: Sequence[Sequence[str]],
         submitter: int | None,
         now: float,
         known: Any = None,
         structure_only: bool = False,
     ) -> None:
+        """Add tasks (``ids[k]`` waits on ``deps[k]``): their specs, or ``None`` for bare
+        no-ops, whose parents stand in ``specs`` until a spec is made (``_spec``)."""
         shapes: list[int] | None = None
         gangs: dict[int, str] = {}
         if not (structure_only and self.frontier.queue is None and not self.groups):
             # (a structure-only graph needs no admission: no scan of every task for that)
+            assert tasks is not None  # (bare no-ops come only while admission is off)
             shapes, gangs = self._admission_of(tasks)
         skipped_before = self.frontier.counts[TaskState.SKIPPED]
         with paused_gc():
             new, ready = self.frontier.add(
-                list(map(_get_id, tasks)), list(map(_get_deps, tasks)), submitter=submitter,
-                shapes=shapes, gangs=gangs, known_layout=known,
-                bands=None if structure_only else _bands(tasks),
+                ids, deps, submitter=submitter, shapes=shapes, gangs=gangs, known_layout=known,
+                bands=None if structure_only or tasks is None else _bands(tasks),
             )  # fmt: skip
-        self.specs.extend(tasks)
+        self.specs.extend(deps if tasks is None else tasks)
         self._noop_only = self._noop_only and structure_only
-        self.attempts.extend([0] * len(tasks))
-        self.values.extend([_NO_VALUE] * len(tasks))
+        n = len(ids)
+        self.attempts.extend([0] * n)
+        self.values.extend([_NO_VALUE] * n)
         emit = self.emit
         if emit is not None:
             for i in new:
@@ -240,7 +254,7 @@ class MemoryStore(Store):
         """Task ``i``'s next attempt, started on ``worker``: its claim."""
         attempt = self.attempts[i] + 1
         self.attempts[i] = attempt
-        spec = self.specs[i]
+        spec = self._spec(i)
         if self.emit is not None:
             self._record(i, "task_started", now, worker=worker, attempt=attempt)
         c = Claim(spec, attempt, attempt, i, self.frontier.depth[i], spec.deps)
@@ -268,7 +282,14 @@ class MemoryStore(Store):
     def _is_real(self, i: int) -> bool:
         """Whether task ``i`` runs something (a function or a command): not a no-op."""
         spec = self.specs[i]
-        return spec.fn is not None or spec.cmd is not None
+        return isinstance(spec, TaskSpec) and (spec.fn is not None or spec.cmd is not None)
+
+    def _spec(self, i: int) -> TaskSpec:
+        """Task ``i``'s spec (a bare no-op's is made now, once)."""
+        spec = self.specs[i]
+        if not isinstance(spec, TaskSpec):
+            spec = self.specs[i] = TaskSpec.bare(self.frontier.ids[i], spec)  # type: ignore[arg-type]
+        return spec
 
     def _claim_admitted(self, worker: str, now: float, offer: Offer) -> list[Claim]:
         """One admission decision: a task, a whole gang, or nothing."""
@@ -463,7 +484,9 @@ class MemoryStore(Store):
         groups: dict[str, dict[str, int]] = {}
         labels = [s.label for s in TaskState]
         for spec, state in zip(self.specs, self.frontier.state, strict=True):
-            by_state = groups.setdefault(spec.group, {})
+            by_state = groups.setdefault(
+                spec.group if isinstance(spec, TaskSpec) else "default", {}
+            )
             label = labels[state]
             by_state[label] = by_state.get(label, 0) + 1
         st["groups"] = groups
@@ -474,7 +497,7 @@ class MemoryStore(Store):
 
         f = self.frontier
         i = f.get(task_id)
-        spec = self.specs[i]
+        spec = self._spec(i)
         ids = f.ids
         return {
             "id": task_id, "state": TaskState(f.state[i]).label, "group": spec.group,
@@ -491,7 +514,7 @@ class MemoryStore(Store):
 
     def task_groups(self, ids: Sequence[str]) -> dict[str, str]:
         index = self.frontier.index
-        return {t: self.specs[index[t]].group for t in ids if t in index}
+        return {t: self._spec(index[t]).group for t in ids if t in index}
 
     def meta_get(self, key: str) -> str | None:
         return self._meta.get(key)
@@ -506,7 +529,7 @@ class MemoryStore(Store):
         """The dominant reason ``task_id`` is not running (see ``conveyor.core.explain``)."""
         f = self.frontier
         i = f.get(task_id)
-        parents = [f.index[p] for p in self.specs[i].deps]
+        parents = [f.index[p] for p in self._spec(i).deps]
         from conveyor.core.explain import explain
 
         return explain(f, i, now, offers or [], parents=parents)
