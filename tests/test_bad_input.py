@@ -422,3 +422,23 @@ def test_worker_whose_store_file_is_removed_mid_run_stops_in_one_line(tmp_path: 
     assert worker.returncode == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "was removed or replaced while in use" in lines[0], lines
+
+
+@pytest.mark.parametrize("tid", ["a\nb", "a\x1b[31m", "tab\there", "nul\x00"])
+def test_task_ids_with_control_characters_are_refused(tmp_path: Path, tid: str) -> None:
+    """An id holding a newline or an escape sequence printed as it is by ``why`` and
+    ``status`` could forge their lines: refused in one line, from a file and in Python;
+    ids of other characters (an emoji joined by a zero-width joiner, accents) still run."""
+    import conveyor as api
+    from conveyor.errors import GraphError
+
+    (tmp_path / "g.json").write_text(json.dumps({"tasks": [{"id": "ok"}, {"id": tid}]}))
+    one_line_error(conveyor("run", "g.json", cwd=tmp_path), "control characters")
+    g = api.Graph("c")
+    g.add(print, id=tid)
+    with pytest.raises(GraphError, match="control characters"):
+        api.run(g)
+    fine = api.Graph("f")
+    fine.add(print, id="\U0001f468\u200d\U0001f469\u200d\U0001f467")
+    fine.add(print, id="é x")
+    assert api.run(fine).stats.done == 2
