@@ -10,6 +10,9 @@ matching worker has left before its end), ``endpoint_limited``, ``no_free_slot``
 line but every slot of the live workers is busy), ``no_worker`` (it is next in line but no
 worker is alive: a durable store, which knows its workers); and for tasks that are not
 pending: ``running``, ``done``, ``failed``, ``skipped``, ``cancelled``.
+
+Size: one reason per code above, each a few lines with its numbers; they share the order in
+which they are tried (``explain``), which is the ``why`` contract, so they stay in one place.
 """
 
 from __future__ import annotations

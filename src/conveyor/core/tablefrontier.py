@@ -19,6 +19,9 @@ a per-row generator, a *batch* task ``(group, node)`` for a ``full_column`` one.
 Tasks are ints (the heap key itself), ordered older row group first, then deeper generator,
 then row: the depth-first rule applied to row groups, so the first row group finishes first
 and memory stays bounded by the row groups in flight.
+
+Size: the counters above are one state that every completion, drop and pop updates together;
+split, each hot call would cross modules and the invariants would have no single home.
 """
 
 from __future__ import annotations

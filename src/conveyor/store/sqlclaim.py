@@ -4,6 +4,9 @@ with fast tasks claims ahead.
 
 Costs on the hot path: a claim is one transaction with an index seek on ``tasks_ready``
 (O(log n) per task); a completion updates the task and its own children (O(fan-out log n)).
+
+Size: claims, completions, failures and releases share one handle's buffered claims and the
+batch sizing (``_batch``), which decide together how much a transaction takes and gives back.
 """
 
 from __future__ import annotations
