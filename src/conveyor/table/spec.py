@@ -14,8 +14,8 @@ seeded from the table's seed, the column and the row index, so a rebuilt row get
 draws) and ``row_index`` (the global row index; ``row_indices`` for a ``full_column``
 generator, which receives lists: the column slices of the row group's kept rows).
 
-Size: ``Table`` is the user's whole declaring surface (columns, samplers, LLM columns,
-validation of names and parameters) and most of its lines are those methods' docstrings.
+Size: ``Table`` is the user's whole declaring surface (columns, samplers, providers and model
+aliases, its plan and fingerprints) and most of its lines are those methods' docstrings.
 """
 
 from __future__ import annotations
