@@ -26,7 +26,6 @@ import random
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
@@ -297,7 +296,7 @@ class Engine:
                     timeout = self._wait_time(now, busy, idle, next_tick)
                     if timeout is None:
                         break
-                    look = sync.look(monotonic())  # sync tasks waiting for a stuck thread
+                    look = sync.look(sync.clock())  # sync tasks waiting for a stuck thread
                     looking = False
                     if look is not None and look < timeout:
                         timeout, looking = look, True
