@@ -66,3 +66,14 @@ def test_claimed_one_by_one_a_bare_task_gets_its_spec_with_its_parents() -> None
     assert order == [("a", ()), ("b", ("a",)), ("c", ("a", "b"))]
     started = [e["task"] for e in events if e["event"] == "task_started"]
     assert started == ["a", "b", "c"]
+
+
+def test_after_a_run_from_a_file_each_task_still_names_its_parents(tmp_path: Path) -> None:
+    # A file's parents are kept as positions (``ParentIds``) and the counts they are cut by
+    # are the layout's own, which the run counts down: read after the run, they still hold.
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(GRAPH))
+    res = conveyor.run(str(path), workers=1)
+    assert res.ok and res.graph is not None and res.graph.columns is not None
+    info = {t: res.store.task_info(t)["parents"] for t in ("a", "b", "c")}
+    assert info == {"a": [], "b": ["a"], "c": ["a", "b"]}

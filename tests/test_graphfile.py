@@ -221,7 +221,7 @@ def test_one_pass_layout_equals_kahn(g: tuple[list[str], list[list[str]]], base:
     assert fast.depth == kahn.depth
     assert fast.local_parents == kahn.local_parents
     shared = layout(ids, parents, base_depth=base, share_ids=True)
-    assert shared.parents == [tuple(ps) for ps in parents] and shared.depth == fast.depth
+    assert list(shared.parents) == [tuple(ps) for ps in parents] and shared.depth == fast.depth
     # Repeats: a child is listed once per naming, and waits for as many completions.
     for i, ps in enumerate(parents):
         assert fast.waiting[i] == len(ps)
@@ -242,9 +242,10 @@ def test_one_pass_layout_equals_kahn(g: tuple[list[str], list[list[str]]], base:
 
 
 @pytest.mark.parametrize("shape", ["layered", "mixed"])
-def test_shared_parents_are_cut_per_task(shape: str) -> None:
-    # Equal parent counts in runs (a layered graph: roots, then 3 parents each, with a task
-    # of 1 and one of 2 between) take the zip per run; varied counts an islice per task.
+def test_shared_parents_are_each_tasks_own_ids(shape: str) -> None:
+    # Layered (roots, then 3 parents each, with a task of 1 and one of 2 between) and varied
+    # counts (0-4, repeats allowed): each task's parents, in declared order, as the ids'
+    # own strings, and read by position as by iteration.
     rnd = random.Random(7)
     ids = [f"task-{i}" for i in range(400)]
     parents: list[list[str]] = []
@@ -255,7 +256,9 @@ def test_shared_parents_are_cut_per_task(shape: str) -> None:
         parents.append([ids[rnd.randrange(i)] for _ in range(k)] if i else [])
     copies = [[str(p + " ")[:-1] for p in ps] for ps in parents]  # equal, not the same
     lay = layout(ids, copies, share_ids=True)
-    assert lay.parents == [tuple(ps) for ps in parents]
+    assert list(lay.parents) == [tuple(ps) for ps in parents]
+    assert [lay.parents[i] for i in range(400)] == [tuple(ps) for ps in parents]
+    assert lay.parents[-1] == tuple(parents[-1]) and len(lay.parents) == 400
     own = {id(t) for t in ids}
     assert all(id(p) in own for ps in lay.parents for p in ps)
 
@@ -312,7 +315,7 @@ def test_a_file_names_parents_by_the_tasks_own_id_strings(tmp_path: Path, order:
     deps = {t.id: t.deps for t in spec.tasks}
     assert deps == {a: (), b: (a,), c: (a, b, a)}
     assert all(p is own[p] for t in spec.tasks for p in t.deps)
-    assert spec.layout is not None and spec.layout.parents[-1] is spec.tasks[-1].deps
+    assert spec.layout is not None and spec.layout.parents[-1] == spec.tasks[-1].deps
 
 
 # -- tasks built in Python: the same schema ------------------------------------------------------

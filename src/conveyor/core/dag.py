@@ -7,12 +7,11 @@ the hot loops would pass the same arrays across modules for no reader's gain.
 
 from __future__ import annotations
 
-import operator
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from itertools import accumulate, chain, groupby, islice, repeat
+from itertools import accumulate, chain
 from typing import Any, overload
 
 from conveyor.errors import CycleError, GraphError
@@ -20,17 +19,24 @@ from conveyor.errors import CycleError, GraphError
 
 class Children(Sequence[Sequence[int]]):
     """Each task's children, kept flat (compressed sparse rows): the children of ``i`` are
-    ``flat[start[i]:start[i + 1]]``, two 4-byte arrays for the whole graph instead of a list
-    and an int object per task (~100 bytes per task less at a million tasks). ``children[i]``
-    is that slice (an ``array``; empty, so falsy, for a leaf). Children added later to a task
-    already stored (a run-time child job on an existing parent) go to ``extra``.
+    ``flat[start[i]:start[i + 1]]``, an array of offsets and one entry per edge for the whole
+    graph instead of a list and an int object per task (~100 bytes per task less at a million
+    tasks). ``children[i]`` is that slice (empty, so falsy, for a leaf). Children added later
+    to a task already stored (a run-time child job on an existing parent) go to ``extra``.
+
+    ``flat`` is a 4-byte array, or, from the one-pass layout, the list of the index's own int
+    objects that its sort left: 4 bytes more per edge, but an array is filled one parse of
+    its format per item (~200 instructions; ~5% of a no-op run from a file) and hands out a
+    new int object per child read, a list neither.
     """
 
     __slots__ = ("extra", "flat", "start")
 
-    def __init__(self, start: array[int] | None = None, flat: array[int] | None = None) -> None:
+    def __init__(
+        self, start: array[int] | None = None, flat: array[int] | list[int] | None = None
+    ) -> None:
         self.start: array[int] = array("i", [0]) if start is None else start  # len n + 1
-        self.flat: array[int] = array("i") if flat is None else flat
+        self.flat: array[int] | list[int] = array("i") if flat is None else flat
         self.extra: dict[int, list[int]] = {}
 
     @classmethod
@@ -76,7 +82,8 @@ class Children(Sequence[Sequence[int]]):
         base = len(self.flat)
         if _typecode(base + len(other.flat)) != self.start.typecode:
             self.start = array("q", self.start)
-            self.flat = array("q", self.flat)
+            if isinstance(self.flat, array):
+                self.flat = array("q", self.flat)
         self.start.extend(map(base.__add__, other.start[1:]))
         self.flat.extend(map(offset.__add__, other.flat))
         for k, more in other.extra.items():
@@ -155,6 +162,45 @@ def _refuse_control_characters(ids: Iterable[str]) -> None:
             raise GraphError(f"task id {tid!r}: control characters are not allowed in ids")
 
 
+class ParentIds(Sequence[tuple[str, ...]]):
+    """Each task's parents, kept as positions in the batch: ``parents[i]`` is the tuple of the
+    ids at ``flat[start[i]:start[i + 1]]`` (``flat``: every edge's parent, task by task),
+    made when it is read, of the batch's own id strings. A parser makes a new string for every
+    mention of an id; ``flat`` costs 8 bytes per edge (it holds the index's own int objects)
+    where the parser's strings cost ~190 bytes per task at three parents, and a tuple per task
+    of the ids' own ~80. ``start`` is summed from the counts at the first read (a run of
+    no-ops reads none)."""
+
+    __slots__ = ("_start", "counts", "flat", "ids")
+
+    def __init__(self, ids: Sequence[str], counts: list[int], flat: list[int]) -> None:
+        self.ids = ids
+        self.counts = counts  # each task's number of parents (repeats counted)
+        self.flat = flat
+        self._start: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[str, ...]: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[tuple[str, ...]]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        start = self._start
+        if start is None:
+            start = self._start = list(accumulate(self.counts, initial=0))
+        if i < 0:
+            i += len(self)
+        return tuple(map(self.ids.__getitem__, self.flat[start[i] : start[i + 1]]))
+
+    def __iter__(self) -> Iterator[tuple[str, ...]]:
+        for i in range(len(self)):
+            yield self[i]
+
+
 class _NotTopological(Exception):
     """The batch does not list every parent before its children: take the general path."""
 
@@ -179,8 +225,9 @@ def layout(
 
     ``share_ids``: ``Layout.parents`` names each parent in the batch by the batch's own id
     string (a tuple per task), not by the string it was given as: a parser makes a new string
-    for every mention of an id, and these copies cost ~190 B per task at three parents. The
-    positions the validation finds anyway give them, so no id is hashed twice.
+    for every mention of an id, and these copies cost ~190 B per task at three parents. In
+    the one-pass case they are kept as the positions the validation finds anyway
+    (``ParentIds``): no id is hashed twice, and no tuple is made until a task's is read.
     """
     if not "".join(ids).isprintable():  # ~4 ms per 100k ids; the rare miss looks closer
         _refuse_control_characters(ids)
@@ -215,7 +262,9 @@ def _topological(
 
     The edges are noted as two lists (parent, child: the index's own int objects) while the
     pass runs and sorted by parent afterwards (in place, into ``Children``): no list or int
-    object is made per task, so the peak stays near what the layout keeps."""
+    object is made per task, so the peak stays near what the layout keeps. Both lists are
+    kept: the children, sorted, as ``Children.flat``; with ``share_ids``, the parents as
+    ``ParentIds``."""
     n = len(ids)
     depth = [base] * n
     out_degree = [0] * n
@@ -248,8 +297,8 @@ def _topological(
     if len(local) != n:
         raise _NotTopological  # a repeated id: the general path names it
     waiting = list(map(len, parents))
-    if share_ids:  # the edges' parents in declared order, as the ids' own strings, per task
-        parents = _cut(map(ids.__getitem__, src), waiting)
+    if share_ids:  # each task's parents as positions in the batch (declared order)
+        parents = ParentIds(ids, waiting[:], src)  # (a frontier counts ``waiting`` down)
     code = _typecode(len(src))
     start = array(code, accumulate(out_degree, initial=0))  # each task's first child
     del out_degree
@@ -257,31 +306,7 @@ def _topological(
     # in order): each edge's key is its parent, ``next(parents_in_turn, edge)``. The C sort
     # took ~40% fewer instructions than the counting sort in Python it replaced.
     dst.sort(key=partial(next, iter(src)))
-    del src
-    flat = array(code, dst)
-    del dst
-    return Layout(depth, Children(start, flat), waiting, {}, local, parents)
-
-
-def _cut(items: Iterable[str], sizes: list[int]) -> list[tuple[str, ...]]:
-    """``items`` cut into consecutive tuples of ``sizes`` items. Where most tasks have as many
-    parents as the one before (a layered graph: all but the first layer), each run of equal
-    sizes is cut by one ``zip`` (tuples of the exact size); otherwise by an ``islice`` each."""
-    it = iter(items)
-    n = len(sizes)
-    if n < 2 or sum(map(operator.ne, sizes, islice(sizes, 1, None))) * 4 > n:
-        return list(map(tuple, map(islice, repeat(it), sizes)))
-    out: list[tuple[str, ...]] = []
-    extend = out.extend
-    for k, run in groupby(sizes):
-        r = len(list(run))
-        if k == 0:
-            extend(repeat((), r))
-        elif r == 1:
-            out.append(tuple(islice(it, k)))
-        else:
-            extend(islice(zip(*repeat(it, k), strict=False), r))  # (k next items each)
-    return out
+    return Layout(depth, Children(start, dst), waiting, {}, local, parents)
 
 
 def _general(

@@ -43,8 +43,12 @@ class MemoryStore(Store):
     def __init__(self, *, gang_wait_s: float = 30.0) -> None:
         self.gang_wait_s = gang_wait_s
         self.frontier = Frontier()
-        #: Each task's spec; a bare no-op's parents until its spec is made (``_spec``).
-        self.specs: list[TaskSpec | Sequence[str]] = []
+        #: Each task's spec; ``None`` for a bare no-op until its spec is made (``_spec``)
+        #: from its parents in ``_bare``.
+        self.specs: list[TaskSpec | None] = []
+        #: The parents of bare no-ops: (first task, each task's parents from there) per batch
+        #: of them (a graph file's ``ParentIds`` or a dict's own lists: no copy per task).
+        self._bare: list[tuple[int, Sequence[Sequence[str]]]] = []
         self.attempts: list[int] = []
         self.values: list[Any] = []
         self.errors: dict[int, str] = {}
@@ -129,7 +133,7 @@ class MemoryStore(Store):
         structure_only: bool = False,
     ) -> None:
         """Add tasks (``ids[k]`` waits on ``deps[k]``): their specs, or ``None`` for bare
-        no-ops, whose parents stand in ``specs`` until a spec is made (``_spec``)."""
+        no-ops, whose parents stay in ``deps`` until a spec is made (``_spec``)."""
         shapes: list[int] | None = None
         gangs: dict[int, str] = {}
         if not (structure_only and self.frontier.queue is None and not self.groups):
@@ -142,7 +146,11 @@ class MemoryStore(Store):
                 ids, deps, submitter=submitter, shapes=shapes, gangs=gangs, known_layout=known,
                 bands=None if structure_only or tasks is None else _bands(tasks),
             )  # fmt: skip
-        self.specs.extend(deps if tasks is None else tasks)
+        if tasks is None:
+            self._bare.append((len(self.specs), deps))
+            self.specs.extend([None] * len(ids))
+        else:
+            self.specs.extend(tasks)
         self._noop_only = self._noop_only and structure_only
         n = len(ids)
         self.attempts.extend([0] * n)
@@ -287,8 +295,9 @@ class MemoryStore(Store):
     def _spec(self, i: int) -> TaskSpec:
         """Task ``i``'s spec (a bare no-op's is made now, once)."""
         spec = self.specs[i]
-        if not isinstance(spec, TaskSpec):
-            spec = self.specs[i] = TaskSpec.bare(self.frontier.ids[i], spec)  # type: ignore[arg-type]
+        if spec is None:
+            first, deps = next((f, d) for f, d in reversed(self._bare) if f <= i)
+            spec = self.specs[i] = TaskSpec.bare(self.frontier.ids[i], tuple(deps[i - first]))
         return spec
 
     def _claim_admitted(self, worker: str, now: float, offer: Offer) -> list[Claim]:
