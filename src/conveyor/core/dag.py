@@ -162,7 +162,39 @@ def _refuse_control_characters(ids: Iterable[str]) -> None:
             raise GraphError(f"task id {tid!r}: control characters are not allowed in ids")
 
 
-class ParentIds(Sequence[tuple[str, ...]]):
+class ParentTuples(Sequence[tuple[str, ...]]):
+    """Each task's parents as a tuple of ids, made when it is read (``parents_of``), for
+    graphs whose parents are not kept as tuples: a subclass says how many tasks there are and
+    makes task ``i``'s parents."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def parents_of(self, i: int) -> tuple[str, ...]:
+        """Task ``i``'s parents (``0 <= i < len(self)``)."""
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[str, ...]: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[tuple[str, ...]]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        n = len(self)
+        if isinstance(i, slice):
+            return [self.parents_of(k) for k in range(*i.indices(n))]
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("task index out of range")
+        return self.parents_of(i)
+
+    def __iter__(self) -> Iterator[tuple[str, ...]]:
+        return map(self.parents_of, range(len(self)))
+
+
+class ParentIds(ParentTuples):
     """Each task's parents, kept as positions in the batch: ``parents[i]`` is the tuple of the
     ids at ``flat[start[i]:start[i + 1]]`` (``flat``: every edge's parent, task by task),
     made when it is read, of the batch's own id strings. A parser makes a new string for every
@@ -182,23 +214,11 @@ class ParentIds(Sequence[tuple[str, ...]]):
     def __len__(self) -> int:
         return len(self.counts)
 
-    @overload
-    def __getitem__(self, i: int) -> tuple[str, ...]: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[tuple[str, ...]]: ...
-    def __getitem__(self, i: int | slice) -> Any:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
+    def parents_of(self, i: int) -> tuple[str, ...]:
         start = self._start
         if start is None:
             start = self._start = list(accumulate(self.counts, initial=0))
-        if i < 0:
-            i += len(self)
         return tuple(map(self.ids.__getitem__, self.flat[start[i] : start[i + 1]]))
-
-    def __iter__(self) -> Iterator[tuple[str, ...]]:
-        for i in range(len(self)):
-            yield self[i]
 
 
 class _NotTopological(Exception):

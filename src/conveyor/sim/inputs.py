@@ -7,9 +7,10 @@ A task's simulated duration is its ``expected_s`` when it declares one, else its
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator, Sequence
-from typing import Any, overload
+from collections.abc import Sequence
+from typing import Any
 
+from conveyor.core.dag import ParentTuples
 from conveyor.core.ordering import band_numbers
 from conveyor.errors import UsageError
 from conveyor.model import GraphSpec
@@ -89,7 +90,7 @@ def group_per_graph(specs: Sequence[GraphSpec]) -> None:
         spec.structure_only = False
 
 
-class LayeredParents(Sequence[tuple[str, ...]]):
+class LayeredParents(ParentTuples):
     """The parents of ``layered``'s tasks, made when asked (the graph's edges are never all in
     memory at once): task ``i`` of a job at layer ``l > 0``, position ``p``, depends on
     positions ``p`` and ``p + 1`` (mod width) of layer ``l - 1``; layer 0 is the job's root."""
@@ -102,16 +103,7 @@ class LayeredParents(Sequence[tuple[str, ...]]):
     def __len__(self) -> int:
         return self.jobs * self.per_job
 
-    @overload
-    def __getitem__(self, i: int) -> tuple[str, ...]: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[tuple[str, ...]]: ...
-    def __getitem__(self, i: int | slice) -> Any:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        return self._parents(i)
-
-    def _parents(self, i: int) -> tuple[str, ...]:
+    def parents_of(self, i: int) -> tuple[str, ...]:
         base, k = divmod(i, self.per_job)
         base *= self.per_job
         if k == 0:
@@ -125,10 +117,6 @@ class LayeredParents(Sequence[tuple[str, ...]]):
         if w == 1:
             return (ids[prev],)
         return (ids[prev + p], ids[prev + (p + 1) % w])
-
-    def __iter__(self) -> Iterator[tuple[str, ...]]:
-        for i in range(len(self)):
-            yield self._parents(i)
 
 
 def layered(tasks: int, *, layers: int = 25, width: int = 4) -> Batch:

@@ -98,6 +98,15 @@ def _caught(exc: Exception) -> Dropped | Retry:
     return _failed(exc)
 
 
+def _settled(exc: Exception) -> Dropped:
+    """A cell's exception as its ``Dropped`` value, or raised again to be retried (by the
+    engine, with backoff) when it is one retrying may cure."""
+    got = _caught(exc)
+    if isinstance(got, Retry):
+        raise exc
+    return got
+
+
 def _given(col: Column, seed: int, row: int, kw: dict[str, Any]) -> None:
     for g in col.given:
         if g == "rng":
@@ -127,10 +136,7 @@ def cell_function(col: Column, seed: int) -> Callable[[dict[str, Any], int], Any
                     value = await fn(**kw)
                 return _finish(col, value)
             except Exception as exc:
-                got = _caught(exc)
-                if isinstance(got, Retry):
-                    raise  # the engine retries it, with backoff
-                return got
+                return _settled(exc)
 
         return run_async
 
@@ -141,10 +147,7 @@ def cell_function(col: Column, seed: int) -> Callable[[dict[str, Any], int], Any
             value = _through_limiter_sync(fn, kw) if endpoint else fn(**kw)
             return _finish(col, value)
         except Exception as exc:
-            got = _caught(exc)
-            if isinstance(got, Retry):
-                raise  # the engine retries it, with backoff
-            return got
+            return _settled(exc)
 
     return run
 
