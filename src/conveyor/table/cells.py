@@ -290,9 +290,7 @@ def batch_function(col: Column, seed: int) -> Callable[[dict[str, list[Any]], li
                 else:
                     values = await fn(**kw)
             except Exception as exc:
-                if _retryable(exc):
-                    raise
-                return BatchOut(failed=_failed(exc))
+                return _batch_failed(exc)
             return check(values, rows)
 
         return run_async
@@ -302,12 +300,18 @@ def batch_function(col: Column, seed: int) -> Callable[[dict[str, list[Any]], li
         try:
             values = _through_limiter_sync(fn, kw) if col.endpoint is not None else fn(**kw)
         except Exception as exc:
-            if _retryable(exc):
-                raise
-            return BatchOut(failed=_failed(exc))
+            return _batch_failed(exc)
         return check(values, rows)
 
     return run
+
+
+def _batch_failed(exc: Exception) -> BatchOut:
+    """A ``full_column`` generator's exception: the row group failed, or raised again to be
+    retried (by the engine, with backoff) when retrying may cure it."""
+    if _retryable(exc):
+        raise exc
+    return BatchOut(failed=_failed(exc))
 
 
 def _wrong_count(col: Column, got: int | None, want: int) -> BatchOut:
