@@ -118,3 +118,20 @@ def test_an_attribute_that_is_no_field_is_not_stored() -> None:
     t = TaskSpec("x", fn="m:f")
     t.note = "scratch"  # type: ignore[attr-defined]
     assert json.loads(encode_spec(t)) == {"fn": "m:f"}
+
+
+def test_tasks_that_share_a_spec_each_get_their_own() -> None:
+    # Scalar-only specs are decoded once and shared; each task still gets a spec of its own,
+    # and a spec with containers is decoded afresh: one task changing its kwargs or labels
+    # changes no other task's.
+    plain = encode_spec(TaskSpec("x", fn="mod:fn", retries=2, group="g"))
+    a, b = decode_spec("a", plain), decode_spec("b", plain)
+    assert (a.id, b.id) == ("a", "b") and a is not b
+    assert (a.fn, a.retries, a.group) == (b.fn, b.retries, b.group) == ("mod:fn", 2, "g")
+    a.retries = 5
+    assert decode_spec("c", plain).retries == 2
+    nested = encode_spec(TaskSpec("x", fn="mod:fn", kwargs={"k": [1]}, labels={"zone": "a"}))
+    c, d = decode_spec("c", nested), decode_spec("d", nested)
+    c.kwargs["k"].append(2)
+    assert d.kwargs == {"k": [1]} and c.labels is not d.labels and d.labels == {"zone": "a"}
+    assert decode_spec("e", nested).kwargs == {"k": [1]}

@@ -193,6 +193,25 @@ def encode_bare_spec(spec: TaskSpec) -> str:
     return to_json(d)
 
 
+#: Specs up to this long are looked up in ``_scalar_fields``'s cache first.
+_SCALAR_MAX = 512
+_SCALAR = (str, int, float, bool, type(None))
+
+
+@functools.lru_cache(maxsize=256)
+def _scalar_fields(text: str) -> dict[str, Any] | None:
+    """The fields of a stored spec whose every value is a scalar (``{"fn": "mod:fn"}``, a
+    group, retries ...: the spec many tasks of a graph share, decoded once), else ``None``
+    (containers are decoded afresh for each task: a task may change its own). Not to be
+    changed by the caller."""
+    d = json.loads(text)
+    if type(d) is not dict or SUBMITTED_BY in d or "args_pickle" in d:
+        return None
+    if not all(type(v) in _SCALAR for v in d.values()):
+        return None
+    return d
+
+
 def stored_spec(text: str | None) -> dict[str, Any]:
     """A stored spec's JSON as shown: pickled arguments are never decoded (a store may come
     from someone else), only said to be there."""
@@ -203,6 +222,12 @@ def stored_spec(text: str | None) -> dict[str, Any]:
 
 
 def decode_spec(task_id: str, text: str) -> TaskSpec:
+    # (a spec with no bracket but its own braces holds no container: worth looking up)
+    flat = len(text) <= _SCALAR_MAX and "[" not in text and text.count("{") == 1
+    fields = _scalar_fields(text) if flat else None
+    if fields is not None:
+        # (``TaskSpec`` keeps a scalar as it is given: one decoded value serves every task)
+        return TaskSpec(task_id, **fields)
     d = json.loads(text)
     d.pop(SUBMITTED_BY, None)
     if "args_pickle" in d:
