@@ -115,6 +115,11 @@ def _given(col: Column, seed: int, row: int, kw: dict[str, Any]) -> None:
             kw["row_index"] = row
 
 
+def _given_each(col: Column, seed: int, rows: list[int], kws: list[dict[str, Any]]) -> None:
+    for row, kw in zip(rows, kws, strict=True):
+        _given(col, seed, row, kw)
+
+
 def cell_function(col: Column, seed: int) -> Callable[[dict[str, Any], int], Any]:
     """The function a cell task of ``col`` runs, called with ``(arguments, row index)``;
     a coroutine function when the generator is one."""
@@ -185,9 +190,9 @@ def run_function(col: Column, seed: int) -> Callable[[list[dict[str, Any]], list
         async def run_async(kws: list[dict[str, Any]], rows: list[int]) -> RunOut:
             out: list[Any] = []
             t0 = clock()
-            for kw, row in zip(kws, rows, strict=True):
-                if given:
-                    _given(col, seed, row, kw)
+            if given:
+                _given_each(col, seed, rows, kws)
+            for kw in kws:
                 try:
                     out.append(_finish(col, await fn(**kw)))
                 except Exception as exc:
@@ -199,9 +204,9 @@ def run_function(col: Column, seed: int) -> Callable[[list[dict[str, Any]], list
     def run(kws: list[dict[str, Any]], rows: list[int]) -> RunOut:
         out: list[Any] = []
         t0 = clock()
-        for kw, row in zip(kws, rows, strict=True):
-            if given:
-                _given(col, seed, row, kw)
+        if given:
+            _given_each(col, seed, rows, kws)
+        for kw in kws:
             try:
                 out.append(_finish(col, fn(**kw)))
             except Exception as exc:
