@@ -67,3 +67,30 @@ def test_library_runs_leave_cyclic_garbage_collectable(
     gc.collect()
     alive: list[Callable[[], Node | None]] = [ref for ref in REFS if ref() is not None]
     assert not alive, f"{len(alive)} of {len(REFS)} garbage cycles were not collected"
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+@pytest.mark.parametrize("kind", ["no-ops", "functions"])
+def test_a_finished_run_is_freed_when_its_result_goes(kind: str) -> None:
+    # No cycle keeps the engine (and through it the store and the graph) alive after the run:
+    # dropping the result frees them at once, not at the collector's next full pass, which
+    # in a long process running many graphs could come after several graphs' worth of memory.
+    g = conveyor.Graph("freed")
+    for i in range(20):
+        fn = _double if kind == "functions" else None  # (functions: pool threads, runners)
+        g.add(fn, *([i] if fn else []), id=f"t{i}", deps=[f"t{i - 1}"] if i % 2 else [])
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        res = conveyor.run(g, workers=4)
+        assert res.ok
+        store = weakref.ref(res.store)
+        del res
+        assert store() is None, "the run's store outlived its result: a reference cycle"
+    finally:
+        if enabled:
+            gc.enable()

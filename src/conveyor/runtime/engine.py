@@ -26,6 +26,7 @@ import random
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
@@ -150,7 +151,8 @@ class Engine:
         )  # fmt: skip
         self._launcher = Launcher(
             functions, executor, store=store, inflight=self._inflight, executors=self._executors,
-            children=self._children, limiter=self._shared_limiter, worker_id=self.worker_id,
+            children=self._children, limiter=partial(getattr, self._endpoints, "limiter"),
+            worker_id=self.worker_id,
             clock=clock,
         )  # fmt: skip
         #: Past runs per task kind: shared with the store's other workers, and what a worker
@@ -742,9 +744,6 @@ class Engine:
         self._inflight.stopping = True
         self._flush(now, out)
         self._inflight.hand_back(now, self._hand_back or "stopped")
-
-    def _shared_limiter(self) -> EndpointLimiter:
-        return self._endpoints.limiter
 
     # -- ending ----------------------------------------------------------------------------------
     def _shutdown(self) -> None:

@@ -323,6 +323,14 @@ class Executors:
                 thread.join(timeout=5 if wait else 1)
             if thread is None or not thread.is_alive():
                 loop.close()  # else its selector and sockets leak (ResourceWarning at GC)
+        # The engine's callback goes: a late thread's result has no one to go to, and the engine
+        # (with the store state and graph only it holds) is freed when its last reference
+        # goes, not at the collector's next full pass.
+        self._thread_done = _dropped
+
+
+def _dropped(run: Running, ok: bool, value: Any) -> None:
+    """What a thread that finishes after ``shutdown`` reports to: nothing."""
 
 
 def _run_command(

@@ -43,6 +43,14 @@ class Runner:
     since: float | None
 
 
+def _closed_pool() -> concurrent.futures.ThreadPoolExecutor:
+    raise RuntimeError("the runners are closed")
+
+
+def _closed_run(launch: Launch, runner: Runner) -> None:
+    raise RuntimeError("the runners are closed")
+
+
 class Runners:
     """Sync tasks on pool threads: a task waits for a runner with a fresh task, or gets a
     thread of its own (see the module docstring). ``run(launch, runner)`` is a thread's body:
@@ -146,6 +154,8 @@ class Runners:
         with self._lock:
             self._closed = True
             self._waiting.clear()
+            # (the executor's methods: no cycle keeps it, or the engine, alive once closed)
+            self._pool, self._run = _closed_pool, _closed_run
 
     def _fresh_until(self, now: float) -> float | None:
         """With the lock held: how long until no runner is fresh any more (``None``: none
