@@ -222,6 +222,7 @@ def test_one_pass_layout_equals_kahn(g: tuple[list[str], list[list[str]]], base:
     assert fast.local_parents == kahn.local_parents
     shared = layout(ids, parents, base_depth=base, share_ids=True)
     assert list(shared.parents) == [tuple(ps) for ps in parents] and shared.depth == fast.depth
+    assert shared.local_parents == kahn.local_parents  # (from the positions, repeats once)
     # Repeats: a child is listed once per naming, and waits for as many completions.
     for i, ps in enumerate(parents):
         assert fast.waiting[i] == len(ps)

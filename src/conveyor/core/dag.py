@@ -143,9 +143,16 @@ class Layout:
             n = len(self.depth)
             index = self.index
             out: list[list[int]] = []
-            for ps in self._parents:
-                lp = [j for p in dict.fromkeys(ps) if (j := index.get(p, n)) < n] if ps else []
-                out.append(lp)
+            parents = self._parents
+            if isinstance(parents, ParentIds):  # positions already: no id looked up again
+                flat, at = parents.flat, 0
+                for k in parents.counts:
+                    out.append(list(dict.fromkeys(flat[at : at + k])) if k else [])
+                    at += k
+            else:
+                for ps in parents:
+                    lp = [j for p in dict.fromkeys(ps) if (j := index.get(p, n)) < n] if ps else []
+                    out.append(lp)
             self._local = out
         return self._local
 
