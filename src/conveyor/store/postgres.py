@@ -184,6 +184,9 @@ class PostgresIo(SqlIo):
             cols = [c for c in cols if c != "now"] + ["now"]
         names = ", ".join("updated" if c == "now" else c for c in cols)
         with conn.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            if name == "insert_edge":
+                _copy_int_pairs(copy, rows, cols)
+                return
             for r in rows:
                 copy.write_row([r[c] for c in cols])
 
@@ -257,3 +260,23 @@ class PostgresStore(SqlStore):
         super().__init__(io, codec=codec_from(codec_options, None), lost_budget=lost_budget,
                          max_batch=batch, lease_s=lease)  # fmt: skip
         self.open_url = url or ""
+
+
+#: Edges written as COPY's text at a time (a large graph has ~6 per task).
+_EDGE_CHUNK = 8192
+
+
+def _copy_int_pairs(copy: Any, rows: Iterator[dict[str, Any]], cols: list[str]) -> None:
+    """COPY rows of two ints (the edges: seqs) as text, a chunk of lines at a time: one
+    ``write`` of "parent TAB child" lines instead of a ``write_row`` each (psycopg formats
+    those in Python: most of the client's time in a 50,000-task Montage submission's 300,000
+    edges). An int needs no escaping (``:d`` refuses anything else)."""
+    a, b = cols
+    lines: list[str] = []
+    for r in rows:
+        lines.append(f"{r[a]:d}\t{r[b]:d}\n")
+        if len(lines) >= _EDGE_CHUNK:
+            copy.write("".join(lines))
+            lines.clear()
+    if lines:
+        copy.write("".join(lines))
