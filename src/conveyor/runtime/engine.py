@@ -152,8 +152,7 @@ class Engine:
         self._launcher = Launcher(
             functions, executor, store=store, inflight=self._inflight, executors=self._executors,
             children=self._children, limiter=partial(getattr, self._endpoints, "limiter"),
-            worker_id=self.worker_id,
-            clock=clock,
+            worker_id=self.worker_id, clock=clock,
         )  # fmt: skip
         #: Past runs per task kind: shared with the store's other workers, and what a worker
         #: with an end judges tasks without ``expected_s`` by (``runtime/runtimes.py``).
