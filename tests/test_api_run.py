@@ -54,6 +54,50 @@ def test_conveyor_run_and_run_iter_do_not_swallow_keyboard_interrupt() -> None:
     assert seen == []  # interrupted before the first result reached the loop
 
 
+@pytest.mark.skipif(os.name != "posix", reason="a real SIGINT")
+def test_one_ctrl_c_landing_after_the_loop_read_its_messages_still_waits_for_threads() -> None:
+    """One SIGINT is one Ctrl-C wherever it lands. The handler sets the engine's flag and posts
+    a wake-up; landing after the loop had read its messages (here: in ``on_result``), the
+    wake-up read on the next pass once set the flag again and counted as a second Ctrl-C:
+    the run stopped at once instead of waiting for the thread task still running (seen as
+    ``conveyor build`` exiting 130 on the first Ctrl-C, its notice never printed)."""
+    import signal
+    import threading
+
+    from helpers import wait_until
+
+    gate = threading.Event()
+
+    def held() -> str:
+        gate.wait(30)
+        return "held"
+
+    g = conveyor.Graph("held")
+    g.add(held, id="held")
+    g.add(int, id="quick")
+    sent: list[str] = []
+
+    def ctrl_c(res: TaskResult) -> None:
+        if not sent:
+            sent.append(res.id)
+            os.kill(os.getpid(), signal.SIGINT)  # handled here, on the engine's thread
+
+    with open_run(g, workers=2, on_result=ctrl_c) as run:
+        opener = threading.Thread(target=lambda: (
+            wait_until(lambda: run.stats.interrupted, what="the first Ctrl-C taken"),
+            gate.set()))  # fmt: skip
+        opener.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                run.run()
+        finally:
+            gate.set()
+            opener.join()
+        counts = run.result().counts
+    assert sent == ["quick"]
+    assert counts["done"] == 2, counts  # the thread task was waited for and recorded
+
+
 SCRIPT = """
 import sys
 import conveyor

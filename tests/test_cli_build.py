@@ -566,6 +566,7 @@ t = conveyor.Table("threaded", row_group_size=10, seed=2)
 @t.column
 def x(row_index):  # a thread: Ctrl-C cannot cancel it
     if row_index >= 10:
+        (HERE / f"running-{row_index}").touch()
         while not (HERE / "gate").exists():
             time.sleep(0.01)
     return row_index
@@ -589,6 +590,8 @@ def test_ctrl_c_while_thread_cells_run_says_so_and_a_second_one_stops(tmp_path: 
     reader.start()
     try:
         wait_until(lambda: bool(parts(out)), what="row group 0 written")
+        # the premise: a gated cell runs in a thread, which the first Ctrl-C cannot stop
+        wait_until(lambda: any(tmp_path.glob("running-*")), what="a gated cell running")
         proc.send_signal(signal.SIGINT)
         wait_until(lambda: any("conveyor: interrupted: starting nothing more" in x for x in lines),
                    what="the notice")  # fmt: skip

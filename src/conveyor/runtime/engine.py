@@ -702,12 +702,10 @@ class Engine:
                 self._children.on_wait(msg)
             case Stop():
                 self._inflight.stopping = True
-            case Interrupt():
-                self._sigint = True
             case HandBack(reason):
                 self._hand_back = self._hand_back or reason
-            case Wake() | Parked():
-                pass
+            case Wake() | Parked() | Interrupt():
+                pass  # a wake-up (Ctrl-C's own flag was set by the handler: see _catch_sigint)
 
     def _preempt(self, now: float) -> int:
         """With no slot free, take running tasks of a lower band back for waiting tasks of a

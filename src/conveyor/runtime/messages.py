@@ -178,8 +178,9 @@ class Wake(_Message):
 
 
 class Interrupt(_Message):
-    """Ctrl-C arrived (the engine's SIGINT handler posts it; the loop acts on it between
-    steps, never in the middle of one)."""
+    """Ctrl-C arrived: the engine's SIGINT handler sets the engine's flag and posts this only
+    to wake the loop, which acts on the flag between steps, never in the middle of one. It
+    carries no Ctrl-C of its own: read after the flag was acted on, it would count a second."""
 
     __slots__ = ()
     __match_args__ = ()
