@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
 from itertools import chain
-from typing import Any, ClassVar, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Concatenate, Literal, ParamSpec, Protocol, TypeVar
 
 from conveyor.clock import Clock
 from conveyor.events import EventSink
@@ -23,6 +23,7 @@ from conveyor.model import TaskState
 from conveyor.store.sqlqueries import load_queries
 
 T = TypeVar("T")
+P = ParamSpec("P")
 #: What a transaction may lock besides rows: submissions, every task (a resume), admission.
 Lock = Literal["graph", "tasks", "admission"]
 _LABELS = [s.label for s in TaskState]
@@ -126,6 +127,39 @@ class Reads(Protocol):
     def as_list(self, values: list[Any]) -> Any: ...
 
 
+def audit_row(
+    ts: float,
+    event: str,
+    task: str | None,
+    frm: int | None,
+    to: int | None,
+    worker: str | None = None,
+    attempt: int | None = None,
+    error: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """An audit row as ``Tx.audit_rows`` holds it (its keys in the ``audit`` table's column
+    order, which ``audit_event`` reads). ``{**row, "task": other}`` is the same row about
+    another task: what a submission appends for each of its tasks."""
+    return {
+        "ts": ts, "event": event, "task": task, "from_state": frm, "to_state": to,
+        "worker": worker, "attempt": attempt, "error": error,
+        "extra": json.dumps(extra) if extra else None,
+    }  # fmt: skip
+
+
+def _appending(
+    make: Callable[P, dict[str, Any]],
+) -> Callable[Concatenate[Tx, P], None]:
+    """``Tx.audit``: ``make``'s row, appended to the transaction's audit rows (one signature:
+    ``audit_row``'s)."""
+
+    def audit(tx: Tx, /, *args: P.args, **kwargs: P.kwargs) -> None:
+        tx.audit_rows.append(make(*args, **kwargs))
+
+    return audit
+
+
 class Tx:
     """One write transaction: runs named queries; collects audit rows, written at the end."""
 
@@ -194,19 +228,8 @@ class Tx:
     def lock(self, what: Lock) -> None:
         self.io.lock(self.conn, what)
 
-    def audit(
-        self,
-        ts: float,
-        event: str,
-        task: str | None,
-        frm: int | None,
-        to: int | None,
-        worker: str | None = None,
-        attempt: int | None = None,
-        error: str | None = None,
-        **extra: Any,
-    ) -> None:
-        self.audit_rows.append(audit_row(ts, event, task, frm, to, worker, attempt, error, extra))
+    #: Append an audit row: ``audit_row``'s arguments (keywords past ``error`` go to ``extra``).
+    audit = _appending(audit_row)
 
 
 class Db:
@@ -273,27 +296,6 @@ class Db:
         """Audit rows of a named query as ``(id, event)``."""
         for r in self.io.read(name, params):
             yield r[0], audit_event(r)
-
-
-def audit_row(
-    ts: float,
-    event: str,
-    task: str | None,
-    frm: int | None,
-    to: int | None,
-    worker: str | None = None,
-    attempt: int | None = None,
-    error: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """An audit row as ``Tx.audit_rows`` holds it (its keys in the ``audit`` table's column
-    order, which ``audit_event`` reads). ``{**row, "task": other}`` is the same row about
-    another task: what a submission appends for each of its tasks."""
-    return {
-        "ts": ts, "event": event, "task": task, "from_state": frm, "to_state": to,
-        "worker": worker, "attempt": attempt, "error": error,
-        "extra": json.dumps(extra) if extra else None,
-    }  # fmt: skip
 
 
 def _stamped(rows: list[dict[str, Any]], clock: Clock | None) -> list[dict[str, Any]]:
