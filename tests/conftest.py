@@ -8,8 +8,26 @@ from typing import Any as _Any
 import pytest as _pytest
 
 _sys.path.insert(0, _os.path.dirname(__file__))
+
 from pg import PgServer as _PgServer
 from pg import find_bin as _find_pg_bin
+
+
+def _cache_children_bytecode() -> None:
+    """Every process a test starts (a conveyor command, a worker, a script) imports conveyor.
+    Where ``PYTHONDONTWRITEBYTECODE`` is set (CI's sandbox sets it) each of them compiled
+    conveyor from source, ~0.15 CPU-s a process over hundreds of processes; they share one
+    bytecode cache outside the source tree instead, as processes on a machine that caches
+    bytecode do. This process is left as it started (both variables are read at start-up)."""
+    import tempfile
+
+    if "PYTHONPYCACHEPREFIX" not in _os.environ:
+        prefix = _os.path.join(tempfile.gettempdir(), f"conveyor-tests-pycache-{_os.getuid()}")
+        _os.environ["PYTHONPYCACHEPREFIX"] = prefix
+        _os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
+_cache_children_bytecode()
 
 
 @_pytest.fixture(scope="session")
