@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.core.dag import layout
-from conveyor.core.fingerprint import Decision, Parts, Stored, canonical, decide_all, digest
+from conveyor.core.fingerprint import (
+    Decision,
+    Parts,
+    Stored,
+    canonical,
+    decide_all,
+    digest,
+    pair_text,
+)
 from conveyor.errors import GraphError
 from conveyor.imports import resolve_callable
 from conveyor.model import GraphSpec, TaskSpec
@@ -157,6 +165,7 @@ def graph_parts(
     order = sorted(range(len(tasks)), key=lay.depth.__getitem__)
     out: dict[str, Parts] = {}
     fps: dict[str, str] = {}
+    texts: dict[str, str] = {}  # each task's pair_text, for its children
     fns = functions or {}
     make = Parts.make
     # Tasks with neither parents nor input files have the parts of their code and arguments
@@ -180,9 +189,12 @@ def graph_parts(
             p = shared
         else:
             ins = [(p, files.digest(p)) for p in t.inputs] if t.inputs else ()
-            p = make(c, a, ins, [(d, fps[d]) for d in t.deps])
+            deps = sorted(t.deps)
+            p = make(c, a, ins, list(zip(deps, map(fps.__getitem__, deps), strict=True)),
+                     list(map(texts.__getitem__, deps)))  # fmt: skip
         out[t.id] = p
-        fps[t.id] = p.fingerprint
+        fps[t.id] = fp = p.fingerprint
+        texts[t.id] = pair_text(t.id, fp)
     return out
 
 
