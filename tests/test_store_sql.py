@@ -53,3 +53,16 @@ def test_sql_loaded_queries_carry_the_named_values() -> None:
 def test_sql_loader_refuses_an_unknown_name() -> None:
     with pytest.raises(ValueError, match=r"unknown name \{REDY\}"):
         sqlqueries._fill("SELECT 1 FROM tasks WHERE state = {REDY}", sqlqueries.CONSTANTS, "q")
+    with pytest.raises(ValueError, match=r"unknown name \{LOOP\}"):  # a fragment naming itself
+        sqlqueries._fill("SELECT {LOOP}", {}, "q", {"LOOP": "1 + {LOOP}"})
+
+
+def test_sql_fragments_are_filled_in_where_named_and_each_is_used() -> None:
+    got = sqlqueries._fill("UPDATE t {SET_READY} WHERE {COND}", sqlqueries.CONSTANTS, "q",
+                           {"SET_READY": "SET state = {READY}", "COND": "seq = 1"})  # fmt: skip
+    assert got == f"UPDATE t SET state = {int(TaskState.READY)} WHERE seq = 1"
+    text = (Path(sqlqueries.__file__).parent / "sql" / "queries.sql").read_text()
+    names = re.findall(r"^-- fragment: ([A-Z_]+)$", text, flags=re.M)
+    assert names  # the release clauses are fragments
+    for name in names:  # a fragment no query names would be dead text
+        assert text.count("{" + name + "}") >= 1, name

@@ -5,8 +5,9 @@ Names in braces are filled in while loading, so that the SQL never spells a rule
 task states (``{READY}``, ``{DONE}`` ...) from ``TaskState``; sets of states (``{UNFINISHED}``,
 ``{SKIPPABLE}``, ``{RETRYABLE}``) from ``core/transitions.py``; ``{KEY}``, the columns of the
 depth-first key, from ``core/ordering.py``; and in the schema the dialect's type names
-(``{SEQ}``, ``{REAL}`` ...). They are constants, not parameters: a partial index applies only
-where the planner sees the state in the query text. A name left unknown is an error.
+(``{SEQ}``, ``{REAL}`` ...); and in the queries their shared clauses, ``-- fragment:`` blocks.
+They are constants, not parameters: a partial index applies only where the planner sees the
+state in the query text. A name left unknown is an error.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from conveyor.model import TaskState
 
 _SQL_DIR = Path(__file__).parent / "sql"
 _NAME = re.compile(r"^--\s*name:\s*([\w]+)(?:@(\w+))?\s*$")
+_FRAGMENT = re.compile(r"^--\s*fragment:\s*([A-Z_]+)\s*$")
 _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 _BRACED = re.compile(r"\{([A-Z_]+)\}")
 
@@ -40,10 +42,22 @@ CONSTANTS: Mapping[str, str] = {
 }
 
 
-def _fill(text: str, values: Mapping[str, str], where: str) -> str:
+def _fill(
+    text: str,
+    values: Mapping[str, str],
+    where: str,
+    fragments: Mapping[str, str] | None = None,
+    within: tuple[str, ...] = (),
+) -> str:
+    """``text`` with each ``{NAME}`` filled in: a fragment's text, itself filled (``within``:
+    the fragments being filled, which may not name themselves), or a value."""
+
     def sub(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if fragments is not None and key in fragments and key not in within:
+            return _fill(fragments[key], values, where, fragments, (*within, key))
         try:
-            return values[m.group(1)]
+            return values[key]
         except KeyError:
             raise ValueError(f"{where}: unknown name {m.group(0)}") from None
 
@@ -52,28 +66,37 @@ def _fill(text: str, values: Mapping[str, str], where: str) -> str:
 
 @cache
 def load_queries(dialect: str) -> dict[str, str]:
-    """``queries.sql`` as ``{name: sql}`` for one dialect (``name@dialect`` overrides win)."""
+    """``queries.sql`` as ``{name: sql}`` for one dialect (``name@dialect`` overrides win).
+    A ``-- fragment: NAME`` block is SQL text that ``{NAME}`` stands for in the queries (and
+    in other fragments): a clause several queries share, written once."""
     common: dict[str, str] = {}
     special: dict[str, str] = {}
+    fragments: dict[str, str] = {}
     name: str | None = None
     target: dict[str, str] = common
     lines: list[str] = []
 
     def flush() -> None:
         if name is not None:
-            sql = "\n".join(lines).strip().rstrip(";")
-            target[name] = _fill(sql, CONSTANTS, f"queries.sql: {name}")
+            target[name] = "\n".join(lines).strip().rstrip(";")
 
     for line in (_SQL_DIR / "queries.sql").read_text().splitlines():
-        m = _NAME.match(line)
+        m = _NAME.match(line) or _FRAGMENT.match(line)
         if m:
             flush()
             name, lines = m.group(1), []
-            target = common if m.group(2) is None else special if m.group(2) == dialect else {}
+            if m.re is _FRAGMENT:
+                target = fragments
+            else:
+                target = common if m.group(2) is None else special if m.group(2) == dialect else {}
         elif not line.lstrip().startswith("--"):
             lines.append(line)
     flush()
-    out = {**common, **special}
+
+    out = {
+        k: _fill(v, CONSTANTS, f"queries.sql: {k}", fragments)
+        for k, v in {**common, **special}.items()
+    }
     if dialect == "postgres":
         out = {k: _PARAM.sub(r"%(\1)s", v.replace("%", "%%")) for k, v in out.items()}
     return out

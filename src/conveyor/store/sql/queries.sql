@@ -1,7 +1,8 @@
 -- Named queries of the SQL stores. "-- name: q" starts query q; "-- name: q@postgres" (or
 -- @sqlite) overrides q for one dialect. Parameters are :name (PostgreSQL gets %(name)s).
 -- {NAME}s are constants filled in when loading (store/sqlqueries.py): task states ({READY} ...),
--- sets of states ({UNFINISHED}, {SKIPPABLE}, {RETRYABLE}) and {KEY}, the depth-first key.
+-- sets of states ({UNFINISHED}, {SKIPPABLE}, {RETRYABLE}) and {KEY}, the depth-first key;
+-- "-- fragment: NAME" starts a clause that {NAME} stands for (written once, shared by queries).
 -- Lists travel as JSON text on SQLite (json_each) and as arrays on PostgreSQL (= ANY).
 -- Everything on the claim/complete path is an index seek; nothing here scans all tasks
 -- except the status queries (counts_by_group, rate) that only `conveyor status` runs.
@@ -297,28 +298,54 @@ ON CONFLICT (seq) DO UPDATE SET kind = excluded.kind, data = excluded.data;
 -- name: drop_result
 DELETE FROM results WHERE seq = :seq;
 
--- O(fan-out): the finished task's children lose one waiting parent; at zero they are ready
--- (pending ones, and invalidated ones: done before, waiting to run again), stamped ``updated``
--- then (aging counts a ready task's wait from it: age_ready).
--- name: release_children
-UPDATE tasks
+-- A child losing one waiting parent (RELEASE_ONE) or d.n of them (RELEASE_COUNTED, d: the
+-- children of a batch with their counts): at zero it is ready (a pending one, or an
+-- invalidated one: done before, waiting to run again), stamped ``updated`` then (aging counts a
+-- ready task's wait from it: age_ready).
+-- fragment: RELEASE_ONE
 SET waiting = waiting - 1,
     state = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
     updated = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
-WHERE seq IN (SELECT child FROM edges WHERE parent = :seq)
-RETURNING id, state, waiting;
+
+-- fragment: RELEASE_COUNTED
+SET waiting = waiting - d.n,
+    state = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
+    updated = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
 
 -- PostgreSQL: lock the children in seq order first, so that two completions sharing children
 -- never wait on each other in opposite orders (a deadlock costs deadlock_timeout, 1 s).
--- name: release_children@postgres
-WITH kids AS (
+-- fragment: KIDS_OF_ONE
+kids AS (
     SELECT t.seq FROM edges e JOIN tasks t ON t.seq = e.child
     WHERE e.parent = :seq ORDER BY t.seq FOR UPDATE OF t
 )
+
+-- PostgreSQL, a batch: the children go through arrays (= ANY(ARRAY(...))): a seek per child on
+-- the primary key. Joined with d, the planner expects thousands of children from a batch of
+-- parents and reads every task instead (a scan of the whole table per completion batch:
+-- quadratic in N).
+-- fragment: KIDS_OF_BATCH
+d AS (SELECT child, count(*) AS n FROM edges WHERE parent = ANY(:seqs) GROUP BY child),
+kids AS (SELECT seq FROM tasks WHERE seq = ANY(ARRAY(SELECT child FROM d))
+         ORDER BY seq FOR UPDATE)
+
+-- fragment: RELEASE_BATCH
 UPDATE tasks
-SET waiting = waiting - 1,
-    state = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
-    updated = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
+{RELEASE_COUNTED}
+FROM d
+WHERE tasks.seq = d.child AND tasks.seq = ANY(ARRAY(SELECT seq FROM kids))
+
+-- O(fan-out): the finished task's children lose one waiting parent.
+-- name: release_children
+UPDATE tasks
+{RELEASE_ONE}
+WHERE seq IN (SELECT child FROM edges WHERE parent = :seq)
+RETURNING id, state, waiting;
+
+-- name: release_children@postgres
+WITH {KIDS_OF_ONE}
+UPDATE tasks
+{RELEASE_ONE}
 WHERE seq IN (SELECT seq FROM kids)
 RETURNING id, state, waiting;
 
@@ -334,41 +361,24 @@ WHERE seq = ANY(:seqs) AND state + 0 = {RUNNING};
 
 -- name: release_children_of
 UPDATE tasks
-SET waiting = waiting - d.n,
-    state = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
-    updated = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
+{RELEASE_COUNTED}
 FROM (SELECT child, count(*) AS n FROM edges
       WHERE parent IN (SELECT value FROM json_each(:seqs)) GROUP BY child) AS d
 WHERE tasks.seq = d.child
 RETURNING id, state, waiting;
 
--- The children go through arrays (= ANY(ARRAY(...))): a seek per child on the primary key.
--- Joined with d, the planner expects thousands of children from a batch of parents and reads
--- every task instead (a scan of the whole table per completion batch: quadratic in N).
 -- name: release_children_of@postgres
-WITH d AS (SELECT child, count(*) AS n FROM edges WHERE parent = ANY(:seqs) GROUP BY child),
-     kids AS (SELECT seq FROM tasks WHERE seq = ANY(ARRAY(SELECT child FROM d))
-              ORDER BY seq FOR UPDATE)
-UPDATE tasks
-SET waiting = waiting - d.n,
-    state = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
-    updated = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
-FROM d
-WHERE tasks.seq = d.child AND tasks.seq = ANY(ARRAY(SELECT seq FROM kids))
+WITH {KIDS_OF_BATCH}
+{RELEASE_BATCH}
 RETURNING tasks.id, tasks.state, tasks.waiting;
 
 -- PostgreSQL, the two above as the last statement before the commit: the task_ready audit rows
 -- of the children made ready are written by the statement itself (stamped :ts), so the
 -- children's row locks are held for this statement and the commit only.
 -- name: release_children_audit@postgres
-WITH kids AS (
-    SELECT t.seq FROM edges e JOIN tasks t ON t.seq = e.child
-    WHERE e.parent = :seq ORDER BY t.seq FOR UPDATE OF t
-), r AS (
+WITH {KIDS_OF_ONE}, r AS (
     UPDATE tasks
-    SET waiting = waiting - 1,
-        state = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
-        updated = CASE WHEN waiting = 1 AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
+    {RELEASE_ONE}
     WHERE seq IN (SELECT seq FROM kids)
     RETURNING seq, id, state, waiting
 ), a AS (
@@ -379,16 +389,8 @@ WITH kids AS (
 SELECT id, state, waiting FROM r;
 
 -- name: release_children_of_audit@postgres
-WITH d AS (SELECT child, count(*) AS n FROM edges WHERE parent = ANY(:seqs) GROUP BY child),
-     kids AS (SELECT seq FROM tasks WHERE seq = ANY(ARRAY(SELECT child FROM d))
-              ORDER BY seq FOR UPDATE),
-     r AS (
-    UPDATE tasks
-    SET waiting = waiting - d.n,
-        state = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
-        updated = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
-    FROM d
-    WHERE tasks.seq = d.child AND tasks.seq = ANY(ARRAY(SELECT seq FROM kids))
+WITH {KIDS_OF_BATCH}, r AS (
+    {RELEASE_BATCH}
     RETURNING tasks.seq, tasks.id, tasks.state, tasks.waiting
 ), a AS (
     INSERT INTO audit (ts, event, task, from_state, to_state)
