@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from conveyor.core.limiter import Outcome
 from conveyor.errors import DropRow
@@ -182,36 +182,32 @@ def run_function(col: Column, seed: int) -> Callable[[list[dict[str, Any]], list
     ``Retry`` for that cell alone."""
     fn = col.fn
     assert fn is not None
-    given = bool(col.given)
+    given, is_async = bool(col.given), col.is_async
     clock = time.perf_counter
 
-    if col.is_async:
-
-        async def run_async(kws: list[dict[str, Any]], rows: list[int]) -> RunOut:
-            out: list[Any] = []
-            t0 = clock()
-            if given:
-                _given_each(col, seed, rows, kws)
-            for kw in kws:
-                try:
-                    out.append(_finish(col, await fn(**kw)))
-                except Exception as exc:
-                    out.append(_caught(exc))
-            return RunOut(out, clock() - t0)
-
-        return run_async
-
-    def run(kws: list[dict[str, Any]], rows: list[int]) -> RunOut:
+    async def run_async(kws: list[dict[str, Any]], rows: list[int]) -> RunOut:
         out: list[Any] = []
         t0 = clock()
         if given:
             _given_each(col, seed, rows, kws)
         for kw in kws:
             try:
-                out.append(_finish(col, fn(**kw)))
+                value = fn(**kw)
+                out.append(_finish(col, await value if is_async else value))
             except Exception as exc:
                 out.append(_caught(exc))
         return RunOut(out, clock() - t0)
+
+    if is_async:
+        return run_async
+
+    def run(kws: list[dict[str, Any]], rows: list[int]) -> RunOut:
+        # The same loop: with a sync generator it awaits nothing, so one step runs it through.
+        try:
+            run_async(kws, rows).send(None)
+        except StopIteration as done:
+            return cast(RunOut, done.value)
+        raise AssertionError("a run of sync cells awaited something")  # pragma: no cover
 
     return run
 
