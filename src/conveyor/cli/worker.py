@@ -82,7 +82,7 @@ def worker(
     """Run tasks of the graph in --db until it is finished (exit 0; 1 if tasks failed).
     SIGUSR2 or SIGTERM hand the running tasks back to the store at once; then exit 0."""
     from conveyor.api import open_run
-    from conveyor.outcome import INTERRUPTED, left
+    from conveyor.outcome import exit_code, left
     from conveyor.runtime.signals import HandBackOnSignals
     from conveyor.store.sharedfs import sqlite_fs_warning
 
@@ -118,8 +118,9 @@ def worker(
                     # store's write lock to join): the engine never saw it, the exit code must.
                     interrupted = True
                     result = joined.result()  # what it held went back to the store
-                counts = result.counts
-                code = INTERRUPTED if interrupted else result.exit_code
+                counts = result.counts  # (a count of every task: read once)
+                code = exit_code(counts, interrupted=interrupted or result.stats.interrupted,
+                                 worker=result.joined)  # fmt: skip
     st = result.stats
     lost = joined.engine.lost
     if lost is not None:
