@@ -295,6 +295,8 @@ def _run(
 
     batches = len(arrive)
     ids = f.ids
+    just_started: list[int] = []  # the tasks this fill started, in order
+    started, started_all = just_started.append, just_started.extend
     while True:
         # Graphs arriving now join the frontier; their ready tasks are roots.
         while batch < batches and arrive[batch] <= now:
@@ -314,12 +316,7 @@ def _run(
                         break
                     free_total -= 1
                     heappush(events, (now + dur[i], i, -1))
-                    if root_of[i] == i:
-                        in_progress += 1
-                        if in_progress > peak:
-                            peak = in_progress
-                    if starts is not None:
-                        starts.append(ids[i])
+                    started(i)
             else:
                 for w in range(workers):
                     while free[w] and counts[READY]:
@@ -330,12 +327,15 @@ def _run(
                         free_total -= len(got)
                         for i in got:
                             heappush(events, (now + dur[i], i, w))
-                            if root_of[i] == i:
-                                in_progress += 1
-                                if in_progress > peak:
-                                    peak = in_progress
-                            if starts is not None:
-                                starts.append(ids[i])
+                        started_all(got)
+            for i in just_started:  # the roots among them are in progress from now
+                if root_of[i] == i:
+                    in_progress += 1
+                    if in_progress > peak:
+                        peak = in_progress
+            if starts is not None:
+                starts.extend(map(ids.__getitem__, just_started))
+            just_started.clear()
         if shares.on:
             shares.check(now)
         # The next moment: a finish, a graph's arrival, or a gang's reservation running out.
