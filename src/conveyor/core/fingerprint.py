@@ -138,13 +138,13 @@ def _pairs(pairs: tuple[tuple[str, str], ...], texts: Sequence[str] | None = Non
     # Fast path: ASCII strings (ids, paths, hex digests) whose character counts are byte counts.
     if texts is not None:
         text = "".join(texts)
-        if text.isascii():
-            return b"t%d\x1f" % len(pairs) + text.encode()
+        ascii_ = text.isascii()
     else:
         text = "".join([pair_text(a, b) for a, b in pairs])
         # str.join refuses anything but str (in C: cheaper than a type check per item).
-        if text.isascii() and "".join(chain.from_iterable(pairs)).isascii():
-            return b"t%d\x1f" % len(pairs) + text.encode()
+        ascii_ = text.isascii() and "".join(chain.from_iterable(pairs)).isascii()
+    if ascii_:
+        return b"t%d\x1f" % len(pairs) + text.encode()
     out = [b"t%d\x1f" % len(pairs)]
     for pair in pairs:
         a, b = pair  # ValueError for anything but a pair
