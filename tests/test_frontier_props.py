@@ -413,7 +413,7 @@ def test_ready_heap_entries_are_the_ordering_key(bands: list[int | None] | None)
     done = f.pop()  # "a" (the best key of the two roots): b and c become ready
     assert done is not None
     f.complete(done)
-    entries = list(f._heap)
+    entries = list(f.heap_keys())
     assert len(entries) >= 2
     for entry in entries:
         i = entry[2]
@@ -483,3 +483,22 @@ def test_finish_ready_of_no_ops_leaves_a_task_cancelled_while_ready() -> None:
     assert f.finish_ready(100) == [0, 2]  # a, then its child c (deeper) before anything else
     assert f.state[1] == TaskState.CANCELLED.value and f.state[3] == TaskState.PENDING.value
     check_counts(f)
+
+
+def test_packed_heap_keeps_the_key_order_when_a_batch_outgrows_its_fields() -> None:
+    """Ready entries pushed while the fields were narrow (2 tasks, 1 root) keep their order
+    after later graphs need wider index and root fields: every pop is the best key left."""
+    from conveyor.core.ordering import priority_key
+
+    f = Frontier()
+    f.add(["a", "b"], [(), ()])  # both ready, packed for 2 tasks of one root
+    for r in range(1, 6):  # 5 more roots of 7 tasks each: index and root fields grow
+        ids = [f"r{r}.{k}" for k in range(7)]
+        f.add(ids, [()] + [[ids[k - 1]] for k in range(1, 7)])
+    order = []
+    while (i := f.pop()) is not None:
+        ready = [j for j in range(len(f.ids)) if f.state[j] == TaskState.READY.value]
+        assert all(priority_key(f.depth[i], f.root_seq[i], i) < f.key(j) for j in ready)
+        order.append(f.ids[i])
+        f.complete(i)
+    assert order[:3] == ["a", "b", "r1.0"] and len(order) == 37

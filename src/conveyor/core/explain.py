@@ -74,7 +74,7 @@ def explain(
         return early
     q = f.queue
     key = f.key(i)
-    heaps = [f._heap] if q is None else q.heaps
+    heaps = [f.heap_keys()] if q is None else q.heaps
 
     def higher_band() -> Reason | None:
         return _higher_band(f, i, key, heaps)
@@ -83,7 +83,7 @@ def explain(
         return higher_band() or slot_reason(
             tid,
             offers,
-            _behind(f, i, key, [e for e in f._heap if f.state[e[2]] == TaskState.READY]),
+            _behind(f, i, key, [e for e in f.heap_keys() if f.state[e[2]] == TaskState.READY]),
         )
     shape = q.shapes[f.shape[i]]
     gang = f.gang_of.get(i)
@@ -334,7 +334,7 @@ def band_reason(
     )
 
 
-def _higher_band(f: Frontier, i: int, key: Key, heaps: Sequence[list[Any]]) -> Reason | None:
+def _higher_band(f: Frontier, i: int, key: Key, heaps: Sequence[Sequence[Any]]) -> Reason | None:
     floor = band_floor(band_from(key[0]))
     above = [e[:3] for h in heaps for e in h if e[0] < floor and f.state[e[2]] == TaskState.READY]
     if not above:

@@ -9,6 +9,13 @@ No operation here visits tasks that its event does not concern.
 The memory store is a thin shell around this class; the SQL stores keep the same counts and keys
 as indexed columns and follow the same rules in SQL.
 
+The ready heap holds each key ``(rank, root_seq, index)`` (``ordering.priority_key``) packed in
+one int, ``rank << hi | root_seq << lo | index``: ints compare in one step where tuples take
+three or four, and a push makes no tuple (together ~a quarter of a no-op run). The fields' widths
+follow the graph: ``lo`` bits hold every index, ``hi - lo`` every root; when a batch outgrows
+them the heap is packed again (``_widen``: at powers of two, O(1) amortised per task). Nothing
+outside this module reads the packed ints: ``heap_keys`` gives the keys back as tuples.
+
 Size: the frontier's state is parallel arrays that every hot loop (pop, complete,
 ``finish_ready``, release, aging) walks per task; they stay in one class so no call crosses a
 module per task.
@@ -21,7 +28,7 @@ import operator
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from itertools import compress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from conveyor.core.dag import Children, Layout, layout
 from conveyor.core.offer import Offer
@@ -59,6 +66,8 @@ class Frontier:
         "_aging",
         "_delayed",
         "_heap",
+        "_hi",
+        "_lo",
         "band",
         "band_off",
         "children",
@@ -92,7 +101,9 @@ class Frontier:
         self._aging: Aging | None = None
         self.roots_submitted = 0
         self.counts = [0] * len(TaskState)
-        self._heap: list[tuple[int, int, int]] = []  # (-depth, root_seq, submit_seq == index)
+        self._heap: list[int] = []  # packed keys: rank << _hi | root_seq << _lo | index
+        self._lo = 1  # bits of the index field: 1 << _lo > every index
+        self._hi = 2  # _lo + bits of the root_seq field: 1 << (_hi - _lo) > every root_seq
         self._delayed: list[tuple[float, int]] = []  # (not_before, index): retries in backoff
         # Admission (groups, resources, labels, gangs): when ``queue`` is set, ready tasks go
         # into its per-shape heaps instead of ``_heap``. ``shape[i]`` is task i's shape id.
@@ -148,6 +159,7 @@ class Frontier:
         state = self.state
         state.extend(bytes(n))  # PENDING
         self.root_seq.extend([root] * n)
+        self._widen()
         self._add_bands(n, bands, submitter)
         dead: list[int] = []
         if first == 0:
@@ -220,8 +232,9 @@ class Frontier:
             return got[0] if got else None
         heap = self._heap
         state = self.state
+        mask = (1 << self._lo) - 1
         while heap:
-            i = _heappop(heap)[2]
+            i = _heappop(heap) & mask
             if state[i] == READY:
                 state[i] = RUNNING
                 c = self.counts
@@ -257,9 +270,9 @@ class Frontier:
         self.queue = queue
         self.shape = [default_shape] * len(self.ids)
         queue.add_unfinished(default_shape, self.unfinished())
-        for entry in self._heap:
-            if self.state[entry[2]] == READY:
-                queue.push(entry[2], entry, default_shape)
+        for key in self.heap_keys():
+            if self.state[key[2]] == READY:
+                queue.push(key[2], key, default_shape)
         self._heap = []
 
     def complete(self, i: int) -> list[int]:
@@ -286,49 +299,41 @@ class Frontier:
             return []
         ready = []
         waiting = self.waiting
+        for k in kids:
+            w = waiting[k] - 1
+            waiting[k] = w
+            if w == 0 and state[k] == PENDING:
+                state[k] = READY
+                ready.append(k)
+        if not ready:
+            return ready
         depth = self.depth
         root_seq = self.root_seq
-        # The key is ``ordering.priority_key``, written inline in these two hot loops (a call
-        # per push costs ~10% of a no-op run); tests/test_frontier_props.py checks they agree.
+        # The key is ``ordering.priority_key``, written inline in these hot loops (a call per
+        # push costs ~10% of a no-op run); tests/test_frontier_props.py checks they agree.
+        lo, hi = self._lo, self._hi
         off = self.band_off
         if off is not None:  # bands: the rank is ``ordering.rank_of``, inline as below
             cap = _DEPTH_CAP
-            for k in kids:
-                w = waiting[k] - 1
-                waiting[k] = w
-                if w == 0 and state[k] == PENDING:
-                    state[k] = READY
-                    d = depth[k]
-                    key = (off[k] - (d if d < cap else cap), root_seq[k], k)
-                    if q is None:
-                        _heappush(self._heap, key)
-                    else:
-                        q.push(k, key, self.shape[k], self.gang_of.get(k))
-                    if key[0] > 0:  # a band below the default: it ages
-                        self._note_aging(k)
-                    ready.append(k)
+            for k in ready:
+                d = depth[k]
+                rank = off[k] - (d if d < cap else cap)
+                if q is None:
+                    _heappush(self._heap, (rank << hi) + (root_seq[k] << lo) + k)
+                else:
+                    q.push(k, (rank, root_seq[k], k), self.shape[k], self.gang_of.get(k))
+                if rank > 0:  # a band below the default: it ages
+                    self._note_aging(k)
         elif q is None:
             heap = self._heap
-            for k in kids:
-                w = waiting[k] - 1
-                waiting[k] = w
-                if w == 0 and state[k] == PENDING:
-                    state[k] = READY
-                    _heappush(heap, (-depth[k], root_seq[k], k))
-                    ready.append(k)
+            for k in ready:
+                _heappush(heap, (root_seq[k] << lo) + k - (depth[k] << hi))
         else:
-            shape = self.shape
-            gang_of = self.gang_of
-            for k in kids:
-                w = waiting[k] - 1
-                waiting[k] = w
-                if w == 0 and state[k] == PENDING:
-                    state[k] = READY
-                    q.push(k, (-depth[k], root_seq[k], k), shape[k], gang_of.get(k))
-                    ready.append(k)
-        if ready:
-            c[PENDING] -= len(ready)
-            c[READY] += len(ready)
+            shape, gang_of = self.shape, self.gang_of
+            for k in ready:
+                q.push(k, (-depth[k], root_seq[k], k), shape[k], gang_of.get(k))
+        c[PENDING] -= len(ready)
+        c[READY] += len(ready)
         return ready
 
     def finish_ready(self, limit: int, real: Callable[[int], bool] | None = None) -> list[int]:
@@ -342,17 +347,17 @@ class Frontier:
         """
         if self.queue is not None or self.band_off is not None or limit <= 0:
             return []
-        if real is None and self.roots_submitted == 1 and limit >= len(self._heap):
-            return self._drain(limit)
         heap, state, waiting = self._heap, self.state, self.waiting
         depth, root_seq, ch = self.depth, self.root_seq, self.children
         start, flat, extra = ch.start, ch.flat, ch.extra
+        lo, hi = self._lo, self._hi
+        mask = (1 << lo) - 1
         done: list[int] = []
         finished = done.append
         released = 0
         while heap:
             entry = _heappop(heap)
-            i = entry[2]
+            i = entry & mask
             if state[i] != READY:  # skipped or cancelled while ready: the entry goes
                 continue
             if real is not None and real(i):
@@ -366,48 +371,10 @@ class Frontier:
                 waiting[k] = w
                 if w == 0 and state[k] == PENDING:
                     state[k] = READY
-                    _heappush(heap, (-depth[k], root_seq[k], k))
+                    _heappush(heap, (root_seq[k] << lo) + k - (depth[k] << hi))
                     released += 1
             if len(done) >= limit:
                 break
-        c = self.counts
-        c[READY] += released - len(done)
-        c[DONE] += len(done)
-        c[PENDING] -= released
-        return done
-
-    def _drain(self, limit: int) -> list[int]:
-        """``finish_ready`` of no-ops only, in one graph (every ``root_seq`` the same): the
-        heap as ints ``i - (depth[i] << shift)`` for the loop, ordered as the keys
-        ``(-depth, root_seq, i)`` are (an int compares in one step, a tuple in three or four:
-        ~a quarter of a no-op run), and as keys again at its end. Converting costs O(heap);
-        ``limit >= len(heap)`` keeps that below the work done."""
-        state, waiting, depth, root_seq = self.state, self.waiting, self.depth, self.root_seq
-        ch = self.children
-        start, flat, extra = ch.start, ch.flat, ch.extra
-        shift = len(state).bit_length()  # 1 << shift > every index
-        mask = (1 << shift) - 1
-        # (entries of tasks skipped or cancelled while ready go now: all that remain are ready)
-        heap = [i - (depth[i] << shift) for _, _, i in self._heap if state[i] == READY]
-        heapq.heapify(heap)
-        done: list[int] = []
-        finished = done.append
-        released = 0
-        while heap:
-            i = _heappop(heap) & mask
-            state[i] = DONE
-            finished(i)
-            for k in ch[i] if extra else flat[start[i] : start[i + 1]]:
-                w = waiting[k] - 1
-                waiting[k] = w
-                if w == 0 and state[k] == PENDING:
-                    state[k] = READY
-                    _heappush(heap, k - (depth[k] << shift))
-                    released += 1
-            if len(done) >= limit:
-                break
-        self._heap = [(-depth[i], root_seq[i], i) for i in (e & mask for e in heap)]
-        heapq.heapify(self._heap)
         c = self.counts
         c[READY] += released - len(done)
         c[DONE] += len(done)
@@ -485,7 +452,26 @@ class Frontier:
         except KeyError:
             raise GraphError(f"unknown task {tid!r}") from None
 
+    def heap_keys(self) -> HeapKeys:
+        """The ready heap's entries as keys ``(rank, root_seq, index)``, in heap order (maybe
+        stale: a task skipped, cancelled or aged keeps an entry until it is reached). Empty
+        with admission (the queue's per-shape heaps hold the keys then)."""
+        return HeapKeys(self._heap, self._lo, self._hi)
+
     # -- helpers --------------------------------------------------------------------------------
+    def _widen(self) -> None:
+        """Make the packed keys' fields wide enough for every index and root_seq, packing the
+        heap again when they grow (the entries of tasks no longer ready are dropped then)."""
+        lo = max(1, len(self.state).bit_length())
+        hi = lo + max(1, self.roots_submitted.bit_length())
+        if lo == self._lo and hi == self._hi:
+            return
+        state = self.state
+        keys = [k for k in self.heap_keys() if state[k[2]] == READY]
+        self._lo, self._hi = lo, hi
+        self._heap = [(r << hi) + (s << lo) + i for r, s, i in keys]
+        heapq.heapify(self._heap)
+
     def _move(self, i: int, to: int) -> None:
         c = self.counts
         q = self.queue
@@ -511,7 +497,7 @@ class Frontier:
     def _push(self, i: int) -> None:
         key = self.key(i)
         if self.queue is None:
-            heapq.heappush(self._heap, key)
+            heapq.heappush(self._heap, (key[0] << self._hi) + (key[1] << self._lo) + i)
         else:
             self.queue.push(i, key, self.shape[i], self.gang_of.get(i))
         if key[0] > 0:
@@ -537,6 +523,34 @@ class Frontier:
                 self._push(i)  # the old entry stays behind; it is dropped when reached
                 out.append(i)
         return out
+
+
+class HeapKeys(Sequence[tuple[int, int, int]]):
+    """A view of a packed ready heap as ``(rank, root_seq, index)`` keys, unpacked on read;
+    position ``p``'s children are at ``2p+1`` and ``2p+2`` as in the heap (preemption walks it
+    best first: ``core/preempt.py`` ``best_ready``). For ``why`` and preemption, not the hot
+    path."""
+
+    __slots__ = ("_heap", "_hi", "_lo")
+
+    def __init__(self, heap: list[int], lo: int, hi: int) -> None:
+        self._heap, self._lo, self._hi = heap, lo, hi
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    @overload
+    def __getitem__(self, pos: int) -> tuple[int, int, int]: ...
+    @overload
+    def __getitem__(self, pos: slice) -> list[tuple[int, int, int]]: ...
+    def __getitem__(self, pos: int | slice) -> tuple[int, int, int] | list[tuple[int, int, int]]:
+        if isinstance(pos, slice):
+            return [self._unpack(e) for e in self._heap[pos]]
+        return self._unpack(self._heap[pos])
+
+    def _unpack(self, e: int) -> tuple[int, int, int]:
+        lo, hi = self._lo, self._hi
+        return (e >> hi, (e >> lo) & ((1 << (hi - lo)) - 1), e & ((1 << lo) - 1))
 
 
 class Aging:

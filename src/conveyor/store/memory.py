@@ -440,7 +440,7 @@ class MemoryStore(Store):
             return []
         from conveyor.core.preempt import best_ready
 
-        heaps = [h for h in f.queue.heaps if h] if f.queue is not None else [f._heap]
+        heaps = [h for h in f.queue.heaps if h] if f.queue is not None else [f.heap_keys()]
         return [(f.ids[i], band) for i, band in best_ready(heaps, f.state, below_band, limit)]
 
     def cancel_unfinished(self, now: float, reason: str = "interrupted") -> int:
