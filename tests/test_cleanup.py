@@ -43,6 +43,33 @@ def test_prune_removes_result_files_of_a_replaced_graph(tmp_path: Path) -> None:
         store.close()
 
 
+def test_prune_removes_result_files_of_tasks_removed_from_their_graph(tmp_path: Path) -> None:
+    """A task an edited graph leaves out is ``removed``: its result is never read again (added
+    back, it runs again), so ``prune`` drops its row and its file; the others stay."""
+    (tmp_path / "jobs.py").write_text("def big(i):\n    return [i] * 1000\n")
+
+    def write(n: int) -> None:
+        tasks = [{"id": f"t{i}", "fn": "jobs:big", "args": [i + 100]} for i in range(n)]
+        (tmp_path / "g.json").write_text(json.dumps({"name": "g", "tasks": tasks}))
+
+    db = "sqlite:///run.db?inline_max=100"
+    write(3)
+    cli("run", "g.json", "--db", db, "--quiet", cwd=tmp_path)
+    write(1)  # t1 and t2 are removed
+    cli("run", "g.json", "--db", db, "--quiet", cwd=tmp_path)
+    results = tmp_path / "run.db.results"
+    assert len(list(results.iterdir())) == 3
+    out = cli("prune", "--db", db, cwd=tmp_path)
+    assert "2 result files" in out.stderr
+    assert len(list(results.iterdir())) == 1
+    store = SqliteStore(tmp_path / "run.db", inline_max=100)
+    try:
+        assert store.result("t0").value == [100] * 1000
+        assert store.task_info("t1")["state"] == "removed"
+    finally:
+        store.close()
+
+
 def test_prune_keeps_files_named_or_being_written_and_foreign_files(tmp_path: Path) -> None:
     graph = graph_from_dict(
         {"name": "g", "tasks": [{"id": "a", "cmd": "x"}, {"id": "b", "cmd": "y"}]}

@@ -116,9 +116,11 @@ def prune(tx: Tx, keep: int) -> int:
 def prune_results(tx: Tx, results_dir: str) -> tuple[int, int]:
     """Remove the files in ``results_dir`` that no result row names and that no running
     attempt may still name (a completion writes its file before it takes the write lock, and
-    this runs holding it): results of tasks run again or of a replaced graph, and the
+    this runs holding it): results of tasks run again, of a replaced graph or of tasks removed
+    from their graph (their result rows go first: a task added back runs again), and the
     leftovers of writers that crashed. Only files named as ``ResultCodec`` names them are
     touched. Returns ``(files, bytes)``. Scans the results directory and the file rows."""
+    tx.run("drop_removed_results")
     try:
         names = os.listdir(results_dir)
     except FileNotFoundError:

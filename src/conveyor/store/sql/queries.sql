@@ -532,6 +532,10 @@ SELECT ts, event FROM audit ORDER BY id DESC LIMIT :limit;
 -- name: result_files
 SELECT data FROM results WHERE kind LIKE 'file:%';
 
+-- A removed task's result is never read again (a task added back runs again): prune drops it.
+-- name: drop_removed_results
+DELETE FROM results WHERE seq IN (SELECT seq FROM tasks WHERE state = {REMOVED});
+
 -- name: running_tokens
 SELECT seq, token FROM tasks WHERE state = {RUNNING};
 
