@@ -231,6 +231,11 @@ OPTION_CASES = [
     ("run-resources-inf", ["run", "ok.json", "--resources", "cpu=inf"], ["--resources", "cpu"]),
     ("worker-lease-nan", ["worker", "--db", "sqlite:///s.db", "--lease", "nan"], ["--lease"]),
     ("worker-lease-inf", ["worker", "--db", "sqlite:///s.db", "--lease", "inf"], ["--lease"]),
+    # (a lease shorter than a busy store's wait is lost at once: tasks run twice for nothing)
+    ("worker-lease-tiny", ["worker", "--db", "sqlite:///s.db", "--lease", "0.001"],
+     ["--lease", "0.1"]),
+    ("run-lease-tiny", ["run", "ok.json", "--db", "sqlite:///s.db", "--lease", "0.01"],
+     ["--lease", "0.1"]),
     ("worker-resources-negative", ["worker", "--db", "sqlite:///s.db", "--resources", "gpu=-1"],
      ["--resources", "gpu"]),
     ("worker-idle-exit-nan", ["worker", "--db", "sqlite:///s.db", "--idle-exit", "nan"],

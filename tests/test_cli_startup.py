@@ -119,7 +119,7 @@ def test_the_lease_default_is_a_valid_lease() -> None:
     from conveyor import schema
     from conveyor.cli import options
 
-    assert schema.check_value(options.LEASE_S, schema.Seconds) is None
+    assert schema.check_value(options.LEASE_S, schema.LeaseSeconds) is None
 
 
 def test_a_run_of_no_user_code_ends_at_once_keeping_its_code_output_and_events(

@@ -39,6 +39,13 @@ PositiveCount = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
 Seconds = Union[  # noqa: UP007 (msgspec reads the annotation at run time)
     Annotated[int, Meta(gt=0, le=MAX_SECONDS)], Annotated[float, Meta(gt=0, le=MAX_SECONDS)]
 ]
+#: A lease, at least ``MIN_LEASE_S``: a heartbeat renews it every third of it, and a shorter
+#: one runs out while a busy store makes the renewal wait (tasks lost for nothing).
+MIN_LEASE_S = 0.1
+LeaseSeconds = Union[  # noqa: UP007
+    Annotated[int, Meta(ge=1, le=MAX_SECONDS)],
+    Annotated[float, Meta(ge=MIN_LEASE_S, le=MAX_SECONDS)],
+]
 #: An amount >= 0 of a resource.
 Amount = Union[  # noqa: UP007
     Annotated[int, Meta(ge=0, le=MAX_AMOUNT)], Annotated[float, Meta(ge=0, le=MAX_AMOUNT)]

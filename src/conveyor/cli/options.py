@@ -40,8 +40,10 @@ Otel = Annotated[
         "(conveyor\\[otel]; exporters from OTEL_* variables, docs/telemetry.md).",
     ),
 ]
-Lease = Annotated[float, typer.Option("--lease", help="Lease seconds (durable stores).")]
-#: ``--lease``'s default (a ``schema.Seconds``: tests/test_cli_startup.py checks it).
+Lease = Annotated[
+    float, typer.Option("--lease", help="Lease seconds (durable stores; at least 0.1).")
+]
+#: ``--lease``'s default (a ``schema.LeaseSeconds``: tests/test_cli_startup.py checks it).
 LEASE_S = 30.0
 Labels = Annotated[
     str | None, typer.Option("--labels", help="Labels this worker offers: gpu=a100,zone=a")

@@ -75,7 +75,7 @@ def run(
             progress.update(counts, total=sum(counts.values()))
 
     with user_errors():
-        lease = opt.checked(lease, "Seconds", "--lease", default=opt.LEASE_S)
+        lease = opt.checked(lease, "LeaseSeconds", "--lease", default=opt.LEASE_S)
         telemetry = opt.telemetry(otel)
         graph: Any = graph_file(file)
         if speed is not None:

@@ -88,7 +88,7 @@ def worker(
 
     opt.check_executor(executor, address)
     with HandBackOnSignals() as signals, user_errors():
-        lease = opt.checked(lease, "Seconds", "--lease", default=opt.LEASE_S)
+        lease = opt.checked(lease, "LeaseSeconds", "--lease", default=opt.LEASE_S)
         if idle_exit is not None:
             idle_exit = opt.checked(idle_exit, "Wait", "--idle-exit")
         end = worker_end(until, time_left, os.environ.get(END_ENV), time.time())
