@@ -354,11 +354,13 @@ class Frontier:
         mask = (1 << lo) - 1
         done: list[int] = []
         finished = done.append
-        released = 0
+        # (per task, no call and no count: what was released is what the heap gained)
+        stale, heap_was, left = 0, len(heap), limit
         while heap:
             entry = _heappop(heap)
             i = entry & mask
             if state[i] != READY:  # skipped or cancelled while ready: the entry goes
+                stale += 1
                 continue
             if real is not None and real(i):
                 _heappush(heap, entry)  # back as it was: the caller claims it next
@@ -372,9 +374,10 @@ class Frontier:
                 if w == 0 and state[k] == PENDING:
                     state[k] = READY
                     _heappush(heap, (root_seq[k] << lo) + k - (depth[k] << hi))
-                    released += 1
-            if len(done) >= limit:
+            left -= 1
+            if not left:
                 break
+        released = len(heap) - heap_was + len(done) + stale
         c = self.counts
         c[READY] += released - len(done)
         c[DONE] += len(done)
