@@ -22,21 +22,34 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return out
 
 
-def test_prune_removes_result_files_of_a_replaced_graph(tmp_path: Path) -> None:
+def big_results(tmp_path: Path, file: str, graph: str, n: int) -> str:
+    """A graph file of ``n`` tasks ``t0..`` whose results are files (``[i + 100] * 1000``)."""
     (tmp_path / "jobs.py").write_text("def big(i):\n    return [i] * 1000\n")
-    for name, n in (("first", 5), ("second", 2)):
-        tasks = [{"id": f"t{i}", "fn": "jobs:big", "args": [i + 100]} for i in range(n)]
-        (tmp_path / f"{name}.json").write_text(json.dumps({"name": name, "tasks": tasks}))
-    db = "sqlite:///run.db?inline_max=100"
-    cli("run", "first.json", "--db", db, "--quiet", cwd=tmp_path)
-    cli("run", "second.json", "--db", db, "--quiet", "--replace", cwd=tmp_path)
+    tasks = [{"id": f"t{i}", "fn": "jobs:big", "args": [i + 100]} for i in range(n)]
+    (tmp_path / file).write_text(json.dumps({"name": graph, "tasks": tasks}))
+    return file
+
+
+DB = "sqlite:///run.db?inline_max=100"
+
+
+def prune_checked(tmp_path: Path, before: int, gone: int) -> SqliteStore:
+    """``conveyor prune`` where ``before`` result files are removes ``gone`` of them (and says
+    so); returns the store, open (the caller closes it)."""
     results = tmp_path / "run.db.results"
+    assert len(list(results.iterdir())) == before
+    out = cli("prune", "--db", DB, cwd=tmp_path)
+    assert f"{gone} result files" in out.stderr
+    assert len(list(results.iterdir())) == before - gone
+    return SqliteStore(tmp_path / "run.db", inline_max=100)
+
+
+def test_prune_removes_result_files_of_a_replaced_graph(tmp_path: Path) -> None:
+    cli("run", big_results(tmp_path, "first.json", "first", 5), "--db", DB, "-q", cwd=tmp_path)
+    second = big_results(tmp_path, "second.json", "second", 2)
+    cli("run", second, "--db", DB, "--quiet", "--replace", cwd=tmp_path)
     # the first graph's files are still there (task numbers are never reused: no name clashes)
-    assert len(list(results.iterdir())) == 7
-    out = cli("prune", "--db", db, cwd=tmp_path)
-    assert "5 result files" in out.stderr
-    assert len(list(results.iterdir())) == 2
-    store = SqliteStore(tmp_path / "run.db", inline_max=100)
+    store = prune_checked(tmp_path, before=7, gone=5)
     try:
         assert store.result("t1").value == [101] * 1000  # the second graph's results remain
     finally:
@@ -46,23 +59,9 @@ def test_prune_removes_result_files_of_a_replaced_graph(tmp_path: Path) -> None:
 def test_prune_removes_result_files_of_tasks_removed_from_their_graph(tmp_path: Path) -> None:
     """A task an edited graph leaves out is ``removed``: its result is never read again (added
     back, it runs again), so ``prune`` drops its row and its file; the others stay."""
-    (tmp_path / "jobs.py").write_text("def big(i):\n    return [i] * 1000\n")
-
-    def write(n: int) -> None:
-        tasks = [{"id": f"t{i}", "fn": "jobs:big", "args": [i + 100]} for i in range(n)]
-        (tmp_path / "g.json").write_text(json.dumps({"name": "g", "tasks": tasks}))
-
-    db = "sqlite:///run.db?inline_max=100"
-    write(3)
-    cli("run", "g.json", "--db", db, "--quiet", cwd=tmp_path)
-    write(1)  # t1 and t2 are removed
-    cli("run", "g.json", "--db", db, "--quiet", cwd=tmp_path)
-    results = tmp_path / "run.db.results"
-    assert len(list(results.iterdir())) == 3
-    out = cli("prune", "--db", db, cwd=tmp_path)
-    assert "2 result files" in out.stderr
-    assert len(list(results.iterdir())) == 1
-    store = SqliteStore(tmp_path / "run.db", inline_max=100)
+    cli("run", big_results(tmp_path, "g.json", "g", 3), "--db", DB, "-q", cwd=tmp_path)
+    cli("run", big_results(tmp_path, "g.json", "g", 1), "--db", DB, "-q", cwd=tmp_path)  # t1, t2 go
+    store = prune_checked(tmp_path, before=3, gone=2)
     try:
         assert store.result("t0").value == [100] * 1000
         assert store.task_info("t1")["state"] == "removed"
