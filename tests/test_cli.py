@@ -336,3 +336,6 @@ def test_run_sigint_while_a_parent_waits_for_its_children_stops(tmp_path: Path) 
     assert "(interrupted)" in stderr and "Traceback" not in stderr
     cancelled = [e for e in read_events(events) if e["event"] == "task_cancelled"]
     assert cancelled and all(e["reason"] == "interrupted" for e in cancelled)
+    # the parent did not fail: its wait was cut by Ctrl-C, so it is cancelled with the rest
+    assert "p" in {e["task"] for e in cancelled}
+    assert not [e for e in read_events(events) if e["event"] == "task_failed"]

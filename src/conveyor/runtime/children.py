@@ -43,6 +43,9 @@ class Children:
         self.engine_thread: int | None = None
         #: Set by ``stop``: no child will start any more, so no parent may wait for one.
         self.stopped: str | None = None
+        #: The claims (handles) of parents whose wait ``stop`` cut: their end is a cancellation
+        #: (``InFlight.record``), not a failure of theirs. Added on the parent's own thread.
+        self.interrupted: set[int] = set()
 
     # -- called by tasks (``TaskContext``), on their own threads ---------------------------------
     def submit(self, ctx: TaskContext, specs: list[TaskSpec]) -> list[str]:
@@ -62,7 +65,12 @@ class Children:
             raise ConveyorError("an inline task cannot wait for its children; use threads")
         reply: Reply[TaskResult] = Reply()
         self._post(AwaitChild(task_id, reply))
-        return reply.wait(timeout)
+        try:
+            return reply.wait(timeout)
+        except ConveyorError:
+            if self.stopped is not None:
+                self.interrupted.add(ctx.claim.handle)
+            raise
 
     # -- on the engine thread --------------------------------------------------------------------
     def on_submit(self, msg: SubmitChildren, now: float) -> None:

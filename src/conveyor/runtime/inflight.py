@@ -92,7 +92,11 @@ class InFlight:
         unrun, not failed)."""
         if run.abandoned or self.running.get(run.claim.handle) is not run:
             return None
-        if not ok and value == "cancelled" and self.stopping:
+        if (
+            not ok
+            and self.stopping
+            and (value == "cancelled" or run.claim.handle in self._children.interrupted)
+        ):  # (a parent whose wait for a child Ctrl-C cut is cancelled with the rest)
             self.release(run, now)
             return None
         extra = run.claim.extra
