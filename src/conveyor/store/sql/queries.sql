@@ -331,11 +331,9 @@ o AS (SELECT id, child, n FROM owed ORDER BY id LIMIT :owed_max FOR UPDATE SKIP 
 d AS (SELECT child, CAST(sum(n) AS INTEGER) AS n
       FROM (SELECT child, n FROM d0 UNION ALL SELECT child, n FROM o) AS u GROUP BY child),
 kids AS (SELECT seq FROM tasks WHERE seq = ANY(ARRAY(SELECT child FROM d)) FOR UPDATE SKIP LOCKED),
-paid AS (DELETE FROM owed WHERE id = ANY(ARRAY(
-    SELECT id FROM o WHERE child = ANY(ARRAY(SELECT seq FROM kids))))),
+paid AS (DELETE FROM owed WHERE id = ANY(ARRAY(SELECT id FROM o WHERE child IN (SELECT seq FROM kids)))),
 owe AS (INSERT INTO owed (child, n)
-        SELECT child, n FROM d0 WHERE child <> ALL(ARRAY(SELECT seq FROM kids))
-        RETURNING child),
+        SELECT child, n FROM d0 WHERE child NOT IN (SELECT seq FROM kids) RETURNING child),
 r AS (
     UPDATE tasks
     {RELEASE_COUNTED}
@@ -349,7 +347,7 @@ owing AS (
     SELECT CAST(NULL AS BIGINT) AS seq, CAST(NULL AS TEXT) AS id, CAST(NULL AS SMALLINT) AS state,
            count(*) AS waiting
     FROM (SELECT child FROM owe
-          UNION ALL SELECT child FROM o WHERE child <> ALL(ARRAY(SELECT seq FROM kids))) AS l
+          UNION ALL SELECT child FROM o WHERE child NOT IN (SELECT seq FROM kids)) AS l
     HAVING count(*) > 0
 )
 
