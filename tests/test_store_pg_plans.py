@@ -11,6 +11,7 @@ import psycopg
 from conveyor.graphfile import graph_from_dict
 from conveyor.store.base import WorkerProfile
 from conveyor.store.sqlqueries import load_queries
+from conveyor.store.sqlsteps import OWED_FOLD
 from conveyor.store.urls import open_store
 
 T0 = 1_000_000.0
@@ -43,7 +44,9 @@ def test_pg_completions_seek_tasks_by_key(pg_url: str) -> None:
             "complete_task": _plan(conn, "complete_task", seq=seqs[0], token=tokens[0], now=T0),
             "complete_claims": _plan(conn, "complete_claims", seqs=seqs, tokens=tokens, now=T0),
             "complete_seqs": _plan(conn, "complete_seqs", seqs=seqs, now=T0),
-            "release_children_of": _plan(conn, "release_children_of", seqs=seqs, now=T0),
+            "release_children_of": _plan(
+                conn, "release_children_of", seqs=seqs, now=T0, owed_max=OWED_FOLD
+            ),
         }
     for name, plan in plans.items():
         assert "Seq Scan on tasks" not in plan, f"{name} reads every task:\n{plan}"

@@ -78,6 +78,7 @@ def test_sqlite_store_of_schema_3_numbers_new_tasks_after_its_old_ones(tmp_path:
     conn.execute("DELETE FROM meta WHERE key = 'last_seq'")
     conn.execute("UPDATE schema_version SET version = 3")
     conn.execute("DROP TABLE preempt_requests")  # what migration 5 adds
+    conn.execute("DROP TABLE owed")  # what migration 6 adds
     conn.execute("ALTER TABLE tasks DROP COLUMN preempted")
     conn.execute("ALTER TABLE tasks DROP COLUMN preempted_at")
     conn.commit()

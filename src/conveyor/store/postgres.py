@@ -69,6 +69,7 @@ class PostgresIo(SqlIo):
     locks_window = True
     release_last = True
     specs_in_claim = True
+    owes_releases = True
 
     def __init__(self, conninfo: str, url: str, *, readonly: bool = False) -> None:
         super().__init__(url, readonly=readonly)

@@ -34,12 +34,14 @@ from conveyor.model import GraphSpec, TaskState
 from conveyor.store.base import GraphFingerprints
 from conveyor.store.codec import encode_spec, plain_json
 from conveyor.store.sqlremove import removals
-from conveyor.store.sqlsteps import left_running_seq
+from conveyor.store.sqlsteps import fold_owed, left_running_seq
 from conveyor.store.sqltx import Reads, Tx
 
 PENDING, READY, RUNNING = TaskState.PENDING, TaskState.READY, TaskState.RUNNING
 DONE, INVALIDATED, RETRY_WAIT = TaskState.DONE, TaskState.INVALIDATED, TaskState.RETRY_WAIT
 REMOVED = TaskState.REMOVED
+#: Every owed release at once (``resume``: a resume is rare and holds the tasks table).
+_FOLD_ALL = 2**31 - 1
 #: What ``resume`` reads of a task before and after: (id, seq, state, neg_depth, fingerprint).
 Info = tuple[str, int, int, int, str | None]
 
@@ -144,6 +146,10 @@ def resume(
     of every task after it (for inserting the new ones), and the parents gone and added of
     tasks whose parents changed (for ``edges``, after the insert)."""
     tx.lock("tasks")
+    if tx.io.owes_releases:
+        # The waiting counts below must be whole: no release is owed while they are rewritten.
+        # Under the lock no worker holds a task row it updates, so the fold skips none.
+        fold_owed(tx, now, most=_FOLD_ALL)
     rows = tx.rows("fp_all")
     info: dict[str, Info] = {r[0]: (r[0], r[1], r[2], r[3], r[4]) for r in rows}
     parts = fps.parts

@@ -31,6 +31,10 @@ FAST_BATCH = 256
 #: No-op tasks one claim transaction may complete on the way (they cost no commit of their own;
 #: more per transaction means fewer lock hand-offs between worker processes).
 NOOP_BATCH = 256
+#: Owed decrements (``SqlIo.owes_releases``) one release folds at most, besides its own: enough
+#: to keep up with what 4 workers owe each other on a graph of big fan-ins, few enough that a
+#: release stays short.
+OWED_FOLD = 256
 
 
 @dataclass(slots=True)
@@ -150,7 +154,15 @@ def _decode(claims: list[tuple[Claim, str]]) -> None:
 def release_children(tx: Tx, now: float, *, last: bool, **params: Any) -> None:
     """Children of the finished tasks ``seqs`` (or ``seq``) lose a waiting parent; those at
     zero become ready. With ``last`` (no claim follows in this transaction) and a backend
-    that asks for it (``SqlIo.release_last``), this runs just before the commit."""
+    that asks for it (``SqlIo.release_last``), this runs just before the commit.
+
+    A backend that ``owes_releases`` (PostgreSQL) releases one parent as a batch of one: its
+    statement is the one that may owe decrements and folds owed ones (``RELEASE_OWED``), up to
+    ``OWED_FOLD`` of them each time."""
+    if tx.io.owes_releases:
+        if "seq" in params:
+            params = {"seqs": tx.as_list([params.pop("seq")]), **params}
+        params.setdefault("owed_max", OWED_FOLD)
     name = "release_children_of" if "seqs" in params else "release_children"
 
     def step() -> None:
@@ -168,14 +180,26 @@ def release_children(tx: Tx, now: float, *, last: bool, **params: Any) -> None:
         step()
 
 
+def fold_owed(tx: Tx, now: float, *, most: int = 0) -> None:
+    """Apply up to ``most`` (default ``OWED_FOLD``) owed decrements whose children no other
+    transaction holds: a release of no finished task (``owes_releases`` backends only). Its
+    ``task_ready`` rows are stamped when this transaction ends (``Db.atomic``), after the
+    commits of the parents whose decrements it applies: the trail stays causal."""
+    release_children(tx, now, last=False, seqs=tx.as_list([]), owed_max=most or OWED_FOLD)
+
+
 def children_ready(
-    tx: Tx, rows: list[tuple[str, int, int]], now: float, *, written: bool = False
+    tx: Tx, rows: list[tuple[str | None, int, int]], now: float, *, written: bool = False
 ) -> None:
     """Audit the children a completion made ready (rows ``(id, state, waiting)`` of a
     ``release_children*`` query) and signal idle workers. ``written``: the query wrote their
-    audit rows (stamped ``now``); they are only emitted."""
+    audit rows (stamped ``now``); they are only emitted. A row without an id says that the
+    release left decrements owed (``RELEASE_OWED``): idle workers are woken to fold them (an
+    idle worker folds when it finds nothing to claim: ``SqlStore.has_running``)."""
     for tid, state, waiting in rows:
-        if state == READY and waiting == 0:
+        if tid is None:
+            tx.notify = True
+        elif state == READY and waiting == 0:
             if written:
                 tx.written.append(audit_row(now, "task_ready", tid, PENDING, READY))
             else:

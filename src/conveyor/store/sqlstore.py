@@ -44,7 +44,7 @@ from conveyor.store.sqlleases import LOST_BUDGET, Leases
 from conveyor.store.sqlpreempt import Decisions, borrowing, preempt_requests
 from conveyor.store.sqlqueries import load_migrations
 from conveyor.store.sqlshapes import Shapes
-from conveyor.store.sqlsteps import MAX_BATCH, Worker
+from conveyor.store.sqlsteps import MAX_BATCH, Worker, fold_owed
 from conveyor.store.sqlsubmit import Submissions
 from conveyor.store.sqltx import Db, SqlIo, Tx
 
@@ -279,7 +279,14 @@ class SqlStore(Store):
         return int(self.db.scalar("unfinished") or 0)
 
     def has_running(self) -> bool:
-        """An index probe (``tasks_running``), not a count."""
+        """An index probe (``tasks_running``), not a count. Releases still owed
+        (``SqlIo.owes_releases``) are work on its way too, and they are folded here: the
+        caller found nothing to claim, and a child whose last decrement is owed becomes ready
+        only once someone folds it (completions do, but none may be coming)."""
+        if self.db.io.owes_releases and self.db.rows("any_owed"):
+            if not self.db.io.readonly:
+                self._atomic(lambda tx: fold_owed(tx, self.clock.wall()))
+            return True
         return bool(self.db.rows("any_running"))
 
     def has_unfinished(self) -> bool:

@@ -33,7 +33,7 @@ DONE, SKIPPED = TaskState.DONE, TaskState.SKIPPED
 #: An existing task as a submission sees it: (seq, state, neg_depth).
 Known = tuple[int, int, int]
 _TABLES = ("tasks", "specs", "results", "edges", "audit", "workers", "admission", "groups",
-           "fingerprints")  # fmt: skip
+           "fingerprints", "owed")  # fmt: skip
 
 
 class Submissions:

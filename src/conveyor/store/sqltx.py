@@ -69,6 +69,12 @@ class SqlIo(abc.ABC):
     #: contended by every worker; SQLite's one writer lock makes the order moot).
     release_last: ClassVar[bool] = False
 
+    #: Whether a release may leave decrements owed (``owed``, schema migration 6) instead of
+    #: waiting for a child row another transaction holds (PostgreSQL: the ``RELEASE_OWED``
+    #: queries; someone folds them later: ``sqlsteps.fold_owed``). SQLite's one writer never
+    #: finds a row held.
+    owes_releases: ClassVar[bool] = False
+
     @abc.abstractmethod
     def as_list(self, values: list[Any]) -> Any:
         """A list as a query parameter (SQLite: JSON text for json_each; PG: an array)."""

@@ -133,6 +133,8 @@ DELETE FROM task_shapes;
 DELETE FROM task_groups;
 -- name: wipe_fingerprints
 DELETE FROM fingerprints;
+-- name: wipe_owed
+DELETE FROM owed;
 
 -- Fingerprints (schema migration 2; sqlfp.py): open_graph and plan only, never the claim or
 -- complete path. A resume reads every task's fingerprint once; the rest is O(changed).
@@ -312,41 +314,48 @@ SET waiting = waiting - d.n,
     state = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN {READY} ELSE state END,
     updated = CASE WHEN waiting = d.n AND state IN ({PENDING}, {INVALIDATED}) THEN :now ELSE updated END
 
--- PostgreSQL: lock the children in seq order first, so that two completions sharing children
--- never wait on each other in opposite orders (a deadlock costs deadlock_timeout, 1 s).
--- fragment: KIDS_OF_ONE
-kids AS (
-    SELECT t.seq FROM edges e JOIN tasks t ON t.seq = e.child
-    WHERE e.parent = :seq ORDER BY t.seq FOR UPDATE OF t
+-- PostgreSQL: the release of the children of the finished tasks :seqs (none: a fold only) and
+-- of up to :owed_max owed decrements (schema migration 6). No release ever waits for a child row
+-- another transaction holds: the children are locked with SKIP LOCKED; the ones obtained lose
+-- what they are owed now (the owed rows taken are deleted), and what the skipped ones are owed
+-- is appended to owed in this transaction, for a later release (a completion's, or an idle
+-- worker's fold: sqlstore.has_running) to apply. Each decrement is thus applied once, by the
+-- statement that deletes its owed row or by the one that never wrote it, and a child reaches
+-- zero (and is made ready) exactly once. Nothing here waits, so nothing deadlocks either.
+-- The children go through arrays (= ANY(ARRAY(...))): a seek per child on the primary key.
+-- Joined with d, the planner expects thousands of children from a batch of parents and reads
+-- every task instead (a scan of the whole table per completion batch: quadratic in N).
+-- fragment: RELEASE_OWED
+d0 AS (SELECT child, count(*) AS n FROM edges WHERE parent = ANY(:seqs) GROUP BY child),
+o AS (SELECT id, child, n FROM owed ORDER BY id LIMIT :owed_max FOR UPDATE SKIP LOCKED),
+d AS (SELECT child, CAST(sum(n) AS INTEGER) AS n
+      FROM (SELECT child, n FROM d0 UNION ALL SELECT child, n FROM o) AS u GROUP BY child),
+kids AS (SELECT seq FROM tasks WHERE seq = ANY(ARRAY(SELECT child FROM d)) FOR UPDATE SKIP LOCKED),
+paid AS (DELETE FROM owed WHERE id = ANY(ARRAY(SELECT id FROM o WHERE child IN (SELECT seq FROM kids)))),
+owe AS (INSERT INTO owed (child, n)
+        SELECT child, n FROM d0 WHERE child NOT IN (SELECT seq FROM kids) RETURNING child),
+r AS (
+    UPDATE tasks
+    {RELEASE_COUNTED}
+    FROM d
+    WHERE tasks.seq = d.child AND tasks.seq = ANY(ARRAY(SELECT seq FROM kids))
+    RETURNING tasks.seq, tasks.id, tasks.state, tasks.waiting
+),
+-- A last row (id NULL) counts the owed rows this statement leaves behind, when there are any:
+-- someone must fold them (sqlsteps.children_ready wakes the idle workers).
+owing AS (
+    SELECT CAST(NULL AS BIGINT) AS seq, CAST(NULL AS TEXT) AS id, CAST(NULL AS SMALLINT) AS state,
+           count(*) AS waiting
+    FROM (SELECT child FROM owe
+          UNION ALL SELECT child FROM o WHERE child NOT IN (SELECT seq FROM kids)) AS l
+    HAVING count(*) > 0
 )
-
--- PostgreSQL, a batch: the children go through arrays (= ANY(ARRAY(...))): a seek per child on
--- the primary key. Joined with d, the planner expects thousands of children from a batch of
--- parents and reads every task instead (a scan of the whole table per completion batch:
--- quadratic in N).
--- fragment: KIDS_OF_BATCH
-d AS (SELECT child, count(*) AS n FROM edges WHERE parent = ANY(:seqs) GROUP BY child),
-kids AS (SELECT seq FROM tasks WHERE seq = ANY(ARRAY(SELECT child FROM d))
-         ORDER BY seq FOR UPDATE)
-
--- fragment: RELEASE_BATCH
-UPDATE tasks
-{RELEASE_COUNTED}
-FROM d
-WHERE tasks.seq = d.child AND tasks.seq = ANY(ARRAY(SELECT seq FROM kids))
 
 -- O(fan-out): the finished task's children lose one waiting parent.
 -- name: release_children
 UPDATE tasks
 {RELEASE_ONE}
 WHERE seq IN (SELECT child FROM edges WHERE parent = :seq)
-RETURNING id, state, waiting;
-
--- name: release_children@postgres
-WITH {KIDS_OF_ONE}
-UPDATE tasks
-{RELEASE_ONE}
-WHERE seq IN (SELECT seq FROM kids)
 RETURNING id, state, waiting;
 
 -- The same for a batch of no-op tasks completed in the transaction that claimed them: one
@@ -368,36 +377,25 @@ WHERE tasks.seq = d.child
 RETURNING id, state, waiting;
 
 -- name: release_children_of@postgres
-WITH {KIDS_OF_BATCH}
-{RELEASE_BATCH}
-RETURNING tasks.id, tasks.state, tasks.waiting;
+WITH {RELEASE_OWED}
+SELECT id, state, waiting FROM (SELECT * FROM r UNION ALL SELECT * FROM owing) AS x
+ORDER BY seq NULLS LAST;
 
--- PostgreSQL, the two above as the last statement before the commit: the task_ready audit rows
--- of the children made ready are written by the statement itself (stamped :ts), so the
+-- PostgreSQL, the above as the last statement before the commit: the task_ready audit rows of
+-- the children made ready are written by the statement itself (stamped :ts), so the
 -- children's row locks are held for this statement and the commit only.
--- name: release_children_audit@postgres
-WITH {KIDS_OF_ONE}, r AS (
-    UPDATE tasks
-    {RELEASE_ONE}
-    WHERE seq IN (SELECT seq FROM kids)
-    RETURNING seq, id, state, waiting
-), a AS (
-    INSERT INTO audit (ts, event, task, from_state, to_state)
-    SELECT :ts, 'task_ready', id, {PENDING}, {READY} FROM r
-    WHERE state = {READY} AND waiting = 0 ORDER BY seq
-)
-SELECT id, state, waiting FROM r;
-
 -- name: release_children_of_audit@postgres
-WITH {KIDS_OF_BATCH}, r AS (
-    {RELEASE_BATCH}
-    RETURNING tasks.seq, tasks.id, tasks.state, tasks.waiting
-), a AS (
+WITH {RELEASE_OWED}, a AS (
     INSERT INTO audit (ts, event, task, from_state, to_state)
     SELECT :ts, 'task_ready', id, {PENDING}, {READY} FROM r
     WHERE state = {READY} AND waiting = 0 ORDER BY seq
 )
-SELECT id, state, waiting FROM r ORDER BY seq;
+SELECT id, state, waiting FROM (SELECT * FROM r UNION ALL SELECT * FROM owing) AS x
+ORDER BY seq NULLS LAST;
+
+-- Whether any release is owed (the idle path: sqlstore.has_running).
+-- name: any_owed
+SELECT 1 FROM owed LIMIT 1;
 
 -- name: fail_retry
 UPDATE tasks

@@ -166,3 +166,16 @@ CREATE TABLE preempt_requests (
     at      {REAL} NOT NULL
 );
 CREATE INDEX preempt_requests_worker ON preempt_requests (worker);
+
+-- migration: 6
+-- Owed releases (issue 16, point 9; docs/architecture.md "Owed releases"). PostgreSQL: a
+-- completion never waits for a child row another worker's transaction holds (a Montage fan-in
+-- child has ~900 parents, finished by every worker at once); it appends what it owes that child
+-- here, in its own transaction, and a later release folds the row into the child's waiting
+-- count (queries.sql, RELEASE_OWED). Append and delete only; SQLite never writes it (one writer
+-- at a time: nothing to wait for).
+CREATE TABLE owed (
+    id    {AUTO},
+    child BIGINT NOT NULL,                 -- tasks.seq
+    n     INTEGER NOT NULL                 -- parents done that its waiting still counts
+);
