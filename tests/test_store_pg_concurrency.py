@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ import pytest
 
 from conveyor.model import TaskSpec, TaskState
 from conveyor.store.base import Claim, Store
-from conveyor.store.urls import open_store
 from helpers import wait_until
 
 T0 = 1_000_000.0
@@ -26,18 +25,9 @@ LEASE = 10.0
 
 
 @pytest.fixture
-def stores(pg_url: str) -> Iterator[Callable[[], Store]]:
+def stores(pg_url: str, open_url: Callable[[str], Store]) -> Callable[[], Store]:
     """Store handles on one fresh database, each with its own connection (another process)."""
-    opened: list[Store] = []
-
-    def new() -> Store:
-        s = open_store(pg_url)
-        opened.append(s)
-        return s
-
-    yield new
-    for s in opened:
-        s.close()
+    return lambda: open_url(pg_url)
 
 
 def waiting_on_locks(conn: psycopg.Connection[Any]) -> int:

@@ -21,7 +21,6 @@ from conveyor.fingerprints import open_graph
 from conveyor.graphfile import graph_from_dict
 from conveyor.model import TaskState
 from conveyor.store.base import Claim, Store
-from conveyor.store.urls import open_store
 
 pytestmark = pytest.mark.postgres
 
@@ -33,18 +32,9 @@ PATIENCE = 10.0
 
 
 @pytest.fixture
-def stores(pg_url: str) -> Iterator[Callable[[], Store]]:
+def stores(pg_url: str, open_url: Callable[[str], Store]) -> Callable[[], Store]:
     """Store handles on one fresh database, each with its own connection (another process)."""
-    opened: list[Store] = []
-
-    def new() -> Store:
-        s = open_store(pg_url)
-        opened.append(s)
-        return s
-
-    yield new
-    for s in opened:
-        s.close()
+    return lambda: open_url(pg_url)
 
 
 @contextmanager
@@ -82,6 +72,28 @@ def fan_in(store: Store, n: int) -> None:
     store.open_graph(graph_from_dict({"name": "g", "tasks": tasks}), T0)
 
 
+def owe_the_last_release(pg_url: str, stores: Callable[[], Store]) -> Store:
+    """A graph ``p0 -> c`` whose only parent finished while the test held c's row: c's one
+    decrement is owed. Returns the first store handle."""
+    first = stores()
+    fan_in(first, 1)
+    w1 = stores()
+    (p0,) = w1.claim("w1", 1, T0, LEASE)
+    with holding(pg_url, "c"):
+        complete_without_waiting(w1, p0, T0 + 1)
+    return first
+
+
+def finish_with_a_worker(pg_url: str, first: Store, idle_exit: str) -> None:
+    """A real ``conveyor worker --idle-exit IDLE_EXIT`` ends well and leaves c done."""
+    worker = subprocess.run(
+        [sys.executable, "-m", "conveyor.cli", "worker", "--db", pg_url, "--idle-exit", idle_exit,
+         "--quiet"], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert worker.returncode == 0, worker.stderr
+    assert first.result("c").state is TaskState.DONE
+
+
 def trail(store: Store, task: str) -> list[dict[str, Any]]:
     return store.history(task)
 
@@ -112,12 +124,7 @@ def test_pg_a_completion_never_waits_for_a_child_row_another_transaction_holds(
 def test_pg_an_owed_last_release_is_folded_by_a_worker_with_nothing_to_claim(
     pg_url: str, stores: Callable[[], Store]
 ) -> None:
-    first = stores()
-    fan_in(first, 1)
-    w1 = stores()
-    (p0,) = w1.claim("w1", 1, T0, LEASE)
-    with holding(pg_url, "c"):
-        complete_without_waiting(w1, p0, T0 + 1)
+    first = owe_the_last_release(pg_url, stores)
     # Nothing runs and nothing is ready, but c's last decrement is owed: a worker that finds
     # nothing to claim is not idle (``--idle-exit`` must not end it) and folds it.
     idle = stores()
@@ -126,30 +133,15 @@ def test_pg_an_owed_last_release_is_folded_by_a_worker_with_nothing_to_claim(
     assert idle.has_running() is True
     assert owed(pg_url) == []
     assert first.result("c").state is TaskState.READY
-    worker = subprocess.run(
-        [sys.executable, "-m", "conveyor.cli", "worker", "--db", pg_url, "--idle-exit", "1",
-         "--quiet"], capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert worker.returncode == 0, worker.stderr
-    assert first.result("c").state is TaskState.DONE
+    finish_with_a_worker(pg_url, first, idle_exit="1")
 
 
 def test_pg_a_worker_does_not_exit_idle_while_a_release_is_owed(
     pg_url: str, stores: Callable[[], Store]
 ) -> None:
-    first = stores()
-    fan_in(first, 1)
-    w1 = stores()
-    (p0,) = w1.claim("w1", 1, T0, LEASE)
-    with holding(pg_url, "c"):
-        complete_without_waiting(w1, p0, T0 + 1)
+    first = owe_the_last_release(pg_url, stores)
     # A real worker, from nothing claimable to c done, with the shortest idle allowance.
-    worker = subprocess.run(
-        [sys.executable, "-m", "conveyor.cli", "worker", "--db", pg_url, "--idle-exit", "0",
-         "--quiet"], capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert worker.returncode == 0, worker.stderr
-    assert first.result("c").state is TaskState.DONE
+    finish_with_a_worker(pg_url, first, idle_exit="0")
     assert [e["event"] for e in trail(first, "c")].count("task_ready") == 1
 
 
