@@ -127,6 +127,8 @@ def test_pg_an_owed_last_release_is_folded_by_a_worker_with_nothing_to_claim(
     first = owe_the_last_release(pg_url, stores)
     # Nothing runs and nothing is ready, but c's last decrement is owed: a worker that finds
     # nothing to claim is not idle (``--idle-exit`` must not end it) and folds it.
+    why = first.explain("c", T0 + 2)  # parents done, c not yet counted down: says so
+    assert why.code == "waiting_on_parents" and "parents are done" in why.message, why
     idle = stores()
     assert idle.claim("w2", 1, T0 + 2, LEASE) == []
     assert first.result("c").state is TaskState.PENDING

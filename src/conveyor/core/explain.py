@@ -130,11 +130,12 @@ def not_ready_reason(
     backoff ends (each read only when the state needs it)."""
     if state is TaskState.PENDING:
         names = list(unfinished_parents())
-        return Reason(
-            "waiting_on_parents",
-            f"{tid} waits on {len(names)} unfinished parent(s): {', '.join(names[:5])}",
-            {"parents": names, "waiting": len(names)},
-        )
+        text = f"{tid} waits on {len(names)} unfinished parent(s): {', '.join(names[:5])}"
+        if not names:  # (PostgreSQL: a parent's release owed while another worker held tid)
+            text = (f"{tid}'s parents are done; it is ready once the store applies their last "
+                    "completion (owed while another worker held it: the next release or an "
+                    "idle worker folds it)")  # fmt: skip
+        return Reason("waiting_on_parents", text, {"parents": names, "waiting": len(names)})
     if state is TaskState.RETRY_WAIT:
         until = not_before()
         return Reason(
