@@ -207,3 +207,19 @@ def test_run_result_answers_in_for_its_task_ids() -> None:
     g.add(print, id="hot")
     r = conveyor.run(g, workers=1)
     assert "hot" in r and "cold" not in r and 0 not in r
+
+
+@pytest.mark.parametrize("lease_s", [0.001, 0.0, float("nan"), float("inf")])
+def test_a_lease_out_of_range_is_refused_by_the_api_as_by_the_cli(
+    tmp_path: Path, lease_s: float
+) -> None:
+    """``conveyor.run`` and ``conveyor.worker`` hold ``lease_s`` to ``--lease``'s range (at
+    least 0.1 s) before they open the store; a lease in range runs."""
+    db = f"sqlite:///{tmp_path}/run.db"
+    graph = {"name": "g", "tasks": [{"id": "a", "cmd": "true"}]}
+    with pytest.raises(UsageError, match="lease_s"):
+        conveyor.run(graph, db=db, lease_s=lease_s)
+    with pytest.raises(UsageError, match="lease_s"):
+        conveyor.worker(graph, db=db, lease_s=lease_s)
+    assert not (tmp_path / "run.db").exists()
+    assert conveyor.run(graph, db=db, lease_s=0.5).ok

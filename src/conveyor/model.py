@@ -245,6 +245,10 @@ class TaskSpec:
             raise GraphError(error)
 
 
+#: A worker's lease on the tasks it runs, unless told (``--lease``, ``lease_s``): renewed every
+#: third of it by heartbeats; at least ``schema.MIN_LEASE_S``.
+DEFAULT_LEASE_S = 30.0
+
 #: What a task built in Python may hold that a graph file cannot (any callable as ``fn``, any
 #: Python values as arguments): checked here, not by the schema.
 PYTHON_ONLY = frozenset({"fn", "args", "kwargs"})

@@ -329,6 +329,17 @@ def check_group(name: str, weight: Any, cap: Any, borrow: Any = None) -> str | N
     return None
 
 
+def checked(value: Any, kind: str, name: str) -> Any:
+    """``value`` if it is a ``kind`` of this module (``"Seconds"``, ``"LeaseSeconds"`` ...),
+    else a ``UsageError`` naming ``name`` (a CLI option or an API argument)."""
+    from conveyor.errors import UsageError
+
+    error = check_value(value, globals()[kind])
+    if error is not None:
+        raise UsageError(f"{name}: {error}, got {value!r}")
+    return value
+
+
 def check_value(value: Any, kind: Any) -> str | None:
     """Why ``value`` is not a ``kind`` (``Seconds``, ``Amount``, ...), or ``None``."""
     try:

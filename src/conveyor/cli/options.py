@@ -10,6 +10,7 @@ import typer
 
 from conveyor.cli.errors import fail
 from conveyor.errors import UsageError
+from conveyor.model import DEFAULT_LEASE_S
 
 GraphFile = Annotated[Path, typer.Argument(help="Graph file (.json, .yaml).")]
 TaskId = Annotated[str, typer.Argument(help="Task id.")]
@@ -44,7 +45,7 @@ Lease = Annotated[
     float, typer.Option("--lease", help="Lease seconds (durable stores; at least 0.1).")
 ]
 #: ``--lease``'s default (a ``schema.LeaseSeconds``: tests/test_cli_startup.py checks it).
-LEASE_S = 30.0
+LEASE_S = DEFAULT_LEASE_S
 Labels = Annotated[
     str | None, typer.Option("--labels", help="Labels this worker offers: gpu=a100,zone=a")
 ]
@@ -109,10 +110,7 @@ def checked(value: Any, kind: str, option: str, default: Any = None) -> Any:
         return value
     from conveyor import schema
 
-    error = schema.check_value(value, getattr(schema, kind))
-    if error is not None:
-        raise UsageError(f"{option}: {error}, got {value!r}")
-    return value
+    return schema.checked(value, kind, option)
 
 
 def parse_pairs(text: str | None, what: str, number: bool) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
-from conveyor.model import TaskSpec
+from conveyor.model import DEFAULT_LEASE_S, TaskSpec
 from conveyor.runtime.heartbeat import Heartbeat
 from conveyor.runtime.idle import IdleBackoff
 from conveyor.store.base import Claim, Store, WorkerProfile
@@ -75,7 +75,7 @@ class WorkerLoop:
         *,
         db: str,
         worker_id: str | None = None,
-        lease_s: float = 30.0,
+        lease_s: float = DEFAULT_LEASE_S,
         labels: dict[str, str] | None = None,
         resources: dict[str, float] | None = None,
         idle_exit: float | None = None,
@@ -86,6 +86,10 @@ class WorkerLoop:
         clock: Clock = SYSTEM_CLOCK,
         telemetry: Any = False,
     ) -> None:
+        if lease_s != DEFAULT_LEASE_S:
+            from conveyor.schema import checked
+
+            checked(lease_s, "LeaseSeconds", "lease_s")
         self.worker_id = worker_id or default_worker_id()
         self.lease_s = lease_s
         self.idle_exit = idle_exit
