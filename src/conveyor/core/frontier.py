@@ -472,7 +472,7 @@ class Frontier:
         state = self.state
         keys = [k for k in self.heap_keys() if state[k[2]] == READY]
         self._lo, self._hi = lo, hi
-        self._heap = [(r << hi) + (s << lo) + i for r, s, i in keys]
+        self._heap = [self._pack(key) for key in keys]
         heapq.heapify(self._heap)
 
     def _move(self, i: int, to: int) -> None:
@@ -497,10 +497,15 @@ class Frontier:
         c[READY] += 1
         self._push(i)
 
+    def _pack(self, key: tuple[int, int, int]) -> int:
+        """A key as a heap entry (the hot loops of ``complete`` and ``finish_ready`` write this
+        inline; ``HeapKeys`` unpacks it)."""
+        return (key[0] << self._hi) + (key[1] << self._lo) + key[2]
+
     def _push(self, i: int) -> None:
         key = self.key(i)
         if self.queue is None:
-            heapq.heappush(self._heap, (key[0] << self._hi) + (key[1] << self._lo) + i)
+            heapq.heappush(self._heap, self._pack(key))
         else:
             self.queue.push(i, key, self.shape[i], self.gang_of.get(i))
         if key[0] > 0:
