@@ -13,7 +13,7 @@ from conveyor.errors import GraphError, TaskFailed, UsageError
 from conveyor.events import EventSink, JsonlSink, combine
 from conveyor.executorname import check_executor
 from conveyor.graph import Graph, as_graph, spec_from_call, task
-from conveyor.model import DEFAULT_LEASE_S, GraphSpec, TaskResult, TaskState
+from conveyor.model import DEFAULT_LEASE_S, GraphSpec, TaskResult, TaskState, checked_lease
 from conveyor.runtime.context import current
 from conveyor.store.base import Store
 from conveyor.store.urls import open_store
@@ -264,10 +264,7 @@ def open_run(
     from conveyor.workerid import default_worker_id
 
     spec = None if graph is None else as_graph(graph)
-    if lease_s != DEFAULT_LEASE_S:  # (the default is one: a plain run does not import the schema)
-        from conveyor.schema import checked
-
-        checked(lease_s, "LeaseSeconds", "lease_s")
+    lease_s = checked_lease(lease_s)
     if borrow is not None:
         from conveyor.graph import check_borrow
 

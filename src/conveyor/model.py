@@ -249,6 +249,17 @@ class TaskSpec:
 #: third of it by heartbeats; at least ``schema.MIN_LEASE_S``.
 DEFAULT_LEASE_S = 30.0
 
+
+def checked_lease(lease_s: float, name: str = "lease_s") -> float:
+    """``lease_s`` if it is a lease (``schema.LeaseSeconds``), else a ``UsageError`` naming
+    ``name``. The default passes as it is: a plain run does not import the schema (msgspec)."""
+    if lease_s == DEFAULT_LEASE_S:
+        return lease_s
+    from conveyor.schema import checked
+
+    return float(checked(lease_s, "LeaseSeconds", name))
+
+
 #: What a task built in Python may hold that a graph file cannot (any callable as ``fn``, any
 #: Python values as arguments): checked here, not by the schema.
 PYTHON_ONLY = frozenset({"fn", "args", "kwargs"})

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.core.retry import DEFAULT_RETRY, RetryPolicy
-from conveyor.model import DEFAULT_LEASE_S, TaskSpec
+from conveyor.model import DEFAULT_LEASE_S, TaskSpec, checked_lease
 from conveyor.runtime.heartbeat import Heartbeat
 from conveyor.runtime.idle import IdleBackoff
 from conveyor.store.base import Claim, Store, WorkerProfile
@@ -86,10 +86,7 @@ class WorkerLoop:
         clock: Clock = SYSTEM_CLOCK,
         telemetry: Any = False,
     ) -> None:
-        if lease_s != DEFAULT_LEASE_S:
-            from conveyor.schema import checked
-
-            checked(lease_s, "LeaseSeconds", "lease_s")
+        lease_s = checked_lease(lease_s)
         self.worker_id = worker_id or default_worker_id()
         self.lease_s = lease_s
         self.idle_exit = idle_exit
