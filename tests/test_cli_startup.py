@@ -173,3 +173,37 @@ def test_run_and_worker_options_are_objects_not_strings_for_typer_to_evaluate() 
     for command in (run, worker):
         strings = [k for k, v in command.__annotations__.items() if isinstance(v, str)]
         assert not strings, f"{command.__name__}: {strings}"
+
+
+def _worker_of(graph: dict[str, object], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``conveyor worker`` (with a user's atexit hook in its process) on ``graph`` in SQLite."""
+    (tmp_path / "g.json").write_text(json.dumps(graph))
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    submitted = subprocess.run([sys.executable, "-m", "conveyor.cli", "submit", "g.json",
+                                "--db", db], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=60)  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    return subprocess.run([sys.executable, "-c", ATEXIT_RUNS, "worker", "--db", db,
+                           "--idle-exit", "0"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+
+
+def test_a_worker_of_no_user_code_ends_at_once_keeping_its_code_and_summary(
+    tmp_path: Path,
+) -> None:
+    # No-ops and commands only: no user code was imported in the worker's process, so it
+    # skips the interpreter's teardown (20-40 ms of every worker's exit) after closing its
+    # store; the exit code (a task failed: 1) and the summary stay.
+    graph = {"tasks": [{"id": "a"}, {"id": "b", "deps": ["a"], "cmd": "exit 3"}]}
+    p = _worker_of(graph, tmp_path)
+    assert p.returncode == 1, p.stderr
+    assert "1 done, 1 failed" in p.stderr
+    assert "atexit ran" not in p.stderr
+
+
+def test_a_worker_that_ran_a_user_function_keeps_the_interpreters_exit(tmp_path: Path) -> None:
+    (tmp_path / "fnmod.py").write_text("def f():\n    return 1\n")
+    p = _worker_of({"tasks": [{"id": "a"}, {"id": "b", "deps": ["a"], "fn": "fnmod:f"}]}, tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "2 done, 0 failed" in p.stderr
+    assert "atexit ran" in p.stderr

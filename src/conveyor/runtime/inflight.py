@@ -38,6 +38,9 @@ class RunStats:
     #: Tasks a pool thread took from the claims ahead and ran itself, with no hop to the
     #: engine thread (shared stores; ``Engine._run_ahead``).
     ran_ahead: int = 0
+    #: Function tasks prepared to run in this process: user code was imported (and may have
+    #: left ``atexit`` work or open files) here. With none, a CLI process may skip teardown.
+    functions: int = 0
     interrupted: bool = False
 
 

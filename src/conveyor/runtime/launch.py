@@ -163,6 +163,7 @@ class Launcher:
         a task that raised, and its result is returned instead."""
         inflight = self._inflight
         run = inflight.register(claim, kind, now)
+        inflight.stats.functions += 1
         spec = claim.spec
         try:
             fn = self.resolve(spec)
