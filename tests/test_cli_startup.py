@@ -207,3 +207,16 @@ def test_a_worker_that_ran_a_user_function_keeps_the_interpreters_exit(tmp_path:
     assert p.returncode == 0, p.stderr
     assert "2 done, 0 failed" in p.stderr
     assert "atexit ran" in p.stderr
+
+
+def test_what_a_user_function_left_buffered_reaches_its_file_at_the_workers_exit(
+    tmp_path: Path,
+) -> None:
+    # The exit after user code keeps the interpreter's teardown (only its collector passes
+    # skip what existed): a module's open file, written and never flushed, is flushed then.
+    (tmp_path / "logmod.py").write_text(
+        "LOG = open('log.txt', 'w')\n\n\ndef f():\n    LOG.write('wrote by f\\n')\n"
+    )
+    p = _worker_of({"tasks": [{"id": "a", "fn": "logmod:f"}]}, tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "log.txt").read_text() == "wrote by f\n"

@@ -11,7 +11,6 @@ usage errors and anything else get the whole app).
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib
 import sys
 from typing import Any
@@ -120,8 +119,6 @@ def main() -> None:
     if FAST_EXIT["allowed"]:  # (the command closed what it opened: nothing to tear down)
         with contextlib.suppress(OSError):  # a reader gone: the interpreter's exit reports it
             exit_now(code)
-    # The interpreter's exit still runs (atexit, threads, every module's objects let go), but
-    # its collector passes do not scan what exists now: they were most of the teardown
-    # (~15 ms of each worker's exit, from the modules typer, msgspec and psycopg build).
-    gc.freeze()
+    # (``gc.freeze()`` here would skip most of the teardown too, but not safely: a user
+    # module's open file, never flushed, then lost what it held. See test_cli_startup.)
     sys.exit(code)
