@@ -220,3 +220,20 @@ def test_what_a_user_function_left_buffered_reaches_its_file_at_the_workers_exit
     p = _worker_of({"tasks": [{"id": "a", "fn": "logmod:f"}]}, tmp_path)
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "log.txt").read_text() == "wrote by f\n"
+
+
+def test_a_profiled_worker_of_no_user_code_still_writes_its_profile(tmp_path: Path) -> None:
+    # A profiler (or coverage's tracer) writes what it saw as the interpreter exits: the
+    # no-user-code exit must not cut that short.
+    (tmp_path / "g.json").write_text(json.dumps({"tasks": [{"id": "a"}]}))
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    cli = [sys.executable, "-m", "conveyor.cli"]
+    submitted = subprocess.run([*cli, "submit", "g.json", "--db", db], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    p = subprocess.run([sys.executable, "-m", "cProfile", "-o", "w.prof", "-m", "conveyor.cli",
+                        "worker", "--db", db, "--idle-exit", "0"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "1 done, 0 failed" in p.stderr
+    assert (tmp_path / "w.prof").stat().st_size > 0

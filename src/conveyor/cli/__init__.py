@@ -116,7 +116,9 @@ def main() -> None:
         sys.stderr.write(f"conveyor: error: {exc.format_message()}{hint}\n")
         sys.exit(exit_code)
     code = code if isinstance(code, int) else 0
-    if FAST_EXIT["allowed"]:  # (the command closed what it opened: nothing to tear down)
+    # The command closed what it opened: nothing to tear down, unless a profiler or a coverage
+    # tracer watches this process (they write what they saw as the interpreter exits).
+    if FAST_EXIT["allowed"] and sys.getprofile() is None and sys.gettrace() is None:
         with contextlib.suppress(OSError):  # a reader gone: the interpreter's exit reports it
             exit_now(code)
     # (``gc.freeze()`` here would skip most of the teardown too, but not safely: a user
