@@ -8,24 +8,43 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from conveyor.store.urls import open_store
+from helpers import wait_until
 
 CHAINS, DEPTH, WORKERS = 20, 20, 4
+
+
+#: A link; the first ones wait for ``gate`` to exist: the test opens it once every worker
+#: joined, so that no worker runs the whole graph before the others have started.
+LINKS = """
+import os, time
+
+
+def link(gate=None):
+    deadline = time.monotonic() + 60
+    while gate is not None and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+"""
 
 
 def chains_graph(path: Path) -> dict[str, list[str]]:
     """``CHAINS`` chains of ``DEPTH`` trivial tasks, each link joined to its neighbour chain's
     previous link too, so that workers keep handing each other's children on."""
-    (path.parent / "links.py").write_text("def link():\n    return None\n")
+    (path.parent / "links.py").write_text(LINKS)
+    gate = str(path.parent / "gate")
     tasks: list[dict[str, Any]] = []
     parents: dict[str, list[str]] = {}
     for d in range(DEPTH):
         for c in range(CHAINS):
             deps = [] if d == 0 else [f"c{c}-{d - 1}", f"c{(c + 1) % CHAINS}-{d - 1}"]
-            tasks.append({"id": f"c{c}-{d}", "fn": "links:link", "deps": deps})
+            task: dict[str, Any] = {"id": f"c{c}-{d}", "fn": "links:link", "deps": deps}
+            if d == 0:
+                task["args"] = [gate]
+            tasks.append(task)
             parents[f"c{c}-{d}"] = deps
     path.write_text(json.dumps({"name": "chains", "tasks": tasks}))
     return parents
@@ -42,6 +61,16 @@ def run_workers(db: str, cwd: Path) -> None:
         )
         for _ in range(WORKERS)
     ]
+
+    def joined() -> bool:
+        store = open_store(db)
+        try:
+            return len(store.worker_rows(time.time())) == WORKERS
+        finally:
+            store.close()
+
+    wait_until(joined, timeout=120, what=f"{WORKERS} workers to join")
+    (cwd / "gate").touch()
     assert [p.wait(timeout=300) for p in procs] == [0] * WORKERS
 
 
