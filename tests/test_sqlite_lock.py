@@ -281,3 +281,60 @@ def test_sqlite_lock_stopped_worker_is_taken_over_after_half_its_lease(tmp_path:
             holder.kill()
         holder.communicate()
         waiter.close()
+
+
+#: A holder stopped between taking the lock and writing its record: the record left in the file
+#: is the previous holder's (here: ``argv[2]``, the waiting process's own).
+STALE_RECORD_HOLDER = """
+import fcntl, os, signal, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+os.pwrite(fd, sys.argv[2].encode().ljust(128), 0)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+def test_sqlite_lock_holder_stopped_before_its_record_is_taken_over(tmp_path: Path) -> None:
+    # Seen from outside: two workers, one stopped at that moment; the other waited forever (11
+    # min), sure that the holder was itself and running. The kernel's table of locks names the
+    # real holder, stopped: it is taken over half a lease after the waiter first saw it.
+    import threading
+
+    from conveyor.store.sqlitelock import Holder, WriteLock, flock_holder
+
+    lease = 1.0
+    path = str(tmp_path / "run.db.lock")
+    record = f"{HOST}:{os.getpid()} {time.time() - 100:.3f}"  # the waiter's own, long ago
+    holder = subprocess.Popen([sys.executable, "-c", STALE_RECORD_HOLDER, path, record],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    waiter = WriteLock(path, "sqlite:///run.db")
+    got: list[list[tuple[str, Holder]]] = []
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        wait_for(lambda: proc_state(holder.pid) == "T")
+        stale = waiter.holder()
+        assert stale is not None and stale.pid == os.getpid()  # the fault: its record is stale
+        probe = os.open(path, os.O_RDONLY)
+        try:
+            assert flock_holder(probe) == holder.pid
+        finally:
+            os.close(probe)
+
+        def take() -> None:
+            got.append(waiter.acquire(  # a worker waits while the holder runs
+                1.0, lambda h: ("w-stopped", lease) if h.pid == holder.pid else None,
+                while_running=True,
+            ))  # fmt: skip
+
+        thread = threading.Thread(target=take, daemon=True)
+        thread.start()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the waiter still waits for a holder it takes for itself"
+        assert [(name, h.pid) for name, h in got[0]] == [("w-stopped", holder.pid)]
+        assert holder.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.communicate()
+        waiter.close()

@@ -6,7 +6,11 @@ tries, so under busy workers its sleeps, not the work, would set the pace. But a
 stopped (SIGSTOP, Ctrl-Z, a frozen VM) while it holds either lock blocks every writer for as
 long as it stays stopped, and waiting differently cannot help: the holder must go. So:
 
-- the holder writes ``host:pid since`` into the lock file each time it takes the lock;
+- the holder writes ``host:pid since`` into the lock file each time it takes the lock. A
+  holder stopped between taking the lock and writing its record leaves the previous holder's
+  record there (perhaps the waiter's own): when that record names a process of this host, the
+  kernel's table of locks (``/proc/locks``, Linux) names the real holder, judged from when the
+  waiter first saw it hold the lock;
 - a waiter sleeps in the kernel until the lock is free: a thread of its lock (``_Waiter``)
   blocks in ``flock`` on a duplicate of its descriptor (the same open file, so the lock it
   gets is the waiter's), while the waiter itself waits for that thread with a deadline (a
@@ -77,6 +81,27 @@ def process_state(pid: int) -> str | None:
     except (OSError, IndexError):
         return None
     return None if state in ("Z", "X") else state
+
+
+def flock_holder(fd: int) -> int | None:
+    """The pid of the process on this host that holds an ``flock`` on the file of ``fd``, from
+    the kernel's table of locks (``/proc/locks``, Linux); ``None`` when no process here does or
+    it cannot be told (another system, a network filesystem's lock held elsewhere)."""
+    try:
+        st = os.fstat(fd)
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        # "3: FLOCK  ADVISORY  WRITE 504 fe:00:2146415 0 EOF" (a waiter's: "3: -> FLOCK ...")
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == key:
+            try:
+                return int(fields[4])
+            except ValueError:
+                return None
+    return None
 
 
 class _Waiter:
@@ -156,6 +181,9 @@ class WriteLock:
         self.url = url
         self._fd: int | None = None
         self._waiter: _Waiter | None = None  # started at the first wait
+        #: A holder whose record is not its own (stopped before writing it): its pid and when
+        #: this process first saw it hold the lock (wall clock), the "since" it is judged by.
+        self._seen: tuple[int, float] | None = None
         self._open()
 
     def _open(self) -> None:
@@ -204,6 +232,21 @@ class WriteLock:
             return Holder(host, int(pid), float(since))
         except (OSError, ValueError, UnicodeDecodeError):
             return None
+
+    def real_holder(self) -> Holder | None:
+        """Who holds the lock: its record, unless that names a process of this host (or is
+        empty) and the kernel names another one here (``flock_holder``: the holder stopped
+        before writing its record); that one counts as holding it since this process first
+        saw it do so. A record of another host is believed (a shared filesystem's lock)."""
+        h = self.holder()
+        if h is not None and h.host != HOST:
+            return h
+        pid = flock_holder(self._fd) if self._fd is not None else None
+        if pid is None or pid == os.getpid() or (h is not None and h.pid == pid):
+            return h
+        if self._seen is None or self._seen[0] != pid:
+            self._seen = (pid, time.time())
+        return Holder(HOST, pid, self._seen[1])
 
     def acquire(
         self, patience: float, lease_of: LeaseOf, *, while_running: bool = False
@@ -256,7 +299,7 @@ class WriteLock:
     def _stopped_past_lease(self, lease_of: LeaseOf) -> tuple[str, Holder] | None:
         """Kill the holder if it is a worker on this host, stopped, that has held the lock for
         longer than ``TAKEOVER_AFTER`` of its lease; returns it."""
-        h = self.holder()
+        h = self.real_holder()
         if h is None or h.host != HOST or h.pid == os.getpid():
             return None
         if process_state(h.pid) != "T":
@@ -264,7 +307,7 @@ class WriteLock:
         lease = lease_of(h)
         if lease is None or time.time() - h.since < lease[1] * TAKEOVER_AFTER:
             return None
-        if self.holder() != h:  # it changed hands while we looked
+        if self.real_holder() != h:  # it changed hands while we looked
             return None
         try:
             os.kill(h.pid, signal.SIGKILL)
@@ -273,11 +316,11 @@ class WriteLock:
         return lease[0], h
 
     def _holder_running(self) -> bool:
-        h = self.holder()
+        h = self.real_holder()
         return h is not None and h.host == HOST and process_state(h.pid) not in (None, "T", "t")
 
     def _locked_message(self, waited: float, lease_of: LeaseOf) -> str:
-        h = self.holder()
+        h = self.real_holder()
         head = f"{self.url}: waited {waited:.1f} s for the write lock"
         advice = "raise the wait with ?timeout=SECONDS"
         if h is None:
