@@ -447,3 +447,20 @@ def test_task_ids_with_control_characters_are_refused(tmp_path: Path, tid: str) 
     fine.add(print, id="\U0001f468\u200d\U0001f469\u200d\U0001f467")
     fine.add(print, id="é x")
     assert api.run(fine).stats.done == 2
+
+
+def test_arguments_as_deep_as_a_graph_file_allows_are_stored_and_run(tmp_path: Path) -> None:
+    # Seen from outside: args nested 400-980 levels passed the file's check, then `submit`
+    # crashed with a RecursionError traceback in the spec codec (two frames per level).
+    depth = 900
+    nested = "[" * depth + "]" * depth
+    (tmp_path / "graph.json").write_text(
+        '{"name": "deep", "tasks": [{"id": "a", "fn": "builtins:len", "args": [' + nested
+        + ']}, {"id": "b", "deps": ["a"]}]}'
+    )  # fmt: skip
+    db = f"sqlite:///{tmp_path / 'run.db'}"
+    submitted = conveyor("submit", "graph.json", "--db", db, cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    worked = conveyor("worker", "--db", db, "--idle-exit", "0", cwd=tmp_path)
+    assert worked.returncode == 0, worked.stderr[-2000:]
+    assert "2 done, 0 failed" in worked.stderr

@@ -135,3 +135,14 @@ def test_tasks_that_share_a_spec_each_get_their_own() -> None:
     c.kwargs["k"].append(2)
     assert d.kwargs == {"k": [1]} and c.labels is not d.labels and d.labels == {"zone": "a"}
     assert decode_spec("e", nested).kwargs == {"k": [1]}
+
+
+def test_arguments_nested_past_what_can_be_stored_are_one_error_naming_the_task() -> None:
+    # Python code can nest deeper than any graph file: one GraphError, not a RecursionError.
+    from conveyor.errors import GraphError
+
+    nested: list[object] = []
+    for _ in range(5000):
+        nested = [nested]
+    with pytest.raises(GraphError, match="task 'deep': its arguments are nested too deeply"):
+        encode_spec(TaskSpec(id="deep", fn="builtins:len", args=(nested,)))

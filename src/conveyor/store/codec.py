@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conveyor.errors import ConveyorError, ResultError, StoreCorruptError
+from conveyor.errors import ConveyorError, GraphError, ResultError, StoreCorruptError
 from conveyor.imports import import_path
 from conveyor.model import TaskRef, TaskSpec
 
@@ -73,36 +73,57 @@ def fn_path(spec: TaskSpec) -> str | None:
 
 
 def _is_plain(v: Any) -> bool:
-    """JSON that decodes back to an equal value of the same types."""
+    """JSON that decodes back to an equal value of the same types. (Loops, not ``all()`` of a
+    generator: one frame per level of nesting, as deep as a graph file may nest.)"""
     t = type(v)
     if v is None or t is bool or t is int or t is str:
         return True
     if t is float:
         return v == v and v not in (float("inf"), float("-inf"))
     if t is list:
-        return all(_is_plain(x) for x in v)
+        for x in v:  # noqa: SIM110 (all() of a generator: two frames per level)
+            if not _is_plain(x):
+                return False
+        return True
     if t is dict:
-        return all(type(k) is str and _is_plain(x) for k, x in v.items())
+        for k, x in v.items():  # noqa: SIM110
+            if type(k) is not str or not _is_plain(x):
+                return False
+        return True
     return False
 
 
 def _refs_out(v: Any) -> Any:
+    """``v`` with each ``TaskRef`` as ``{"__ref__": id}`` (one frame per level, as above)."""
     if isinstance(v, TaskRef):
         return {"__ref__": v.id}
     if type(v) is list:
-        return [_refs_out(x) for x in v]
+        out = []
+        for x in v:
+            out.append(_refs_out(x))
+        return out
     if type(v) is dict:
-        return {k: _refs_out(x) for k, x in v.items()}
+        d = {}
+        for k, x in v.items():
+            d[k] = _refs_out(x)
+        return d
     return v
 
 
 def _refs_in(v: Any) -> Any:
+    """``_refs_out`` undone."""
     if type(v) is dict:
         if len(v) == 1 and "__ref__" in v:
             return TaskRef(v["__ref__"])
-        return {k: _refs_in(x) for k, x in v.items()}
+        d = {}
+        for k, x in v.items():
+            d[k] = _refs_in(x)
+        return d
     if type(v) is list:
-        return [_refs_in(x) for x in v]
+        out = []
+        for x in v:
+            out.append(_refs_in(x))
+        return out
     return v
 
 
@@ -119,28 +140,35 @@ def encode_spec(spec: TaskSpec, submitted_by: str | None = None) -> str:
                 break
         else:
             return _fn_only(fn)
-    d: dict[str, Any] = {} if submitted_by is None else {SUBMITTED_BY: submitted_by}
-    if fn is not None:
-        d["fn"] = fn
-    if spec.args or spec.kwargs:
-        args, kwargs = list(spec.args), dict(spec.kwargs)
-        a, k = _refs_out(args), _refs_out(kwargs)
-        if _is_plain(a) and _is_plain(k):
-            if a:
-                d["args"] = a
-            if k:
-                d["kwargs"] = k
-        else:
-            blob = pickle.dumps((spec.args, spec.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-            d["args_pickle"] = base64.b64encode(blob).decode("ascii")
-    if own is None or (own.keys() - _FIRST) or spec.deps:
-        for name in _NAMES:
-            if own is not None and name != "deps" and name not in own:
-                continue
-            v = getattr(spec, name)
-            if v != _DEFAULTS[name]:
-                d[name] = list(v) if name in _TUPLES else v
-    return to_json(d)
+    # Arguments nested a few hundred levels deep (a graph file allows ~1,000) exceed what the
+    # checks and encoders below recurse through: one line about the task, not a traceback.
+    try:
+        d: dict[str, Any] = {} if submitted_by is None else {SUBMITTED_BY: submitted_by}
+        if fn is not None:
+            d["fn"] = fn
+        if spec.args or spec.kwargs:
+            args, kwargs = list(spec.args), dict(spec.kwargs)
+            a, k = _refs_out(args), _refs_out(kwargs)
+            if _is_plain(a) and _is_plain(k):
+                if a:
+                    d["args"] = a
+                if k:
+                    d["kwargs"] = k
+            else:
+                blob = pickle.dumps((spec.args, spec.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+                d["args_pickle"] = base64.b64encode(blob).decode("ascii")
+        if own is None or (own.keys() - _FIRST) or spec.deps:
+            for name in _NAMES:
+                if own is not None and name != "deps" and name not in own:
+                    continue
+                v = getattr(spec, name)
+                if v != _DEFAULTS[name]:
+                    d[name] = list(v) if name in _TUPLES else v
+        return to_json(d)
+    except RecursionError:
+        raise GraphError(
+            f"task {spec.id!r}: its arguments are nested too deeply to be stored"
+        ) from None
 
 
 @functools.cache
