@@ -290,6 +290,31 @@ def test_command_on_a_database_without_a_store_refuses_and_creates_nothing(
     assert tables == (0,)  # nothing was created in the empty database
 
 
+@pytest.mark.parametrize("args", READ_ONLY, ids=[a[0] for a in READ_ONLY])
+def test_command_on_an_empty_or_foreign_sqlite_file_refuses_and_changes_nothing(
+    tmp_path: Path, args: list[str]
+) -> None:
+    # Seen from outside: `status` on an empty file made it a store (118,784 bytes, exit 0), and
+    # on another program's database switched its journal to WAL before refusing it.
+    (tmp_path / "ok.json").write_text(json.dumps({"tasks": [{"id": "a"}]}))
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    out = conveyor(*args, "--db", "sqlite:///empty.db", cwd=tmp_path)
+    one_line_error(out, "empty.db", "holds no conveyor store", "conveyor submit")
+    assert empty.stat().st_size == 0
+    foreign = tmp_path / "other.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE foo (x)")
+    conn.close()
+    before = foreign.read_bytes()
+    out = conveyor(*args, "--db", "sqlite:///other.db", cwd=tmp_path)
+    one_line_error(out, "other.db", "not a conveyor store", "foo")
+    assert foreign.read_bytes() == before
+    with sqlite3.connect(foreign) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    conn.close()
+
+
 def test_history_of_a_damaged_result_row_still_shows_the_trail(tmp_path: Path) -> None:
     (tmp_path / "g.json").write_text(json.dumps({"tasks": [{"id": "a", "cmd": "echo hi"}]}))
     assert conveyor("run", "g.json", "--db", "sqlite:///s.db", cwd=tmp_path).returncode == 0

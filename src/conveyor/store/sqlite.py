@@ -364,6 +364,18 @@ class SqliteStore(SqlStore):
         path, options = sqlite_target(url)
         return cls(path, url=url, readonly=readonly, **options)
 
+    @classmethod
+    def holds_store(cls, url: str) -> bool:
+        """Whether the file ``url`` names holds a conveyor store, read on a connection that
+        cannot write: an empty file stays empty and another program's database keeps its
+        journal mode (raises ``StoreCorruptError`` for one whose tables are another's)."""
+        path, options = sqlite_target(url)
+        io = SqliteIo(Path(path), url, float(options.get("timeout", 5.0)), readonly=True)
+        try:
+            return io.schema_version() > 0
+        finally:
+            io.close()
+
     def __init__(
         self,
         path: str | Path,

@@ -68,7 +68,9 @@ def store_missing(url: str) -> str | None:
             return f"{str(path)!r} does not exist"
         if not path.is_file():
             return f"{str(path)!r} is not a store file"
-        return None
+        from conveyor.store.sqlite import SqliteStore
+
+        return None if SqliteStore.holds_store(url) else "the file holds no conveyor store"
     if url.startswith(("postgresql://", "postgres://")):
         from conveyor.store.postgres import PostgresStore
 
