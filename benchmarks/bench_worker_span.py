@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import sqlite3
@@ -32,18 +31,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-PYCACHE = Path(tempfile.gettempdir()) / "conveyor-bench-pycache"
+sys.path.insert(0, str(BENCH))
 
-
-def worker_env() -> dict[str, str]:
-    """As ``bench_durable.py``'s: the conveyor beside this script, bytecode cached."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPYCACHEPREFIX=str(PYCACHE))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p
-    )
-    return env
+from bench_durable import worker_env  # noqa: E402  (the same environment as its fn rows)
 
 
 @dataclass

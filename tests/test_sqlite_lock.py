@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from conveyor.store.sqlitelock import WriteLock
 from conveyor.store.urls import open_store
 from conveyor.workerid import HOST
 
@@ -245,6 +246,14 @@ def test_sqlite_lock_waiter_that_gives_up_leaves_the_lock_free(tmp_path: Path) -
         lock.close()
 
 
+def end_holder(holder: subprocess.Popen[str], waiter: WriteLock) -> None:
+    """Kill the holder process if it is still there, and close the waiter's lock."""
+    if holder.poll() is None:
+        holder.kill()
+    holder.communicate()
+    waiter.close()
+
+
 STOPPED_HOLDER = """
 import fcntl, os, signal, sys
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
@@ -277,10 +286,7 @@ def test_sqlite_lock_stopped_worker_is_taken_over_after_half_its_lease(tmp_path:
         assert [(name, h.pid) for name, h in killed] == [("w-stopped", holder.pid)]
         assert holder.wait(timeout=30) == -signal.SIGKILL
     finally:
-        if holder.poll() is None:
-            holder.kill()
-        holder.communicate()
-        waiter.close()
+        end_holder(holder, waiter)
 
 
 #: A holder stopped between taking the lock and writing its record: the record left in the file
@@ -334,7 +340,4 @@ def test_sqlite_lock_holder_stopped_before_its_record_is_taken_over(tmp_path: Pa
         assert [(name, h.pid) for name, h in got[0]] == [("w-stopped", holder.pid)]
         assert holder.wait(timeout=30) == -signal.SIGKILL
     finally:
-        if holder.poll() is None:
-            holder.kill()
-        holder.communicate()
-        waiter.close()
+        end_holder(holder, waiter)
