@@ -216,6 +216,7 @@ class WriteLock:
         if self._current(fd):
             record = f"{HOST}:{os.getpid()} {time.time():.3f}"
             os.pwrite(fd, record.encode().ljust(RECORD_BYTES), 0)
+            self._seen = None  # a later holder without a record is timed from when it is seen
             return True
         os.close(fd)  # a removed file: its lock guards nothing
         self._fd = None
