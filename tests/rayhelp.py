@@ -27,10 +27,21 @@ def ray_missing() -> str | None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free port (for an address nothing should listen on)."""
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: all bound at once, so the kernel cannot hand one out twice
+    (it did, one port at a time: Ray refused its own client server on the GCS's port)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class RayHead:
@@ -39,7 +50,7 @@ class RayHead:
 
     def __init__(self, cpus: int = 2) -> None:
         self.cpus = cpus
-        self.port = free_port()
+        self.port, self._client_port, self._agent_port = free_ports(3)
         self.address = f"127.0.0.1:{self.port}"
         # a short path: Ray's unix sockets live under it (at most 107 bytes)
         self.temp = Path(tempfile.mkdtemp(prefix="cvr", dir="/tmp"))
@@ -50,8 +61,8 @@ class RayHead:
             "ray", "start", "--head", "--block", f"--num-cpus={self.cpus}",
             f"--port={self.port}", "--node-ip-address=127.0.0.1",
             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={self.temp}",
-            f"--ray-client-server-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}", '--resources={"slot": 1}',
+            f"--ray-client-server-port={self._client_port}",
+            f"--dashboard-agent-listen-port={self._agent_port}", '--resources={"slot": 1}',
             "--labels=zone=a",
         ]  # fmt: skip
         log = open(self.temp / "head.log", "wb")  # noqa: SIM115 - the process keeps it
