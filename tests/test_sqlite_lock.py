@@ -200,7 +200,6 @@ def test_sqlite_lock_waiter_sleeps_in_the_kernel_and_holds_the_lock_once_let_go(
     # machine and noticed a release up to a poll later: it must block until the release.
     import threading
 
-    from conveyor.store.sqlitelock import WriteLock
     from helpers import wait_until
 
     path = str(tmp_path / "run.db.lock")
@@ -229,7 +228,6 @@ def test_sqlite_lock_waiter_that_gives_up_leaves_the_lock_free(tmp_path: Path) -
     import pytest
 
     from conveyor.errors import StoreLockedError
-    from conveyor.store.sqlitelock import WriteLock
     from helpers import wait_until
 
     path = str(tmp_path / "run.db.lock")
@@ -268,7 +266,6 @@ def test_sqlite_lock_stopped_worker_is_taken_over_after_half_its_lease(tmp_path:
     # Every waiter's heartbeat waits for this lock too: taken over only after a whole lease,
     # the stopped worker left every other worker silent for a lease, and the first reap after
     # the take-over recorded a healthy worker `worker_lost` (seen with 3 real workers).
-    from conveyor.store.sqlitelock import WriteLock
     from helpers import wait_until
 
     lease = 20.0
@@ -307,7 +304,7 @@ def test_sqlite_lock_holder_stopped_before_its_record_is_taken_over(tmp_path: Pa
     # real holder, stopped: it is taken over half a lease after the waiter first saw it.
     import threading
 
-    from conveyor.store.sqlitelock import Holder, WriteLock, flock_holder
+    from conveyor.store.sqlitelock import Holder, flock_holder
 
     lease = 1.0
     path = str(tmp_path / "run.db.lock")

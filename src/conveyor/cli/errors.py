@@ -65,6 +65,13 @@ def _stdout_to_devnull() -> None:
 FAST_EXIT = {"allowed": False}
 
 
+def allow_fast_exit(telemetry: object, executor: str | None, user_code_ran: bool) -> None:
+    """The rule for ``FAST_EXIT`` once a run or worker closed its store and event file: no
+    user code ran in this process (it may have left atexit work or unflushed files), and no
+    exporter (``--otel``) or Ray client may still flush."""
+    FAST_EXIT["allowed"] = not telemetry and executor != "ray" and not user_code_ran
+
+
 def exit_now(code: int) -> NoReturn:
     """Exit with ``code`` without waiting for task threads: a timed-out or interrupted thread
     task cannot be stopped, and the interpreter's exit would wait for it. Call it after the

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from conveyor.cli import options as opt
-from conveyor.cli.errors import FAST_EXIT, exit_now, user_errors
+from conveyor.cli.errors import allow_fast_exit, exit_now, user_errors
 from conveyor.cli.inputs import graph_file, load_graph_file
 from conveyor.errors import UsageError
 
@@ -108,9 +108,8 @@ def run(
                 typer.echo(lost_line(lost, result.stats.released, db), err=True)
         if opened.stuck or opened.interrupted or lost is not None:
             exit_now(code)  # do not wait for a thread that cannot be stopped
-    # The store and the event file are closed: unless user code ran here (it may have left
-    # atexit work) or an exporter or cluster client may still flush, the process may end now.
-    FAST_EXIT["allowed"] = not telemetry and executor != "ray" and no_user_code(opened.graph)
+    # The store and the event file are closed: the process may end now (``allow_fast_exit``).
+    allow_fast_exit(telemetry, executor, user_code_ran=not no_user_code(opened.graph))
     raise typer.Exit(code)
 
 

@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from conveyor.cli import options as opt
-from conveyor.cli.errors import FAST_EXIT, exit_now, user_errors
+from conveyor.cli.errors import allow_fast_exit, exit_now, user_errors
 from conveyor.cli.inputs import durable, durable_store, import_from
 from conveyor.errors import UsageError
 
@@ -141,8 +141,7 @@ def worker(
         )
     if joined.stuck or interrupted or lost is not None:
         exit_now(code)  # do not wait for a thread that cannot be stopped
-    # The store and the event file are closed: unless a function task ran here (user code may
-    # have left atexit work) or an exporter or cluster client may still flush, the process
-    # may end now. The interpreter's teardown is 20-40 ms of every worker's exit.
-    FAST_EXIT["allowed"] = not telemetry and executor != "ray" and st.functions == 0
+    # The store and the event file are closed: the process may end without the interpreter's
+    # teardown (20-40 ms of every worker's exit) unless a function task ran here.
+    allow_fast_exit(telemetry, executor, user_code_ran=st.functions > 0)
     raise typer.Exit(code)
